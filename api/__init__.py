@@ -1,0 +1,1 @@
+"""HTTP adapter: FastAPI routers, request/response mapping and list-method helpers."""

@@ -1,0 +1,168 @@
+"""Domain error -> AIP-193 error body and HTTP status, in one place."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from domains.shared.errors import DomainError
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+log = logging.getLogger(__name__)
+
+HTTP_STATUS: dict[str, int] = {
+    "INVALID_ARGUMENT": 400,
+    "FAILED_PRECONDITION": 400,
+    "OUT_OF_RANGE": 400,
+    "UNAUTHENTICATED": 401,
+    "PERMISSION_DENIED": 403,
+    "NOT_FOUND": 404,
+    "ABORTED": 409,
+    "ALREADY_EXISTS": 409,
+    "RESOURCE_EXHAUSTED": 429,
+    "CANCELLED": 499,
+    "DATA_LOSS": 500,
+    "UNKNOWN": 500,
+    "INTERNAL": 500,
+    "UNIMPLEMENTED": 501,
+    "UNAVAILABLE": 503,
+    "DEADLINE_EXCEEDED": 504,
+}
+"""google.rpc.Code name -> HTTP status (per google/rpc/code.proto)."""
+
+_STATUS_BY_HTTP: dict[int, str] = {
+    400: "INVALID_ARGUMENT",
+    401: "UNAUTHENTICATED",
+    403: "PERMISSION_DENIED",
+    404: "NOT_FOUND",
+    405: "UNIMPLEMENTED",
+    409: "ABORTED",
+    413: "OUT_OF_RANGE",
+    415: "INVALID_ARGUMENT",
+    429: "RESOURCE_EXHAUSTED",
+    501: "UNIMPLEMENTED",
+    503: "UNAVAILABLE",
+}
+
+ERROR_DOMAIN = "conveyor.dev"
+
+
+def error_body(
+    status: str,
+    message: str,
+    *,
+    http_code: int | None = None,
+    reason: str | None = None,
+    metadata: dict[str, str] | None = None,
+    details: list[dict[str, Any]] | None = None,
+) -> dict[str, Any]:
+    """Builds an AIP-193 error body.
+
+    Args:
+        status: Canonical code name.
+        message: Developer-facing message.
+        http_code: HTTP status (defaults from ``status``).
+        reason: ``ErrorInfo.reason``.
+        metadata: ``ErrorInfo.metadata``.
+        details: Extra detail objects.
+
+    Returns:
+        ``{"error": {"code", "status", "message", "details"}}``.
+    """
+    info = {
+        "@type": "type.googleapis.com/google.rpc.ErrorInfo",
+        "reason": reason or status,
+        "domain": ERROR_DOMAIN,
+        "metadata": {k: str(v) for k, v in (metadata or {}).items()},
+    }
+    return {
+        "error": {
+            "code": http_code or HTTP_STATUS.get(status, 500),
+            "status": status,
+            "message": message,
+            "details": [info, *(details or [])],
+        }
+    }
+
+
+def _response(body: dict[str, Any], headers: dict[str, str] | None = None) -> JSONResponse:
+    return JSONResponse(body, status_code=body["error"]["code"], headers=headers)
+
+
+def _field_path(loc: tuple[Any, ...]) -> str:
+    parts = [str(p) for p in loc if p not in ("body", "query", "path", "header")]
+    return ".".join(parts) or str(loc[0] if loc else "request")
+
+
+async def _domain_error(_: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, DomainError)
+    return _response(
+        error_body(exc.code, exc.message, reason=exc.reason, metadata=exc.metadata, details=exc.details)
+    )
+
+
+async def _validation_error(_: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, RequestValidationError)
+    violations = []
+    for err in exc.errors():
+        field = _field_path(tuple(err.get("loc", ())))
+        msg = str(err.get("msg", "invalid value"))
+        if err.get("type") == "json_invalid":
+            msg = "request body is not valid JSON"
+        violations.append({"field": field, "description": msg})
+    first = violations[0] if violations else {"field": "request", "description": "invalid request"}
+    message = f"{first['field']}: {first['description']}"
+    if len(violations) > 1:
+        message += f" (and {len(violations) - 1} more problem(s), see details)"
+    return _response(
+        error_body(
+            "INVALID_ARGUMENT",
+            message,
+            reason="INVALID_REQUEST",
+            details=[{"@type": "type.googleapis.com/google.rpc.BadRequest", "field_violations": violations}],
+        )
+    )
+
+
+async def _http_error(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, StarletteHTTPException)
+    status = _STATUS_BY_HTTP.get(exc.status_code, "UNKNOWN" if exc.status_code >= 500 else "INVALID_ARGUMENT")
+    if exc.status_code == 404:
+        message = f"no resource or method at {request.method} {request.url.path}; see /docs for the API"
+    elif exc.status_code == 405:
+        message = f"method {request.method} is not allowed on {request.url.path}"
+    else:
+        message = str(exc.detail)
+    return _response(error_body(status, message, http_code=exc.status_code), headers=getattr(exc, "headers", None))
+
+
+async def _unexpected_error(request: Request, exc: Exception) -> JSONResponse:
+    # Log everything, show nothing internal.
+    log.error("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
+    return _response(
+        error_body("INTERNAL", "internal error; the request was logged, retry later or contact the operator")
+    )
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    """Registers the AIP-193 handlers on ``app``.
+
+    Args:
+        app: The FastAPI app.
+    """
+    app.add_exception_handler(DomainError, _domain_error)
+    app.add_exception_handler(RequestValidationError, _validation_error)
+    app.add_exception_handler(StarletteHTTPException, _http_error)
+    app.add_exception_handler(Exception, _unexpected_error)
+
+
+ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
+    400: {"description": "INVALID_ARGUMENT / FAILED_PRECONDITION (AIP-193 error body)"},
+    404: {"description": "NOT_FOUND (AIP-193 error body)"},
+    409: {"description": "ALREADY_EXISTS / ABORTED (AIP-193 error body)"},
+    503: {"description": "UNAVAILABLE (AIP-193 error body)"},
+}
+"""Error responses listed on every route in the OpenAPI document."""

@@ -1,0 +1,132 @@
+"""Operations (AIP-151): get, list, cancel, wait, delete, retry."""
+
+from __future__ import annotations
+
+import re
+import uuid
+from typing import Annotated, Any
+
+from domains.operations.model import State
+from domains.shared.errors import InvalidArgument
+from fastapi import APIRouter, Body, Depends, Query, Response
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, Field
+
+from api import pagination
+from api.deps import Services, services
+from api.errors import ERROR_RESPONSES
+from api.v1.schemas import OperationOut, operation_out
+
+router = APIRouter(prefix="/v1/operations", tags=["operations"], responses=ERROR_RESPONSES)
+
+FILTER_FIELDS: dict[str, pagination.FieldSpec] = {
+    "done": pagination.FieldSpec("bool"),
+    "metadata.state": pagination.FieldSpec("enum", tuple(s.value for s in State)),
+    "metadata.domain": pagination.FieldSpec("string"),
+    "metadata.type": pagination.FieldSpec("string"),
+    "metadata.target": pagination.FieldSpec("string"),
+    "create_time": pagination.FieldSpec("timestamp"),
+    "update_time": pagination.FieldSpec("timestamp"),
+}
+
+
+class ListOperationsResponse(BaseModel):
+    """A page of operations (AIP-158)."""
+
+    operations: list[OperationOut]
+    next_page_token: str = Field(default="", description="Pass as page_token for the next page; empty at the end.")
+
+
+class WaitRequest(BaseModel):
+    """Body of ``:wait``."""
+
+    timeout: float | str | None = Field(
+        default=None, description='Seconds to wait, at most 60: a number or a Duration like "30s". Default 30.'
+    )
+
+
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)s?\s*$")
+
+
+def _timeout_seconds(value: float | str | None) -> float:
+    if value is None:
+        return 30.0
+    if isinstance(value, str):
+        match = _DURATION.match(value)
+        if not match:
+            raise InvalidArgument(
+                f'timeout {value!r} is not a duration; use seconds like 30 or "30s"', reason="INVALID_TIMEOUT"
+            )
+        return float(match.group(1))
+    return float(value)
+
+
+@router.get("/{operation_id}", response_model=OperationOut, summary="Get an operation")
+async def get_operation(operation_id: str, svc: Annotated[Services, Depends(services)]) -> Any:
+    """Returns the latest state of an operation (`{domain}.{id}`, as in its name)."""
+    return operation_out(await svc.operations.get(operation_id))
+
+
+@router.get("", response_model=ListOperationsResponse, summary="List operations")
+async def list_operations(
+    svc: Annotated[Services, Depends(services)],
+    filter_: Annotated[
+        str | None,
+        Query(
+            alias="filter",
+            description='AIP-160 filter, e.g. `done = false AND metadata.domain = "imports"`; fields: '
+            + ", ".join(FILTER_FIELDS),
+        ),
+    ] = None,
+    page_size: Annotated[int | None, Query(description="At most 1000; default 50.")] = None,
+    page_token: Annotated[str | None, Query(description="next_page_token of the previous page.")] = None,
+) -> Any:
+    """Lists operations of every domain in creation order, filtered and paged."""
+    conditions = pagination.parse_filter(filter_, FILTER_FIELDS)
+    size = pagination.clamp_page_size(page_size)
+    fingerprint = pagination.query_fingerprint("operations", filter_)
+    position = pagination.decode_page_token(page_token, query_fingerprint=fingerprint)
+    after = uuid.UUID(str(position["after"])) if position else None
+    page = await svc.operations.list(conditions, page_size=size, after_id=after)
+    token = (
+        pagination.encode_page_token({"after": str(page.last_id)}, query_fingerprint=fingerprint)
+        if page.last_id
+        else ""
+    )
+    return {"operations": [operation_out(op) for op in page.operations], "next_page_token": token}
+
+
+@router.post("/{operation_id}:cancel", response_model=OperationOut, summary="Cancel an operation")
+async def cancel_operation(operation_id: str, svc: Annotated[Services, Depends(services)]) -> Any:
+    """Starts cancellation: a pending operation ends CANCELLED at once; a running one becomes
+    CANCELLING and stops at its next unit of work. The queued task is also revoked."""
+    op = await svc.operations.cancel(operation_id)
+    try:
+        svc.control.revoke(str(op.id))
+    except Exception:  # noqa: S110 - revoke is best effort; the state check stops the task anyway
+        pass
+    return operation_out(op)
+
+
+@router.post("/{operation_id}:wait", response_model=OperationOut, summary="Wait for an operation")
+async def wait_operation(
+    operation_id: str,
+    svc: Annotated[Services, Depends(services)],
+    body: Annotated[WaitRequest | None, Body()] = None,
+) -> Any:
+    """Long-polls until the operation is done or the timeout (≤ 60 s) passes; returns it either way."""
+    timeout = _timeout_seconds(body.timeout if body else None)
+    return operation_out(await svc.operations.wait(operation_id, timeout))
+
+
+@router.post("/{operation_id}:retry", response_model=OperationOut, summary="Retry a failed operation")
+async def retry_operation(operation_id: str, svc: Annotated[Services, Depends(services)]) -> Any:
+    """Starts a new attempt of a FAILED operation; its task is dispatched again."""
+    return operation_out(await svc.operations.retry(operation_id))
+
+
+@router.delete("/{operation_id}", status_code=200, summary="Delete a done operation")
+async def delete_operation(operation_id: str, svc: Annotated[Services, Depends(services)]) -> Response:
+    """Deletes an operation that is done (FAILED_PRECONDITION otherwise)."""
+    await svc.operations.delete(operation_id)
+    return JSONResponse({})

@@ -1,0 +1,84 @@
+"""Pings: a diagnostic workflow through the whole pipeline (API, outbox, broker, worker)."""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Annotated, Any
+
+from domains.shared.ids import parse_id
+from fastapi import APIRouter, Depends, Query
+from pydantic import BaseModel, ConfigDict, Field
+
+from api.deps import Services, request_id, services
+from api.errors import ERROR_RESPONSES
+from api.v1.schemas import OperationOut, operation_out
+
+router = APIRouter(prefix="/v1/pings", tags=["pings"], responses=ERROR_RESPONSES)
+
+
+class CreatePingRequest(BaseModel):
+    """Body of ``POST /v1/pings``."""
+
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={"example": {"message": "hello", "sleep_seconds": 2, "steps": 4}},
+    )
+
+    message: str = Field(default="", max_length=1000, description="Echoed back as `pong: <message>`.")
+    sleep_seconds: float = Field(default=0, ge=0, le=600, description="How long the worker works on it.")
+    steps: int = Field(default=1, ge=1, le=1000, description="Units of work (progress, cancellation points).")
+    fail_attempts: int = Field(default=0, ge=0, le=20, description="The first N attempts fail transiently.")
+    request_id: str | None = Field(
+        default=None, min_length=1, max_length=128, description="AIP-155: a retried create returns the same operation."
+    )
+
+
+class PingOut(BaseModel):
+    """A ping resource."""
+
+    name: str
+    message: str
+    reply: str | None = None
+    worker: str | None = None
+    create_time: dt.datetime
+    complete_time: dt.datetime | None = None
+    operation: str
+    state: str
+    done: bool
+
+
+@router.post("", response_model=OperationOut, summary="Send a ping")
+async def create_ping(
+    body: CreatePingRequest,
+    svc: Annotated[Services, Depends(services)],
+    correlation: Annotated[str | None, Depends(request_id)],
+    request_id_param: Annotated[str | None, Query(alias="request_id", max_length=128)] = None,
+) -> Any:
+    """Creates a ping and returns its operation; a worker on queue `platform` answers it."""
+    op = await svc.pings.create_ping(
+        message=body.message,
+        sleep_seconds=body.sleep_seconds,
+        steps=body.steps,
+        fail_attempts=body.fail_attempts,
+        request_id=body.request_id or request_id_param,
+        correlation_id=correlation,
+    )
+    return operation_out(op)
+
+
+@router.get("/{ping_id}", response_model=PingOut, summary="Get a ping")
+async def get_ping(ping_id: str, svc: Annotated[Services, Depends(services)]) -> Any:
+    """Returns a ping with its reply and its operation's state."""
+    ping = await svc.pings.get_ping(parse_id(ping_id, what="ping id"))
+    op = await svc.operations.get(f"platform.{ping.operation_id}")
+    return {
+        "name": ping.name,
+        "message": ping.message,
+        "reply": ping.reply,
+        "worker": ping.worker,
+        "create_time": ping.create_time,
+        "complete_time": ping.complete_time,
+        "operation": op.name,
+        "state": str(op.state),
+        "done": op.done,
+    }

@@ -1,0 +1,122 @@
+"""The Celery application: JSON only, one queue per domain, routing by task-name prefix."""
+
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+from celery import Celery
+from kombu import Exchange, Queue
+
+from app.config import DOMAINS, Settings, get_settings
+
+TASK_MODULES = ["tasks.platform", "tasks.operations"]
+"""Modules holding task adapters (imported by every worker)."""
+
+
+def route_task(name: str, args: Any, kwargs: Any, options: Any, task: Any = None, **_: Any) -> dict[str, str]:
+    """Routes ``imports.*`` to queue ``imports`` and so on; unknown prefixes go to ``platform``.
+
+    Args:
+        name: Task name.
+        args: Task args (unused).
+        kwargs: Task kwargs (unused).
+        options: Send options (unused).
+        task: The task (unused).
+        **_: Other router arguments.
+
+    Returns:
+        ``{"queue": <domain>}``.
+    """
+    prefix = name.split(".", 1)[0]
+    return {"queue": prefix if prefix in DOMAINS else "platform"}
+
+
+def celery_config(settings: Settings) -> dict[str, Any]:
+    """Returns the Celery configuration for ``settings``.
+
+    Args:
+        settings: Conveyor settings.
+
+    Returns:
+        Celery configuration keys.
+    """
+    exchange = Exchange("conveyor", type="direct")
+    transport: dict[str, Any] = {"visibility_timeout": settings.visibility_timeout_seconds}
+    if settings.broker().startswith(("redis", "rediss")):
+        transport["socket_connect_timeout"] = settings.broker_connect_timeout_seconds
+        transport["socket_timeout"] = 10
+    return {
+        "broker_url": settings.broker(),
+        "result_backend": settings.backend(),
+        "task_serializer": "json",
+        "result_serializer": "json",
+        "event_serializer": "json",
+        "accept_content": ["json"],
+        "result_accept_content": ["json"],
+        "task_acks_late": True,
+        "task_reject_on_worker_lost": True,
+        "task_acks_on_failure_or_timeout": True,
+        "worker_prefetch_multiplier": 1,
+        "task_queues": [Queue(domain, exchange, routing_key=domain) for domain in DOMAINS],
+        "task_default_queue": "platform",
+        "task_default_exchange": "conveyor",
+        "task_default_routing_key": "platform",
+        "task_routes": (route_task,),
+        "task_track_started": True,
+        "worker_send_task_events": settings.task_events,
+        "task_send_sent_event": settings.task_events,
+        "result_expires": 86400,
+        "result_extended": True,
+        "broker_connection_retry_on_startup": True,
+        "broker_connection_timeout": settings.broker_connect_timeout_seconds,
+        "broker_transport_options": transport,
+        "result_backend_transport_options": {"socket_connect_timeout": settings.broker_connect_timeout_seconds}
+        if settings.backend()
+        else {},
+        "worker_hijack_root_logger": False,
+        "worker_cancel_long_running_tasks_on_connection_loss": False,
+        "timezone": "UTC",
+        "enable_utc": True,
+        # Placeholder static schedule: the sweeper as a beat task. Issue "Scheduled work"
+        # replaces it with a database-backed scheduler.
+        "beat_schedule": {
+            "platform.sweep": {"task": "platform.sweep", "schedule": settings.sweeper_interval_seconds * 6},
+        },
+    }
+
+
+def create_celery(settings: Settings) -> Celery:
+    """Builds a Celery app for ``settings``.
+
+    Args:
+        settings: Conveyor settings.
+
+    Returns:
+        The configured app, tasks included.
+    """
+    app = Celery("conveyor", set_as_current=True)
+    app.config_from_object(celery_config(settings))
+    app.conf.update(include=TASK_MODULES)
+    app.conveyor_settings = settings  # type: ignore[attr-defined]
+    for module in TASK_MODULES:
+        __import__(module)
+    return app
+
+
+@functools.lru_cache(maxsize=1)
+def get_celery() -> Celery:
+    """Returns the process-wide Celery app built from the environment.
+
+    Returns:
+        The app.
+    """
+    return create_celery(get_settings())
+
+
+def __getattr__(name: str) -> Any:
+    # `celery -A app.celery_app` looks up `celery_app`/`app`: build it lazily so importing this
+    # module never needs a broker URL.
+    if name in ("celery_app", "app", "celery"):
+        return get_celery()
+    raise AttributeError(name)

@@ -1,0 +1,244 @@
+"""Settings: one object, read from ``CONVEYOR_*`` environment variables and ``.env``.
+
+Invalid settings fail at start-up with one clear line naming the variable
+(:func:`load_settings` raises :class:`ConfigError`; the CLI prints it and exits 2).
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Literal
+
+from pydantic import BaseModel, Field, SecretStr, ValidationError, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+DOMAINS: tuple[str, ...] = ("platform", "imports", "webhooks", "reports")
+"""Every bounded context; each has its schema, queue and task-name prefix of the same name."""
+
+_DB_SCHEMES = ("postgresql+asyncpg://", "postgresql://", "postgres://")
+_BROKER_SCHEMES = ("redis://", "rediss://", "amqp://", "amqps://", "pyamqp://")
+
+
+def normalize_database_url(url: str) -> str:
+    """Returns ``url`` in the ``postgresql+asyncpg://`` form SQLAlchemy needs.
+
+    Args:
+        url: A PostgreSQL URL in any of the accepted forms.
+
+    Returns:
+        The same URL with the asyncpg driver named.
+
+    Raises:
+        ValueError: If the URL is not a PostgreSQL URL.
+    """
+    for scheme in _DB_SCHEMES:
+        if url.startswith(scheme):
+            return "postgresql+asyncpg://" + url[len(scheme) :]
+    raise ValueError(f"must be a PostgreSQL URL starting with postgresql:// (got {url.split(':')[0]!r}://...)")
+
+
+class DomainDatabase(BaseModel):
+    """Per-domain database overrides (``CONVEYOR_DB__IMPORTS__URL`` and ``__REPLICA_URL``)."""
+
+    url: str | None = None
+    replica_url: str | None = None
+
+    @field_validator("url", "replica_url")
+    @classmethod
+    def _check_url(cls, value: str | None) -> str | None:
+        return None if not value else normalize_database_url(value)
+
+
+class DomainDatabases(BaseModel):
+    """The per-domain overrides, one field per domain."""
+
+    platform: DomainDatabase = DomainDatabase()
+    imports: DomainDatabase = DomainDatabase()
+    webhooks: DomainDatabase = DomainDatabase()
+    reports: DomainDatabase = DomainDatabase()
+
+    def for_domain(self, domain: str) -> DomainDatabase:
+        """Returns the overrides of ``domain``.
+
+        Args:
+            domain: One of :data:`DOMAINS`.
+
+        Returns:
+            The domain's overrides (possibly all ``None``).
+        """
+        value: DomainDatabase = getattr(self, domain)
+        return value
+
+
+class Settings(BaseSettings):
+    """Every setting of Conveyor. Environment names are ``CONVEYOR_`` + the upper-case field name;
+    nested fields use ``__`` (``CONVEYOR_DB__IMPORTS__URL``)."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="CONVEYOR_",
+        env_nested_delimiter="__",
+        env_file=".env",
+        extra="ignore",
+        validate_default=True,
+    )
+
+    env: Literal["dev", "prod", "test"] = "dev"
+    database_url: str | None = Field(
+        default=None, description="Main PostgreSQL URL; unset with `conveyor up` = embedded server."
+    )
+    replica_url: str | None = Field(default=None, description="Read replica for every domain.")
+    db: DomainDatabases = DomainDatabases()
+    broker_url: str | None = Field(default=None, description="redis://... or amqp://...")
+    result_backend: str | None = Field(
+        default=None, description="Celery result backend; defaults to the broker when it is Redis."
+    )
+    flower_user: str | None = None
+    flower_password: SecretStr | None = None
+    task_events: bool = True
+    data_dir: str = ".conveyor"
+    db_pool_size: int = Field(default=5, ge=1, le=200)
+    db_echo: bool = False
+
+    # Reliable dispatch.
+    fast_path_publish: bool = Field(
+        default=True, description="Publish outbox rows right after commit (the relay catches the rest)."
+    )
+    relay_interval_seconds: float = Field(default=0.5, gt=0, le=60)
+    relay_batch_size: int = Field(default=200, ge=1, le=10000)
+    relay_grace_seconds: float = Field(
+        default=2.0, ge=0, le=600, description="Rows younger than this are left to the fast path."
+    )
+    sweeper_interval_seconds: float = Field(default=5.0, gt=0, le=3600)
+    operation_lease_seconds: float = Field(
+        default=30.0, gt=0, le=86400, description="A RUNNING operation without a heartbeat this long is presumed lost."
+    )
+    pending_deadline_seconds: float = Field(
+        default=300.0, gt=0, le=86400 * 7, description="A PENDING operation not started this long is re-dispatched."
+    )
+    max_dispatches: int = Field(default=5, ge=1, le=100)
+    task_max_retries: int = Field(default=5, ge=0, le=100)
+    retry_backoff_base_seconds: float = Field(default=1.0, gt=0, le=60)
+    retry_backoff_max_seconds: float = Field(default=30.0, gt=0, le=600)
+    progress_interval_seconds: float = Field(default=1.0, ge=0, le=60)
+    broker_connect_timeout_seconds: float = Field(default=2.0, gt=0, le=60)
+    visibility_timeout_seconds: int = Field(default=3600, ge=10)
+
+    @field_validator("database_url", "replica_url")
+    @classmethod
+    def _check_database_url(cls, value: str | None) -> str | None:
+        return None if not value else normalize_database_url(value)
+
+    @field_validator("broker_url")
+    @classmethod
+    def _check_broker_url(cls, value: str | None) -> str | None:
+        if not value:
+            return None
+        if not value.startswith(_BROKER_SCHEMES):
+            raise ValueError(
+                f"must start with redis://, rediss:// or amqp:// (got {value.split(':')[0]!r}://...)"
+            )
+        return value
+
+    @field_validator("result_backend")
+    @classmethod
+    def _check_result_backend(cls, value: str | None) -> str | None:
+        if value and not value.startswith(("redis://", "rediss://", "rpc://", "db+")):
+            raise ValueError("must start with redis://, rediss://, rpc:// or db+ (a Celery result backend)")
+        return value or None
+
+    def database_for(self, domain: str, role: Literal["primary", "replica"] = "primary") -> str:
+        """Returns the database URL of ``domain`` for ``role``.
+
+        A domain URL override wins (database per domain); otherwise the main URL
+        (schema per domain). The replica falls back to the primary.
+
+        Args:
+            domain: One of :data:`DOMAINS`.
+            role: ``primary`` for writes and read-your-writes, ``replica`` for list/report reads.
+
+        Returns:
+            A ``postgresql+asyncpg://`` URL.
+
+        Raises:
+            ConfigError: If no database URL is configured.
+        """
+        override = self.db.for_domain(domain)
+        primary = override.url or self.database_url
+        if primary is None:
+            raise ConfigError(
+                "CONVEYOR_DATABASE_URL: not set; set it (postgresql://...) or use `conveyor up`,"
+                " which starts an embedded PostgreSQL"
+            )
+        if role == "primary":
+            return primary
+        if override.replica_url:
+            return override.replica_url
+        # The shared replica only mirrors the main database, not a domain's own one.
+        if self.replica_url and not override.url:
+            return self.replica_url
+        return primary
+
+    def broker(self) -> str:
+        """Returns the broker URL.
+
+        Returns:
+            The configured broker URL.
+
+        Raises:
+            ConfigError: If none is configured.
+        """
+        if not self.broker_url:
+            raise ConfigError(
+                "CONVEYOR_BROKER_URL: not set; set it (redis://... or amqp://...) or use"
+                " `conveyor up`, which starts an embedded Redis"
+            )
+        return self.broker_url
+
+    def backend(self) -> str | None:
+        """Returns the Celery result backend (the broker itself when it is Redis).
+
+        Returns:
+            The result backend URL, or ``None`` for no backend.
+        """
+        if self.result_backend:
+            return self.result_backend
+        broker = self.broker_url or ""
+        return broker if broker.startswith(("redis://", "rediss://")) else None
+
+
+class ConfigError(Exception):
+    """A setting is missing or invalid; the message is one line naming the variable."""
+
+
+def _env_name(loc: tuple[int | str, ...]) -> str:
+    return "CONVEYOR_" + "__".join(str(part).upper() for part in loc)
+
+
+def load_settings(**overrides: object) -> Settings:
+    """Reads and validates the settings.
+
+    Args:
+        **overrides: Values that win over the environment (used by tests and the CLI).
+
+    Returns:
+        The validated settings.
+
+    Raises:
+        ConfigError: With one line naming the first bad variable and what to fix.
+    """
+    try:
+        return Settings(**overrides)  # type: ignore[arg-type]
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        message = str(first["msg"]).removeprefix("Value error, ")
+        raise ConfigError(f"{_env_name(first['loc'])}: {message}") from None
+
+
+@functools.lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """Returns the process-wide settings (read once).
+
+    Returns:
+        The settings from the environment.
+    """
+    return load_settings()

@@ -1,0 +1,78 @@
+"""Wiring: repositories, units of work and services on top of the engine registry."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from domains.imports import tables as imports_tables
+from domains.operations.service import OperationsService
+from domains.operations.unit_of_work import AfterCommit, DomainTables, SqlUnitOfWork
+from domains.platform import tables as platform_tables
+from domains.platform.service import PingPolicy, PingService
+from domains.platform.unit_of_work import PlatformUnitOfWork
+from domains.reports import tables as reports_tables
+from domains.webhooks import tables as webhooks_tables
+
+from app.config import DOMAINS, Settings
+from app.db import EngineRegistry, Role
+
+DOMAIN_TABLES: dict[str, DomainTables] = {
+    "platform": platform_tables.tables,
+    "imports": imports_tables.tables,
+    "webhooks": webhooks_tables.tables,
+    "reports": reports_tables.tables,
+}
+UOW_CLASSES: dict[str, type[SqlUnitOfWork]] = {"platform": PlatformUnitOfWork}
+
+
+class Container:
+    """Everything a process needs, built once per process (after fork in workers)."""
+
+    def __init__(self, settings: Settings, registry: EngineRegistry, *, after_commit: AfterCommit | None = None) -> None:
+        """Wires the services.
+
+        Args:
+            settings: Settings.
+            registry: Engines of this process.
+            after_commit: Fast-path publisher run after commits that wrote outbox rows.
+        """
+        self.settings = settings
+        self.registry = registry
+        self.after_commit = after_commit
+        self.operations = OperationsService(
+            {d: self.uow_factory(d) for d in DOMAINS},
+            read_uow_factories={d: self.uow_factory(d, role="replica") for d in DOMAINS},
+            max_dispatches=settings.max_dispatches,
+        )
+        self.pings = PingService(
+            lambda: PlatformUnitOfWork(
+                DOMAIN_TABLES["platform"], registry.sessionmaker("platform"), after_commit=self.after_commit
+            ),
+            policy=PingPolicy(
+                lease_seconds=settings.operation_lease_seconds,
+                pending_deadline_seconds=settings.pending_deadline_seconds,
+            ),
+            progress_interval=settings.progress_interval_seconds,
+        )
+
+    def uow_factory(self, domain: str, *, role: Role = "primary") -> Callable[[], SqlUnitOfWork]:
+        """Returns a unit of work factory for ``domain``.
+
+        Args:
+            domain: The domain.
+            role: ``replica`` for read-only listing.
+
+        Returns:
+            A factory of units of work.
+        """
+        cls = UOW_CLASSES.get(domain, SqlUnitOfWork)
+        tables = DOMAIN_TABLES[domain]
+
+        def factory() -> SqlUnitOfWork:
+            return cls(
+                tables,
+                self.registry.sessionmaker(domain, role),
+                after_commit=self.after_commit if role == "primary" else None,
+            )
+
+        return factory

@@ -1,0 +1,105 @@
+"""Engine registry: ``(domain, role) -> AsyncEngine``.
+
+Schema per domain by default (every domain on the main URL, each in its own schema);
+database per domain when ``CONVEYOR_DB__<DOMAIN>__URL`` is set; ``replica`` role for
+list/report reads. Domains that resolve to the same URL share one engine (one pool).
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async_engine
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from app.config import DOMAINS, Settings
+
+Role = Literal["primary", "replica"]
+
+
+class EngineRegistry:
+    """Creates engines lazily and disposes them together.
+
+    Create one per process (after fork in workers): engines must never cross a fork.
+    """
+
+    def __init__(self, settings: Settings) -> None:
+        """Creates an empty registry.
+
+        Args:
+            settings: Where the URLs come from.
+        """
+        self._settings = settings
+        self._engines: dict[str, AsyncEngine] = {}
+        self._sessionmakers: dict[str, async_sessionmaker[AsyncSession]] = {}
+
+    @property
+    def settings(self) -> Settings:
+        """The settings the registry was built from."""
+        return self._settings
+
+    def url(self, domain: str, role: Role = "primary") -> str:
+        """Returns the URL serving ``domain`` in ``role``.
+
+        Args:
+            domain: One of :data:`app.config.DOMAINS`.
+            role: ``primary`` or ``replica``.
+
+        Returns:
+            The database URL.
+
+        Raises:
+            ValueError: If ``domain`` is unknown.
+        """
+        if domain not in DOMAINS:
+            raise ValueError(f"unknown domain {domain!r}; known: {', '.join(DOMAINS)}")
+        return self._settings.database_for(domain, role)
+
+    def engine(self, domain: str, role: Role = "primary") -> AsyncEngine:
+        """Returns the engine for ``domain`` and ``role``, creating it on first use.
+
+        Args:
+            domain: One of :data:`app.config.DOMAINS`.
+            role: ``primary`` or ``replica``.
+
+        Returns:
+            A shared :class:`AsyncEngine`.
+        """
+        url = self.url(domain, role)
+        engine = self._engines.get(url)
+        if engine is None:
+            engine = create_async_engine(
+                url,
+                pool_size=self._settings.db_pool_size,
+                max_overflow=self._settings.db_pool_size,
+                pool_pre_ping=True,
+                echo=self._settings.db_echo,
+                connect_args={"server_settings": {"application_name": "conveyor"}},
+            )
+            self._engines[url] = engine
+        return engine
+
+    def sessionmaker(self, domain: str, role: Role = "primary") -> async_sessionmaker[AsyncSession]:
+        """Returns a session factory bound to ``engine(domain, role)``.
+
+        Args:
+            domain: One of :data:`app.config.DOMAINS`.
+            role: ``primary`` or ``replica``.
+
+        Returns:
+            An ``async_sessionmaker`` with ``expire_on_commit=False``.
+        """
+        url = self.url(domain, role)
+        maker = self._sessionmakers.get(url)
+        if maker is None:
+            maker = async_sessionmaker(self.engine(domain, role), expire_on_commit=False)
+            self._sessionmakers[url] = maker
+        return maker
+
+    async def dispose(self) -> None:
+        """Closes every pool; the registry can be reused afterwards (engines are re-created)."""
+        engines = list(self._engines.values())
+        self._engines.clear()
+        self._sessionmakers.clear()
+        for engine in engines:
+            await engine.dispose()

@@ -1,0 +1,118 @@
+"""``create_app()``: the FastAPI application with /v1 routers, docs, errors and health."""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+from collections.abc import AsyncIterator
+from typing import Any
+
+from api.errors import error_body, install_error_handlers
+from api.middleware import RequestIdMiddleware
+from api.v1 import operations as operations_routes
+from api.v1 import pings as pings_routes
+from celery import Celery
+from domains.operations.service import OperationsService
+from domains.platform.service import PingService
+from fastapi import FastAPI
+from fastapi.responses import JSONResponse
+from monitoring import health
+
+from app.celery_app import create_celery
+from app.config import Settings, get_settings
+from app.container import Container
+from app.db import EngineRegistry
+from app.outbox import OutboxPublisher
+
+
+class CeleryControl:
+    """Task control through Celery (revoke)."""
+
+    def __init__(self, celery: Celery) -> None:
+        """Wraps ``celery``.
+
+        Args:
+            celery: The Celery app.
+        """
+        self._celery = celery
+
+    def revoke(self, task_id: str) -> None:
+        """Asks every worker to skip ``task_id`` (best effort, no terminate).
+
+        Args:
+            task_id: Task id (the operation id).
+        """
+        self._celery.control.revoke(task_id)
+
+
+@dataclasses.dataclass
+class AppServices:
+    """The services routers use (see ``api.deps.Services``)."""
+
+    operations: OperationsService
+    pings: PingService
+    control: CeleryControl
+
+
+def create_app(settings: Settings | None = None, *, celery: Celery | None = None) -> FastAPI:
+    """Builds the API.
+
+    Args:
+        settings: Settings (default: from the environment).
+        celery: Celery app to publish with (default: built from settings).
+
+    Returns:
+        The FastAPI app.
+    """
+    settings = settings or get_settings()
+    settings.database_for("platform")  # fail fast with one clear line
+    celery = celery or create_celery(settings)
+    registry = EngineRegistry(settings)
+    publisher = OutboxPublisher(registry, celery, settings)
+    container = Container(settings, registry, after_commit=publisher.publish_now)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        yield
+        await registry.dispose()
+
+    app = FastAPI(
+        title="Conveyor API",
+        version="1.0.0",
+        description=(
+            "Submit jobs, watch their progress as long-running operations (AIP-151), and manage "
+            "the domains' resources. Errors follow AIP-193."
+        ),
+        docs_url="/docs",
+        redoc_url="/redoc",
+        openapi_url="/openapi.json",
+        lifespan=lifespan,
+    )
+    app.state.settings = settings
+    app.state.container = container
+    app.state.publisher = publisher
+    app.state.celery = celery
+    app.state.services = AppServices(
+        operations=container.operations, pings=container.pings, control=CeleryControl(celery)
+    )
+    app.add_middleware(RequestIdMiddleware)
+    install_error_handlers(app)
+    app.include_router(operations_routes.router)
+    app.include_router(pings_routes.router)
+
+    @app.get("/healthz", tags=["health"], summary="Liveness")
+    async def healthz() -> dict[str, str]:
+        """The process is up."""
+        return {"status": "ok"}
+
+    @app.get("/readyz", tags=["health"], summary="Readiness")
+    async def readyz() -> Any:
+        """Databases and broker reachable (503 otherwise)."""
+        ready, checks = await health.readiness(registry, celery)
+        if ready:
+            return {"status": "ok", "checks": checks}
+        body = error_body("UNAVAILABLE", "not ready: " + ", ".join(f"{k}: {v}" for k, v in checks.items() if v != "ok"),
+                          reason="NOT_READY", metadata={k: str(v) for k, v in checks.items()})
+        return JSONResponse(body, status_code=503)
+
+    return app

@@ -1,0 +1,84 @@
+"""Frozen DDL of the tables every domain schema starts with (operations, outbox).
+
+Used by each domain's first revision. Never edit: later changes are new revisions.
+"""
+
+from __future__ import annotations
+
+import sqlalchemy as sa
+from alembic import op
+from sqlalchemy.dialects import postgresql as pg
+
+
+def create_common(schema: str) -> None:
+    """Creates ``operations`` and ``outbox`` in ``schema``."""
+    op.create_table(
+        "operations",
+        sa.Column("id", pg.UUID(as_uuid=True), nullable=False),
+        sa.Column("domain", sa.Text, nullable=False),
+        sa.Column("type", sa.Text, nullable=False),
+        sa.Column("target", sa.Text, nullable=False),
+        sa.Column("state", sa.Text, nullable=False),
+        sa.Column("done", sa.Boolean, nullable=False),
+        sa.Column("progress", pg.JSONB, nullable=False),
+        sa.Column("attempt", sa.Integer, nullable=False),
+        sa.Column("dispatch_count", sa.Integer, nullable=False),
+        sa.Column("dispatch", pg.JSONB, nullable=False),
+        sa.Column("create_time", sa.DateTime(timezone=True), nullable=False),
+        sa.Column("update_time", sa.DateTime(timezone=True), nullable=False),
+        sa.Column("start_time", sa.DateTime(timezone=True)),
+        sa.Column("end_time", sa.DateTime(timezone=True)),
+        sa.Column("heartbeat_time", sa.DateTime(timezone=True)),
+        sa.Column("dispatch_time", sa.DateTime(timezone=True)),
+        sa.Column("error", pg.JSONB),
+        sa.Column("response", pg.JSONB),
+        sa.Column("request_id", sa.Text),
+        sa.Column("request_hash", sa.Text),
+        sa.Column("lease_seconds", sa.Float, nullable=False),
+        sa.Column("pending_deadline_seconds", sa.Float, nullable=False),
+        sa.Column("correlation_id", sa.Text),
+        sa.PrimaryKeyConstraint("id", name="pk_operations"),
+        sa.CheckConstraint(
+            "state IN ('PENDING','RUNNING','SUCCEEDED','FAILED','CANCELLING','CANCELLED')",
+            name="ck_operations_state",
+        ),
+        schema=schema,
+    )
+    op.create_index("uq_operations_request_id", "operations", ["request_id"], unique=True, schema=schema)
+    op.create_index(
+        "ix_operations_active",
+        "operations",
+        ["state", "update_time"],
+        schema=schema,
+        postgresql_where=sa.text("NOT done"),
+    )
+    op.create_index("ix_operations_create_time", "operations", ["create_time"], schema=schema)
+    op.create_table(
+        "outbox",
+        sa.Column("id", pg.UUID(as_uuid=True), nullable=False),
+        sa.Column("task_name", sa.Text, nullable=False),
+        sa.Column("queue", sa.Text, nullable=False),
+        sa.Column("args", pg.JSONB, nullable=False, server_default=sa.text("'[]'::jsonb")),
+        sa.Column("kwargs", pg.JSONB, nullable=False, server_default=sa.text("'{}'::jsonb")),
+        sa.Column("headers", pg.JSONB, nullable=False, server_default=sa.text("'{}'::jsonb")),
+        sa.Column("task_id", sa.Text, nullable=False),
+        sa.Column("operation_id", pg.UUID(as_uuid=True)),
+        sa.Column("created_time", sa.DateTime(timezone=True), nullable=False),
+        sa.Column("available_time", sa.DateTime(timezone=True), nullable=False),
+        sa.Column("sent_time", sa.DateTime(timezone=True)),
+        sa.Column("publish_attempts", sa.Integer, nullable=False, server_default="0"),
+        sa.Column("last_error", sa.Text),
+        sa.PrimaryKeyConstraint("id", name="pk_outbox"),
+        schema=schema,
+    )
+    op.create_index(
+        "ix_outbox_unsent", "outbox", ["available_time"], schema=schema,
+        postgresql_where=sa.text("sent_time IS NULL"),
+    )
+    op.create_index("ix_outbox_operation_id", "outbox", ["operation_id"], schema=schema)
+
+
+def drop_common(schema: str) -> None:
+    """Drops what :func:`create_common` created."""
+    op.drop_table("outbox", schema=schema)
+    op.drop_table("operations", schema=schema)

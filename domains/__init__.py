@@ -1,0 +1,1 @@
+"""Conveyor business domains: pure Python models, repositories, services and events."""

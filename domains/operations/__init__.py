@@ -1,0 +1,1 @@
+"""Long-running operations (AIP-151), shared by every domain: one table in each domain schema."""

@@ -1,0 +1,258 @@
+"""Running an operation inside a task: claim, checkpoint (progress + heartbeat + cancel check),
+finish with a fencing token, release for retry, fail.
+
+Tasks are idempotent by operation id: a redelivered task for a done operation is skipped, and a
+second concurrent delivery cannot run it twice (row lock on claim, attempt number as a fencing
+token on every later write).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from domains.operations.model import IllegalTransition, Operation, OperationError, Progress, State
+from domains.operations.unit_of_work import SqlUnitOfWork
+from domains.shared.clock import utcnow
+from domains.shared.errors import NotFound
+
+log = logging.getLogger(__name__)
+
+ProgressSink = Callable[[dict[str, Any]], None]
+"""Mirrors progress elsewhere (Celery ``PROGRESS`` state, so Flower shows the same figure)."""
+
+
+class Skip(Exception):  # noqa: N818 - a control-flow signal, not an error
+    """The operation needs no work from this delivery (done, cancelled, or owned elsewhere)."""
+
+    def __init__(self, reason: str, operation: Operation | None = None) -> None:
+        """Creates the signal.
+
+        Args:
+            reason: Why the delivery is skipped.
+            operation: The operation as found.
+        """
+        super().__init__(reason)
+        self.reason = reason
+        self.operation = operation
+
+
+class Busy(Exception):  # noqa: N818 - a control-flow signal, not an error
+    """Another attempt holds a live lease; try again after ``retry_after`` seconds."""
+
+    def __init__(self, retry_after: float) -> None:
+        """Creates the signal.
+
+        Args:
+            retry_after: Seconds until the lease may have expired.
+        """
+        super().__init__(f"operation is running elsewhere; retry in {retry_after:.1f}s")
+        self.retry_after = retry_after
+
+
+class Cancelled(Exception):  # noqa: N818 - a control-flow signal, not an error
+    """The operation was asked to stop; raised at a checkpoint."""
+
+
+class LeaseLost(Exception):  # noqa: N818 - a control-flow signal, not an error
+    """Another attempt took the operation over; this one must stop without writing."""
+
+
+@dataclasses.dataclass
+class Execution:
+    """One attempt at an operation, owned by the task that claimed it.
+
+    Attributes:
+        operation: The operation as claimed.
+        attempt: Fencing token.
+    """
+
+    operation: Operation
+    attempt: int
+    _runner: OperationRunner
+    _sink: ProgressSink | None = None
+    _last_write: float = 0.0
+    _progress: Progress = dataclasses.field(default_factory=Progress)
+
+    @property
+    def id(self) -> uuid.UUID:
+        """The operation id."""
+        return self.operation.id
+
+    async def checkpoint(self, done: int, total: int | None = None, message: str = "") -> None:
+        """Reports progress between units of work; writes are throttled.
+
+        Each write is also the heartbeat and the cancellation check.
+
+        Args:
+            done: Units done.
+            total: Units in all.
+            message: Short status.
+
+        Raises:
+            Cancelled: If cancellation was requested.
+            LeaseLost: If another attempt took over.
+        """
+        self._progress = Progress(done=done, total=total, message=message)
+        now = time.monotonic()
+        final = total is not None and done >= total
+        if not final and now - self._last_write < self._runner.progress_interval:
+            return
+        self._last_write = now
+        async with self._runner.uow_factory() as uow:
+            state = await uow.operations.heartbeat(self.id, self.attempt, self._progress, utcnow())
+            await uow.commit()
+        if self._sink is not None:
+            try:
+                self._sink({**self._progress.to_dict(), "operation": self.operation.name})
+            except Exception:
+                log.debug("progress mirror failed", exc_info=True)
+        if state is None:
+            raise LeaseLost(f"{self.operation.name}: attempt {self.attempt} no longer owns it")
+        if state == State.CANCELLING:
+            raise Cancelled(self.operation.name)
+
+
+class OperationRunner:
+    """Claims and settles operations of one domain."""
+
+    def __init__(self, uow_factory: Callable[[], SqlUnitOfWork], *, progress_interval: float = 1.0) -> None:
+        """Creates the runner.
+
+        Args:
+            uow_factory: The domain's unit of work factory.
+            progress_interval: Minimum seconds between progress writes.
+        """
+        self.uow_factory = uow_factory
+        self.progress_interval = progress_interval
+
+    async def claim(self, operation_id: uuid.UUID, *, sink: ProgressSink | None = None) -> Execution:
+        """Starts an attempt: PENDING (or RUNNING with an expired lease) -> RUNNING.
+
+        Args:
+            operation_id: The operation.
+            sink: Progress mirror.
+
+        Returns:
+            The execution, with its fencing token.
+
+        Raises:
+            NotFound: If the operation does not exist (deleted).
+            Skip: If it is done, or cancelled now.
+            Busy: If another attempt holds a live lease.
+        """
+        async with self.uow_factory() as uow:
+            op = await uow.operations.get(operation_id, for_update=True)
+            if op is None:
+                raise NotFound(f"operation {operation_id} does not exist", reason="OPERATION_NOT_FOUND")
+            now = utcnow()
+            if op.done:
+                raise Skip(f"{op.name} is already {op.state}", op)
+            if op.state == State.CANCELLING:
+                op.mark_cancelled(now)
+                await uow.operations.save(op)
+                await uow.commit()
+                raise Skip(f"{op.name} cancelled before it started", op)
+            try:
+                attempt = op.start(now)
+            except IllegalTransition:
+                last = op.heartbeat_time or op.update_time
+                raise Busy(max(0.5, op.lease_seconds - (now - last).total_seconds())) from None
+            await uow.operations.save(op)
+            await uow.commit()
+        return Execution(operation=op, attempt=attempt, _runner=self, _sink=sink, _progress=op.progress)
+
+    async def _settle(self, execution: Execution, change: Callable[[Operation], None]) -> Operation:
+        async with self.uow_factory() as uow:
+            op = await uow.operations.get(execution.id, for_update=True)
+            if op is None or op.attempt != execution.attempt or op.done:
+                raise LeaseLost(f"operation {execution.id}: attempt {execution.attempt} no longer owns it")
+            change(op)
+            await uow.operations.save(op)
+            await uow.commit()
+        return op
+
+    async def finish(
+        self,
+        execution: Execution,
+        apply: Callable[[SqlUnitOfWork, Operation], Awaitable[dict[str, Any]]],
+    ) -> Operation:
+        """Applies the work's effects and marks the operation SUCCEEDED in one transaction.
+
+        Effects happen exactly once: the transaction locks the row and checks the fencing token.
+
+        Args:
+            execution: The attempt.
+            apply: Writes the domain effects; returns the operation's response.
+
+        Returns:
+            The SUCCEEDED operation.
+
+        Raises:
+            LeaseLost: If another attempt owns the operation (nothing is written).
+        """
+        async with self.uow_factory() as uow:
+            op = await uow.operations.get(execution.id, for_update=True)
+            if op is None or op.attempt != execution.attempt or op.done:
+                raise LeaseLost(f"operation {execution.id}: attempt {execution.attempt} no longer owns it")
+            response = await apply(uow, op)
+            now = utcnow()
+            if op.progress.total is not None or execution._progress.total is not None:
+                op.progress = dataclasses.replace(execution._progress, done=execution._progress.total or 0)
+            op.succeed(now, response)
+            await uow.operations.save(op)
+            await uow.commit()
+        return op
+
+    async def cancelled(self, execution: Execution) -> Operation:
+        """Records that the task stopped after a cancel request.
+
+        Args:
+            execution: The attempt.
+
+        Returns:
+            The CANCELLED operation.
+        """
+        return await self._settle(execution, lambda op: op.mark_cancelled(utcnow()))
+
+    async def release(self, execution: Execution, reason: str) -> Operation:
+        """Gives the operation back to PENDING after a transient failure (a retry follows).
+
+        Args:
+            execution: The attempt.
+            reason: The transient error.
+
+        Returns:
+            The PENDING operation.
+        """
+        def change(op: Operation) -> None:
+            if op.state == State.CANCELLING:
+                op.mark_cancelled(utcnow())
+            else:
+                op.release(utcnow(), f"attempt {execution.attempt} failed: {reason}; retrying")
+
+        return await self._settle(execution, change)
+
+    async def fail(self, operation_id: uuid.UUID, error: OperationError) -> Operation | None:
+        """Ends an operation with an error, unless it is already done.
+
+        Args:
+            operation_id: The operation.
+            error: What went wrong.
+
+        Returns:
+            The operation, or ``None`` if it does not exist.
+        """
+        async with self.uow_factory() as uow:
+            op = await uow.operations.get(operation_id, for_update=True)
+            if op is None:
+                return None
+            if not op.done:
+                op.fail(utcnow(), error)
+                await uow.operations.save(op)
+                await uow.commit()
+        return op

@@ -1,0 +1,323 @@
+"""Every query on ``operations`` lives here."""
+
+from __future__ import annotations
+
+import datetime as dt
+import uuid
+from collections.abc import Sequence
+from typing import Any, Protocol
+
+import sqlalchemy as sa
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from domains.operations.model import (
+    DispatchSpec,
+    Operation,
+    OperationError,
+    Progress,
+    State,
+)
+from domains.shared.errors import Conflict, InvalidArgument
+from domains.shared.query import Condition
+
+FILTER_COLUMNS: dict[str, str] = {
+    "done": "done",
+    "metadata.state": "state",
+    "metadata.domain": "domain",
+    "metadata.type": "type",
+    "metadata.target": "target",
+    "create_time": "create_time",
+    "metadata.create_time": "create_time",
+    "update_time": "update_time",
+    "metadata.update_time": "update_time",
+}
+"""API filter field -> column."""
+
+
+class DuplicateRequestId(Conflict):
+    """Another operation was created with the same request id at the same time."""
+
+    default_reason = "DUPLICATE_REQUEST_ID"
+
+
+class OperationRepository(Protocol):
+    """Storage of operations in one domain schema."""
+
+    async def add(self, operation: Operation) -> None:
+        """Inserts a new operation."""
+
+    async def get(self, operation_id: uuid.UUID, *, for_update: bool = False) -> Operation | None:
+        """Loads one operation."""
+
+    async def save(self, operation: Operation) -> None:
+        """Writes back a changed operation."""
+
+    async def get_by_request_id(self, request_id: str) -> Operation | None:
+        """Loads the operation created by a request id."""
+
+
+def _to_row(op: Operation) -> dict[str, Any]:
+    return {
+        "id": op.id,
+        "domain": op.domain,
+        "type": op.type,
+        "target": op.target,
+        "state": str(op.state),
+        "done": op.done,
+        "progress": op.progress.to_dict(),
+        "attempt": op.attempt,
+        "dispatch_count": op.dispatch_count,
+        "dispatch": op.dispatch.to_dict(),
+        "create_time": op.create_time,
+        "update_time": op.update_time,
+        "start_time": op.start_time,
+        "end_time": op.end_time,
+        "heartbeat_time": op.heartbeat_time,
+        "dispatch_time": op.dispatch_time,
+        "error": op.error.to_dict() if op.error else None,
+        "response": op.response,
+        "request_id": op.request_id,
+        "request_hash": op.request_hash,
+        "lease_seconds": op.lease_seconds,
+        "pending_deadline_seconds": op.pending_deadline_seconds,
+        "correlation_id": op.correlation_id,
+    }
+
+
+def from_row(row: Any) -> Operation:
+    """Builds an Operation from a table row.
+
+    Args:
+        row: A row mapping of the ``operations`` table.
+
+    Returns:
+        The aggregate.
+    """
+    return Operation(
+        id=row["id"],
+        domain=row["domain"],
+        type=row["type"],
+        target=row["target"],
+        state=State(row["state"]),
+        progress=Progress.from_dict(row["progress"]),
+        attempt=row["attempt"],
+        dispatch_count=row["dispatch_count"],
+        dispatch=DispatchSpec(**row["dispatch"]),
+        create_time=row["create_time"],
+        update_time=row["update_time"],
+        start_time=row["start_time"],
+        end_time=row["end_time"],
+        heartbeat_time=row["heartbeat_time"],
+        dispatch_time=row["dispatch_time"],
+        error=OperationError.from_dict(row["error"]),
+        response=row["response"],
+        request_id=row["request_id"],
+        request_hash=row["request_hash"],
+        lease_seconds=row["lease_seconds"],
+        pending_deadline_seconds=row["pending_deadline_seconds"],
+        correlation_id=row["correlation_id"],
+    )
+
+
+class SqlOperationRepository:
+    """Operations in one domain schema, through SQLAlchemy Core."""
+
+    def __init__(self, session: AsyncSession, table: sa.Table) -> None:
+        """Binds the repository.
+
+        Args:
+            session: The unit of work's session.
+            table: The domain's ``operations`` table.
+        """
+        self._session = session
+        self._t = table
+
+    async def add(self, operation: Operation) -> None:
+        """Inserts ``operation``.
+
+        Args:
+            operation: A new operation.
+
+        Raises:
+            DuplicateRequestId: If its request id is taken (a concurrent retry of the request).
+        """
+        try:
+            async with self._session.begin_nested():
+                await self._session.execute(sa.insert(self._t).values(**_to_row(operation)))
+        except IntegrityError as exc:
+            if "request_id" in str(exc.orig):
+                raise DuplicateRequestId(f"request_id {operation.request_id!r} is being used") from None
+            raise
+
+    async def get(self, operation_id: uuid.UUID, *, for_update: bool = False) -> Operation | None:
+        """Loads an operation.
+
+        Args:
+            operation_id: Its id.
+            for_update: Lock the row until the transaction ends.
+
+        Returns:
+            The operation or ``None``.
+        """
+        query = sa.select(self._t).where(self._t.c.id == operation_id)
+        if for_update:
+            query = query.with_for_update()
+        row = (await self._session.execute(query)).mappings().first()
+        return from_row(row) if row else None
+
+    async def get_by_request_id(self, request_id: str) -> Operation | None:
+        """Loads the operation created with ``request_id``.
+
+        Args:
+            request_id: AIP-155 request id.
+
+        Returns:
+            The operation or ``None``.
+        """
+        query = sa.select(self._t).where(self._t.c.request_id == request_id)
+        row = (await self._session.execute(query)).mappings().first()
+        return from_row(row) if row else None
+
+    async def save(self, operation: Operation) -> None:
+        """Writes back every field of ``operation``.
+
+        Args:
+            operation: A loaded, changed operation.
+        """
+        values = _to_row(operation)
+        values.pop("id")
+        await self._session.execute(sa.update(self._t).where(self._t.c.id == operation.id).values(**values))
+
+    async def heartbeat(
+        self, operation_id: uuid.UUID, attempt: int, progress: Progress, now: dt.datetime
+    ) -> State | None:
+        """Writes progress and a heartbeat if ``attempt`` still owns the operation.
+
+        One statement, no read first: the hot path of a running task.
+
+        Args:
+            operation_id: The operation.
+            attempt: Fencing token from :meth:`Operation.start`.
+            progress: New progress.
+            now: Current time.
+
+        Returns:
+            The state after the write, or ``None`` if the attempt no longer owns the operation.
+        """
+        t = self._t
+        query = (
+            sa.update(t)
+            .where(
+                t.c.id == operation_id,
+                t.c.attempt == attempt,
+                t.c.state.in_([State.RUNNING.value, State.CANCELLING.value]),
+            )
+            .values(progress=progress.to_dict(), heartbeat_time=now, update_time=now)
+            .returning(t.c.state)
+        )
+        row = (await self._session.execute(query)).first()
+        return State(row[0]) if row else None
+
+    async def list(
+        self,
+        conditions: Sequence[Condition],
+        *,
+        after_id: uuid.UUID | None,
+        limit: int,
+    ) -> list[Operation]:
+        """Lists operations in id (= creation) order.
+
+        Args:
+            conditions: Parsed filter (a conjunction).
+            after_id: Keyset position: only ids greater than this.
+            limit: Maximum rows.
+
+        Returns:
+            Matching operations.
+
+        Raises:
+            InvalidArgument: If a condition names an unknown field.
+        """
+        t = self._t
+        query = sa.select(t)
+        for cond in conditions:
+            column_name = FILTER_COLUMNS.get(cond.field)
+            if column_name is None:
+                raise InvalidArgument(f"filter: field {cond.field!r} is not filterable", reason="INVALID_FILTER")
+            column = t.c[column_name]
+            value = cond.value.value if isinstance(cond.value, State) else cond.value
+            ops = {
+                "=": column.__eq__,
+                "!=": column.__ne__,
+                "<": column.__lt__,
+                "<=": column.__le__,
+                ">": column.__gt__,
+                ">=": column.__ge__,
+            }
+            query = query.where(ops[cond.op](value))
+        if after_id is not None:
+            query = query.where(t.c.id > after_id)
+        query = query.order_by(t.c.id).limit(limit)
+        rows = (await self._session.execute(query)).mappings().all()
+        return [from_row(row) for row in rows]
+
+    async def delete(self, operation_id: uuid.UUID) -> None:
+        """Deletes an operation.
+
+        Args:
+            operation_id: The operation.
+        """
+        await self._session.execute(sa.delete(self._t).where(self._t.c.id == operation_id))
+
+    async def find_stale(self, now: dt.datetime, limit: int) -> list[Operation]:
+        """Locks operations that look lost: PENDING past their deadline, or RUNNING/CANCELLING
+        past their lease without a heartbeat.
+
+        Re-dispatch waits grow with each dispatch (deadline * dispatch_count), so a long queue
+        is not flooded with copies.
+
+        Args:
+            now: Current time.
+            limit: Maximum rows.
+
+        Returns:
+            The locked operations (``FOR UPDATE SKIP LOCKED``).
+        """
+        t = self._t
+        seconds = sa.func.make_interval(0, 0, 0, 0, 0, 0, 1)
+        pending_since = sa.func.coalesce(t.c.dispatch_time, t.c.create_time)
+        last_sign = sa.func.coalesce(t.c.heartbeat_time, t.c.start_time, t.c.update_time)
+        pending_stale = sa.and_(
+            t.c.state == State.PENDING.value,
+            pending_since
+            < sa.literal(now) - seconds * t.c.pending_deadline_seconds * sa.func.greatest(t.c.dispatch_count, 1),
+        )
+        running_stale = sa.and_(
+            t.c.state.in_([State.RUNNING.value, State.CANCELLING.value]),
+            last_sign < sa.literal(now) - seconds * t.c.lease_seconds,
+        )
+        query = (
+            sa.select(t)
+            .where(sa.not_(t.c.done), sa.or_(pending_stale, running_stale))
+            .order_by(t.c.id)
+            .limit(limit)
+            .with_for_update(skip_locked=True)
+        )
+        rows = (await self._session.execute(query)).mappings().all()
+        return [from_row(row) for row in rows]
+
+    async def purge_done(self, older_than: dt.datetime, limit: int) -> int:
+        """Deletes done operations that ended before ``older_than``.
+
+        Args:
+            older_than: Cut-off time.
+            limit: Maximum rows per call.
+
+        Returns:
+            Rows deleted.
+        """
+        t = self._t
+        ids = sa.select(t.c.id).where(t.c.done, t.c.end_time < older_than).limit(limit).scalar_subquery()
+        result = await self._session.execute(sa.delete(t).where(t.c.id.in_(ids)))
+        return int(result.rowcount or 0)  # type: ignore[attr-defined]

@@ -1,0 +1,480 @@
+"""Operations use cases: create idempotently, get, list, cancel, wait, delete, retry, sweep."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import datetime as dt
+import hashlib
+import heapq
+import json
+import logging
+import uuid
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from typing import Any
+
+from domains.operations.model import DispatchSpec, Operation, OperationError, State
+from domains.operations.repository import DuplicateRequestId
+from domains.operations.unit_of_work import SqlUnitOfWork
+from domains.shared.clock import utcnow
+from domains.shared.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
+from domains.shared.ids import new_id
+from domains.shared.outbox import OutboxMessage
+from domains.shared.query import Condition
+
+log = logging.getLogger(__name__)
+
+UowFactory = Callable[[], SqlUnitOfWork]
+MAX_WAIT_SECONDS = 60.0
+
+
+def request_fingerprint(body: Mapping[str, Any]) -> str:
+    """Returns a stable hash of a create request's body (for AIP-155 request ids).
+
+    Args:
+        body: The request fields, without ``request_id``.
+
+    Returns:
+        A hex SHA-256 of the canonical JSON.
+    """
+    canonical = json.dumps(body, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def parse_operation_name(name: str) -> tuple[str, uuid.UUID]:
+    """Splits ``operations/{domain}.{id}`` (or ``{domain}.{id}``).
+
+    Args:
+        name: The operation name or id part.
+
+    Returns:
+        ``(domain, id)``.
+
+    Raises:
+        InvalidArgument: If the name is malformed.
+    """
+    text = name.removeprefix("operations/")
+    domain, sep, raw_id = text.partition(".")
+    try:
+        if not sep:
+            raise ValueError
+        return domain, uuid.UUID(raw_id)
+    except ValueError:
+        raise InvalidArgument(
+            f"operation name {name!r} is malformed; expected operations/{{domain}}.{{uuid}}"
+            " as returned by the create call",
+            reason="INVALID_OPERATION_NAME",
+        ) from None
+
+
+def new_operation(
+    *,
+    domain: str,
+    type_: str,
+    target: str,
+    dispatch: DispatchSpec,
+    request_id: str | None = None,
+    request_hash: str | None = None,
+    lease_seconds: float = 30.0,
+    pending_deadline_seconds: float = 300.0,
+    correlation_id: str | None = None,
+    operation_id: uuid.UUID | None = None,
+) -> Operation:
+    """Creates a PENDING operation.
+
+    Args:
+        domain: Owning domain.
+        type_: Workflow type.
+        target: Resource name worked on.
+        dispatch: The task that carries it out.
+        request_id: AIP-155 request id.
+        request_hash: Fingerprint of the request body.
+        lease_seconds: Heartbeat lease while running.
+        pending_deadline_seconds: Re-dispatch deadline while pending.
+        correlation_id: Request id for logs.
+        operation_id: Id to use (defaults to a new UUIDv7).
+
+    Returns:
+        The new operation.
+    """
+    now = utcnow()
+    return Operation(
+        id=operation_id or new_id(),
+        domain=domain,
+        type=type_,
+        target=target,
+        create_time=now,
+        update_time=now,
+        dispatch=dispatch,
+        request_id=request_id,
+        request_hash=request_hash,
+        lease_seconds=lease_seconds,
+        pending_deadline_seconds=pending_deadline_seconds,
+        correlation_id=correlation_id,
+    )
+
+
+async def enqueue(uow: SqlUnitOfWork, operation: Operation) -> OutboxMessage:
+    """Writes the outbox row that dispatches ``operation`` (in the caller's transaction).
+
+    The Celery task id is the operation id, so Flower, logs and the API name the same thing.
+
+    Args:
+        uow: The open unit of work.
+        operation: The operation to dispatch (saved by the caller).
+
+    Returns:
+        The outbox message.
+    """
+    operation.mark_dispatched(utcnow())
+    spec = operation.dispatch
+    message = OutboxMessage(
+        task_name=spec.task_name,
+        queue=spec.queue,
+        args=list(spec.args),
+        kwargs=dict(spec.kwargs),
+        task_id=str(operation.id),
+        operation_id=operation.id,
+        headers={"correlation_id": operation.correlation_id or "", "operation": operation.name},
+    )
+    await uow.outbox.add(message)
+    return message
+
+
+def _same_request(existing: Operation, request_hash: str | None) -> Operation:
+    if existing.request_hash != request_hash:
+        raise AlreadyExists(
+            f"request_id {existing.request_id!r} was already used with a different request body"
+            f" (it created {existing.name}); use a new request_id for a new request",
+            reason="REQUEST_ID_REUSED",
+            metadata={"operation": existing.name},
+        )
+    return existing
+
+
+async def create_idempotently(
+    uow_factory: UowFactory,
+    *,
+    request_id: str | None,
+    request_hash: str,
+    build: Callable[[SqlUnitOfWork], Awaitable[Operation]],
+) -> Operation:
+    """Runs a workflow-creating transaction once per AIP-155 request id.
+
+    ``build`` writes the domain rows and adds the operation; this adds the outbox row and
+    commits. The same request id with the same body returns the first operation; with a
+    different body, ALREADY_EXISTS. Concurrent duplicates are settled by the unique index.
+
+    Args:
+        uow_factory: The domain's unit of work factory.
+        request_id: AIP-155 request id, or ``None``.
+        request_hash: Fingerprint of the body.
+        build: Writes domain rows, returns the operation it added.
+
+    Returns:
+        The operation (new or the first one).
+
+    Raises:
+        AlreadyExists: If the request id was used with another body.
+    """
+    if request_id is not None and not (1 <= len(request_id) <= 128):
+        raise InvalidArgument("request_id must be 1 to 128 characters (a UUID is recommended)",
+                              reason="INVALID_REQUEST_ID")
+    try:
+        async with uow_factory() as uow:
+            if request_id is not None:
+                existing = await uow.operations.get_by_request_id(request_id)
+                if existing is not None:
+                    return _same_request(existing, request_hash)
+            operation = await build(uow)
+            await enqueue(uow, operation)
+            await uow.operations.save(operation)
+            await uow.commit()
+            return operation
+    except DuplicateRequestId:
+        async with uow_factory() as uow:
+            existing = await uow.operations.get_by_request_id(str(request_id))
+            if existing is None:  # pragma: no cover - the winner rolled back
+                raise
+            return _same_request(existing, request_hash)
+
+
+@dataclasses.dataclass(frozen=True)
+class OperationPage:
+    """One page of a list.
+
+    Attributes:
+        operations: The operations, in creation order.
+        last_id: Keyset position for the next page, ``None`` when there is none.
+    """
+
+    operations: list[Operation]
+    last_id: uuid.UUID | None
+
+
+@dataclasses.dataclass(frozen=True)
+class SweepReport:
+    """What one sweep did.
+
+    Attributes:
+        redispatched: Operations handed to the outbox again.
+        failed: Operations failed after too many dispatches.
+        cancelled: CANCELLING operations whose worker vanished, now CANCELLED.
+    """
+
+    redispatched: int = 0
+    failed: int = 0
+    cancelled: int = 0
+
+
+class OperationsService:
+    """Operations across every domain schema."""
+
+    def __init__(
+        self,
+        uow_factories: Mapping[str, UowFactory],
+        *,
+        read_uow_factories: Mapping[str, UowFactory] | None = None,
+        max_dispatches: int = 5,
+    ) -> None:
+        """Creates the service.
+
+        Args:
+            uow_factories: Domain -> unit of work on the primary.
+            read_uow_factories: Domain -> unit of work on the replica (lists).
+            max_dispatches: Dispatches after which a lost operation is failed.
+        """
+        self._uows = dict(uow_factories)
+        self._read_uows = dict(read_uow_factories or uow_factories)
+        self._max_dispatches = max_dispatches
+
+    @property
+    def domains(self) -> list[str]:
+        """Domains served."""
+        return list(self._uows)
+
+    def _uow(self, domain: str, *, read: bool = False) -> SqlUnitOfWork:
+        factories = self._read_uows if read else self._uows
+        if domain not in factories:
+            raise NotFound(f"operation domain {domain!r} does not exist", reason="OPERATION_NOT_FOUND")
+        return factories[domain]()
+
+    async def get(self, name: str) -> Operation:
+        """Returns an operation.
+
+        Args:
+            name: ``operations/{domain}.{id}`` or ``{domain}.{id}``.
+
+        Returns:
+            The operation.
+
+        Raises:
+            NotFound: If it does not exist.
+        """
+        domain, op_id = parse_operation_name(name)
+        async with self._uow(domain) as uow:
+            op = await uow.operations.get(op_id)
+        if op is None:
+            raise NotFound(f"operations/{domain}.{op_id} does not exist", reason="OPERATION_NOT_FOUND")
+        return op
+
+    async def list(
+        self, conditions: Sequence[Condition], *, page_size: int, after_id: uuid.UUID | None
+    ) -> OperationPage:
+        """Lists operations of every domain, merged in creation (UUIDv7) order.
+
+        Args:
+            conditions: Parsed filter.
+            page_size: Page size.
+            after_id: Keyset position from the previous page.
+
+        Returns:
+            The page.
+        """
+        domains = self.domains
+        for cond in conditions:
+            if cond.field == "metadata.domain" and cond.op == "=":
+                domains = [d for d in domains if d == cond.value]
+        per_domain: list[list[Operation]] = []
+        for domain in domains:
+            async with self._uow(domain, read=True) as uow:
+                per_domain.append(
+                    await uow.operations.list(conditions, after_id=after_id, limit=page_size + 1)
+                )
+        merged = list(heapq.merge(*per_domain, key=lambda op: op.id))
+        page = merged[:page_size]
+        last = page[-1].id if len(merged) > page_size else None
+        return OperationPage(operations=page, last_id=last)
+
+    async def cancel(self, name: str) -> Operation:
+        """Requests cancellation: PENDING ends CANCELLED at once, RUNNING becomes CANCELLING and
+        the worker stops at its next checkpoint. Cancelling a CANCELLING operation is a no-op.
+
+        Args:
+            name: Operation name.
+
+        Returns:
+            The operation after the request.
+
+        Raises:
+            NotFound: If it does not exist.
+            FailedPrecondition: If it is already done.
+        """
+        domain, op_id = parse_operation_name(name)
+        async with self._uow(domain) as uow:
+            op = await uow.operations.get(op_id, for_update=True)
+            if op is None:
+                raise NotFound(f"{name} does not exist", reason="OPERATION_NOT_FOUND")
+            if op.done:
+                raise FailedPrecondition(
+                    f"{op.name} is already done ({op.state}); only unfinished operations can be cancelled",
+                    reason="OPERATION_DONE",
+                )
+            op.request_cancel(utcnow())
+            await uow.operations.save(op)
+            await uow.commit()
+        return op
+
+    async def wait(self, name: str, timeout: float) -> Operation:
+        """Long-polls until the operation is done or ``timeout`` passes.
+
+        Args:
+            name: Operation name.
+            timeout: Seconds, 0 < timeout <= 60.
+
+        Returns:
+            The operation, done or not.
+
+        Raises:
+            InvalidArgument: If the timeout is out of range.
+        """
+        if not 0 <= timeout <= MAX_WAIT_SECONDS:
+            raise InvalidArgument(
+                f"timeout must be between 0 and {MAX_WAIT_SECONDS:g} seconds (got {timeout:g})",
+                reason="INVALID_TIMEOUT",
+            )
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        delay = 0.05
+        while True:
+            op = await self.get(name)
+            remaining = deadline - loop.time()
+            if op.done or remaining <= 0:
+                return op
+            await asyncio.sleep(min(delay, remaining))
+            delay = min(delay * 2, 1.0)
+
+    async def delete(self, name: str) -> None:
+        """Deletes a done operation.
+
+        Args:
+            name: Operation name.
+
+        Raises:
+            NotFound: If it does not exist.
+            FailedPrecondition: If it is not done.
+        """
+        domain, op_id = parse_operation_name(name)
+        async with self._uow(domain) as uow:
+            op = await uow.operations.get(op_id, for_update=True)
+            if op is None:
+                raise NotFound(f"{name} does not exist", reason="OPERATION_NOT_FOUND")
+            if not op.done:
+                raise FailedPrecondition(
+                    f"{op.name} is {op.state}; cancel it or wait until it is done before deleting it",
+                    reason="OPERATION_NOT_DONE",
+                )
+            await uow.operations.delete(op_id)
+            await uow.commit()
+
+    async def retry(self, name: str) -> Operation:
+        """Starts a new attempt of a FAILED operation (its task is dispatched again).
+
+        Args:
+            name: Operation name.
+
+        Returns:
+            The operation, PENDING again.
+
+        Raises:
+            NotFound: If it does not exist.
+            FailedPrecondition: If it is not FAILED.
+        """
+        domain, op_id = parse_operation_name(name)
+        async with self._uow(domain) as uow:
+            op = await uow.operations.get(op_id, for_update=True)
+            if op is None:
+                raise NotFound(f"{name} does not exist", reason="OPERATION_NOT_FOUND")
+            if op.state != State.FAILED:
+                raise FailedPrecondition(
+                    f"{op.name} is {op.state}; only FAILED operations can be retried",
+                    reason="OPERATION_NOT_FAILED",
+                )
+            op.retry(utcnow())
+            await enqueue(uow, op)
+            await uow.operations.save(op)
+            await uow.commit()
+        return op
+
+    async def sweep(self, *, limit: int = 500) -> SweepReport:
+        """Puts lost work back: re-dispatches stale PENDING/RUNNING operations, up to
+        ``max_dispatches``, then fails them with DEADLINE_EXCEEDED.
+
+        Recovers messages a broker lost (restart, flush) and tasks whose worker died.
+
+        Args:
+            limit: Maximum operations per domain per call.
+
+        Returns:
+            Counts of what was done.
+        """
+        redispatched = failed = cancelled = 0
+        for domain in self.domains:
+            async with self._uow(domain) as uow:
+                now = utcnow()
+                for op in await uow.operations.find_stale(now, limit):
+                    if op.state == State.CANCELLING:
+                        op.mark_cancelled(now)
+                        cancelled += 1
+                    elif await uow.outbox.has_unsent_for(op.id):
+                        continue  # the relay still owes this dispatch (broker down?)
+                    elif op.dispatch_count >= self._max_dispatches:
+                        op.fail(
+                            now,
+                            OperationError(
+                                status="DEADLINE_EXCEEDED",
+                                message=(
+                                    f"no worker completed {op.type} after {op.dispatch_count} dispatches"
+                                    f" and {op.attempt} attempts; retry it with :retry once workers for"
+                                    f" queue {op.dispatch.queue!r} are healthy"
+                                ),
+                            ),
+                        )
+                        failed += 1
+                    else:
+                        if op.state == State.RUNNING:
+                            op.release(now, f"worker lost (attempt {op.attempt}); re-dispatched")
+                        await enqueue(uow, op)
+                        redispatched += 1
+                    await uow.operations.save(op)
+                await uow.commit()
+        if redispatched or failed or cancelled:
+            log.info("sweep: redispatched=%d failed=%d cancelled=%d", redispatched, failed, cancelled)
+        return SweepReport(redispatched=redispatched, failed=failed, cancelled=cancelled)
+
+    async def purge_done(self, older_than: dt.datetime, *, limit: int = 1000) -> int:
+        """Deletes done operations that ended before ``older_than`` in every domain.
+
+        Args:
+            older_than: Cut-off.
+            limit: Maximum rows per domain.
+
+        Returns:
+            Rows deleted.
+        """
+        total = 0
+        for domain in self.domains:
+            async with self._uow(domain) as uow:
+                total += await uow.operations.purge_done(older_than, limit)
+                await uow.commit()
+        return total

@@ -1,0 +1,56 @@
+"""The ``operations`` table, defined in each domain schema by that domain's tables module."""
+
+from __future__ import annotations
+
+import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql as pg
+
+
+def operations_table(metadata: sa.MetaData) -> sa.Table:
+    """Defines the ``operations`` table in a domain's schema.
+
+    Args:
+        metadata: The domain's metadata (its schema).
+
+    Returns:
+        The table.
+    """
+    return sa.Table(
+        "operations",
+        metadata,
+        sa.Column("id", pg.UUID(as_uuid=True), primary_key=True),
+        sa.Column("domain", sa.Text, nullable=False),
+        sa.Column("type", sa.Text, nullable=False),
+        sa.Column("target", sa.Text, nullable=False),
+        sa.Column("state", sa.Text, nullable=False),
+        sa.Column("done", sa.Boolean, nullable=False),
+        sa.Column("progress", pg.JSONB, nullable=False),
+        sa.Column("attempt", sa.Integer, nullable=False),
+        sa.Column("dispatch_count", sa.Integer, nullable=False),
+        sa.Column("dispatch", pg.JSONB, nullable=False),
+        sa.Column("create_time", sa.DateTime(timezone=True), nullable=False),
+        sa.Column("update_time", sa.DateTime(timezone=True), nullable=False),
+        sa.Column("start_time", sa.DateTime(timezone=True)),
+        sa.Column("end_time", sa.DateTime(timezone=True)),
+        sa.Column("heartbeat_time", sa.DateTime(timezone=True)),
+        sa.Column("dispatch_time", sa.DateTime(timezone=True)),
+        sa.Column("error", pg.JSONB),
+        sa.Column("response", pg.JSONB),
+        sa.Column("request_id", sa.Text),
+        sa.Column("request_hash", sa.Text),
+        sa.Column("lease_seconds", sa.Float, nullable=False),
+        sa.Column("pending_deadline_seconds", sa.Float, nullable=False),
+        sa.Column("correlation_id", sa.Text),
+        sa.CheckConstraint(
+            "state IN ('PENDING','RUNNING','SUCCEEDED','FAILED','CANCELLING','CANCELLED')",
+            name="state",
+        ),
+        sa.Index("uq_operations_request_id", "request_id", unique=True),
+        sa.Index(
+            "ix_operations_active",
+            "state",
+            "update_time",
+            postgresql_where=sa.text("NOT done"),
+        ),
+        sa.Index("ix_operations_create_time", "create_time"),
+    )

@@ -1,0 +1,134 @@
+"""Unit of work over one domain schema: one transaction for domain rows, operations and outbox."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import uuid
+from collections.abc import Awaitable, Callable
+from types import TracebackType
+from typing import Protocol, Self
+
+import sqlalchemy as sa
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from domains.operations.repository import SqlOperationRepository
+from domains.shared.outbox import OutboxMessage, SqlOutboxRepository
+
+log = logging.getLogger(__name__)
+
+AfterCommit = Callable[[str, list[uuid.UUID]], Awaitable[None]]
+"""Called after a commit that wrote outbox rows: ``(domain, outbox_ids)`` (the fast path)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class DomainTables:
+    """The tables every domain schema has.
+
+    Attributes:
+        schema: Schema (= domain) name.
+        metadata: The schema's metadata.
+        operations: Its ``operations`` table.
+        outbox: Its ``outbox`` table.
+    """
+
+    schema: str
+    metadata: sa.MetaData
+    operations: sa.Table
+    outbox: sa.Table
+
+
+class UnitOfWork(Protocol):
+    """``async with uow:`` opens a transaction; it rolls back unless ``await uow.commit()``."""
+
+    async def __aenter__(self) -> Self: ...
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None: ...
+
+    async def commit(self) -> None:
+        """Commits the transaction."""
+
+
+class _TrackingOutbox(SqlOutboxRepository):
+    """Outbox repository that remembers what this unit of work wrote, for the fast path."""
+
+    def __init__(self, session: AsyncSession, table: sa.Table) -> None:
+        super().__init__(session, table)
+        self.added: list[uuid.UUID] = []
+
+    async def add(self, message: OutboxMessage) -> None:
+        await super().add(message)
+        self.added.append(message.id)
+
+
+class SqlUnitOfWork:
+    """A transaction on one domain's primary database.
+
+    Subclasses add the domain's repositories in :meth:`_bind`.
+    """
+
+    session: AsyncSession
+    operations: SqlOperationRepository
+    outbox: SqlOutboxRepository
+
+    def __init__(
+        self,
+        tables: DomainTables,
+        sessionmaker: async_sessionmaker[AsyncSession],
+        *,
+        after_commit: AfterCommit | None = None,
+    ) -> None:
+        """Creates the unit of work (the transaction opens on ``async with``).
+
+        Args:
+            tables: The domain's common tables.
+            sessionmaker: Session factory of the domain's primary engine.
+            after_commit: Fast-path publisher called with the outbox rows this commit wrote.
+        """
+        self.tables = tables
+        self.domain = tables.schema
+        self._sessionmaker = sessionmaker
+        self._after_commit = after_commit
+        self._committed = False
+
+    def _bind(self, session: AsyncSession) -> None:
+        """Creates the repositories on ``session``; subclasses extend it.
+
+        Args:
+            session: The open session.
+        """
+        self.operations = SqlOperationRepository(session, self.tables.operations)
+        self.outbox = _TrackingOutbox(session, self.tables.outbox)
+
+    async def __aenter__(self) -> Self:
+        self.session = self._sessionmaker()
+        await self.session.begin()
+        self._committed = False
+        self._bind(self.session)
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        try:
+            if not self._committed:
+                await self.session.rollback()
+        finally:
+            await self.session.close()
+
+    async def commit(self) -> None:
+        """Commits, then hands the outbox rows written to the fast-path publisher.
+
+        A failing publisher is logged, not raised: the rows are committed and the relay
+        publishes them later.
+        """
+        await self.session.commit()
+        self._committed = True
+        added = list(getattr(self.outbox, "added", []))
+        if added and self._after_commit is not None:
+            try:
+                await self._after_commit(self.domain, added)
+            except Exception:
+                log.warning("fast-path publish failed; the outbox relay will publish", exc_info=True)

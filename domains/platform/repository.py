@@ -1,0 +1,74 @@
+"""Every query on platform tables lives here."""
+
+from __future__ import annotations
+
+import dataclasses
+import uuid
+from typing import Protocol
+
+import sqlalchemy as sa
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from domains.platform import tables
+from domains.platform.model import Ping
+
+
+class PingRepository(Protocol):
+    """Storage of pings."""
+
+    async def add(self, ping: Ping) -> None:
+        """Inserts a ping."""
+
+    async def get(self, ping_id: uuid.UUID, *, for_update: bool = False) -> Ping | None:
+        """Loads a ping."""
+
+    async def save(self, ping: Ping) -> None:
+        """Writes back a ping."""
+
+
+class SqlPingRepository:
+    """Pings in the ``platform`` schema."""
+
+    def __init__(self, session: AsyncSession) -> None:
+        """Binds the repository.
+
+        Args:
+            session: The unit of work's session.
+        """
+        self._session = session
+
+    async def add(self, ping: Ping) -> None:
+        """Inserts ``ping``.
+
+        Args:
+            ping: A new ping.
+        """
+        await self._session.execute(sa.insert(tables.pings).values(**dataclasses.asdict(ping)))
+
+    async def get(self, ping_id: uuid.UUID, *, for_update: bool = False) -> Ping | None:
+        """Loads a ping.
+
+        Args:
+            ping_id: Its id.
+            for_update: Lock the row.
+
+        Returns:
+            The ping or ``None``.
+        """
+        query = sa.select(tables.pings).where(tables.pings.c.id == ping_id)
+        if for_update:
+            query = query.with_for_update()
+        row = (await self._session.execute(query)).mappings().first()
+        return Ping(**dict(row)) if row else None
+
+    async def save(self, ping: Ping) -> None:
+        """Writes back ``ping``.
+
+        Args:
+            ping: A loaded, changed ping.
+        """
+        values = dataclasses.asdict(ping)
+        values.pop("id")
+        await self._session.execute(
+            sa.update(tables.pings).where(tables.pings.c.id == ping.id).values(**values)
+        )

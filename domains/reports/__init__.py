@@ -1,0 +1,1 @@
+"""The reports domain (schema and queue ``reports``)."""

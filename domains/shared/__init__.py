@@ -1,0 +1,1 @@
+"""Shared kernel used by every domain: ids, errors, query conditions, outbox and unit of work."""

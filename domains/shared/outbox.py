@@ -1,0 +1,190 @@
+"""Transactional outbox: messages written with the domain change, published after commit."""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import uuid
+from collections.abc import Sequence
+from typing import Any, Protocol
+
+import sqlalchemy as sa
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from domains.shared.clock import utcnow
+from domains.shared.ids import new_id
+
+
+@dataclasses.dataclass
+class OutboxMessage:
+    """A task to publish to a queue.
+
+    Attributes:
+        task_name: Celery task name (its prefix routes it to the domain queue).
+        queue: Queue name (the domain).
+        args: JSON-serializable positional arguments.
+        kwargs: JSON-serializable keyword arguments.
+        task_id: Celery task id; the operation id for a workflow's first task.
+        operation_id: The operation the task works for, if any.
+        headers: Message headers (correlation id...).
+        id: Row id.
+        created_time: When the row was written.
+        available_time: Not published before this time (delayed dispatch lives here, not in
+            broker ETAs).
+        sent_time: When it was published, ``None`` while unsent.
+        publish_attempts: Failed publish attempts so far.
+        last_error: Last publish error.
+    """
+
+    task_name: str
+    queue: str
+    args: list[Any]
+    kwargs: dict[str, Any] = dataclasses.field(default_factory=dict)
+    task_id: str = ""
+    operation_id: uuid.UUID | None = None
+    headers: dict[str, Any] = dataclasses.field(default_factory=dict)
+    id: uuid.UUID = dataclasses.field(default_factory=new_id)
+    created_time: dt.datetime = dataclasses.field(default_factory=utcnow)
+    available_time: dt.datetime | None = None
+    sent_time: dt.datetime | None = None
+    publish_attempts: int = 0
+    last_error: str | None = None
+
+    def __post_init__(self) -> None:
+        if not self.task_id:
+            self.task_id = str(self.id)
+        if self.available_time is None:
+            self.available_time = self.created_time
+
+
+class OutboxRepository(Protocol):
+    """Where outbox messages are stored."""
+
+    async def add(self, message: OutboxMessage) -> None:
+        """Stores a message in the current transaction."""
+
+    async def claim(
+        self, *, ids: Sequence[uuid.UUID] | None = None, limit: int = 100, grace: dt.timedelta | None = None
+    ) -> list[OutboxMessage]:
+        """Locks unsent messages (``FOR UPDATE SKIP LOCKED``) and returns them."""
+
+    async def mark_sent(self, ids: Sequence[uuid.UUID], when: dt.datetime) -> None:
+        """Marks messages published."""
+
+    async def mark_failed(self, message_id: uuid.UUID, error: str, retry_at: dt.datetime) -> None:
+        """Records a failed publish and when to try again."""
+
+
+class SqlOutboxRepository:
+    """Outbox rows in one domain schema."""
+
+    def __init__(self, session: AsyncSession, table: sa.Table) -> None:
+        """Binds the repository to a session and the domain's outbox table.
+
+        Args:
+            session: The unit of work's session.
+            table: The domain's ``outbox`` table.
+        """
+        self._session = session
+        self._table = table
+
+    async def add(self, message: OutboxMessage) -> None:
+        """Inserts ``message`` in the current transaction.
+
+        Args:
+            message: The message to store.
+        """
+        await self._session.execute(
+            sa.insert(self._table).values(**dataclasses.asdict(message))
+        )
+
+    async def claim(
+        self,
+        *,
+        ids: Sequence[uuid.UUID] | None = None,
+        limit: int = 100,
+        grace: dt.timedelta | None = None,
+    ) -> list[OutboxMessage]:
+        """Locks and returns unsent, due messages; rows locked by another relay are skipped.
+
+        Args:
+            ids: Only these rows (the fast path); otherwise any due row (the relay).
+            limit: Maximum rows.
+            grace: Skip rows younger than this (left to the fast path).
+
+        Returns:
+            The claimed messages, oldest first.
+        """
+        t = self._table
+        query = sa.select(t).where(t.c.sent_time.is_(None))
+        if ids is not None:
+            query = query.where(t.c.id.in_(list(ids)))
+        else:
+            now = utcnow()
+            query = query.where(t.c.available_time <= now)
+            if grace:
+                query = query.where(t.c.created_time <= now - grace)
+        query = query.order_by(t.c.available_time).limit(limit).with_for_update(skip_locked=True)
+        rows = (await self._session.execute(query)).mappings().all()
+        return [OutboxMessage(**dict(row)) for row in rows]
+
+    async def mark_sent(self, ids: Sequence[uuid.UUID], when: dt.datetime) -> None:
+        """Marks rows published.
+
+        Args:
+            ids: The rows.
+            when: Publish time.
+        """
+        if ids:
+            t = self._table
+            await self._session.execute(
+                sa.update(t).where(t.c.id.in_(list(ids))).values(sent_time=when, last_error=None)
+            )
+
+    async def mark_failed(self, message_id: uuid.UUID, error: str, retry_at: dt.datetime) -> None:
+        """Records a failed publish.
+
+        Args:
+            message_id: The row.
+            error: What the broker said.
+            retry_at: When the relay may try again.
+        """
+        t = self._table
+        await self._session.execute(
+            sa.update(t)
+            .where(t.c.id == message_id)
+            .values(
+                publish_attempts=t.c.publish_attempts + 1,
+                last_error=error[:2000],
+                available_time=retry_at,
+            )
+        )
+
+    async def backlog(self) -> tuple[int, dt.datetime | None]:
+        """Returns the number of unsent rows and the creation time of the oldest.
+
+        Returns:
+            ``(count, oldest_created_time)``.
+        """
+        t = self._table
+        row = (
+            await self._session.execute(
+                sa.select(sa.func.count(), sa.func.min(t.c.created_time)).where(t.c.sent_time.is_(None))
+            )
+        ).one()
+        return int(row[0]), row[1]
+
+    async def has_unsent_for(self, operation_id: uuid.UUID) -> bool:
+        """Tells whether an unsent row exists for an operation.
+
+        Args:
+            operation_id: The operation.
+
+        Returns:
+            ``True`` if the relay still has a row to publish for it.
+        """
+        t = self._table
+        query = sa.select(sa.literal(1)).where(
+            t.c.operation_id == operation_id, t.c.sent_time.is_(None)
+        ).limit(1)
+        return (await self._session.execute(query)).first() is not None

@@ -1,0 +1,1 @@
+"""Monitoring: health checks, Flower configuration, metrics and logging."""

@@ -1,0 +1,1 @@
+"""Thin Celery adapters: one module per domain, one queue per domain."""

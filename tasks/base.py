@@ -1,0 +1,113 @@
+"""How every operation task maps service outcomes onto Celery: skip, retry, fail."""
+
+from __future__ import annotations
+
+import logging
+import random
+import uuid
+from collections.abc import Callable, Coroutine
+from typing import Any
+
+from celery import Task
+from celery.exceptions import Retry
+from domains.operations.execution import Busy, LeaseLost, ProgressSink, Skip
+from domains.operations.model import OperationError
+from domains.shared.errors import DomainError, NotFound, TransientError
+
+from tasks.runtime import runtime
+
+log = logging.getLogger(__name__)
+
+
+def progress_sink(task: Task) -> ProgressSink:
+    """Returns a sink mirroring progress into the task's Celery state (``PROGRESS``).
+
+    Args:
+        task: The bound task.
+
+    Returns:
+        The sink.
+    """
+    task_id = task.request.id
+
+    def sink(meta: dict[str, Any]) -> None:
+        if task_id:
+            task.update_state(task_id=task_id, state="PROGRESS", meta=meta)
+
+    return sink
+
+
+def backoff(retries: int) -> float:
+    """Exponential backoff with full jitter.
+
+    Args:
+        retries: Retries so far.
+
+    Returns:
+        Seconds to wait.
+    """
+    settings = runtime.container.settings
+    cap = min(settings.retry_backoff_max_seconds, settings.retry_backoff_base_seconds * 2**retries)
+    return random.uniform(0, cap)
+
+
+def run_operation_task(
+    task: Task,
+    operation_id: str,
+    work: Callable[[uuid.UUID, ProgressSink], Coroutine[Any, Any, dict[str, Any]]],
+    fail: Callable[[uuid.UUID, OperationError], Coroutine[Any, Any, Any]],
+) -> dict[str, Any]:
+    """Runs an operation's work and settles every outcome.
+
+    - done / cancelled / deleted / taken over: returns ``{"skipped": reason}`` (idempotent);
+    - running elsewhere: retries after the lease;
+    - transient failure (or an unexpected exception): retries with backoff and jitter up to
+      ``task_max_retries``, then FAILED with the error (``:retry`` starts again);
+    - a domain error: FAILED at once.
+
+    Args:
+        task: The bound Celery task.
+        operation_id: The operation (task argument).
+        work: ``(operation_id, sink) -> response`` coroutine factory.
+        fail: Ends the operation as FAILED.
+
+    Returns:
+        The response, or a skip note.
+    """
+    op_id = uuid.UUID(operation_id)
+    try:
+        return runtime.run(work(op_id, progress_sink(task)))
+    except Retry:
+        raise
+    except Skip as exc:
+        log.info("skip %s: %s", operation_id, exc.reason)
+        return {"skipped": exc.reason}
+    except (LeaseLost, NotFound) as exc:
+        log.warning("skip %s: %s", operation_id, exc)
+        return {"skipped": str(exc)}
+    except Busy as exc:
+        raise task.retry(countdown=exc.retry_after, max_retries=None) from None
+    except DomainError as exc:
+        if not isinstance(exc, TransientError):
+            runtime.run(fail(op_id, OperationError(status=exc.code, message=exc.message)))
+            return {"failed": exc.message}
+        error = exc.message
+    except Exception as exc:
+        log.exception("task %s for %s raised", task.name, operation_id)
+        error = f"{type(exc).__name__}: {exc}"
+    retries = task.request.retries
+    max_retries = runtime.container.settings.task_max_retries
+    if retries >= max_retries:
+        runtime.run(
+            fail(
+                op_id,
+                OperationError(
+                    status="UNAVAILABLE",
+                    message=f"gave up after {retries + 1} attempts; last error: {error}",
+                    details=[{"@type": "type.googleapis.com/google.rpc.ErrorInfo", "reason": "RETRIES_EXHAUSTED",
+                              "domain": "conveyor", "metadata": {"task": task.name}}],
+                ),
+            )
+        )
+        return {"failed": error}
+    raise task.retry(countdown=backoff(retries), max_retries=None) from None
