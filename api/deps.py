@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from typing import Protocol
 
+from fastapi import Request
+
 from domains.operations.service import OperationsService
 from domains.platform.service import PingService
-from fastapi import Request
 
 
 class TaskControl(Protocol):

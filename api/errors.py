@@ -5,11 +5,12 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from domains.shared.errors import DomainError
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from domains.shared.errors import DomainError
 
 log = logging.getLogger(__name__)
 
@@ -100,7 +101,9 @@ def _field_path(loc: tuple[Any, ...]) -> str:
 async def _domain_error(_: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, DomainError)
     return _response(
-        error_body(exc.code, exc.message, reason=exc.reason, metadata=exc.metadata, details=exc.details)
+        error_body(
+            exc.code, exc.message, reason=exc.reason, metadata=exc.metadata, details=exc.details
+        )
     )
 
 
@@ -122,28 +125,43 @@ async def _validation_error(_: Request, exc: Exception) -> JSONResponse:
             "INVALID_ARGUMENT",
             message,
             reason="INVALID_REQUEST",
-            details=[{"@type": "type.googleapis.com/google.rpc.BadRequest", "field_violations": violations}],
+            details=[
+                {
+                    "@type": "type.googleapis.com/google.rpc.BadRequest",
+                    "field_violations": violations,
+                }
+            ],
         )
     )
 
 
 async def _http_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, StarletteHTTPException)
-    status = _STATUS_BY_HTTP.get(exc.status_code, "UNKNOWN" if exc.status_code >= 500 else "INVALID_ARGUMENT")
+    status = _STATUS_BY_HTTP.get(
+        exc.status_code, "UNKNOWN" if exc.status_code >= 500 else "INVALID_ARGUMENT"
+    )
     if exc.status_code == 404:
-        message = f"no resource or method at {request.method} {request.url.path}; see /docs for the API"
+        message = (
+            f"no resource or method at {request.method} {request.url.path}; see /docs for the API"
+        )
     elif exc.status_code == 405:
         message = f"method {request.method} is not allowed on {request.url.path}"
     else:
         message = str(exc.detail)
-    return _response(error_body(status, message, http_code=exc.status_code), headers=getattr(exc, "headers", None))
+    return _response(
+        error_body(status, message, http_code=exc.status_code),
+        headers=getattr(exc, "headers", None),
+    )
 
 
 async def _unexpected_error(request: Request, exc: Exception) -> JSONResponse:
     # Log everything, show nothing internal.
     log.error("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
     return _response(
-        error_body("INTERNAL", "internal error; the request was logged, retry later or contact the operator")
+        error_body(
+            "INTERNAL",
+            "internal error; the request was logged, retry later or contact the operator",
+        )
     )
 
 

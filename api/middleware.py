@@ -8,13 +8,16 @@ import uuid
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-request_id_var: contextvars.ContextVar[str | None] = contextvars.ContextVar("request_id", default=None)
+request_id_var: contextvars.ContextVar[str | None] = contextvars.ContextVar(
+    "request_id", default=None
+)
 _VALID = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
 
 
 class RequestIdMiddleware:
     """Takes ``X-Request-Id`` (or makes one), exposes it in ``request.state.request_id`` and a
-    context variable, and echoes it on the response."""
+    context variable, and echoes it on the response.
+    """
 
     def __init__(self, app: ASGIApp) -> None:
         """Wraps ``app``.

@@ -14,7 +14,9 @@ TASK_MODULES = ["tasks.platform", "tasks.operations"]
 """Modules holding task adapters (imported by every worker)."""
 
 
-def route_task(name: str, args: Any, kwargs: Any, options: Any, task: Any = None, **_: Any) -> dict[str, str]:
+def route_task(
+    name: str, args: Any, kwargs: Any, options: Any, task: Any = None, **_: Any
+) -> dict[str, str]:
     """Routes ``imports.*`` to queue ``imports`` and so on; unknown prefixes go to ``platform``.
 
     Args:
@@ -71,7 +73,9 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "broker_connection_retry_on_startup": True,
         "broker_connection_timeout": settings.broker_connect_timeout_seconds,
         "broker_transport_options": transport,
-        "result_backend_transport_options": {"socket_connect_timeout": settings.broker_connect_timeout_seconds}
+        "result_backend_transport_options": {
+            "socket_connect_timeout": settings.broker_connect_timeout_seconds
+        }
         if settings.backend()
         else {},
         "worker_hijack_root_logger": False,
@@ -81,7 +85,10 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         # Placeholder static schedule: the sweeper as a beat task. Issue "Scheduled work"
         # replaces it with a database-backed scheduler.
         "beat_schedule": {
-            "platform.sweep": {"task": "platform.sweep", "schedule": settings.sweeper_interval_seconds * 6},
+            "platform.sweep": {
+                "task": "platform.sweep",
+                "schedule": settings.sweeper_interval_seconds * 6,
+            },
         },
     }
 
@@ -95,7 +102,7 @@ def create_celery(settings: Settings) -> Celery:
     Returns:
         The configured app, tasks included.
     """
-    app = Celery("conveyor", set_as_current=True)
+    app = Celery("conveyor", set_as_current=False)
     app.config_from_object(celery_config(settings))
     app.conf.update(include=TASK_MODULES)
     app.conveyor_settings = settings  # type: ignore[attr-defined]
@@ -111,7 +118,10 @@ def get_celery() -> Celery:
     Returns:
         The app.
     """
-    return create_celery(get_settings())
+    app = create_celery(get_settings())
+    app.set_current()
+    app.set_default()
+    return app
 
 
 def __getattr__(name: str) -> Any:

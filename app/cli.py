@@ -71,13 +71,26 @@ def api(host: str, port: int, workers: int) -> None:
     import uvicorn
 
     _require(_settings())
-    uvicorn.run("app.main:create_app", factory=True, host=host, port=port, workers=workers, log_level="info")
+    uvicorn.run(
+        "app.main:create_app", factory=True, host=host, port=port, workers=workers, log_level="info"
+    )
 
 
 @main.command()
-@click.option("--queues", "-Q", default=",".join(DOMAINS), show_default=True, help="comma-separated domain queues")
+@click.option(
+    "--queues",
+    "-Q",
+    default=",".join(DOMAINS),
+    show_default=True,
+    help="comma-separated domain queues",
+)
 @click.option("--concurrency", "-c", default=2, show_default=True, type=int)
-@click.option("--pool", default="prefork", show_default=True, type=click.Choice(["prefork", "threads", "solo"]))
+@click.option(
+    "--pool",
+    default="prefork",
+    show_default=True,
+    type=click.Choice(["prefork", "threads", "solo"]),
+)
 @click.option("--name", default=None, help="worker node name (default: <queues>@<host>)")
 @click.option("--loglevel", default="INFO", show_default=True)
 def worker(queues: str, concurrency: int, pool: str, name: str | None, loglevel: str) -> None:
@@ -88,10 +101,25 @@ def worker(queues: str, concurrency: int, pool: str, name: str | None, loglevel:
     _require(settings)
     unknown = [q for q in queues.split(",") if q not in DOMAINS]
     if unknown:
-        click.echo(f"conveyor: unknown queue(s) {', '.join(unknown)}; known: {', '.join(DOMAINS)}", err=True)
+        click.echo(
+            f"conveyor: unknown queue(s) {', '.join(unknown)}; known: {', '.join(DOMAINS)}",
+            err=True,
+        )
         raise SystemExit(2)
     node = name or f"{queues.replace(',', '+')}@%h"
-    argv = ["worker", "-Q", queues, "-c", str(concurrency), "-P", pool, "-n", node, "--loglevel", loglevel]
+    argv = [
+        "worker",
+        "-Q",
+        queues,
+        "-c",
+        str(concurrency),
+        "-P",
+        pool,
+        "-n",
+        node,
+        "--loglevel",
+        loglevel,
+    ]
     if settings.task_events:
         argv.append("-E")
     get_celery().worker_main(argv)
@@ -113,7 +141,9 @@ def beat(loglevel: str) -> None:
 @main.command()
 @click.option("--host", default="127.0.0.1", show_default=True)
 @click.option("--port", default=5555, show_default=True, type=int)
-@click.option("--insecure-dev", is_flag=True, help="allow running without basic auth (local development only)")
+@click.option(
+    "--insecure-dev", is_flag=True, help="allow running without basic auth (local development only)"
+)
 def flower(host: str, port: int, insecure_dev: bool) -> None:
     """Run Flower (task monitor) with basic auth."""
     from app.celery_app import get_celery
@@ -122,9 +152,13 @@ def flower(host: str, port: int, insecure_dev: bool) -> None:
     _require(settings)
     argv = ["flower", f"--address={host}", f"--port={port}", "--purge_offline_workers=60"]
     if settings.flower_user and settings.flower_password:
-        argv.append(f"--basic-auth={settings.flower_user}:{settings.flower_password.get_secret_value()}")
+        argv.append(
+            f"--basic-auth={settings.flower_user}:{settings.flower_password.get_secret_value()}"
+        )
     elif insecure_dev:
-        click.echo("conveyor: WARNING: Flower runs WITHOUT authentication (--insecure-dev)", err=True)
+        click.echo(
+            "conveyor: WARNING: Flower runs WITHOUT authentication (--insecure-dev)", err=True
+        )
     else:
         click.echo(
             "conveyor: Flower needs credentials: set CONVEYOR_FLOWER_USER and CONVEYOR_FLOWER_PASSWORD,"
@@ -155,8 +189,11 @@ def relay() -> None:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
-        log.info("relay started (interval %.1fs, sweeper every %.1fs)", settings.relay_interval_seconds,
-                 settings.sweeper_interval_seconds)
+        log.info(
+            "relay started (interval %.1fs, sweeper every %.1fs)",
+            settings.relay_interval_seconds,
+            settings.sweeper_interval_seconds,
+        )
         try:
             await run_relay(publisher, container.operations, settings, stop)
         finally:
@@ -175,8 +212,10 @@ def _embedded_env(settings: Settings) -> tuple[dict[str, str], Any]:
     from app.embedded import start_embedded
 
     data = pathlib.Path(settings.data_dir).resolve() / "embedded"
-    click.echo(f"conveyor: starting embedded {'PostgreSQL ' if need_db else ''}"
-               f"{'Redis ' if need_broker else ''}in {data}")
+    click.echo(
+        f"conveyor: starting embedded {'PostgreSQL ' if need_db else ''}"
+        f"{'Redis ' if need_broker else ''}in {data}"
+    )
     services = start_embedded(data, postgres=need_db, redis=need_broker)
     if need_db:
         env["CONVEYOR_DATABASE_URL"] = services.database_url
@@ -190,7 +229,9 @@ def _embedded_env(settings: Settings) -> tuple[dict[str, str], Any]:
 @click.option("--host", default="127.0.0.1", show_default=True)
 @click.option("--port", default=8000, show_default=True, type=int)
 @click.option("--flower-port", default=5555, show_default=True, type=int)
-@click.option("--concurrency", default=2, show_default=True, type=int, help="processes per domain worker")
+@click.option(
+    "--concurrency", default=2, show_default=True, type=int, help="processes per domain worker"
+)
 @click.option("--no-flower", is_flag=True, help="do not start Flower")
 def up(host: str, port: int, flower_port: int, concurrency: int, no_flower: bool) -> None:
     """Run everything: migrations, API, one worker per domain queue, relay, beat and Flower.
@@ -222,10 +263,24 @@ def up(host: str, port: int, flower_port: int, concurrency: int, no_flower: bool
         result = subprocess.run([*conveyor, "migrate"], env=env, check=False)
         if result.returncode != 0:
             raise SystemExit(result.returncode)
-        commands: list[tuple[str, list[str]]] = [("api", ["api", "--host", host, "--port", str(port)])]
+        commands: list[tuple[str, list[str]]] = [
+            ("api", ["api", "--host", host, "--port", str(port)])
+        ]
         for domain in DOMAINS:
-            commands.append((f"worker-{domain}", ["worker", "--queues", domain, "--concurrency", str(concurrency),
-                                                  "--name", f"{domain}@%h"]))
+            commands.append(
+                (
+                    f"worker-{domain}",
+                    [
+                        "worker",
+                        "--queues",
+                        domain,
+                        "--concurrency",
+                        str(concurrency),
+                        "--name",
+                        f"{domain}@%h",
+                    ],
+                )
+            )
         commands.append(("relay", ["relay"]))
         commands.append(("beat", ["beat"]))
         if not no_flower:
@@ -235,14 +290,19 @@ def up(host: str, port: int, flower_port: int, concurrency: int, no_flower: bool
             commands.append(("flower", flower_args))
         for name, args in commands:
             procs.append((name, subprocess.Popen([*conveyor, *args], env=env)))
-        click.echo(f"conveyor: up — API http://{host}:{port}/docs"
-                   + ("" if no_flower else f", Flower http://{host}:{flower_port}") + "; Ctrl-C stops")
+        click.echo(
+            f"conveyor: up — API http://{host}:{port}/docs"
+            + ("" if no_flower else f", Flower http://{host}:{flower_port}")
+            + "; Ctrl-C stops"
+        )
         signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
         while True:
             for name, proc in procs:
                 code = proc.poll()
                 if code is not None:
-                    click.echo(f"conveyor: {name} exited with code {code}; stopping everything", err=True)
+                    click.echo(
+                        f"conveyor: {name} exited with code {code}; stopping everything", err=True
+                    )
                     raise SystemExit(1)
             time.sleep(0.5)
     except KeyboardInterrupt:

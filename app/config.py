@@ -34,7 +34,9 @@ def normalize_database_url(url: str) -> str:
     for scheme in _DB_SCHEMES:
         if url.startswith(scheme):
             return "postgresql+asyncpg://" + url[len(scheme) :]
-    raise ValueError(f"must be a PostgreSQL URL starting with postgresql:// (got {url.split(':')[0]!r}://...)")
+    raise ValueError(
+        f"must be a PostgreSQL URL starting with postgresql:// (got {url.split(':')[0]!r}://...)"
+    )
 
 
 class DomainDatabase(BaseModel):
@@ -72,7 +74,8 @@ class DomainDatabases(BaseModel):
 
 class Settings(BaseSettings):
     """Every setting of Conveyor. Environment names are ``CONVEYOR_`` + the upper-case field name;
-    nested fields use ``__`` (``CONVEYOR_DB__IMPORTS__URL``)."""
+    nested fields use ``__`` (``CONVEYOR_DB__IMPORTS__URL``).
+    """
 
     model_config = SettingsConfigDict(
         env_prefix="CONVEYOR_",
@@ -101,7 +104,8 @@ class Settings(BaseSettings):
 
     # Reliable dispatch.
     fast_path_publish: bool = Field(
-        default=True, description="Publish outbox rows right after commit (the relay catches the rest)."
+        default=True,
+        description="Publish outbox rows right after commit (the relay catches the rest).",
     )
     relay_interval_seconds: float = Field(default=0.5, gt=0, le=60)
     relay_batch_size: int = Field(default=200, ge=1, le=10000)
@@ -110,10 +114,16 @@ class Settings(BaseSettings):
     )
     sweeper_interval_seconds: float = Field(default=5.0, gt=0, le=3600)
     operation_lease_seconds: float = Field(
-        default=30.0, gt=0, le=86400, description="A RUNNING operation without a heartbeat this long is presumed lost."
+        default=30.0,
+        gt=0,
+        le=86400,
+        description="A RUNNING operation without a heartbeat this long is presumed lost.",
     )
     pending_deadline_seconds: float = Field(
-        default=300.0, gt=0, le=86400 * 7, description="A PENDING operation not started this long is re-dispatched."
+        default=300.0,
+        gt=0,
+        le=86400 * 7,
+        description="A PENDING operation not started this long is re-dispatched.",
     )
     max_dispatches: int = Field(default=5, ge=1, le=100)
     task_max_retries: int = Field(default=5, ge=0, le=100)
@@ -143,7 +153,9 @@ class Settings(BaseSettings):
     @classmethod
     def _check_result_backend(cls, value: str | None) -> str | None:
         if value and not value.startswith(("redis://", "rediss://", "rpc://", "db+")):
-            raise ValueError("must start with redis://, rediss://, rpc:// or db+ (a Celery result backend)")
+            raise ValueError(
+                "must start with redis://, rediss://, rpc:// or db+ (a Celery result backend)"
+            )
         return value or None
 
     def database_for(self, domain: str, role: Literal["primary", "replica"] = "primary") -> str:

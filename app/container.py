@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+from app.config import DOMAINS, Settings
+from app.db import EngineRegistry, Role
 from domains.imports import tables as imports_tables
 from domains.operations.service import OperationsService
 from domains.operations.unit_of_work import AfterCommit, DomainTables, SqlUnitOfWork
@@ -12,9 +14,6 @@ from domains.platform.service import PingPolicy, PingService
 from domains.platform.unit_of_work import PlatformUnitOfWork
 from domains.reports import tables as reports_tables
 from domains.webhooks import tables as webhooks_tables
-
-from app.config import DOMAINS, Settings
-from app.db import EngineRegistry, Role
 
 DOMAIN_TABLES: dict[str, DomainTables] = {
     "platform": platform_tables.tables,
@@ -28,7 +27,13 @@ UOW_CLASSES: dict[str, type[SqlUnitOfWork]] = {"platform": PlatformUnitOfWork}
 class Container:
     """Everything a process needs, built once per process (after fork in workers)."""
 
-    def __init__(self, settings: Settings, registry: EngineRegistry, *, after_commit: AfterCommit | None = None) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        registry: EngineRegistry,
+        *,
+        after_commit: AfterCommit | None = None,
+    ) -> None:
         """Wires the services.
 
         Args:
@@ -46,7 +51,9 @@ class Container:
         )
         self.pings = PingService(
             lambda: PlatformUnitOfWork(
-                DOMAIN_TABLES["platform"], registry.sessionmaker("platform"), after_commit=self.after_commit
+                DOMAIN_TABLES["platform"],
+                registry.sessionmaker("platform"),
+                after_commit=self.after_commit,
             ),
             policy=PingPolicy(
                 lease_seconds=settings.operation_lease_seconds,

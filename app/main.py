@@ -7,22 +7,22 @@ import dataclasses
 from collections.abc import AsyncIterator
 from typing import Any
 
+from celery import Celery
+from fastapi import FastAPI
+from fastapi.responses import JSONResponse
+
 from api.errors import error_body, install_error_handlers
 from api.middleware import RequestIdMiddleware
 from api.v1 import operations as operations_routes
 from api.v1 import pings as pings_routes
-from celery import Celery
-from domains.operations.service import OperationsService
-from domains.platform.service import PingService
-from fastapi import FastAPI
-from fastapi.responses import JSONResponse
-from monitoring import health
-
 from app.celery_app import create_celery
 from app.config import Settings, get_settings
 from app.container import Container
 from app.db import EngineRegistry
 from app.outbox import OutboxPublisher
+from domains.operations.service import OperationsService
+from domains.platform.service import PingService
+from monitoring import health
 
 
 class CeleryControl:
@@ -111,8 +111,12 @@ def create_app(settings: Settings | None = None, *, celery: Celery | None = None
         ready, checks = await health.readiness(registry, celery)
         if ready:
             return {"status": "ok", "checks": checks}
-        body = error_body("UNAVAILABLE", "not ready: " + ", ".join(f"{k}: {v}" for k, v in checks.items() if v != "ok"),
-                          reason="NOT_READY", metadata={k: str(v) for k, v in checks.items()})
+        body = error_body(
+            "UNAVAILABLE",
+            "not ready: " + ", ".join(f"{k}: {v}" for k, v in checks.items() if v != "ok"),
+            reason="NOT_READY",
+            metadata={k: str(v) for k, v in checks.items()},
+        )
         return JSONResponse(body, status_code=503)
 
     return app

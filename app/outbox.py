@@ -10,20 +10,21 @@ import uuid
 from collections.abc import Sequence
 
 from celery import Celery
-from domains.operations.service import OperationsService
-from domains.shared.clock import utcnow
-from domains.shared.outbox import OutboxMessage, SqlOutboxRepository
 
 from app.config import DOMAINS, Settings
 from app.container import DOMAIN_TABLES
 from app.db import EngineRegistry
+from domains.operations.service import OperationsService
+from domains.shared.clock import utcnow
+from domains.shared.outbox import OutboxMessage, SqlOutboxRepository
 
 log = logging.getLogger(__name__)
 
 
 class OutboxPublisher:
     """Claims outbox rows (``FOR UPDATE SKIP LOCKED``), publishes them, marks them sent, in one
-    transaction per batch: a crash before the commit leaves them unsent for the next relay."""
+    transaction per batch: a crash before the commit leaves them unsent for the next relay.
+    """
 
     def __init__(self, registry: EngineRegistry, celery: Celery, settings: Settings) -> None:
         """Creates the publisher.
@@ -50,7 +51,9 @@ class OutboxPublisher:
             retry=False,
         )
 
-    def _send_all(self, messages: Sequence[OutboxMessage]) -> tuple[list[uuid.UUID], list[tuple[uuid.UUID, str]]]:
+    def _send_all(
+        self, messages: Sequence[OutboxMessage]
+    ) -> tuple[list[uuid.UUID], list[tuple[uuid.UUID, str]]]:
         sent: list[uuid.UUID] = []
         failed: list[tuple[uuid.UUID, str]] = []
         for index, message in enumerate(messages):
@@ -69,7 +72,11 @@ class OutboxPublisher:
         maker = self._registry.sessionmaker(domain)
         async with maker() as session, session.begin():
             repo = SqlOutboxRepository(session, tables.outbox)
-            grace = None if ids is not None else dt.timedelta(seconds=self._settings.relay_grace_seconds)
+            grace = (
+                None
+                if ids is not None
+                else dt.timedelta(seconds=self._settings.relay_grace_seconds)
+            )
             messages = await repo.claim(ids=ids, limit=limit, grace=grace)
             if not messages:
                 return 0
@@ -80,7 +87,9 @@ class OutboxPublisher:
                 delay = min(60.0, 0.5 * 2**attempts) * random.uniform(0.5, 1.0)
                 await repo.mark_failed(message_id, error, utcnow() + dt.timedelta(seconds=delay))
             if failed:
-                log.warning("outbox %s: %d rows not published: %s", domain, len(failed), failed[0][1])
+                log.warning(
+                    "outbox %s: %d rows not published: %s", domain, len(failed), failed[0][1]
+                )
         return len(sent)
 
     async def publish_now(self, domain: str, ids: list[uuid.UUID]) -> None:

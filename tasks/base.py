@@ -10,10 +10,10 @@ from typing import Any
 
 from celery import Task
 from celery.exceptions import Retry
+
 from domains.operations.execution import Busy, LeaseLost, ProgressSink, Skip
 from domains.operations.model import OperationError
 from domains.shared.errors import DomainError, NotFound, TransientError
-
 from tasks.runtime import runtime
 
 log = logging.getLogger(__name__)
@@ -104,8 +104,14 @@ def run_operation_task(
                 OperationError(
                     status="UNAVAILABLE",
                     message=f"gave up after {retries + 1} attempts; last error: {error}",
-                    details=[{"@type": "type.googleapis.com/google.rpc.ErrorInfo", "reason": "RETRIES_EXHAUSTED",
-                              "domain": "conveyor", "metadata": {"task": task.name}}],
+                    details=[
+                        {
+                            "@type": "type.googleapis.com/google.rpc.ErrorInfo",
+                            "reason": "RETRIES_EXHAUSTED",
+                            "domain": "conveyor",
+                            "metadata": {"task": task.name},
+                        }
+                    ],
                 ),
             )
         )

@@ -6,9 +6,9 @@ import uuid
 from typing import Any
 
 from celery import Task, shared_task
+
 from domains.operations.execution import ProgressSink
 from domains.operations.model import OperationError
-
 from tasks.base import run_operation_task
 from tasks.runtime import runtime
 

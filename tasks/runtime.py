@@ -16,7 +16,7 @@ from typing import Any, TypeVar
 
 from celery import signals
 
-from app.celery_app import get_celery
+from app.celery_app import create_celery
 from app.config import Settings, get_settings
 from app.container import Container
 from app.db import EngineRegistry
@@ -62,7 +62,7 @@ class Runtime:
             thread = threading.Thread(target=loop.run_forever, name="conveyor-runtime", daemon=True)
             thread.start()
             registry = EngineRegistry(settings)
-            publisher = OutboxPublisher(registry, get_celery_for(settings), settings)
+            publisher = OutboxPublisher(registry, create_celery(settings), settings)
             self._container = Container(settings, registry, after_commit=publisher.publish_now)
             self._loop, self._thread = loop, thread
             self.pid_started = os.getpid()
@@ -105,22 +105,6 @@ class Runtime:
         loop.call_soon_threadsafe(loop.stop)
         if thread is not None:
             thread.join(5)
-
-
-def get_celery_for(settings: Settings) -> Any:
-    """Returns the current Celery app (the worker's own), or one built from ``settings``.
-
-    Args:
-        settings: Settings for a new app.
-
-    Returns:
-        A Celery app.
-    """
-    from celery import current_app
-
-    if getattr(current_app, "conveyor_settings", None) is not None:
-        return current_app
-    return get_celery()
 
 
 runtime = Runtime()

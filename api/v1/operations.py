@@ -6,8 +6,6 @@ import re
 import uuid
 from typing import Annotated, Any
 
-from domains.operations.model import State
-from domains.shared.errors import InvalidArgument
 from fastapi import APIRouter, Body, Depends, Query, Response
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
@@ -16,6 +14,8 @@ from api import pagination
 from api.deps import Services, services
 from api.errors import ERROR_RESPONSES
 from api.v1.schemas import OperationOut, operation_out
+from domains.operations.model import State
+from domains.shared.errors import InvalidArgument
 
 router = APIRouter(prefix="/v1/operations", tags=["operations"], responses=ERROR_RESPONSES)
 
@@ -34,14 +34,17 @@ class ListOperationsResponse(BaseModel):
     """A page of operations (AIP-158)."""
 
     operations: list[OperationOut]
-    next_page_token: str = Field(default="", description="Pass as page_token for the next page; empty at the end.")
+    next_page_token: str = Field(
+        default="", description="Pass as page_token for the next page; empty at the end."
+    )
 
 
 class WaitRequest(BaseModel):
     """Body of ``:wait``."""
 
     timeout: float | str | None = Field(
-        default=None, description='Seconds to wait, at most 60: a number or a Duration like "30s". Default 30.'
+        default=None,
+        description='Seconds to wait, at most 60: a number or a Duration like "30s". Default 30.',
     )
 
 
@@ -55,7 +58,8 @@ def _timeout_seconds(value: float | str | None) -> float:
         match = _DURATION.match(value)
         if not match:
             raise InvalidArgument(
-                f'timeout {value!r} is not a duration; use seconds like 30 or "30s"', reason="INVALID_TIMEOUT"
+                f'timeout {value!r} is not a duration; use seconds like 30 or "30s"',
+                reason="INVALID_TIMEOUT",
             )
         return float(match.group(1))
     return float(value)
@@ -79,7 +83,9 @@ async def list_operations(
         ),
     ] = None,
     page_size: Annotated[int | None, Query(description="At most 1000; default 50.")] = None,
-    page_token: Annotated[str | None, Query(description="next_page_token of the previous page.")] = None,
+    page_token: Annotated[
+        str | None, Query(description="next_page_token of the previous page.")
+    ] = None,
 ) -> Any:
     """Lists operations of every domain in creation order, filtered and paged."""
     conditions = pagination.parse_filter(filter_, FILTER_FIELDS)
@@ -99,7 +105,8 @@ async def list_operations(
 @router.post("/{operation_id}:cancel", response_model=OperationOut, summary="Cancel an operation")
 async def cancel_operation(operation_id: str, svc: Annotated[Services, Depends(services)]) -> Any:
     """Starts cancellation: a pending operation ends CANCELLED at once; a running one becomes
-    CANCELLING and stops at its next unit of work. The queued task is also revoked."""
+    CANCELLING and stops at its next unit of work. The queued task is also revoked.
+    """
     op = await svc.operations.cancel(operation_id)
     try:
         svc.control.revoke(str(op.id))
@@ -119,14 +126,18 @@ async def wait_operation(
     return operation_out(await svc.operations.wait(operation_id, timeout))
 
 
-@router.post("/{operation_id}:retry", response_model=OperationOut, summary="Retry a failed operation")
+@router.post(
+    "/{operation_id}:retry", response_model=OperationOut, summary="Retry a failed operation"
+)
 async def retry_operation(operation_id: str, svc: Annotated[Services, Depends(services)]) -> Any:
     """Starts a new attempt of a FAILED operation; its task is dispatched again."""
     return operation_out(await svc.operations.retry(operation_id))
 
 
 @router.delete("/{operation_id}", status_code=200, summary="Delete a done operation")
-async def delete_operation(operation_id: str, svc: Annotated[Services, Depends(services)]) -> Response:
+async def delete_operation(
+    operation_id: str, svc: Annotated[Services, Depends(services)]
+) -> Response:
     """Deletes an operation that is done (FAILED_PRECONDITION otherwise)."""
     await svc.operations.delete(operation_id)
     return JSONResponse({})

@@ -5,13 +5,13 @@ from __future__ import annotations
 import datetime as dt
 from typing import Annotated, Any
 
-from domains.shared.ids import parse_id
 from fastapi import APIRouter, Depends, Query
 from pydantic import BaseModel, ConfigDict, Field
 
 from api.deps import Services, request_id, services
 from api.errors import ERROR_RESPONSES
 from api.v1.schemas import OperationOut, operation_out
+from domains.shared.ids import parse_id
 
 router = APIRouter(prefix="/v1/pings", tags=["pings"], responses=ERROR_RESPONSES)
 
@@ -24,12 +24,23 @@ class CreatePingRequest(BaseModel):
         json_schema_extra={"example": {"message": "hello", "sleep_seconds": 2, "steps": 4}},
     )
 
-    message: str = Field(default="", max_length=1000, description="Echoed back as `pong: <message>`.")
-    sleep_seconds: float = Field(default=0, ge=0, le=600, description="How long the worker works on it.")
-    steps: int = Field(default=1, ge=1, le=1000, description="Units of work (progress, cancellation points).")
-    fail_attempts: int = Field(default=0, ge=0, le=20, description="The first N attempts fail transiently.")
+    message: str = Field(
+        default="", max_length=1000, description="Echoed back as `pong: <message>`."
+    )
+    sleep_seconds: float = Field(
+        default=0, ge=0, le=600, description="How long the worker works on it."
+    )
+    steps: int = Field(
+        default=1, ge=1, le=1000, description="Units of work (progress, cancellation points)."
+    )
+    fail_attempts: int = Field(
+        default=0, ge=0, le=20, description="The first N attempts fail transiently."
+    )
     request_id: str | None = Field(
-        default=None, min_length=1, max_length=128, description="AIP-155: a retried create returns the same operation."
+        default=None,
+        min_length=1,
+        max_length=128,
+        description="AIP-155: a retried create returns the same operation.",
     )
 
 

@@ -5,8 +5,9 @@ from __future__ import annotations
 import datetime as dt
 from typing import Any
 
-from domains.operations.model import Operation
 from pydantic import BaseModel, ConfigDict, Field
+
+from domains.operations.model import Operation
 
 METADATA_TYPE = "type.googleapis.com/conveyor.v1.OperationMetadata"
 

@@ -44,7 +44,9 @@ def create_common(schema: str) -> None:
         ),
         schema=schema,
     )
-    op.create_index("uq_operations_request_id", "operations", ["request_id"], unique=True, schema=schema)
+    op.create_index(
+        "uq_operations_request_id", "operations", ["request_id"], unique=True, schema=schema
+    )
     op.create_index(
         "ix_operations_active",
         "operations",
@@ -72,7 +74,10 @@ def create_common(schema: str) -> None:
         schema=schema,
     )
     op.create_index(
-        "ix_outbox_unsent", "outbox", ["available_time"], schema=schema,
+        "ix_outbox_unsent",
+        "outbox",
+        ["available_time"],
+        schema=schema,
         postgresql_where=sa.text("sent_time IS NULL"),
     )
     op.create_index("ix_outbox_operation_id", "outbox", ["operation_id"], schema=schema)

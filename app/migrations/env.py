@@ -22,7 +22,9 @@ url: str = config.attributes["url"]
 
 def _run(connection: Connection) -> None:
     # Serialise concurrent `conveyor migrate` runs (compose one-shot + `conveyor up`).
-    connection.execute(sa.text("SELECT pg_advisory_xact_lock(:k)"), {"k": zlib.crc32(f"migrate:{domain}".encode())})
+    connection.execute(
+        sa.text("SELECT pg_advisory_xact_lock(:k)"), {"k": zlib.crc32(f"migrate:{domain}".encode())}
+    )
     connection.execute(sa.text(f'CREATE SCHEMA IF NOT EXISTS "{domain}"'))
     context.configure(
         connection=connection,

@@ -120,7 +120,9 @@ class Execution:
 class OperationRunner:
     """Claims and settles operations of one domain."""
 
-    def __init__(self, uow_factory: Callable[[], SqlUnitOfWork], *, progress_interval: float = 1.0) -> None:
+    def __init__(
+        self, uow_factory: Callable[[], SqlUnitOfWork], *, progress_interval: float = 1.0
+    ) -> None:
         """Creates the runner.
 
         Args:
@@ -130,7 +132,9 @@ class OperationRunner:
         self.uow_factory = uow_factory
         self.progress_interval = progress_interval
 
-    async def claim(self, operation_id: uuid.UUID, *, sink: ProgressSink | None = None) -> Execution:
+    async def claim(
+        self, operation_id: uuid.UUID, *, sink: ProgressSink | None = None
+    ) -> Execution:
         """Starts an attempt: PENDING (or RUNNING with an expired lease) -> RUNNING.
 
         Args:
@@ -148,7 +152,9 @@ class OperationRunner:
         async with self.uow_factory() as uow:
             op = await uow.operations.get(operation_id, for_update=True)
             if op is None:
-                raise NotFound(f"operation {operation_id} does not exist", reason="OPERATION_NOT_FOUND")
+                raise NotFound(
+                    f"operation {operation_id} does not exist", reason="OPERATION_NOT_FOUND"
+                )
             now = utcnow()
             if op.done:
                 raise Skip(f"{op.name} is already {op.state}", op)
@@ -164,13 +170,17 @@ class OperationRunner:
                 raise Busy(max(0.5, op.lease_seconds - (now - last).total_seconds())) from None
             await uow.operations.save(op)
             await uow.commit()
-        return Execution(operation=op, attempt=attempt, _runner=self, _sink=sink, _progress=op.progress)
+        return Execution(
+            operation=op, attempt=attempt, _runner=self, _sink=sink, _progress=op.progress
+        )
 
     async def _settle(self, execution: Execution, change: Callable[[Operation], None]) -> Operation:
         async with self.uow_factory() as uow:
             op = await uow.operations.get(execution.id, for_update=True)
             if op is None or op.attempt != execution.attempt or op.done:
-                raise LeaseLost(f"operation {execution.id}: attempt {execution.attempt} no longer owns it")
+                raise LeaseLost(
+                    f"operation {execution.id}: attempt {execution.attempt} no longer owns it"
+                )
             change(op)
             await uow.operations.save(op)
             await uow.commit()
@@ -198,11 +208,15 @@ class OperationRunner:
         async with self.uow_factory() as uow:
             op = await uow.operations.get(execution.id, for_update=True)
             if op is None or op.attempt != execution.attempt or op.done:
-                raise LeaseLost(f"operation {execution.id}: attempt {execution.attempt} no longer owns it")
+                raise LeaseLost(
+                    f"operation {execution.id}: attempt {execution.attempt} no longer owns it"
+                )
             response = await apply(uow, op)
             now = utcnow()
             if op.progress.total is not None or execution._progress.total is not None:
-                op.progress = dataclasses.replace(execution._progress, done=execution._progress.total or 0)
+                op.progress = dataclasses.replace(
+                    execution._progress, done=execution._progress.total or 0
+                )
             op.succeed(now, response)
             await uow.operations.save(op)
             await uow.commit()
@@ -229,6 +243,7 @@ class OperationRunner:
         Returns:
             The PENDING operation.
         """
+
         def change(op: Operation) -> None:
             if op.state == State.CANCELLING:
                 op.mark_cancelled(utcnow())

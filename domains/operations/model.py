@@ -85,7 +85,11 @@ class Progress:
             The progress.
         """
         data = data or {}
-        return cls(done=int(data.get("done", 0)), total=data.get("total"), message=str(data.get("message", "")))
+        return cls(
+            done=int(data.get("done", 0)),
+            total=data.get("total"),
+            message=str(data.get("message", "")),
+        )
 
 
 @dataclasses.dataclass
@@ -113,7 +117,12 @@ class OperationError:
         Returns:
             ``{"code", "status", "message", "details"}``.
         """
-        return {"code": self.code, "status": self.status, "message": self.message, "details": self.details}
+        return {
+            "code": self.code,
+            "status": self.status,
+            "message": self.message,
+            "details": self.details,
+        }
 
     @classmethod
     def from_dict(cls, data: dict[str, Any] | None) -> OperationError | None:
@@ -127,7 +136,11 @@ class OperationError:
         """
         if not data:
             return None
-        return cls(status=str(data["status"]), message=str(data["message"]), details=list(data.get("details", [])))
+        return cls(
+            status=str(data["status"]),
+            message=str(data["message"]),
+            details=list(data.get("details", [])),
+        )
 
 
 @dataclasses.dataclass
@@ -283,7 +296,9 @@ class Operation:
             IllegalTransition: If the operation is not running.
         """
         if self.state not in (State.RUNNING, State.CANCELLING):
-            raise IllegalTransition(f"{self.name} is {self.state}; it is not running", reason="NOT_RUNNING")
+            raise IllegalTransition(
+                f"{self.name} is {self.state}; it is not running", reason="NOT_RUNNING"
+            )
         self.heartbeat_time = now
         self.update_time = now
         if progress is not None:

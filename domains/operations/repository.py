@@ -147,7 +147,9 @@ class SqlOperationRepository:
                 await self._session.execute(sa.insert(self._t).values(**_to_row(operation)))
         except IntegrityError as exc:
             if "request_id" in str(exc.orig):
-                raise DuplicateRequestId(f"request_id {operation.request_id!r} is being used") from None
+                raise DuplicateRequestId(
+                    f"request_id {operation.request_id!r} is being used"
+                ) from None
             raise
 
     async def get(self, operation_id: uuid.UUID, *, for_update: bool = False) -> Operation | None:
@@ -187,7 +189,9 @@ class SqlOperationRepository:
         """
         values = _to_row(operation)
         values.pop("id")
-        await self._session.execute(sa.update(self._t).where(self._t.c.id == operation.id).values(**values))
+        await self._session.execute(
+            sa.update(self._t).where(self._t.c.id == operation.id).values(**values)
+        )
 
     async def heartbeat(
         self, operation_id: uuid.UUID, attempt: int, progress: Progress, now: dt.datetime
@@ -244,7 +248,9 @@ class SqlOperationRepository:
         for cond in conditions:
             column_name = FILTER_COLUMNS.get(cond.field)
             if column_name is None:
-                raise InvalidArgument(f"filter: field {cond.field!r} is not filterable", reason="INVALID_FILTER")
+                raise InvalidArgument(
+                    f"filter: field {cond.field!r} is not filterable", reason="INVALID_FILTER"
+                )
             column = t.c[column_name]
             value = cond.value.value if isinstance(cond.value, State) else cond.value
             ops = {
@@ -291,7 +297,8 @@ class SqlOperationRepository:
         pending_stale = sa.and_(
             t.c.state == State.PENDING.value,
             pending_since
-            < sa.literal(now) - seconds * t.c.pending_deadline_seconds * sa.func.greatest(t.c.dispatch_count, 1),
+            < sa.literal(now)
+            - seconds * t.c.pending_deadline_seconds * sa.func.greatest(t.c.dispatch_count, 1),
         )
         running_stale = sa.and_(
             t.c.state.in_([State.RUNNING.value, State.CANCELLING.value]),
@@ -318,6 +325,11 @@ class SqlOperationRepository:
             Rows deleted.
         """
         t = self._t
-        ids = sa.select(t.c.id).where(t.c.done, t.c.end_time < older_than).limit(limit).scalar_subquery()
+        ids = (
+            sa.select(t.c.id)
+            .where(t.c.done, t.c.end_time < older_than)
+            .limit(limit)
+            .scalar_subquery()
+        )
         result = await self._session.execute(sa.delete(t).where(t.c.id.in_(ids)))
         return int(result.rowcount or 0)  # type: ignore[attr-defined]

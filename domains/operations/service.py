@@ -178,8 +178,10 @@ async def create_idempotently(
         AlreadyExists: If the request id was used with another body.
     """
     if request_id is not None and not (1 <= len(request_id) <= 128):
-        raise InvalidArgument("request_id must be 1 to 128 characters (a UUID is recommended)",
-                              reason="INVALID_REQUEST_ID")
+        raise InvalidArgument(
+            "request_id must be 1 to 128 characters (a UUID is recommended)",
+            reason="INVALID_REQUEST_ID",
+        )
     try:
         async with uow_factory() as uow:
             if request_id is not None:
@@ -256,7 +258,9 @@ class OperationsService:
     def _uow(self, domain: str, *, read: bool = False) -> SqlUnitOfWork:
         factories = self._read_uows if read else self._uows
         if domain not in factories:
-            raise NotFound(f"operation domain {domain!r} does not exist", reason="OPERATION_NOT_FOUND")
+            raise NotFound(
+                f"operation domain {domain!r} does not exist", reason="OPERATION_NOT_FOUND"
+            )
         return factories[domain]()
 
     async def get(self, name: str) -> Operation:
@@ -275,7 +279,9 @@ class OperationsService:
         async with self._uow(domain) as uow:
             op = await uow.operations.get(op_id)
         if op is None:
-            raise NotFound(f"operations/{domain}.{op_id} does not exist", reason="OPERATION_NOT_FOUND")
+            raise NotFound(
+                f"operations/{domain}.{op_id} does not exist", reason="OPERATION_NOT_FOUND"
+            )
         return op
 
     async def list(
@@ -459,7 +465,9 @@ class OperationsService:
                     await uow.operations.save(op)
                 await uow.commit()
         if redispatched or failed or cancelled:
-            log.info("sweep: redispatched=%d failed=%d cancelled=%d", redispatched, failed, cancelled)
+            log.info(
+                "sweep: redispatched=%d failed=%d cancelled=%d", redispatched, failed, cancelled
+            )
         return SweepReport(redispatched=redispatched, failed=failed, cancelled=cancelled)
 
     async def purge_done(self, older_than: dt.datetime, *, limit: int = 1000) -> int:

@@ -44,7 +44,10 @@ class UnitOfWork(Protocol):
     async def __aenter__(self) -> Self: ...
 
     async def __aexit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
     ) -> None: ...
 
     async def commit(self) -> None:
@@ -110,7 +113,10 @@ class SqlUnitOfWork:
         return self
 
     async def __aexit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
     ) -> None:
         try:
             if not self._committed:
@@ -131,4 +137,6 @@ class SqlUnitOfWork:
             try:
                 await self._after_commit(self.domain, added)
             except Exception:
-                log.warning("fast-path publish failed; the outbox relay will publish", exc_info=True)
+                log.warning(
+                    "fast-path publish failed; the outbox relay will publish", exc_info=True
+                )

@@ -62,16 +62,22 @@ class Ping:
             InvalidArgument: Naming the bad field.
         """
         if len(message) > 1000:
-            raise InvalidArgument("message must be at most 1000 characters", metadata={"field": "message"})
+            raise InvalidArgument(
+                "message must be at most 1000 characters", metadata={"field": "message"}
+            )
         if not 0 <= sleep_seconds <= MAX_SLEEP_SECONDS:
             raise InvalidArgument(
-                f"sleep_seconds must be between 0 and {MAX_SLEEP_SECONDS:g}", metadata={"field": "sleep_seconds"}
+                f"sleep_seconds must be between 0 and {MAX_SLEEP_SECONDS:g}",
+                metadata={"field": "sleep_seconds"},
             )
         if not 1 <= steps <= MAX_STEPS:
-            raise InvalidArgument(f"steps must be between 1 and {MAX_STEPS}", metadata={"field": "steps"})
+            raise InvalidArgument(
+                f"steps must be between 1 and {MAX_STEPS}", metadata={"field": "steps"}
+            )
         if not 0 <= fail_attempts <= MAX_FAIL_ATTEMPTS:
             raise InvalidArgument(
-                f"fail_attempts must be between 0 and {MAX_FAIL_ATTEMPTS}", metadata={"field": "fail_attempts"}
+                f"fail_attempts must be between 0 and {MAX_FAIL_ATTEMPTS}",
+                metadata={"field": "fail_attempts"},
             )
 
     def answer(self, now: dt.datetime, worker: str) -> None:

@@ -86,7 +86,12 @@ class PingService:
             AlreadyExists: If the request id was used with another body.
         """
         Ping.validate(message, sleep_seconds, steps, fail_attempts)
-        body = {"message": message, "sleep_seconds": sleep_seconds, "steps": steps, "fail_attempts": fail_attempts}
+        body = {
+            "message": message,
+            "sleep_seconds": sleep_seconds,
+            "steps": steps,
+            "fail_attempts": fail_attempts,
+        }
 
         async def build(uow: SqlUnitOfWork) -> Operation:
             ping_id = new_id()
@@ -164,7 +169,9 @@ class PingService:
         ping = await self.get_ping(ping_id)
         try:
             if execution.attempt <= ping.fail_attempts:
-                raise TransientError(f"deliberate failure of attempt {execution.attempt} of {ping.fail_attempts}")
+                raise TransientError(
+                    f"deliberate failure of attempt {execution.attempt} of {ping.fail_attempts}"
+                )
             await self._work(execution, ping)
         except Cancelled:
             await self._runner.cancelled(execution)
@@ -180,7 +187,12 @@ class PingService:
                 raise NotFound(f"pings/{ping_id} does not exist", reason="PING_NOT_FOUND")
             locked.answer(utcnow(), worker)
             await pings.save(locked)
-            return {"ping": locked.name, "reply": locked.reply, "worker": worker, "attempt": op.attempt}
+            return {
+                "ping": locked.name,
+                "reply": locked.reply,
+                "worker": worker,
+                "attempt": op.attempt,
+            }
 
         op = await self._runner.finish(execution, apply)
         return op.response or {}

@@ -64,7 +64,11 @@ class OutboxRepository(Protocol):
         """Stores a message in the current transaction."""
 
     async def claim(
-        self, *, ids: Sequence[uuid.UUID] | None = None, limit: int = 100, grace: dt.timedelta | None = None
+        self,
+        *,
+        ids: Sequence[uuid.UUID] | None = None,
+        limit: int = 100,
+        grace: dt.timedelta | None = None,
     ) -> list[OutboxMessage]:
         """Locks unsent messages (``FOR UPDATE SKIP LOCKED``) and returns them."""
 
@@ -94,9 +98,7 @@ class SqlOutboxRepository:
         Args:
             message: The message to store.
         """
-        await self._session.execute(
-            sa.insert(self._table).values(**dataclasses.asdict(message))
-        )
+        await self._session.execute(sa.insert(self._table).values(**dataclasses.asdict(message)))
 
     async def claim(
         self,
@@ -169,7 +171,9 @@ class SqlOutboxRepository:
         t = self._table
         row = (
             await self._session.execute(
-                sa.select(sa.func.count(), sa.func.min(t.c.created_time)).where(t.c.sent_time.is_(None))
+                sa.select(sa.func.count(), sa.func.min(t.c.created_time)).where(
+                    t.c.sent_time.is_(None)
+                )
             )
         ).one()
         return int(row[0]), row[1]
@@ -184,7 +188,9 @@ class SqlOutboxRepository:
             ``True`` if the relay still has a row to publish for it.
         """
         t = self._table
-        query = sa.select(sa.literal(1)).where(
-            t.c.operation_id == operation_id, t.c.sent_time.is_(None)
-        ).limit(1)
+        query = (
+            sa.select(sa.literal(1))
+            .where(t.c.operation_id == operation_id, t.c.sent_time.is_(None))
+            .limit(1)
+        )
         return (await self._session.execute(query)).first() is not None

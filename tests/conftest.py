@@ -1,0 +1,284 @@
+"""Real services for every test tier.
+
+- A fresh PostgreSQL database per test run (created, migrated with the real migrations,
+  dropped at the end) on ``CONVEYOR_TEST_DATABASE_URL`` (default local server, else embedded).
+- A Redis database index of its own on ``CONVEYOR_TEST_BROKER_URL`` (default local, else embedded).
+- ``celery_app`` / ``celery_worker``: the real Conveyor Celery app and an in-process worker
+  (celery.contrib.testing, as pytest-celery's fixtures do) consuming every domain queue.
+- ``client``: the API through httpx ``ASGITransport``.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import subprocess
+import sys
+import time
+import urllib.parse
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
+
+import httpx
+import pytest
+import redis
+import sqlalchemy as sa
+from celery.contrib.testing.worker import start_worker
+from sqlalchemy.ext.asyncio import create_async_engine
+
+from app import migrate
+from app.celery_app import create_celery
+from app.config import DOMAINS, Settings, load_settings
+from tests.support import services
+
+TEST_OVERRIDES: dict[str, Any] = {
+    "env": "test",
+    "operation_lease_seconds": 3.0,
+    "pending_deadline_seconds": 3.0,
+    "sweeper_interval_seconds": 0.5,
+    "relay_interval_seconds": 0.2,
+    "relay_grace_seconds": 0.5,
+    "retry_backoff_base_seconds": 0.1,
+    "retry_backoff_max_seconds": 0.5,
+    "progress_interval_seconds": 0.0,
+    "task_max_retries": 3,
+    "max_dispatches": 20,
+}
+
+
+@pytest.fixture(scope="session")
+def admin_url() -> str:
+    """Plain postgresql:// URL of the server that hosts test databases."""
+    return services.test_database_admin_url()
+
+
+@pytest.fixture(scope="session")
+def database_url(admin_url: str) -> Iterator[str]:
+    """A migrated database for this test run."""
+    name = f"conveyor_test_{secrets.token_hex(4)}"
+    url = services.create_database(admin_url, name)
+    migrate.upgrade(load_settings(database_url=url, broker_url="redis://unused"))
+    yield url
+    services.drop_database(admin_url, name)
+
+
+@pytest.fixture(scope="session")
+def broker_url() -> Iterator[str]:
+    """A Redis database index of its own (flushed before and after)."""
+    base = services.test_broker_url()
+    parts = urllib.parse.urlsplit(base)
+    db = 1 + secrets.randbelow(14)
+    url = urllib.parse.urlunsplit(parts._replace(path=f"/{db}"))
+    redis.Redis.from_url(url).flushdb()
+    yield url
+    redis.Redis.from_url(url).flushdb()
+
+
+@pytest.fixture(scope="session")
+def settings(database_url: str, broker_url: str) -> Settings:
+    """Settings pointing at the test services, with short deadlines."""
+    return load_settings(database_url=database_url, broker_url=broker_url, **TEST_OVERRIDES)
+
+
+@pytest.fixture(scope="session")
+def service_env(settings: Settings) -> dict[str, str]:
+    """Environment for conveyor subprocesses using the same services and deadlines."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CONVEYOR_")}
+    env["CONVEYOR_DATABASE_URL"] = str(settings.database_url)
+    env["CONVEYOR_BROKER_URL"] = str(settings.broker_url)
+    for key, value in TEST_OVERRIDES.items():
+        env[f"CONVEYOR_{key.upper()}"] = str(value)
+    env["PYTHONUNBUFFERED"] = "1"
+    return env
+
+
+@pytest.fixture(scope="session")
+def celery_app(settings: Settings) -> Any:
+    """The real Conveyor Celery app bound to the test broker."""
+    from tasks.runtime import runtime
+
+    app = create_celery(settings)
+    runtime.configure(settings)
+    return app
+
+
+@pytest.fixture(scope="session")
+def celery_worker(celery_app: Any) -> Iterator[Any]:
+    """An in-process worker (threads pool) consuming every domain queue."""
+    with start_worker(
+        celery_app, pool="threads", concurrency=4, perform_ping_check=False, shutdown_timeout=20
+    ) as worker:
+        yield worker
+
+
+@pytest.fixture
+async def api_app(settings: Settings, celery_app: Any) -> AsyncIterator[Any]:
+    """The FastAPI app wired to the test services."""
+    from app.main import create_app
+
+    app = create_app(settings, celery=celery_app)
+    yield app
+    await app.state.container.registry.dispose()
+
+
+@pytest.fixture
+async def client(api_app: Any) -> AsyncIterator[httpx.AsyncClient]:
+    """httpx client on the app (ASGITransport: no sockets)."""
+    transport = httpx.ASGITransport(app=api_app, raise_app_exceptions=False)
+    async with httpx.AsyncClient(transport=transport, base_url="http://conveyor.test") as http:
+        yield http
+
+
+@pytest.fixture
+async def clean_db(database_url: str) -> None:
+    """Empties every domain table (the migrated structure stays)."""
+    engine = create_async_engine(database_url)
+    try:
+        async with engine.begin() as conn:
+            for schema in DOMAINS:
+                rows = await conn.execute(
+                    sa.text(
+                        "SELECT tablename FROM pg_tables WHERE schemaname = :s AND tablename != 'alembic_version'"
+                    ),
+                    {"s": schema},
+                )
+                names = [f'"{schema}"."{r[0]}"' for r in rows]
+                if names:
+                    await conn.execute(sa.text(f"TRUNCATE {', '.join(names)}"))
+    finally:
+        await engine.dispose()
+
+
+@pytest.fixture
+def redis_client(broker_url: str) -> redis.Redis:
+    """Redis client on the test broker database."""
+    return redis.Redis.from_url(broker_url)
+
+
+class Proc:
+    """A conveyor subprocess with its log file."""
+
+    def __init__(self, args: list[str], env: dict[str, str], log_path: Any) -> None:
+        self.log_path = log_path
+        self._log = open(log_path, "wb")
+        self.popen = subprocess.Popen(
+            [sys.executable, "-m", "app.cli", *args],
+            env=env,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+        )
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def wait_for_log(self, text: str, timeout: float = 30) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if text in self.log():
+                return
+            if self.popen.poll() is not None:
+                raise AssertionError(
+                    f"process exited ({self.popen.returncode}):\n{self.log()[-3000:]}"
+                )
+            time.sleep(0.1)
+        raise AssertionError(f"{text!r} not seen in log within {timeout}s:\n{self.log()[-3000:]}")
+
+    def stop(self, timeout: float = 20) -> None:
+        if self.popen.poll() is None:
+            self.popen.terminate()
+            try:
+                self.popen.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.popen.kill()
+                self.popen.wait()
+        self._log.close()
+
+
+@pytest.fixture
+def spawn(service_env: dict[str, str], tmp_path: Any) -> Iterator[Any]:
+    """Starts ``conveyor <args>`` subprocesses; all are stopped at the end of the test."""
+    procs: list[Proc] = []
+
+    def _spawn(*args: str, env: dict[str, str] | None = None, name: str | None = None) -> Proc:
+        log_path = tmp_path / f"{name or args[0]}-{len(procs)}.log"
+        proc = Proc(list(args), {**service_env, **(env or {})}, log_path)
+        procs.append(proc)
+        return proc
+
+    yield _spawn
+    for proc in procs:
+        proc.stop()
+
+
+class Stack:
+    """Services on a broker database of their own, for tests that run conveyor subprocesses
+    (so the session's in-process worker cannot take their tasks)."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        env: dict[str, str],
+        celery: Any,
+        client: httpx.AsyncClient,
+        app: Any,
+        spawn: Any,
+    ) -> None:
+        self.settings = settings
+        self.env = env
+        self.celery = celery
+        self.client = client
+        self.app = app
+        self._spawn = spawn
+        self.redis = redis.Redis.from_url(str(settings.broker_url))
+
+    def spawn(self, *args: str, env: dict[str, str] | None = None, name: str | None = None) -> Proc:
+        return self._spawn(*args, env={**self.env, **(env or {})}, name=name)
+
+    def worker(
+        self, queues: str = "platform", concurrency: int = 2, pool: str = "prefork", **kw: Any
+    ) -> Proc:
+        proc = self.spawn(
+            "worker",
+            "--queues",
+            queues,
+            "--concurrency",
+            str(concurrency),
+            "--pool",
+            pool,
+            "--name",
+            f"{queues}-{secrets.token_hex(3)}@%h",
+            name=f"worker-{queues}",
+            **kw,
+        )
+        proc.wait_for_log(" ready.", timeout=60)
+        return proc
+
+    def relay(self, **kw: Any) -> Proc:
+        proc = self.spawn("relay", name="relay", **kw)
+        proc.wait_for_log("relay started", timeout=30)
+        return proc
+
+
+@pytest.fixture
+async def stack(
+    settings: Settings, service_env: dict[str, str], spawn: Any
+) -> AsyncIterator[Stack]:
+    """A fresh broker database, the API on it, and helpers to start subprocess workers/relays."""
+    from app.main import create_app
+
+    base = urllib.parse.urlsplit(str(settings.broker_url))
+    current = int(base.path.strip("/") or 0)
+    db = 1 + (current + secrets.randbelow(13)) % 15
+    if db == current:
+        db = 1 + db % 15
+    url = urllib.parse.urlunsplit(base._replace(path=f"/{db}"))
+    redis.Redis.from_url(url).flushdb()
+    isolated = settings.model_copy(update={"broker_url": url})
+    env = {**service_env, "CONVEYOR_BROKER_URL": url}
+    celery = create_celery(isolated)
+    app = create_app(isolated, celery=celery)
+    transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
+    async with httpx.AsyncClient(transport=transport, base_url="http://conveyor.test") as http:
+        yield Stack(isolated, env, celery, http, app, spawn)
+    await app.state.container.registry.dispose()
+    redis.Redis.from_url(url).flushdb()
