@@ -1,0 +1,47 @@
+"""Helpers for tests that watch operations through the API and the database."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+import httpx
+import sqlalchemy as sa
+from sqlalchemy.ext.asyncio import create_async_engine
+
+
+def op_path(name: str) -> str:
+    """``operations/platform.<id>`` -> ``platform.<id>``."""
+    return name.removeprefix("operations/")
+
+
+async def get_op(client: httpx.AsyncClient, name: str) -> dict[str, Any]:
+    response = await client.get(f"/v1/operations/{op_path(name)}")
+    assert response.status_code == 200, response.text
+    return response.json()
+
+
+async def wait_state(
+    client: httpx.AsyncClient, name: str, states: set[str], timeout: float = 60
+) -> dict[str, Any]:
+    """Polls until the operation is in one of ``states``."""
+    deadline = time.monotonic() + timeout
+    op: dict[str, Any] = {}
+    while time.monotonic() < deadline:
+        op = await get_op(client, name)
+        if op["metadata"]["state"] in states:
+            return op
+        await asyncio.sleep(0.1)
+    raise AssertionError(f"{name} never reached {states}: {op}")
+
+
+async def query(database_url: str, sql: str, **params: Any) -> list[Any]:
+    """Runs one SQL statement on a fresh engine and returns the rows."""
+    engine = create_async_engine(database_url)
+    try:
+        async with engine.begin() as conn:
+            result = await conn.execute(sa.text(sql), params)
+            return list(result.all()) if result.returns_rows else []
+    finally:
+        await engine.dispose()
