@@ -1,1 +1,1 @@
-"""Composition root: settings, engines, Celery app, API factory, CLI. Knows everything; nothing imports it but adapters' wiring."""
+"""Composition root: settings, engines, Celery app, API factory, CLI; nothing in domains imports it."""

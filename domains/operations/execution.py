@@ -26,7 +26,7 @@ ProgressSink = Callable[[dict[str, Any]], None]
 """Mirrors progress elsewhere (Celery ``PROGRESS`` state, so Flower shows the same figure)."""
 
 
-class Skip(Exception):  # noqa: N818 - a control-flow signal, not an error
+class Skip(Exception):
     """The operation needs no work from this delivery (done, cancelled, or owned elsewhere)."""
 
     def __init__(self, reason: str, operation: Operation | None = None) -> None:
@@ -41,7 +41,7 @@ class Skip(Exception):  # noqa: N818 - a control-flow signal, not an error
         self.operation = operation
 
 
-class Busy(Exception):  # noqa: N818 - a control-flow signal, not an error
+class Busy(Exception):
     """Another attempt holds a live lease; try again after ``retry_after`` seconds."""
 
     def __init__(self, retry_after: float) -> None:
@@ -54,11 +54,11 @@ class Busy(Exception):  # noqa: N818 - a control-flow signal, not an error
         self.retry_after = retry_after
 
 
-class Cancelled(Exception):  # noqa: N818 - a control-flow signal, not an error
+class Cancelled(Exception):
     """The operation was asked to stop; raised at a checkpoint."""
 
 
-class LeaseLost(Exception):  # noqa: N818 - a control-flow signal, not an error
+class LeaseLost(Exception):
     """Another attempt took the operation over; this one must stop without writing."""
 
 

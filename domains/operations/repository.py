@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import builtins
 import datetime as dt
 import uuid
 from collections.abc import Sequence
@@ -229,7 +230,7 @@ class SqlOperationRepository:
         *,
         after_id: uuid.UUID | None,
         limit: int,
-    ) -> list[Operation]:
+    ) -> builtins.list[Operation]:
         """Lists operations in id (= creation) order.
 
         Args:
@@ -276,7 +277,7 @@ class SqlOperationRepository:
         """
         await self._session.execute(sa.delete(self._t).where(self._t.c.id == operation_id))
 
-    async def find_stale(self, now: dt.datetime, limit: int) -> list[Operation]:
+    async def find_stale(self, now: dt.datetime, limit: int) -> builtins.list[Operation]:
         """Locks operations that look lost: PENDING past their deadline, or RUNNING/CANCELLING
         past their lease without a heartbeat.
 

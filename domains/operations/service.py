@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import builtins
 import dataclasses
 import datetime as dt
 import hashlib
@@ -301,7 +302,7 @@ class OperationsService:
         for cond in conditions:
             if cond.field == "metadata.domain" and cond.op == "=":
                 domains = [d for d in domains if d == cond.value]
-        per_domain: list[list[Operation]] = []
+        per_domain: builtins.list[builtins.list[Operation]] = []
         for domain in domains:
             async with self._uow(domain, read=True) as uow:
                 per_domain.append(

@@ -18,7 +18,9 @@ pytestmark = pytest.mark.reliability
 
 
 def _children(pid: int) -> list[int]:
-    out = subprocess.run(["ps", "-o", "pid=", "--ppid", str(pid)], capture_output=True, text=True).stdout
+    out = subprocess.run(
+        ["ps", "-o", "pid=", "--ppid", str(pid)], capture_output=True, text=True
+    ).stdout
     return [int(x) for x in out.split()]
 
 
@@ -43,23 +45,33 @@ async def test_crash_between_commit_and_publish_is_delivered_by_relay(stack, dat
     op = await _ping(stack.client, message="after-crash")
     op_id = op_path(op["name"]).split(".", 1)[1]
     assert stack.redis.llen("platform") == 0
-    rows = await query(database_url, "SELECT sent_time FROM platform.outbox WHERE operation_id = :id",
-                       id=uuid.UUID(op_id))
+    rows = await query(
+        database_url,
+        "SELECT sent_time FROM platform.outbox WHERE operation_id = :id",
+        id=uuid.UUID(op_id),
+    )
     assert rows and rows[0][0] is None
 
     stack.worker()
     stack.relay()
     done = await wait_state(stack.client, op["name"], {"SUCCEEDED"}, timeout=60)
     assert done["response"]["reply"] == "pong: after-crash"
-    rows = await query(database_url, "SELECT sent_time FROM platform.outbox WHERE operation_id = :id",
-                       id=uuid.UUID(op_id))
+    rows = await query(
+        database_url,
+        "SELECT sent_time FROM platform.outbox WHERE operation_id = :id",
+        id=uuid.UUID(op_id),
+    )
     assert rows[0][0] is not None
 
 
-async def test_broker_flush_with_200_queued_jobs_loses_none_and_runs_none_twice(stack, database_url):
+async def test_broker_flush_with_200_queued_jobs_loses_none_and_runs_none_twice(
+    stack, database_url
+):
     ops = []
     for start in range(0, 200, 20):
-        ops += await asyncio.gather(*(_ping(stack.client, message=f"job-{i}") for i in range(start, start + 20)))
+        ops += await asyncio.gather(
+            *(_ping(stack.client, message=f"job-{i}") for i in range(start, start + 20))
+        )
     assert stack.redis.llen("platform") == 200
     # The broker loses everything it held (Redis here keeps nothing on disk: a restart = a flush).
     stack.redis.flushdb()
@@ -70,18 +82,22 @@ async def test_broker_flush_with_200_queued_jobs_loses_none_and_runs_none_twice(
     deadline = time.monotonic() + 150
     ids = [op_path(o["name"]).split(".", 1)[1] for o in ops]
     while time.monotonic() < deadline:
-        rows = await query(database_url,
-                           "SELECT count(*) FROM platform.operations WHERE state = 'SUCCEEDED' AND id = ANY(CAST(:ids AS uuid[]))",
-                           ids=ids)
+        rows = await query(
+            database_url,
+            "SELECT count(*) FROM platform.operations WHERE state = 'SUCCEEDED' AND id = ANY(CAST(:ids AS uuid[]))",
+            ids=ids,
+        )
         if rows[0][0] == 200:
             break
         await asyncio.sleep(0.5)
     completions = await _completions(database_url, ids)
     assert len(completions) == 200
     assert set(completions.values()) == {1}, "every job's effect applied exactly once"
-    redispatched = await query(database_url,
-                               "SELECT count(*) FROM platform.operations WHERE dispatch_count > 1 AND id = ANY(CAST(:ids AS uuid[]))",
-                               ids=ids)
+    redispatched = await query(
+        database_url,
+        "SELECT count(*) FROM platform.operations WHERE dispatch_count > 1 AND id = ANY(CAST(:ids AS uuid[]))",
+        ids=ids,
+    )
     assert redispatched[0][0] > 0, "the sweeper put the flushed jobs back"
 
 
@@ -106,13 +122,20 @@ async def test_sigkill_of_worker_process_mid_task_redoes_it_once(stack, database
 async def test_same_request_id_sent_concurrently_creates_one_operation(stack, database_url):
     request_id = str(uuid.uuid4())
     responses = await asyncio.gather(
-        *(stack.client.post("/v1/pings", json={"message": "once", "request_id": request_id}) for _ in range(20))
+        *(
+            stack.client.post("/v1/pings", json={"message": "once", "request_id": request_id})
+            for _ in range(20)
+        )
     )
     assert {r.status_code for r in responses} == {200}
     assert len({r.json()["name"] for r in responses}) == 1
-    rows = await query(database_url, "SELECT count(*) FROM platform.operations WHERE request_id = :r", r=request_id)
+    rows = await query(
+        database_url, "SELECT count(*) FROM platform.operations WHERE request_id = :r", r=request_id
+    )
     assert rows[0][0] == 1
-    other = await stack.client.post("/v1/pings", json={"message": "different", "request_id": request_id})
+    other = await stack.client.post(
+        "/v1/pings", json={"message": "different", "request_id": request_id}
+    )
     assert other.status_code == 409
     assert other.json()["error"]["status"] == "ALREADY_EXISTS"
 
