@@ -1,0 +1,713 @@
+#!/usr/bin/env python
+"""Submit-path and end-to-end benchmark of Conveyor against bare baselines, in one run.
+
+    python benchmarks/submit.py --n 300 --concurrency 16
+
+Phases (each system gets the same machine, broker and PostgreSQL server, measured in the same
+run, so only the ratios mean anything):
+
+1. setup      a fresh PostgreSQL database (migrated with the real migrations) and an empty
+              Redis database index of its own; both are removed at the end, also on error.
+2. submit     ``POST /v1/pings`` on the real API (``conveyor api``, 1 uvicorn process) vs a bare
+              FastAPI app that only calls ``send_task`` (``benchmarks/bare_app.py``). No worker
+              runs; rounds alternate the order of the two systems.
+3. e2e        N pings through the API with one ``conveyor worker`` (prefork, 2 processes) and
+              ``conveyor relay`` running, until every operation is SUCCEEDED; vs plain Celery
+              (``benchmarks/raw_tasks.py``, prefork, 2 processes), ``apply_async`` N times and
+              wait for every result.
+4. latency    submit->start p50/p99, under the e2e burst and at a paced rate well below
+              capacity (Conveyor: operations.create_time -> start_time; Celery: timestamp in
+              the args -> time.time() at task start).
+
+Environment: ``CONVEYOR_BENCH_DATABASE_URL`` (admin URL, default
+postgresql://postgres@127.0.0.1:5432/test), ``CONVEYOR_BENCH_BROKER_URL`` (default
+redis://127.0.0.1:6379/0; the index is replaced by a free one, see ``--redis-db``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import dataclasses
+import json
+import os
+import pathlib
+import random
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.parse
+import uuid
+from collections.abc import Sequence
+from typing import Any
+
+import asyncpg
+import httpx
+import redis
+
+from app import migrate
+from app.config import load_settings
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+DEFAULT_ADMIN_URL = "postgresql://postgres@127.0.0.1:5432/test"
+DEFAULT_BROKER_URL = "redis://127.0.0.1:6379/0"
+PING_BODY = {"message": "bench"}
+POLL_INTERVAL = 0.02
+
+
+# ------------------------------------------------------------------------------ helpers
+
+
+def percentile(values: Sequence[float], pct: float) -> float:
+    """Nearest-rank percentile (``nan`` for no values)."""
+    if not values:
+        return float("nan")
+    ordered = sorted(values)
+    rank = max(1, min(len(ordered), round(pct / 100 * len(ordered) + 0.5)))
+    return ordered[rank - 1]
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def plain_pg_url(url: str) -> str:
+    scheme, sep, rest = url.partition("://")
+    if not sep or scheme.split("+", 1)[0] not in ("postgresql", "postgres"):
+        raise SystemExit(f"submit.py: not a PostgreSQL URL: {scheme}://...")
+    return f"postgresql://{rest}"
+
+
+def with_database(url: str, name: str) -> str:
+    parts = urllib.parse.urlsplit(url)
+    return urllib.parse.urlunsplit(parts._replace(path=f"/{name}"))
+
+
+def with_redis_db(url: str, db: int) -> str:
+    parts = urllib.parse.urlsplit(url)
+    return urllib.parse.urlunsplit(parts._replace(path=f"/{db}"))
+
+
+def pick_redis_db(base_url: str, requested: int | None) -> str:
+    """Returns a Redis URL on ``requested`` or on the first empty index among 1..15."""
+    if requested is not None:
+        return with_redis_db(base_url, requested)
+    candidates = list(range(1, 16))
+    random.shuffle(candidates)
+    for db in candidates:
+        url = with_redis_db(base_url, db)
+        client = redis.Redis.from_url(url, socket_connect_timeout=2)
+        try:
+            if client.dbsize() == 0:
+                return url
+        finally:
+            client.close()
+    raise SystemExit("submit.py: no empty Redis database index in 1..15; pass --redis-db")
+
+
+def flush_redis(url: str) -> None:
+    client = redis.Redis.from_url(url, socket_connect_timeout=2)
+    try:
+        client.flushdb()
+    finally:
+        client.close()
+
+
+async def _admin(admin_url: str, sql: str, *args: Any) -> None:
+    conn = await asyncpg.connect(admin_url, timeout=10)
+    try:
+        await conn.execute(sql, *args)
+    finally:
+        await conn.close()
+
+
+def create_database(admin_url: str, name: str) -> None:
+    asyncio.run(_admin(admin_url, f'CREATE DATABASE "{name}"'))
+
+
+def drop_database(admin_url: str, name: str) -> None:
+    async def drop() -> None:
+        conn = await asyncpg.connect(admin_url, timeout=10)
+        try:
+            for attempt in range(10):
+                await conn.execute(
+                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+                    " WHERE datname = $1 AND pid <> pg_backend_pid()",
+                    name,
+                )
+                try:
+                    await conn.execute(f'DROP DATABASE IF EXISTS "{name}"')
+                    return
+                except asyncpg.ObjectInUseError:
+                    if attempt == 9:
+                        raise
+                    await asyncio.sleep(0.3)
+        finally:
+            await conn.close()
+
+    asyncio.run(drop())
+
+
+# --------------------------------------------------------------------------- processes
+
+
+class Proc:
+    """A subprocess in a session of its own, logging to a file."""
+
+    def __init__(self, name: str, argv: list[str], env: dict[str, str], logdir: pathlib.Path):
+        self.name = name
+        self.log_path = logdir / f"{name}.log"
+        self._log = open(self.log_path, "wb")
+        self.popen = subprocess.Popen(
+            argv,
+            env=env,
+            cwd=ROOT,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def tail(self, chars: int = 2500) -> str:
+        return self.log()[-chars:]
+
+    def alive(self) -> bool:
+        return self.popen.poll() is None
+
+    def wait_for_log(self, text: str, limit_s: float) -> None:
+        deadline = time.monotonic() + limit_s
+        while time.monotonic() < deadline:
+            if text in self.log():
+                return
+            if not self.alive():
+                raise RuntimeError(f"{self.name} exited ({self.popen.returncode}):\n{self.tail()}")
+            time.sleep(0.1)
+        raise RuntimeError(f"{self.name}: {text!r} not logged within {limit_s}s:\n{self.tail()}")
+
+    def stop(self, grace_s: float = 15) -> None:
+        if self.popen.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                self.popen.terminate()
+            try:
+                self.popen.wait(grace_s)
+            except subprocess.TimeoutExpired:
+                # Still running, so its process group (the pool children too) is ours.
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(self.popen.pid, signal.SIGKILL)
+                self.popen.wait(5)
+        if not self._log.closed:
+            self._log.close()
+
+
+class Procs:
+    """Every subprocess the benchmark started; ``stop_all`` runs in the outer ``finally``."""
+
+    def __init__(self, env: dict[str, str], logdir: pathlib.Path) -> None:
+        self.env = env
+        self.logdir = logdir
+        self.all: list[Proc] = []
+
+    def start(self, name: str, argv: list[str], env: dict[str, str] | None = None) -> Proc:
+        proc = Proc(name, argv, {**self.env, **(env or {})}, self.logdir)
+        self.all.append(proc)
+        return proc
+
+    def stop_all(self) -> None:
+        for proc in reversed(self.all):
+            try:
+                proc.stop()
+            except Exception as exc:  # keep stopping the others
+                print(f"submit.py: stopping {proc.name} failed: {exc}", file=sys.stderr)
+
+
+async def wait_http_ready(proc: Proc, base_url: str, limit_s: float) -> None:
+    deadline = time.monotonic() + limit_s
+    async with httpx.AsyncClient(base_url=base_url, timeout=2) as client:
+        while time.monotonic() < deadline:
+            if not proc.alive():
+                raise RuntimeError(f"{proc.name} exited:\n{proc.tail()}")
+            with contextlib.suppress(httpx.HTTPError):
+                if (await client.get("/healthz")).status_code == 200:
+                    return
+            await asyncio.sleep(0.1)
+    raise RuntimeError(f"{proc.name} not ready within {limit_s}s:\n{proc.tail()}")
+
+
+# ------------------------------------------------------------------------------- load
+
+
+@dataclasses.dataclass
+class DriveResult:
+    elapsed: float
+    latencies: list[float]
+    names: list[str]
+
+
+async def drive(
+    client: httpx.AsyncClient, n: int, concurrency: int, limit_s: float, *, collect: bool = False
+) -> DriveResult:
+    """POSTs ``n`` pings with ``concurrency`` requests in flight (closed loop)."""
+    remaining = iter(range(n))
+    latencies: list[float] = []
+    names: list[str] = []
+    errors: list[str] = []
+
+    async def one_connection() -> None:
+        for _ in remaining:
+            start = time.perf_counter()
+            response = await client.post("/v1/pings", json=PING_BODY)
+            latencies.append(time.perf_counter() - start)
+            if response.status_code != 200:
+                errors.append(f"{response.status_code} {response.text[:300]}")
+            elif collect:
+                names.append(response.json()["name"])
+
+    start = time.perf_counter()
+    await asyncio.wait_for(
+        asyncio.gather(*(one_connection() for _ in range(max(1, min(concurrency, n))))),
+        timeout=limit_s,
+    )
+    elapsed = time.perf_counter() - start
+    if errors:
+        raise RuntimeError(f"{len(errors)} of {n} requests failed; first: {errors[0]}")
+    return DriveResult(elapsed, latencies, names)
+
+
+async def paced(client: httpx.AsyncClient, n: int, rate: float, limit_s: float) -> list[str]:
+    """POSTs ``n`` pings at ``rate`` per second (open loop); returns operation names."""
+    loop = asyncio.get_running_loop()
+    start = loop.time()
+
+    async def one(i: int) -> str:
+        await asyncio.sleep(max(0.0, start + i / rate - loop.time()))
+        response = await client.post("/v1/pings", json=PING_BODY)
+        if response.status_code != 200:
+            raise RuntimeError(f"{response.status_code} {response.text[:300]}")
+        return str(response.json()["name"])
+
+    return list(await asyncio.wait_for(asyncio.gather(*(one(i) for i in range(n))), limit_s))
+
+
+def operation_ids(names: Sequence[str]) -> list[uuid.UUID]:
+    return [uuid.UUID(name.rsplit(".", 1)[1]) for name in names]
+
+
+async def wait_operations_done(
+    db: asyncpg.Connection, ids: Sequence[uuid.UUID], limit_s: float, procs: Sequence[Proc]
+) -> float:
+    """Polls until every operation is done; returns ``perf_counter()`` when seen done."""
+    deadline = time.monotonic() + limit_s
+    while True:
+        row = await db.fetchrow(
+            "SELECT count(*) FILTER (WHERE done) AS done,"
+            " count(*) FILTER (WHERE state = 'SUCCEEDED') AS ok"
+            " FROM platform.operations WHERE id = ANY($1::uuid[])",
+            list(ids),
+        )
+        assert row is not None
+        if row["done"] >= len(ids):
+            seen = time.perf_counter()
+            if row["ok"] != len(ids):
+                raise RuntimeError(f"{len(ids) - row['ok']} operations did not succeed")
+            return seen
+        for proc in procs:
+            if not proc.alive():
+                raise RuntimeError(f"{proc.name} exited:\n{proc.tail()}")
+        if time.monotonic() > deadline:
+            raise RuntimeError(
+                f"only {row['done']} of {len(ids)} operations done after {limit_s}s:\n"
+                + "\n".join(f"--- {p.name}\n{p.tail(1500)}" for p in procs)
+            )
+        await asyncio.sleep(POLL_INTERVAL)
+
+
+async def start_latencies(db: asyncpg.Connection, ids: Sequence[uuid.UUID]) -> list[float]:
+    rows = await db.fetch(
+        "SELECT extract(epoch FROM start_time - create_time)::float8 AS s"
+        " FROM platform.operations WHERE id = ANY($1::uuid[]) AND start_time IS NOT NULL",
+        list(ids),
+    )
+    return [float(r["s"]) for r in rows]
+
+
+# ------------------------------------------------------------------------------ phases
+
+
+@dataclasses.dataclass
+class Results:
+    rows: list[tuple[str, float, float, str]] = dataclasses.field(default_factory=list)
+    notes: list[str] = dataclasses.field(default_factory=list)
+
+    def add(self, metric: str, conveyor: float, baseline: float, better: str) -> None:
+        self.rows.append((metric, conveyor, baseline, better))
+
+
+async def phase_submit(
+    args: argparse.Namespace, procs: Procs, results: Results, conveyor_url: str, broker: str
+) -> None:
+    port = free_port()
+    bare = procs.start(
+        "bare-api",
+        [
+            sys.executable,
+            "-m",
+            "uvicorn",
+            "benchmarks.bare_app:create_app",
+            "--factory",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--log-level",
+            "info",  # the same access logging as `conveyor api`
+        ],
+        env={"BENCH_BARE_MODE": args.bare_mode},
+    )
+    bare_url = f"http://127.0.0.1:{port}"
+    await wait_http_ready(bare, bare_url, 30)
+
+    limits = httpx.Limits(
+        max_connections=args.concurrency, max_keepalive_connections=args.concurrency
+    )
+    targets = {"conveyor": conveyor_url, "baseline": bare_url}
+    clients = {
+        k: httpx.AsyncClient(base_url=u, limits=limits, timeout=30) for k, u in targets.items()
+    }
+    elapsed = dict.fromkeys(targets, 0.0)
+    counts = dict.fromkeys(targets, 0)
+    latencies: dict[str, list[float]] = {k: [] for k in targets}
+    try:
+        warm = max(20, args.n // 10)
+        for client in clients.values():
+            await drive(client, warm, args.concurrency, args.timeout)
+        per_round = [args.n // args.rounds] * args.rounds
+        per_round[-1] += args.n - sum(per_round)
+        for index, size in enumerate(per_round):
+            order = ["conveyor", "baseline"] if index % 2 == 0 else ["baseline", "conveyor"]
+            line = []
+            for key in order:
+                result = await drive(clients[key], size, args.concurrency, args.timeout)
+                elapsed[key] += result.elapsed
+                counts[key] += size
+                latencies[key].extend(result.latencies)
+                line.append(f"{key} {size / result.elapsed:7.1f} req/s")
+            print(f"  submit round {index + 1}/{args.rounds}: " + ", ".join(line), flush=True)
+    finally:
+        for client in clients.values():
+            await client.aclose()
+        await asyncio.to_thread(bare.stop)
+    rate = {k: counts[k] / elapsed[k] for k in targets}
+    results.add("submit rate (req/s)", rate["conveyor"], rate["baseline"], "higher")
+    for pct in (50, 99):
+        results.add(
+            f"submit HTTP p{pct} (ms) @c={args.concurrency}",
+            percentile(latencies["conveyor"], pct) * 1000,
+            percentile(latencies["baseline"], pct) * 1000,
+            "lower",
+        )
+    # Nothing consumes during this phase: drop the queued messages.
+    await asyncio.to_thread(flush_redis, broker)
+
+
+async def phase_conveyor_e2e(
+    args: argparse.Namespace, procs: Procs, conveyor_url: str, db: asyncpg.Connection
+) -> dict[str, Any]:
+    worker = procs.start(
+        "conveyor-worker",
+        [
+            sys.executable,
+            "-m",
+            "app.cli",
+            "worker",
+            "--queues",
+            "platform",
+            "--concurrency",
+            str(args.worker_concurrency),
+            "--pool",
+            "prefork",
+            "--name",
+            f"bench-platform-{secrets.token_hex(3)}@%h",
+        ],
+    )
+    relay = procs.start("conveyor-relay", [sys.executable, "-m", "app.cli", "relay"])
+    await asyncio.to_thread(worker.wait_for_log, " ready.", 60)
+    await asyncio.to_thread(relay.wait_for_log, "relay started", 30)
+    watched = [worker, relay]
+    limits = httpx.Limits(
+        max_connections=args.concurrency, max_keepalive_connections=args.concurrency
+    )
+    out: dict[str, Any] = {}
+    try:
+        async with httpx.AsyncClient(base_url=conveyor_url, limits=limits, timeout=30) as client:
+            warm = await drive(
+                client, args.warmup_jobs, args.concurrency, args.timeout, collect=True
+            )
+            await wait_operations_done(db, operation_ids(warm.names), args.timeout, watched)
+
+            start = time.perf_counter()
+            burst = await drive(client, args.n, args.concurrency, args.timeout, collect=True)
+            ids = operation_ids(burst.names)
+            seen = await wait_operations_done(db, ids, args.timeout, watched)
+            out["jobs_per_s"] = args.n / (seen - start)
+            out["submit_s"] = burst.elapsed
+            out["burst_latencies"] = await start_latencies(db, ids)
+
+            names = await paced(client, args.paced_n, args.paced_rate, args.timeout)
+            ids = operation_ids(names)
+            await wait_operations_done(db, ids, args.timeout, watched)
+            out["paced_latencies"] = await start_latencies(db, ids)
+    finally:
+        await asyncio.to_thread(worker.stop)
+        await asyncio.to_thread(relay.stop)
+    return out
+
+
+def _raw_run(args: argparse.Namespace, worker: Proc) -> dict[str, Any]:
+    """The plain-Celery side (blocking; runs in a thread)."""
+    from celery.result import ResultSet
+
+    from benchmarks import raw_tasks
+
+    def collect(results: list[Any]) -> list[dict[str, float]]:
+        values = ResultSet(results).join_native(timeout=args.timeout, interval=POLL_INTERVAL)
+        if not worker.alive():
+            raise RuntimeError(f"{worker.name} exited:\n{worker.tail()}")
+        return list(values)
+
+    out: dict[str, Any] = {}
+    try:
+        collect([raw_tasks.noop.apply_async(args=[time.time()]) for _ in range(args.warmup_jobs)])
+
+        start = time.perf_counter()
+        burst = [raw_tasks.noop.apply_async(args=[time.time()]) for _ in range(args.n)]
+        submitted = time.perf_counter() - start
+        values = collect(burst)
+        out["jobs_per_s"] = args.n / (time.perf_counter() - start)
+        out["submit_s"] = submitted
+        out["burst_latencies"] = [v["started"] - v["submitted"] for v in values]
+
+        paced_results = []
+        t0 = time.monotonic()
+        for i in range(args.paced_n):
+            time.sleep(max(0.0, t0 + i / args.paced_rate - time.monotonic()))
+            paced_results.append(raw_tasks.noop.apply_async(args=[time.time()]))
+        values = collect(paced_results)
+        out["paced_latencies"] = [v["started"] - v["submitted"] for v in values]
+    finally:
+        raw_tasks.app.close()
+    return out
+
+
+async def phase_raw_e2e(args: argparse.Namespace, procs: Procs, broker: str) -> dict[str, Any]:
+    os.environ["BENCH_BROKER_URL"] = broker  # read by benchmarks.raw_tasks at import
+    worker = procs.start(
+        "raw-celery-worker",
+        [
+            sys.executable,
+            "-m",
+            "celery",
+            "-A",
+            "benchmarks.raw_tasks",
+            "worker",
+            "-c",
+            str(args.worker_concurrency),
+            "-P",
+            "prefork",
+            "-Q",
+            "bench_raw",
+            "-n",
+            f"bench-raw-{secrets.token_hex(3)}@%h",
+            "--loglevel",
+            "INFO",
+        ],
+        env={"BENCH_BROKER_URL": broker},
+    )
+    try:
+        await asyncio.to_thread(worker.wait_for_log, " ready.", 60)
+        return await asyncio.to_thread(_raw_run, args, worker)
+    finally:
+        await asyncio.to_thread(worker.stop)
+
+
+async def run(
+    args: argparse.Namespace, procs: Procs, results: Results, database_url: str, broker: str
+) -> None:
+    port = free_port()
+    api = procs.start(
+        "conveyor-api",
+        [sys.executable, "-m", "app.cli", "api", "--host", "127.0.0.1", "--port", str(port)],
+    )
+    conveyor_url = f"http://127.0.0.1:{port}"
+    await wait_http_ready(api, conveyor_url, 30)
+
+    print(f"[submit] N={args.n} concurrency={args.concurrency} rounds={args.rounds}", flush=True)
+    await phase_submit(args, procs, results, conveyor_url, broker)
+
+    db = await asyncpg.connect(plain_pg_url(database_url), timeout=10)
+    try:
+        # Start phase 3 from empty tables (phase 2 left PENDING operations behind).
+        await db.execute("TRUNCATE platform.pings, platform.operations, platform.outbox")
+        print(f"[e2e] conveyor: N={args.n}, worker prefork x{args.worker_concurrency}", flush=True)
+        conveyor = await phase_conveyor_e2e(args, procs, conveyor_url, db)
+    finally:
+        await db.close()
+    await asyncio.to_thread(api.stop)
+    await asyncio.to_thread(flush_redis, broker)
+
+    print(f"[e2e] raw celery: N={args.n}, worker prefork x{args.worker_concurrency}", flush=True)
+    raw = await phase_raw_e2e(args, procs, broker)
+
+    results.add("e2e throughput (jobs/s)", conveyor["jobs_per_s"], raw["jobs_per_s"], "higher")
+    for label, key in (
+        ("burst", "burst_latencies"),
+        (f"paced {args.paced_rate:g}/s", "paced_latencies"),
+    ):
+        for pct in (50, 99):
+            results.add(
+                f"submit->start p{pct} (ms), {label}",
+                percentile(conveyor[key], pct) * 1000,
+                percentile(raw[key], pct) * 1000,
+                "lower",
+            )
+    results.notes.append(
+        f"e2e submit part: conveyor {args.n / conveyor['submit_s']:.0f} req/s over HTTP"
+        f" (competing with the worker for CPU), raw apply_async {args.n / raw['submit_s']:.0f}/s"
+        " in-process"
+    )
+
+
+# -------------------------------------------------------------------------------- main
+
+
+def print_table(results: Results, args: argparse.Namespace) -> None:
+    width = max(len(r[0]) for r in results.rows) + 2
+    header = f"{'metric':<{width}}{'conveyor':>12}{'baseline':>12}{'conv/base':>11}  better"
+    print()
+    print(
+        f"Conveyor vs baseline — n={args.n}, concurrency={args.concurrency}, "
+        f"{os.cpu_count()} CPUs (same run, only ratios are meaningful)"
+    )
+    print(header)
+    print("-" * len(header))
+    for metric, conveyor, baseline, better in results.rows:
+        ratio = conveyor / baseline if baseline else float("nan")
+        print(f"{metric:<{width}}{conveyor:>12.1f}{baseline:>12.1f}{ratio:>10.2f}x  {better}")
+    print()
+    print(
+        "baseline: submit = bare FastAPI + send_task (benchmarks/bare_app.py, "
+        f"{args.bare_mode} endpoint); e2e/latency = plain Celery no-op (benchmarks/raw_tasks.py)"
+    )
+    for note in results.notes:
+        print(f"note: {note}")
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n", 1)[0])
+    parser.add_argument("--n", type=int, default=300, help="requests / jobs per system")
+    parser.add_argument("--concurrency", type=int, default=16, help="HTTP requests in flight")
+    parser.add_argument("--rounds", type=int, default=2, help="alternating submit rounds")
+    parser.add_argument("--worker-concurrency", type=int, default=2)
+    parser.add_argument("--warmup-jobs", type=int, default=10)
+    parser.add_argument("--paced-n", type=int, default=40, help="jobs in the paced probe")
+    parser.add_argument("--paced-rate", type=float, default=20.0, help="paced jobs per second")
+    parser.add_argument("--bare-mode", choices=["sync", "async"], default="sync")
+    parser.add_argument("--redis-db", type=int, default=None, help="default: a free one")
+    parser.add_argument("--timeout", type=float, default=90.0, help="seconds per step")
+    parser.add_argument("--json", dest="json_path", default=None, help="also write results")
+    parser.add_argument("--keep-logs", action="store_true", help="keep subprocess logs")
+    args = parser.parse_args(argv)
+    if args.n < 1 or args.concurrency < 1 or not 1 <= args.rounds <= args.n:
+        parser.error("--n and --concurrency must be >= 1, 1 <= --rounds <= --n")
+    if args.paced_rate <= 0 or args.paced_n < 1:
+        parser.error("--paced-rate must be > 0 and --paced-n >= 1")
+    return args
+
+
+def _terminate(signum: int, _frame: Any) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    if str(ROOT) not in sys.path:  # `python benchmarks/submit.py`: make `benchmarks` importable
+        sys.path.insert(0, str(ROOT))
+    signal.signal(signal.SIGTERM, _terminate)
+    admin_url = plain_pg_url(os.environ.get("CONVEYOR_BENCH_DATABASE_URL") or DEFAULT_ADMIN_URL)
+    broker_base = os.environ.get("CONVEYOR_BENCH_BROKER_URL") or DEFAULT_BROKER_URL
+    db_name = f"conveyor_bench_{secrets.token_hex(4)}"
+    logdir = pathlib.Path(tempfile.mkdtemp(prefix="conveyor-bench-"))
+    results = Results()
+    procs: Procs | None = None
+    broker: str | None = None
+    created = False
+    failed = True
+    try:
+        broker = pick_redis_db(broker_base, args.redis_db)
+        flush_redis(broker)
+        create_database(admin_url, db_name)
+        created = True
+        database_url = (
+            "postgresql+asyncpg://" + with_database(admin_url, db_name).split("://", 1)[1]
+        )
+        print(f"[setup] database {db_name}, broker {broker}, logs {logdir}", flush=True)
+        migrate.upgrade(load_settings(database_url=database_url, broker_url=broker))
+
+        env = {k: v for k, v in os.environ.items() if not k.startswith("CONVEYOR_")}
+        env.update(
+            CONVEYOR_DATABASE_URL=database_url,
+            CONVEYOR_BROKER_URL=broker,
+            CONVEYOR_DATA_DIR=str(logdir / "data"),
+            PYTHONUNBUFFERED="1",
+            PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
+        )
+        procs = Procs(env, logdir)
+        asyncio.run(run(args, procs, results, database_url, broker))
+        print_table(results, args)
+        if args.json_path:
+            pathlib.Path(args.json_path).write_text(
+                json.dumps(
+                    {
+                        "args": vars(args),
+                        "rows": [
+                            {"metric": m, "conveyor": c, "baseline": b, "better": w}
+                            for m, c, b, w in results.rows
+                        ],
+                        "notes": results.notes,
+                    },
+                    indent=2,
+                )
+            )
+        failed = False
+        return 0
+    except KeyboardInterrupt:
+        print("submit.py: interrupted; cleaning up", file=sys.stderr)
+        return 130
+    finally:
+        if procs is not None:
+            procs.stop_all()
+        if broker is not None:
+            with contextlib.suppress(Exception):
+                flush_redis(broker)
+        if created:
+            try:
+                drop_database(admin_url, db_name)
+            except Exception as exc:
+                print(f"submit.py: could not drop {db_name}: {exc}", file=sys.stderr)
+        if args.keep_logs or failed:
+            print(f"submit.py: subprocess logs kept in {logdir}", file=sys.stderr)
+        else:
+            shutil.rmtree(logdir, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

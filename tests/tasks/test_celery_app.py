@@ -1,0 +1,58 @@
+"""Celery configuration and routing, checked on the real broker."""
+
+from __future__ import annotations
+
+import uuid
+
+from app.celery_app import create_celery, route_task
+from app.config import DOMAINS
+
+
+def test_serialization_is_json_only(celery_app):
+    conf = celery_app.conf
+    assert conf.task_serializer == "json"
+    assert conf.result_serializer == "json"
+    assert conf.accept_content == ["json"]
+    assert conf.result_accept_content == ["json"]
+
+
+def test_tasks_ack_late_and_reject_on_worker_lost(celery_app):
+    assert celery_app.conf.task_acks_late is True
+    assert celery_app.conf.task_reject_on_worker_lost is True
+    assert celery_app.conf.worker_prefetch_multiplier == 1
+    ping = celery_app.tasks["platform.ping"]
+    assert ping.acks_late is True
+
+
+def test_one_queue_per_domain(celery_app):
+    assert {q.name for q in celery_app.conf.task_queues} == set(DOMAINS)
+
+
+def test_task_events_are_on_by_default_and_configurable(settings):
+    assert create_celery(settings).conf.worker_send_task_events is True
+    off = settings.model_copy(update={"task_events": False})
+    assert create_celery(off).conf.worker_send_task_events is False
+
+
+def test_routes_by_task_name_prefix():
+    assert route_task("imports.process_chunk", (), {}, {}) == {"queue": "imports"}
+    assert route_task("webhooks.deliver", (), {}, {}) == {"queue": "webhooks"}
+    assert route_task("reports.generate", (), {}, {}) == {"queue": "reports"}
+    assert route_task("unknown.thing", (), {}, {}) == {"queue": "platform"}
+
+
+def test_published_task_lands_in_its_domain_queue_on_redis(stack):
+    celery = stack.celery
+    celery.send_task("imports.example", args=[1], task_id=str(uuid.uuid4()))
+    celery.send_task("reports.example", args=[2], task_id=str(uuid.uuid4()))
+    assert stack.redis.llen("imports") == 1
+    assert stack.redis.llen("reports") == 1
+    assert stack.redis.llen("platform") == 0
+
+
+def test_beat_schedule_placeholder_holds_the_sweeper(celery_app):
+    assert celery_app.conf.beat_schedule["platform.sweep"]["task"] == "platform.sweep"
+
+
+def test_pickle_is_refused_by_the_worker_config(celery_app):
+    assert "pickle" not in celery_app.conf.accept_content
