@@ -93,17 +93,23 @@ def celery_config(settings: Settings) -> dict[str, Any]:
     }
 
 
-def create_celery(settings: Settings) -> Celery:
+def create_celery(settings: Settings, *, results: bool = True) -> Celery:
     """Builds a Celery app for ``settings``.
 
     Args:
         settings: Conveyor settings.
+        results: ``False`` for a publish-only app: with the Redis backend every ``send_task``
+            otherwise subscribes to the task's result channel (slow, and it hangs ~20 s in
+            reconnect loops while Redis is down).
 
     Returns:
         The configured app, tasks included.
     """
     app = Celery("conveyor", set_as_current=False)
-    app.config_from_object(celery_config(settings))
+    config = celery_config(settings)
+    if not results:
+        config["result_backend"] = None
+    app.config_from_object(config)
     app.conf.update(include=TASK_MODULES)
     app.conveyor_settings = settings  # type: ignore[attr-defined]
     for module in TASK_MODULES:

@@ -172,7 +172,6 @@ def flower(host: str, port: int, insecure_dev: bool) -> None:
 @main.command()
 def relay() -> None:
     """Run the outbox relay and the stale-operation sweeper (several may run at once)."""
-    from app.celery_app import get_celery
     from app.container import Container
     from app.db import EngineRegistry
     from app.outbox import OutboxPublisher, run_relay
@@ -183,7 +182,7 @@ def relay() -> None:
 
     async def _main() -> None:
         registry = EngineRegistry(settings)
-        publisher = OutboxPublisher(registry, get_celery(), settings)
+        publisher = OutboxPublisher(registry, settings)
         container = Container(settings, registry)
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()

@@ -68,7 +68,7 @@ def create_app(settings: Settings | None = None, *, celery: Celery | None = None
     settings.database_for("platform")  # fail fast with one clear line
     celery = celery or create_celery(settings)
     registry = EngineRegistry(settings)
-    publisher = OutboxPublisher(registry, celery, settings)
+    publisher = OutboxPublisher(registry, settings)
     container = Container(settings, registry, after_commit=publisher.publish_now)
 
     @contextlib.asynccontextmanager

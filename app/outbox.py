@@ -6,11 +6,14 @@ import asyncio
 import datetime as dt
 import logging
 import random
+import threading
+import time
 import uuid
 from collections.abc import Sequence
 
 from celery import Celery
 
+from app.celery_app import create_celery
 from app.config import DOMAINS, Settings
 from app.container import DOMAIN_TABLES
 from app.db import EngineRegistry
@@ -26,18 +29,41 @@ class OutboxPublisher:
     transaction per batch: a crash before the commit leaves them unsent for the next relay.
     """
 
-    def __init__(self, registry: EngineRegistry, celery: Celery, settings: Settings) -> None:
+    def __init__(
+        self, registry: EngineRegistry, settings: Settings, celery: Celery | None = None
+    ) -> None:
         """Creates the publisher.
 
         Args:
             registry: Engines.
-            celery: The Celery app used to publish.
-            settings: Relay settings.
+            settings: Broker and relay settings.
+            celery: Publish-only Celery app (default: built from ``settings`` without results).
         """
         self._registry = registry
-        self._celery = celery
+        self._celery = celery or create_celery(settings, results=False)
         self._settings = settings
         self.enabled = settings.fast_path_publish
+        # After a failed publish the fast path stands aside for a while (the relay owns the
+        # backlog), so an outage does not add a connect timeout to every request.
+        self._fast_path_paused_until = 0.0
+        self._declared = False
+        self._declare_lock = threading.Lock()
+
+    def _declare_once(self) -> None:
+        # Declare every queue before the first publish: with Redis, a message published to the
+        # exchange before its queue binding exists is silently dropped, and concurrent first
+        # publishes from several threads race on that declaration.
+        if self._declared:
+            return
+        with self._declare_lock:
+            if self._declared:
+                return
+            with self._celery.connection_for_write() as conn:
+                conn.ensure_connection(max_retries=1, timeout=self._settings.broker_connect_timeout_seconds)
+                channel = conn.default_channel
+                for queue in self._celery.conf.task_queues:
+                    queue(channel).declare()
+            self._declared = True
 
     def _send(self, message: OutboxMessage) -> None:
         self._celery.send_task(
@@ -56,6 +82,10 @@ class OutboxPublisher:
     ) -> tuple[list[uuid.UUID], list[tuple[uuid.UUID, str]]]:
         sent: list[uuid.UUID] = []
         failed: list[tuple[uuid.UUID, str]] = []
+        try:
+            self._declare_once()
+        except Exception as exc:
+            return sent, [(m.id, f"{type(exc).__name__}: {exc}") for m in messages]
         for index, message in enumerate(messages):
             try:
                 self._send(message)
@@ -67,7 +97,9 @@ class OutboxPublisher:
                 break
         return sent, failed
 
-    async def _publish(self, domain: str, ids: Sequence[uuid.UUID] | None, limit: int) -> int:
+    async def _publish(
+        self, domain: str, ids: Sequence[uuid.UUID] | None, limit: int
+    ) -> tuple[int, int]:
         tables = DOMAIN_TABLES[domain]
         maker = self._registry.sessionmaker(domain)
         async with maker() as session, session.begin():
@@ -79,7 +111,7 @@ class OutboxPublisher:
             )
             messages = await repo.claim(ids=ids, limit=limit, grace=grace)
             if not messages:
-                return 0
+                return 0, 0
             sent, failed = await asyncio.to_thread(self._send_all, messages)
             await repo.mark_sent(sent, utcnow())
             for message_id, error in failed:
@@ -90,7 +122,7 @@ class OutboxPublisher:
                 log.warning(
                     "outbox %s: %d rows not published: %s", domain, len(failed), failed[0][1]
                 )
-        return len(sent)
+        return len(sent), len(failed)
 
     async def publish_now(self, domain: str, ids: list[uuid.UUID]) -> None:
         """The fast path: publish rows a commit just wrote.
@@ -99,8 +131,11 @@ class OutboxPublisher:
             domain: The domain whose outbox holds the rows.
             ids: Row ids.
         """
-        if self.enabled:
-            await self._publish(domain, ids, len(ids))
+        if not self.enabled or time.monotonic() < self._fast_path_paused_until:
+            return
+        _, failed = await self._publish(domain, ids, len(ids))
+        if failed:
+            self._fast_path_paused_until = time.monotonic() + 5.0
 
     async def relay_once(self, domains: Sequence[str] = DOMAINS) -> int:
         """Publishes due rows the fast path left behind.
@@ -114,9 +149,9 @@ class OutboxPublisher:
         total = 0
         for domain in domains:
             while True:
-                count = await self._publish(domain, None, self._settings.relay_batch_size)
+                count, failed = await self._publish(domain, None, self._settings.relay_batch_size)
                 total += count
-                if count < self._settings.relay_batch_size:
+                if failed or count < self._settings.relay_batch_size:
                     break
         return total
 

@@ -16,7 +16,6 @@ from typing import Any, TypeVar
 
 from celery import signals
 
-from app.celery_app import create_celery
 from app.config import Settings, get_settings
 from app.container import Container
 from app.db import EngineRegistry
@@ -62,7 +61,7 @@ class Runtime:
             thread = threading.Thread(target=loop.run_forever, name="conveyor-runtime", daemon=True)
             thread.start()
             registry = EngineRegistry(settings)
-            publisher = OutboxPublisher(registry, create_celery(settings), settings)
+            publisher = OutboxPublisher(registry, settings)
             self._container = Container(settings, registry, after_commit=publisher.publish_now)
             self._loop, self._thread = loop, thread
             self.pid_started = os.getpid()
