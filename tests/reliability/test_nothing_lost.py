@@ -169,3 +169,25 @@ async def test_cancel_pending_operation_skips_its_queued_task(stack, database_ur
     op_id = op_path(op["name"]).split(".", 1)[1]
     assert (await _completions(database_url, [op_id]))[op_id] == 0
     assert (await get_op(stack.client, op["name"]))["metadata"]["state"] == "CANCELLED"
+
+
+async def test_two_relays_publish_each_unsent_row_exactly_once(stack, database_url):
+    stack.app.state.publisher.enabled = False
+    ops = []
+    for start in range(0, 120, 20):
+        ops += await asyncio.gather(*(_ping(stack.client, message=f"r{i}") for i in range(start, start + 20)))
+    assert stack.redis.llen("platform") == 0
+    stack.relay()
+    stack.relay()
+    ids = [op_path(o["name"]).split(".", 1)[1] for o in ops]
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        rows = await query(database_url,
+                           "SELECT count(*) FROM platform.outbox WHERE sent_time IS NULL AND operation_id = ANY(CAST(:ids AS uuid[]))",
+                           ids=ids)
+        if rows[0][0] == 0:
+            break
+        await asyncio.sleep(0.2)
+    assert rows[0][0] == 0
+    await asyncio.sleep(0.5)
+    assert stack.redis.llen("platform") == 120, "every row published once, none twice"
