@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import os
@@ -244,7 +245,13 @@ def up(host: str, port: int, flower_port: int, concurrency: int, no_flower: bool
     conveyor = [sys.executable, "-m", "app.cli"]
     procs: list[tuple[str, subprocess.Popen[bytes]]] = []
 
+    def _interrupt(*_: object) -> None:
+        raise KeyboardInterrupt
+
     def stop_all() -> None:
+        # A second Ctrl-C must not abandon children half-way through stopping.
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
         for _, proc in procs:
             if proc.poll() is None:
                 proc.send_signal(signal.SIGTERM)
@@ -254,10 +261,14 @@ def up(host: str, port: int, flower_port: int, concurrency: int, no_flower: bool
                 proc.wait(max(0.1, deadline - time.monotonic()))
             except subprocess.TimeoutExpired:
                 click.echo(f"conveyor: {name} did not stop in time; killing it", err=True)
-                proc.kill()
+                # The whole group: a Celery main process killed alone leaves its pool behind.
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
         if embedded is not None:
             embedded.stop()
 
+    signal.signal(signal.SIGTERM, _interrupt)
     try:
         result = subprocess.run([*conveyor, "migrate"], env=env, check=False)
         if result.returncode != 0:
@@ -285,16 +296,24 @@ def up(host: str, port: int, flower_port: int, concurrency: int, no_flower: bool
         if not no_flower:
             flower_args = ["flower", "--host", host, "--port", str(flower_port)]
             if not (settings.flower_user and settings.flower_password):
+                if host not in ("127.0.0.1", "localhost", "::1"):
+                    click.echo(
+                        "conveyor: Flower would be reachable from the network without a password;"
+                        " set CONVEYOR_FLOWER_USER and CONVEYOR_FLOWER_PASSWORD, or pass --no-flower",
+                        err=True,
+                    )
+                    raise SystemExit(2)
                 flower_args.append("--insecure-dev")
             commands.append(("flower", flower_args))
         for name, args in commands:
-            procs.append((name, subprocess.Popen([*conveyor, *args], env=env)))
+            procs.append(
+                (name, subprocess.Popen([*conveyor, *args], env=env, start_new_session=True))
+            )
         click.echo(
             f"conveyor: up — API http://{host}:{port}/docs"
             + ("" if no_flower else f", Flower http://{host}:{flower_port}")
             + "; Ctrl-C stops"
         )
-        signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
         while True:
             for name, proc in procs:
                 code = proc.poll()

@@ -35,7 +35,7 @@ def normalize_database_url(url: str) -> str:
         if url.startswith(scheme):
             return "postgresql+asyncpg://" + url[len(scheme) :]
     raise ValueError(
-        f"must be a PostgreSQL URL starting with postgresql:// (got {url.split(':')[0]!r}://...)"
+        f"must be a PostgreSQL URL starting with postgresql:// (got {url.split(':')[0]}://...)"
     )
 
 
@@ -145,7 +145,7 @@ class Settings(BaseSettings):
             return None
         if not value.startswith(_BROKER_SCHEMES):
             raise ValueError(
-                f"must start with redis://, rediss:// or amqp:// (got {value.split(':')[0]!r}://...)"
+                f"must start with redis://, rediss://, amqp:// or amqps:// (got {value.split(':')[0]}://...)"
             )
         return value
 

@@ -59,7 +59,9 @@ class OutboxPublisher:
             if self._declared:
                 return
             with self._celery.connection_for_write() as conn:
-                conn.ensure_connection(max_retries=1, timeout=self._settings.broker_connect_timeout_seconds)
+                conn.ensure_connection(
+                    max_retries=1, timeout=self._settings.broker_connect_timeout_seconds
+                )
                 channel = conn.default_channel
                 for queue in self._celery.conf.task_queues:
                     queue(channel).declare()

@@ -143,9 +143,9 @@ class SqlOperationRepository:
         Raises:
             DuplicateRequestId: If its request id is taken (a concurrent retry of the request).
         """
+        # No savepoint: a duplicate aborts the whole transaction, and the caller starts anew.
         try:
-            async with self._session.begin_nested():
-                await self._session.execute(sa.insert(self._t).values(**_to_row(operation)))
+            await self._session.execute(sa.insert(self._t).values(**_to_row(operation)))
         except IntegrityError as exc:
             if "request_id" in str(exc.orig):
                 raise DuplicateRequestId(

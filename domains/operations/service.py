@@ -162,15 +162,15 @@ async def create_idempotently(
 ) -> Operation:
     """Runs a workflow-creating transaction once per AIP-155 request id.
 
-    ``build`` writes the domain rows and adds the operation; this adds the outbox row and
-    commits. The same request id with the same body returns the first operation; with a
+    ``build`` writes the domain rows and returns the new operation; this writes the operation
+    and its outbox row and commits. The same request id with the same body returns the first operation; with a
     different body, ALREADY_EXISTS. Concurrent duplicates are settled by the unique index.
 
     Args:
         uow_factory: The domain's unit of work factory.
         request_id: AIP-155 request id, or ``None``.
         request_hash: Fingerprint of the body.
-        build: Writes domain rows, returns the operation it added.
+        build: Writes domain rows, returns the (unsaved) operation.
 
     Returns:
         The operation (new or the first one).
@@ -191,7 +191,7 @@ async def create_idempotently(
                     return _same_request(existing, request_hash)
             operation = await build(uow)
             await enqueue(uow, operation)
-            await uow.operations.save(operation)
+            await uow.operations.add(operation)
             await uow.commit()
             return operation
     except DuplicateRequestId:

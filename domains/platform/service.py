@@ -117,7 +117,6 @@ class PingService:
                 fail_attempts=fail_attempts,
             )
             await cast(PlatformUnitOfWork, uow).pings.add(ping)
-            await uow.operations.add(op)
             return op
 
         return await operations_service.create_idempotently(

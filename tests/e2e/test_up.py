@@ -1,0 +1,278 @@
+"""`conveyor up` end to end: the real process tree, a ping through it, Flower, and Ctrl-C.
+
+`up` gets a database and a Redis database index of its own, so its relay, sweeper and workers
+see nothing of the rest of the test session (and the session's in-process worker nothing of it).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import pathlib
+import secrets
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.parse
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+import pytest
+import redis
+
+from app.config import DOMAINS
+from tests.support import services
+
+pytestmark = pytest.mark.e2e
+
+FLOWER_USER = "e2e"
+
+
+# ------------------------------------------------------------------------------ helpers
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _own_broker_url(session_url: str) -> str:
+    """A Redis database index other than the session's, preferably an unused (empty) one."""
+    base = urllib.parse.urlsplit(session_url)
+    current = int(base.path.strip("/") or 0)
+    candidates = [db for db in range(1, 16) if db != current]
+    secrets.SystemRandom().shuffle(candidates)
+    urls = [urllib.parse.urlunsplit(base._replace(path=f"/{db}")) for db in candidates]
+    for url in urls:
+        if redis.Redis.from_url(url).dbsize() == 0:
+            return url
+    return urls[0]
+
+
+@dataclass(frozen=True)
+class ProcInfo:
+    pid: int
+    ppid: int
+    pgid: int
+    zombie: bool
+    cmd: str
+
+
+def _processes() -> list[ProcInfo]:
+    """Every process on the machine (psutil when installed, else ``ps``)."""
+    try:
+        import psutil
+    except ImportError:
+        out = subprocess.run(
+            ["ps", "-eo", "pid=,ppid=,pgid=,stat=,args="],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+        result = []
+        for line in out.splitlines():
+            pid, ppid, pgid, stat, *cmd = line.split(None, 4)
+            result.append(
+                ProcInfo(int(pid), int(ppid), int(pgid), stat.startswith("Z"), " ".join(cmd))
+            )
+        return result
+    result = []
+    for proc in psutil.process_iter(["pid", "ppid", "status", "cmdline"]):
+        with contextlib.suppress(psutil.Error, ProcessLookupError):
+            result.append(
+                ProcInfo(
+                    proc.info["pid"],
+                    proc.info["ppid"] or 0,
+                    os.getpgid(proc.info["pid"]),
+                    proc.info["status"] == psutil.STATUS_ZOMBIE,
+                    " ".join(proc.info["cmdline"] or []),
+                )
+            )
+    return result
+
+
+def _descendants(pid: int) -> list[ProcInfo]:
+    procs = _processes()
+    children: dict[int, list[ProcInfo]] = {}
+    for info in procs:
+        children.setdefault(info.ppid, []).append(info)
+    found: list[ProcInfo] = []
+    stack = [pid]
+    while stack:
+        for child in children.get(stack.pop(), []):
+            found.append(child)
+            stack.append(child.pid)
+    return found
+
+
+def _alive(pids: set[int], pgid: int) -> list[ProcInfo]:
+    """Processes among ``pids`` or in process group ``pgid`` that still run (zombies are dead:
+    an orphan is reparented to PID 1, which in some containers never reaps it)."""
+    return [p for p in _processes() if (p.pid in pids or p.pgid == pgid) and not p.zombie]
+
+
+def _poll(what: str, check: Callable[[], Any], timeout: float, log: Callable[[], str]) -> Any:
+    """Calls ``check`` until it returns something truthy; fails with the log after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while time.monotonic() < deadline:
+        try:
+            result = check()
+        except (httpx.TransportError, ValueError, KeyError) as exc:
+            result, last = None, exc
+        if result:
+            return result
+        time.sleep(0.25)
+    raise AssertionError(f"{what}: not within {timeout}s (last: {last!r})\n--- up log ---\n{log()}")
+
+
+def _default_sigint() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
+# ------------------------------------------------------------------------------ fixture
+
+
+@dataclass
+class Up:
+    proc: subprocess.Popen[bytes]
+    api: str
+    flower: str
+    password: str
+    log_path: pathlib.Path
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")[-6000:]
+
+    def check_running(self) -> None:
+        if self.proc.poll() is not None:
+            raise AssertionError(f"up exited with {self.proc.returncode}:\n{self.log()}")
+
+
+@pytest.fixture
+def up(service_env: dict[str, str], admin_url: str, tmp_path: pathlib.Path) -> Iterator[Up]:
+    """Starts ``python -m app.cli up`` in a session of its own; kills its group at the end."""
+    db_name = f"conveyor_up_{secrets.token_hex(4)}"
+    database_url = services.create_database(admin_url, db_name)
+    broker_url = _own_broker_url(service_env["CONVEYOR_BROKER_URL"])
+    proc: subprocess.Popen[bytes] | None = None
+    try:
+        redis.Redis.from_url(broker_url).flushdb()
+        port, flower_port = _free_port(), _free_port()
+        password = secrets.token_urlsafe(16)
+        env = {
+            **service_env,
+            "CONVEYOR_DATABASE_URL": database_url,  # empty: `up` runs the migrations itself
+            "CONVEYOR_BROKER_URL": broker_url,
+            "CONVEYOR_FLOWER_USER": FLOWER_USER,
+            "CONVEYOR_FLOWER_PASSWORD": password,
+            "CONVEYOR_DATA_DIR": str(tmp_path / "data"),
+        }
+        log_path = tmp_path / "up.log"
+        args = ["up", "--port", str(port), "--flower-port", str(flower_port)]
+        with open(log_path, "wb") as log_file:
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "app.cli", *args],
+                env=env,
+                cwd=tmp_path,  # no stray .env from the repository
+                stdout=log_file,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+                # A shell running pytest in the background starts it with SIGINT ignored, which
+                # would carry over and make `up` deaf to Ctrl-C: give it the default disposition.
+                preexec_fn=_default_sigint,
+            )
+        yield Up(
+            proc, f"http://127.0.0.1:{port}", f"http://127.0.0.1:{flower_port}", password, log_path
+        )
+    finally:
+        if proc is not None:
+            # start_new_session: the group is named after `up`, and every child of `up` stays
+            # in it (none calls setsid).
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.wait(10)
+        redis.Redis.from_url(broker_url).flushdb()
+        services.drop_database(admin_url, db_name)
+
+
+# ------------------------------------------------------------------------------ the test
+
+
+def test_up_serves_a_ping_shows_it_in_flower_and_stops_on_ctrl_c(up: Up) -> None:
+    auth = (FLOWER_USER, up.password)
+    with httpx.Client(timeout=10) as http:
+
+        def ready() -> bool:
+            up.check_running()
+            return http.get(f"{up.api}/readyz").status_code == 200
+
+        _poll("API /readyz 200", ready, 90, up.log)
+
+        # Flower must be receiving events before the task runs, or it never learns of it:
+        # wait until it has heard a heartbeat from every domain worker.
+        def flower_sees_workers() -> bool:
+            up.check_running()
+            response = http.get(f"{up.flower}/api/workers", params={"status": "true"}, auth=auth)
+            if response.status_code != 200:
+                return False
+            alive = {name.split("@", 1)[0] for name, ok in response.json().items() if ok}
+            return set(DOMAINS) <= alive
+
+        _poll("Flower sees a worker per domain", flower_sees_workers, 60, up.log)
+
+        response = http.post(f"{up.api}/v1/pings", json={"message": "e2e"})
+        assert response.status_code == 200, response.text
+        name = response.json()["name"]
+        assert name.startswith("operations/platform."), name
+        operation_id = name.removeprefix("operations/")
+        task_id = operation_id.removeprefix("platform.")
+
+        def succeeded() -> dict[str, Any] | None:
+            up.check_running()
+            result = http.post(
+                f"{up.api}/v1/operations/{operation_id}:wait", json={"timeout": 10}, timeout=20
+            )
+            assert result.status_code == 200, result.text
+            body = result.json()
+            if not body["done"]:
+                return None
+            assert body["metadata"]["state"] == "SUCCEEDED", body
+            return body
+
+        operation = _poll("operation SUCCEEDED", succeeded, 45, up.log)
+        assert operation["response"]["reply"] == "pong: e2e", operation
+
+        def flower_task() -> dict[str, Any] | None:
+            result = http.get(f"{up.flower}/api/tasks", auth=auth)
+            assert result.status_code == 200, result.text
+            task = result.json().get(task_id)
+            return task if task and task.get("state") == "SUCCESS" else None
+
+        task = _poll("task SUCCESS in Flower", flower_task, 30, up.log)
+        assert task["name"] == "platform.ping", task
+
+        assert http.get(f"{up.flower}/api/tasks").status_code == 401
+        assert http.get(f"{up.flower}/api/tasks", auth=(FLOWER_USER, "wrong")).status_code == 401
+
+    # Ctrl-C: only `up` gets the signal here, so stopping the rest is up to it.
+    children = {p.pid for p in _descendants(up.proc.pid)}
+    assert len(children) >= 3 + len(DOMAINS), children  # api, relay, beat, flower, workers
+    up.proc.send_signal(signal.SIGINT)
+    try:
+        code = up.proc.wait(30)
+    except subprocess.TimeoutExpired:
+        pytest.fail(f"up did not exit within 30 s of SIGINT\n{up.log()}")
+    assert code in (0, 130), f"exit code {code}\n{up.log()}"
+
+    deadline = time.monotonic() + 5  # let the last exits settle
+    while (left := _alive(children, up.proc.pid)) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not left, f"still running after up exited: {left}\n{up.log()}"
+    assert "did not stop in time" not in up.log(), up.log()
