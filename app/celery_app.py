@@ -109,6 +109,7 @@ def create_celery(settings: Settings, *, results: bool = True) -> Celery:
     config = celery_config(settings)
     if not results:
         config["result_backend"] = None
+        config["task_send_sent_event"] = False
     app.config_from_object(config)
     app.conf.update(include=TASK_MODULES)
     app.conveyor_settings = settings  # type: ignore[attr-defined]

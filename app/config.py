@@ -7,10 +7,11 @@ Invalid settings fail at start-up with one clear line naming the variable
 from __future__ import annotations
 
 import functools
+import re
 from typing import Literal
 
 from pydantic import BaseModel, Field, SecretStr, ValidationError, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, SettingsConfigDict, SettingsError
 
 DOMAINS: tuple[str, ...] = ("platform", "imports", "webhooks", "reports")
 """Every bounded context; each has its schema, queue and task-name prefix of the same name."""
@@ -240,6 +241,11 @@ def load_settings(**overrides: object) -> Settings:
     """
     try:
         return Settings(**overrides)  # type: ignore[arg-type]
+    except SettingsError as exc:
+        # e.g. CONVEYOR_DB='{not json'; pydantic-settings names the field in its message.
+        match = re.search(r'field "([^"]+)"', str(exc))
+        name = _env_name((match.group(1),)) if match else "CONVEYOR_*"
+        raise ConfigError(f"{name}: is not valid JSON ({exc.__cause__ or exc})") from None
     except ValidationError as exc:
         first = exc.errors()[0]
         message = str(first["msg"]).removeprefix("Value error, ")

@@ -74,6 +74,7 @@ def create_app(settings: Settings | None = None, *, celery: Celery | None = None
     @contextlib.asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         yield
+        await publisher.drain()
         await registry.dispose()
 
     app = FastAPI(

@@ -47,6 +47,8 @@ class OutboxPublisher:
         # backlog), so an outage does not add a connect timeout to every request.
         self._fast_path_paused_until = 0.0
         self._declared = False
+        self._pending: dict[str, list[uuid.UUID]] = {}
+        self._drainer: asyncio.Task[None] | None = None
         self._declare_lock = threading.Lock()
 
     def _declare_once(self) -> None:
@@ -127,7 +129,12 @@ class OutboxPublisher:
         return len(sent), len(failed)
 
     async def publish_now(self, domain: str, ids: list[uuid.UUID]) -> None:
-        """The fast path: publish rows a commit just wrote.
+        """The fast path: hands rows a commit just wrote to the background publisher.
+
+        The caller does not wait for the broker: the commit already made the work durable, and
+        rows that concurrent requests commit meanwhile go out in the same batch (one
+        transaction, one thread hop). Rows not published (crash, broker down) stay unsent for
+        the relay.
 
         Args:
             domain: The domain whose outbox holds the rows.
@@ -135,9 +142,27 @@ class OutboxPublisher:
         """
         if not self.enabled or time.monotonic() < self._fast_path_paused_until:
             return
-        _, failed = await self._publish(domain, ids, len(ids))
-        if failed:
-            self._fast_path_paused_until = time.monotonic() + 5.0
+        self._pending.setdefault(domain, []).extend(ids)
+        if self._drainer is None or self._drainer.done():
+            self._drainer = asyncio.get_running_loop().create_task(self._drain_pending())
+
+    async def _drain_pending(self) -> None:
+        await asyncio.sleep(0)  # let requests committing right now join this batch
+        while self._pending:
+            domain, ids = self._pending.popitem()
+            try:
+                for start in range(0, len(ids), self._settings.relay_batch_size):
+                    chunk = ids[start : start + self._settings.relay_batch_size]
+                    _, failed = await self._publish(domain, chunk, len(chunk))
+                    if failed:
+                        self._fast_path_paused_until = time.monotonic() + 5.0
+            except Exception:
+                log.warning("fast-path publish failed; the relay will publish", exc_info=True)
+
+    async def drain(self) -> None:
+        """Waits until the fast path has published what it was handed (shutdown, tests)."""
+        while self._drainer is not None and not self._drainer.done():
+            await asyncio.shield(self._drainer)
 
     async def relay_once(self, domains: Sequence[str] = DOMAINS) -> int:
         """Publishes due rows the fast path left behind.

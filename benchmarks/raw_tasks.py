@@ -31,7 +31,7 @@ app.conf.update(
 )
 
 
-@app.task(name="bench.noop", acks_late=True)
+@app.task(name="bench.noop", acks_late=True)  # type: ignore[untyped-decorator,misc,unused-ignore]
 def noop(submitted_at: float) -> dict[str, float]:
     """Does nothing but report when it started.
 

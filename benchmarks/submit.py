@@ -6,8 +6,11 @@
 Phases (each system gets the same machine, broker and PostgreSQL server, measured in the same
 run, so only the ratios mean anything):
 
-1. setup      a fresh PostgreSQL database (migrated with the real migrations) and an empty
-              Redis database index of its own; both are removed at the end, also on error.
+1. setup      a fresh PostgreSQL database (migrated with the real migrations) and an idle
+              Redis database index of its own, flushed before and after; the database is
+              dropped at the end, also on error. Test fixtures flush random indexes of the
+              shared server, so a sentinel key detects that and (``--redis auto``) the run is
+              repeated on a private embedded redis-server.
 2. submit     ``POST /v1/pings`` on the real API (``conveyor api``, 1 uvicorn process) vs a bare
               FastAPI app that only calls ``send_task`` (``benchmarks/bare_app.py``). No worker
               runs; rounds alternate the order of the two systems.
@@ -21,7 +24,7 @@ run, so only the ratios mean anything):
 
 Environment: ``CONVEYOR_BENCH_DATABASE_URL`` (admin URL, default
 postgresql://postgres@127.0.0.1:5432/test), ``CONVEYOR_BENCH_BROKER_URL`` (default
-redis://127.0.0.1:6379/0; the index is replaced by a free one, see ``--redis-db``).
+redis://127.0.0.1:6379/0; the index is replaced by an idle one, see ``--redis-db``).
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ import asyncio
 import contextlib
 import dataclasses
 import json
+import math
 import os
 import pathlib
 import random
@@ -47,7 +51,7 @@ import uuid
 from collections.abc import Sequence
 from typing import Any
 
-import asyncpg
+import asyncpg  # type: ignore[import-untyped,unused-ignore]
 import httpx
 import redis
 
@@ -59,6 +63,8 @@ DEFAULT_ADMIN_URL = "postgresql://postgres@127.0.0.1:5432/test"
 DEFAULT_BROKER_URL = "redis://127.0.0.1:6379/0"
 PING_BODY = {"message": "bench"}
 POLL_INTERVAL = 0.02
+SENTINEL_KEY = "conveyor-bench:owner"
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
 
 
 # ------------------------------------------------------------------------------ helpers
@@ -69,8 +75,31 @@ def percentile(values: Sequence[float], pct: float) -> float:
     if not values:
         return float("nan")
     ordered = sorted(values)
-    rank = max(1, min(len(ordered), round(pct / 100 * len(ordered) + 0.5)))
+    rank = max(1, min(len(ordered), math.ceil(pct / 100 * len(ordered))))
     return ordered[rank - 1]
+
+
+def cpu_seconds(session_id: int) -> float:
+    """CPU seconds (user + system) used so far by the processes of a session (Linux ``/proc``).
+
+    Every benchmark subprocess leads a session of its own, so this covers a worker's pool
+    children too (``cutime``/``cstime`` keep the ones already reaped). ``nan`` without ``/proc``.
+    """
+    total = 0
+    try:
+        entries = [e.name for e in os.scandir("/proc") if e.name.isdigit()]
+    except OSError:
+        return float("nan")
+    for pid in entries:
+        try:
+            with open(f"/proc/{pid}/stat") as stat:
+                fields = stat.read().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue  # exited meanwhile
+        # After "(comm)": state ppid pgrp session ... utime(11) stime(12) cutime(13) cstime(14)
+        if len(fields) > 14 and int(fields[3]) == session_id:
+            total += sum(int(f) for f in fields[11:15])
+    return total / CLOCK_TICKS
 
 
 def free_port() -> int:
@@ -96,29 +125,76 @@ def with_redis_db(url: str, db: int) -> str:
     return urllib.parse.urlunsplit(parts._replace(path=f"/{db}"))
 
 
-def pick_redis_db(base_url: str, requested: int | None) -> str:
-    """Returns a Redis URL on ``requested`` or on the first empty index among 1..15."""
+class Interference(RuntimeError):
+    """Another process used the benchmark's Redis index: the figures would be wrong."""
+
+
+def pick_redis_db(base_url: str, requested: int | None, exclude: set[str] | None = None) -> str:
+    """Returns a Redis URL on ``requested``, else on an index with no keys and no clients.
+
+    Index 15 is tried first (the test fixtures pick 1..14 for their session broker and only
+    occasionally 15), then the others in random order.
+    """
     if requested is not None:
         return with_redis_db(base_url, requested)
-    candidates = list(range(1, 16))
-    random.shuffle(candidates)
-    for db in candidates:
-        url = with_redis_db(base_url, db)
-        client = redis.Redis.from_url(url, socket_connect_timeout=2)
+    client = redis.Redis.from_url(with_redis_db(base_url, 0), socket_connect_timeout=2)
+    try:
+        busy = {int(c.get("db", 0)) for c in client.client_list()}
+    except redis.ResponseError:  # CLIENT LIST not allowed: go by keys only
+        busy = set()
+    finally:
+        client.close()
+    others = list(range(1, 15))
+    random.shuffle(others)
+    for db in [15, *others]:
+        if db in busy or with_redis_db(base_url, db) in (exclude or set()):
+            continue
+        client = redis.Redis.from_url(with_redis_db(base_url, db), socket_connect_timeout=2)
         try:
             if client.dbsize() == 0:
-                return url
+                return with_redis_db(base_url, db)
         finally:
             client.close()
-    raise SystemExit("submit.py: no empty Redis database index in 1..15; pass --redis-db")
+    raise SystemExit("submit.py: no idle Redis database index in 1..15; pass --redis-db")
 
 
-def flush_redis(url: str) -> None:
+def flush_redis(url: str, *, mark: bool = True) -> None:
+    """Empties the benchmark's Redis index and (``mark``) leaves the sentinel key in it."""
     client = redis.Redis.from_url(url, socket_connect_timeout=2)
     try:
         client.flushdb()
+        if mark:
+            client.set(SENTINEL_KEY, str(os.getpid()))
     finally:
         client.close()
+
+
+def redis_interference(url: str, logs: Sequence[Proc] = ()) -> str | None:
+    """Explains why the run may have been disturbed by someone else on the same Redis index."""
+    reasons = []
+    client = redis.Redis.from_url(url, socket_connect_timeout=2)
+    try:
+        if client.get(SENTINEL_KEY) is None:
+            reasons.append("the Redis index was flushed by another process")
+    except redis.RedisError as exc:
+        reasons.append(f"Redis failed: {exc}")
+    finally:
+        client.close()
+    for proc in logs:
+        with contextlib.suppress(OSError):
+            if "does not exist" in proc.log():
+                reasons.append(f"{proc.name} received tasks of another Conveyor stack")
+    if not reasons:
+        return None
+    return (
+        "; ".join(reasons) + f" ({url}); rerun, or pass --redis-db with an index nobody else uses"
+    )
+
+
+def check_redis(url: str, logs: Sequence[Proc] = ()) -> None:
+    """Raises :class:`Interference` if another process used the benchmark's Redis index."""
+    if reason := redis_interference(url, logs):
+        raise Interference(reason)
 
 
 async def _admin(admin_url: str, sql: str, *args: Any) -> None:
@@ -181,6 +257,9 @@ class Proc:
     def tail(self, chars: int = 2500) -> str:
         return self.log()[-chars:]
 
+    def cpu(self) -> float:
+        return cpu_seconds(self.popen.pid)
+
     def alive(self) -> bool:
         return self.popen.poll() is None
 
@@ -215,6 +294,7 @@ class Procs:
     def __init__(self, env: dict[str, str], logdir: pathlib.Path) -> None:
         self.env = env
         self.logdir = logdir
+        self.logdir.mkdir(parents=True, exist_ok=True)
         self.all: list[Proc] = []
 
     def start(self, name: str, argv: list[str], env: dict[str, str] | None = None) -> Proc:
@@ -303,10 +383,15 @@ def operation_ids(names: Sequence[str]) -> list[uuid.UUID]:
 
 
 async def wait_operations_done(
-    db: asyncpg.Connection, ids: Sequence[uuid.UUID], limit_s: float, procs: Sequence[Proc]
+    db: asyncpg.Connection,
+    ids: Sequence[uuid.UUID],
+    limit_s: float,
+    procs: Sequence[Proc],
+    broker: str | None = None,
 ) -> float:
     """Polls until every operation is done; returns ``perf_counter()`` when seen done."""
     deadline = time.monotonic() + limit_s
+    next_check = time.monotonic() + 1.0
     while True:
         row = await db.fetchrow(
             "SELECT count(*) FILTER (WHERE done) AS done,"
@@ -328,6 +413,10 @@ async def wait_operations_done(
                 f"only {row['done']} of {len(ids)} operations done after {limit_s}s:\n"
                 + "\n".join(f"--- {p.name}\n{p.tail(1500)}" for p in procs)
             )
+        if broker is not None and time.monotonic() > next_check:
+            next_check = time.monotonic() + 1.0
+            if reason := await asyncio.to_thread(redis_interference, broker, procs[:1]):
+                raise Interference(reason)
         await asyncio.sleep(POLL_INTERVAL)
 
 
@@ -353,7 +442,12 @@ class Results:
 
 
 async def phase_submit(
-    args: argparse.Namespace, procs: Procs, results: Results, conveyor_url: str, broker: str
+    args: argparse.Namespace,
+    procs: Procs,
+    results: Results,
+    api: Proc,
+    conveyor_url: str,
+    broker: str,
 ) -> None:
     port = free_port()
     bare = procs.start(
@@ -380,6 +474,8 @@ async def phase_submit(
         max_connections=args.concurrency, max_keepalive_connections=args.concurrency
     )
     targets = {"conveyor": conveyor_url, "baseline": bare_url}
+    servers = {"conveyor": api, "baseline": bare}
+    cpu = dict.fromkeys(targets, 0.0)
     clients = {
         k: httpx.AsyncClient(base_url=u, limits=limits, timeout=30) for k, u in targets.items()
     }
@@ -396,7 +492,9 @@ async def phase_submit(
             order = ["conveyor", "baseline"] if index % 2 == 0 else ["baseline", "conveyor"]
             line = []
             for key in order:
+                cpu_before = servers[key].cpu()
                 result = await drive(clients[key], size, args.concurrency, args.timeout)
+                cpu[key] += servers[key].cpu() - cpu_before
                 elapsed[key] += result.elapsed
                 counts[key] += size
                 latencies[key].extend(result.latencies)
@@ -408,6 +506,12 @@ async def phase_submit(
         await asyncio.to_thread(bare.stop)
     rate = {k: counts[k] / elapsed[k] for k in targets}
     results.add("submit rate (req/s)", rate["conveyor"], rate["baseline"], "higher")
+    results.add(
+        "API process CPU per request (ms)",
+        cpu["conveyor"] / counts["conveyor"] * 1000,
+        cpu["baseline"] / counts["baseline"] * 1000,
+        "lower",
+    )
     for pct in (50, 99):
         results.add(
             f"submit HTTP p{pct} (ms) @c={args.concurrency}",
@@ -416,11 +520,12 @@ async def phase_submit(
             "lower",
         )
     # Nothing consumes during this phase: drop the queued messages.
+    await asyncio.to_thread(check_redis, broker)
     await asyncio.to_thread(flush_redis, broker)
 
 
 async def phase_conveyor_e2e(
-    args: argparse.Namespace, procs: Procs, conveyor_url: str, db: asyncpg.Connection
+    args: argparse.Namespace, procs: Procs, conveyor_url: str, db: asyncpg.Connection, broker: str
 ) -> dict[str, Any]:
     worker = procs.start(
         "conveyor-worker",
@@ -452,19 +557,21 @@ async def phase_conveyor_e2e(
             warm = await drive(
                 client, args.warmup_jobs, args.concurrency, args.timeout, collect=True
             )
-            await wait_operations_done(db, operation_ids(warm.names), args.timeout, watched)
+            await wait_operations_done(db, operation_ids(warm.names), args.timeout, watched, broker)
 
+            cpu_before = worker.cpu() + relay.cpu()
             start = time.perf_counter()
             burst = await drive(client, args.n, args.concurrency, args.timeout, collect=True)
             ids = operation_ids(burst.names)
-            seen = await wait_operations_done(db, ids, args.timeout, watched)
+            seen = await wait_operations_done(db, ids, args.timeout, watched, broker)
+            out["worker_cpu_s"] = worker.cpu() + relay.cpu() - cpu_before
             out["jobs_per_s"] = args.n / (seen - start)
             out["submit_s"] = burst.elapsed
             out["burst_latencies"] = await start_latencies(db, ids)
 
             names = await paced(client, args.paced_n, args.paced_rate, args.timeout)
             ids = operation_ids(names)
-            await wait_operations_done(db, ids, args.timeout, watched)
+            await wait_operations_done(db, ids, args.timeout, watched, broker)
             out["paced_latencies"] = await start_latencies(db, ids)
     finally:
         await asyncio.to_thread(worker.stop)
@@ -472,14 +579,21 @@ async def phase_conveyor_e2e(
     return out
 
 
-def _raw_run(args: argparse.Namespace, worker: Proc) -> dict[str, Any]:
+def _raw_run(args: argparse.Namespace, worker: Proc, broker: str) -> dict[str, Any]:
     """The plain-Celery side (blocking; runs in a thread)."""
+    from celery.exceptions import TimeoutError as CeleryTimeout
     from celery.result import ResultSet
 
     from benchmarks import raw_tasks
 
     def collect(results: list[Any]) -> list[dict[str, float]]:
-        values = ResultSet(results).join_native(timeout=args.timeout, interval=POLL_INTERVAL)
+        try:
+            values = ResultSet(results).join_native(timeout=args.timeout, interval=POLL_INTERVAL)
+        except CeleryTimeout:
+            check_redis(broker)
+            raise RuntimeError(
+                f"raw Celery results missing after {args.timeout}s:\n{worker.tail()}"
+            ) from None
         if not worker.alive():
             raise RuntimeError(f"{worker.name} exited:\n{worker.tail()}")
         return list(values)
@@ -488,10 +602,12 @@ def _raw_run(args: argparse.Namespace, worker: Proc) -> dict[str, Any]:
     try:
         collect([raw_tasks.noop.apply_async(args=[time.time()]) for _ in range(args.warmup_jobs)])
 
+        cpu_before = worker.cpu()
         start = time.perf_counter()
         burst = [raw_tasks.noop.apply_async(args=[time.time()]) for _ in range(args.n)]
         submitted = time.perf_counter() - start
         values = collect(burst)
+        out["worker_cpu_s"] = worker.cpu() - cpu_before
         out["jobs_per_s"] = args.n / (time.perf_counter() - start)
         out["submit_s"] = submitted
         out["burst_latencies"] = [v["started"] - v["submitted"] for v in values]
@@ -534,7 +650,9 @@ async def phase_raw_e2e(args: argparse.Namespace, procs: Procs, broker: str) -> 
     )
     try:
         await asyncio.to_thread(worker.wait_for_log, " ready.", 60)
-        return await asyncio.to_thread(_raw_run, args, worker)
+        out = await asyncio.to_thread(_raw_run, args, worker, broker)
+        await asyncio.to_thread(check_redis, broker)
+        return out
     finally:
         await asyncio.to_thread(worker.stop)
 
@@ -551,23 +669,30 @@ async def run(
     await wait_http_ready(api, conveyor_url, 30)
 
     print(f"[submit] N={args.n} concurrency={args.concurrency} rounds={args.rounds}", flush=True)
-    await phase_submit(args, procs, results, conveyor_url, broker)
+    await phase_submit(args, procs, results, api, conveyor_url, broker)
 
     db = await asyncpg.connect(plain_pg_url(database_url), timeout=10)
     try:
         # Start phase 3 from empty tables (phase 2 left PENDING operations behind).
         await db.execute("TRUNCATE platform.pings, platform.operations, platform.outbox")
         print(f"[e2e] conveyor: N={args.n}, worker prefork x{args.worker_concurrency}", flush=True)
-        conveyor = await phase_conveyor_e2e(args, procs, conveyor_url, db)
+        conveyor = await phase_conveyor_e2e(args, procs, conveyor_url, db, broker)
     finally:
         await db.close()
     await asyncio.to_thread(api.stop)
+    await asyncio.to_thread(check_redis, broker)
     await asyncio.to_thread(flush_redis, broker)
 
     print(f"[e2e] raw celery: N={args.n}, worker prefork x{args.worker_concurrency}", flush=True)
     raw = await phase_raw_e2e(args, procs, broker)
 
     results.add("e2e throughput (jobs/s)", conveyor["jobs_per_s"], raw["jobs_per_s"], "higher")
+    results.add(
+        "worker CPU per job (ms)",
+        conveyor["worker_cpu_s"] / args.n * 1000,
+        raw["worker_cpu_s"] / args.n * 1000,
+        "lower",
+    )
     for label, key in (
         ("burst", "burst_latencies"),
         (f"paced {args.paced_rate:g}/s", "paced_latencies"),
@@ -579,6 +704,11 @@ async def run(
                 percentile(raw[key], pct) * 1000,
                 "lower",
             )
+    results.notes.append(f"broker {broker}; {os.cpu_count()} CPUs shared with everything else")
+    results.notes.append(
+        "CPU rows count the benchmark's own processes (conveyor worker row: worker + its pool"
+        " + relay); PostgreSQL and Redis server CPU is not included"
+    )
     results.notes.append(
         f"e2e submit part: conveyor {args.n / conveyor['submit_s']:.0f} req/s over HTTP"
         f" (competing with the worker for CPU), raw apply_async {args.n / raw['submit_s']:.0f}/s"
@@ -621,9 +751,22 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--paced-n", type=int, default=40, help="jobs in the paced probe")
     parser.add_argument("--paced-rate", type=float, default=20.0, help="paced jobs per second")
     parser.add_argument("--bare-mode", choices=["sync", "async"], default="sync")
-    parser.add_argument("--redis-db", type=int, default=None, help="default: a free one")
-    parser.add_argument("--timeout", type=float, default=90.0, help="seconds per step")
+    parser.add_argument(
+        "--redis-db", type=int, default=None, help="index (default: an idle one; private: 1)"
+    )
+    parser.add_argument("--timeout", type=float, default=60.0, help="seconds per step")
     parser.add_argument("--json", dest="json_path", default=None, help="also write results")
+    parser.add_argument(
+        "--redis",
+        choices=["auto", "shared", "private"],
+        default="auto",
+        help="shared: an idle index on CONVEYOR_BENCH_BROKER_URL's server; private: an embedded"
+        " redis-server of the run's own; auto: shared, then private if another process"
+        " flushed or used the index",
+    )
+    parser.add_argument(
+        "--attempts", type=int, default=2, help="runs to try (auto: the last one is private)"
+    )
     parser.add_argument("--keep-logs", action="store_true", help="keep subprocess logs")
     args = parser.parse_args(argv)
     if args.n < 1 or args.concurrency < 1 or not 1 <= args.rounds <= args.n:
@@ -637,6 +780,12 @@ def _terminate(signum: int, _frame: Any) -> None:
     raise KeyboardInterrupt(f"signal {signum}")
 
 
+def write_json(path: str, args: argparse.Namespace, results: Results) -> None:
+    rows = [{"metric": m, "conveyor": c, "baseline": b, "better": w} for m, c, b, w in results.rows]
+    payload = {"args": vars(args), "rows": rows, "notes": results.notes}
+    pathlib.Path(path).write_text(json.dumps(payload, indent=2))
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     if str(ROOT) not in sys.path:  # `python benchmarks/submit.py`: make `benchmarks` importable
@@ -646,49 +795,65 @@ def main(argv: Sequence[str] | None = None) -> int:
     broker_base = os.environ.get("CONVEYOR_BENCH_BROKER_URL") or DEFAULT_BROKER_URL
     db_name = f"conveyor_bench_{secrets.token_hex(4)}"
     logdir = pathlib.Path(tempfile.mkdtemp(prefix="conveyor-bench-"))
-    results = Results()
     procs: Procs | None = None
     broker: str | None = None
     created = False
     failed = True
+    tried: set[str] = set()
+    private: Any = None  # embedded Redis (app.embedded), started on demand
+    if args.redis == "private":
+        plan = ["private"]
+    elif args.redis == "shared":
+        plan = ["shared"] * args.attempts
+    else:  # auto: the shared server first; a private one if someone else disturbs the run
+        plan = ["shared"] * max(1, args.attempts - 1) + ["private"]
     try:
-        broker = pick_redis_db(broker_base, args.redis_db)
-        flush_redis(broker)
         create_database(admin_url, db_name)
         created = True
         database_url = (
             "postgresql+asyncpg://" + with_database(admin_url, db_name).split("://", 1)[1]
         )
-        print(f"[setup] database {db_name}, broker {broker}, logs {logdir}", flush=True)
-        migrate.upgrade(load_settings(database_url=database_url, broker_url=broker))
+        migrate.upgrade(load_settings(database_url=database_url, broker_url="redis://unused"))
+        for attempt, where in enumerate(plan, start=1):
+            if where == "shared":
+                broker = pick_redis_db(broker_base, args.redis_db, exclude=tried)
+            else:
+                if private is None:
+                    from app.embedded import start_embedded
 
-        env = {k: v for k, v in os.environ.items() if not k.startswith("CONVEYOR_")}
-        env.update(
-            CONVEYOR_DATABASE_URL=database_url,
-            CONVEYOR_BROKER_URL=broker,
-            CONVEYOR_DATA_DIR=str(logdir / "data"),
-            PYTHONUNBUFFERED="1",
-            PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
-        )
-        procs = Procs(env, logdir)
-        asyncio.run(run(args, procs, results, database_url, broker))
-        print_table(results, args)
-        if args.json_path:
-            pathlib.Path(args.json_path).write_text(
-                json.dumps(
-                    {
-                        "args": vars(args),
-                        "rows": [
-                            {"metric": m, "conveyor": c, "baseline": b, "better": w}
-                            for m, c, b, w in results.rows
-                        ],
-                        "notes": results.notes,
-                    },
-                    indent=2,
-                )
+                    private = start_embedded(logdir / "redis", postgres=False, redis=True)
+                broker = with_redis_db(private.broker_url, args.redis_db or 1)
+            tried.add(broker)
+            flush_redis(broker)
+            print(
+                f"[setup] database {db_name}, broker {broker} ({where} Redis), logs {logdir}"
+                + (f" (attempt {attempt})" if attempt > 1 else ""),
+                flush=True,
             )
-        failed = False
-        return 0
+            env = {k: v for k, v in os.environ.items() if not k.startswith("CONVEYOR_")}
+            env.update(
+                CONVEYOR_DATABASE_URL=database_url,
+                CONVEYOR_BROKER_URL=broker,
+                CONVEYOR_DATA_DIR=str(logdir / "data"),
+                PYTHONUNBUFFERED="1",
+                PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
+            )
+            procs = Procs(env, logdir / f"attempt-{attempt}")
+            results = Results()
+            try:
+                asyncio.run(run(args, procs, results, database_url, broker))
+            except Interference as exc:
+                procs.stop_all()
+                broker = None  # someone else uses it now: do not flush it under their feet
+                print(f"submit.py: attempt {attempt} discarded: {exc}", file=sys.stderr)
+                continue
+            print_table(results, args)
+            if args.json_path:
+                write_json(args.json_path, args, results)
+            failed = False
+            return 0
+        print(f"submit.py: gave up after {len(plan)} disturbed attempts", file=sys.stderr)
+        return 3
     except KeyboardInterrupt:
         print("submit.py: interrupted; cleaning up", file=sys.stderr)
         return 130
@@ -697,7 +862,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             procs.stop_all()
         if broker is not None:
             with contextlib.suppress(Exception):
-                flush_redis(broker)
+                flush_redis(broker, mark=False)
+        if private is not None:
+            with contextlib.suppress(Exception):
+                private.stop()
         if created:
             try:
                 drop_database(admin_url, db_name)

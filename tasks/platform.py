@@ -31,6 +31,6 @@ def ping(self: Task, operation_id: str) -> dict[str, Any]:
         return service.run_ping(op_id, worker=hostname, sink=sink)
 
     def fail(op_id: uuid.UUID, error: OperationError) -> Any:
-        return service.fail_operation(op_id, error.status, error.message)
+        return service.fail_operation(op_id, error)
 
     return run_operation_task(self, operation_id, work, fail)

@@ -34,6 +34,7 @@ class Runtime:
         self._thread: threading.Thread | None = None
         self._container: Container | None = None
         self._settings: Settings | None = None
+        self._publisher: OutboxPublisher | None = None
         self.pid_started: int | None = None
 
     def configure(self, settings: Settings) -> None:
@@ -62,6 +63,7 @@ class Runtime:
             thread.start()
             registry = EngineRegistry(settings)
             publisher = OutboxPublisher(registry, settings)
+            self._publisher = publisher
             self._container = Container(settings, registry, after_commit=publisher.publish_now)
             self._loop, self._thread = loop, thread
             self.pid_started = os.getpid()
@@ -98,6 +100,8 @@ class Runtime:
             return
         if container is not None:
             try:
+                if self._publisher is not None:
+                    asyncio.run_coroutine_threadsafe(self._publisher.drain(), loop).result(10)
                 asyncio.run_coroutine_threadsafe(container.registry.dispose(), loop).result(10)
             except Exception:
                 log.warning("engine dispose failed", exc_info=True)

@@ -62,16 +62,35 @@ def database_url(admin_url: str) -> Iterator[str]:
     services.drop_database(admin_url, name)
 
 
+def claim_redis_db(base_url: str) -> tuple[str, Any]:
+    """Claims a free Redis database index (1-15) with a lock key in db 0, so concurrent test
+    sessions on one server never flush each other's queues. Returns the URL and a release()."""
+    parts = urllib.parse.urlsplit(base_url)
+    locks = redis.Redis.from_url(urllib.parse.urlunsplit(parts._replace(path="/0")))
+    token = f"{os.getpid()}-{secrets.token_hex(4)}"
+    candidates = list(range(1, 16))
+    secrets.SystemRandom().shuffle(candidates)
+    for db in candidates:
+        key = f"conveyor-test-lock:{db}"
+        if locks.set(key, token, nx=True, ex=3600):
+            url = urllib.parse.urlunsplit(parts._replace(path=f"/{db}"))
+            redis.Redis.from_url(url).flushdb()
+
+            def release(key: str = key, url: str = url) -> None:
+                redis.Redis.from_url(url).flushdb()
+                if locks.get(key) == token.encode():
+                    locks.delete(key)
+
+            return url, release
+    raise RuntimeError("no free Redis database index (1-15): too many concurrent test sessions")
+
+
 @pytest.fixture(scope="session")
 def broker_url() -> Iterator[str]:
-    """A Redis database index of its own (flushed before and after)."""
-    base = services.test_broker_url()
-    parts = urllib.parse.urlsplit(base)
-    db = 1 + secrets.randbelow(14)
-    url = urllib.parse.urlunsplit(parts._replace(path=f"/{db}"))
-    redis.Redis.from_url(url).flushdb()
+    """A Redis database index of its own (claimed, flushed before and after)."""
+    url, release = claim_redis_db(services.test_broker_url())
     yield url
-    redis.Redis.from_url(url).flushdb()
+    release()
 
 
 @pytest.fixture(scope="session")
@@ -205,9 +224,13 @@ def spawn(service_env: dict[str, str], tmp_path: Any) -> Iterator[Any]:
         procs.append(proc)
         return proc
 
+    def stop_all() -> None:
+        for proc in procs:
+            proc.stop()
+
+    _spawn.stop_all = stop_all  # type: ignore[attr-defined]
     yield _spawn
-    for proc in procs:
-        proc.stop()
+    stop_all()
 
 
 class Stack:
@@ -266,13 +289,7 @@ async def stack(
     """A fresh broker database, the API on it, and helpers to start subprocess workers/relays."""
     from app.main import create_app
 
-    base = urllib.parse.urlsplit(str(settings.broker_url))
-    current = int(base.path.strip("/") or 0)
-    db = 1 + (current + secrets.randbelow(13)) % 15
-    if db == current:
-        db = 1 + db % 15
-    url = urllib.parse.urlunsplit(base._replace(path=f"/{db}"))
-    redis.Redis.from_url(url).flushdb()
+    url, release = claim_redis_db(str(settings.broker_url))
     isolated = settings.model_copy(update={"broker_url": url})
     env = {**service_env, "CONVEYOR_BROKER_URL": url}
     celery = create_celery(isolated)
@@ -280,5 +297,7 @@ async def stack(
     transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
     async with httpx.AsyncClient(transport=transport, base_url="http://conveyor.test") as http:
         yield Stack(isolated, env, celery, http, app, spawn)
+    # Stop this test's processes before the broker database is released for reuse.
+    spawn.stop_all()
     await app.state.container.registry.dispose()
-    redis.Redis.from_url(url).flushdb()
+    release()

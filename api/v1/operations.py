@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import re
 import uuid
 from typing import Annotated, Any
@@ -109,7 +110,7 @@ async def cancel_operation(operation_id: str, svc: Annotated[Services, Depends(s
     """
     op = await svc.operations.cancel(operation_id)
     try:
-        svc.control.revoke(str(op.id))
+        await asyncio.to_thread(svc.control.revoke, str(op.id))
     except Exception:  # noqa: S110 - revoke is best effort; the state check stops the task anyway
         pass
     return operation_out(op)

@@ -11,6 +11,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from api.deps import Services, request_id, services
 from api.errors import ERROR_RESPONSES
 from api.v1.schemas import OperationOut, operation_out
+from domains.shared.errors import NotFound
 from domains.shared.ids import parse_id
 
 router = APIRouter(prefix="/v1/pings", tags=["pings"], responses=ERROR_RESPONSES)
@@ -81,7 +82,12 @@ async def create_ping(
 async def get_ping(ping_id: str, svc: Annotated[Services, Depends(services)]) -> Any:
     """Returns a ping with its reply and its operation's state."""
     ping = await svc.pings.get_ping(parse_id(ping_id, what="ping id"))
-    op = await svc.operations.get(f"platform.{ping.operation_id}")
+    try:
+        op = await svc.operations.get(f"platform.{ping.operation_id}")
+        state, done = str(op.state), op.done
+    except NotFound:
+        # The operation was deleted or purged: the ping itself still tells how it ended.
+        state, done = ("SUCCEEDED", True) if ping.completions else ("UNKNOWN", True)
     return {
         "name": ping.name,
         "message": ping.message,
@@ -89,7 +95,7 @@ async def get_ping(ping_id: str, svc: Annotated[Services, Depends(services)]) ->
         "worker": ping.worker,
         "create_time": ping.create_time,
         "complete_time": ping.complete_time,
-        "operation": op.name,
-        "state": str(op.state),
-        "done": op.done,
+        "operation": f"operations/platform.{ping.operation_id}",
+        "state": state,
+        "done": done,
     }

@@ -133,6 +133,8 @@ class SqlOperationRepository:
         """
         self._session = session
         self._t = table
+        # One statement per table, values as parameters: compiled once, cached afterwards.
+        self._update = sa.update(table).where(table.c.id == sa.bindparam("_id"))
 
     async def add(self, operation: Operation) -> None:
         """Inserts ``operation``.
@@ -145,7 +147,7 @@ class SqlOperationRepository:
         """
         # No savepoint: a duplicate aborts the whole transaction, and the caller starts anew.
         try:
-            await self._session.execute(sa.insert(self._t).values(**_to_row(operation)))
+            await self._session.execute(sa.insert(self._t), _to_row(operation))
         except IntegrityError as exc:
             if "request_id" in str(exc.orig):
                 raise DuplicateRequestId(
@@ -189,10 +191,8 @@ class SqlOperationRepository:
             operation: A loaded, changed operation.
         """
         values = _to_row(operation)
-        values.pop("id")
-        await self._session.execute(
-            sa.update(self._t).where(self._t.c.id == operation.id).values(**values)
-        )
+        values["_id"] = values.pop("id")
+        await self._session.execute(self._update, values)
 
     async def heartbeat(
         self, operation_id: uuid.UUID, attempt: int, progress: Progress, now: dt.datetime

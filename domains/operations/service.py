@@ -443,8 +443,8 @@ class OperationsService:
                     if op.state == State.CANCELLING:
                         op.mark_cancelled(now)
                         cancelled += 1
-                    elif await uow.outbox.has_unsent_for(op.id):
-                        continue  # the relay still owes this dispatch (broker down?)
+                    elif await self._dispatch_in_flight(uow, op, now):
+                        continue
                     elif op.dispatch_count >= self._max_dispatches:
                         op.fail(
                             now,
@@ -470,6 +470,19 @@ class OperationsService:
                 "sweep: redispatched=%d failed=%d cancelled=%d", redispatched, failed, cancelled
             )
         return SweepReport(redispatched=redispatched, failed=failed, cancelled=cancelled)
+
+    @staticmethod
+    async def _dispatch_in_flight(uow: SqlUnitOfWork, op: Operation, now: dt.datetime) -> bool:
+        """A PENDING operation whose message the relay still owes (broker down?) or published
+        less than its deadline ago is not lost yet: its deadline counts from the publish.
+        """
+        if op.state != State.PENDING:
+            return False
+        unsent, last_sent = await uow.outbox.dispatch_status(op.id)
+        if unsent:
+            return True
+        wait = op.pending_deadline_seconds * max(op.dispatch_count, 1)
+        return last_sent is not None and (now - last_sent).total_seconds() < wait
 
     async def purge_done(self, older_than: dt.datetime, *, limit: int = 1000) -> int:
         """Deletes done operations that ended before ``older_than`` in every domain.

@@ -43,7 +43,8 @@ class SqlPingRepository:
         Args:
             ping: A new ping.
         """
-        await self._session.execute(sa.insert(tables.pings).values(**dataclasses.asdict(ping)))
+        row = {f.name: getattr(ping, f.name) for f in dataclasses.fields(ping)}
+        await self._session.execute(sa.insert(tables.pings), row)
 
     async def get(self, ping_id: uuid.UUID, *, for_update: bool = False) -> Ping | None:
         """Loads a ping.

@@ -10,7 +10,7 @@ from typing import Any, cast
 
 from domains.operations import service as operations_service
 from domains.operations.execution import Cancelled, Execution, OperationRunner, ProgressSink
-from domains.operations.model import DispatchSpec, Operation
+from domains.operations.model import DispatchSpec, Operation, OperationError
 from domains.operations.unit_of_work import SqlUnitOfWork
 from domains.platform.model import Ping
 from domains.platform.unit_of_work import PlatformUnitOfWork
@@ -202,16 +202,12 @@ class PingService:
             await execution.checkpoint(done, ping.steps, f"step {done + 1} of {ping.steps}")
             if step:
                 await asyncio.sleep(step)
-        await execution.checkpoint(ping.steps, ping.steps, "answering")
 
-    async def fail_operation(self, operation_id: uuid.UUID, status: str, message: str) -> None:
+    async def fail_operation(self, operation_id: uuid.UUID, error: OperationError) -> None:
         """Ends a ping's operation as FAILED (retries exhausted or a permanent error).
 
         Args:
             operation_id: The operation.
-            status: Canonical code name.
-            message: What happened.
+            error: What happened, with its details.
         """
-        from domains.operations.model import OperationError
-
-        await self._runner.fail(operation_id, OperationError(status=status, message=message))
+        await self._runner.fail(operation_id, error)

@@ -98,7 +98,9 @@ class SqlOutboxRepository:
         Args:
             message: The message to store.
         """
-        await self._session.execute(sa.insert(self._table).values(**dataclasses.asdict(message)))
+        # Parameters, not .values(): the compiled statement is cached across calls.
+        row = {f.name: getattr(message, f.name) for f in dataclasses.fields(message)}
+        await self._session.execute(sa.insert(self._table), row)
 
     async def claim(
         self,
@@ -178,19 +180,18 @@ class SqlOutboxRepository:
         ).one()
         return int(row[0]), row[1]
 
-    async def has_unsent_for(self, operation_id: uuid.UUID) -> bool:
-        """Tells whether an unsent row exists for an operation.
+    async def dispatch_status(self, operation_id: uuid.UUID) -> tuple[bool, dt.datetime | None]:
+        """Tells whether an operation still has an unsent row, and when it was last published.
 
         Args:
             operation_id: The operation.
 
         Returns:
-            ``True`` if the relay still has a row to publish for it.
+            ``(has_unsent_row, last_sent_time)``.
         """
         t = self._table
-        query = (
-            sa.select(sa.literal(1))
-            .where(t.c.operation_id == operation_id, t.c.sent_time.is_(None))
-            .limit(1)
-        )
-        return (await self._session.execute(query)).first() is not None
+        query = sa.select(
+            sa.func.count().filter(t.c.sent_time.is_(None)), sa.func.max(t.c.sent_time)
+        ).where(t.c.operation_id == operation_id)
+        row = (await self._session.execute(query)).one()
+        return bool(row[0]), row[1]

@@ -53,7 +53,9 @@ async def test_readyz_is_ok_with_database_and_broker(client):
 
 
 async def test_readyz_is_503_when_broker_is_unreachable(settings):
-    dead = settings.model_copy(update={"broker_url": "redis://127.0.0.1:1/0", "broker_connect_timeout_seconds": 0.5})
+    dead = settings.model_copy(
+        update={"broker_url": "redis://127.0.0.1:1/0", "broker_connect_timeout_seconds": 0.5}
+    )
     app = create_app(dead)
     transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
     async with httpx.AsyncClient(transport=transport, base_url="http://t") as http:
@@ -66,7 +68,9 @@ async def test_readyz_is_503_when_broker_is_unreachable(settings):
 
 
 async def test_readyz_is_503_when_database_is_unreachable(settings):
-    dead = settings.model_copy(update={"database_url": "postgresql+asyncpg://postgres@127.0.0.1:1/none"})
+    dead = settings.model_copy(
+        update={"database_url": "postgresql+asyncpg://postgres@127.0.0.1:1/none"}
+    )
     app = create_app(dead)
     transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
     async with httpx.AsyncClient(transport=transport, base_url="http://t") as http:
@@ -80,15 +84,22 @@ async def test_accepted_ping_survives_broker_outage(settings, database_url):
     """Broker down at submit time: still 2xx (the row is durable); the relay publishes it later."""
     from tests.support.ops import query
 
-    dead = settings.model_copy(update={"broker_url": "redis://127.0.0.1:1/0", "broker_connect_timeout_seconds": 0.5})
+    dead = settings.model_copy(
+        update={"broker_url": "redis://127.0.0.1:1/0", "broker_connect_timeout_seconds": 0.5}
+    )
     app = create_app(dead)
     transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
     async with httpx.AsyncClient(transport=transport, base_url="http://t") as http:
         response = await http.post("/v1/pings", json={"message": "outage"})
+        await app.state.publisher.drain()
     await app.state.container.registry.dispose()
     assert response.status_code == 200, response.text
     op_id = response.json()["name"].split(".", 1)[1]
-    rows = await query(database_url, "SELECT sent_time, publish_attempts, last_error FROM platform.outbox WHERE operation_id = CAST(:id AS uuid)", id=op_id)
+    rows = await query(
+        database_url,
+        "SELECT sent_time, publish_attempts, last_error FROM platform.outbox WHERE operation_id = CAST(:id AS uuid)",
+        id=op_id,
+    )
     assert rows[0][0] is None
     assert rows[0][1] == 1
     assert rows[0][2]

@@ -15,16 +15,15 @@ import socket
 import subprocess
 import sys
 import time
-import urllib.parse
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
 import httpx
 import pytest
-import redis
 
 from app.config import DOMAINS
+from tests.conftest import claim_redis_db
 from tests.support import services
 
 pytestmark = pytest.mark.e2e
@@ -39,19 +38,6 @@ def _free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
-
-
-def _own_broker_url(session_url: str) -> str:
-    """A Redis database index other than the session's, preferably an unused (empty) one."""
-    base = urllib.parse.urlsplit(session_url)
-    current = int(base.path.strip("/") or 0)
-    candidates = [db for db in range(1, 16) if db != current]
-    secrets.SystemRandom().shuffle(candidates)
-    urls = [urllib.parse.urlunsplit(base._replace(path=f"/{db}")) for db in candidates]
-    for url in urls:
-        if redis.Redis.from_url(url).dbsize() == 0:
-            return url
-    return urls[0]
 
 
 @dataclass(frozen=True)
@@ -159,10 +145,9 @@ def up(service_env: dict[str, str], admin_url: str, tmp_path: pathlib.Path) -> I
     """Starts ``python -m app.cli up`` in a session of its own; kills its group at the end."""
     db_name = f"conveyor_up_{secrets.token_hex(4)}"
     database_url = services.create_database(admin_url, db_name)
-    broker_url = _own_broker_url(service_env["CONVEYOR_BROKER_URL"])
+    broker_url, release_broker = claim_redis_db(service_env["CONVEYOR_BROKER_URL"])
     proc: subprocess.Popen[bytes] | None = None
     try:
-        redis.Redis.from_url(broker_url).flushdb()
         port, flower_port = _free_port(), _free_port()
         password = secrets.token_urlsafe(16)
         env = {
@@ -198,7 +183,7 @@ def up(service_env: dict[str, str], admin_url: str, tmp_path: pathlib.Path) -> I
                 os.killpg(proc.pid, signal.SIGKILL)
             with contextlib.suppress(subprocess.TimeoutExpired):
                 proc.wait(10)
-        redis.Redis.from_url(broker_url).flushdb()
+        release_broker()
         services.drop_database(admin_url, db_name)
 
 

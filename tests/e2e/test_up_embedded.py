@@ -28,8 +28,22 @@ def test_up_without_urls_runs_everything_on_embedded_servers(tmp_path):
     port = _free_port()
     log = open(tmp_path / "up.log", "wb")
     proc = subprocess.Popen(
-        [sys.executable, "-m", "app.cli", "up", "--port", str(port), "--no-flower", "--concurrency", "1"],
-        env=env, stdout=log, stderr=subprocess.STDOUT, cwd=tmp_path, start_new_session=True,
+        [
+            sys.executable,
+            "-m",
+            "app.cli",
+            "up",
+            "--port",
+            str(port),
+            "--no-flower",
+            "--concurrency",
+            "1",
+        ],
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        cwd=tmp_path,
+        start_new_session=True,
         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     base = f"http://127.0.0.1:{port}"
@@ -49,7 +63,9 @@ def test_up_without_urls_runs_everything_on_embedded_servers(tmp_path):
         assert "starting embedded PostgreSQL Redis" in text
         op = httpx.post(f"{base}/v1/pings", json={"message": "laptop"}, timeout=10).json()
         op_id = op["name"].removeprefix("operations/")
-        done = httpx.post(f"{base}/v1/operations/{op_id}:wait", json={"timeout": 30}, timeout=40).json()
+        done = httpx.post(
+            f"{base}/v1/operations/{op_id}:wait", json={"timeout": 30}, timeout=40
+        ).json()
         assert done["metadata"]["state"] == "SUCCEEDED", done
         assert done["response"]["reply"] == "pong: laptop"
     finally:

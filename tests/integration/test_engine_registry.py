@@ -87,9 +87,7 @@ async def test_replica_role_gets_its_own_engine_on_the_replica_url(split_setting
         assert replica is not primary
         assert registry.url("reports", "replica") == replica_url
         assert replica.url.render_as_string(hide_password=False) == replica_url
-        assert primary.url.render_as_string(hide_password=False) == str(
-            split_settings.database_url
-        )
+        assert primary.url.render_as_string(hide_password=False) == str(split_settings.database_url)
         assert await scalar(replica, "SELECT current_database()") == db_name(replica_url)
         assert registry.sessionmaker("reports", "replica").kw["bind"] is replica
     finally:
@@ -152,5 +150,27 @@ async def test_migrating_one_domain_creates_its_schema_on_its_own_database(
             assert (
                 await conn.execute(sa.text("SELECT count(*) FROM imports.operations"))
             ).scalar_one() == 0
+    finally:
+        await registry.dispose()
+
+
+async def test_lists_read_from_the_replica_and_gets_from_the_primary(
+    settings: Settings, second_database: str
+):
+    """A replica that lags (here: an empty, migrated database) shows in lists, not in gets."""
+    from app.container import Container
+
+    replica_settings = settings.model_copy(update={"replica_url": second_database})
+    await asyncio.to_thread(
+        migrate.upgrade, replica_settings.model_copy(update={"database_url": second_database})
+    )
+    registry = EngineRegistry(replica_settings)
+    try:
+        container = Container(replica_settings, registry)
+        op = await container.pings.create_ping(message="fresh")
+        assert (await container.operations.get(op.name)).id == op.id
+        page = await container.operations.list([], page_size=1000, after_id=None)
+        assert page.operations == []
+        assert registry.url("platform", "replica") == second_database
     finally:
         await registry.dispose()

@@ -72,6 +72,7 @@ async def test_broker_flush_with_200_queued_jobs_loses_none_and_runs_none_twice(
         ops += await asyncio.gather(
             *(_ping(stack.client, message=f"job-{i}") for i in range(start, start + 20))
         )
+    await stack.app.state.publisher.drain()
     assert stack.redis.llen("platform") == 200
     # The broker loses everything it held (Redis here keeps nothing on disk: a restart = a flush).
     stack.redis.flushdb()
@@ -171,23 +172,33 @@ async def test_cancel_pending_operation_skips_its_queued_task(stack, database_ur
     assert (await get_op(stack.client, op["name"]))["metadata"]["state"] == "CANCELLED"
 
 
-async def test_two_relays_publish_each_unsent_row_exactly_once(stack, database_url):
+async def test_two_relays_publish_each_unsent_row_exactly_once(clean_db, stack, database_url):
     stack.app.state.publisher.enabled = False
     ops = []
     for start in range(0, 120, 20):
-        ops += await asyncio.gather(*(_ping(stack.client, message=f"r{i}") for i in range(start, start + 20)))
+        ops += await asyncio.gather(
+            *(_ping(stack.client, message=f"r{i}") for i in range(start, start + 20))
+        )
     assert stack.redis.llen("platform") == 0
     stack.relay()
     stack.relay()
     ids = [op_path(o["name"]).split(".", 1)[1] for o in ops]
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
-        rows = await query(database_url,
-                           "SELECT count(*) FROM platform.outbox WHERE sent_time IS NULL AND operation_id = ANY(CAST(:ids AS uuid[]))",
-                           ids=ids)
+        rows = await query(
+            database_url,
+            "SELECT count(*) FROM platform.outbox WHERE sent_time IS NULL AND operation_id = ANY(CAST(:ids AS uuid[]))",
+            ids=ids,
+        )
         if rows[0][0] == 0:
             break
         await asyncio.sleep(0.2)
     assert rows[0][0] == 0
     await asyncio.sleep(0.5)
-    assert stack.redis.llen("platform") == 120, "every row published once, none twice"
+    # Pending operations may legitimately be re-dispatched by the sweeper (a new outbox row);
+    # what must hold is one message per outbox row.
+    sent = await query(database_url,
+                       "SELECT count(*) FROM platform.outbox WHERE sent_time IS NOT NULL AND operation_id = ANY(CAST(:ids AS uuid[]))",
+                       ids=ids)
+    assert sent[0][0] >= 120
+    assert stack.redis.llen("platform") == sent[0][0], "every row published once, none twice"

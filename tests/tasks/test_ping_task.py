@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 
 from celery.result import AsyncResult
@@ -18,7 +19,9 @@ async def test_task_id_is_the_operation_id(client, celery_worker, celery_app):
 
 
 async def test_progress_is_mirrored_in_celery_state_for_flower(client, celery_worker, celery_app):
-    op = (await client.post("/v1/pings", json={"message": "slow", "sleep_seconds": 3, "steps": 6})).json()
+    op = (
+        await client.post("/v1/pings", json={"message": "slow", "sleep_seconds": 3, "steps": 6})
+    ).json()
     op_id = op_path(op["name"]).split(".", 1)[1]
     deadline = time.monotonic() + 20
     seen = None
@@ -27,7 +30,7 @@ async def test_progress_is_mirrored_in_celery_state_for_flower(client, celery_wo
         if result.state == "PROGRESS":
             seen = result.info
             break
-        time.sleep(0.05)
+        await asyncio.sleep(0.05)
     assert seen is not None, "PROGRESS state never seen"
     assert seen["total"] == 6
     assert seen["operation"] == op["name"]
@@ -36,14 +39,20 @@ async def test_progress_is_mirrored_in_celery_state_for_flower(client, celery_wo
     await wait_state(client, op["name"], {"SUCCEEDED"})
 
 
-async def test_transient_failures_retry_with_backoff_then_succeed(client, celery_worker, database_url):
+async def test_transient_failures_retry_with_backoff_then_succeed(
+    client, celery_worker, database_url
+):
     # Two deliberate transient failures, within task_max_retries=3 of the test settings.
     op = (await client.post("/v1/pings", json={"message": "flaky", "fail_attempts": 2})).json()
     done = await wait_state(client, op["name"], {"SUCCEEDED", "FAILED"}, timeout=60)
     assert done["metadata"]["state"] == "SUCCEEDED"
     assert done["metadata"]["attempt"] == 3
     op_id = op_path(op["name"]).split(".", 1)[1]
-    rows = await query(database_url, "SELECT completions FROM platform.pings WHERE operation_id = CAST(:id AS uuid)", id=op_id)
+    rows = await query(
+        database_url,
+        "SELECT completions FROM platform.pings WHERE operation_id = CAST(:id AS uuid)",
+        id=op_id,
+    )
     assert rows[0][0] == 1
 
 
@@ -61,12 +70,18 @@ async def test_exhausted_retries_fail_the_operation_and_retry_starts_again(clien
     assert done["metadata"]["state"] == "SUCCEEDED", done
 
 
-async def test_redelivered_task_for_done_operation_does_nothing(client, celery_worker, celery_app, database_url):
+async def test_redelivered_task_for_done_operation_does_nothing(
+    client, celery_worker, celery_app, database_url
+):
     op = (await client.post("/v1/pings", json={"message": "twice"})).json()
     await wait_state(client, op["name"], {"SUCCEEDED"})
     op_id = op_path(op["name"]).split(".", 1)[1]
     # A redelivery (same task, new message).
     result = celery_app.send_task("platform.ping", args=[op_id], queue="platform")
     assert result.get(timeout=20)["skipped"].endswith("already SUCCEEDED")
-    rows = await query(database_url, "SELECT completions FROM platform.pings WHERE operation_id = CAST(:id AS uuid)", id=op_id)
+    rows = await query(
+        database_url,
+        "SELECT completions FROM platform.pings WHERE operation_id = CAST(:id AS uuid)",
+        id=op_id,
+    )
     assert rows[0][0] == 1

@@ -160,14 +160,6 @@ def test_error_message_does_not_echo_the_password(monkeypatch):
     assert "hunter2" not in str(info.value)
 
 
-@pytest.mark.xfail(
-    reason=(
-        "bug: app/config.py load_settings only catches pydantic.ValidationError; a malformed "
-        "JSON value for the complex field CONVEYOR_DB raises pydantic_settings SettingsError "
-        "(multi-line, not a ConfigError)"
-    ),
-    strict=True,
-)
 def test_malformed_json_for_db_variable_raises_config_error(monkeypatch):
     monkeypatch.setenv("CONVEYOR_DB", "{not json")
     with pytest.raises(ConfigError, match=r"^CONVEYOR_DB: "):
@@ -224,9 +216,10 @@ def test_domain_replica_override_wins():
     settings = load_settings(
         database_url=MAIN,
         replica_url=MAIN_REPLICA,
-        db={"imports": {"url": IMPORTS, "replica_url": IMPORTS_REPLICA}, "reports": {
-            "replica_url": "postgresql://u@rr/reports"
-        }},
+        db={
+            "imports": {"url": IMPORTS, "replica_url": IMPORTS_REPLICA},
+            "reports": {"replica_url": "postgresql://u@rr/reports"},
+        },
     )
     assert settings.database_for("imports", "replica") == IMPORTS_REPLICA
     assert settings.database_for("reports", "replica") == "postgresql+asyncpg://u@rr/reports"
