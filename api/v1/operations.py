@@ -14,7 +14,7 @@ from pydantic import BaseModel, Field
 from api import pagination
 from api.deps import Services, services
 from api.errors import ERROR_RESPONSES
-from api.v1.schemas import OperationOut, operation_out
+from api.v1.schemas import OperationOut, operation_out, operation_response
 from domains.operations.model import State
 from domains.shared.errors import InvalidArgument
 
@@ -69,7 +69,7 @@ def _timeout_seconds(value: float | str | None) -> float:
 @router.get("/{operation_id}", response_model=OperationOut, summary="Get an operation")
 async def get_operation(operation_id: str, svc: Annotated[Services, Depends(services)]) -> Any:
     """Returns the latest state of an operation (`{domain}.{id}`, as in its name)."""
-    return operation_out(await svc.operations.get(operation_id))
+    return operation_response(await svc.operations.get(operation_id))
 
 
 @router.get("", response_model=ListOperationsResponse, summary="List operations")
@@ -113,7 +113,7 @@ async def cancel_operation(operation_id: str, svc: Annotated[Services, Depends(s
         await asyncio.to_thread(svc.control.revoke, str(op.id))
     except Exception:  # noqa: S110 - revoke is best effort; the state check stops the task anyway
         pass
-    return operation_out(op)
+    return operation_response(op)
 
 
 @router.post("/{operation_id}:wait", response_model=OperationOut, summary="Wait for an operation")
@@ -124,7 +124,7 @@ async def wait_operation(
 ) -> Any:
     """Long-polls until the operation is done or the timeout (≤ 60 s) passes; returns it either way."""
     timeout = _timeout_seconds(body.timeout if body else None)
-    return operation_out(await svc.operations.wait(operation_id, timeout))
+    return operation_response(await svc.operations.wait(operation_id, timeout))
 
 
 @router.post(
@@ -132,7 +132,7 @@ async def wait_operation(
 )
 async def retry_operation(operation_id: str, svc: Annotated[Services, Depends(services)]) -> Any:
     """Starts a new attempt of a FAILED operation; its task is dispatched again."""
-    return operation_out(await svc.operations.retry(operation_id))
+    return operation_response(await svc.operations.retry(operation_id))
 
 
 @router.delete("/{operation_id}", status_code=200, summary="Delete a done operation")

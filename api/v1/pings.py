@@ -10,7 +10,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from api.deps import Services, request_id, services
 from api.errors import ERROR_RESPONSES
-from api.v1.schemas import OperationOut, operation_out
+from api.v1.schemas import OperationOut, operation_response
 from domains.shared.errors import NotFound
 from domains.shared.ids import parse_id
 
@@ -75,7 +75,7 @@ async def create_ping(
         request_id=body.request_id or request_id_param,
         correlation_id=correlation,
     )
-    return operation_out(op)
+    return operation_response(op)
 
 
 @router.get("/{ping_id}", response_model=PingOut, summary="Get a ping")

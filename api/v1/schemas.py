@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 from typing import Any
 
+from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 
 from domains.operations.model import Operation
@@ -111,3 +112,16 @@ def operation_out(op: Operation) -> dict[str, Any]:
     if op.response is not None and op.done:
         body["response"] = op.response
     return body
+
+
+def operation_response(op: Operation) -> JSONResponse:
+    """Renders an Operation as a JSON response without a second validation pass (the body is
+    built from the aggregate, and ``OperationOut`` documents it in OpenAPI).
+
+    Args:
+        op: The aggregate.
+
+    Returns:
+        The response.
+    """
+    return JSONResponse(operation_out(op))

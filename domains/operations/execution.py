@@ -75,7 +75,7 @@ class Execution:
     attempt: int
     _runner: OperationRunner
     _sink: ProgressSink | None = None
-    _last_write: float = 0.0
+    _last_write: float = dataclasses.field(default_factory=time.monotonic)
     _progress: Progress = dataclasses.field(default_factory=Progress)
 
     @property
@@ -170,6 +170,7 @@ class OperationRunner:
                 raise Busy(max(0.5, op.lease_seconds - (now - last).total_seconds())) from None
             await uow.operations.save(op)
             await uow.commit()
+        # The claim is the first heartbeat: the first checkpoint writes after progress_interval.
         return Execution(
             operation=op, attempt=attempt, _runner=self, _sink=sink, _progress=op.progress
         )

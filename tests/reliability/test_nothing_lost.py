@@ -197,8 +197,10 @@ async def test_two_relays_publish_each_unsent_row_exactly_once(clean_db, stack, 
     await asyncio.sleep(0.5)
     # Pending operations may legitimately be re-dispatched by the sweeper (a new outbox row);
     # what must hold is one message per outbox row.
-    sent = await query(database_url,
-                       "SELECT count(*) FROM platform.outbox WHERE sent_time IS NOT NULL AND operation_id = ANY(CAST(:ids AS uuid[]))",
-                       ids=ids)
+    sent = await query(
+        database_url,
+        "SELECT count(*) FROM platform.outbox WHERE sent_time IS NOT NULL AND operation_id = ANY(CAST(:ids AS uuid[]))",
+        ids=ids,
+    )
     assert sent[0][0] >= 120
     assert stack.redis.llen("platform") == sent[0][0], "every row published once, none twice"
