@@ -10,7 +10,7 @@ from kombu import Exchange, Queue
 
 from app.config import DOMAINS, Settings, get_settings
 
-TASK_MODULES = ["tasks.platform", "tasks.operations"]
+TASK_MODULES = ["tasks.platform", "tasks.operations", "monitoring.worker_metrics"]
 """Modules holding task adapters (imported by every worker)."""
 
 

@@ -16,6 +16,7 @@ from typing import Any
 
 import click
 
+from app import cli_metrics
 from app.config import DOMAINS, ConfigError, Settings, load_settings
 
 log = logging.getLogger("conveyor")
@@ -71,9 +72,18 @@ def api(host: str, port: int, workers: int) -> None:
     """Run the HTTP API (Swagger UI at /docs, ReDoc at /redoc)."""
     import uvicorn
 
+    from monitoring import logging as conveyor_logging
+
+    conveyor_logging.setup("api")
     _require(_settings())
     uvicorn.run(
-        "app.main:create_app", factory=True, host=host, port=port, workers=workers, log_level="info"
+        "app.main:create_app",
+        factory=True,
+        host=host,
+        port=port,
+        workers=workers,
+        log_level="info",
+        log_config=conveyor_logging.uvicorn_log_config(),
     )
 
 
@@ -97,7 +107,9 @@ def api(host: str, port: int, workers: int) -> None:
 def worker(queues: str, concurrency: int, pool: str, name: str | None, loglevel: str) -> None:
     """Run a Celery worker consuming the given domain queues."""
     from app.celery_app import get_celery
+    from monitoring import logging as conveyor_logging
 
+    conveyor_logging.setup("worker", level=loglevel)
     settings = _settings()
     _require(settings)
     unknown = [q for q in queues.split(",") if q not in DOMAINS]
@@ -108,6 +120,7 @@ def worker(queues: str, concurrency: int, pool: str, name: str | None, loglevel:
         )
         raise SystemExit(2)
     node = name or f"{queues.replace(',', '+')}@%h"
+    cli_metrics.setup_worker_metrics(node, settings)  # before prometheus_client loads
     argv = [
         "worker",
         "-Q",
@@ -131,7 +144,9 @@ def worker(queues: str, concurrency: int, pool: str, name: str | None, loglevel:
 def beat(loglevel: str) -> None:
     """Run Celery beat (scheduled work)."""
     from app.celery_app import get_celery
+    from monitoring import logging as conveyor_logging
 
+    conveyor_logging.setup("beat", level=loglevel)
     settings = _settings()
     _require(settings)
     data = pathlib.Path(settings.data_dir)
@@ -146,27 +161,35 @@ def beat(loglevel: str) -> None:
     "--insecure-dev", is_flag=True, help="allow running without basic auth (local development only)"
 )
 def flower(host: str, port: int, insecure_dev: bool) -> None:
-    """Run Flower (task monitor) with basic auth."""
+    """Run Flower (task monitor) with basic auth.
+
+    The configuration (basic auth, offline-worker purge, optional persistent state) is
+    ``monitoring/flowerconfig.py``; it reads the credentials itself, so the password never
+    shows on a command line.
+    """
+    import importlib.util
+
     from app.celery_app import get_celery
 
     settings = _settings()
     _require(settings)
-    argv = ["flower", f"--address={host}", f"--port={port}", "--purge_offline_workers=60"]
-    if settings.flower_user and settings.flower_password:
-        argv.append(
-            f"--basic-auth={settings.flower_user}:{settings.flower_password.get_secret_value()}"
-        )
-    elif insecure_dev:
+    if not (settings.flower_user and settings.flower_password):
+        if not insecure_dev:
+            click.echo(
+                "conveyor: Flower needs credentials: set CONVEYOR_FLOWER_USER and CONVEYOR_FLOWER_PASSWORD,"
+                " or pass --insecure-dev for local development",
+                err=True,
+            )
+            raise SystemExit(2)
         click.echo(
             "conveyor: WARNING: Flower runs WITHOUT authentication (--insecure-dev)", err=True
         )
-    else:
-        click.echo(
-            "conveyor: Flower needs credentials: set CONVEYOR_FLOWER_USER and CONVEYOR_FLOWER_PASSWORD,"
-            " or pass --insecure-dev for local development",
-            err=True,
-        )
-        raise SystemExit(2)
+        # flowerconfig refuses to run without credentials unless told so on purpose.
+        os.environ["CONVEYOR_FLOWER_INSECURE_DEV"] = "1"
+    spec = importlib.util.find_spec("monitoring.flowerconfig")
+    if spec is None or spec.origin is None:  # pragma: no cover - the package ships it
+        raise click.ClickException("monitoring/flowerconfig.py not found")
+    argv = ["flower", f"--conf={spec.origin}", f"--address={host}", f"--port={port}"]
     get_celery().start(argv)
 
 
@@ -176,7 +199,9 @@ def relay() -> None:
     from app.container import Container
     from app.db import EngineRegistry
     from app.outbox import OutboxPublisher, run_relay
+    from monitoring import logging as conveyor_logging
 
+    conveyor_logging.setup("relay")
     settings = _settings()
     _require(settings)
     _logging()
@@ -328,6 +353,8 @@ def up(host: str, port: int, flower_port: int, concurrency: int, no_flower: bool
     finally:
         stop_all()
 
+
+main.add_command(cli_metrics.metrics)
 
 if __name__ == "__main__":
     main()

@@ -12,7 +12,7 @@ from fastapi import FastAPI
 from fastapi.responses import JSONResponse
 
 from api.errors import error_body, install_error_handlers
-from api.middleware import RequestIdMiddleware
+from api.middleware import RequestIdMiddleware, request_id_var
 from api.v1 import operations as operations_routes
 from api.v1 import pings as pings_routes
 from app.celery_app import create_celery
@@ -23,6 +23,8 @@ from app.outbox import OutboxPublisher
 from domains.operations.service import OperationsService
 from domains.platform.service import PingService
 from monitoring import health
+from monitoring import logging as conveyor_logging
+from monitoring import metrics as http_metrics
 
 
 class CeleryControl:
@@ -97,6 +99,8 @@ def create_app(settings: Settings | None = None, *, celery: Celery | None = None
         operations=container.operations, pings=container.pings, control=CeleryControl(celery)
     )
     app.add_middleware(RequestIdMiddleware)
+    app.add_middleware(http_metrics.MetricsMiddleware)
+    conveyor_logging.add_correlation_source(request_id_var)  # request lines carry the id
     install_error_handlers(app)
     app.include_router(operations_routes.router)
     app.include_router(pings_routes.router)
@@ -108,16 +112,21 @@ def create_app(settings: Settings | None = None, *, celery: Celery | None = None
 
     @app.get("/readyz", tags=["health"], summary="Readiness")
     async def readyz() -> Any:
-        """Databases and broker reachable (503 otherwise)."""
-        ready, checks = await health.readiness(registry, celery)
-        if ready:
-            return {"status": "ok", "checks": checks}
+        """Databases and broker reachable, every domain schema migrated to head (503 otherwise)."""
+        report = await health.check_readiness(registry, celery)
+        if report.ready:
+            return {"status": "ok", "checks": report.checks, "migrations": report.migrations}
         body = error_body(
             "UNAVAILABLE",
-            "not ready: " + ", ".join(f"{k}: {v}" for k, v in checks.items() if v != "ok"),
+            "not ready: " + ", ".join(report.problems()),
             reason="NOT_READY",
-            metadata={k: str(v) for k, v in checks.items()},
+            metadata={
+                **{k: str(v) for k, v in report.checks.items()},
+                **{f"migrations:{d}": v for d, v in report.migrations.items()},
+            },
         )
         return JSONResponse(body, status_code=503)
+
+    app.add_route("/metrics", http_metrics.metrics_endpoint, include_in_schema=False)
 
     return app
