@@ -156,13 +156,20 @@ async def _http_error(request: Request, exc: Exception) -> JSONResponse:
 
 async def _unexpected_error(request: Request, exc: Exception) -> JSONResponse:
     # Log everything, show nothing internal.
-    log.error("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
-    return _response(
-        error_body(
-            "INTERNAL",
-            "internal error; the request was logged, retry later or contact the operator",
-        )
+    # Starlette runs this outside the request-id middleware: carry the id by hand.
+    request_id = str(request.scope.get("state", {}).get("request_id", ""))
+    log.error(
+        "unhandled error on %s %s (request %s)",
+        request.method,
+        request.url.path,
+        request_id,
+        exc_info=exc,
     )
+    body = error_body(
+        "INTERNAL",
+        f"internal error; it was logged with request id {request_id!r}: retry later or report it",
+    )
+    return _response(body, headers={"x-request-id": request_id} if request_id else None)
 
 
 def install_error_handlers(app: FastAPI) -> None:

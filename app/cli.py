@@ -16,7 +16,7 @@ from typing import Any
 
 import click
 
-from app import cli_metrics
+from app import cli_metrics, cli_ops
 from app.config import DOMAINS, ConfigError, Settings, load_settings
 
 log = logging.getLogger("conveyor")
@@ -38,10 +38,6 @@ def _require(settings: Settings) -> None:
     except ConfigError as exc:
         click.echo(f"conveyor: configuration error: {exc}", err=True)
         raise SystemExit(2) from None
-
-
-def _logging(level: str = "INFO") -> None:
-    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
 
 @click.group()
@@ -204,7 +200,6 @@ def relay() -> None:
     conveyor_logging.setup("relay")
     settings = _settings()
     _require(settings)
-    _logging()
 
     async def _main() -> None:
         registry = EngineRegistry(settings)
@@ -355,6 +350,8 @@ def up(host: str, port: int, flower_port: int, concurrency: int, no_flower: bool
 
 
 main.add_command(cli_metrics.metrics)
+main.add_command(cli_ops.ops)
+main.add_command(cli_ops.status)
 
 if __name__ == "__main__":
     main()

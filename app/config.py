@@ -98,6 +98,9 @@ class Settings(BaseSettings):
     )
     flower_user: str | None = None
     flower_password: SecretStr | None = None
+    flower_persistent: bool = Field(
+        default=False, description="Keep Flower's state in data_dir/flower.db."
+    )
     task_events: bool = True
     data_dir: str = ".conveyor"
     db_pool_size: int = Field(default=5, ge=1, le=200)

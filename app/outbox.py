@@ -20,6 +20,7 @@ from app.db import EngineRegistry
 from domains.operations.service import OperationsService
 from domains.shared.clock import utcnow
 from domains.shared.outbox import OutboxMessage, SqlOutboxRepository
+from monitoring.redaction import task_reprs
 
 log = logging.getLogger(__name__)
 
@@ -70,6 +71,8 @@ class OutboxPublisher:
             self._declared = True
 
     def _send(self, message: OutboxMessage) -> None:
+        # Flower, task events and worker logs show these reprs instead of the real arguments.
+        argsrepr, kwargsrepr = task_reprs(message.args, message.kwargs)
         self._celery.send_task(
             message.task_name,
             args=message.args,
@@ -78,6 +81,8 @@ class OutboxPublisher:
             queue=message.queue,
             routing_key=message.queue,
             headers=dict(message.headers),
+            argsrepr=argsrepr,
+            kwargsrepr=kwargsrepr,
             retry=False,
         )
 

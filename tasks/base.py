@@ -14,13 +14,28 @@ from celery.exceptions import Retry
 from domains.operations.execution import Busy, LeaseLost, ProgressSink, Skip
 from domains.operations.model import OperationError
 from domains.shared.errors import DomainError, NotFound, TransientError
+from monitoring import logging as log_context
 from tasks.runtime import runtime
 
 log = logging.getLogger(__name__)
+log_context.install_task_context()
 
 
 def progress_sink(task: Task) -> ProgressSink:
-    """Returns a sink mirroring progress into the task's Celery state (``PROGRESS``).
+    """Returns a sink mirroring progress into Celery: the result backend and Flower.
+
+    Two best-effort mirrors (the operation row in PostgreSQL is the truth):
+
+    - the result backend: ``update_state(state="PROGRESS", meta=...)`` (``AsyncResult.info``);
+    - a ``task-progress`` event, because Flower builds its tasks from worker events only and
+      ``update_state`` sends none. Celery's event state turns an unknown ``task-<x>`` event into
+      the custom state ``X`` and copies the event's fields onto the task, so Flower shows state
+      ``PROGRESS`` with the meta (as JSON) as the task's ``result`` until ``task-succeeded`` or
+      ``task-failed`` replaces both.
+
+    The sink runs on the runtime's event-loop thread, where ``task.request`` (thread-local) is
+    empty: the task id and worker name are taken here, on the task's thread, and the event goes
+    through a dispatcher rather than ``task.send_event`` (which reads ``task.request``).
 
     Args:
         task: The bound task.
@@ -28,11 +43,33 @@ def progress_sink(task: Task) -> ProgressSink:
     Returns:
         The sink.
     """
+    import json
+
+    from monitoring.redaction import redact
+
     task_id = task.request.id
+    hostname = task.request.hostname
+    send_events = bool(task.app.conf.worker_send_task_events)
 
     def sink(meta: dict[str, Any]) -> None:
-        if task_id:
+        if not task_id:
+            return
+        meta = redact(meta)
+        try:
             task.update_state(task_id=task_id, state="PROGRESS", meta=meta)
+        except Exception:
+            log.debug("progress of %s not stored in the result backend", task_id, exc_info=True)
+        if send_events:
+            try:
+                with task.app.events.default_dispatcher(hostname=hostname) as dispatcher:
+                    dispatcher.send(
+                        "task-progress",
+                        uuid=task_id,
+                        result=json.dumps(meta, default=str),
+                        retry=False,
+                    )
+            except Exception:
+                log.debug("progress event of %s not sent", task_id, exc_info=True)
 
     return sink
 

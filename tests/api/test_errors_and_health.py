@@ -14,8 +14,10 @@ async def test_unexpected_error_is_internal_without_traceback(api_app):
     api_app.add_api_route("/v1/boom", boom)
     transport = httpx.ASGITransport(app=api_app, raise_app_exceptions=False)
     async with httpx.AsyncClient(transport=transport, base_url="http://t") as http:
-        response = await http.get("/v1/boom")
+        response = await http.get("/v1/boom", headers={"X-Request-Id": "req-500"})
     assert response.status_code == 500
+    assert response.headers["x-request-id"] == "req-500"
+    assert "req-500" in response.json()["error"]["message"]
     error = response.json()["error"]
     assert error["status"] == "INTERNAL"
     assert "secret" not in response.text

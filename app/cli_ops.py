@@ -1,0 +1,554 @@
+"""``conveyor ops`` (list, get, watch, cancel operations over the HTTP API) and ``conveyor status``.
+
+``ops`` talks to the API: ``--api-url`` or ``CONVEYOR_API_URL`` (default http://127.0.0.1:8000),
+with ``CONVEYOR_API_KEY`` sent as ``Authorization: Bearer <key>`` when set. API errors (AIP-193)
+and unreachable servers print one line and exit 2.
+
+``status`` reads the system directly (broker, workers, databases): one screen with the queues and
+their depth, the workers alive, the outbox backlog per domain and the beat leader.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import json
+import os
+import time
+import urllib.parse
+from typing import Any, NoReturn
+
+import click
+import httpx
+
+DEFAULT_API_URL = "http://127.0.0.1:8000"
+TERMINAL_STATES = ("SUCCEEDED", "FAILED", "CANCELLED")
+
+
+class CliError(click.ClickException):
+    """A failure reported as one line on stderr, exit code 2."""
+
+    exit_code = 2
+
+    def show(self, file: Any = None) -> None:
+        """Prints ``conveyor: <message>`` on stderr.
+
+        Args:
+            file: Ignored (always stderr).
+        """
+        click.echo(f"conveyor: {self.format_message()}", err=True)
+
+
+class ApiClient:
+    """A small client of the Conveyor HTTP API."""
+
+    def __init__(
+        self,
+        base_url: str,
+        api_key: str | None = None,
+        timeout: float = 10.0,
+        *,
+        transport: httpx.BaseTransport | None = None,
+    ) -> None:
+        """Creates the client.
+
+        Args:
+            base_url: The API root, e.g. ``http://127.0.0.1:8000``.
+            api_key: Sent as ``Authorization: Bearer <key>`` when given.
+            timeout: Seconds per HTTP request (a ``:wait`` adds its own timeout to it).
+            transport: httpx transport (tests).
+        """
+        self.base_url = base_url.rstrip("/")
+        headers = {"accept": "application/json", "user-agent": "conveyor-cli"}
+        if api_key:
+            headers["authorization"] = f"Bearer {api_key}"
+        self.timeout = timeout
+        self._http = httpx.Client(
+            base_url=self.base_url, headers=headers, timeout=timeout, transport=transport
+        )
+
+    def close(self) -> None:
+        """Closes the connections."""
+        self._http.close()
+
+    def request(self, method: str, path: str, **kwargs: Any) -> dict[str, Any]:
+        """Sends a request and returns the JSON body.
+
+        Args:
+            method: HTTP method.
+            path: Path under the API root.
+            **kwargs: ``httpx.Client.request`` arguments.
+
+        Returns:
+            The decoded JSON object.
+
+        Raises:
+            CliError: On connection problems or an error response (one clear line).
+        """
+        try:
+            response = self._http.request(method, path, **kwargs)
+        except httpx.ConnectError as exc:
+            raise CliError(
+                f"cannot reach the API at {self.base_url} ({_reason(exc)}); is `conveyor api`"
+                " running there? Set --api-url or CONVEYOR_API_URL"
+            ) from None
+        except httpx.TimeoutException:
+            raise CliError(
+                f"the API at {self.base_url} did not answer within {self.timeout:g} s"
+            ) from None
+        except httpx.HTTPError as exc:
+            raise CliError(f"request to {self.base_url}{path} failed: {_reason(exc)}") from None
+        if response.status_code >= 400:
+            raise CliError(_error_line(response))
+        try:
+            body = response.json()
+        except ValueError:
+            raise CliError(
+                f"{response.status_code} from {self.base_url}{path} is not JSON:"
+                f" {response.text[:200]!r}"
+            ) from None
+        if not isinstance(body, dict):
+            raise CliError(f"unexpected answer from {self.base_url}{path}: {body!r}"[:300])
+        return body
+
+
+def _reason(exc: Exception) -> str:
+    text = str(exc) or type(exc).__name__
+    if "refused" in text.lower():
+        return "connection refused"
+    return text.splitlines()[0][:200]
+
+
+def _error_line(response: httpx.Response) -> str:
+    """``404 NOT_FOUND: operations/platform.x does not exist`` from an AIP-193 body."""
+    try:
+        error = response.json().get("error") or {}
+    except (ValueError, AttributeError):
+        error = {}
+    if isinstance(error, dict) and error.get("message"):
+        status = error.get("status") or response.reason_phrase
+        return f"{response.status_code} {status}: {error['message']}"
+    text = response.text.strip().replace("\n", " ")[:200]
+    return f"{response.status_code} {response.reason_phrase}: {text or 'no details'}"
+
+
+def operation_path(name: str) -> str:
+    """Returns the API path of an operation.
+
+    Args:
+        name: ``operations/platform.<id>`` or ``platform.<id>``.
+
+    Returns:
+        ``/v1/operations/platform.<id>``.
+
+    Raises:
+        CliError: If the name is empty.
+    """
+    ident = name.strip().removeprefix("/").removeprefix("operations/")
+    if not ident:
+        raise CliError(f"operation name {name!r} is empty; expected operations/<domain>.<id>")
+    return "/v1/operations/" + urllib.parse.quote(ident, safe="")
+
+
+def _client(ctx: click.Context) -> ApiClient:
+    client: ApiClient = ctx.obj
+    return client
+
+
+def _progress_text(op: dict[str, Any]) -> str:
+    progress = (op.get("metadata") or {}).get("progress") or {}
+    done, total = progress.get("done", 0), progress.get("total")
+    return f"{done}/{total}" if total else str(done)
+
+
+def _short_time(value: Any) -> str:
+    if not isinstance(value, str):
+        return ""
+    try:
+        when = dt.datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        return value
+    return when.astimezone(dt.UTC).strftime("%Y-%m-%d %H:%M:%S")
+
+
+def _console() -> Any:
+    from rich.console import Console
+
+    console = Console()
+    # Piped or captured output: wide lines, so names are never wrapped (grep-able).
+    return console if console.is_terminal else Console(width=250)
+
+
+@click.group()
+@click.option(
+    "--api-url",
+    envvar="CONVEYOR_API_URL",
+    default=DEFAULT_API_URL,
+    show_default=True,
+    help="API root (env CONVEYOR_API_URL); CONVEYOR_API_KEY is sent as a bearer token.",
+)
+@click.option("--http-timeout", default=10.0, show_default=True, help="seconds per HTTP request")
+@click.pass_context
+def ops(ctx: click.Context, api_url: str, http_timeout: float) -> None:
+    """List, inspect, watch and cancel operations through the API."""
+    client = ApiClient(api_url, os.environ.get("CONVEYOR_API_KEY") or None, http_timeout)
+    ctx.obj = client
+    ctx.call_on_close(client.close)
+
+
+@ops.command("list")
+@click.option(
+    "--filter",
+    "filter_",
+    default=None,
+    help="AIP-160 filter, e.g. 'metadata.state = \"RUNNING\"' or 'done = false'",
+)
+@click.option("--page-size", default=None, type=int, help="at most 1000 (API default 50)")
+@click.option("--page-token", default=None, help="next_page_token of the previous page")
+@click.option("--json", "as_json", is_flag=True, help="print the API's JSON instead of a table")
+@click.pass_context
+def list_operations(
+    ctx: click.Context,
+    filter_: str | None,
+    page_size: int | None,
+    page_token: str | None,
+    as_json: bool,
+) -> None:
+    """List operations (newest last), as a table."""
+    params: dict[str, Any] = {}
+    if filter_:
+        params["filter"] = filter_
+    if page_size is not None:
+        params["page_size"] = page_size
+    if page_token:
+        params["page_token"] = page_token
+    body = _client(ctx).request("GET", "/v1/operations", params=params)
+    if as_json:
+        click.echo(json.dumps(body, indent=2))
+        return
+    from rich.table import Table
+
+    table = Table(box=None, header_style="bold", pad_edge=False)
+    for column in ("NAME", "TYPE", "STATE", "PROGRESS", "ATTEMPT", "CREATED", "UPDATED"):
+        table.add_column(column, no_wrap=True)
+    operations = body.get("operations") or []
+    for op in operations:
+        meta = op.get("metadata") or {}
+        table.add_row(
+            op.get("name", ""),
+            f"{meta.get('domain', '')}.{meta.get('type', '')}",
+            meta.get("state", ""),
+            _progress_text(op),
+            str(meta.get("attempt", "")),
+            _short_time(meta.get("create_time")),
+            _short_time(meta.get("update_time")),
+        )
+    console = _console()
+    if operations:
+        console.print(table)
+    else:
+        console.print("no operations" + (" match the filter" if filter_ else ""))
+    token = body.get("next_page_token")
+    if token:
+        console.print(f"more: --page-token {token}", highlight=False, soft_wrap=True)
+
+
+@ops.command("get")
+@click.argument("name")
+@click.pass_context
+def get_operation(ctx: click.Context, name: str) -> None:
+    """Print an operation as JSON (NAME: operations/platform.<id> or platform.<id>)."""
+    click.echo(json.dumps(_client(ctx).request("GET", operation_path(name)), indent=2))
+
+
+@ops.command("cancel")
+@click.argument("name")
+@click.pass_context
+def cancel_operation(ctx: click.Context, name: str) -> None:
+    """Cancel an operation (a running one stops at its next unit of work)."""
+    op = _client(ctx).request("POST", operation_path(name) + ":cancel")
+    state = (op.get("metadata") or {}).get("state", "?")
+    note = " (it stops at its next unit of work)" if state == "CANCELLING" else ""
+    click.echo(f"{op.get('name', name)}: {state}{note}")
+
+
+def _finish(op: dict[str, Any]) -> NoReturn:
+    name = op.get("name", "?")
+    state = (op.get("metadata") or {}).get("state", "?")
+    if state == "SUCCEEDED":
+        click.echo(f"{name}: SUCCEEDED")
+        if op.get("response") is not None:
+            click.echo(json.dumps(op["response"]))
+        raise SystemExit(0)
+    error = op.get("error") or {}
+    detail = f": {error.get('status', '')}: {error.get('message', '')}" if error else ""
+    click.echo(f"{name}: {state}{detail}", err=True)
+    raise SystemExit(1)
+
+
+@ops.command("watch")
+@click.argument("name")
+@click.option(
+    "--interval",
+    default=0.5,
+    show_default=True,
+    type=click.FloatRange(0.1, 60),
+    help="seconds between progress refreshes (the end is seen at once)",
+)
+@click.pass_context
+def watch_operation(ctx: click.Context, name: str, interval: float) -> None:
+    """Show a live progress bar until the operation is done.
+
+    Exits 0 when it SUCCEEDED, 1 when it FAILED or was CANCELLED (printing the error).
+    """
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+    )
+
+    client = _client(ctx)
+    path = operation_path(name)
+    op = client.request("GET", path)
+    console = _console()
+    columns = (
+        TextColumn("{task.fields[state]:<10}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TextColumn("{task.description}"),
+    )
+    with Progress(*columns, console=console) as progress:
+        console.print(f"watching {op.get('name', name)}", highlight=False)
+        bar = progress.add_task("", total=None, state="")
+        while True:
+            meta = op.get("metadata") or {}
+            prog = meta.get("progress") or {}
+            total = prog.get("total") or None
+            done = prog.get("done") or 0
+            state = meta.get("state", "?")
+            if state == "SUCCEEDED" and total:
+                done = total
+            progress.update(
+                bar,
+                total=total,
+                completed=done,
+                description=prog.get("message") or "",
+                state=state,
+            )
+            if op.get("done") or state in TERMINAL_STATES:
+                break
+            started = time.monotonic()
+            # :wait returns as soon as the operation is done, else after `interval`.
+            op = client.request(
+                "POST",
+                path + ":wait",
+                json={"timeout": interval},
+                timeout=client.timeout + interval,
+            )
+            if op.get("done"):
+                continue
+            time.sleep(max(0.0, interval - (time.monotonic() - started)))
+    _finish(op)
+
+
+# -- status ----------------------------------------------------------------------------------
+
+
+def _queue_depths(broker_url: str, queues: list[str], timeout: float) -> dict[str, Any]:
+    """Messages waiting per queue (Redis LLEN over kombu's priority lists; AMQP passive
+    declare). Returns ``{queue: count}``, plus ``"_unacked"`` on Redis (delivered, not acked).
+    """
+    if broker_url.startswith(("redis://", "rediss://")):
+        import redis
+
+        client = redis.Redis.from_url(
+            broker_url, socket_connect_timeout=timeout, socket_timeout=timeout
+        )
+        try:
+            depths: dict[str, Any] = {}
+            pipe = client.pipeline()
+            # kombu keeps one list per priority step: "<queue>", "<queue>\x06\x163", ...
+            suffixes = ["", "\x06\x163", "\x06\x166", "\x06\x169"]
+            for queue in queues:
+                for suffix in suffixes:
+                    pipe.llen(queue + suffix)
+            pipe.hlen("unacked")
+            counts = pipe.execute()
+            for index, queue in enumerate(queues):
+                depths[queue] = sum(counts[index * len(suffixes) : (index + 1) * len(suffixes)])
+            depths["_unacked"] = counts[-1]
+            return depths
+        finally:
+            client.close()
+    import kombu
+    from kombu.exceptions import OperationalError
+
+    connection_cls: Any = getattr(kombu, "Connection")  # noqa: B009 - kombu is untyped
+    connection = connection_cls(broker_url, connect_timeout=timeout)
+
+    depths = {}
+    with connection as conn:
+        try:
+            conn.ensure_connection(max_retries=1, timeout=timeout)
+        except OperationalError as exc:
+            raise ConnectionError(str(exc)) from None
+        for queue in queues:
+            channel = conn.channel()
+            try:
+                _, count, _ = channel.queue_declare(queue=queue, passive=True)
+                depths[queue] = count
+            except Exception:  # NOT_FOUND closes the channel: not declared yet
+                depths[queue] = "not declared"
+            finally:
+                try:
+                    channel.close()
+                except Exception:  # noqa: S110 - closing a channel the broker closed
+                    pass
+    return depths
+
+
+def _workers(celery: Any, timeout: float) -> dict[str, list[str]]:
+    """``{worker: [queues]}`` for the workers answering a ping within ``timeout``."""
+    pongs = celery.control.inspect(timeout=timeout).ping() or {}
+    if not pongs:
+        return {}
+    names = sorted(pongs)
+    queues = (
+        celery.control.inspect(destination=names, timeout=timeout, limit=len(names)).active_queues()
+        or {}
+    )
+    return {name: sorted(q.get("name", "?") for q in queues.get(name) or []) for name in names}
+
+
+async def _outbox_backlog(settings: Any) -> dict[str, tuple[int, dt.datetime | None] | str]:
+    from app.config import DOMAINS
+    from app.container import DOMAIN_TABLES
+    from app.db import EngineRegistry
+    from domains.shared.outbox import SqlOutboxRepository
+
+    registry = EngineRegistry(settings)
+    out: dict[str, tuple[int, dt.datetime | None] | str] = {}
+    try:
+        for domain in DOMAINS:
+            try:
+                maker = registry.sessionmaker(domain)
+                async with maker() as session:
+                    repo = SqlOutboxRepository(session, DOMAIN_TABLES[domain].outbox)
+                    out[domain] = await asyncio.wait_for(repo.backlog(), timeout=5)
+            except Exception as exc:
+                out[domain] = f"unreachable: {_reason(exc)}"
+    finally:
+        await registry.dispose()
+    return out
+
+
+def _age(oldest: dt.datetime | None) -> str:
+    if oldest is None:
+        return "-"
+    if oldest.tzinfo is None:
+        oldest = oldest.replace(tzinfo=dt.UTC)
+    seconds = max(0.0, (dt.datetime.now(dt.UTC) - oldest).total_seconds())
+    if seconds < 120:
+        return f"{seconds:.0f}s"
+    if seconds < 7200:
+        return f"{seconds / 60:.0f}m"
+    return f"{seconds / 3600:.1f}h"
+
+
+@click.command()
+@click.option(
+    "--timeout", default=1.0, show_default=True, help="seconds to wait for workers and the broker"
+)
+def status(timeout: float) -> None:
+    """One screen: queues and their depth, workers alive, outbox backlog, beat leader.
+
+    Exits 2 when the broker or a database cannot be reached (the screen says which).
+    """
+    from rich.table import Table
+
+    from app.celery_app import create_celery
+    from app.config import DOMAINS, ConfigError, load_settings
+
+    try:
+        settings = load_settings()
+        broker_url = settings.broker()
+        settings.database_for("platform")
+    except ConfigError as exc:
+        raise CliError(f"configuration error: {exc}") from None
+    console = _console()
+    problems: list[str] = []
+    queues = list(DOMAINS)
+
+    try:
+        depths = _queue_depths(broker_url, queues, max(timeout, 1.0))
+    except Exception as exc:
+        depths = {}
+        problems.append(f"broker unreachable: {_reason(exc)}")
+
+    celery = create_celery(settings, results=False)
+    try:
+        workers = _workers(celery, timeout) if depths else {}
+    except Exception as exc:
+        workers = {}
+        problems.append(f"worker inspection failed: {_reason(exc)}")
+    finally:
+        celery.close()
+
+    consuming: dict[str, list[str]] = {q: [] for q in queues}
+    for name, worker_queues in workers.items():
+        for queue in worker_queues:
+            consuming.setdefault(queue, []).append(name)
+
+    redacted = urllib.parse.urlsplit(broker_url)
+    broker_label = f"{redacted.scheme}://{redacted.hostname}:{redacted.port or ''}{redacted.path}"
+    console.print(f"[bold]Queues[/bold] on {broker_label}", highlight=False)
+    table = Table(box=None)
+    for column in ("QUEUE", "WAITING", "WORKERS"):
+        table.add_column(column, no_wrap=True)
+    for queue in queues:
+        depth = depths.get(queue, "?")
+        table.add_row(queue, str(depth), str(len(consuming.get(queue, []))))
+    console.print(table)
+    if "_unacked" in depths:
+        console.print(f"delivered, not yet acknowledged: {depths['_unacked']}", highlight=False)
+
+    console.print()
+    console.print("[bold]Workers alive[/bold]", highlight=False)
+    table = Table(box=None)
+    table.add_column("WORKER", no_wrap=True)
+    table.add_column("QUEUES", no_wrap=True)
+    for name, worker_queues in workers.items():
+        table.add_row(name, ", ".join(worker_queues) or "-")
+    if workers:
+        console.print(table)
+    else:
+        note = (
+            "unknown (broker unreachable)" if not depths else f"none answered within {timeout:g} s"
+        )
+        console.print(f" {note}", highlight=False)
+
+    console.print()
+    backlog = asyncio.run(_outbox_backlog(settings))
+    console.print("[bold]Outbox backlog[/bold] (rows not yet published)", highlight=False)
+    table = Table(box=None)
+    for column in ("DOMAIN", "UNSENT", "OLDEST"):
+        table.add_column(column, no_wrap=True)
+    for domain, value in backlog.items():
+        if isinstance(value, str):
+            problems.append(f"{domain} database {value}")
+            table.add_row(domain, "?", value)
+        else:
+            table.add_row(domain, str(value[0]), _age(value[1]))
+    console.print(table)
+
+    console.print()
+    console.print(
+        "[bold]Beat leader[/bold]: not available until scheduled work lands", highlight=False
+    )
+    if problems:
+        for problem in problems:
+            click.echo(f"conveyor: {problem}", err=True)
+        raise SystemExit(2)

@@ -1,0 +1,35 @@
+"""Helpers for the observability tests: an API subprocess on a free port."""
+
+from __future__ import annotations
+
+import json
+import socket
+from typing import Any
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def start_api(stack: Any, env: dict[str, str] | None = None) -> tuple[Any, str]:
+    """Spawns `conveyor api` on the stack's broker; returns the process and its URL (not waited)."""
+    port = free_port()
+    proc = stack.spawn("api", "--port", str(port), env=env, name="api")
+    return proc, f"http://127.0.0.1:{port}"
+
+
+def json_lines(text: str) -> list[dict[str, Any]]:
+    """The lines of a log that are JSON objects (a worker also prints its banner as plain text)."""
+    out = []
+    for line in text.splitlines():
+        line = line.strip()
+        if line.startswith("{"):
+            try:
+                value = json.loads(line)
+            except ValueError:
+                continue
+            if isinstance(value, dict):
+                out.append(value)
+    return out

@@ -1,0 +1,162 @@
+"""Structured logging: the formatters, the context filter, and the Celery header plumbing."""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import io
+import json
+import logging
+import threading
+from collections.abc import Iterator
+from types import SimpleNamespace
+
+import pytest
+from celery.app.task import Context
+
+from monitoring import logging as conveyor_logging
+
+
+@pytest.fixture
+def capture() -> Iterator[tuple[logging.Logger, io.StringIO, logging.Handler]]:
+    buffer = io.StringIO()
+    handler = logging.StreamHandler(buffer)
+    handler.setFormatter(conveyor_logging.JsonFormatter())
+    handler.addFilter(conveyor_logging.ContextFilter())
+    logger = logging.getLogger("conveyor.test.structured")
+    logger.addHandler(handler)
+    logger.setLevel(logging.DEBUG)
+    logger.propagate = False
+    yield logger, buffer, handler
+    logger.removeHandler(handler)
+
+
+def lines(buffer: io.StringIO) -> list[dict]:
+    return [json.loads(line) for line in buffer.getvalue().splitlines()]
+
+
+@pytest.mark.parametrize(
+    ("env", "expected"),
+    [
+        ({}, "text"),
+        ({"CONVEYOR_ENV": "prod"}, "json"),
+        ({"CONVEYOR_ENV": "dev", "CONVEYOR_LOG_FORMAT": "JSON"}, "json"),
+        ({"CONVEYOR_ENV": "prod", "CONVEYOR_LOG_FORMAT": "text"}, "text"),
+    ],
+)
+def test_log_format_is_json_in_prod_and_text_elsewhere_unless_set(env, expected):
+    assert conveyor_logging.log_format(env) == expected
+
+
+def test_invalid_log_format_names_the_variable():
+    with pytest.raises(ValueError, match="CONVEYOR_LOG_FORMAT: must be json or text"):
+        conveyor_logging.log_format({"CONVEYOR_LOG_FORMAT": "yaml"})
+
+
+def test_json_line_carries_bound_context_and_exception_on_one_line(capture):
+    logger, buffer, _ = capture
+    with conveyor_logging.bind(correlation_id="req-1", operation="operations/platform.x"):
+        try:
+            raise RuntimeError("boom\nsecond line")
+        except RuntimeError:
+            logger.exception("failed %s", "here")
+    logger.info("outside")
+    assert len(buffer.getvalue().splitlines()) == 2
+    inside, outside = lines(buffer)
+    assert inside["message"] == "failed here"
+    assert inside["level"] == "ERROR"
+    assert inside["logger"] == "conveyor.test.structured"
+    assert inside["time"].endswith("Z")
+    assert inside["correlation_id"] == "req-1"
+    assert inside["operation"] == "operations/platform.x"
+    assert inside["exc_type"] == "RuntimeError"
+    assert "Traceback" in inside["exc_info"] and "boom" in inside["exc_info"]
+    assert "correlation_id" not in outside and "operation" not in outside
+
+
+def test_registered_request_id_is_used_unless_a_correlation_id_is_bound(capture):
+    logger, buffer, _ = capture
+    request_id: contextvars.ContextVar[str | None] = contextvars.ContextVar("rid", default=None)
+    conveyor_logging.add_correlation_source(request_id)
+    token = request_id.set("http-42")
+    try:
+        logger.info("in a request")
+        with conveyor_logging.bind(correlation_id="explicit"):
+            logger.info("bound")
+    finally:
+        request_id.reset(token)
+    assert [line.get("correlation_id") for line in lines(buffer)] == ["http-42", "explicit"]
+
+
+def test_context_reaches_coroutines_run_on_the_runtime_loop_thread(capture):
+    """tasks.runtime hands services to a loop in another thread with run_coroutine_threadsafe,
+    which runs them in a copy of the caller's context: the task's fields reach their lines."""
+    logger, buffer, _ = capture
+    loop = asyncio.new_event_loop()
+    thread = threading.Thread(target=loop.run_forever, daemon=True)
+    thread.start()
+
+    async def service_call() -> None:
+        await asyncio.sleep(0)
+        logger.info("in the service")
+
+    try:
+        with conveyor_logging.bind(correlation_id="task-cid", task_id="t1"):
+            asyncio.run_coroutine_threadsafe(service_call(), loop).result(5)
+        asyncio.run_coroutine_threadsafe(service_call(), loop).result(5)
+    finally:
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(5)
+    inside, outside = lines(buffer)
+    assert inside["correlation_id"] == "task-cid" and inside["task_id"] == "t1"
+    assert "correlation_id" not in outside
+
+
+def test_text_format_appends_the_context():
+    record = logging.LogRecord("tasks.base", logging.INFO, __file__, 1, "hello", None, None)
+    with conveyor_logging.bind(correlation_id="c1", task_id="t1", task_name="platform.ping"):
+        conveyor_logging.ContextFilter().filter(record)
+    text = conveyor_logging.TextFormatter().format(record)
+    assert text.endswith("tasks.base: hello [correlation_id=c1 task=platform.ping[t1]]")
+
+
+def test_worker_keeps_the_outbox_correlation_id_that_celery_overwrites(capture):
+    """Celery puts the message property correlation_id (the task id) over our header of the
+    same name; the task_received hook keeps ours under conveyor_correlation_id, which
+    task.request exposes and Celery copies into a retry's headers."""
+    logger, buffer, _ = capture
+    task_id = "01a2-task"
+    headers = {"id": task_id, "correlation_id": "req-7", "operation": "operations/platform.1"}
+    # What celery.worker.request.Request builds from the message.
+    request_dict = {**headers, "correlation_id": task_id, "task": "platform.ping"}
+    request = SimpleNamespace(
+        id=task_id, message=SimpleNamespace(headers=headers), request_dict=request_dict
+    )
+    conveyor_logging._on_task_received(request=request)
+    assert request_dict[conveyor_logging.CORRELATION_HEADER] == "req-7"
+
+    context = Context(request_dict)
+    assert context.correlation_id == task_id  # why the hook exists
+    assert context.headers == {
+        "operation": "operations/platform.1",
+        conveyor_logging.CORRELATION_HEADER: "req-7",
+    }  # carried into retries by signature_from_request(headers=request.headers)
+    task = SimpleNamespace(name="platform.ping", request=context)
+    conveyor_logging._on_task_prerun(task_id=task_id, task=task)
+    try:
+        logger.info("working")
+    finally:
+        conveyor_logging._on_task_postrun(task_id=task_id, task=task)
+    logger.info("after")
+    # Celery's own main-process line about the task (record.data), outside any task context.
+    logger.info(
+        "Task %(name)s[%(id)s] received",
+        {"id": task_id, "name": "platform.ping"},
+        extra={"data": {"id": task_id, "name": "platform.ping"}},
+    )
+    working, after, received = lines(buffer)
+    assert working["correlation_id"] == "req-7"
+    assert working["operation"] == "operations/platform.1"
+    assert (working["task_id"], working["task_name"]) == (task_id, "platform.ping")
+    assert not {"correlation_id", "task_id"} & after.keys()
+    assert received["correlation_id"] == "req-7" and received["task_id"] == task_id
