@@ -33,9 +33,6 @@ if TYPE_CHECKING:
 INSECURE_DEV_ENV = "CONVEYOR_FLOWER_INSECURE_DEV"
 """Set to ``1`` by ``conveyor flower --insecure-dev``: run without basic auth."""
 
-PERSISTENT_ENV = "CONVEYOR_FLOWER_PERSISTENT"
-"""``true`` keeps Flower's state across restarts (until ``Settings`` has ``flower_persistent``)."""
-
 PURGE_OFFLINE_WORKERS_SECONDS = 60
 STATE_SAVE_INTERVAL_MS = 60_000
 TASKS_COLUMNS = "name,uuid,state,args,kwargs,result,received,started,runtime,worker"
@@ -53,14 +50,13 @@ def is_persistent(settings: Settings, environ: Mapping[str, str]) -> bool:
     """Says whether Flower keeps its state across restarts.
 
     Args:
-        settings: Conveyor settings (a ``flower_persistent`` field wins when there is one).
-        environ: Environment (``CONVEYOR_FLOWER_PERSISTENT``).
+        settings: Conveyor settings (``CONVEYOR_FLOWER_PERSISTENT``).
+        environ: Unused; kept for a uniform signature.
 
     Returns:
         ``True`` for persistent state.
     """
-    value = getattr(settings, "flower_persistent", None)
-    return _flag(environ.get(PERSISTENT_ENV) if value is None else value)
+    return settings.flower_persistent
 
 
 def flower_options(settings: Settings, environ: Mapping[str, str]) -> dict[str, Any]:

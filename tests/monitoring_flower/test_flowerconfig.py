@@ -40,13 +40,20 @@ def test_no_credentials_refuses_unless_insecure_dev() -> None:
 
 
 def test_persistent_state_lives_in_the_data_dir(tmp_path: pathlib.Path) -> None:
-    settings = _settings(flower_user="ops", flower_password="pw", data_dir=str(tmp_path / "d"))
-    opts = flowerconfig.flower_options(settings, environ={"CONVEYOR_FLOWER_PERSISTENT": "true"})
+    settings = _settings(
+        flower_user="ops",
+        flower_password="pw",
+        data_dir=str(tmp_path / "d"),
+        flower_persistent=True,
+    )
+    opts = flowerconfig.flower_options(settings, environ={})
     assert opts["persistent"] is True
     assert opts["db"] == str(tmp_path / "d" / "flower.db")
     assert opts["state_save_interval"] > 0
     assert (tmp_path / "d").is_dir()
-    off = flowerconfig.flower_options(settings, environ={"CONVEYOR_FLOWER_PERSISTENT": "false"})
+    off = flowerconfig.flower_options(
+        settings.model_copy(update={"flower_persistent": False}), environ={}
+    )
     assert "persistent" not in off
 
 

@@ -49,7 +49,7 @@ async def create_ping(http: httpx.AsyncClient, **body: Any) -> str:
     return response.json()["name"]
 
 
-async def test_ops_and_status_commands_against_a_running_api_and_worker(stack):
+async def test_ops_and_status_commands_against_a_running_api_and_worker(clean_db, stack):
     api, url = start_api(stack)
     worker = stack.worker(queues="platform", concurrency=2)
     api.wait_for_log("Application startup complete", timeout=30)
