@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: install run test lint check clean
+.PHONY: install run test lint check clean docs docs-build
 
 $(BIN)/.installed: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -22,8 +22,18 @@ lint: install
 	$(BIN)/mypy domains
 	$(BIN)/lint-imports
 
-test: lint
+test: lint docs-build
 	$(BIN)/pytest
+
+# The documentation site: the OpenAPI document is exported from create_app() (no database or
+# broker needed), then MkDocs builds with --strict (a broken reference fails the build).
+docs-build: install
+	$(BIN)/conveyor openapi > docs/openapi.json
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict
+
+docs: install
+	$(BIN)/conveyor openapi > docs/openapi.json
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs serve
 
 clean:
 	rm -rf $(VENV) .conveyor .pytest_cache .mypy_cache .ruff_cache

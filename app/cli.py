@@ -349,6 +349,41 @@ def up(host: str, port: int, flower_port: int, concurrency: int, no_flower: bool
         stop_all()
 
 
+@main.command()
+def openapi() -> None:
+    """Print the API's OpenAPI document as JSON (no database or broker is contacted)."""
+    from app.main import create_app
+
+    settings = _settings()
+    # create_app only needs the URLs to be set; nothing connects while the schema is built.
+    placeholders = {
+        "database_url": settings.database_url or "postgresql+asyncpg://openapi@localhost/openapi",
+        "broker_url": settings.broker_url or "redis://localhost:6379/0",
+    }
+    app = create_app(settings.model_copy(update=placeholders))
+    click.echo(json.dumps(app.openapi(), indent=2))
+
+
+@main.command("new-domain")
+@click.argument("name")
+@click.option(
+    "--root",
+    default=".",
+    show_default=True,
+    type=click.Path(file_okay=False, path_type=pathlib.Path),
+    help="project root to generate into",
+)
+def new_domain(name: str, root: pathlib.Path) -> None:
+    """Generate domain NAME (package, router, tasks, migration, tests) and wire it in."""
+    from app import scaffold
+
+    try:
+        scaffold.new_domain(name, root, echo=click.echo)
+    except scaffold.ScaffoldError as exc:
+        click.echo(f"conveyor new-domain: {exc}", err=True)
+        raise SystemExit(exc.exit_code) from None
+
+
 main.add_command(cli_metrics.metrics)
 main.add_command(cli_ops.ops)
 main.add_command(cli_ops.status)
