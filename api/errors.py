@@ -8,6 +8,7 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from domains.shared.errors import DomainError
@@ -184,10 +185,96 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(Exception, _unexpected_error)
 
 
+class ErrorInfoOut(BaseModel):
+    """``google.rpc.ErrorInfo`` (and other AIP-193 details)."""
+
+    model_config = ConfigDict(populate_by_name=True, extra="allow")
+
+    type_url: str = Field(alias="@type")
+    reason: str | None = None
+    domain: str | None = None
+    metadata: dict[str, str] = {}
+
+
+class ErrorOut(BaseModel):
+    """The AIP-193 error object."""
+
+    code: int = Field(description="HTTP status code.")
+    status: str = Field(description="google.rpc.Code name, e.g. INVALID_ARGUMENT.")
+    message: str = Field(description="What went wrong and what to fix.")
+    details: list[ErrorInfoOut] = []
+
+
+def _example(code: int, status: str, message: str, reason: str) -> dict[str, Any]:
+    return error_body(status, message, http_code=code, reason=reason)
+
+
+class ErrorResponse(BaseModel):
+    """Every error response: ``{"error": {...}}`` (AIP-193)."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "example": _example(
+                400,
+                "INVALID_ARGUMENT",
+                "steps: Input should be greater than or equal to 1",
+                "INVALID_REQUEST",
+            )
+        }
+    )
+
+    error: ErrorOut
+
+
+def _error_response(description: str, example: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "model": ErrorResponse,
+        "description": description,
+        "content": {"application/json": {"example": example}},
+    }
+
+
 ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
-    400: {"description": "INVALID_ARGUMENT / FAILED_PRECONDITION (AIP-193 error body)"},
-    404: {"description": "NOT_FOUND (AIP-193 error body)"},
-    409: {"description": "ALREADY_EXISTS / ABORTED (AIP-193 error body)"},
-    503: {"description": "UNAVAILABLE (AIP-193 error body)"},
+    400: _error_response(
+        "INVALID_ARGUMENT (a bad field, filter or page token) or FAILED_PRECONDITION (the resource"
+        " is not in a state that allows it)",
+        _example(
+            400,
+            "INVALID_ARGUMENT",
+            "filter: OR is not supported; combine conditions with AND",
+            "INVALID_FILTER",
+        ),
+    ),
+    404: _error_response(
+        "NOT_FOUND: no such resource",
+        _example(
+            404,
+            "NOT_FOUND",
+            "operations/platform.019a8f0e-7d1c-7b3e-9c55-3f1f9e0a1b2c does not exist",
+            "OPERATION_NOT_FOUND",
+        ),
+    ),
+    409: _error_response(
+        "ALREADY_EXISTS: the request_id was used with a different body (or ABORTED on a conflict)",
+        _example(
+            409,
+            "ALREADY_EXISTS",
+            "request_id 'r-1' was already used with a different request body",
+            "REQUEST_ID_REUSED",
+        ),
+    ),
+    500: _error_response(
+        "INTERNAL: unexpected error; nothing internal is shown, the request id is logged",
+        _example(
+            500,
+            "INTERNAL",
+            "internal error; it was logged with request id 'abc': retry later or report it",
+            "INTERNAL",
+        ),
+    ),
+    503: _error_response(
+        "UNAVAILABLE: a dependency is down; retry with backoff",
+        _example(503, "UNAVAILABLE", "not ready: broker: OperationalError", "NOT_READY"),
+    ),
 }
-"""Error responses listed on every route in the OpenAPI document."""
+"""Error responses listed on every route in the OpenAPI document (AIP-193 bodies)."""

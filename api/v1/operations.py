@@ -9,7 +9,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Body, Depends, Query, Response
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from api import pagination
 from api.deps import Services, services
@@ -34,6 +34,15 @@ FILTER_FIELDS: dict[str, pagination.FieldSpec] = {
 class ListOperationsResponse(BaseModel):
     """A page of operations (AIP-158)."""
 
+    model_config = ConfigDict(
+        json_schema_extra={
+            "example": {
+                "operations": [OperationOut.model_config["json_schema_extra"]["example"]],  # type: ignore[index]
+                "next_page_token": "eyJmIjoiYjE0YTRlIiwicCI6eyJhZnRlciI6IjAxOWE4ZjBlIn19x4Q",
+            }
+        }
+    )
+
     operations: list[OperationOut]
     next_page_token: str = Field(
         default="", description="Pass as page_token for the next page; empty at the end."
@@ -42,6 +51,8 @@ class ListOperationsResponse(BaseModel):
 
 class WaitRequest(BaseModel):
     """Body of ``:wait``."""
+
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"example": {"timeout": "30s"}})
 
     timeout: float | str | None = Field(
         default=None,
@@ -135,7 +146,12 @@ async def retry_operation(operation_id: str, svc: Annotated[Services, Depends(se
     return operation_response(await svc.operations.retry(operation_id))
 
 
-@router.delete("/{operation_id}", status_code=200, summary="Delete a done operation")
+@router.delete(
+    "/{operation_id}",
+    status_code=200,
+    summary="Delete a done operation",
+    responses={200: {"description": "Deleted", "content": {"application/json": {"example": {}}}}},
+)
 async def delete_operation(
     operation_id: str, svc: Annotated[Services, Depends(services)]
 ) -> Response:

@@ -48,6 +48,22 @@ class CreatePingRequest(BaseModel):
 class PingOut(BaseModel):
     """A ping resource."""
 
+    model_config = ConfigDict(
+        json_schema_extra={
+            "example": {
+                "name": "pings/019a8f0e-7d1c-7b3e-9c55-3f1f9e0a1b2d",
+                "message": "hello",
+                "reply": "pong: hello",
+                "worker": "platform@host",
+                "create_time": "2026-11-25T12:00:00Z",
+                "complete_time": "2026-11-25T12:00:01Z",
+                "operation": "operations/platform.019a8f0e-7d1c-7b3e-9c55-3f1f9e0a1b2c",
+                "state": "SUCCEEDED",
+                "done": True,
+            }
+        }
+    )
+
     name: str
     message: str
     reply: str | None = None
