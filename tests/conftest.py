@@ -177,11 +177,13 @@ def redis_client(broker_url: str) -> redis.Redis:
 class Proc:
     """A conveyor subprocess with its log file."""
 
-    def __init__(self, args: list[str], env: dict[str, str], log_path: Any) -> None:
+    def __init__(
+        self, args: list[str], env: dict[str, str], log_path: Any, *, argv: list[str] | None = None
+    ) -> None:
         self.log_path = log_path
         self._log = open(log_path, "wb")
         self.popen = subprocess.Popen(
-            [sys.executable, "-m", "app.cli", *args],
+            argv or [sys.executable, "-m", "app.cli", *args],
             env=env,
             stdout=self._log,
             stderr=subprocess.STDOUT,
@@ -202,7 +204,7 @@ class Proc:
             time.sleep(0.1)
         raise AssertionError(f"{text!r} not seen in log within {timeout}s:\n{self.log()[-3000:]}")
 
-    def stop(self, timeout: float = 20) -> None:
+    def stop(self, timeout: float = 20) -> int:
         if self.popen.poll() is None:
             self.popen.terminate()
             try:
@@ -211,6 +213,7 @@ class Proc:
                 self.popen.kill()
                 self.popen.wait()
         self._log.close()
+        return self.popen.returncode
 
 
 @pytest.fixture

@@ -20,6 +20,7 @@ from app.container import DOMAIN_TABLES
 from domains.operations.model import TERMINAL_STATES, State
 from domains.shared.clock import utcnow
 from domains.shared.ids import new_id
+from tests.support.ops import wait_done
 
 # ---------------------------------------------------------------------- helpers
 
@@ -50,18 +51,6 @@ async def create_ping(client, **body: Any) -> dict[str, Any]:
     response = await client.post("/v1/pings", json=body)
     assert response.status_code == 200, response.text
     return response.json()
-
-
-async def wait_done(client, name: str, timeout: float = 30) -> dict[str, Any]:
-    deadline = time.monotonic() + timeout
-    body: dict[str, Any] = {}
-    while time.monotonic() < deadline:
-        response = await client.post(f"{op_path(name)}:wait", json={"timeout": 5})
-        assert response.status_code == 200, response.text
-        body = response.json()
-        if body["done"]:
-            return body
-    raise AssertionError(f"{name} not done within {timeout}s: {body}")
 
 
 def op_row(

@@ -6,17 +6,7 @@ import uuid
 
 import pytest
 
-
-async def wait_done(client, name: str, timeout: float = 30) -> dict:
-    op_id = name.removeprefix("operations/")
-    body = {}
-    for _ in range(int(timeout / 5) + 1):
-        response = await client.post(f"/v1/operations/{op_id}:wait", json={"timeout": 5})
-        assert response.status_code == 200, response.text
-        body = response.json()
-        if body["done"]:
-            return body
-    raise AssertionError(f"{name} not done: {body}")
+from tests.support.ops import wait_done
 
 
 async def test_ping_runs_through_worker_and_shows_done(client, celery_worker):

@@ -16,13 +16,13 @@ import pathlib
 import re
 import secrets
 import shutil
-import socket
 import subprocess
 import sys
 import time
 
 import pytest
 
+from app.embedded import find_free_port
 from tests.support import services
 
 pytestmark = pytest.mark.e2e
@@ -38,12 +38,6 @@ def bash_blocks(text: str) -> list[tuple[str | None, str]]:
     return [(m.group("mark"), m.group("body")) for m in BLOCK.finditer(text)]
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def test_every_quickstart_block_is_marked() -> None:
     blocks = bash_blocks(QUICKSTART.read_text())
     assert blocks, "docs/quickstart.md has no ```bash block"
@@ -56,7 +50,7 @@ def test_every_quickstart_block_is_marked() -> None:
 async def test_quickstart_blocks_run_against_a_fresh_database(stack, spawn, admin_url) -> None:
     started = time.monotonic()
     script = "\n".join(body for mark, body in bash_blocks(QUICKSTART.read_text()) if mark == "run")
-    port = _free_port()
+    port = find_free_port()
     script = re.sub(r"(?:127\.0\.0\.1|localhost):8000", f"127.0.0.1:{port}", script)
 
     name = f"conveyor_quickstart_{secrets.token_hex(4)}"

@@ -11,7 +11,6 @@ import os
 import pathlib
 import secrets
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -23,6 +22,7 @@ import httpx
 import pytest
 
 from app.config import DOMAINS
+from app.embedded import find_free_port
 from tests.conftest import claim_redis_db
 from tests.support import services
 
@@ -32,12 +32,6 @@ FLOWER_USER = "e2e"
 
 
 # ------------------------------------------------------------------------------ helpers
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @dataclass(frozen=True)
@@ -148,7 +142,7 @@ def up(service_env: dict[str, str], admin_url: str, tmp_path: pathlib.Path) -> I
     broker_url, release_broker = claim_redis_db(service_env["CONVEYOR_BROKER_URL"])
     proc: subprocess.Popen[bytes] | None = None
     try:
-        port, flower_port = _free_port(), _free_port()
+        port, flower_port = find_free_port(), find_free_port()
         password = secrets.token_urlsafe(16)
         env = {
             **service_env,

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -13,19 +12,15 @@ import time
 import httpx
 import pytest
 
+from app.embedded import find_free_port
+
 pytestmark = pytest.mark.e2e
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def test_up_without_urls_runs_everything_on_embedded_servers(tmp_path):
     env = {k: v for k, v in os.environ.items() if not k.startswith("CONVEYOR_")}
     env.update({"CONVEYOR_DATA_DIR": str(tmp_path / "data"), "PYTHONUNBUFFERED": "1"})
-    port = _free_port()
+    port = find_free_port()
     log = open(tmp_path / "up.log", "wb")
     proc = subprocess.Popen(
         [

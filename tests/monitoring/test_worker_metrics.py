@@ -5,66 +5,25 @@ from __future__ import annotations
 
 import secrets
 import socket
-import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
 from celery import Celery
 
+from app.embedded import find_free_port
+from tests.conftest import Proc
 from tests.monitoring.scrape import scrape, scrape_until, value
 from tests.support.ops import wait_state
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-class Child:
-    """A `python -c` subprocess with its log file."""
-
-    def __init__(self, code: str, env: dict[str, str], log_path: Any) -> None:
-        self.log_path = log_path
-        self._log = open(log_path, "wb")
-        self.popen = subprocess.Popen(
-            [sys.executable, "-c", code], env=env, stdout=self._log, stderr=subprocess.STDOUT
-        )
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace")
-
-    def wait_for_log(self, text: str, timeout: float = 30) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if text in self.log():
-                return
-            if self.popen.poll() is not None:
-                raise AssertionError(f"exited ({self.popen.returncode}):\n{self.log()[-3000:]}")
-            time.sleep(0.05)
-        raise AssertionError(f"{text!r} not seen within {timeout}s:\n{self.log()[-3000:]}")
-
-    def stop(self, timeout: float = 20) -> int:
-        if self.popen.poll() is None:
-            self.popen.terminate()
-            try:
-                self.popen.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.popen.kill()
-                self.popen.wait()
-        self._log.close()
-        return self.popen.returncode
-
-
 @pytest.fixture
 def children(tmp_path) -> Iterator[Any]:
-    started: list[Child] = []
+    started: list[Proc] = []
 
-    def start(code: str, env: dict[str, str], name: str) -> Child:
-        child = Child(code, env, tmp_path / f"{name}.log")
+    def start(code: str, env: dict[str, str], name: str) -> Proc:
+        child = Proc([], env, tmp_path / f"{name}.log", argv=[sys.executable, "-c", code])
         started.append(child)
         return child
 
@@ -91,7 +50,7 @@ async def test_exporter_serves_task_counts_of_every_prefork_child(stack, childre
     env = {**stack.env, "CONVEYOR_METRICS_DIR": str(metrics_dir)}
     node = f"platform-{secrets.token_hex(3)}@%h"
     worker = children(worker_code(node), env, "worker")
-    port = free_port()
+    port = find_free_port()
     exporter = children(
         f"from app.cli_metrics import metrics\nmetrics(['--port', '{port}'])\n", env, "exporter"
     )

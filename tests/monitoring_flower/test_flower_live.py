@@ -10,7 +10,6 @@ import asyncio
 import json
 import pathlib
 import secrets
-import socket
 import time
 import uuid
 from collections.abc import Awaitable, Callable
@@ -20,18 +19,13 @@ import httpx
 import pytest
 
 from app.celery_app import create_celery
+from app.embedded import find_free_port
 from monitoring.redaction import task_reprs
 from tests.support.ops import op_path, wait_state
 
 pytestmark = pytest.mark.e2e
 
 USER = "flower-test"
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 async def _poll(
@@ -60,7 +54,7 @@ class Flower:
 
     def __init__(self, stack: Any) -> None:
         self.password = secrets.token_urlsafe(12)
-        self.url = f"http://127.0.0.1:{_free_port()}"
+        self.url = f"http://127.0.0.1:{find_free_port()}"
         self.proc = stack.spawn(
             "flower",
             "--port",
@@ -233,7 +227,7 @@ async def test_flower_shows_secret_looking_task_args_redacted(stack, flower):
 
 
 async def test_insecure_dev_flower_runs_without_auth_and_says_so(stack):
-    port = _free_port()
+    port = find_free_port()
     proc = stack.spawn("flower", "--port", str(port), "--insecure-dev", name="flower-insecure")
     async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=5) as anonymous:
 
@@ -251,7 +245,7 @@ async def test_insecure_dev_flower_runs_without_auth_and_says_so(stack):
 
 async def test_persistent_flower_keeps_its_state_in_the_data_dir(stack, tmp_path):
     data = tmp_path / "data"
-    port = _free_port()
+    port = find_free_port()
     password = secrets.token_urlsafe(8)
     proc = stack.spawn(
         "flower",

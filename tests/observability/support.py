@@ -3,19 +3,14 @@
 from __future__ import annotations
 
 import json
-import socket
 from typing import Any
 
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+from app.embedded import find_free_port
 
 
 def start_api(stack: Any, env: dict[str, str] | None = None) -> tuple[Any, str]:
     """Spawns `conveyor api` on the stack's broker; returns the process and its URL (not waited)."""
-    port = free_port()
+    port = find_free_port()
     proc = stack.spawn("api", "--port", str(port), env=env, name="api")
     return proc, f"http://127.0.0.1:{port}"
 

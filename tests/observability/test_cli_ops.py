@@ -13,7 +13,8 @@ import pytest
 from click.testing import CliRunner, Result
 
 from app.cli_ops import ApiClient, ops, status
-from tests.observability.support import free_port, start_api
+from app.embedded import find_free_port
+from tests.observability.support import start_api
 
 pytestmark = pytest.mark.e2e
 
@@ -121,7 +122,7 @@ async def test_ops_and_status_commands_against_a_running_api_and_worker(clean_db
 
 
 def test_unreachable_api_is_one_line_naming_the_url_exit_2():
-    url = f"http://127.0.0.1:{free_port()}"
+    url = f"http://127.0.0.1:{find_free_port()}"
     result = invoke(ops, ["--api-url", url, "list"])
     assert result.exit_code == 2
     assert result.stderr.strip().splitlines() == [

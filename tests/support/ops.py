@@ -45,3 +45,16 @@ async def query(database_url: str, sql: str, **params: Any) -> list[Any]:
             return list(result.all()) if result.returns_rows else []
     finally:
         await engine.dispose()
+
+
+async def wait_done(client: httpx.AsyncClient, name: str, timeout: float = 30) -> dict[str, Any]:
+    """Long-polls ``:wait`` (5 s at a time) until the operation is done."""
+    deadline = time.monotonic() + timeout
+    body: dict[str, Any] = {}
+    while time.monotonic() < deadline:
+        response = await client.post(f"/v1/operations/{op_path(name)}:wait", json={"timeout": 5})
+        assert response.status_code == 200, response.text
+        body = response.json()
+        if body["done"]:
+            return body
+    raise AssertionError(f"{name} not done within {timeout}s: {body}")
