@@ -9,9 +9,10 @@ from celery import Celery
 from kombu import Exchange, Queue
 
 from app.config import DOMAINS, Settings, get_settings
+from app.wiring import task_modules
 
-TASK_MODULES = ["tasks.platform", "tasks.operations", "monitoring.worker_metrics"]
-"""Modules holding task adapters (imported by every worker)."""
+TASK_MODULES = [*task_modules(), "monitoring.worker_metrics"]
+"""Modules holding task adapters (imported by every worker): each domain's, from its wiring."""
 
 
 def route_task(

@@ -13,6 +13,12 @@ from typing import Literal
 from pydantic import BaseModel, Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict, SettingsError
 
+from app.settings_sections.imports import ImportsSettings
+from app.settings_sections.reports import ReportsSettings
+from app.settings_sections.schedules import SchedulesSettings
+from app.settings_sections.security import SecuritySettings
+from app.settings_sections.webhooks import WebhooksSettings
+
 DOMAINS: tuple[str, ...] = ("platform", "imports", "webhooks", "reports")
 """Every bounded context; each has its schema, queue and task-name prefix of the same name."""
 
@@ -136,6 +142,11 @@ class Settings(BaseSettings):
     progress_interval_seconds: float = Field(default=1.0, ge=0, le=60)
     broker_connect_timeout_seconds: float = Field(default=2.0, gt=0, le=60)
     visibility_timeout_seconds: int = Field(default=3600, ge=10)
+    imports: ImportsSettings = ImportsSettings()
+    webhooks: WebhooksSettings = WebhooksSettings()
+    schedules: SchedulesSettings = SchedulesSettings()
+    reports: ReportsSettings = ReportsSettings()
+    security: SecuritySettings = SecuritySettings()
 
     @field_validator("database_url", "replica_url")
     @classmethod

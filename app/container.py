@@ -3,15 +3,16 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 from app.config import DOMAINS, Settings
 from app.db import EngineRegistry, Role
+from app.wiring import wirings
 from domains.imports import tables as imports_tables
 from domains.operations.service import OperationsService
 from domains.operations.unit_of_work import AfterCommit, DomainTables, SqlUnitOfWork
 from domains.platform import tables as platform_tables
-from domains.platform.service import PingPolicy, PingService
-from domains.platform.unit_of_work import PlatformUnitOfWork
+from domains.platform.service import PingService
 from domains.reports import tables as reports_tables
 from domains.webhooks import tables as webhooks_tables
 
@@ -21,7 +22,10 @@ DOMAIN_TABLES: dict[str, DomainTables] = {
     "webhooks": webhooks_tables.tables,
     "reports": reports_tables.tables,
 }
-UOW_CLASSES: dict[str, type[SqlUnitOfWork]] = {"platform": PlatformUnitOfWork}
+
+
+def _uow_classes() -> dict[str, type[SqlUnitOfWork]]:
+    return {wiring.DOMAIN: wiring.uow_class() for wiring in wirings()}
 
 
 class Container:
@@ -49,18 +53,11 @@ class Container:
             read_uow_factories={d: self.uow_factory(d, role="replica") for d in DOMAINS},
             max_dispatches=settings.max_dispatches,
         )
-        self.pings = PingService(
-            lambda: PlatformUnitOfWork(
-                DOMAIN_TABLES["platform"],
-                registry.sessionmaker("platform"),
-                after_commit=self.after_commit,
-            ),
-            policy=PingPolicy(
-                lease_seconds=settings.operation_lease_seconds,
-                pending_deadline_seconds=settings.pending_deadline_seconds,
-            ),
-            progress_interval=settings.progress_interval_seconds,
-        )
+        # Each domain's wiring module builds its services (app/wiring/<domain>.py).
+        self.services: dict[str, Any] = {}
+        for wiring in wirings():
+            self.services.update(wiring.build(self))
+        self.pings: PingService = self.services["pings"]
 
     def uow_factory(self, domain: str, *, role: Role = "primary") -> Callable[[], SqlUnitOfWork]:
         """Returns a unit of work factory for ``domain``.
@@ -72,7 +69,7 @@ class Container:
         Returns:
             A factory of units of work.
         """
-        cls = UOW_CLASSES.get(domain, SqlUnitOfWork)
+        cls = _uow_classes()[domain]
         tables = DOMAIN_TABLES[domain]
 
         def factory() -> SqlUnitOfWork:

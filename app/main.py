@@ -14,13 +14,12 @@ from fastapi.responses import JSONResponse
 
 from api.errors import ERROR_RESPONSES, error_body, install_error_handlers
 from api.middleware import RequestIdMiddleware, request_id_var
-from api.v1 import operations as operations_routes
-from api.v1 import pings as pings_routes
 from app.celery_app import create_celery
 from app.config import Settings, get_settings
 from app.container import Container
 from app.db import EngineRegistry
 from app.outbox import OutboxPublisher
+from app.wiring import wirings
 from domains.operations.service import OperationsService
 from domains.platform.service import PingService
 from monitoring import health
@@ -103,8 +102,9 @@ def create_app(settings: Settings | None = None, *, celery: Celery | None = None
     app.add_middleware(http_metrics.MetricsMiddleware)
     conveyor_logging.add_correlation_source(request_id_var)  # request lines carry the id
     install_error_handlers(app)
-    app.include_router(operations_routes.router)
-    app.include_router(pings_routes.router)
+    for wiring in wirings():
+        for router in wiring.routers():
+            app.include_router(router)
 
     @app.get(
         "/healthz",

@@ -17,8 +17,10 @@ from app.celery_app import create_celery
 from app.config import DOMAINS, Settings
 from app.container import DOMAIN_TABLES
 from app.db import EngineRegistry
+from app.wiring import subscribers
 from domains.operations.service import OperationsService
 from domains.shared.clock import utcnow
+from domains.shared.events import EVENT_TASK, handler_task_name
 from domains.shared.outbox import OutboxMessage, SqlOutboxRepository
 from monitoring.redaction import task_reprs
 
@@ -71,6 +73,9 @@ class OutboxPublisher:
             self._declared = True
 
     def _send(self, message: OutboxMessage) -> None:
+        if message.task_name == EVENT_TASK:
+            self._fan_out(message)
+            return
         # Flower, task events and worker logs show these reprs instead of the real arguments.
         argsrepr, kwargsrepr = task_reprs(message.args, message.kwargs)
         self._celery.send_task(
@@ -85,6 +90,24 @@ class OutboxPublisher:
             kwargsrepr=kwargsrepr,
             retry=False,
         )
+
+    def _fan_out(self, message: OutboxMessage) -> None:
+        # One integration event -> one handle_event task per subscribing domain. If a send
+        # fails midway the row stays unsent and the whole fan-out repeats: consumers dedupe
+        # by event id, and the task id per (event, domain) is stable.
+        event = message.kwargs["event"]
+        for domain in subscribers(str(event["type"])):
+            self._celery.send_task(
+                handler_task_name(domain),
+                kwargs={"event": event},
+                task_id=f"{event['id']}.{domain}",
+                queue=domain,
+                routing_key=domain,
+                headers=dict(message.headers),
+                argsrepr="()",
+                kwargsrepr=f"{{'event': {event['type']} {event['id']}}}",
+                retry=False,
+            )
 
     def _send_all(
         self, messages: Sequence[OutboxMessage]

@@ -87,3 +87,29 @@ def drop_common(schema: str) -> None:
     """Drops what :func:`create_common` created."""
     op.drop_table("outbox", schema=schema)
     op.drop_table("operations", schema=schema)
+
+
+def add_operation_tenant(schema: str) -> None:
+    """Revision 0002 of every domain: ``operations.tenant``, request ids unique per tenant."""
+    op.add_column(
+        "operations",
+        sa.Column("tenant", sa.Text, nullable=False, server_default="default"),
+        schema=schema,
+    )
+    op.drop_index("uq_operations_request_id", "operations", schema=schema)
+    op.create_index(
+        "uq_operations_tenant_request_id",
+        "operations",
+        ["tenant", "request_id"],
+        unique=True,
+        schema=schema,
+    )
+
+
+def drop_operation_tenant(schema: str) -> None:
+    """Reverts :func:`add_operation_tenant`."""
+    op.drop_index("uq_operations_tenant_request_id", "operations", schema=schema)
+    op.create_index(
+        "uq_operations_request_id", "operations", ["request_id"], unique=True, schema=schema
+    )
+    op.drop_column("operations", "tenant", schema=schema)

@@ -195,6 +195,7 @@ class Operation:
         lease_seconds: A RUNNING operation silent this long is presumed lost.
         pending_deadline_seconds: A PENDING operation not started this long is re-dispatched.
         correlation_id: Request id of the HTTP call that created it (logs).
+        tenant: The principal's tenant that created it (isolation: other tenants never see it).
     """
 
     id: uuid.UUID
@@ -219,6 +220,7 @@ class Operation:
     lease_seconds: float = 30.0
     pending_deadline_seconds: float = 300.0
     correlation_id: str | None = None
+    tenant: str = "default"
 
     @property
     def name(self) -> str:

@@ -54,8 +54,8 @@ class OperationRepository(Protocol):
     async def save(self, operation: Operation) -> None:
         """Writes back a changed operation."""
 
-    async def get_by_request_id(self, request_id: str) -> Operation | None:
-        """Loads the operation created by a request id."""
+    async def get_by_request_id(self, request_id: str, tenant: str = "default") -> Operation | None:
+        """Loads the operation a tenant created with a request id."""
 
 
 def _to_row(op: Operation) -> dict[str, Any]:
@@ -83,6 +83,7 @@ def _to_row(op: Operation) -> dict[str, Any]:
         "lease_seconds": op.lease_seconds,
         "pending_deadline_seconds": op.pending_deadline_seconds,
         "correlation_id": op.correlation_id,
+        "tenant": op.tenant,
     }
 
 
@@ -118,6 +119,7 @@ def from_row(row: Any) -> Operation:
         lease_seconds=row["lease_seconds"],
         pending_deadline_seconds=row["pending_deadline_seconds"],
         correlation_id=row["correlation_id"],
+        tenant=row["tenant"],
     )
 
 
@@ -171,16 +173,19 @@ class SqlOperationRepository:
         row = (await self._session.execute(query)).mappings().first()
         return from_row(row) if row else None
 
-    async def get_by_request_id(self, request_id: str) -> Operation | None:
-        """Loads the operation created with ``request_id``.
+    async def get_by_request_id(self, request_id: str, tenant: str = "default") -> Operation | None:
+        """Loads the operation ``tenant`` created with ``request_id``.
 
         Args:
             request_id: AIP-155 request id.
+            tenant: Request ids are unique per tenant.
 
         Returns:
             The operation or ``None``.
         """
-        query = sa.select(self._t).where(self._t.c.request_id == request_id)
+        query = sa.select(self._t).where(
+            self._t.c.request_id == request_id, self._t.c.tenant == tenant
+        )
         row = (await self._session.execute(query)).mappings().first()
         return from_row(row) if row else None
 

@@ -80,6 +80,7 @@ def new_operation(
     pending_deadline_seconds: float = 300.0,
     correlation_id: str | None = None,
     operation_id: uuid.UUID | None = None,
+    tenant: str = "default",
 ) -> Operation:
     """Creates a PENDING operation.
 
@@ -94,6 +95,7 @@ def new_operation(
         pending_deadline_seconds: Re-dispatch deadline while pending.
         correlation_id: Request id for logs.
         operation_id: Id to use (defaults to a new UUIDv7).
+        tenant: Tenant of the principal that asked for it.
 
     Returns:
         The new operation.
@@ -112,6 +114,7 @@ def new_operation(
         lease_seconds=lease_seconds,
         pending_deadline_seconds=pending_deadline_seconds,
         correlation_id=correlation_id,
+        tenant=tenant,
     )
 
 
@@ -159,6 +162,7 @@ async def create_idempotently(
     request_id: str | None,
     request_hash: str,
     build: Callable[[SqlUnitOfWork], Awaitable[Operation]],
+    tenant: str = "default",
 ) -> Operation:
     """Runs a workflow-creating transaction once per AIP-155 request id.
 
@@ -170,7 +174,8 @@ async def create_idempotently(
         uow_factory: The domain's unit of work factory.
         request_id: AIP-155 request id, or ``None``.
         request_hash: Fingerprint of the body.
-        build: Writes domain rows, returns the (unsaved) operation.
+        build: Writes domain rows, returns the (unsaved) operation (with ``tenant`` set).
+        tenant: Caller's tenant: request ids are unique per tenant.
 
     Returns:
         The operation (new or the first one).
@@ -186,7 +191,7 @@ async def create_idempotently(
     try:
         async with uow_factory() as uow:
             if request_id is not None:
-                existing = await uow.operations.get_by_request_id(request_id)
+                existing = await uow.operations.get_by_request_id(request_id, tenant)
                 if existing is not None:
                     return _same_request(existing, request_hash)
             operation = await build(uow)
@@ -196,7 +201,7 @@ async def create_idempotently(
             return operation
     except DuplicateRequestId:
         async with uow_factory() as uow:
-            existing = await uow.operations.get_by_request_id(str(request_id))
+            existing = await uow.operations.get_by_request_id(str(request_id), tenant)
             if existing is None:  # pragma: no cover - the winner rolled back
                 raise
             return _same_request(existing, request_hash)

@@ -41,11 +41,12 @@ def operations_table(metadata: sa.MetaData) -> sa.Table:
         sa.Column("lease_seconds", sa.Float, nullable=False),
         sa.Column("pending_deadline_seconds", sa.Float, nullable=False),
         sa.Column("correlation_id", sa.Text),
+        sa.Column("tenant", sa.Text, nullable=False, server_default="default"),
         sa.CheckConstraint(
             "state IN ('PENDING','RUNNING','SUCCEEDED','FAILED','CANCELLING','CANCELLED')",
             name="state",
         ),
-        sa.Index("uq_operations_request_id", "request_id", unique=True),
+        sa.Index("uq_operations_tenant_request_id", "tenant", "request_id", unique=True),
         sa.Index(
             "ix_operations_active",
             "state",

@@ -73,6 +73,27 @@ class FailedPrecondition(DomainError):
     default_reason = "FAILED_PRECONDITION"
 
 
+class PermissionDenied(DomainError):
+    """The caller is known but lacks the permission (scope) for the call."""
+
+    code = "PERMISSION_DENIED"
+    default_reason = "PERMISSION_DENIED"
+
+
+class Unauthenticated(DomainError):
+    """The caller presented no valid credentials."""
+
+    code = "UNAUTHENTICATED"
+    default_reason = "UNAUTHENTICATED"
+
+
+class ResourceExhausted(DomainError):
+    """A quota or rate limit was hit, or a payload is too large."""
+
+    code = "RESOURCE_EXHAUSTED"
+    default_reason = "RESOURCE_EXHAUSTED"
+
+
 class Conflict(DomainError):
     """Concurrency conflict: somebody else changed the resource first."""
 

@@ -145,7 +145,7 @@ async def test_migrating_one_domain_creates_its_schema_on_its_own_database(
             ).scalar_one() == "imports.operations"
             assert (
                 await conn.execute(sa.text("SELECT version_num FROM imports.alembic_version"))
-            ).scalar_one() == "imports_0001"
+            ).scalar_one() in migrate.script_heads("imports")
             # The table is usable: an empty listing.
             assert (
                 await conn.execute(sa.text("SELECT count(*) FROM imports.operations"))

@@ -1,0 +1,1 @@
+"""Settings sections, one module per area, nested in ``app.config.Settings``."""
