@@ -155,7 +155,60 @@ async def _http_error(request: Request, exc: Exception) -> JSONResponse:
     )
 
 
+def dependency_down(exc: BaseException) -> str | None:
+    """Tells whether ``exc`` means a dependency (database, broker, Redis) is unreachable.
+
+    Walks the cause chain, since SQLAlchemy wraps driver errors.
+
+    Args:
+        exc: The error.
+
+    Returns:
+        A short name of what is down, or ``None`` if it is some other error.
+    """
+    import asyncpg
+    import redis.exceptions
+    import sqlalchemy.exc
+    from kombu.exceptions import OperationalError as KombuOperationalError
+
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, sqlalchemy.exc.DBAPIError) and current.connection_invalidated:
+            return "database"
+        if isinstance(
+            current,
+            asyncpg.PostgresConnectionError
+            | asyncpg.exceptions.OperatorInterventionError
+            | asyncpg.InterfaceError
+            | sqlalchemy.exc.DisconnectionError,
+        ):
+            return "database"
+        if isinstance(current, redis.exceptions.ConnectionError | redis.exceptions.TimeoutError):
+            return "redis"
+        if isinstance(current, KombuOperationalError):
+            return "broker"
+        if isinstance(current, ConnectionError | TimeoutError | OSError):
+            return "a dependency"
+        current = getattr(current, "orig", None) or current.__cause__ or current.__context__
+    return None
+
+
 async def _unexpected_error(request: Request, exc: Exception) -> JSONResponse:
+    down = dependency_down(exc)
+    if down is not None:
+        # An outage is not a bug: 503 tells clients to retry (with the same request_id).
+        log.warning("%s %s: %s unavailable: %r", request.method, request.url.path, down, exc)
+        return _response(
+            error_body(
+                "UNAVAILABLE",
+                f"{down} is unavailable; retry later with the same request_id",
+                reason="DEPENDENCY_UNAVAILABLE",
+                metadata={"dependency": down},
+            ),
+            headers={"retry-after": "1"},
+        )
     # Log everything, show nothing internal.
     # Starlette runs this outside the request-id middleware: carry the id by hand.
     request_id = str(request.scope.get("state", {}).get("request_id", ""))

@@ -36,7 +36,7 @@ import warnings
 from collections.abc import Callable, Iterator
 from typing import Any
 
-__all__ = ["EmbeddedServices", "find_free_port", "start_embedded"]
+__all__ = ["EmbeddedServices", "find_free_port", "start_embedded", "start_postgres"]
 
 _logger = logging.getLogger(__name__)
 
@@ -250,7 +250,7 @@ class _PostgresHandle:
         _stop_postgres(self.pgdata, self.run_as)
 
 
-def _start_postgres(pgdata: pathlib.Path) -> _PostgresHandle:
+def _start_postgres(pgdata: pathlib.Path, port: int | None = None) -> _PostgresHandle:
     """Init (if needed) and start PostgreSQL on 127.0.0.1:<free port>.
 
     pgserver's high-level ``PostgresServer`` hard-codes ``-h ""`` (unix socket only, no
@@ -286,8 +286,9 @@ def _start_postgres(pgdata: pathlib.Path) -> _PostgresHandle:
 
     log_path = pgdata / _PG_LOG_NAME
     last_error: Exception | None = None
+    fixed_port = port
     for _ in range(_START_ATTEMPTS):
-        port = find_free_port()
+        port = fixed_port or find_free_port()
         # -k "": no unix socket; socket paths have a ~100 char limit that deep data
         # dirs (pytest tmp_path) easily exceed, and TCP is all we need.
         options = f'-h 127.0.0.1 -p {port} -k ""'
@@ -310,6 +311,21 @@ def _start_postgres(pgdata: pathlib.Path) -> _PostgresHandle:
         f"embedded PostgreSQL failed to start in {pgdata}: {last_error}\n"
         f"--- {log_path} ---\n{_tail(log_path)}"
     ) from last_error
+
+
+def start_postgres(pgdata: pathlib.Path, port: int | None = None) -> _PostgresHandle:
+    """Starts (initialising if needed) a private PostgreSQL on ``pgdata``.
+
+    The reliability suite restarts the database mid-run with this: same data, same port.
+
+    Args:
+        pgdata: Data directory.
+        port: Port to listen on (default: a free one).
+
+    Returns:
+        A handle with ``url``, ``port`` and ``stop()`` (fast shutdown).
+    """
+    return _start_postgres(pgdata, port)
 
 
 def _prepare_pgdata_for_root(pgdata: pathlib.Path) -> str | None:

@@ -5,7 +5,9 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import logging
+import os
 import random
+import signal
 import threading
 import time
 import uuid
@@ -25,6 +27,23 @@ from domains.shared.outbox import OutboxMessage, SqlOutboxRepository
 from monitoring.redaction import task_reprs
 
 log = logging.getLogger(__name__)
+
+
+_commits_seen = 0
+
+
+def _fault_hook_after_commit() -> None:
+    # Fault injection for the reliability suite: CONVEYOR_FAULT_KILL_AFTER_COMMITS=N makes
+    # the process SIGKILL itself after the N-th commit that wrote outbox rows, before anything
+    # is published or answered - the window the relay must cover. Unset in production.
+    global _commits_seen
+    limit = os.environ.get("CONVEYOR_FAULT_KILL_AFTER_COMMITS")
+    if not limit:
+        return
+    _commits_seen += 1
+    if _commits_seen >= int(limit):
+        log.warning("fault injection: SIGKILL after commit %d", _commits_seen)
+        os.kill(os.getpid(), signal.SIGKILL)
 
 
 class OutboxPublisher:
@@ -168,6 +187,7 @@ class OutboxPublisher:
             domain: The domain whose outbox holds the rows.
             ids: Row ids.
         """
+        _fault_hook_after_commit()
         if not self.enabled or time.monotonic() < self._fast_path_paused_until:
             return
         self._pending.setdefault(domain, []).extend(ids)

@@ -1,0 +1,180 @@
+"""Fault injection against the whole system (issue "Proof"): real API under uvicorn, two real
+worker processes, the relay/sweeper, on real PostgreSQL and a real broker. Each scenario prints
+`accepted / completed / lost / duplicated` and asserts lost == duplicated == 0.
+
+CI runs short versions (a few hundred jobs); `python -m tests.reliability.harness --soak 10m`
+runs the long one."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import socket
+import subprocess
+
+import httpx
+import pytest
+
+from app.embedded import start_postgres
+from tests.conftest import claim_redis_db
+from tests.reliability.harness import JobStream, PrivateRedis, System, Tally, scenario_sigkill
+from tests.support import services
+
+pytestmark = pytest.mark.reliability
+
+JOBS = int(os.environ.get("CONVEYOR_FAULT_JOBS", "300"))
+AMQP_URL = os.environ.get("CONVEYOR_TEST_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672//")
+
+
+@pytest.fixture
+def make_system(service_env, tmp_path):
+    systems: list[System] = []
+    releases = []
+
+    def make(*, database_url: str, broker_url: str | None = None, **kw) -> System:
+        if broker_url is None:
+            broker_url, release = claim_redis_db(service_env["CONVEYOR_BROKER_URL"])
+            releases.append(release)
+        system = System(
+            service_env, tmp_path, database_url=database_url, broker_url=broker_url, **kw
+        )
+        systems.append(system)
+        return system
+
+    yield make
+    for system in systems:
+        system.stop()
+    for release in releases:
+        release()
+
+
+def _wait_exit(popen, timeout: float) -> None:
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        popen.wait(timeout)
+
+
+def _check(tally: Tally) -> None:
+    print(tally.line())
+    assert tally.accepted > 0
+    assert tally.lost == 0, tally.line()
+    assert tally.duplicated == 0, tally.line()
+
+
+async def test_sigkill_workers_every_two_seconds_loses_nothing(make_system, database_url):
+    system = make_system(database_url=database_url)
+    system.create_api_key()
+    system.start()
+    tally = await scenario_sigkill(system, JOBS, kill_every=2.0)
+    _check(tally)
+
+
+def _amqp_up() -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", 5672), timeout=1):
+            return True
+    except OSError:
+        return False
+
+
+@pytest.mark.skipif(not _amqp_up(), reason="no RabbitMQ on 127.0.0.1:5672")
+async def test_sigkill_workers_with_rabbitmq_broker_loses_nothing(make_system, database_url):
+    from app.celery_app import create_celery
+    from app.config import load_settings
+
+    # Start from empty queues (the vhost is shared with other RabbitMQ tests).
+    celery = create_celery(load_settings(database_url=database_url, broker_url=AMQP_URL))
+    with celery.connection_for_write() as conn:
+        for queue in celery.conf.task_queues:
+            queue(conn.default_channel).declare()
+            queue(conn.default_channel).purge()
+    system = make_system(database_url=database_url, broker_url=AMQP_URL)
+    system.env["CONVEYOR_RESULT_BACKEND"] = ""
+    system.create_api_key()
+    system.start()
+    tally = await scenario_sigkill(system, JOBS // 2, kill_every=2.5)
+    _check(tally)
+
+
+async def test_redis_restart_mid_run_loses_nothing(make_system, database_url, tmp_path):
+    redis = PrivateRedis(tmp_path)
+    if redis.executable() is None:
+        pytest.skip("no redis-server binary")
+    redis.start()
+    try:
+        system = make_system(database_url=database_url, broker_url=redis.url)
+        system.create_api_key()
+        system.start()
+        tally = Tally("redis-restart")
+        stream = JobStream(system, tally, sleep_seconds=0.02)
+        submit = asyncio.create_task(stream.run(JOBS, concurrency=6, rate=60))
+        await asyncio.sleep(2.5)
+        # Redis keeps nothing on disk: every queued message and result vanishes.
+        redis.kill()
+        await asyncio.sleep(1.5)
+        redis.start()
+        await submit
+        await stream.verify(timeout=240)
+        _check(tally)
+    finally:
+        redis.kill()
+
+
+async def test_postgres_restart_mid_run_answers_503_and_loses_nothing(make_system, tmp_path):
+    pgdata = tmp_path / "pg"
+    handle = start_postgres(pgdata)
+    url = handle.url
+    try:
+        db_url = await asyncio.to_thread(
+            services.create_database, services.to_plain_url(url), "faults"
+        )
+        system = make_system(database_url=db_url)
+        await asyncio.to_thread(system.migrate)
+        system.create_api_key()
+        system.start()
+        tally = Tally("postgres-restart")
+        stream = JobStream(system, tally, sleep_seconds=0.02)
+        submit = asyncio.create_task(stream.run(JOBS, concurrency=6, rate=60, give_up=180))
+        await asyncio.sleep(2.5)
+        await asyncio.to_thread(handle.stop)
+        # While the database is down the API says 503 UNAVAILABLE (never 500).
+        statuses = set()
+        async with system.client() as client:
+            for _ in range(5):
+                try:
+                    r = await client.post("/v1/pings", json={"message": "while down"})
+                    statuses.add(r.status_code)
+                    if r.status_code == 503:
+                        assert r.json()["error"]["status"] == "UNAVAILABLE"
+                except httpx.HTTPError:
+                    pass
+                await asyncio.sleep(0.3)
+        handle = await asyncio.to_thread(start_postgres, pgdata, handle.port)
+        await submit
+        await stream.verify(timeout=240)
+        assert statuses == {503}, statuses
+        assert tally.server_errors == 0, tally.line()
+        _check(tally)
+        # Workers and the relay reconnected by themselves (still the first process).
+        assert all(w.starts == 1 and w.alive() for w in system.workers)
+        assert system.relay.starts == 1 and system.relay.alive()
+    finally:
+        await asyncio.to_thread(handle.stop)
+
+
+async def test_api_killed_between_commit_and_publish_loses_nothing(make_system, database_url):
+    system = make_system(database_url=database_url)
+    system.create_api_key()
+    # The API SIGKILLs itself right after the 25th commit, before publishing or answering.
+    system.start(api_env={"CONVEYOR_FAULT_KILL_AFTER_COMMITS": "25"})
+    tally = Tally("api-killed-after-commit")
+    stream = JobStream(system, tally, sleep_seconds=0.0)
+    submit = asyncio.create_task(stream.run(min(JOBS, 150), concurrency=4, give_up=120))
+    await asyncio.to_thread(_wait_exit, system.api.popen, 60)
+    assert not system.api.alive(), "the fault hook did not fire"
+    assert system.api.popen.returncode == -9
+    system.api.start()  # a supervisor restarts it, without the fault
+    system.wait_api()
+    await submit
+    await stream.verify(timeout=120)
+    _check(tally)
