@@ -1,0 +1,838 @@
+"""Datasets, their imports (CSV/JSONL files or a source_uri) and their records."""
+
+from __future__ import annotations
+
+import csv
+import datetime as dt
+import io
+import uuid
+from collections.abc import AsyncIterator
+from typing import Annotated, Any, Literal
+
+from fastapi import APIRouter, Depends, Query, Request
+from fastapi.responses import JSONResponse, StreamingResponse
+from pydantic import BaseModel, ConfigDict, Field
+
+from api import pagination
+from api.auth import Principal, require_scope
+from api.deps import request_id
+from api.errors import ERROR_RESPONSES, error_body
+from api.v1 import imports_upload
+from api.v1.schemas import OperationOut, operation_response
+from domains.imports.model import Dataset, FieldDef, Import
+from domains.imports.service import ImportsService
+from domains.imports.storage import FileTooLarge
+from domains.shared.errors import InvalidArgument
+from domains.shared.ids import parse_id
+
+router = APIRouter(prefix="/v1/datasets", tags=["datasets"], responses=ERROR_RESPONSES)
+
+Reader = Annotated[Principal, Depends(require_scope("imports:read"))]
+Writer = Annotated[Principal, Depends(require_scope("imports:write"))]
+
+_DATASET_ID = "019a8f0e-7d1c-7b3e-9c55-3f1f9e0a1b2d"
+_IMPORT_ID = "019a8f0e-8a00-7b3e-9c55-3f1f9e0a1b2e"
+_FIELDS_EXAMPLE = [
+    {"name": "order_id", "type": "string", "required": True},
+    {"name": "amount", "type": "number", "required": True},
+    {"name": "country", "type": "enum", "values": ["DE", "FR", "US"]},
+    {"name": "paid", "type": "boolean"},
+    {"name": "ordered_on", "type": "date"},
+]
+
+
+def service(request: Request) -> ImportsService:
+    """Returns the imports service of the running app.
+
+    Args:
+        request: The current request.
+
+    Returns:
+        The service.
+    """
+    value: ImportsService = request.app.state.container.services["imports"]
+    return value
+
+
+Svc = Annotated[ImportsService, Depends(service)]
+
+
+class FieldIn(BaseModel):
+    """A declared field."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(min_length=1, max_length=63, description="CSV column / JSONL key.")
+    type: Literal["string", "integer", "number", "boolean", "date", "timestamp", "enum"]
+    required: bool = Field(default=False, description="Rows without a value are rejected.")
+    values: list[Annotated[str, Field(max_length=200)]] = Field(
+        default_factory=list, max_length=1000, description="Allowed values of an enum field."
+    )
+
+    def to_def(self) -> FieldDef:
+        """Returns the domain field."""
+        return FieldDef(self.name, self.type, self.required, tuple(self.values))
+
+
+class CreateDatasetRequest(BaseModel):
+    """Body of ``POST /v1/datasets``."""
+
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "example": {
+                "display_name": "Orders",
+                "fields": _FIELDS_EXAMPLE,
+                "key_field": "order_id",
+            }
+        },
+    )
+
+    display_name: str = Field(min_length=1, max_length=200)
+    fields: list[FieldIn] = Field(min_length=1, max_length=200)
+    key_field: str = Field(
+        min_length=1, max_length=63, description="Required field keying upserts."
+    )
+    source_uri: str | None = Field(
+        default=None, max_length=2048, description="Default http(s) source for scheduled imports."
+    )
+
+
+class UpdateDatasetRequest(BaseModel):
+    """Body of ``PATCH /v1/datasets/{id}``: only the fields sent change."""
+
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "example": {
+                "display_name": "Orders 2026",
+                "fields": [*_FIELDS_EXAMPLE, {"name": "note", "type": "string"}],
+            }
+        },
+    )
+
+    display_name: str | None = Field(default=None, min_length=1, max_length=200)
+    fields: list[FieldIn] | None = Field(default=None, min_length=1, max_length=200)
+    key_field: str | None = Field(default=None, min_length=1, max_length=63)
+    source_uri: str | None = Field(
+        default=None, max_length=2048, description='"" removes the default source.'
+    )
+
+
+class FieldOut(BaseModel):
+    """A declared field."""
+
+    name: str
+    type: str
+    required: bool
+    values: list[str] = []
+
+
+class DatasetOut(BaseModel):
+    """A dataset."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "example": {
+                "name": f"datasets/{_DATASET_ID}",
+                "id": _DATASET_ID,
+                "display_name": "Orders",
+                "fields": _FIELDS_EXAMPLE,
+                "key_field": "order_id",
+                "source_uri": None,
+                "record_count": 99000,
+                "create_time": "2026-11-25T12:00:00Z",
+                "update_time": "2026-11-25T12:00:00Z",
+            }
+        }
+    )
+
+    name: str
+    id: str
+    display_name: str
+    fields: list[FieldOut]
+    key_field: str
+    source_uri: str | None = None
+    record_count: int
+    create_time: dt.datetime
+    update_time: dt.datetime
+
+
+class ListDatasetsResponse(BaseModel):
+    """A page of datasets (AIP-158)."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "example": {
+                "datasets": [DatasetOut.model_config["json_schema_extra"]["example"]],  # type: ignore[index]
+                "next_page_token": "",
+            }
+        }
+    )
+
+    datasets: list[DatasetOut]
+    next_page_token: str = ""
+
+
+class CreateImportRequest(BaseModel):
+    """JSON body of ``POST /v1/datasets/{id}/imports`` (import from a URL). To send a file,
+    use multipart/form-data (part ``file``, optional parts ``format`` and ``request_id``) or the
+    raw file as body with ``Content-Type: text/csv``, ``application/x-ndjson`` or
+    ``application/gzip``.
+    """
+
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "example": {
+                "source_uri": "https://data.example.com/orders.csv.gz",
+                "format": "csv",
+                "request_id": "5b1c8f52-7f0e-4a43-9d0e-0c5a3f1b2d11",
+            }
+        },
+    )
+
+    source_uri: str = Field(min_length=1, max_length=2048, description="http(s) URL to fetch.")
+    format: Literal["auto", "csv", "jsonl"] = "auto"
+    request_id: str | None = Field(default=None, min_length=1, max_length=128)
+
+
+class ImportOut(BaseModel):
+    """An import of a file into a dataset."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "example": {
+                "name": f"datasets/{_DATASET_ID}/imports/{_IMPORT_ID}",
+                "id": _IMPORT_ID,
+                "dataset": f"datasets/{_DATASET_ID}",
+                "state": "SUCCEEDED",
+                "operation": f"operations/imports.{_IMPORT_ID}",
+                "format": "csv",
+                "source_uri": None,
+                "size_bytes": 5_242_880,
+                "rows_total": 100000,
+                "rows_accepted": 99000,
+                "rows_rejected": 1000,
+                "errors_uri": f"/v1/datasets/{_DATASET_ID}/imports/{_IMPORT_ID}/errors",
+                "error": None,
+                "create_time": "2026-11-25T12:00:00Z",
+                "complete_time": "2026-11-25T12:00:09Z",
+            }
+        }
+    )
+
+    name: str
+    id: str
+    dataset: str
+    state: str
+    operation: str
+    format: str
+    source_uri: str | None = None
+    size_bytes: int
+    rows_total: int | None = None
+    rows_accepted: int | None = None
+    rows_rejected: int | None = None
+    errors_uri: str
+    error: str | None = None
+    create_time: dt.datetime
+    complete_time: dt.datetime | None = None
+
+
+class ListImportsResponse(BaseModel):
+    """A page of imports (AIP-158)."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "example": {
+                "imports": [ImportOut.model_config["json_schema_extra"]["example"]],  # type: ignore[index]
+                "next_page_token": "",
+            }
+        }
+    )
+
+    imports: list[ImportOut]
+    next_page_token: str = ""
+
+
+class RecordOut(BaseModel):
+    """A record of a dataset."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "example": {
+                "name": f"datasets/{_DATASET_ID}/records/A-1001",
+                "key": "A-1001",
+                "data": {"order_id": "A-1001", "amount": 120.5, "country": "DE", "paid": True},
+                "import": f"datasets/{_DATASET_ID}/imports/{_IMPORT_ID}",
+                "update_time": "2026-11-25T12:00:09Z",
+            }
+        },
+        populate_by_name=True,
+    )
+
+    name: str
+    key: str
+    data: dict[str, Any]
+    import_: str = Field(alias="import")
+    update_time: dt.datetime
+
+
+class ListRecordsResponse(BaseModel):
+    """A page of records (AIP-158)."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "example": {
+                "records": [RecordOut.model_config["json_schema_extra"]["example"]],  # type: ignore[index]
+                "next_page_token": "",
+            }
+        }
+    )
+
+    records: list[RecordOut]
+    next_page_token: str = ""
+
+
+class RowErrorOut(BaseModel):
+    """One rejected row's problem."""
+
+    line: int
+    field: str
+    reason: str
+    raw_value: str
+
+
+class RowErrorsResponse(BaseModel):
+    """Row errors as JSON (``Accept: application/json``); the CSV form has every error."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "example": {
+                "errors": [
+                    {
+                        "line": 17,
+                        "field": "amount",
+                        "reason": "expected a number like 12.5",
+                        "raw_value": "12,5",
+                    }
+                ],
+                "truncated": False,
+            }
+        }
+    )
+
+    errors: list[RowErrorOut]
+    truncated: bool = Field(description="More errors exist than listed; download the CSV.")
+
+
+def dataset_out(dataset: Dataset) -> dict[str, Any]:
+    """Renders a dataset.
+
+    Args:
+        dataset: The dataset.
+
+    Returns:
+        Its JSON body.
+    """
+    return {
+        "name": dataset.name,
+        "id": str(dataset.id),
+        "display_name": dataset.display_name,
+        "fields": [f.to_dict() for f in dataset.fields],
+        "key_field": dataset.key_field,
+        "source_uri": dataset.source_uri,
+        "record_count": dataset.record_count,
+        "create_time": dataset.create_time.isoformat(),
+        "update_time": dataset.update_time.isoformat(),
+    }
+
+
+def import_out(item: Import) -> dict[str, Any]:
+    """Renders an import.
+
+    Args:
+        item: The import.
+
+    Returns:
+        Its JSON body.
+    """
+    return {
+        "name": item.name,
+        "id": str(item.id),
+        "dataset": f"datasets/{item.dataset_id}",
+        "state": str(item.state),
+        "operation": f"operations/imports.{item.operation_id}",
+        "format": item.format,
+        "source_uri": item.source_uri,
+        "size_bytes": item.size_bytes,
+        "rows_total": item.rows_total,
+        "rows_accepted": item.rows_accepted,
+        "rows_rejected": item.rows_rejected,
+        "errors_uri": item.errors_uri,
+        "error": item.error,
+        "create_time": item.create_time.isoformat(),
+        "complete_time": item.complete_time.isoformat() if item.complete_time else None,
+    }
+
+
+def record_out(dataset: Dataset, row: dict[str, Any]) -> dict[str, Any]:
+    """Renders a record.
+
+    Args:
+        dataset: Its dataset.
+        row: The record row.
+
+    Returns:
+        Its JSON body.
+    """
+    return {
+        "name": f"{dataset.name}/records/{row['key']}",
+        "key": row["key"],
+        "data": row["data"],
+        "import": f"{dataset.name}/imports/{row['import_id']}",
+        "update_time": row["update_time"].isoformat(),
+    }
+
+
+def _id(value: str, what: str) -> uuid.UUID:
+    return parse_id(value.rsplit("/", 1)[-1], what=what)
+
+
+def _page(token: str | None, fingerprint: str, key: str = "after") -> str | None:
+    position = pagination.decode_page_token(token, query_fingerprint=fingerprint)
+    return str(position[key]) if position else None
+
+
+def _token(last: object | None, fingerprint: str) -> str:
+    if last is None:
+        return ""
+    return pagination.encode_page_token({"after": str(last)}, query_fingerprint=fingerprint)
+
+
+PageSize = Annotated[int | None, Query(description="At most 1000; default 50.")]
+PageToken = Annotated[
+    str | None, Query(max_length=2000, description="next_page_token of the previous page.")
+]
+
+# ---- datasets ----------------------------------------------------------------------------
+
+
+@router.post("", response_model=DatasetOut, summary="Create a dataset")
+async def create_dataset(body: CreateDatasetRequest, svc: Svc, caller: Writer) -> Any:
+    """Creates a dataset with its declared schema: typed fields and the key field for upserts."""
+    dataset = await svc.create_dataset(
+        tenant=caller.tenant,
+        display_name=body.display_name,
+        fields=[f.to_def() for f in body.fields],
+        key_field=body.key_field,
+        source_uri=body.source_uri,
+    )
+    return JSONResponse(dataset_out(dataset))
+
+
+@router.get("", response_model=ListDatasetsResponse, summary="List datasets")
+async def list_datasets(
+    svc: Svc, caller: Reader, page_size: PageSize = None, page_token: PageToken = None
+) -> Any:
+    """Lists the caller's datasets in creation order (AIP-158 paging)."""
+    fingerprint = pagination.query_fingerprint("datasets", caller.tenant)
+    after = _page(page_token, fingerprint)
+    datasets, last = await svc.list_datasets(
+        caller.tenant,
+        page_size=pagination.clamp_page_size(page_size),
+        after_id=uuid.UUID(after) if after else None,
+    )
+    return JSONResponse(
+        {
+            "datasets": [dataset_out(d) for d in datasets],
+            "next_page_token": _token(last, fingerprint),
+        }
+    )
+
+
+@router.get("/{dataset_id}", response_model=DatasetOut, summary="Get a dataset")
+async def get_dataset(dataset_id: str, svc: Svc, caller: Reader) -> Any:
+    """Returns a dataset with its schema and record count."""
+    return JSONResponse(
+        dataset_out(await svc.get_dataset(caller.tenant, _id(dataset_id, "dataset id")))
+    )
+
+
+@router.patch("/{dataset_id}", response_model=DatasetOut, summary="Update a dataset")
+async def update_dataset(
+    dataset_id: str, body: UpdateDatasetRequest, svc: Svc, caller: Writer
+) -> Any:
+    """Changes the fields sent. A schema change that would break stored records (removing or
+    retyping a field, making one required, changing the key, removing enum values) is refused
+    with FAILED_PRECONDITION; adding optional fields or enum values is fine.
+    """
+    sent = body.model_fields_set
+    dataset = await svc.update_dataset(
+        caller.tenant,
+        _id(dataset_id, "dataset id"),
+        display_name=body.display_name,
+        fields=[f.to_def() for f in body.fields] if body.fields is not None else None,
+        key_field=body.key_field,
+        source_uri=body.source_uri or None,
+        clear_source_uri="source_uri" in sent and not body.source_uri,
+    )
+    return JSONResponse(dataset_out(dataset))
+
+
+@router.delete(
+    "/{dataset_id}",
+    summary="Delete a dataset",
+    responses={200: {"description": "Deleted", "content": {"application/json": {"example": {}}}}},
+)
+async def delete_dataset(dataset_id: str, svc: Svc, caller: Writer) -> Any:
+    """Deletes a dataset with its records, imports and files (not while an import runs)."""
+    await svc.delete_dataset(caller.tenant, _id(dataset_id, "dataset id"))
+    return JSONResponse({})
+
+
+# ---- imports -----------------------------------------------------------------------------
+
+_RAW_TYPES = {
+    "text/csv": "csv",
+    "application/csv": "csv",
+    "application/x-ndjson": "jsonl",
+    "application/jsonl": "jsonl",
+    "application/x-jsonlines": "jsonl",
+    "application/gzip": "auto",
+    "application/x-gzip": "auto",
+    "application/octet-stream": "auto",
+    "text/plain": "auto",
+}
+
+_UPLOAD_BODY = {
+    "required": True,
+    "content": {
+        "application/json": {
+            "schema": {"$ref": "#/components/schemas/CreateImportRequest"},
+            "example": CreateImportRequest.model_config["json_schema_extra"]["example"],  # type: ignore[index]
+        },
+        "multipart/form-data": {
+            "schema": {
+                "type": "object",
+                "required": ["file"],
+                "properties": {
+                    "file": {
+                        "type": "string",
+                        "format": "binary",
+                        "description": "CSV with a header, or JSONL; gzip accepted.",
+                    },
+                    "format": {"type": "string", "enum": ["auto", "csv", "jsonl"]},
+                    "request_id": {"type": "string", "maxLength": 128},
+                },
+            }
+        },
+        "text/csv": {
+            "schema": {"type": "string", "format": "binary"},
+            "example": "order_id,amount,country\nA-1001,120.5,DE\n",
+        },
+        "application/x-ndjson": {"schema": {"type": "string", "format": "binary"}},
+        "application/gzip": {"schema": {"type": "string", "format": "binary"}},
+    },
+}
+
+_TOO_LARGE = {
+    413: {
+        "model": ERROR_RESPONSES[400]["model"],
+        "description": "RESOURCE_EXHAUSTED: the file is larger than CONVEYOR_IMPORTS__MAX_UPLOAD_BYTES",
+        "content": {
+            "application/json": {
+                "example": error_body(
+                    "RESOURCE_EXHAUSTED",
+                    "the import file is larger than the 1073741824-byte limit"
+                    " (CONVEYOR_IMPORTS__MAX_UPLOAD_BYTES); split it or compress it with gzip",
+                    http_code=413,
+                    reason="IMPORT_FILE_TOO_LARGE",
+                )
+            }
+        },
+    }
+}
+
+
+def _too_large(exc: FileTooLarge) -> JSONResponse:
+    return JSONResponse(
+        error_body(exc.code, exc.message, http_code=413, reason=exc.reason, metadata=exc.metadata),
+        status_code=413,
+        headers={"connection": "close"},
+    )
+
+
+@router.post(
+    "/{dataset_id}/imports",
+    response_model=OperationOut,
+    summary="Import a file into a dataset",
+    openapi_extra={"requestBody": _UPLOAD_BODY, "x-upload": True},
+    responses=_TOO_LARGE,
+)
+async def create_import(
+    dataset_id: str,
+    request: Request,
+    svc: Svc,
+    caller: Writer,
+    correlation: Annotated[str | None, Depends(request_id)],
+    format_param: Annotated[Literal["auto", "csv", "jsonl"] | None, Query(alias="format")] = None,
+    request_id_param: Annotated[str | None, Query(alias="request_id", max_length=128)] = None,
+) -> Any:
+    """Starts an import and returns its Operation (type `import`). Send the file as
+    multipart/form-data (part `file`), or as the raw body (`text/csv`, `application/x-ndjson`,
+    `application/gzip`), or JSON `{"source_uri": ...}` for the worker to fetch (http/https,
+    SSRF-guarded). The file is durable on disk before the response. Valid rows are upserted by
+    the dataset's key; invalid rows are listed at `errors_uri`. The same `request_id` with the
+    same file is one import.
+    """
+    did = _id(dataset_id, "dataset id")
+    await svc.get_dataset(caller.tenant, did)
+    content_type = request.headers.get("content-type", "").lower()
+    media = content_type.split(";", 1)[0].strip()
+    fmt = format_param
+    rid = request_id_param
+    if media == "application/json":
+        raw = await _small_body(request)
+        try:
+            body = CreateImportRequest.model_validate_json(raw)
+        except ValueError as exc:
+            raise InvalidArgument(
+                f"invalid JSON body: {str(exc).splitlines()[0]}; send"
+                ' {"source_uri": "https://..."} or upload a file',
+                reason="INVALID_REQUEST",
+            ) from None
+        op = await svc.create_import(
+            tenant=caller.tenant,
+            dataset_id=did,
+            source_uri=body.source_uri,
+            format=fmt or body.format,
+            request_id=body.request_id or rid,
+            correlation_id=correlation,
+        )
+        return operation_response(op)
+    if media != "multipart/form-data" and media not in _RAW_TYPES:
+        raise InvalidArgument(
+            f"unsupported Content-Type {media or '(none)'!r}: send multipart/form-data with a"
+            " 'file' part, a raw text/csv / application/x-ndjson / application/gzip body, or"
+            " JSON with source_uri",
+            reason="UNSUPPORTED_MEDIA_TYPE",
+        )
+    length = request.headers.get("content-length")
+    if length and length.isdigit() and int(length) > svc.store.max_bytes + 64 * 1024:
+        return _too_large(
+            FileTooLarge(
+                f"the import file is larger than the {svc.store.max_bytes}-byte limit"
+                " (CONVEYOR_IMPORTS__MAX_UPLOAD_BYTES); split it or compress it with gzip",
+                metadata={"max_bytes": str(svc.store.max_bytes)},
+            )
+        )
+    writer = svc.store.writer()
+    try:
+        if media == "multipart/form-data":
+            fields, got_file = await imports_upload.read_multipart(
+                request.stream(), imports_upload.boundary_of(content_type), writer.write
+            )
+            if not got_file:
+                raise InvalidArgument(
+                    "the multipart body has no 'file' part; add the file as part 'file'",
+                    reason="NO_FILE",
+                )
+            fmt = fmt or _form_format(fields.get("format"))
+            rid = rid or fields.get("request_id") or None
+        else:
+            async for block in request.stream():
+                writer.write(block)
+            fmt = fmt or _RAW_TYPES[media]  # type: ignore[assignment]
+        if writer.size == 0:
+            raise InvalidArgument(
+                "the file is empty; send a CSV with a header or JSONL", reason="EMPTY_FILE"
+            )
+        stored = await writer.commit()
+    except FileTooLarge as exc:
+        return _too_large(exc)
+    except BaseException:
+        writer.abort()
+        raise
+    op = await svc.create_import(
+        tenant=caller.tenant,
+        dataset_id=did,
+        stored=stored,
+        format=fmt or "auto",
+        request_id=rid,
+        correlation_id=correlation,
+    )
+    return operation_response(op)
+
+
+def _form_format(value: str | None) -> Literal["auto", "csv", "jsonl"]:
+    if value in (None, "", "auto"):
+        return "auto"
+    if value in ("csv", "jsonl"):
+        return value  # type: ignore[return-value]
+    raise InvalidArgument(
+        f"format {value!r} is unknown; use csv, jsonl or auto", reason="INVALID_FORMAT"
+    )
+
+
+async def _small_body(request: Request, limit: int = 64 * 1024) -> bytes:
+    data = b""
+    async for block in request.stream():
+        data += block
+        if len(data) > limit:
+            raise InvalidArgument(
+                f"the JSON body is larger than {limit} bytes; to send a file use multipart/form-data",
+                reason="BODY_TOO_LARGE",
+            )
+    return data
+
+
+@router.get("/{dataset_id}/imports", response_model=ListImportsResponse, summary="List imports")
+async def list_imports(
+    dataset_id: str,
+    svc: Svc,
+    caller: Reader,
+    page_size: PageSize = None,
+    page_token: PageToken = None,
+) -> Any:
+    """Lists a dataset's imports in creation order (AIP-158 paging)."""
+    did = _id(dataset_id, "dataset id")
+    fingerprint = pagination.query_fingerprint("imports", caller.tenant, str(did))
+    after = _page(page_token, fingerprint)
+    items, last = await svc.list_imports(
+        caller.tenant,
+        did,
+        page_size=pagination.clamp_page_size(page_size),
+        after_id=uuid.UUID(after) if after else None,
+    )
+    return JSONResponse(
+        {"imports": [import_out(i) for i in items], "next_page_token": _token(last, fingerprint)}
+    )
+
+
+@router.get("/{dataset_id}/imports/{import_id}", response_model=ImportOut, summary="Get an import")
+async def get_import(dataset_id: str, import_id: str, svc: Svc, caller: Reader) -> Any:
+    """Returns an import: state, counts and where its row errors are."""
+    item = await svc.get_import(
+        caller.tenant, _id(dataset_id, "dataset id"), _id(import_id, "import id")
+    )
+    return JSONResponse(import_out(item))
+
+
+@router.get(
+    "/{dataset_id}/imports/{import_id}/errors",
+    response_model=RowErrorsResponse,
+    summary="Download an import's row errors",
+    responses={
+        200: {
+            "description": "CSV by default (every error); JSON with `Accept: application/json`.",
+            "content": {
+                "text/csv": {
+                    "example": 'line,field,reason,raw_value\n17,amount,expected a number like 12.5,"12,5"\n'
+                }
+            },
+        }
+    },
+)
+async def get_import_errors(
+    dataset_id: str, import_id: str, request: Request, svc: Svc, caller: Reader
+) -> Any:
+    """Returns the rejected rows' problems (line, field, reason, raw value) in line order: a
+    CSV download by default, or JSON (first `max_errors_listed`) with `Accept: application/json`.
+    """
+    did, iid = _id(dataset_id, "dataset id"), _id(import_id, "import id")
+    await svc.get_import(caller.tenant, did, iid)
+    if "application/json" in request.headers.get("accept", ""):
+        limit = request.app.state.settings.imports.max_errors_listed
+        errors = []
+        async with svc.row_errors(caller.tenant, did, iid, limit=limit + 1) as rows:
+            async for line, field, reason, raw in rows:
+                errors.append({"line": line, "field": field, "reason": reason, "raw_value": raw})
+        return JSONResponse({"errors": errors[:limit], "truncated": len(errors) > limit})
+
+    async def body() -> AsyncIterator[bytes]:
+        out = io.StringIO()
+        writer = csv.writer(out)
+        writer.writerow(["line", "field", "reason", "raw_value"])
+        async with svc.row_errors(caller.tenant, did, iid) as rows:
+            async for row in rows:
+                writer.writerow(row)
+                if out.tell() > 64 * 1024:
+                    yield out.getvalue().encode()
+                    out.seek(0)
+                    out.truncate()
+        yield out.getvalue().encode()
+
+    return StreamingResponse(
+        body(),
+        media_type="text/csv; charset=utf-8",
+        headers={"content-disposition": f'attachment; filename="import-{iid}-errors.csv"'},
+    )
+
+
+# ---- records -----------------------------------------------------------------------------
+
+_SPEC_TYPES: dict[str, pagination.FieldType] = {
+    "string": "string",
+    "integer": "int",
+    "number": "number",
+    "boolean": "bool",
+    "date": "date",
+    "timestamp": "timestamp",
+    "enum": "enum",
+}
+
+
+def filter_fields(dataset: Dataset) -> dict[str, pagination.FieldSpec]:
+    """Returns the AIP-160 filterable fields of a dataset: its declared fields, typed.
+
+    Args:
+        dataset: The dataset.
+
+    Returns:
+        Field specs by name.
+    """
+    return {
+        f.name: pagination.FieldSpec(_SPEC_TYPES[f.type], tuple(f.values)) for f in dataset.fields
+    }
+
+
+@router.get("/{dataset_id}/records", response_model=ListRecordsResponse, summary="List records")
+async def list_records(
+    dataset_id: str,
+    svc: Svc,
+    caller: Reader,
+    filter_: Annotated[
+        str | None,
+        Query(
+            alias="filter",
+            max_length=2000,
+            description='AIP-160 filter on declared fields, e.g. `amount > 100 AND country = "DE"`.',
+        ),
+    ] = None,
+    page_size: PageSize = None,
+    page_token: PageToken = None,
+) -> Any:
+    """Lists a dataset's records in key order, filtered on its declared fields (read from the
+    replica).
+    """
+    dataset = await svc.get_dataset(caller.tenant, _id(dataset_id, "dataset id"))
+    conditions = pagination.parse_filter(filter_, filter_fields(dataset))
+    fingerprint = pagination.query_fingerprint("records", caller.tenant, str(dataset.id), filter_)
+    after = _page(page_token, fingerprint)
+    rows, last = await svc.list_records(
+        dataset, conditions, page_size=pagination.clamp_page_size(page_size), after_key=after
+    )
+    return JSONResponse(
+        {
+            "records": [record_out(dataset, r) for r in rows],
+            "next_page_token": _token(last, fingerprint),
+        }
+    )
+
+
+@router.get("/{dataset_id}/records/{key:path}", response_model=RecordOut, summary="Get a record")
+async def get_record(dataset_id: str, key: str, svc: Svc, caller: Reader) -> Any:
+    """Returns the record with this key (read from the replica)."""
+    dataset = await svc.get_dataset(caller.tenant, _id(dataset_id, "dataset id"))
+    return JSONResponse(record_out(dataset, await svc.get_record(dataset, key)))

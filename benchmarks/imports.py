@@ -1,0 +1,276 @@
+#!/usr/bin/env python
+"""Imports benchmark: a generated CSV through the real API and workers vs PostgreSQL ``COPY``.
+
+    python benchmarks/imports.py                 # --rows 1000000 (about 100 MB of CSV)
+    python benchmarks/imports.py --rows 200000 --json /tmp/imports.json
+
+In one run, on the same machine and PostgreSQL server:
+
+1. generate a CSV with ``--rows`` rows and 10 typed columns (string, number, integer, enum,
+   boolean, date, timestamp, string, number, string), streamed to a temporary file;
+2. Conveyor: ``conveyor api`` + ``conveyor worker --queues imports -c 2 -P prefork`` (two pool
+   processes) + ``conveyor relay``; create a dataset, upload the file (raw ``text/csv`` body,
+   streamed), wait until the operation is SUCCEEDED. Time = upload start -> operation done,
+   so it includes the upload, the split, validation, staging COPY and the final merge;
+3. baseline: ``COPY ... FROM STDIN (FORMAT csv, HEADER)`` of the same file into an equivalent
+   typed table with a primary key, through asyncpg;
+4. print rows/s of both, the ratio (target >= 0.5x) and the peak RSS of the worker's pool
+   processes (sampled every 100 ms; target < 300 MB).
+
+A fresh database is created (real migrations) and dropped at the end, also on error; Redis uses
+an idle database index, flushed before and after. Authentication is turned off for the
+benchmark's API process (``CONVEYOR_SECURITY__AUTH_REQUIRED=false``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import pathlib
+import random
+import secrets
+import sys
+import tempfile
+import threading
+import time
+from typing import Any
+
+import asyncpg  # type: ignore[import-untyped,unused-ignore]
+import httpx
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent))
+
+from app import migrate
+from app.config import load_settings
+from benchmarks.submit import (
+    DEFAULT_ADMIN_URL,
+    DEFAULT_BROKER_URL,
+    Procs,
+    create_database,
+    drop_database,
+    flush_redis,
+    free_port,
+    pick_redis_db,
+    plain_pg_url,
+    wait_http_ready,
+    with_database,
+)
+from tests.support.imports import COLUMNS, FIELDS, row_values
+
+COPY_TABLE = """
+CREATE TABLE bench_copy (
+    id text PRIMARY KEY, amount numeric NOT NULL, qty bigint, country text, paid boolean,
+    ordered_on date, created timestamptz, customer text, score double precision, note text
+)
+"""
+
+
+def generate(path: pathlib.Path, rows: int) -> int:
+    """Writes the CSV; returns its size in bytes."""
+    rnd = random.Random(1)
+    with open(path, "w", newline="") as f:
+        f.write(",".join(COLUMNS) + "\n")
+        batch: list[str] = []
+        for i in range(1, rows + 1):
+            cells = row_values(i, rnd)
+            batch.append(",".join(f'"{c}"' if "," in c else c for c in cells))
+            if len(batch) == 10_000:
+                f.write("\n".join(batch) + "\n")
+                batch = []
+        if batch:
+            f.write("\n".join(batch) + "\n")
+    return path.stat().st_size
+
+
+class RssSampler:
+    """Samples the peak RSS of a process's children (the prefork pool) in a thread."""
+
+    def __init__(self, pid: int) -> None:
+        self.pid = pid
+        self.peak = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _children(self) -> list[int]:
+        found, todo = [], [self.pid]
+        while todo:
+            parent = todo.pop()
+            with contextlib.suppress(OSError):
+                tasks = pathlib.Path(f"/proc/{parent}/task/{parent}/children").read_text()
+                kids = [int(x) for x in tasks.split()]
+                found += kids
+                todo += kids
+        return found
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            for pid in self._children():
+                with contextlib.suppress(OSError, ValueError):
+                    for line in pathlib.Path(f"/proc/{pid}/status").read_text().splitlines():
+                        if line.startswith("VmRSS:"):
+                            self.peak = max(self.peak, int(line.split()[1]) * 1024)
+            time.sleep(0.1)
+
+    def __enter__(self) -> RssSampler:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self._stop.set()
+        self._thread.join(2)
+
+
+async def conveyor_run(
+    args: argparse.Namespace, procs: Procs, csv_path: pathlib.Path, rows: int
+) -> dict[str, float]:
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    api = procs.start("api", [sys.executable, "-m", "app.cli", "api", "--port", str(port)])
+    worker = procs.start(
+        "worker",
+        [
+            sys.executable,
+            "-m",
+            "app.cli",
+            "worker",
+            "--queues",
+            "imports",
+            "--concurrency",
+            "2",
+            "--pool",
+            "prefork",
+            "--loglevel",
+            "INFO" if os.environ.get("BENCH_DEBUG") else "WARNING",
+        ],
+    )
+    procs.start("relay", [sys.executable, "-m", "app.cli", "relay"])
+    await wait_http_ready(api, base, 60)
+    await asyncio.sleep(3)  # worker boot (pool processes) before the clock starts
+    async with httpx.AsyncClient(base_url=base, timeout=600) as client:
+        response = await client.post(
+            "/v1/datasets",
+            json={"display_name": "bench", "fields": FIELDS, "key_field": "id"},
+        )
+        response.raise_for_status()
+        dataset = response.json()
+
+        async def body() -> Any:
+            with open(csv_path, "rb") as f:  # noqa: ASYNC230 - local file, 1 MiB reads
+                while block := f.read(1024 * 1024):
+                    yield block
+
+        with RssSampler(worker.popen.pid) as rss:
+            started = time.perf_counter()
+            response = await client.post(
+                f"/v1/datasets/{dataset['id']}/imports",
+                content=body(),
+                headers={"content-type": "text/csv"},
+            )
+            response.raise_for_status()
+            uploaded = time.perf_counter() - started
+            name = response.json()["name"].removeprefix("operations/")
+            while True:
+                op = (await client.post(f"/v1/operations/{name}:wait", json={"timeout": 5})).json()
+                if op.get("done"):
+                    break
+            elapsed = time.perf_counter() - started
+        if os.environ.get("BENCH_DEBUG"):
+            print(json.dumps(op["metadata"], indent=1), file=sys.stderr)
+            print(worker.tail(6000), file=sys.stderr)
+        if op["metadata"]["state"] != "SUCCEEDED":
+            raise RuntimeError(f"import ended {op['metadata']['state']}: {op.get('error')}")
+        if op["response"]["rows_accepted"] != rows:
+            raise RuntimeError(f"unexpected counts: {op['response']}")
+    return {"seconds": elapsed, "upload_seconds": uploaded, "peak_rss": rss.peak}
+
+
+async def copy_run(database_url: str, csv_path: pathlib.Path) -> float:
+    conn = await asyncpg.connect(plain_pg_url(database_url))
+    try:
+        await conn.execute("DROP TABLE IF EXISTS bench_copy")
+        await conn.execute(COPY_TABLE)
+        started = time.perf_counter()
+        await conn.copy_to_table("bench_copy", source=str(csv_path), format="csv", header=True)
+        return time.perf_counter() - started
+    finally:
+        await conn.execute("DROP TABLE IF EXISTS bench_copy")
+        await conn.close()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
+    parser.add_argument("--rows", type=int, default=1_000_000)
+    parser.add_argument("--chunk-rows", type=int, default=50_000)
+    parser.add_argument("--json", help="also write the figures to this file")
+    args = parser.parse_args()
+    admin_url = os.environ.get("CONVEYOR_BENCH_DATABASE_URL", DEFAULT_ADMIN_URL)
+    broker = pick_redis_db(os.environ.get("CONVEYOR_BENCH_BROKER_URL", DEFAULT_BROKER_URL), None)
+    name = f"conveyor_bench_{secrets.token_hex(4)}"
+    with tempfile.TemporaryDirectory(prefix="conveyor-imports-bench-") as tmp:
+        workdir = pathlib.Path(tmp)
+        csv_path = workdir / "bench.csv"
+        print(f"generating {args.rows} rows ...", flush=True)
+        size = generate(csv_path, args.rows)
+        create_database(admin_url, name)
+        database_url = "postgresql+asyncpg://" + with_database(admin_url, name).split("://", 1)[1]
+        procs: Procs | None = None
+        try:
+            migrate.upgrade(load_settings(database_url=database_url, broker_url="redis://unused"))
+            flush_redis(broker)
+            env = {k: v for k, v in os.environ.items() if not k.startswith("CONVEYOR_")}
+            env.update(
+                {
+                    "CONVEYOR_DATABASE_URL": database_url,
+                    "CONVEYOR_BROKER_URL": broker,
+                    "CONVEYOR_DATA_DIR": str(workdir / "data"),
+                    "CONVEYOR_IMPORTS__STORAGE_DIR": str(workdir / "files"),
+                    "CONVEYOR_IMPORTS__CHUNK_ROWS": str(args.chunk_rows),
+                    "CONVEYOR_SECURITY__AUTH_REQUIRED": "false",
+                    "CONVEYOR_SECURITY__RATE_LIMIT_ENABLED": "false",
+                    "CONVEYOR_LOG_LEVEL": "INFO" if os.environ.get("BENCH_DEBUG") else "WARNING",
+                }
+            )
+            procs = Procs(env, workdir / "logs")
+            print("conveyor: API + 2 worker processes ...", flush=True)
+            conveyor = asyncio.run(conveyor_run(args, procs, csv_path, args.rows))
+            procs.stop_all()
+            print("baseline: COPY ...", flush=True)
+            copy_seconds = asyncio.run(copy_run(database_url, csv_path))
+        except BaseException:
+            if procs is not None:
+                for proc in procs.all:
+                    print(f"--- {proc.name}\n{proc.tail()}", file=sys.stderr)
+            raise
+        finally:
+            if procs is not None:
+                procs.stop_all()
+            drop_database(admin_url, name)
+            flush_redis(broker, mark=False)
+    figures = {
+        "rows": args.rows,
+        "file_mb": round(size / 1e6, 1),
+        "conveyor_rows_per_s": round(args.rows / conveyor["seconds"]),
+        "conveyor_seconds": round(conveyor["seconds"], 2),
+        "upload_seconds": round(conveyor["upload_seconds"], 2),
+        "copy_rows_per_s": round(args.rows / copy_seconds),
+        "copy_seconds": round(copy_seconds, 2),
+        "ratio": round(copy_seconds / conveyor["seconds"], 3),
+        "peak_worker_rss_mb": round(conveyor["peak_rss"] / 1e6, 1),
+    }
+    print(
+        f"\nrows {args.rows} ({figures['file_mb']} MB CSV, 10 typed columns)\n"
+        f"conveyor  {figures['conveyor_rows_per_s']:>10} rows/s  ({figures['conveyor_seconds']} s,"
+        f" upload {figures['upload_seconds']} s)\n"
+        f"COPY      {figures['copy_rows_per_s']:>10} rows/s  ({figures['copy_seconds']} s)\n"
+        f"ratio     {figures['ratio']:>10}x COPY (target >= 0.5)\n"
+        f"peak worker RSS {figures['peak_worker_rss_mb']} MB (target < 300)"
+    )
+    if args.json:
+        pathlib.Path(args.json).write_text(json.dumps(figures, indent=2))
+
+
+if __name__ == "__main__":
+    main()

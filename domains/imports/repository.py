@@ -1,0 +1,669 @@
+"""Every query on imports tables lives here (bulk COPY included)."""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import operator
+import uuid
+from collections.abc import AsyncIterator, Callable, Sequence
+from typing import Any, cast
+
+import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql as pg
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from domains.imports import tables
+from domains.imports.model import Chunk, Dataset, FieldDef, Import
+from domains.shared.errors import InvalidArgument
+from domains.shared.query import Condition
+
+_OPERATORS: dict[str, Callable[[Any, Any], Any]] = {
+    "=": operator.eq,
+    "!=": operator.ne,
+    "<": operator.lt,
+    "<=": operator.le,
+    ">": operator.gt,
+    ">=": operator.ge,
+}
+_CASTS: dict[str, Any] = {
+    "integer": sa.Numeric,
+    "number": sa.Numeric,
+    "boolean": sa.Boolean,
+    "date": sa.Date,
+    "timestamp": sa.DateTime(timezone=True),
+}
+
+
+def _dataset(row: Any) -> Dataset:
+    values = dict(row)
+    values["fields"] = [FieldDef.from_dict(f) for f in values["fields"]]
+    return Dataset(**values)
+
+
+def _dataset_row(dataset: Dataset) -> dict[str, Any]:
+    row = {f.name: getattr(dataset, f.name) for f in dataclasses.fields(dataset)}
+    row["fields"] = [f.to_dict() for f in dataset.fields]
+    return row
+
+
+_IMPORT_FIELDS = [f.name for f in dataclasses.fields(Import)]
+
+
+def _import(row: Any) -> Import:
+    return Import(**{k: row[k] for k in _IMPORT_FIELDS})
+
+
+@dataclasses.dataclass(frozen=True)
+class ChunkTotals:
+    """Sums over an import's chunks.
+
+    Attributes:
+        chunks: Chunks in all.
+        done: Chunks DONE.
+        rows_done: Rows of DONE chunks.
+        rows_accepted: Accepted rows of DONE chunks.
+        rows_rejected: Rejected rows of DONE chunks.
+    """
+
+    chunks: int
+    done: int
+    rows_done: int
+    rows_accepted: int
+    rows_rejected: int
+
+
+class SqlImportsRepository:
+    """Datasets, imports, chunks, staging, row errors and records in the ``imports`` schema."""
+
+    def __init__(self, session: AsyncSession) -> None:
+        """Binds the repository.
+
+        Args:
+            session: The unit of work's session.
+        """
+        self._session = session
+
+    # ---- datasets ----------------------------------------------------------------------
+
+    async def add_dataset(self, dataset: Dataset) -> None:
+        """Inserts a dataset.
+
+        Args:
+            dataset: The new dataset.
+        """
+        await self._session.execute(sa.insert(tables.datasets), _dataset_row(dataset))
+
+    async def get_dataset(
+        self, tenant: str, dataset_id: uuid.UUID, *, for_update: bool = False
+    ) -> Dataset | None:
+        """Loads a dataset of ``tenant``.
+
+        Args:
+            tenant: Caller's tenant (another tenant's dataset is not found).
+            dataset_id: Its id.
+            for_update: Lock the row.
+
+        Returns:
+            The dataset or ``None``.
+        """
+        t = tables.datasets
+        query = sa.select(t).where(t.c.id == dataset_id, t.c.tenant == tenant)
+        if for_update:
+            query = query.with_for_update()
+        row = (await self._session.execute(query)).mappings().first()
+        return _dataset(row) if row else None
+
+    async def get_dataset_by_id(self, dataset_id: uuid.UUID) -> Dataset | None:
+        """Loads a dataset whatever its tenant (workers acting for an import).
+
+        Args:
+            dataset_id: Its id.
+
+        Returns:
+            The dataset or ``None``.
+        """
+        t = tables.datasets
+        row = (
+            (await self._session.execute(sa.select(t).where(t.c.id == dataset_id)))
+            .mappings()
+            .first()
+        )
+        return _dataset(row) if row else None
+
+    async def save_dataset(self, dataset: Dataset) -> None:
+        """Writes back a dataset.
+
+        Args:
+            dataset: A loaded, changed dataset.
+        """
+        row = _dataset_row(dataset)
+        row.pop("id")
+        t = tables.datasets
+        await self._session.execute(sa.update(t).where(t.c.id == dataset.id).values(**row))
+
+    async def list_datasets(
+        self, tenant: str, *, after_id: uuid.UUID | None, limit: int
+    ) -> list[Dataset]:
+        """Lists a tenant's datasets in creation order.
+
+        Args:
+            tenant: The tenant.
+            after_id: Keyset position.
+            limit: Rows to return.
+
+        Returns:
+            The datasets.
+        """
+        t = tables.datasets
+        query = sa.select(t).where(t.c.tenant == tenant).order_by(t.c.id).limit(limit)
+        if after_id is not None:
+            query = query.where(t.c.id > after_id)
+        return [_dataset(r) for r in (await self._session.execute(query)).mappings()]
+
+    async def delete_dataset(self, dataset_id: uuid.UUID) -> None:
+        """Deletes a dataset with its records, imports, chunks, staged rows and row errors.
+
+        Args:
+            dataset_id: Its id.
+        """
+        import_ids = sa.select(tables.imports.c.id).where(tables.imports.c.dataset_id == dataset_id)
+        for table in (tables.staged_records, tables.row_errors, tables.import_chunks):
+            await self._session.execute(sa.delete(table).where(table.c.import_id.in_(import_ids)))
+        await self._session.execute(
+            sa.delete(tables.records).where(tables.records.c.dataset_id == dataset_id)
+        )
+        await self._session.execute(
+            sa.delete(tables.imports).where(tables.imports.c.dataset_id == dataset_id)
+        )
+        await self._session.execute(
+            sa.delete(tables.datasets).where(tables.datasets.c.id == dataset_id)
+        )
+
+    async def has_records(self, dataset_id: uuid.UUID) -> bool:
+        """Whether any record is stored in the dataset.
+
+        Args:
+            dataset_id: Its id.
+
+        Returns:
+            True if at least one.
+        """
+        t = tables.records
+        query = sa.select(sa.exists().where(t.c.dataset_id == dataset_id))
+        return bool((await self._session.execute(query)).scalar())
+
+    async def active_imports(self, dataset_id: uuid.UUID) -> int:
+        """Counts imports of the dataset that are not finished.
+
+        Args:
+            dataset_id: Its id.
+
+        Returns:
+            The count.
+        """
+        t = tables.imports
+        query = sa.select(sa.func.count()).where(
+            t.c.dataset_id == dataset_id, t.c.state.in_(["PENDING", "RUNNING"])
+        )
+        return int((await self._session.execute(query)).scalar() or 0)
+
+    # ---- imports -----------------------------------------------------------------------
+
+    async def add_import(self, item: Import) -> None:
+        """Inserts an import.
+
+        Args:
+            item: The new import.
+        """
+        row = {k: getattr(item, k) for k in _IMPORT_FIELDS}
+        await self._session.execute(sa.insert(tables.imports), row)
+
+    async def get_import(
+        self,
+        import_id: uuid.UUID,
+        *,
+        dataset_id: uuid.UUID | None = None,
+        tenant: str | None = None,
+        for_update: bool = False,
+    ) -> Import | None:
+        """Loads an import.
+
+        Args:
+            import_id: Its id.
+            dataset_id: Must belong to this dataset, if given.
+            tenant: Must belong to this tenant, if given.
+            for_update: Lock the row.
+
+        Returns:
+            The import or ``None``.
+        """
+        t = tables.imports
+        query = sa.select(t).where(t.c.id == import_id)
+        if dataset_id is not None:
+            query = query.where(t.c.dataset_id == dataset_id)
+        if tenant is not None:
+            query = query.where(t.c.tenant == tenant)
+        if for_update:
+            query = query.with_for_update()
+        row = (await self._session.execute(query)).mappings().first()
+        return _import(row) if row else None
+
+    async def get_import_by_operation(self, operation_id: uuid.UUID) -> Import | None:
+        """Loads the import an operation carries out.
+
+        Args:
+            operation_id: The operation.
+
+        Returns:
+            The import or ``None``.
+        """
+        t = tables.imports
+        row = (
+            (await self._session.execute(sa.select(t).where(t.c.operation_id == operation_id)))
+            .mappings()
+            .first()
+        )
+        return _import(row) if row else None
+
+    async def import_plan(self, import_id: uuid.UUID) -> tuple[list[str], str | None]:
+        """Returns the CSV header columns and the plain file path recorded by the split.
+
+        Args:
+            import_id: The import.
+
+        Returns:
+            ``(columns, plain_path)``.
+        """
+        t = tables.imports
+        row = (
+            await self._session.execute(
+                sa.select(t.c.columns, t.c.plain_path).where(t.c.id == import_id)
+            )
+        ).first()
+        if row is None:
+            return [], None
+        return list(row[0] or []), row[1]
+
+    async def save_import(
+        self,
+        item: Import,
+        *,
+        columns: Sequence[str] | None = None,
+        plain_path: str | None = None,
+    ) -> None:
+        """Writes back an import.
+
+        Args:
+            item: A loaded, changed import.
+            columns: CSV header columns to record (split).
+            plain_path: Plain file path to record (split).
+        """
+        row: dict[str, Any] = {k: getattr(item, k) for k in _IMPORT_FIELDS if k != "id"}
+        if columns is not None:
+            row["columns"] = list(columns)
+        if plain_path is not None:
+            row["plain_path"] = plain_path
+        t = tables.imports
+        await self._session.execute(sa.update(t).where(t.c.id == item.id).values(**row))
+
+    async def list_imports(
+        self, dataset_id: uuid.UUID, *, after_id: uuid.UUID | None, limit: int
+    ) -> list[Import]:
+        """Lists a dataset's imports in creation order.
+
+        Args:
+            dataset_id: The dataset.
+            after_id: Keyset position.
+            limit: Rows to return.
+
+        Returns:
+            The imports.
+        """
+        t = tables.imports
+        query = sa.select(t).where(t.c.dataset_id == dataset_id).order_by(t.c.id).limit(limit)
+        if after_id is not None:
+            query = query.where(t.c.id > after_id)
+        return [_import(r) for r in (await self._session.execute(query)).mappings()]
+
+    # ---- chunks ------------------------------------------------------------------------
+
+    async def add_chunks(self, chunks: Sequence[Chunk]) -> None:
+        """Inserts the chunks of a split.
+
+        Args:
+            chunks: The chunks.
+        """
+        if chunks:
+            await self._session.execute(
+                sa.insert(tables.import_chunks), [dataclasses.asdict(c) for c in chunks]
+            )
+
+    async def get_chunk(
+        self, import_id: uuid.UUID, chunk_no: int, *, for_update: bool = False
+    ) -> Chunk | None:
+        """Loads a chunk.
+
+        Args:
+            import_id: The import.
+            chunk_no: Its position.
+            for_update: Lock the row (settles concurrent duplicates of one chunk task).
+
+        Returns:
+            The chunk or ``None``.
+        """
+        t = tables.import_chunks
+        query = sa.select(t).where(t.c.import_id == import_id, t.c.chunk_no == chunk_no)
+        if for_update:
+            query = query.with_for_update()
+        row = (await self._session.execute(query)).mappings().first()
+        return Chunk(**dict(row)) if row else None
+
+    async def pending_chunks(self, import_id: uuid.UUID) -> list[int]:
+        """Returns the numbers of the chunks not DONE.
+
+        Args:
+            import_id: The import.
+
+        Returns:
+            Chunk numbers.
+        """
+        t = tables.import_chunks
+        query = (
+            sa.select(t.c.chunk_no)
+            .where(t.c.import_id == import_id, t.c.state != "DONE")
+            .order_by(t.c.chunk_no)
+        )
+        return list((await self._session.execute(query)).scalars())
+
+    async def mark_chunk_done(self, chunk: Chunk) -> None:
+        """Marks a chunk DONE with its counts.
+
+        Args:
+            chunk: The chunk (counts set).
+        """
+        t = tables.import_chunks
+        await self._session.execute(
+            sa.update(t)
+            .where(t.c.import_id == chunk.import_id, t.c.chunk_no == chunk.chunk_no)
+            .values(
+                state="DONE", rows_accepted=chunk.rows_accepted, rows_rejected=chunk.rows_rejected
+            )
+        )
+
+    async def chunk_totals(self, import_id: uuid.UUID) -> ChunkTotals:
+        """Sums an import's chunks.
+
+        Args:
+            import_id: The import.
+
+        Returns:
+            The totals.
+        """
+        t = tables.import_chunks
+        done = t.c.state == "DONE"
+        query = sa.select(
+            sa.func.count(),
+            sa.func.count().filter(done),
+            sa.func.coalesce(sa.func.sum(t.c.rows).filter(done), 0),
+            sa.func.coalesce(sa.func.sum(t.c.rows_accepted).filter(done), 0),
+            sa.func.coalesce(sa.func.sum(t.c.rows_rejected).filter(done), 0),
+        ).where(t.c.import_id == import_id)
+        row = (await self._session.execute(query)).one()
+        return ChunkTotals(*(int(v) for v in row))
+
+    # ---- staging -----------------------------------------------------------------------
+
+    async def _driver(self) -> Any:
+        connection = await self._session.connection()
+        raw = await connection.get_raw_connection()
+        return raw.driver_connection
+
+    async def copy_staged(self, rows: Sequence[tuple[Any, ...]]) -> None:
+        """Bulk-loads staged rows with COPY (in the session's transaction).
+
+        Args:
+            rows: ``(import_id, chunk_no, line, key, data_json)`` tuples.
+        """
+        if rows:
+            driver = await self._driver()
+            await driver.copy_records_to_table(
+                "staged_records",
+                schema_name=tables.SCHEMA,
+                columns=["import_id", "chunk_no", "line", "key", "data"],
+                records=rows,
+            )
+
+    async def copy_row_errors(self, rows: Sequence[tuple[Any, ...]]) -> None:
+        """Bulk-loads row errors with COPY.
+
+        Args:
+            rows: ``(import_id, chunk_no, line, field, reason, raw_value)`` tuples.
+        """
+        if rows:
+            driver = await self._driver()
+            await driver.copy_records_to_table(
+                "row_errors",
+                schema_name=tables.SCHEMA,
+                columns=["import_id", "chunk_no", "line", "field", "reason", "raw_value"],
+                records=rows,
+            )
+
+    async def reset_import(self, import_id: uuid.UUID) -> None:
+        """Drops an import's chunks, staged rows and row errors (a retry starts over).
+
+        Args:
+            import_id: The import.
+        """
+        for table in (tables.staged_records, tables.row_errors, tables.import_chunks):
+            await self._session.execute(sa.delete(table).where(table.c.import_id == import_id))
+
+    async def delete_staged(self, import_id: uuid.UUID) -> None:
+        """Drops an import's staged rows (cancel, failure, after the merge).
+
+        Args:
+            import_id: The import.
+        """
+        t = tables.staged_records
+        await self._session.execute(sa.delete(t).where(t.c.import_id == import_id))
+
+    async def merge_staged(
+        self, import_id: uuid.UUID, dataset_id: uuid.UUID, now: dt.datetime
+    ) -> int:
+        """Upserts an import's staged rows into records by key (the last line of a key wins).
+
+        Args:
+            import_id: The import.
+            dataset_id: Its dataset.
+            now: Update time.
+
+        Returns:
+            Records written.
+        """
+        s = tables.staged_records
+        latest = (
+            sa.select(
+                sa.literal(dataset_id, pg.UUID(as_uuid=True)).label("dataset_id"),
+                s.c.key,
+                s.c.data,
+                sa.literal(import_id, pg.UUID(as_uuid=True)).label("import_id"),
+                sa.literal(now, sa.DateTime(timezone=True)).label("update_time"),
+            )
+            .where(s.c.import_id == import_id)
+            .distinct(s.c.key)
+            .order_by(s.c.key, s.c.line.desc())
+        )
+        insert = pg.insert(tables.records).from_select(
+            ["dataset_id", "key", "data", "import_id", "update_time"], latest
+        )
+        upsert = insert.on_conflict_do_update(
+            index_elements=["dataset_id", "key"],
+            set_={
+                "data": insert.excluded.data,
+                "import_id": insert.excluded.import_id,
+                "update_time": insert.excluded.update_time,
+            },
+        )
+        result = await self._session.execute(upsert)
+        return int(cast(Any, result).rowcount or 0)
+
+    async def count_records(self, dataset_id: uuid.UUID) -> int:
+        """Counts a dataset's records.
+
+        Args:
+            dataset_id: The dataset.
+
+        Returns:
+            The count.
+        """
+        t = tables.records
+        query = sa.select(sa.func.count()).where(t.c.dataset_id == dataset_id)
+        return int((await self._session.execute(query)).scalar() or 0)
+
+    # ---- row errors --------------------------------------------------------------------
+
+    async def stream_row_errors(
+        self, import_id: uuid.UUID, *, limit: int | None = None
+    ) -> AsyncIterator[tuple[int, str, str, str]]:
+        """Streams an import's row errors in line order (server-side cursor).
+
+        Args:
+            import_id: The import.
+            limit: At most this many.
+
+        Yields:
+            ``(line, field, reason, raw_value)``.
+        """
+        t = tables.row_errors
+        query = (
+            sa.select(t.c.line, t.c.field, t.c.reason, t.c.raw_value)
+            .where(t.c.import_id == import_id)
+            .order_by(t.c.line, t.c.field)
+            .execution_options(yield_per=2000)
+        )
+        if limit is not None:
+            query = query.limit(limit)
+        result = await self._session.stream(query)
+        async for row in result:
+            yield int(row[0]), str(row[1]), str(row[2]), str(row[3])
+
+    # ---- records -----------------------------------------------------------------------
+
+    @staticmethod
+    def _condition(dataset: Dataset, cond: Condition) -> sa.ColumnElement[bool]:
+        field = dataset.field(cond.field)
+        if field is None:  # pragma: no cover - the filter parser only knows declared fields
+            raise InvalidArgument(f"filter: unknown field {cond.field!r}", reason="INVALID_FILTER")
+        t = tables.records
+        text = t.c.data[field.name].astext
+        value: Any = cond.value
+        column: Any
+        if field.name == dataset.key_field and field.type in ("string", "enum"):
+            column = t.c.key
+        elif field.type in _CASTS:
+            column = sa.cast(text, _CASTS[field.type])
+        else:
+            column = text
+        if field.type == "boolean":
+            value = bool(value)
+        return cast(sa.ColumnElement[bool], _OPERATORS[cond.op](column, value))
+
+    async def list_records(
+        self,
+        dataset: Dataset,
+        conditions: Sequence[Condition],
+        *,
+        after_key: str | None,
+        limit: int,
+    ) -> list[dict[str, Any]]:
+        """Lists a dataset's records in key order, filtered on declared fields.
+
+        Filters cast the JSONB value to the field's type; values are bound parameters.
+
+        Args:
+            dataset: The dataset (its schema types the filter).
+            conditions: Parsed AIP-160 conditions.
+            after_key: Keyset position.
+            limit: Rows to return.
+
+        Returns:
+            ``{"key", "data", "import_id", "update_time"}`` rows.
+        """
+        t = tables.records
+        query = (
+            sa.select(t.c.key, t.c.data, t.c.import_id, t.c.update_time)
+            .where(t.c.dataset_id == dataset.id)
+            .order_by(t.c.key)
+            .limit(limit)
+        )
+        for cond in conditions:
+            query = query.where(self._condition(dataset, cond))
+        if after_key is not None:
+            query = query.where(t.c.key > after_key)
+        return [dict(r) for r in (await self._session.execute(query)).mappings()]
+
+    async def get_record(self, dataset_id: uuid.UUID, key: str) -> dict[str, Any] | None:
+        """Loads one record.
+
+        Args:
+            dataset_id: The dataset.
+            key: Its key.
+
+        Returns:
+            The record row or ``None``.
+        """
+        t = tables.records
+        query = sa.select(t.c.key, t.c.data, t.c.import_id, t.c.update_time).where(
+            t.c.dataset_id == dataset_id, t.c.key == key
+        )
+        row = (await self._session.execute(query)).mappings().first()
+        return dict(row) if row else None
+
+    # ---- the operation row, seen from chunk tasks --------------------------------------
+
+    async def share_operation(self, operation_id: uuid.UUID) -> tuple[str, int] | None:
+        """Reads an operation's state under ``FOR KEY SHARE``.
+
+        Chunk writes hold this lock until commit, so cancel and finalize (``FOR UPDATE``)
+        wait for in-flight chunk writes, while heartbeats (plain updates) do not.
+
+        Args:
+            operation_id: The operation.
+
+        Returns:
+            ``(state, attempt)`` or ``None``.
+        """
+        t = tables.operations
+        query = (
+            sa.select(t.c.state, t.c.attempt)
+            .where(t.c.id == operation_id)
+            .with_for_update(key_share=True, read=True)
+        )
+        row = (await self._session.execute(query)).first()
+        return (str(row[0]), int(row[1])) if row else None
+
+    async def touch_operation(
+        self, operation_id: uuid.UUID, progress: dict[str, Any] | None, now: dt.datetime
+    ) -> str | None:
+        """Heartbeats a running operation on behalf of its chunk tasks (any attempt).
+
+        Args:
+            operation_id: The operation.
+            progress: New progress, or ``None`` to keep it.
+            now: Current time.
+
+        Returns:
+            The state, or ``None`` if the operation is not RUNNING/CANCELLING.
+        """
+        t = tables.operations
+        values: dict[str, Any] = {"heartbeat_time": now, "update_time": now}
+        if progress is not None:
+            values["progress"] = progress
+        query = (
+            sa.update(t)
+            .where(t.c.id == operation_id, t.c.state.in_(["RUNNING", "CANCELLING"]))
+            .values(**values)
+            .returning(t.c.state)
+        )
+        row = (await self._session.execute(query)).first()
+        return str(row[0]) if row else None

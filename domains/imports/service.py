@@ -1,0 +1,1033 @@
+"""Imports use cases: datasets (CRUD), imports (create, run, chunks, finalize, cancel), records.
+
+The workflow of one import (operation type ``import``):
+
+1. ``imports.run`` (task id = operation id) claims the operation, fetches ``source_uri`` if
+   any, decompresses, and splits the file into chunks recorded in ``import_chunks`` (the DB is
+   the truth about what is done). It returns the chunks not yet DONE; the task adapter fans
+   them out as a Celery chord whose callback is ``imports.finalize``.
+2. ``imports.process_chunk`` validates its rows and COPYs valid rows into ``staged_records``
+   and invalid ones into ``row_errors``, then marks the chunk DONE, all in one transaction under
+   the chunk's row lock: a redelivered or duplicate chunk task finds it DONE and does nothing.
+3. ``imports.finalize`` checks that every chunk is DONE, then in one transaction fenced by the
+   operation's attempt: merges the staged rows into ``records`` (``INSERT ... ON CONFLICT``),
+   writes the counts, ends the operation and emits ``imports.ImportCompleted``. Records of an
+   import become visible at once, or never.
+
+A worker killed mid-import stops the heartbeats; the sweeper re-dispatches ``imports.run``,
+which resumes: only chunks not DONE are sent again, and a callback of an older attempt is
+ignored. Cancel: chunk tasks see CANCELLING at their next heartbeat, stop, and the staged rows
+are deleted; nothing becomes visible.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import gc
+import logging
+import os
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from typing import Any, cast
+
+from domains.imports import events, parsing
+from domains.imports.model import (
+    TERMINAL,
+    Chunk,
+    Dataset,
+    FieldDef,
+    Import,
+    ImportState,
+    validate_schema,
+)
+from domains.imports.storage import FileStore, SourceFetcher, StoredFile
+from domains.imports.unit_of_work import ImportsUnitOfWork
+from domains.operations import service as operations_service
+from domains.operations.execution import Cancelled, Execution, OperationRunner, ProgressSink
+from domains.operations.model import DispatchSpec, Operation, OperationError, Progress, State
+from domains.operations.unit_of_work import SqlUnitOfWork
+from domains.shared.clock import utcnow
+from domains.shared.errors import (
+    FailedPrecondition,
+    InvalidArgument,
+    NotFound,
+    PermanentError,
+    TransientError,
+)
+from domains.shared.events import event_message
+from domains.shared.ids import new_id
+from domains.shared.query import Condition
+from domains.shared.ssrf import UrlGuard
+
+log = logging.getLogger(__name__)
+
+DOMAIN = "imports"
+RUN_TASK = "imports.run"
+HEARTBEAT_ROWS = 2000
+"""Rows validated between two heartbeat/cancel checks of a chunk task."""
+
+
+@dataclasses.dataclass(frozen=True)
+class ImportsPolicy:
+    """Knobs of the imports workflow.
+
+    Attributes:
+        chunk_rows: Rows per chunk.
+        lease_seconds: Heartbeat lease of the operation.
+        pending_deadline_seconds: Re-dispatch deadline while pending.
+        max_file_bytes: Largest (decompressed) file.
+    """
+
+    chunk_rows: int = 50_000
+    lease_seconds: float = 30.0
+    pending_deadline_seconds: float = 300.0
+    max_file_bytes: int = 1024**3
+
+
+def _not_found_dataset(dataset_id: uuid.UUID) -> NotFound:
+    return NotFound(f"datasets/{dataset_id} does not exist", reason="DATASET_NOT_FOUND")
+
+
+class ImportsService:
+    """Datasets, imports and records of the imports domain."""
+
+    def __init__(
+        self,
+        uow_factory: Callable[[], ImportsUnitOfWork],
+        *,
+        read_uow_factory: Callable[[], ImportsUnitOfWork] | None = None,
+        store: FileStore,
+        fetcher: SourceFetcher | None = None,
+        guard: UrlGuard | None = None,
+        policy: ImportsPolicy | None = None,
+        progress_interval: float = 1.0,
+    ) -> None:
+        """Creates the service.
+
+        Args:
+            uow_factory: Unit of work on the primary.
+            read_uow_factory: Unit of work on the replica (record reads).
+            store: Where import files live.
+            fetcher: Downloads ``source_uri`` (workers).
+            guard: SSRF guard for ``source_uri``.
+            policy: Chunk size and deadlines.
+            progress_interval: Minimum seconds between heartbeat writes of a chunk.
+        """
+        self._uow = uow_factory
+        self._read_uow = read_uow_factory or uow_factory
+        self.store = store
+        self._fetcher = fetcher
+        self._guard = guard or UrlGuard()
+        self.policy = policy or ImportsPolicy()
+        self._progress_interval = progress_interval
+        self._runner = OperationRunner(
+            cast(Callable[[], SqlUnitOfWork], uow_factory), progress_interval=progress_interval
+        )
+
+    # ---- datasets ----------------------------------------------------------------------
+
+    async def create_dataset(
+        self,
+        *,
+        tenant: str,
+        display_name: str,
+        fields: Sequence[FieldDef],
+        key_field: str,
+        source_uri: str | None = None,
+    ) -> Dataset:
+        """Creates a dataset.
+
+        Args:
+            tenant: Caller's tenant.
+            display_name: Human name.
+            fields: Declared fields.
+            key_field: Upsert key field (required).
+            source_uri: Default http(s) source for scheduled imports.
+
+        Returns:
+            The dataset.
+
+        Raises:
+            InvalidArgument: If the schema or a name is malformed.
+        """
+        Dataset.check_display_name(display_name)
+        validate_schema(fields, key_field)
+        if source_uri:
+            self._guard.parse(source_uri)
+        now = utcnow()
+        dataset = Dataset(
+            id=new_id(),
+            tenant=tenant,
+            display_name=display_name,
+            fields=list(fields),
+            key_field=key_field,
+            create_time=now,
+            update_time=now,
+            source_uri=source_uri or None,
+        )
+        async with self._uow() as uow:
+            await uow.imports.add_dataset(dataset)
+            await uow.commit()
+        return dataset
+
+    async def get_dataset(self, tenant: str, dataset_id: uuid.UUID) -> Dataset:
+        """Returns a dataset of ``tenant``.
+
+        Args:
+            tenant: Caller's tenant.
+            dataset_id: Its id.
+
+        Returns:
+            The dataset.
+
+        Raises:
+            NotFound: If it does not exist for this tenant.
+        """
+        async with self._uow() as uow:
+            dataset = await uow.imports.get_dataset(tenant, dataset_id)
+        if dataset is None:
+            raise _not_found_dataset(dataset_id)
+        return dataset
+
+    async def list_datasets(
+        self, tenant: str, *, page_size: int, after_id: uuid.UUID | None
+    ) -> tuple[list[Dataset], uuid.UUID | None]:
+        """Lists a tenant's datasets.
+
+        Args:
+            tenant: Caller's tenant.
+            page_size: Page size.
+            after_id: Keyset position.
+
+        Returns:
+            ``(datasets, last id when there is a next page)``.
+        """
+        async with self._read_uow() as uow:
+            rows = await uow.imports.list_datasets(tenant, after_id=after_id, limit=page_size + 1)
+        page = rows[:page_size]
+        return page, (page[-1].id if len(rows) > page_size else None)
+
+    async def update_dataset(
+        self,
+        tenant: str,
+        dataset_id: uuid.UUID,
+        *,
+        display_name: str | None = None,
+        fields: Sequence[FieldDef] | None = None,
+        key_field: str | None = None,
+        source_uri: str | None = None,
+        clear_source_uri: bool = False,
+    ) -> Dataset:
+        """Changes a dataset; schema changes that would break stored records are refused.
+
+        Args:
+            tenant: Caller's tenant.
+            dataset_id: Its id.
+            display_name: New name.
+            fields: New fields.
+            key_field: New key field.
+            source_uri: New default source.
+            clear_source_uri: Remove the default source.
+
+        Returns:
+            The dataset.
+
+        Raises:
+            NotFound: If it does not exist.
+            InvalidArgument: If a value is malformed.
+            FailedPrecondition: If the schema change would break stored records, or an
+                import is running.
+        """
+        async with self._uow() as uow:
+            dataset = await uow.imports.get_dataset(tenant, dataset_id, for_update=True)
+            if dataset is None:
+                raise _not_found_dataset(dataset_id)
+            now = utcnow()
+            if display_name is not None:
+                Dataset.check_display_name(display_name)
+                dataset.display_name = display_name
+            if fields is not None or key_field is not None:
+                if await uow.imports.active_imports(dataset_id):
+                    raise FailedPrecondition(
+                        f"{dataset.name} has an import in progress; change the schema after it"
+                        " ends (or cancel it)",
+                        reason="IMPORT_IN_PROGRESS",
+                    )
+                dataset.change_schema(
+                    list(fields if fields is not None else dataset.fields),
+                    key_field or dataset.key_field,
+                    has_records=await uow.imports.has_records(dataset_id),
+                    now=now,
+                )
+            if source_uri:
+                self._guard.parse(source_uri)
+                dataset.source_uri = source_uri
+            elif clear_source_uri:
+                dataset.source_uri = None
+            dataset.update_time = now
+            await uow.imports.save_dataset(dataset)
+            await uow.commit()
+        return dataset
+
+    async def delete_dataset(self, tenant: str, dataset_id: uuid.UUID) -> None:
+        """Deletes a dataset with its records and imports.
+
+        Args:
+            tenant: Caller's tenant.
+            dataset_id: Its id.
+
+        Raises:
+            NotFound: If it does not exist.
+            FailedPrecondition: If an import is running.
+        """
+        paths: list[str | None] = []
+        async with self._uow() as uow:
+            dataset = await uow.imports.get_dataset(tenant, dataset_id, for_update=True)
+            if dataset is None:
+                raise _not_found_dataset(dataset_id)
+            if await uow.imports.active_imports(dataset_id):
+                raise FailedPrecondition(
+                    f"{dataset.name} has an import in progress; cancel it (or wait) before"
+                    " deleting the dataset",
+                    reason="IMPORT_IN_PROGRESS",
+                )
+            for item in await uow.imports.list_imports(dataset_id, after_id=None, limit=100_000):
+                paths.append(item.file_path)
+            await uow.imports.delete_dataset(dataset_id)
+            await uow.commit()
+        for path in paths:
+            self.store.delete(path)
+
+    # ---- imports -----------------------------------------------------------------------
+
+    async def create_import(
+        self,
+        *,
+        tenant: str,
+        dataset_id: uuid.UUID,
+        stored: StoredFile | None = None,
+        source_uri: str | None = None,
+        format: str = "auto",
+        request_id: str | None = None,
+        correlation_id: str | None = None,
+    ) -> Operation:
+        """Creates an import of a stored file or of a ``source_uri``, and dispatches it.
+
+        Args:
+            tenant: Caller's tenant.
+            dataset_id: Target dataset.
+            stored: The uploaded file, already durable in the store.
+            source_uri: http(s) URL the worker fetches (instead of a file).
+            format: ``csv``, ``jsonl`` or ``auto``.
+            request_id: AIP-155 request id: the same file (or URL) with the same id is one
+                import.
+            correlation_id: HTTP request id for logs.
+
+        Returns:
+            The PENDING operation (or the earlier one for a repeated request id).
+
+        Raises:
+            InvalidArgument: If neither or both of file and source are given, or the URL is
+                not allowed.
+            NotFound: If the dataset does not exist.
+            AlreadyExists: If the request id was used with another file.
+        """
+        if format not in ("auto", *parsing.FORMATS):
+            raise InvalidArgument(
+                f"format {format!r} is unknown; use csv, jsonl or auto",
+                metadata={"field": "format"},
+            )
+        if (stored is None) == (not source_uri):
+            raise InvalidArgument(
+                "send either a file or a source_uri (exactly one)", reason="IMPORT_SOURCE"
+            )
+        if source_uri:
+            await self._guard.check(source_uri)
+        body = {
+            "dataset": str(dataset_id),
+            "sha256": stored.sha256 if stored else None,
+            "source_uri": source_uri,
+            "format": format,
+        }
+        fingerprint = operations_service.request_fingerprint(body)
+        built: list[uuid.UUID] = []
+
+        async def build(uow: SqlUnitOfWork) -> Operation:
+            repo = cast(ImportsUnitOfWork, uow).imports
+            dataset = await repo.get_dataset(tenant, dataset_id)
+            if dataset is None:
+                raise _not_found_dataset(dataset_id)
+            import_id = new_id()
+            op = operations_service.new_operation(
+                domain=DOMAIN,
+                type_="import",
+                target=f"datasets/{dataset_id}/imports/{import_id}",
+                dispatch=DispatchSpec(task_name=RUN_TASK, queue=DOMAIN, args=[]),
+                request_id=request_id,
+                request_hash=fingerprint,
+                lease_seconds=self.policy.lease_seconds,
+                pending_deadline_seconds=self.policy.pending_deadline_seconds,
+                correlation_id=correlation_id,
+                tenant=tenant,
+            )
+            op.dispatch.args = [str(op.id)]
+            item = Import(
+                id=import_id,
+                dataset_id=dataset_id,
+                tenant=tenant,
+                operation_id=op.id,
+                state=ImportState.PENDING,
+                format=format,
+                create_time=op.create_time,
+                file_path=stored.path if stored else None,
+                source_uri=source_uri or None,
+                size_bytes=stored.size if stored else 0,
+                sha256=stored.sha256 if stored else None,
+            )
+            await repo.add_import(item)
+            built.append(op.id)
+            return op
+
+        try:
+            op = await operations_service.create_idempotently(
+                cast(Callable[[], SqlUnitOfWork], self._uow),
+                request_id=request_id,
+                request_hash=fingerprint,
+                build=build,
+                tenant=tenant,
+            )
+        except BaseException:
+            if stored is not None:
+                self.store.delete(stored.path)
+            raise
+        if stored is not None and op.id not in built:
+            # A repeated request: the earlier import already holds this file.
+            self.store.delete(stored.path)
+        return op
+
+    async def get_import(self, tenant: str, dataset_id: uuid.UUID, import_id: uuid.UUID) -> Import:
+        """Returns an import (state refreshed from its operation while it is not finished).
+
+        Args:
+            tenant: Caller's tenant.
+            dataset_id: Its dataset.
+            import_id: Its id.
+
+        Returns:
+            The import.
+
+        Raises:
+            NotFound: If it does not exist for this tenant.
+        """
+        async with self._uow() as uow:
+            item = await uow.imports.get_import(import_id, dataset_id=dataset_id, tenant=tenant)
+            if item is None:
+                raise NotFound(
+                    f"datasets/{dataset_id}/imports/{import_id} does not exist",
+                    reason="IMPORT_NOT_FOUND",
+                )
+            if item.state not in TERMINAL:
+                op = await uow.operations.get(item.operation_id)
+                if op is not None:
+                    item.state = _state_of(op, item)
+                    if op.progress.total is not None and item.state == ImportState.RUNNING:
+                        item.rows_total = op.progress.total
+        return item
+
+    async def list_imports(
+        self, tenant: str, dataset_id: uuid.UUID, *, page_size: int, after_id: uuid.UUID | None
+    ) -> tuple[list[Import], uuid.UUID | None]:
+        """Lists a dataset's imports.
+
+        Args:
+            tenant: Caller's tenant.
+            dataset_id: The dataset.
+            page_size: Page size.
+            after_id: Keyset position.
+
+        Returns:
+            ``(imports, last id when there is a next page)``.
+
+        Raises:
+            NotFound: If the dataset does not exist.
+        """
+        await self.get_dataset(tenant, dataset_id)
+        async with self._read_uow() as uow:
+            rows = await uow.imports.list_imports(
+                dataset_id, after_id=after_id, limit=page_size + 1
+            )
+        page = rows[:page_size]
+        return page, (page[-1].id if len(rows) > page_size else None)
+
+    @contextlib.asynccontextmanager
+    async def row_errors(
+        self,
+        tenant: str,
+        dataset_id: uuid.UUID,
+        import_id: uuid.UUID,
+        *,
+        limit: int | None = None,
+    ) -> AsyncIterator[AsyncIterator[tuple[int, str, str, str]]]:
+        """Opens a stream of an import's row errors (line order), on the replica.
+
+        Args:
+            tenant: Caller's tenant.
+            dataset_id: Its dataset.
+            import_id: The import.
+            limit: At most this many.
+
+        Yields:
+            An async iterator of ``(line, field, reason, raw_value)``.
+
+        Raises:
+            NotFound: If the import does not exist.
+        """
+        await self.get_import(tenant, dataset_id, import_id)
+        async with self._read_uow() as uow:
+            yield uow.imports.stream_row_errors(import_id, limit=limit)
+
+    # ---- records -----------------------------------------------------------------------
+
+    async def list_records(
+        self,
+        dataset: Dataset,
+        conditions: Sequence[Condition],
+        *,
+        page_size: int,
+        after_key: str | None,
+    ) -> tuple[list[dict[str, Any]], str | None]:
+        """Lists records of a dataset (replica), filtered on declared fields, in key order.
+
+        Args:
+            dataset: The dataset (from :meth:`get_dataset`, so tenancy is checked).
+            conditions: Parsed filter.
+            page_size: Page size.
+            after_key: Keyset position.
+
+        Returns:
+            ``(records, last key when there is a next page)``.
+        """
+        async with self._read_uow() as uow:
+            rows = await uow.imports.list_records(
+                dataset, conditions, after_key=after_key, limit=page_size + 1
+            )
+        page = rows[:page_size]
+        return page, (page[-1]["key"] if len(rows) > page_size else None)
+
+    async def get_record(self, dataset: Dataset, key: str) -> dict[str, Any]:
+        """Returns one record (replica).
+
+        Args:
+            dataset: The dataset.
+            key: The record key.
+
+        Returns:
+            The record row.
+
+        Raises:
+            NotFound: If there is no record with this key.
+        """
+        async with self._read_uow() as uow:
+            row = await uow.imports.get_record(dataset.id, key)
+        if row is None:
+            raise NotFound(
+                f"{dataset.name}/records/{key} does not exist", reason="RECORD_NOT_FOUND"
+            )
+        return row
+
+    # ---- workflow: run -----------------------------------------------------------------
+
+    async def run_import(
+        self, operation_id: uuid.UUID, *, sink: ProgressSink | None = None
+    ) -> dict[str, Any]:
+        """First step: claim, fetch, split into chunks; returns the chunks to fan out.
+
+        Resumable: a re-dispatched run reuses the recorded chunks and returns only those
+        not DONE (or finalizes at once if all are).
+
+        Args:
+            operation_id: The operation.
+            sink: Progress mirror.
+
+        Returns:
+            ``{"launch": [chunk numbers], "attempt": n, ...}`` or the final response.
+
+        Raises:
+            Skip: If the operation is done or was cancelled before it started.
+            Busy: If another attempt runs it.
+            ImportFileError: If the file cannot be imported (the operation fails).
+            TransientError: On a retryable failure (the operation is released first).
+        """
+        execution = await self._runner.claim(operation_id, sink=sink)
+        try:
+            return await self._run(execution)
+        except Cancelled:
+            await self._settle_cancel(operation_id)
+            return {"cancelled": True}
+        except TransientError as exc:
+            await self._runner.release(execution, exc.message)
+            raise
+
+    async def _run(self, execution: Execution) -> dict[str, Any]:
+        op_id = execution.id
+        async with self._uow() as uow:
+            item = await uow.imports.get_import_by_operation(op_id)
+            dataset = (
+                await uow.imports.get_dataset_by_id(item.dataset_id) if item is not None else None
+            )
+            if item is not None and item.state == ImportState.FAILED:
+                # A :retry of a failed import starts over: its chunks, staged rows and row
+                # errors are dropped so that they are not counted twice.
+                await uow.imports.reset_import(item.id)
+                item.chunks_total = item.rows_total = None
+                item.rows_accepted = item.rows_rejected = None
+                item.error = item.complete_time = None
+            if item is not None and item.state in (ImportState.PENDING, ImportState.FAILED):
+                item.state = ImportState.RUNNING
+                await uow.imports.save_import(item)
+                await uow.commit()
+        if item is None or dataset is None:
+            raise PermanentError(
+                "the import or its dataset was deleted before it ran", reason="IMPORT_GONE"
+            )
+        if item.chunks_total is None:
+            async with self._keepalive(op_id, "reading the file"):
+                item = await self._split(item, dataset)
+        await execution.checkpoint(
+            (await self._totals(item.id)).rows_done, item.rows_total, "importing"
+        )
+        async with self._uow() as uow:
+            pending = await uow.imports.pending_chunks(item.id)
+        if not pending:
+            return await self._finalize(execution)
+        return {
+            "launch": pending,
+            "attempt": execution.attempt,
+            "import": item.name,
+            "rows_total": item.rows_total,
+            "chunks_total": item.chunks_total,
+        }
+
+    async def _totals(self, import_id: uuid.UUID) -> Any:
+        async with self._uow() as uow:
+            return await uow.imports.chunk_totals(import_id)
+
+    async def _split(self, item: Import, dataset: Dataset) -> Import:
+        if item.file_path is None:
+            if not item.source_uri or self._fetcher is None:
+                raise PermanentError("the import has no file and no source_uri to fetch")
+            writer = self.store.writer()
+            try:
+                await self._fetcher.fetch(item.source_uri, writer)
+                stored = await writer.commit()
+            except BaseException:
+                writer.abort()
+                raise
+            item.file_path, item.size_bytes, item.sha256 = stored.path, stored.size, stored.sha256
+            async with self._uow() as uow:
+                await uow.imports.save_import(item)
+                await uow.commit()
+        path = self.store.path(item.file_path)
+        plain = await asyncio.to_thread(
+            parsing.prepare_plain, path, max_bytes=self.policy.max_file_bytes
+        )
+        fmt = parsing.detect_format(plain, item.format)
+        plan = await asyncio.to_thread(
+            parsing.plan_chunks, plain, fmt, dataset.fields, self.policy.chunk_rows
+        )
+        async with self._uow() as uow:
+            locked = await uow.imports.get_import(item.id, for_update=True)
+            if locked is None:
+                raise PermanentError("the import was deleted while it ran", reason="IMPORT_GONE")
+            if locked.chunks_total is not None:
+                return locked
+            await uow.imports.add_chunks(
+                [
+                    Chunk(
+                        import_id=item.id,
+                        chunk_no=c.chunk_no,
+                        start_offset=c.start_offset,
+                        end_offset=c.end_offset,
+                        first_line=c.first_line,
+                        rows=c.rows,
+                    )
+                    for c in plan.chunks
+                ]
+            )
+            locked.format = fmt
+            locked.rows_total = plan.rows_total
+            locked.chunks_total = len(plan.chunks)
+            locked.file_path, locked.size_bytes, locked.sha256 = (
+                item.file_path,
+                item.size_bytes,
+                item.sha256,
+            )
+            await uow.imports.save_import(locked, columns=plan.columns, plain_path=plain)
+            await uow.commit()
+        return locked
+
+    @contextlib.asynccontextmanager
+    async def _keepalive(self, operation_id: uuid.UUID, message: str) -> AsyncIterator[None]:
+        """Heartbeats the operation while a long step (fetch, split) runs in a thread."""
+        interval = max(0.2, min(self.policy.lease_seconds / 3, 5.0))
+
+        async def beat() -> None:
+            while True:
+                await asyncio.sleep(interval)
+                try:
+                    async with self._uow() as uow:
+                        await uow.imports.touch_operation(
+                            operation_id, {"done": 0, "total": None, "message": message}, utcnow()
+                        )
+                        await uow.commit()
+                except Exception:
+                    log.debug("keepalive of %s failed", operation_id, exc_info=True)
+
+        task = asyncio.create_task(beat())
+        try:
+            yield
+        finally:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    # ---- workflow: chunks --------------------------------------------------------------
+
+    async def process_chunk(
+        self,
+        operation_id: uuid.UUID,
+        attempt: int,
+        chunk_no: int,
+        *,
+        sink: ProgressSink | None = None,
+    ) -> dict[str, Any]:
+        """Validates one chunk and stages its rows; applied once per chunk.
+
+        Args:
+            operation_id: The import's operation.
+            attempt: Attempt of the run that launched it (informational; chunk effects are
+                keyed by ``(import, chunk)``, not by attempt).
+            chunk_no: The chunk.
+            sink: Progress mirror (keyed by the operation id).
+
+        Returns:
+            What happened: counts, or a skip/cancel note.
+        """
+        async with self._uow() as uow:
+            op = await uow.operations.get(operation_id)
+            item = await uow.imports.get_import_by_operation(operation_id)
+            chunk = await uow.imports.get_chunk(item.id, chunk_no) if item is not None else None
+            dataset = (
+                await uow.imports.get_dataset_by_id(item.dataset_id) if item is not None else None
+            )
+            columns, plain = (
+                await uow.imports.import_plan(item.id) if item is not None else ([], None)
+            )
+        if op is None or item is None or chunk is None or dataset is None or plain is None:
+            return {"skipped": "import, chunk or dataset no longer exists"}
+        if op.done:
+            if op.state != State.SUCCEEDED:
+                await self._discard_staged(item.id)
+            return {"skipped": f"operation is {op.state}"}
+        if op.state == State.CANCELLING:
+            await self._settle_cancel(operation_id)
+            return {"cancelled": True}
+        if chunk.state == "DONE":
+            return {"skipped": f"chunk {chunk_no} already done"}
+
+        validator = parsing.RowValidator(dataset.fields, dataset.key_field, columns)
+        staged: list[tuple[Any, ...]] = []
+        errors: list[tuple[Any, ...]] = []
+        rows = parsing.iter_chunk_rows(
+            plain, item.format, chunk.start_offset, chunk.end_offset, chunk.first_line
+        )
+        # The loop builds ~10^5 small tuples: cyclic GC passes over them cost ~20% of the
+        # chunk's time and there are no cycles to find. Re-enabled right after.
+        gc_was_enabled = gc.isenabled()
+        gc.disable()
+        try:
+            outcome = await self._validate_rows(
+                operation_id, item, chunk_no, validator, rows, staged, errors
+            )
+        finally:
+            if gc_was_enabled:
+                gc.enable()
+        if isinstance(outcome, dict):
+            return outcome
+        accepted, rejected = outcome
+
+        async with self._uow() as uow:
+            shared = await uow.imports.share_operation(operation_id)
+            if shared is None or shared[0] != State.RUNNING:
+                state = shared[0] if shared else None
+                cancel = state == State.CANCELLING
+            else:
+                cancel = False
+                locked = await uow.imports.get_chunk(item.id, chunk_no, for_update=True)
+                if locked is None or locked.state == "DONE":
+                    return {"skipped": f"chunk {chunk_no} already done"}
+                await uow.imports.copy_staged(staged)
+                await uow.imports.copy_row_errors(errors)
+                locked.rows_accepted, locked.rows_rejected = accepted, rejected
+                await uow.imports.mark_chunk_done(locked)
+                now = utcnow()
+                # Take the operation row lock first, so the totals below see every chunk
+                # committed before this one.
+                await uow.imports.touch_operation(operation_id, None, now)
+                totals = await uow.imports.chunk_totals(item.id)
+                progress = {
+                    "done": totals.rows_done,
+                    "total": item.rows_total,
+                    "message": f"{totals.done} of {totals.chunks} chunks done",
+                }
+                await uow.imports.touch_operation(operation_id, progress, now)
+                await uow.commit()
+                if sink is not None:
+                    with contextlib.suppress(Exception):
+                        sink({**progress, "operation": op.name})
+                return {"chunk": chunk_no, "rows_accepted": accepted, "rows_rejected": rejected}
+        if cancel:
+            await self._settle_cancel(operation_id)
+            return {"cancelled": True}
+        return {"skipped": f"operation is {state}"}
+
+    async def _validate_rows(
+        self,
+        operation_id: uuid.UUID,
+        item: Import,
+        chunk_no: int,
+        validator: parsing.RowValidator,
+        rows: Iterator[tuple[int, Any]],
+        staged: list[tuple[Any, ...]],
+        errors: list[tuple[Any, ...]],
+    ) -> tuple[int, int] | dict[str, Any]:
+        """Validates a chunk's rows into ``staged``/``errors``; heartbeats between batches.
+
+        Returns:
+            ``(accepted, rejected)``, or a note if the operation was cancelled or taken away.
+        """
+        accepted = rejected = 0
+        last_beat = time.monotonic()
+        for count, (line, raw) in enumerate(rows, 1):
+            result = validator.row(item.format, line, raw)
+            if isinstance(result, tuple):
+                staged.append((item.id, chunk_no, line, result[0], result[1]))
+                accepted += 1
+            else:
+                rejected += 1
+                errors.extend(
+                    (item.id, chunk_no, e.line, e.field, e.reason, e.raw_value) for e in result
+                )
+            if count % HEARTBEAT_ROWS == 0 and (
+                time.monotonic() - last_beat >= self._progress_interval
+            ):
+                last_beat = time.monotonic()
+                async with self._uow() as uow:
+                    state = await uow.imports.touch_operation(operation_id, None, utcnow())
+                    await uow.commit()
+                if state == State.CANCELLING:
+                    await self._settle_cancel(operation_id)
+                    return {"cancelled": True}
+                if state is None:
+                    return {"skipped": "operation is no longer running"}
+        return accepted, rejected
+
+    # ---- workflow: finalize ------------------------------------------------------------
+
+    async def finalize(self, operation_id: uuid.UUID, attempt: int) -> dict[str, Any]:
+        """Chord callback: merges the staged rows once every chunk is DONE.
+
+        A callback of an older attempt, or one fired before every chunk is DONE in the
+        database, does nothing (the current attempt's callback, or the sweeper's re-dispatch
+        of ``imports.run``, finalizes).
+
+        Args:
+            operation_id: The operation.
+            attempt: Attempt of the run that launched the chord.
+
+        Returns:
+            The operation's response, or a note.
+        """
+        async with self._uow() as uow:
+            op = await uow.operations.get(operation_id)
+            item = await uow.imports.get_import_by_operation(operation_id)
+            pending = await uow.imports.pending_chunks(item.id) if item is not None else []
+        if op is None or item is None:
+            return {"skipped": "operation or import no longer exists"}
+        if op.done:
+            if op.state != State.SUCCEEDED:
+                await self._discard_staged(item.id)
+            return {"skipped": f"operation is {op.state}"}
+        if op.state == State.CANCELLING:
+            await self._settle_cancel(operation_id)
+            return {"cancelled": True}
+        if op.attempt != attempt:
+            return {"skipped": f"attempt {attempt} was superseded by {op.attempt}"}
+        if pending:
+            return {"waiting": len(pending)}
+        execution = Execution(operation=op, attempt=attempt, _runner=self._runner)
+        return await self._finalize(execution)
+
+    async def _finalize(self, execution: Execution) -> dict[str, Any]:
+        op_id = execution.id
+        totals = await self._totals_by_operation(op_id)
+        if totals is not None and totals.rows_accepted == 0 and totals.done == totals.chunks:
+            await self._fail(
+                op_id,
+                OperationError(
+                    status="FAILED_PRECONDITION",
+                    message=(
+                        f"no row of the file was valid ({totals.rows_rejected} rejected); see"
+                        " the errors download for each row's problem, fix the file and import"
+                        " it again"
+                    ),
+                ),
+                attempt=execution.attempt,
+            )
+            return {"failed": "no valid row"}
+
+        async def apply(uow: SqlUnitOfWork, op: Operation) -> dict[str, Any]:
+            repo = cast(ImportsUnitOfWork, uow).imports
+            item = await repo.get_import_by_operation(op.id)
+            if item is None:
+                raise PermanentError("the import was deleted while it ran", reason="IMPORT_GONE")
+            item = await repo.get_import(item.id, for_update=True)
+            assert item is not None
+            sums = await repo.chunk_totals(item.id)
+            if sums.done != sums.chunks:
+                raise TransientError(f"{sums.chunks - sums.done} chunks are not done yet")
+            now = utcnow()
+            await repo.merge_staged(item.id, item.dataset_id, now)
+            await repo.delete_staged(item.id)
+            dataset = await repo.get_dataset_by_id(item.dataset_id)
+            if dataset is not None:
+                dataset.record_count = await repo.count_records(dataset.id)
+                await repo.save_dataset(dataset)
+            item.state = ImportState.SUCCEEDED
+            item.rows_total = sums.rows_done
+            item.rows_accepted = sums.rows_accepted
+            item.rows_rejected = sums.rows_rejected
+            item.complete_time = now
+            await repo.save_import(item)
+            event = events.import_completed(item, op.name, now)
+            await uow.outbox.add(event_message(event, correlation_id=op.correlation_id))
+            return {
+                "import": item.name,
+                "rows_total": item.rows_total,
+                "rows_accepted": item.rows_accepted,
+                "rows_rejected": item.rows_rejected,
+                "errors_uri": item.errors_uri,
+            }
+
+        if totals is not None:
+            # finish() records the execution's progress as complete.
+            execution._progress = Progress(
+                done=totals.rows_done, total=totals.rows_done, message="imported"
+            )
+        op = await self._runner.finish(execution, apply)
+        await self._drop_plain_copy(op_id)
+        return op.response or {}
+
+    async def _drop_plain_copy(self, operation_id: uuid.UUID) -> None:
+        """Removes the decompressed copy of a gzip upload once the import succeeded (the
+        original stays for the dataset's life).
+        """
+        async with self._uow() as uow:
+            item = await uow.imports.get_import_by_operation(operation_id)
+            _, plain = await uow.imports.import_plan(item.id) if item else ([], None)
+        if (
+            item is not None
+            and item.file_path
+            and plain
+            and plain != self.store.path(item.file_path)
+        ):
+            with contextlib.suppress(OSError):
+                os.remove(plain)
+
+    async def _totals_by_operation(self, operation_id: uuid.UUID) -> Any:
+        async with self._uow() as uow:
+            item = await uow.imports.get_import_by_operation(operation_id)
+            return await uow.imports.chunk_totals(item.id) if item is not None else None
+
+    # ---- endings -----------------------------------------------------------------------
+
+    async def fail_import(self, operation_id: uuid.UUID, error: OperationError) -> None:
+        """Ends an import as FAILED (file error, retries exhausted) and emits ImportFailed.
+
+        Args:
+            operation_id: The operation.
+            error: What happened.
+        """
+        await self._fail(operation_id, error)
+
+    async def _fail(
+        self, operation_id: uuid.UUID, error: OperationError, *, attempt: int | None = None
+    ) -> None:
+        async with self._uow() as uow:
+            op = await uow.operations.get(operation_id, for_update=True)
+            if op is None or op.done or (attempt is not None and op.attempt != attempt):
+                return
+            now = utcnow()
+            op.fail(now, error)
+            await uow.operations.save(op)
+            item = await uow.imports.get_import_by_operation(operation_id)
+            if item is not None:
+                totals = await uow.imports.chunk_totals(item.id)
+                item.state = ImportState.FAILED
+                item.error = error.message
+                item.complete_time = now
+                if totals.chunks:
+                    item.rows_accepted = 0
+                    item.rows_rejected = totals.rows_rejected
+                await uow.imports.save_import(item)
+                await uow.imports.delete_staged(item.id)
+                event = events.import_failed(item, op.name, error.message)
+                await uow.outbox.add(event_message(event, correlation_id=op.correlation_id))
+            await uow.commit()
+
+    async def _settle_cancel(self, operation_id: uuid.UUID) -> None:
+        """Ends a cancel request: staged rows deleted, import and operation CANCELLED."""
+        async with self._uow() as uow:
+            op = await uow.operations.get(operation_id, for_update=True)
+            if op is None:
+                return
+            if op.state == State.CANCELLING:
+                op.mark_cancelled(utcnow())
+                await uow.operations.save(op)
+            item = await uow.imports.get_import_by_operation(operation_id)
+            if item is not None and op.state == State.CANCELLED:
+                await uow.imports.delete_staged(item.id)
+                if item.state not in TERMINAL:
+                    item.state = ImportState.CANCELLED
+                    item.complete_time = utcnow()
+                    await uow.imports.save_import(item)
+            await uow.commit()
+
+    async def _discard_staged(self, import_id: uuid.UUID) -> None:
+        """Drops staged rows of an import that ended without success (late chunk writes)."""
+        async with self._uow() as uow:
+            item = await uow.imports.get_import(import_id)
+            if item is not None:
+                await uow.imports.delete_staged(import_id)
+                if item.state not in TERMINAL:
+                    op = await uow.operations.get(item.operation_id)
+                    if op is not None and op.done:
+                        item.state = _state_of(op, item)
+                        item.complete_time = op.end_time
+                        await uow.imports.save_import(item)
+            await uow.commit()
+
+
+def _state_of(op: Operation, item: Import) -> str:
+    mapping = {
+        State.PENDING: ImportState.PENDING,
+        State.RUNNING: ImportState.RUNNING,
+        State.CANCELLING: ImportState.RUNNING,
+        State.SUCCEEDED: ImportState.SUCCEEDED,
+        State.FAILED: ImportState.FAILED,
+        State.CANCELLED: ImportState.CANCELLED,
+    }
+    return str(mapping.get(op.state, item.state))

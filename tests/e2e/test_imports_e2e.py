@@ -1,0 +1,184 @@
+"""End to end: imports with real `conveyor worker` subprocesses (prefork) and a relay: a 100k-row
+CSV with 1% bad rows, a worker SIGKILLed mid-import, and a cancel mid-import."""
+
+from __future__ import annotations
+
+import asyncio
+import csv
+import io
+import os
+import signal
+import subprocess
+import time
+from typing import Any
+
+import pytest
+
+from tests.support.imports import create_dataset, generate_csv, upload
+from tests.support.ops import get_op, op_path, query, wait_done
+
+pytestmark = pytest.mark.e2e
+
+ROWS = 100_000
+
+
+def _children(pid: int) -> list[int]:
+    out = subprocess.run(
+        ["ps", "-o", "pid=", "--ppid", str(pid)], capture_output=True, text=True
+    ).stdout
+    return [int(x) for x in out.split()]
+
+
+def _worker(stack: Any, chunk_rows: int) -> Any:
+    return stack.worker(
+        queues="imports", concurrency=2, env={"CONVEYOR_IMPORTS__CHUNK_ROWS": str(chunk_rows)}
+    )
+
+
+async def _wait_progress(client: Any, name: str, minimum: int, timeout: float = 60) -> dict:
+    deadline = time.monotonic() + timeout
+    op: dict[str, Any] = {}
+    while time.monotonic() < deadline:
+        op = await get_op(client, name)
+        if op["done"] or op["metadata"]["progress"]["done"] >= minimum:
+            return op
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"no progress past {minimum}: {op}")
+
+
+async def _count(database_url: str, sql: str, **params: Any) -> int:
+    return int((await query(database_url, sql, **params))[0][0])
+
+
+async def test_100k_row_csv_with_1_percent_bad_rows(stack, database_url):
+    _worker(stack, 5000)
+    _worker(stack, 5000)
+    stack.relay()
+    dataset = await create_dataset(stack.client)
+    generated = generate_csv(ROWS, bad_every=100)
+    response = await upload(stack.client, dataset["id"], generated.data)
+    assert response.status_code == 200, response.text
+    done = await wait_done(stack.client, response.json()["name"], timeout=180)
+    assert done["metadata"]["state"] == "SUCCEEDED", done
+    result = done["response"]
+    assert (result["rows_total"], result["rows_accepted"], result["rows_rejected"]) == (
+        ROWS,
+        ROWS - ROWS // 100,
+        ROWS // 100,
+    )
+    assert await _count(
+        database_url,
+        "SELECT count(*) FROM imports.records WHERE dataset_id = CAST(:d AS uuid)",
+        d=dataset["id"],
+    ) == len(generated.expected)
+
+    errors = await stack.client.get(result["errors_uri"])
+    rows = list(csv.reader(io.StringIO(errors.text)))[1:]
+    assert [int(r[0]) for r in rows] == generated.bad_lines
+
+    want = sorted(
+        k for k, v in generated.expected.items() if v["amount"] > 990 and v["country"] == "DE"
+    )
+    got: list[str] = []
+    token = ""
+    while True:
+        page = (
+            await stack.client.get(
+                f"/v1/datasets/{dataset['id']}/records",
+                params={
+                    "filter": 'amount > 990 AND country = "DE"',
+                    "page_size": 100,
+                    "page_token": token,
+                },
+            )
+        ).json()
+        got += [r["key"] for r in page["records"]]
+        token = page["next_page_token"]
+        if not token:
+            break
+    assert got == want and len(want) > 100
+
+
+async def test_sigkill_of_a_worker_mid_import_still_completes_with_exact_counts(
+    stack, database_url
+):
+    victim = _worker(stack, 500)
+    _worker(stack, 500)
+    stack.relay()
+    dataset = await create_dataset(stack.client)
+    generated = generate_csv(ROWS, bad_every=100)
+    op = (await upload(stack.client, dataset["id"], generated.data)).json()
+    seen = await _wait_progress(stack.client, op["name"], 5000)
+    assert not seen["done"], "the import finished before the kill; make it longer"
+    for pid in [*_children(victim.popen.pid), victim.popen.pid]:
+        os.kill(pid, signal.SIGKILL)
+
+    done = await wait_done(stack.client, op["name"], timeout=240)
+    assert done["metadata"]["state"] == "SUCCEEDED", done
+    # The victim's chunk messages died with it: the sweeper re-dispatched imports.run, whose
+    # second attempt sent the chunks not DONE again.
+    assert done["metadata"]["attempt"] >= 2, done
+    result = done["response"]
+    assert (result["rows_total"], result["rows_accepted"], result["rows_rejected"]) == (
+        ROWS,
+        ROWS - ROWS // 100,
+        ROWS // 100,
+    )
+    assert await _count(
+        database_url,
+        "SELECT count(*) FROM imports.records WHERE dataset_id = CAST(:d AS uuid)",
+        d=dataset["id"],
+    ) == len(generated.expected)
+    import_id = result["import"].rsplit("/", 1)[1]
+    assert (
+        await _count(
+            database_url,
+            "SELECT count(*) FROM imports.row_errors WHERE import_id = CAST(:i AS uuid)",
+            i=import_id,
+        )
+        == ROWS // 100
+    ), "each chunk's row errors are recorded once"
+    assert (
+        await _count(
+            database_url,
+            "SELECT count(*) FROM imports.staged_records WHERE import_id = CAST(:i AS uuid)",
+            i=import_id,
+        )
+        == 0
+    )
+
+
+async def test_cancel_mid_import_leaves_no_records(stack, database_url):
+    _worker(stack, 500)
+    stack.relay()
+    dataset = await create_dataset(stack.client)
+    op = (await upload(stack.client, dataset["id"], generate_csv(ROWS).data)).json()
+    seen = await _wait_progress(stack.client, op["name"], 2000)
+    assert not seen["done"], "the import finished before the cancel; make it longer"
+    cancel = await stack.client.post(f"/v1/operations/{op_path(op['name'])}:cancel")
+    assert cancel.status_code == 200, cancel.text
+    done = await wait_done(stack.client, op["name"], timeout=60)
+    assert done["metadata"]["state"] == "CANCELLED", done
+    import_id = done["metadata"]["target"].rsplit("/", 1)[1]
+    item = (await stack.client.get(f"/v1/{done['metadata']['target']}")).json()
+    assert item["state"] == "CANCELLED"
+    # Chunk tasks still queued see the cancel and write nothing; give them time to drain.
+    await asyncio.sleep(3)
+    assert (
+        await _count(
+            database_url,
+            "SELECT count(*) FROM imports.records WHERE dataset_id = CAST(:d AS uuid)",
+            d=dataset["id"],
+        )
+        == 0
+    )
+    assert (
+        await _count(
+            database_url,
+            "SELECT count(*) FROM imports.staged_records WHERE import_id = CAST(:i AS uuid)",
+            i=import_id,
+        )
+        == 0
+    )
+    listed = (await stack.client.get(f"/v1/datasets/{dataset['id']}/records")).json()
+    assert listed["records"] == []

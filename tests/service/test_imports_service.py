@@ -1,0 +1,376 @@
+"""Service level: ImportsService on the real database, driven step by step without Celery
+(run -> chunks -> finalize), to pin down once-only effects, resume, stale callbacks and cancel.
+
+The container has no fast-path publisher: outbox rows stay unsent, nothing reaches a broker.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import http.server
+import pathlib
+import threading
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+
+from app.config import Settings
+from app.container import Container
+from app.db import EngineRegistry
+from app.settings_sections.imports import ImportsSettings
+from app.workflows import StartContext, registry
+from domains.imports.model import FieldDef
+from domains.imports.service import ImportsService
+from domains.imports.storage import FileWriter
+from domains.operations.model import State
+from domains.shared.errors import FailedPrecondition, InvalidArgument, NotFound
+from tests.support.imports import generate_csv
+
+FIELDS = [
+    FieldDef("id", "string", required=True),
+    FieldDef("amount", "number", required=True),
+    FieldDef("country", "enum", values=("DE", "FR", "US", "GB")),
+]
+
+
+@pytest.fixture
+async def container(settings: Settings, tmp_path: Any) -> AsyncIterator[Container]:
+    section = ImportsSettings(storage_dir=str(tmp_path), chunk_rows=50)
+    registry_ = EngineRegistry(settings.model_copy(update={"imports": section}))
+    yield Container(registry_.settings, registry_)
+    await registry_.dispose()
+
+
+@pytest.fixture
+def imports(container: Container) -> ImportsService:
+    return container.services["imports"]
+
+
+async def execute(container: Container, sql: str, **params: Any) -> list[Any]:
+    async with container.registry.engine("imports").begin() as conn:
+        result = await conn.execute(sa.text(sql), params)
+        return list(result.all()) if result.returns_rows else []
+
+
+async def stored(imports: ImportsService, data: bytes) -> Any:
+    writer = imports.store.writer()
+    writer.write(data)
+    return await writer.commit()
+
+
+async def new_import(
+    imports: ImportsService, data: bytes, *, tenant: str = "t1"
+) -> tuple[uuid.UUID, uuid.UUID]:
+    dataset = await imports.create_dataset(
+        tenant=tenant, display_name="d", fields=FIELDS, key_field="id"
+    )
+    op = await imports.create_import(
+        tenant=tenant, dataset_id=dataset.id, stored=await stored(imports, data)
+    )
+    return dataset.id, op.id
+
+
+async def count_records(container: Container, dataset_id: uuid.UUID) -> int:
+    rows = await execute(
+        container, "SELECT count(*) FROM imports.records WHERE dataset_id = :d", d=dataset_id
+    )
+    return int(rows[0][0])
+
+
+async def test_dataset_crud_is_per_tenant(imports: ImportsService):
+    dataset = await imports.create_dataset(
+        tenant="t1", display_name="Orders", fields=FIELDS, key_field="id"
+    )
+    assert (await imports.get_dataset("t1", dataset.id)).display_name == "Orders"
+    with pytest.raises(NotFound):
+        await imports.get_dataset("t2", dataset.id)
+    with pytest.raises(NotFound):
+        await imports.delete_dataset("t2", dataset.id)
+    page, _ = await imports.list_datasets("t2", page_size=10, after_id=None)
+    assert dataset.id not in {d.id for d in page}
+    renamed = await imports.update_dataset("t1", dataset.id, display_name="Sales")
+    assert renamed.display_name == "Sales"
+    await imports.delete_dataset("t1", dataset.id)
+    with pytest.raises(NotFound):
+        await imports.get_dataset("t1", dataset.id)
+
+
+@pytest.mark.parametrize(
+    ("fields", "key_field", "message"),
+    [
+        ([], "id", "at least one field"),
+        ([FieldDef("id", "string", True), FieldDef("id", "integer")], "id", "declared twice"),
+        ([FieldDef("id", "uuid", True)], "id", "has type 'uuid'"),
+        ([FieldDef("id", "string", True), FieldDef("c", "enum")], "id", "needs its allowed values"),
+        ([FieldDef("id", "string")], "id", "must be required"),
+        ([FieldDef("id", "string", True)], "nope", "not a declared field"),
+        ([FieldDef("1bad", "string", True)], "1bad", "invalid"),
+    ],
+)
+async def test_malformed_schema_is_refused(imports: ImportsService, fields, key_field, message):
+    with pytest.raises(InvalidArgument, match=message):
+        await imports.create_dataset(
+            tenant="t1", display_name="x", fields=fields, key_field=key_field
+        )
+
+
+async def run_all(imports: ImportsService, op_id: uuid.UUID) -> dict[str, Any]:
+    launched = await imports.run_import(op_id)
+    for chunk in launched["launch"]:
+        await imports.process_chunk(op_id, launched["attempt"], chunk)
+    return await imports.finalize(op_id, launched["attempt"])
+
+
+async def test_schema_changes_that_break_stored_records_are_refused(
+    imports: ImportsService, container: Container
+):
+    dataset_id, op_id = await new_import(imports, b"id,amount,country\na,1,DE\nb,2,FR\n")
+    await run_all(imports, op_id)
+    breaking = [
+        ([FieldDef("id", "string", True)], "field 'amount' is removed"),
+        ([FieldDef("id", "string", True), FieldDef("amount", "string", True), FIELDS[2]], "type"),
+        ([*FIELDS, FieldDef("extra", "string", True)], "new field 'extra' is required"),
+        ([*FIELDS[:2], FieldDef("country", "enum", values=("DE",))], "loses values"),
+    ]
+    for fields, message in breaking:
+        with pytest.raises(FailedPrecondition, match=message):
+            await imports.update_dataset("t1", dataset_id, fields=fields)
+    with pytest.raises(FailedPrecondition, match="key field changes"):
+        await imports.update_dataset(
+            "t1",
+            dataset_id,
+            fields=[FieldDef("id", "string", True), FieldDef("amount", "number", True)],
+            key_field="amount",
+        )
+    safe = [
+        FieldDef("id", "string", True),
+        FieldDef("amount", "number"),
+        FieldDef("country", "enum", values=("DE", "FR", "US", "GB", "IT")),
+        FieldDef("note", "string"),
+    ]
+    changed = await imports.update_dataset("t1", dataset_id, fields=safe)
+    assert [f.name for f in changed.fields] == ["id", "amount", "country", "note"]
+
+
+async def test_each_chunk_applies_once_and_records_appear_only_at_finalize(
+    imports: ImportsService, container: Container
+):
+    generated = generate_csv(230, bad_every=10)
+    data = b"id,amount,country\n" + b"".join(
+        b"%s,%s,%s\n" % (line.split(b",")[0], line.split(b",")[1], line.split(b",")[3])
+        for line in generated.data.splitlines()[1:]
+    )
+    dataset_id, op_id = await new_import(imports, data)
+    launched = await imports.run_import(op_id)
+    assert launched["launch"] == [0, 1, 2, 3, 4]
+    for chunk in launched["launch"]:
+        first = await imports.process_chunk(op_id, launched["attempt"], chunk)
+        again = await imports.process_chunk(op_id, launched["attempt"], chunk)
+        assert "rows_accepted" in first
+        assert again == {"skipped": f"chunk {chunk} already done"}
+    staged = await execute(container, "SELECT count(*) FROM imports.staged_records")
+    assert staged[0][0] >= 207
+    assert await count_records(container, dataset_id) == 0, "nothing visible before finalize"
+    assert await imports.finalize(op_id, launched["attempt"] + 1) == {
+        "skipped": f"attempt {launched['attempt'] + 1} was superseded by {launched['attempt']}"
+    }
+    response = await imports.finalize(op_id, launched["attempt"])
+    assert (response["rows_total"], response["rows_accepted"], response["rows_rejected"]) == (
+        230,
+        207,
+        23,
+    )
+    assert await count_records(container, dataset_id) == 207
+    assert (await imports.finalize(op_id, launched["attempt"]))["skipped"]
+    left = await execute(
+        container,
+        "SELECT count(*) FROM imports.staged_records s JOIN imports.imports i ON i.id = s.import_id"
+        " WHERE i.operation_id = :o",
+        o=op_id,
+    )
+    assert left[0][0] == 0
+
+
+async def test_early_chord_callback_waits_and_a_resumed_run_sends_only_missing_chunks(
+    imports: ImportsService, container: Container
+):
+    rows = "".join(f"k{i},{i},DE\n" for i in range(200))
+    dataset_id, op_id = await new_import(imports, ("id,amount,country\n" + rows).encode())
+    first = await imports.run_import(op_id)
+    await imports.process_chunk(op_id, first["attempt"], 0)
+    await imports.process_chunk(op_id, first["attempt"], 2)
+    # A callback firing before every chunk is DONE in the database does nothing.
+    assert await imports.finalize(op_id, first["attempt"]) == {"waiting": 2}
+    assert await count_records(container, dataset_id) == 0
+    # The worker died: its lease expires, the sweeper re-dispatches imports.run.
+    await execute(
+        container,
+        "UPDATE imports.operations SET heartbeat_time = :t WHERE id = :o",
+        t=dt.datetime(2000, 1, 1, tzinfo=dt.UTC),
+        o=op_id,
+    )
+    await container.operations.sweep()
+    second = await imports.run_import(op_id)
+    assert second["attempt"] == first["attempt"] + 1
+    assert second["launch"] == [1, 3]
+    for chunk in second["launch"]:
+        await imports.process_chunk(op_id, second["attempt"], chunk)
+    assert (await imports.finalize(op_id, first["attempt"]))["skipped"]
+    response = await imports.finalize(op_id, second["attempt"])
+    assert response["rows_accepted"] == 200
+    assert await count_records(container, dataset_id) == 200
+
+
+async def test_resumed_run_with_every_chunk_done_finalizes_itself(
+    imports: ImportsService, container: Container
+):
+    _, op_id = await new_import(imports, b"id,amount\na,1\nb,2\n")
+    first = await imports.run_import(op_id)
+    await imports.process_chunk(op_id, first["attempt"], 0)
+    await execute(
+        container,
+        "UPDATE imports.operations SET heartbeat_time = :t WHERE id = :o",
+        t=dt.datetime(2000, 1, 1, tzinfo=dt.UTC),
+        o=op_id,
+    )
+    await container.operations.sweep()
+    response = await imports.run_import(op_id)
+    assert response["rows_accepted"] == 2
+    assert (
+        await container.operations.get(f"imports.{op_id}", tenant="t1")
+    ).state == State.SUCCEEDED
+
+
+async def test_cancel_stops_chunks_and_deletes_staged_rows(
+    imports: ImportsService, container: Container
+):
+    rows = "".join(f"k{i},{i}\n" for i in range(150))
+    dataset_id, op_id = await new_import(imports, ("id,amount\n" + rows).encode())
+    launched = await imports.run_import(op_id)
+    await imports.process_chunk(op_id, launched["attempt"], 0)
+    await container.operations.cancel(f"imports.{op_id}", tenant="t1")
+    assert await imports.process_chunk(op_id, launched["attempt"], 1) == {"cancelled": True}
+    assert (await imports.process_chunk(op_id, launched["attempt"], 2))["skipped"]
+    assert (await imports.finalize(op_id, launched["attempt"]))["skipped"]
+    assert (
+        await container.operations.get(f"imports.{op_id}", tenant="t1")
+    ).state == State.CANCELLED
+    staged = await execute(
+        container,
+        "SELECT count(*) FROM imports.staged_records s JOIN imports.imports i ON i.id = s.import_id WHERE i.operation_id = :o",
+        o=op_id,
+    )
+    assert staged[0][0] == 0
+    assert await count_records(container, dataset_id) == 0
+    item = (await imports.list_imports("t1", dataset_id, page_size=5, after_id=None))[0][0]
+    assert item.state == "CANCELLED"
+
+
+async def test_source_uri_to_a_private_address_is_refused_by_default(imports: ImportsService):
+    dataset = await imports.create_dataset(
+        tenant="t1", display_name="d", fields=FIELDS, key_field="id"
+    )
+    for url in ("http://127.0.0.1:9/x.csv", "http://169.254.169.254/latest", "file:///etc/passwd"):
+        with pytest.raises(InvalidArgument):
+            await imports.create_import(tenant="t1", dataset_id=dataset.id, source_uri=url)
+
+
+class _Handler(http.server.BaseHTTPRequestHandler):
+    body = b"id,amount\ns1,1\ns2,2\n"
+
+    def do_GET(self) -> None:
+        if self.path == "/missing.csv":
+            self.send_response(404)
+            self.end_headers()
+            return
+        self.send_response(200)
+        self.send_header("content-length", str(len(self.body)))
+        self.end_headers()
+        self.wfile.write(self.body)
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+
+@pytest.fixture
+def http_source() -> Iterator[str]:
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+
+
+@pytest.fixture
+async def private_container(settings: Settings, tmp_path: Any) -> AsyncIterator[Container]:
+    section = ImportsSettings(storage_dir=str(tmp_path), allow_private_sources=True)
+    registry_ = EngineRegistry(settings.model_copy(update={"imports": section}))
+    yield Container(registry_.settings, registry_)
+    await registry_.dispose()
+
+
+async def test_from_source_workflow_fetches_in_the_worker_when_allowed(
+    private_container: Container, http_source: str
+):
+    imports: ImportsService = private_container.services["imports"]
+    dataset = await imports.create_dataset(
+        tenant="t1",
+        display_name="d",
+        fields=FIELDS[:2],
+        key_field="id",
+        source_uri=f"{http_source}/data.csv",
+    )
+    workflow = registry()["imports.fromSource"]
+    args = workflow.input_model.model_validate({"dataset": f"datasets/{dataset.id}"})
+    op = await workflow.start(private_container, args, StartContext(tenant="t1", request_id="s1"))
+    again = await workflow.start(
+        private_container, args, StartContext(tenant="t1", request_id="s1")
+    )
+    assert again.id == op.id
+    response = await run_all(imports, op.id)
+    assert response["rows_accepted"] == 2
+    record = await imports.get_record(await imports.get_dataset("t1", dataset.id), "s2")
+    assert record["data"] == {"id": "s2", "amount": 2}
+
+    missing = await imports.create_import(
+        tenant="t1", dataset_id=dataset.id, source_uri=f"{http_source}/missing.csv"
+    )
+    with pytest.raises(Exception, match="HTTP 404"):
+        await imports.run_import(missing.id)
+
+
+async def test_file_writer_enforces_the_size_cap(tmp_path: Any):
+    writer = FileWriter(str(tmp_path), 10)
+    writer.write(b"12345")
+    with pytest.raises(Exception, match="larger than the 10-byte limit"):
+        writer.write(b"678901")
+    assert list(tmp_path.iterdir()) == []
+
+
+async def test_retry_of_a_failed_import_starts_over_without_double_counting(
+    imports: ImportsService, container: Container
+):
+    dataset_id, op_id = await new_import(imports, b"id,amount\na,x\nb,y\n")
+    assert (await run_all(imports, op_id)) == {"failed": "no valid row"}
+    failed = await container.operations.get(f"imports.{op_id}", tenant="t1")
+    assert failed.state == State.FAILED
+    # Fix the file in place (same stored file) and retry the operation.
+    item = (await imports.list_imports("t1", dataset_id, page_size=1, after_id=None))[0][0]
+    path = imports.store.path(item.file_path or "")
+    await asyncio.to_thread(pathlib.Path(path).write_bytes, b"id,amount\na,1\nb,z\n")
+    await container.operations.retry(f"imports.{op_id}", tenant="t1")
+    response = await run_all(imports, op_id)
+    assert (response["rows_total"], response["rows_accepted"], response["rows_rejected"]) == (
+        2,
+        1,
+        1,
+    )
+    errors = await execute(
+        container, "SELECT count(*) FROM imports.row_errors WHERE import_id = :i", i=item.id
+    )
+    assert errors[0][0] == 1
+    assert await count_records(container, dataset_id) == 1

@@ -1,0 +1,124 @@
+"""Helpers for imports tests: datasets, generated CSV files with known bad rows, uploads."""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import io
+import random
+from typing import Any
+
+import httpx
+
+FIELDS: list[dict[str, Any]] = [
+    {"name": "id", "type": "string", "required": True},
+    {"name": "amount", "type": "number", "required": True},
+    {"name": "qty", "type": "integer"},
+    {"name": "country", "type": "enum", "values": ["DE", "FR", "US", "GB"]},
+    {"name": "paid", "type": "boolean"},
+    {"name": "ordered_on", "type": "date"},
+    {"name": "created", "type": "timestamp"},
+    {"name": "customer", "type": "string"},
+    {"name": "score", "type": "number"},
+    {"name": "note", "type": "string"},
+]
+"""Ten typed columns (the benchmark's shape too)."""
+
+COLUMNS = [f["name"] for f in FIELDS]
+
+
+@dataclasses.dataclass
+class GeneratedCsv:
+    """A generated CSV and what importing it must give.
+
+    Attributes:
+        data: The file.
+        rows: Data rows.
+        bad_lines: Line numbers of the invalid rows.
+        expected: Valid rows by key.
+    """
+
+    data: bytes
+    rows: int
+    bad_lines: list[int]
+    expected: dict[str, dict[str, Any]]
+
+
+def row_values(i: int, rnd: random.Random) -> list[str]:
+    """Returns the cells of a valid row ``i``."""
+    day = dt.date(2026, 1, 1) + dt.timedelta(days=i % 365)
+    return [
+        f"k{i:08d}",
+        f"{(i % 1000) + 0.5}",
+        str(i % 50),
+        ("DE", "FR", "US", "GB")[i % 4],
+        "true" if i % 2 else "false",
+        day.isoformat(),
+        f"{day.isoformat()}T12:{i % 60:02d}:00Z",
+        f"customer {i % 977}",
+        f"{rnd.random():.4f}",
+        "note, with comma" if i % 10 == 0 else "plain",
+    ]
+
+
+def generate_csv(rows: int, *, bad_every: int = 100, seed: int = 7) -> GeneratedCsv:
+    """Generates a CSV with a header and ``rows`` rows; every ``bad_every``-th row is invalid
+    (an amount that is not a number), so ``rows // bad_every`` rows are rejected.
+
+    Args:
+        rows: Data rows.
+        bad_every: Period of invalid rows (0 for none).
+        seed: Random seed.
+
+    Returns:
+        The file and the expected outcome.
+    """
+    rnd = random.Random(seed)
+    out = io.StringIO()
+    out.write(",".join(COLUMNS) + "\n")
+    bad: list[int] = []
+    expected: dict[str, dict[str, Any]] = {}
+    for i in range(1, rows + 1):
+        cells = row_values(i, rnd)
+        line = i + 1
+        if bad_every and i % bad_every == 0:
+            cells[1] = "not-a-number"
+            bad.append(line)
+        else:
+            expected[cells[0]] = {"amount": float(cells[1]), "country": cells[3]}
+        out.write(",".join(f'"{c}"' if "," in c else c for c in cells) + "\n")
+    return GeneratedCsv(out.getvalue().encode(), rows, bad, expected)
+
+
+async def create_dataset(
+    client: httpx.AsyncClient, *, fields: list[dict[str, Any]] | None = None, key_field: str = "id"
+) -> dict[str, Any]:
+    """Creates a dataset through the API and returns it."""
+    response = await client.post(
+        "/v1/datasets",
+        json={"display_name": "Orders", "fields": fields or FIELDS, "key_field": key_field},
+    )
+    assert response.status_code == 200, response.text
+    return response.json()
+
+
+async def upload(
+    client: httpx.AsyncClient,
+    dataset_id: str,
+    data: bytes,
+    *,
+    filename: str = "orders.csv",
+    request_id: str | None = None,
+    format: str | None = None,
+) -> httpx.Response:
+    """Uploads a file as multipart/form-data."""
+    form: dict[str, str] = {}
+    if request_id:
+        form["request_id"] = request_id
+    if format:
+        form["format"] = format
+    return await client.post(
+        f"/v1/datasets/{dataset_id}/imports",
+        files={"file": (filename, data, "text/csv")},
+        data=form,
+    )
