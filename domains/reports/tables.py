@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql as pg
+
 from domains.operations.tables import operations_table
 from domains.operations.unit_of_work import DomainTables
 from domains.shared.tables import make_metadata, outbox_table
@@ -11,3 +14,104 @@ metadata = make_metadata(SCHEMA)
 operations = operations_table(metadata)
 outbox = outbox_table(metadata)
 tables = DomainTables(schema=SCHEMA, metadata=metadata, operations=operations, outbox=outbox)
+
+reports = sa.Table(
+    "reports",
+    metadata,
+    sa.Column("id", pg.UUID(as_uuid=True), primary_key=True),
+    sa.Column("tenant", sa.Text, nullable=False),
+    sa.Column("type", sa.Text, nullable=False),
+    sa.Column("format", sa.Text, nullable=False),
+    sa.Column("period_label", sa.Text, nullable=False),
+    sa.Column("start_date", sa.Date, nullable=False),
+    sa.Column("end_date", sa.Date, nullable=False),
+    sa.Column("operation_id", pg.UUID(as_uuid=True), nullable=False),
+    sa.Column("create_time", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("status", sa.Text, nullable=False),
+    sa.Column("complete_time", sa.DateTime(timezone=True)),
+    sa.Column("size_bytes", sa.BigInteger),
+    sa.Column("row_count", sa.Integer),
+    sa.Column("error", sa.Text),
+    sa.CheckConstraint("status IN ('PENDING','SUCCEEDED','FAILED')", name="status"),
+    sa.CheckConstraint("type IN ('dataset_daily','endpoint_daily','digest')", name="type"),
+    sa.CheckConstraint("format IN ('csv','json')", name="format"),
+    sa.CheckConstraint("end_date >= start_date", name="period"),
+    sa.Index("ix_reports_tenant_id", "tenant", "id"),
+    sa.Index("ix_reports_operation_id", "operation_id"),
+)
+"""Requested reports (one per ``POST /v1/reports``), with the outcome of their generation."""
+
+report_files = sa.Table(
+    "report_files",
+    metadata,
+    sa.Column(
+        "report_id",
+        pg.UUID(as_uuid=True),
+        sa.ForeignKey("reports.reports.id", ondelete="CASCADE"),
+        primary_key=True,
+    ),
+    sa.Column("content", sa.LargeBinary, nullable=False),
+    sa.Column("content_type", sa.Text, nullable=False),
+    sa.Column("sha256", sa.Text, nullable=False),
+    sa.Column("create_time", sa.DateTime(timezone=True), nullable=False),
+)
+"""Generated files, stored in PostgreSQL (durable with the report row, no shared volume)."""
+
+applied_events = sa.Table(
+    "applied_events",
+    metadata,
+    sa.Column("event_id", pg.UUID(as_uuid=True), primary_key=True),
+    sa.Column("type", sa.Text, nullable=False),
+    sa.Column("tenant", sa.Text, nullable=False),
+    sa.Column("outcome", sa.Text, nullable=False),
+    sa.Column("event_time", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("applied_time", sa.DateTime(timezone=True), nullable=False),
+    sa.CheckConstraint("outcome IN ('applied','ignored')", name="outcome"),
+)
+"""Integration events already applied: inserted with the projection change, so an event id is
+counted once however often it is delivered."""
+
+dataset_daily = sa.Table(
+    "dataset_daily",
+    metadata,
+    sa.Column("tenant", sa.Text, primary_key=True),
+    sa.Column("dataset_id", sa.Text, primary_key=True),
+    sa.Column("day", sa.Date, primary_key=True),
+    sa.Column("dataset", sa.Text, nullable=False),
+    sa.Column("imports_completed", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("imports_failed", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("rows_total", sa.BigInteger, nullable=False, server_default="0"),
+    sa.Column("rows_accepted", sa.BigInteger, nullable=False, server_default="0"),
+    sa.Column("rows_rejected", sa.BigInteger, nullable=False, server_default="0"),
+    sa.Column("update_time", sa.DateTime(timezone=True), nullable=False),
+    sa.Index("ix_dataset_daily_tenant_day", "tenant", "day"),
+)
+"""Projection: per tenant, dataset and UTC day, imports and rows."""
+
+endpoint_daily = sa.Table(
+    "endpoint_daily",
+    metadata,
+    sa.Column("tenant", sa.Text, primary_key=True),
+    sa.Column("endpoint_id", sa.Text, primary_key=True),
+    sa.Column("day", sa.Date, primary_key=True),
+    sa.Column("endpoint", sa.Text, nullable=False),
+    sa.Column("deliveries_succeeded", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("deliveries_failed", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("deliveries_dead", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("update_time", sa.DateTime(timezone=True), nullable=False),
+    sa.Index("ix_endpoint_daily_tenant_day", "tenant", "day"),
+)
+"""Projection: per tenant, webhook endpoint and UTC day, delivery outcomes."""
+
+delivery_latencies = sa.Table(
+    "delivery_latencies",
+    metadata,
+    sa.Column("event_id", pg.UUID(as_uuid=True), primary_key=True),
+    sa.Column("tenant", sa.Text, nullable=False),
+    sa.Column("endpoint_id", sa.Text, nullable=False),
+    sa.Column("day", sa.Date, nullable=False),
+    sa.Column("latency_ms", sa.Float, nullable=False),
+    sa.Index("ix_delivery_latencies_tenant_day_endpoint_id", "tenant", "day", "endpoint_id"),
+)
+"""Latency samples of successful deliveries (p50/p95 computed with percentile_cont at report
+time)."""

@@ -1,0 +1,546 @@
+"""Every query on reports tables lives here: reports and their files, applied event ids, and
+the daily projections (only the ``reports`` schema is ever read).
+"""
+
+from __future__ import annotations
+
+import builtins
+import datetime as dt
+import uuid
+from collections.abc import Sequence
+from typing import Any, Protocol
+
+import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql as pg
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from domains.reports import tables
+from domains.reports.events import DatasetDelta, EndpointDelta
+from domains.reports.model import Report, ReportFile, ReportFormat, ReportStatus, ReportType
+from domains.shared.errors import InvalidArgument
+from domains.shared.events import IntegrationEvent
+from domains.shared.query import Condition
+
+FILTER_COLUMNS: dict[str, str] = {
+    "type": "type",
+    "format": "format",
+    "create_time": "create_time",
+}
+"""API filter field -> ``reports`` column."""
+
+_OPS = {
+    "=": lambda c, v: c == v,
+    "!=": lambda c, v: c != v,
+    "<": lambda c, v: c < v,
+    "<=": lambda c, v: c <= v,
+    ">": lambda c, v: c > v,
+    ">=": lambda c, v: c >= v,
+}
+
+
+class ReportRepository(Protocol):
+    """Storage of reports and their files."""
+
+    async def add(self, report: Report) -> None:
+        """Inserts a report."""
+
+    async def get(
+        self, report_id: uuid.UUID, *, tenant: str | None = None, for_update: bool = False
+    ) -> Report | None:
+        """Loads a report (of ``tenant`` when given)."""
+
+    async def save(self, report: Report) -> None:
+        """Writes back a report."""
+
+    async def add_file(self, file: ReportFile, now: dt.datetime) -> None:
+        """Stores a report's file."""
+
+    async def get_file(self, report_id: uuid.UUID, file_name: str = "") -> ReportFile | None:
+        """Loads a report's file."""
+
+
+class ProjectionRepository(Protocol):
+    """The event-fed projections."""
+
+    async def mark_applied(self, event: IntegrationEvent, outcome: str, now: dt.datetime) -> bool:
+        """Records an event id; ``False`` if it was already there."""
+
+    async def add_dataset(self, delta: DatasetDelta, now: dt.datetime) -> None:
+        """Adds an import event to its dataset-day."""
+
+    async def add_endpoint(
+        self, delta: EndpointDelta, event_id: uuid.UUID, now: dt.datetime
+    ) -> None:
+        """Adds a delivery event to its endpoint-day."""
+
+
+def _report_columns() -> list[Any]:
+    r, o = tables.reports, tables.operations
+    return [*r.c, o.c.state.label("operation_state")]
+
+
+def _report(row: Any) -> Report:
+    return Report(
+        id=row["id"],
+        tenant=row["tenant"],
+        type=ReportType(row["type"]),
+        format=ReportFormat(row["format"]),
+        period_label=row["period_label"],
+        start_date=row["start_date"],
+        end_date=row["end_date"],
+        operation_id=row["operation_id"],
+        create_time=row["create_time"],
+        status=ReportStatus(row["status"]),
+        complete_time=row["complete_time"],
+        size_bytes=row["size_bytes"],
+        row_count=row["row_count"],
+        error=row["error"],
+        operation_state=row["operation_state"],
+    )
+
+
+def _report_values(report: Report) -> dict[str, Any]:
+    return {
+        "id": report.id,
+        "tenant": report.tenant,
+        "type": report.type.value,
+        "format": report.format.value,
+        "period_label": report.period_label,
+        "start_date": report.start_date,
+        "end_date": report.end_date,
+        "operation_id": report.operation_id,
+        "create_time": report.create_time,
+        "status": report.status.value,
+        "complete_time": report.complete_time,
+        "size_bytes": report.size_bytes,
+        "row_count": report.row_count,
+        "error": report.error,
+    }
+
+
+class SqlReportRepository:
+    """Reports and files in the ``reports`` schema."""
+
+    def __init__(self, session: AsyncSession) -> None:
+        """Binds the repository.
+
+        Args:
+            session: The unit of work's session.
+        """
+        self._session = session
+
+    def _select(self) -> sa.Select[Any]:
+        r, o = tables.reports, tables.operations
+        # The operation lives in the same schema: its state shows RUNNING/CANCELLED.
+        return sa.select(*_report_columns()).select_from(r.outerjoin(o, o.c.id == r.c.operation_id))
+
+    async def add(self, report: Report) -> None:
+        """Inserts ``report``.
+
+        Args:
+            report: A new report.
+        """
+        await self._session.execute(sa.insert(tables.reports), _report_values(report))
+
+    async def get(
+        self, report_id: uuid.UUID, *, tenant: str | None = None, for_update: bool = False
+    ) -> Report | None:
+        """Loads a report with its operation's state.
+
+        Args:
+            report_id: Its id.
+            tenant: Only this tenant's report (``None``: any, for workers).
+            for_update: Lock the report row.
+
+        Returns:
+            The report or ``None``.
+        """
+        r = tables.reports
+        query = self._select().where(r.c.id == report_id)
+        if tenant is not None:
+            query = query.where(r.c.tenant == tenant)
+        if for_update:
+            query = query.with_for_update(of=r)
+        row = (await self._session.execute(query)).mappings().first()
+        return _report(row) if row else None
+
+    async def save(self, report: Report) -> None:
+        """Writes back ``report``.
+
+        Args:
+            report: A loaded, changed report.
+        """
+        values = _report_values(report)
+        values.pop("id")
+        r = tables.reports
+        await self._session.execute(sa.update(r).where(r.c.id == report.id).values(**values))
+
+    async def list(
+        self,
+        tenant: str,
+        conditions: Sequence[Condition],
+        *,
+        after_id: uuid.UUID | None,
+        limit: int,
+    ) -> builtins.list[Report]:
+        """Lists a tenant's reports in creation (UUIDv7) order.
+
+        Args:
+            tenant: Tenant.
+            conditions: Parsed filter (a conjunction).
+            after_id: Keyset position: only ids greater than this.
+            limit: Maximum rows.
+
+        Returns:
+            The reports.
+
+        Raises:
+            InvalidArgument: If a condition names an unknown field.
+        """
+        r = tables.reports
+        query = self._select().where(r.c.tenant == tenant)
+        for cond in conditions:
+            column_name = FILTER_COLUMNS.get(cond.field)
+            if column_name is None:
+                raise InvalidArgument(
+                    f"filter: field {cond.field!r} is not filterable; use one of"
+                    f" {', '.join(FILTER_COLUMNS)}",
+                    reason="INVALID_FILTER",
+                )
+            query = query.where(_OPS[cond.op](r.c[column_name], cond.value))
+        if after_id is not None:
+            query = query.where(r.c.id > after_id)
+        rows = (await self._session.execute(query.order_by(r.c.id).limit(limit))).mappings()
+        return [_report(row) for row in rows]
+
+    async def add_file(self, file: ReportFile, now: dt.datetime) -> None:
+        """Stores ``file`` (once per report: the fencing token guards the caller).
+
+        Args:
+            file: The file.
+            now: Current time.
+        """
+        await self._session.execute(
+            sa.insert(tables.report_files),
+            {
+                "report_id": file.report_id,
+                "content": file.content,
+                "content_type": file.content_type,
+                "sha256": file.sha256,
+                "create_time": now,
+            },
+        )
+
+    async def get_file(self, report_id: uuid.UUID, file_name: str = "") -> ReportFile | None:
+        """Loads a report's file.
+
+        Args:
+            report_id: The report.
+            file_name: Download name to give it.
+
+        Returns:
+            The file or ``None``.
+        """
+        f = tables.report_files
+        query = sa.select(f.c.content, f.c.content_type, f.c.sha256).where(
+            f.c.report_id == report_id
+        )
+        row = (await self._session.execute(query)).mappings().first()
+        if row is None:
+            return None
+        return ReportFile(
+            report_id=report_id,
+            content=bytes(row["content"]),
+            content_type=row["content_type"],
+            file_name=file_name,
+            sha256=row["sha256"],
+        )
+
+
+class SqlProjectionRepository:
+    """Applied event ids and the daily projections."""
+
+    def __init__(self, session: AsyncSession) -> None:
+        """Binds the repository.
+
+        Args:
+            session: The unit of work's session.
+        """
+        self._session = session
+
+    async def mark_applied(self, event: IntegrationEvent, outcome: str, now: dt.datetime) -> bool:
+        """Records that ``event`` is applied, in the transaction that applies it.
+
+        A concurrent duplicate waits on the primary key until this transaction ends, then finds
+        the id taken.
+
+        Args:
+            event: The event.
+            outcome: ``applied`` or ``ignored``.
+            now: Current time.
+
+        Returns:
+            ``True`` if the id is new (apply it), ``False`` for a duplicate (do nothing).
+        """
+        t = tables.applied_events
+        query = (
+            pg.insert(t)
+            .values(
+                event_id=event.id,
+                type=event.type[:200],
+                tenant=event.tenant,
+                outcome=outcome,
+                event_time=event.time,
+                applied_time=now,
+            )
+            .on_conflict_do_nothing(index_elements=[t.c.event_id])
+            .returning(t.c.event_id)
+        )
+        return (await self._session.execute(query)).first() is not None
+
+    async def add_dataset(self, delta: DatasetDelta, now: dt.datetime) -> None:
+        """Adds an import event to its tenant/dataset/day row.
+
+        Args:
+            delta: The change.
+            now: Current time.
+        """
+        t = tables.dataset_daily
+        insert = pg.insert(t).values(
+            tenant=delta.tenant,
+            dataset_id=delta.dataset_id,
+            day=delta.day,
+            dataset=delta.dataset,
+            imports_completed=delta.imports_completed,
+            imports_failed=delta.imports_failed,
+            rows_total=delta.rows_total,
+            rows_accepted=delta.rows_accepted,
+            rows_rejected=delta.rows_rejected,
+            update_time=now,
+        )
+        ex = insert.excluded
+        await self._session.execute(
+            insert.on_conflict_do_update(
+                index_elements=[t.c.tenant, t.c.dataset_id, t.c.day],
+                set_={
+                    "dataset": ex.dataset,
+                    "imports_completed": t.c.imports_completed + ex.imports_completed,
+                    "imports_failed": t.c.imports_failed + ex.imports_failed,
+                    "rows_total": t.c.rows_total + ex.rows_total,
+                    "rows_accepted": t.c.rows_accepted + ex.rows_accepted,
+                    "rows_rejected": t.c.rows_rejected + ex.rows_rejected,
+                    "update_time": ex.update_time,
+                },
+            )
+        )
+
+    async def add_endpoint(
+        self, delta: EndpointDelta, event_id: uuid.UUID, now: dt.datetime
+    ) -> None:
+        """Adds a delivery event to its tenant/endpoint/day row (and its latency sample).
+
+        Args:
+            delta: The change.
+            event_id: The event (keys the latency sample).
+            now: Current time.
+        """
+        t = tables.endpoint_daily
+        insert = pg.insert(t).values(
+            tenant=delta.tenant,
+            endpoint_id=delta.endpoint_id,
+            day=delta.day,
+            endpoint=delta.endpoint,
+            deliveries_succeeded=delta.succeeded,
+            deliveries_failed=delta.failed,
+            deliveries_dead=delta.dead,
+            update_time=now,
+        )
+        ex = insert.excluded
+        await self._session.execute(
+            insert.on_conflict_do_update(
+                index_elements=[t.c.tenant, t.c.endpoint_id, t.c.day],
+                set_={
+                    "endpoint": ex.endpoint,
+                    "deliveries_succeeded": t.c.deliveries_succeeded + ex.deliveries_succeeded,
+                    "deliveries_failed": t.c.deliveries_failed + ex.deliveries_failed,
+                    "deliveries_dead": t.c.deliveries_dead + ex.deliveries_dead,
+                    "update_time": ex.update_time,
+                },
+            )
+        )
+        if delta.latency_ms is not None:
+            await self._session.execute(
+                pg.insert(tables.delivery_latencies)
+                .values(
+                    event_id=event_id,
+                    tenant=delta.tenant,
+                    endpoint_id=delta.endpoint_id,
+                    day=delta.day,
+                    latency_ms=delta.latency_ms,
+                )
+                .on_conflict_do_nothing(index_elements=[tables.delivery_latencies.c.event_id])
+            )
+
+    async def dataset_days(
+        self, tenant: str, start: dt.date, end: dt.date
+    ) -> builtins.list[dict[str, Any]]:
+        """Returns a tenant's dataset-day rows in ``[start, end]``.
+
+        Args:
+            tenant: Tenant.
+            start: First day.
+            end: Last day.
+
+        Returns:
+            Rows keyed like :data:`~domains.reports.model.DATASET_COLUMNS`, by day then dataset.
+        """
+        t = tables.dataset_daily
+        query = (
+            sa.select(
+                t.c.day,
+                t.c.dataset_id,
+                t.c.dataset,
+                t.c.imports_completed,
+                t.c.imports_failed,
+                t.c.rows_total,
+                t.c.rows_accepted,
+                t.c.rows_rejected,
+            )
+            .where(t.c.tenant == tenant, t.c.day >= start, t.c.day <= end)
+            .order_by(t.c.day, t.c.dataset, t.c.dataset_id)
+        )
+        rows = (await self._session.execute(query)).mappings().all()
+        return [{**row, "day": row["day"].isoformat()} for row in rows]
+
+    async def endpoint_days(
+        self, tenant: str, start: dt.date, end: dt.date
+    ) -> builtins.list[dict[str, Any]]:
+        """Returns a tenant's endpoint-day rows in ``[start, end]`` with p50/p95 latency.
+
+        Args:
+            tenant: Tenant.
+            start: First day.
+            end: Last day.
+
+        Returns:
+            Rows keyed like :data:`~domains.reports.model.ENDPOINT_COLUMNS`, by day then endpoint.
+        """
+        t, lat = tables.endpoint_daily, tables.delivery_latencies
+        percentiles = (
+            sa.select(
+                lat.c.endpoint_id,
+                lat.c.day,
+                sa.func.percentile_cont(0.5).within_group(lat.c.latency_ms).label("p50"),
+                sa.func.percentile_cont(0.95).within_group(lat.c.latency_ms).label("p95"),
+            )
+            .where(lat.c.tenant == tenant, lat.c.day >= start, lat.c.day <= end)
+            .group_by(lat.c.endpoint_id, lat.c.day)
+            .subquery()
+        )
+        query = (
+            sa.select(
+                t.c.day,
+                t.c.endpoint_id,
+                t.c.endpoint,
+                t.c.deliveries_succeeded,
+                t.c.deliveries_failed,
+                t.c.deliveries_dead,
+                percentiles.c.p50.label("latency_p50_ms"),
+                percentiles.c.p95.label("latency_p95_ms"),
+            )
+            .select_from(
+                t.outerjoin(
+                    percentiles,
+                    sa.and_(
+                        percentiles.c.endpoint_id == t.c.endpoint_id, percentiles.c.day == t.c.day
+                    ),
+                )
+            )
+            .where(t.c.tenant == tenant, t.c.day >= start, t.c.day <= end)
+            .order_by(t.c.day, t.c.endpoint, t.c.endpoint_id)
+        )
+        rows = (await self._session.execute(query)).mappings().all()
+        return [{**row, "day": row["day"].isoformat()} for row in rows]
+
+    async def digest_days(
+        self, tenant: str, start: dt.date, end: dt.date
+    ) -> builtins.list[dict[str, Any]]:
+        """Returns one row per day in ``[start, end]`` with the tenant's totals (zeros on quiet
+        days) and the latency percentiles over all its endpoints.
+
+        Args:
+            tenant: Tenant.
+            start: First day.
+            end: Last day.
+
+        Returns:
+            Rows keyed like :data:`~domains.reports.model.DIGEST_COLUMNS`, by day.
+        """
+        d, e, lat = tables.dataset_daily, tables.endpoint_daily, tables.delivery_latencies
+        days = (
+            sa.select(
+                sa.func.generate_series(
+                    sa.cast(start, sa.Date), sa.cast(end, sa.Date), sa.text("interval '1 day'")
+                ).label("day")
+            )
+        ).subquery()
+        imports = (
+            sa.select(
+                d.c.day,
+                sa.func.sum(d.c.imports_completed).label("imports_completed"),
+                sa.func.sum(d.c.imports_failed).label("imports_failed"),
+                sa.func.sum(d.c.rows_accepted).label("rows_accepted"),
+                sa.func.sum(d.c.rows_rejected).label("rows_rejected"),
+            )
+            .where(d.c.tenant == tenant, d.c.day >= start, d.c.day <= end)
+            .group_by(d.c.day)
+            .subquery()
+        )
+        deliveries = (
+            sa.select(
+                e.c.day,
+                sa.func.sum(e.c.deliveries_succeeded).label("deliveries_succeeded"),
+                sa.func.sum(e.c.deliveries_failed).label("deliveries_failed"),
+                sa.func.sum(e.c.deliveries_dead).label("deliveries_dead"),
+            )
+            .where(e.c.tenant == tenant, e.c.day >= start, e.c.day <= end)
+            .group_by(e.c.day)
+            .subquery()
+        )
+        latency = (
+            sa.select(
+                lat.c.day,
+                sa.func.percentile_cont(0.5).within_group(lat.c.latency_ms).label("p50"),
+                sa.func.percentile_cont(0.95).within_group(lat.c.latency_ms).label("p95"),
+            )
+            .where(lat.c.tenant == tenant, lat.c.day >= start, lat.c.day <= end)
+            .group_by(lat.c.day)
+            .subquery()
+        )
+        day = sa.cast(days.c.day, sa.Date)
+
+        def zero(column: Any) -> Any:
+            return sa.cast(sa.func.coalesce(column, 0), sa.BigInteger)
+
+        query = (
+            sa.select(
+                day.label("day"),
+                zero(imports.c.imports_completed).label("imports_completed"),
+                zero(imports.c.imports_failed).label("imports_failed"),
+                zero(imports.c.rows_accepted).label("rows_accepted"),
+                zero(imports.c.rows_rejected).label("rows_rejected"),
+                zero(deliveries.c.deliveries_succeeded).label("deliveries_succeeded"),
+                zero(deliveries.c.deliveries_failed).label("deliveries_failed"),
+                zero(deliveries.c.deliveries_dead).label("deliveries_dead"),
+                latency.c.p50.label("latency_p50_ms"),
+                latency.c.p95.label("latency_p95_ms"),
+            )
+            .select_from(
+                days.outerjoin(imports, imports.c.day == day)
+                .outerjoin(deliveries, deliveries.c.day == day)
+                .outerjoin(latency, latency.c.day == day)
+            )
+            .order_by(day)
+        )
+        rows = (await self._session.execute(query)).mappings().all()
+        return [{**row, "day": row["day"].isoformat()} for row in rows]
