@@ -83,14 +83,10 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "worker_cancel_long_running_tasks_on_connection_loss": False,
         "timezone": "UTC",
         "enable_utc": True,
-        # Placeholder static schedule: the sweeper as a beat task. Issue "Scheduled work"
-        # replaces it with a database-backed scheduler.
-        "beat_schedule": {
-            "platform.sweep": {
-                "task": "platform.sweep",
-                "schedule": settings.sweeper_interval_seconds * 6,
-            },
-        },
+        # Beat fires the schedules table (app/beat.py): schedules change over the API without a
+        # restart, and any number of beats may run (one leader fires).
+        "beat_scheduler": "app.beat:DatabaseScheduler",
+        "beat_max_loop_interval": 5,
     }
 
 

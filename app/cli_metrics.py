@@ -10,8 +10,9 @@ It serves, on one ``/metrics``:
   ``conveyor_outbox_oldest_unsent_age_seconds{domain}``, ``conveyor_operations{domain,state}``,
   and ``conveyor_exporter_source_up{source}`` (0 when a source could not be read).
 
-The beat leader gauge (``conveyor_beat_leader``) belongs to the scheduled-work issue; nothing is
-exported for it here yet.
+``conveyor_beat_leader{node}`` comes from the beat leader lease and the beat heartbeats in
+PostgreSQL (``platform.beat_leader``, ``platform.beat_nodes``): 1 for the beat holding an unexpired
+lease, 0 for every other beat seen recently; nothing when no beat runs (``absent()`` alerts).
 
 Workers directory: ``$CONVEYOR_METRICS_DIR``, else ``<CONVEYOR_DATA_DIR>/metrics``. Each worker
 (``conveyor worker`` calls :func:`setup_worker_metrics`) writes in a subdirectory named after its
@@ -225,7 +226,9 @@ class _LoopThread:
 
 
 class PlatformCollector:
-    """Gauges read at scrape time: queue depth, outbox backlog and age, operations by state."""
+    """Gauges read at scrape time: queue depth, outbox backlog and age, operations by state,
+    beat leader.
+    """
 
     def __init__(self, settings: Settings, timeout: float = 5.0) -> None:
         """Creates the collector (engines are created on the first scrape).
@@ -268,6 +271,21 @@ class PlatformCollector:
             result[domain] = {str(state): int(count) for state, count in rows}
         return result
 
+    async def _beat(self) -> dict[str, float]:
+        from domains.platform.schedule_repository import SqlBeatRepository
+
+        lease_seconds = self._settings.schedules.lease_seconds
+        async with self._registry.sessionmaker("platform")() as session:
+            repo = SqlBeatRepository(session)
+            lease = await repo.lease(self._settings.schedules.leader_name)
+            nodes = await repo.nodes(seen_within=lease_seconds * 2)
+        holder = lease.holder if lease is not None and lease.valid else None
+        result = {node.node: 0.0 for node in nodes}
+        for node in nodes:
+            if node.holder == holder:
+                result[node.node] = 1.0
+        return result
+
     async def _queues(self) -> dict[str, int]:
         return await asyncio.to_thread(
             queue_depths, self._settings.broker(), DOMAINS, self._timeout
@@ -282,11 +300,12 @@ class PlatformCollector:
                 log.warning("metrics: reading %s failed: %s: %s", name, type(exc).__name__, exc)
                 return exc
 
-        names = ("queues", "outbox", "operations")
+        names = ("queues", "outbox", "operations", "beat")
         values = await asyncio.gather(
             bounded("queues", self._queues()),
             bounded("outbox", self._outbox()),
             bounded("operations", self._operations()),
+            bounded("beat", self._beat()),
         )
         return dict(zip(names, values, strict=True))
 
@@ -304,7 +323,7 @@ class PlatformCollector:
             found = self._loop.run(self._gather(), self._timeout + 2)
         except Exception as exc:
             log.warning("metrics: scrape failed: %s: %s", type(exc).__name__, exc)
-            found = {name: exc for name in ("queues", "outbox", "operations")}
+            found = {name: exc for name in ("queues", "outbox", "operations", "beat")}
         up = GaugeMetricFamily(
             "conveyor_exporter_source_up",
             "1 when the exporter could read the source at this scrape, 0 otherwise.",
@@ -353,6 +372,17 @@ class PlatformCollector:
                 for state in (*OPERATION_STATES, *sorted(set(counts) - set(OPERATION_STATES))):
                     ops.add_metric([domain, state], float(counts.get(state, 0)))
             families.append(ops)
+
+        beat = found["beat"]
+        if not isinstance(beat, BaseException) and beat:
+            leader = GaugeMetricFamily(
+                "conveyor_beat_leader",
+                "1 on the beat holding the leader lease, 0 on the other beats seen recently.",
+                labels=["node"],
+            )
+            for node, held in sorted(beat.items()):
+                leader.add_metric([node], held)
+            families.append(leader)
 
         duration = GaugeMetricFamily(
             "conveyor_exporter_scrape_duration_seconds",

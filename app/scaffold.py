@@ -1,18 +1,24 @@
 """``conveyor new-domain NAME``: generates a domain skeleton and wires it into the app.
 
 The skeleton follows the platform domain's shape with one example resource, items (a record with
-a ``title``, created through an operation whose task ``NAME.process_item`` marks it processed):
+a ``title`` owned by the caller's tenant, created through an operation whose task
+``NAME.process_item`` marks it processed):
 
 - ``domains/NAME/`` (model, errors, events, tables, repository, unit of work, service),
-- ``api/v1/NAME.py`` (``POST /v1/NAME/items`` -> Operation, ``GET /v1/NAME/items/{id}``),
+- ``app/wiring/NAME.py``: what the composition root plugs in (``DOMAIN``, ``TASK_MODULES``,
+  ``SUBSCRIPTIONS``, ``uow_class()``, ``build(container)`` giving ``services["NAME"]``,
+  ``routers()``, ``workflows()``),
+- ``api/v1/NAME.py`` (``POST /v1/NAME/items`` -> Operation, ``GET /v1/NAME/items/{id}``, scopes
+  ``NAME:write`` / ``NAME:read``),
 - ``tasks/NAME.py``, ``app/migrations/versions/NAME/NAME_0001_baseline.py``,
 - ``tests/service/NAME/`` and ``tests/api/NAME/``.
 
-Then it edits the wiring, each edit anchored on the existing code and printed: ``DOMAINS`` and
-``DomainDatabases`` (``app/config.py``), ``DOMAIN_TABLES``/``UOW_CLASSES`` and the service
-(``app/container.py``), ``TASK_MODULES`` (``app/celery_app.py``), the router and ``AppServices``
-(``app/main.py``), the ``Services`` protocol (``api/deps.py``) and the import-linter independence
-contract (``pyproject.toml``).
+Then it edits the few shared files that list every domain, each edit anchored on the existing
+code and printed: ``DOMAINS`` and ``DomainDatabases`` (``app/config.py``), the tables import and
+``DOMAIN_TABLES`` (``app/container.py``), ``WIRING_MODULES`` (``app/wiring/__init__.py``) and the
+import-linter independence contract (``pyproject.toml``). Services, task modules and routers
+need no other edit: the container, the Celery app and the FastAPI app read them from the wiring
+modules.
 
 Every check and edit is computed before anything is written: a bad name or a missing anchor
 leaves the tree untouched. A second run for the same name is refused ("domain exists").
@@ -23,7 +29,6 @@ from __future__ import annotations
 import ast
 import dataclasses
 import datetime as dt
-import functools
 import keyword
 import pathlib
 import re
@@ -34,12 +39,15 @@ import sys
 import tomllib
 from collections.abc import Callable
 
+import pydantic
+
 from app.scaffold_templates import TEMPLATES
 
 NAME_PATTERN = re.compile(r"^[a-z][a-z0-9]*(?:_[a-z0-9]+)*$")
 MAX_NAME_LENGTH = 24
 """Alembic's ``version_num`` is ``varchar(32)`` and holds ``NAME_0001``."""
 LINE_LENGTH = 100
+WIRING_PACKAGE = "app.wiring"
 RESERVED_NAMES = frozenset(
     {
         # Packages and modules the generated files would shadow or collide with.
@@ -55,21 +63,20 @@ RESERVED_NAMES = frozenset(
         "runtime",
         "schemas",
         "deps",
+        "auth",
         "errors",
         "pagination",
         "middleware",
         "support",
-        # Attributes of Container / AppServices next to the domain services.
-        "settings",
-        "registry",
-        "after_commit",
-        "uow_factory",
-        "control",
+        "wiring",
+        "workflows",
         # PostgreSQL schemas.
         "public",
         "information_schema",
     }
 )
+"""Names refused besides keywords, ``pg_*`` and what the project already has (domains,
+``DomainDatabases`` fields, service names of the wiring modules, pydantic model attributes)."""
 
 Echo = Callable[[str], None]
 
@@ -184,6 +191,28 @@ def _class_attributes(text: str, class_name: str) -> set[str]:
     return names
 
 
+def _service_names(root: pathlib.Path) -> dict[str, set[str]]:
+    """String keys of the dict literals each wiring module's ``build()`` returns, by file."""
+    found: dict[str, set[str]] = {}
+    for path in sorted((root / "app" / "wiring").glob("*.py")):
+        try:
+            tree = ast.parse(path.read_text(encoding="utf-8"))
+        except (OSError, SyntaxError, ValueError):
+            continue  # a file being edited by hand: its services show up once it parses
+        build = next(
+            (n for n in tree.body if isinstance(n, ast.FunctionDef) and n.name == "build"), None
+        )
+        keys = {
+            key.value
+            for node in (ast.walk(build) if build is not None else ())
+            if isinstance(node, ast.Return) and isinstance(node.value, ast.Dict)
+            for key in node.value.keys
+            if isinstance(key, ast.Constant) and isinstance(key.value, str)
+        }
+        found[f"app/wiring/{path.name}"] = keys
+    return found
+
+
 def validate_name(name: str, root: pathlib.Path) -> None:
     """Checks that ``name`` can become a new domain of the project at ``root``.
 
@@ -216,17 +245,29 @@ def validate_name(name: str, root: pathlib.Path) -> None:
             f"domain {name!r} exists (in app/config.py DOMAINS or domains/{name}/); choose"
             " another name"
         )
-    taken = {
-        "app/container.py Container": _class_attributes(
-            _read(root, "app/container.py"), "Container"
-        ),
-        "app/main.py AppServices": _class_attributes(_read(root, "app/main.py"), "AppServices"),
-        "api/deps.py Services": _class_attributes(_read(root, "api/deps.py"), "Services"),
-    }
-    for where, names in taken.items():
-        if name in names:
+    if name.startswith("model_") or hasattr(pydantic.BaseModel, name):
+        raise ScaffoldError(
+            f"invalid domain name {name!r}: it would shadow a pydantic attribute of"
+            " app/config.py DomainDatabases"
+        )
+    if name in _class_attributes(_read(root, "app/config.py"), "DomainDatabases"):
+        raise ScaffoldError(
+            f"invalid domain name {name!r}: app/config.py DomainDatabases already has a field"
+            " of that name"
+        )
+    wiring_module = f"{WIRING_PACKAGE}.{name}"
+    if wiring_module in _literal_strings(
+        _read(root, "app/wiring/__init__.py"), "WIRING_MODULES", "app/wiring/__init__.py"
+    ):
+        raise ScaffoldError(
+            f"domain {name!r} exists in part: app/wiring/__init__.py WIRING_MODULES lists"
+            f" {wiring_module!r}"
+        )
+    for where, services in _service_names(root).items():
+        if name in services:
             raise ScaffoldError(
-                f"invalid domain name {name!r}: {where} already has an attribute of that name"
+                f"invalid domain name {name!r}: {where} build() already returns a service of"
+                " that name (container.services keys must be unique)"
             )
     for rel in _render_paths(name):
         if (root / rel).exists():
@@ -447,60 +488,6 @@ def append_to_literal(text: str, target: str, element: str, path: str) -> str:
     return text[:start] + rendered + text[end:]
 
 
-def add_call_keyword(text: str, func: str, keyword_src: str, path: str) -> str:
-    """Adds a keyword argument to the (first) call of ``func(...)``.
-
-    Args:
-        text: Python source.
-        func: Name of the called function or class.
-        keyword_src: ``name=value``.
-        path: File name for errors.
-
-    Returns:
-        The edited source.
-
-    Raises:
-        AnchorError: If there is no such call.
-    """
-    tree = ast.parse(text)
-    call = next(
-        (
-            n
-            for n in ast.walk(tree)
-            if isinstance(n, ast.Call) and isinstance(n.func, ast.Name) and n.func.id == func
-        ),
-        None,
-    )
-    if call is None:
-        raise AnchorError(path, f"the call `{func}(...)`")
-    starts = _offsets(text)
-    _, start = _segment(text, starts, call.func)
-    _, end = _segment(text, starts, call)
-    source = text[start:end]
-    if "#" in source or not source.startswith("("):
-        raise AnchorError(path, f"a plain call `{func}(...)` without comments")
-    nodes: list[ast.expr | ast.keyword] = [*call.args, *call.keywords]
-    items = [text[a:b] for a, b in (_segment(text, starts, n) for n in nodes)]
-    items.append(keyword_src)
-    line_start = starts[call.lineno - 1]
-    head = text[line_start:start]
-    line_end = text.find("\n", end)
-    tail = text[end : len(text) if line_end < 0 else line_end]
-    indent = re.match(r"\s*", head).group(0)  # type: ignore[union-attr]
-    magic = source[:-1].rstrip().endswith(",")
-    rendered = _render_bracketed(
-        items,
-        opening="(",
-        closing=")",
-        head=head,
-        tail=tail,
-        indent=indent,
-        magic_comma=magic,
-        hug=True,
-    )
-    return text[:start] + rendered + text[end:]
-
-
 def _class(tree: ast.Module, name: str) -> ast.ClassDef | None:
     return next((n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == name), None)
 
@@ -537,36 +524,6 @@ def add_class_field(text: str, class_name: str, field_src: str, path: str) -> st
     return _insert_lines_after(text, last.end_lineno or last.lineno, [indent + field_src])
 
 
-def add_to_method_end(text: str, class_name: str, method: str, block: str, path: str) -> str:
-    """Appends ``block`` (indented like the method body) at the end of a method.
-
-    Args:
-        text: Python source.
-        class_name: Module-level class.
-        method: Method name.
-        block: Statements, unindented.
-        path: File name for errors.
-
-    Returns:
-        The edited source.
-
-    Raises:
-        AnchorError: If the class or method is missing.
-    """
-    cls = _class(ast.parse(text), class_name)
-    func = None
-    if cls is not None:
-        func = next(
-            (n for n in cls.body if isinstance(n, ast.FunctionDef) and n.name == method), None
-        )
-    if func is None:
-        raise AnchorError(path, f"method {class_name}.{method}")
-    last = func.body[-1]
-    indent = " " * last.col_offset
-    new = [indent + line if line else "" for line in block.rstrip("\n").split("\n")]
-    return _insert_lines_after(text, last.end_lineno or last.lineno, new)
-
-
 def insert_import(text: str, line: str, path: str) -> str:
     """Inserts a single-line ``from X import Y`` among the imports of the same package, in
     isort order.
@@ -601,33 +558,6 @@ def insert_import(text: str, line: str, path: str) -> str:
         while last < len(lines) and not lines[last].startswith(")"):
             last += 1
     lines.insert(last + 1, line + "\n")
-    return "".join(lines)
-
-
-def add_line_after_last(text: str, pattern: str, new_line: str, path: str, what: str) -> str:
-    """Inserts ``new_line`` (with the matched line's indentation) after the last line matching
-    ``pattern``.
-
-    Args:
-        text: Source.
-        pattern: Regular expression for a whole line (without indentation).
-        new_line: The line to add, unindented.
-        path: File name for errors.
-        what: Description of the anchor for errors.
-
-    Returns:
-        The edited source.
-
-    Raises:
-        AnchorError: If no line matches.
-    """
-    regex = re.compile(rf"^(\s*){pattern}$")
-    lines = text.splitlines(keepends=True)
-    hits = [(i, m) for i, current in enumerate(lines) if (m := regex.match(current.rstrip("\n")))]
-    if not hits:
-        raise AnchorError(path, what)
-    index, match = hits[-1]
-    lines.insert(index + 1, match.group(1) + new_line + "\n")
     return "".join(lines)
 
 
@@ -680,12 +610,11 @@ def add_independent_module(text: str, module: str, path: str) -> str:
 # --------------------------------------------------------------------------------- wiring
 
 
-def _insert_import_in(line: str, path: str, text: str) -> str:
-    return insert_import(text, line, path)
-
-
 def plan_wiring(root: pathlib.Path, name: str) -> tuple[dict[str, str], list[tuple[str, str]]]:
-    """Computes the edits of the wiring files (nothing is written).
+    """Computes the edits of the shared files that list every domain (nothing is written).
+
+    Everything else about the domain (services, tasks, routers, workflows) is in its generated
+    wiring module ``app/wiring/NAME.py``; the shared files only list it.
 
     Args:
         root: Project root.
@@ -697,7 +626,6 @@ def plan_wiring(root: pathlib.Path, name: str) -> tuple[dict[str, str], list[tup
     Raises:
         AnchorError: If a file lacks the code an edit is anchored on.
     """
-    cls = camel_case(name)
     contents: dict[str, str] = {}
     edits: list[tuple[str, str]] = []
 
@@ -721,12 +649,12 @@ def plan_wiring(root: pathlib.Path, name: str) -> tuple[dict[str, str], list[tup
     )
 
     container = "app/container.py"
-    for line in (
-        f"from domains.{name} import tables as {name}_tables",
-        f"from domains.{name}.service import {cls}Service",
-        f"from domains.{name}.unit_of_work import {cls}UnitOfWork",
-    ):
-        edit(container, f"import: {line}", functools.partial(_insert_import_in, line, container))
+    tables_import = f"from domains.{name} import tables as {name}_tables"
+    edit(
+        container,
+        f"import: {tables_import}",
+        lambda t: insert_import(t, tables_import, container),
+    )
     edit(
         container,
         f'DOMAIN_TABLES["{name}"]',
@@ -734,74 +662,12 @@ def plan_wiring(root: pathlib.Path, name: str) -> tuple[dict[str, str], list[tup
             t, "DOMAIN_TABLES", f'"{name}": {name}_tables.tables', container
         ),
     )
-    edit(
-        container,
-        f'UOW_CLASSES["{name}"]',
-        lambda t: append_to_literal(t, "UOW_CLASSES", f'"{name}": {cls}UnitOfWork', container),
-    )
-    service_block = f"""\
-self.{name} = {cls}Service(
-    lambda: {cls}UnitOfWork(
-        DOMAIN_TABLES["{name}"],
-        registry.sessionmaker("{name}"),
-        after_commit=self.after_commit,
-    ),
-    lease_seconds=settings.operation_lease_seconds,
-    pending_deadline_seconds=settings.pending_deadline_seconds,
-    progress_interval=settings.progress_interval_seconds,
-)
-"""
-    edit(
-        container,
-        f"Container.{name} = {cls}Service(...)",
-        lambda t: add_to_method_end(t, "Container", "__init__", service_block, container),
-    )
 
-    celery = "app/celery_app.py"
+    wiring = "app/wiring/__init__.py"
     edit(
-        celery,
-        f'TASK_MODULES += "tasks.{name}"',
-        lambda t: append_to_literal(t, "TASK_MODULES", f'"tasks.{name}"', celery),
-    )
-
-    main = "app/main.py"
-    for line in (
-        f"from api.v1 import {name} as {name}_routes",
-        f"from domains.{name}.service import {cls}Service",
-    ):
-        edit(main, f"import: {line}", functools.partial(_insert_import_in, line, main))
-    edit(
-        main,
-        f"AppServices.{name}: {cls}Service",
-        lambda t: add_class_field(t, "AppServices", f"{name}: {cls}Service", main),
-    )
-    edit(
-        main,
-        f"AppServices(..., {name}=container.{name})",
-        lambda t: add_call_keyword(t, "AppServices", f"{name}=container.{name}", main),
-    )
-    edit(
-        main,
-        f"app.include_router({name}_routes.router)",
-        lambda t: add_line_after_last(
-            t,
-            r"app\.include_router\(\w+\.router\)",
-            f"app.include_router({name}_routes.router)",
-            main,
-            "an `app.include_router(<module>.router)` line",
-        ),
-    )
-
-    deps = "api/deps.py"
-    edit(
-        deps,
-        f"import: from domains.{name}.service import {cls}Service",
-        lambda t: insert_import(t, f"from domains.{name}.service import {cls}Service", deps),
-    )
-    edit(
-        deps,
-        f"Services.{name}: {cls}Service",
-        lambda t: add_class_field(t, "Services", f"{name}: {cls}Service", deps),
+        wiring,
+        f'WIRING_MODULES += "{WIRING_PACKAGE}.{name}"',
+        lambda t: append_to_literal(t, "WIRING_MODULES", f'"{WIRING_PACKAGE}.{name}"', wiring),
     )
 
     pyproject = "pyproject.toml"
@@ -877,6 +743,8 @@ def new_domain(
         f"  conveyor worker --queues {name}        # a worker for queue {name!r}\n"
         f"  pytest tests/service/{name} tests/api/{name}\n"
         f"  add a worker-{name} service to docker-compose.yml, then replace the example"
-        " items with the domain's resources"
+        " items with the domain's resources\n"
+        f"  services, task modules, routers, event subscriptions and workflows go in"
+        f" app/wiring/{name}.py (API scopes: {name}:read, {name}:write)"
     )
     return ScaffoldResult(name=name, created=list(files), edits=edits)

@@ -19,3 +19,49 @@ def sweep() -> dict[str, Any]:
     """
     report = runtime.run(runtime.container.operations.sweep())
     return dataclasses.asdict(report)
+
+
+_publishers: dict[int, Any] = {}
+
+
+def _publisher() -> Any:
+    # One publish-only Celery app per worker process (built after fork, like the runtime).
+    import os
+
+    from app.outbox import OutboxPublisher
+
+    pid = os.getpid()
+    if pid not in _publishers:
+        container = runtime.container
+        _publishers.clear()
+        _publishers[pid] = OutboxPublisher(container.registry, container.settings)
+    return _publishers[pid]
+
+
+@shared_task(name="platform.relay_sweep", acks_late=True)
+def relay_sweep() -> dict[str, Any]:
+    """Publishes outbox rows the fast path and the relay process left behind (a backstop for
+    deployments running no ``conveyor relay``).
+
+    Returns:
+        Rows published.
+    """
+    return {"published": runtime.run(_publisher().relay_once())}
+
+
+@shared_task(name="platform.purge_done", acks_late=True)
+def purge_done() -> dict[str, Any]:
+    """Deletes done operations and schedule runs older than ``schedules.retention_days``.
+
+    Returns:
+        Rows deleted.
+    """
+    import datetime as dt
+
+    from domains.shared.clock import utcnow
+
+    container = runtime.container
+    cutoff = utcnow() - dt.timedelta(days=container.settings.schedules.retention_days)
+    operations = runtime.run(container.operations.purge_done(cutoff))
+    runs = runtime.run(container.services["schedules"].purge_runs(cutoff))
+    return {"operations": operations, "schedule_runs": runs}

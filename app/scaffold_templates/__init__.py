@@ -39,6 +39,7 @@ class Item:
 
     Attributes:
         id: Item id (the resource is ``items/{id}``).
+        tenant: Tenant that owns it (other tenants never see it).
         title: What the item is called.
         operation_id: The operation that processes it.
         create_time: Creation time.
@@ -48,6 +49,7 @@ class Item:
     """
 
     id: uuid.UUID
+    tenant: str
     title: str
     operation_id: uuid.UUID
     create_time: dt.datetime
@@ -193,6 +195,7 @@ items = sa.Table(
     "${name}_items",
     metadata,
     sa.Column("id", pg.UUID(as_uuid=True), primary_key=True),
+    sa.Column("tenant", sa.Text, nullable=False),
     sa.Column("title", sa.Text, nullable=False),
     sa.Column("operation_id", pg.UUID(as_uuid=True), nullable=False),
     sa.Column("create_time", sa.DateTime(timezone=True), nullable=False),
@@ -224,8 +227,10 @@ class ItemRepository(Protocol):
     async def add(self, item: Item) -> None:
         """Inserts an item."""
 
-    async def get(self, item_id: uuid.UUID, *, for_update: bool = False) -> Item | None:
-        """Loads an item."""
+    async def get(
+        self, item_id: uuid.UUID, tenant: str, *, for_update: bool = False
+    ) -> Item | None:
+        """Loads one of ``tenant``'s items."""
 
     async def save(self, item: Item) -> None:
         """Writes back an item."""
@@ -250,17 +255,22 @@ class SqlItemRepository:
         """
         await self._session.execute(sa.insert(tables.items), dataclasses.asdict(item))
 
-    async def get(self, item_id: uuid.UUID, *, for_update: bool = False) -> Item | None:
-        """Loads an item.
+    async def get(
+        self, item_id: uuid.UUID, tenant: str, *, for_update: bool = False
+    ) -> Item | None:
+        """Loads one of ``tenant``'s items.
 
         Args:
             item_id: Its id.
+            tenant: Its tenant (another tenant's item is ``None``, as if it did not exist).
             for_update: Lock the row.
 
         Returns:
             The item or ``None``.
         """
-        query = sa.select(tables.items).where(tables.items.c.id == item_id)
+        query = sa.select(tables.items).where(
+            tables.items.c.id == item_id, tables.items.c.tenant == tenant
+        )
         if for_update:
             query = query.with_for_update()
         row = (await self._session.execute(query)).mappings().first()
@@ -301,7 +311,11 @@ class ${Name}UnitOfWork(SqlUnitOfWork):
 '''
 
 _SERVICE = '''\
-"""Use cases of the ${name} domain, called by the API and by its tasks."""
+"""Use cases of the ${name} domain, called by the API and by its tasks.
+
+Every use case takes the caller's ``tenant``: items record it, and a tenant only ever sees its
+own items (another tenant's item is NOT_FOUND).
+"""
 
 from __future__ import annotations
 
@@ -350,13 +364,19 @@ class ${Name}Service:
         )
 
     async def create_item(
-        self, *, title: str, request_id: str | None = None, correlation_id: str | None = None
+        self,
+        *,
+        title: str,
+        tenant: str,
+        request_id: str | None = None,
+        correlation_id: str | None = None,
     ) -> Operation:
         """Creates an item and the operation processing it, dispatched through the outbox.
 
         Args:
             title: The item's title.
-            request_id: AIP-155 request id.
+            tenant: The caller's tenant, which owns the item and the operation.
+            request_id: AIP-155 request id (unique per tenant).
             correlation_id: HTTP request id for logs.
 
         Returns:
@@ -381,9 +401,16 @@ class ${Name}Service:
                 lease_seconds=self._lease_seconds,
                 pending_deadline_seconds=self._pending_deadline_seconds,
                 correlation_id=correlation_id,
+                tenant=tenant,
             )
             op.dispatch.args = [str(op.id)]
-            item = Item(id=item_id, title=title, operation_id=op.id, create_time=op.create_time)
+            item = Item(
+                id=item_id,
+                tenant=tenant,
+                title=title,
+                operation_id=op.id,
+                create_time=op.create_time,
+            )
             await cast(${Name}UnitOfWork, uow).items.add(item)
             return op
 
@@ -392,25 +419,39 @@ class ${Name}Service:
             request_id=request_id,
             request_hash=request_hash,
             build=build,
+            tenant=tenant,
         )
 
-    async def get_item(self, item_id: uuid.UUID) -> Item:
-        """Returns an item.
+    async def get_item(self, item_id: uuid.UUID, *, tenant: str) -> Item:
+        """Returns one of the tenant's items.
 
         Args:
             item_id: Its id.
+            tenant: The caller's tenant.
 
         Returns:
             The item.
 
         Raises:
-            ItemNotFound: If it does not exist.
+            ItemNotFound: If the tenant has no such item (another tenant's item included).
         """
         async with self._uow() as uow:
-            item = await uow.items.get(item_id)
+            item = await uow.items.get(item_id, tenant)
         if item is None:
             raise ItemNotFound(f"items/{item_id} does not exist")
         return item
+
+    async def get_item_operation(self, item: Item) -> Operation | None:
+        """Returns the operation processing ``item``.
+
+        Args:
+            item: An item returned by :meth:`get_item` (so the caller may see it).
+
+        Returns:
+            The operation, or ``None`` once it was deleted or purged.
+        """
+        async with self._uow() as uow:
+            return await uow.operations.get(item.operation_id)
 
     async def run_process_item(
         self, operation_id: uuid.UUID, *, worker: str, sink: ProgressSink | None = None
@@ -431,8 +472,9 @@ class ${Name}Service:
             ItemNotFound: If the item is gone.
         """
         execution = await self._runner.claim(operation_id, sink=sink)
+        tenant = execution.operation.tenant
         item_id = uuid.UUID(execution.operation.target.removeprefix("items/"))
-        item = await self.get_item(item_id)
+        item = await self.get_item(item_id, tenant=tenant)
         try:
             # Real work goes here, in units, with a checkpoint between them (progress,
             # heartbeat and cancellation check).
@@ -443,7 +485,7 @@ class ${Name}Service:
 
         async def apply(uow: SqlUnitOfWork, op: Operation) -> dict[str, Any]:
             items = cast(${Name}UnitOfWork, uow).items
-            locked = await items.get(item_id, for_update=True)
+            locked = await items.get(item_id, tenant, for_update=True)
             if locked is None:
                 raise ItemNotFound(f"items/{item_id} does not exist")
             event = locked.mark_processed(utcnow(), worker)
@@ -470,20 +512,25 @@ class ${Name}Service:
 '''
 
 _ROUTER = '''\
-"""HTTP API of the ${name} domain: items, each processed through an operation."""
+"""HTTP API of the ${name} domain: items, each processed through an operation.
+
+Creating an item needs the scope ``${name}:write``,
+reading one ``${name}:read``; callers only ever see their own tenant's items.
+"""
 
 from __future__ import annotations
 
 import datetime as dt
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Query
+from fastapi import APIRouter, Depends, Query, Request
 from pydantic import BaseModel, ConfigDict, Field
 
-from api.deps import Services, request_id, services
+from api.auth import Principal, require_scope
+from api.deps import request_id
 from api.errors import ERROR_RESPONSES
 from api.v1.schemas import OperationOut, operation_response
-from domains.shared.errors import NotFound
+from domains.${name}.service import ${Name}Service
 from domains.shared.ids import parse_id
 
 router = APIRouter(
@@ -491,6 +538,19 @@ router = APIRouter(
     tags=["${name}"],
     responses=ERROR_RESPONSES,
 )
+
+
+def ${name}_service(request: Request) -> ${Name}Service:
+    """Returns the service of the running app (built by ``app/wiring/${name}.py``).
+
+    Args:
+        request: The current request.
+
+    Returns:
+        The service.
+    """
+    service: ${Name}Service = request.app.state.container.services["${name}"]
+    return service
 
 
 class CreateItemRequest(BaseModel):
@@ -540,17 +600,21 @@ class ItemOut(BaseModel):
 @router.post("/items", response_model=OperationOut, summary="Create an item")
 async def create_item(
     body: CreateItemRequest,
-    svc: Annotated[Services, Depends(services)],
+    caller: Annotated[Principal, Depends(require_scope("${name}:write"))],
+    svc: Annotated[${Name}Service, Depends(${name}_service)],
     correlation: Annotated[str | None, Depends(request_id)],
     request_id_param: Annotated[str | None, Query(alias="request_id", max_length=128)] = None,
 ) -> Any:
     """Creates an item and returns the operation processing it.
 
-    A worker on queue `${name}` processes it. Errors: 400 INVALID_ARGUMENT on a bad title, 409
-    ALREADY_EXISTS when the request id was used with another body.
+    A worker on queue `${name}` processes it.
+    Needs the scope `${name}:write`. Errors: 400 INVALID_ARGUMENT on a bad title, 403
+    PERMISSION_DENIED without the scope, 409 ALREADY_EXISTS when the request id was used with
+    another body.
     """
-    op = await svc.${name}.create_item(
+    op = await svc.create_item(
         title=body.title,
+        tenant=caller.tenant,
         request_id=body.request_id or request_id_param,
         correlation_id=correlation,
     )
@@ -558,16 +622,21 @@ async def create_item(
 
 
 @router.get("/items/{item_id}", response_model=ItemOut, summary="Get an item")
-async def get_item(item_id: str, svc: Annotated[Services, Depends(services)]) -> Any:
-    """Returns an item with its operation's state.
+async def get_item(
+    item_id: str,
+    caller: Annotated[Principal, Depends(require_scope("${name}:read"))],
+    svc: Annotated[${Name}Service, Depends(${name}_service)],
+) -> Any:
+    """Returns one of the caller's items with its operation's state.
 
-    Errors: 400 INVALID_ARGUMENT on a malformed id, 404 NOT_FOUND when there is no such item.
+    Needs the `${name}:read` scope. Errors: 400 INVALID_ARGUMENT on a malformed id, 403
+    PERMISSION_DENIED without the scope, 404 NOT_FOUND when the caller's tenant has no such item.
     """
-    item = await svc.${name}.get_item(parse_id(item_id, what="item id"))
-    try:
-        op = await svc.operations.get(f"${name}.{item.operation_id}")
+    item = await svc.get_item(parse_id(item_id, what="item id"), tenant=caller.tenant)
+    op = await svc.get_item_operation(item)
+    if op is not None:
         state, done = str(op.state), op.done
-    except NotFound:
+    else:
         # The operation was deleted or purged: the item itself tells how it ended.
         state, done = ("SUCCEEDED", True) if item.processed else ("UNKNOWN", True)
     return {
@@ -595,6 +664,7 @@ from celery import Task, shared_task
 
 from domains.operations.execution import ProgressSink
 from domains.operations.model import OperationError
+from domains.${name}.service import ${Name}Service
 from tasks.base import run_operation_task
 from tasks.runtime import runtime
 
@@ -615,7 +685,8 @@ def process_item(self: Task, operation_id: str) -> dict[str, Any]:
     Returns:
         The operation's response.
     """
-    service = runtime.container.${name}
+    # Built by app/wiring/${name}.py.
+    service: ${Name}Service = runtime.container.services["${name}"]
     hostname = self.request.hostname or "worker"
 
     def work(op_id: uuid.UUID, sink: ProgressSink) -> Any:
@@ -627,8 +698,69 @@ def process_item(self: Task, operation_id: str) -> dict[str, Any]:
     return run_operation_task(self, operation_id, work, fail)
 '''
 
+_WIRING = '''\
+"""Wiring of the ${name} domain: what the composition root plugs in (see ``app.wiring``)."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from fastapi import APIRouter
+
+    from app.container import Container
+    from app.workflows import Workflow
+    from domains.operations.unit_of_work import SqlUnitOfWork
+
+DOMAIN = "${name}"
+TASK_MODULES: list[str] = ["tasks.${name}"]
+# Integration event types (fnmatch patterns) this domain consumes; a pattern here needs a
+# ``${name}.handle_event`` task in tasks/${name}.py that applies each event id once.
+SUBSCRIPTIONS: list[str] = []
+
+
+def uow_class() -> type[SqlUnitOfWork]:
+    """Returns the ${name} unit of work class."""
+    from domains.${name}.unit_of_work import ${Name}UnitOfWork
+
+    return ${Name}UnitOfWork
+
+
+def build(container: Container) -> dict[str, Any]:
+    """Builds the ${name} services.
+
+    Args:
+        container: The container (settings, registry, unit of work factories).
+
+    Returns:
+        Services by name (``container.services["${name}"]``).
+    """
+    from domains.${name}.service import ${Name}Service
+
+    settings = container.settings
+    service = ${Name}Service(
+        container.uow_factory(DOMAIN),  # type: ignore[arg-type]
+        lease_seconds=settings.operation_lease_seconds,
+        pending_deadline_seconds=settings.pending_deadline_seconds,
+        progress_interval=settings.progress_interval_seconds,
+    )
+    return {"${name}": service}
+
+
+def routers() -> list[APIRouter]:
+    """Returns the ${name} routers."""
+    from api.v1 import ${name} as routes
+
+    return [routes.router]
+
+
+def workflows() -> list[Workflow]:
+    """Returns the ${name} workflows a schedule can start (none yet)."""
+    return []
+'''
+
 _MIGRATION = '''\
-"""${name}: operations, outbox and ${name}_items.
+"""${name}: operations (with their tenant), outbox and ${name}_items.
 
 Revision ID: ${name}_0001
 Revises:
@@ -639,7 +771,7 @@ import sqlalchemy as sa
 from alembic import op
 from sqlalchemy.dialects import postgresql as pg
 
-from app.migrations.baseline import create_common, drop_common
+from app.migrations.baseline import add_operation_tenant, create_common, drop_common
 
 revision = "${name}_0001"
 down_revision = None
@@ -650,9 +782,13 @@ SCHEMA = "${name}"
 
 def upgrade() -> None:
     create_common(SCHEMA)
+    # What the older domains got in their revision 0002: operations.tenant, request ids
+    # unique per tenant (domains/operations/tables.py declares both).
+    add_operation_tenant(SCHEMA)
     op.create_table(
         "${name}_items",
         sa.Column("id", pg.UUID(as_uuid=True), nullable=False),
+        sa.Column("tenant", sa.Text, nullable=False),
         sa.Column("title", sa.Text, nullable=False),
         sa.Column("operation_id", pg.UUID(as_uuid=True), nullable=False),
         sa.Column("create_time", sa.DateTime(timezone=True), nullable=False),
@@ -666,7 +802,7 @@ def upgrade() -> None:
 
 def downgrade() -> None:
     op.drop_table("${name}_items", schema=SCHEMA)
-    drop_common(SCHEMA)
+    drop_common(SCHEMA)  # operations goes with its tenant column and index
 '''
 
 _SERVICE_TEST = '''\
@@ -692,6 +828,9 @@ from domains.${name}.errors import ItemNotFound
 from domains.${name}.service import ${Name}Service
 from domains.shared.errors import AlreadyExists, InvalidArgument
 
+TENANT = "default"  # the caller's tenant when authentication is off
+OTHER = "tenant-b"
+
 
 @pytest.fixture
 async def container(settings: Settings) -> AsyncIterator[Container]:
@@ -702,7 +841,11 @@ async def container(settings: Settings) -> AsyncIterator[Container]:
 
 @pytest.fixture
 def service(container: Container) -> ${Name}Service:
-    return container.${name}
+    return container.services["${name}"]
+
+
+def item_id(op) -> uuid.UUID:
+    return uuid.UUID(op.target.removeprefix("items/"))
 
 
 async def outbox_rows(container: Container, op_id: uuid.UUID):
@@ -718,15 +861,21 @@ async def outbox_rows(container: Container, op_id: uuid.UUID):
 
 
 async def test_create_item_writes_item_operation_and_outbox_row_in_one_go(service, container):
-    op = await service.create_item(title="first")
+    op = await service.create_item(title="first", tenant=TENANT)
     assert op.state == State.PENDING
     assert op.name.startswith("operations/${name}.")
+    assert op.tenant == TENANT
     assert op.dispatch.task_name == "${name}.process_item"
     assert op.dispatch.args == [str(op.id)]
-    item = await service.get_item(uuid.UUID(op.target.removeprefix("items/")))
+    item = await service.get_item(item_id(op), tenant=TENANT)
     assert item.title == "first"
+    assert item.tenant == TENANT
     assert item.operation_id == op.id
     assert not item.processed
+    stored = await service.get_item_operation(item)
+    assert stored is not None
+    assert stored.id == op.id
+    assert stored.tenant == TENANT
     rows = await outbox_rows(container, op.id)
     assert len(rows) == 1
     assert rows[0]["task_id"] == str(op.id)
@@ -734,48 +883,63 @@ async def test_create_item_writes_item_operation_and_outbox_row_in_one_go(servic
     assert rows[0]["sent_time"] is None
 
 
+async def test_another_tenants_item_is_not_found(service):
+    op = await service.create_item(title="mine", tenant=TENANT)
+    with pytest.raises(ItemNotFound):
+        await service.get_item(item_id(op), tenant=OTHER)
+
+
 async def test_create_item_rejects_an_empty_title(service):
     with pytest.raises(InvalidArgument) as info:
-        await service.create_item(title="  ")
+        await service.create_item(title="  ", tenant=TENANT)
     assert info.value.metadata == {"field": "title"}
 
 
 async def test_same_request_id_and_body_returns_the_same_operation(service, container):
     request_id = f"req-{uuid.uuid4()}"
-    first = await service.create_item(title="once", request_id=request_id)
-    second = await service.create_item(title="once", request_id=request_id)
+    first = await service.create_item(title="once", tenant=TENANT, request_id=request_id)
+    second = await service.create_item(title="once", tenant=TENANT, request_id=request_id)
     assert second.id == first.id
     assert len(await outbox_rows(container, first.id)) == 1
 
 
+async def test_request_ids_are_unique_per_tenant(service):
+    request_id = f"req-{uuid.uuid4()}"
+    mine = await service.create_item(title="same", tenant=TENANT, request_id=request_id)
+    theirs = await service.create_item(title="same", tenant=OTHER, request_id=request_id)
+    assert theirs.id != mine.id
+    assert theirs.tenant == OTHER
+
+
 async def test_same_request_id_with_another_body_is_already_exists(service):
     request_id = f"req-{uuid.uuid4()}"
-    await service.create_item(title="a", request_id=request_id)
+    await service.create_item(title="a", tenant=TENANT, request_id=request_id)
     with pytest.raises(AlreadyExists):
-        await service.create_item(title="b", request_id=request_id)
+        await service.create_item(title="b", tenant=TENANT, request_id=request_id)
 
 
-async def test_run_process_item_marks_the_item_processed_once(service, container):
-    op = await service.create_item(title="work")
+async def test_run_process_item_marks_the_item_processed_once(service):
+    op = await service.create_item(title="work", tenant=TENANT)
     response = await service.run_process_item(op.id, worker="w")
     assert response["title"] == "work"
     assert response["worker"] == "w"
     assert response["attempt"] == 1
-    done = await container.operations.get(op.name)
+    item = await service.get_item(item_id(op), tenant=TENANT)
+    done = await service.get_item_operation(item)
+    assert done is not None
     assert done.state == State.SUCCEEDED
     assert done.response == response
-    item = await service.get_item(uuid.UUID(op.target.removeprefix("items/")))
     assert item.processed
     assert item.processed_by == "w"
     assert item.completions == 1
     # A redelivered task finds the operation done and does nothing.
     with pytest.raises(Skip):
         await service.run_process_item(op.id, worker="w2")
-    assert (await service.get_item(item.id)).completions == 1
+    assert (await service.get_item(item.id, tenant=TENANT)).completions == 1
 
 
 async def test_cancelling_a_pending_item_skips_its_processing(service, container):
-    op = await service.create_item(title="never")
+    op = await service.create_item(title="never", tenant=TENANT)
     assert (await container.operations.cancel(op.name)).state == State.CANCELLED
     with pytest.raises(Skip):
         await service.run_process_item(op.id, worker="w")
@@ -783,7 +947,7 @@ async def test_cancelling_a_pending_item_skips_its_processing(service, container
 
 async def test_get_unknown_item_is_not_found(service):
     with pytest.raises(ItemNotFound):
-        await service.get_item(uuid.uuid4())
+        await service.get_item(uuid.uuid4(), tenant=TENANT)
 '''
 
 _API_TEST = '''\
@@ -859,6 +1023,7 @@ TEMPLATES: dict[str, str] = {
     "domains/${name}/repository.py": _REPOSITORY,
     "domains/${name}/unit_of_work.py": _UNIT_OF_WORK,
     "domains/${name}/service.py": _SERVICE,
+    "app/wiring/${name}.py": _WIRING,
     "api/v1/${name}.py": _ROUTER,
     "tasks/${name}.py": _TASKS,
     "app/migrations/versions/${name}/${name}_0001_baseline.py": _MIGRATION,

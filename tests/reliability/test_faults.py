@@ -12,6 +12,7 @@ import contextlib
 import os
 import socket
 import subprocess
+import time
 
 import httpx
 import pytest
@@ -20,6 +21,7 @@ from app.embedded import start_postgres
 from tests.conftest import claim_redis_db
 from tests.reliability.harness import JobStream, PrivateRedis, System, Tally, scenario_sigkill
 from tests.support import services
+from tests.support.ops import query
 
 pytestmark = pytest.mark.reliability
 
@@ -177,4 +179,86 @@ async def test_api_killed_between_commit_and_publish_loses_nothing(make_system, 
     system.wait_api()
     await submit
     await stream.verify(timeout=120)
+    _check(tally)
+
+
+async def test_beat_leader_killed_the_other_takes_over_and_no_slot_fires_twice(
+    make_system, database_url
+):
+    import secrets
+    import sys
+
+    from tests.e2e.test_beat import fired, gaps, leader_holder
+    from tests.reliability.harness import Service
+
+    lease_name = f"faults-{secrets.token_hex(3)}"
+    system = make_system(database_url=database_url)
+    system.env.update(
+        {
+            "CONVEYOR_SCHEDULES__LEADER_NAME": lease_name,
+            "CONVEYOR_SCHEDULES__LEASE_SECONDS": "3",
+            "CONVEYOR_SCHEDULES__SYNC_SECONDS": "0.5",
+            "CONVEYOR_SCHEDULES__MIN_INTERVAL_SECONDS": "0.5",
+        }
+    )
+    system.create_api_key()
+    system.start()
+    beats = {
+        name: Service(
+            name,
+            [sys.executable, "-m", "app.cli", "beat", "--name", name],
+            system.env,
+            system.log_dir,
+        ).start()
+        for name in ("fi-beat-a", "fi-beat-b")
+    }
+    system.beats.extend(beats.values())
+    for name, beat in beats.items():
+        beat.wait_for_log(f"beat {name} started", timeout=60)
+    async with system.client() as client:
+        response = await client.post(
+            "/v1/schedules",
+            json={
+                "workflow": "platform.ping",
+                "args": {"message": "tick"},
+                "interval_seconds": 0.5,
+                "catch_up": True,
+            },
+        )
+        assert response.status_code == 200, response.text
+        schedule = response.json()
+        await asyncio.sleep(4)
+        holder = await leader_holder(database_url, lease_name)
+        assert holder, "no leader"
+        beats[holder.split("#")[0]].kill()
+        await asyncio.sleep(8)
+        response = await client.patch(f"/v1/schedules/{schedule['id']}", json={"enabled": False})
+        assert response.status_code == 200, response.text
+    await asyncio.sleep(1)
+    rows = await fired(database_url, schedule["id"])
+    tally = Tally("beat-leader-killed")
+    fire_times = [r.fire_time for r in rows]
+    tally.accepted = len(rows)
+    op_ids = [r.operation.rsplit(".", 1)[1] for r in rows if r.operation]
+    deadline = time.monotonic() + 60
+    states: dict = {}
+    while time.monotonic() < deadline:
+        got = await query(
+            database_url,
+            "SELECT o.id::text, o.state, p.completions FROM platform.operations o"
+            " JOIN platform.pings p ON p.operation_id = o.id"
+            " WHERE o.id = ANY(CAST(:ids AS uuid[]))",
+            ids=op_ids,
+        )
+        states = {r[0]: (r[1], r[2]) for r in got}
+        if sum(1 for s, _ in states.values() if s == "SUCCEEDED") == len(rows):
+            break
+        await asyncio.sleep(0.3)
+    tally.completed = sum(1 for s, _ in states.values() if s == "SUCCEEDED")
+    tally.lost = len(rows) - tally.completed
+    tally.duplicated = (len(fire_times) - len(set(fire_times))) + sum(
+        1 for _, c in states.values() if c > 1
+    )
+    assert len({r.fired_by for r in rows}) == 2, "the survivor never fired"
+    assert set(gaps(rows)) == {0.5}, gaps(rows)  # no slot missed, none twice
     _check(tally)

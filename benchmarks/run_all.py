@@ -1,0 +1,276 @@
+"""Runs every benchmark and writes ``docs/BENCHMARKS.md`` plus a PNG chart.
+
+    .venv/bin/python benchmarks/run_all.py                 # full: about 15-25 min on 2 cores
+    .venv/bin/python benchmarks/run_all.py --quick         # smaller sizes, a few minutes
+
+Benchmarks run one after the other (never in parallel: they would measure each other):
+
+- ``submit.py`` at 1, 2 and 4 worker processes: submit rate, end-to-end jobs/s and
+  submit-to-start latency percentiles against bare FastAPI + Celery and raw Celery tasks;
+- ``imports.py`` at 10k, 100k and 1M rows: Conveyor's import against PostgreSQL ``COPY``;
+- ``webhooks.py``: 20k deliveries against a raw async httpx loop.
+
+Every figure comes with the baseline measured in the same run; only the ratios carry over to
+another machine, which is why the report records this one (cores, memory, CPU model).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import pathlib
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from typing import Any
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+DOCS = ROOT / "docs"
+
+
+def machine() -> dict[str, str]:
+    """Cores, memory, CPU model, OS and Python of this machine."""
+    info = {
+        "cores": str(os.cpu_count()),
+        "python": platform.python_version(),
+        "os": f"{platform.system()} {platform.release()}",
+    }
+    try:
+        meminfo = pathlib.Path("/proc/meminfo").read_text()
+        kb = int(
+            next(line.split()[1] for line in meminfo.splitlines() if line.startswith("MemTotal"))
+        )
+        info["memory"] = f"{kb / 1024 / 1024:.1f} GiB"
+    except (OSError, StopIteration, ValueError):
+        info["memory"] = "unknown"
+    try:
+        cpuinfo = pathlib.Path("/proc/cpuinfo").read_text()
+        info["cpu"] = next(
+            line.split(":", 1)[1].strip()
+            for line in cpuinfo.splitlines()
+            if line.startswith("model name")
+        )
+    except (OSError, StopIteration):
+        info["cpu"] = platform.processor() or "unknown"
+    return info
+
+
+def run(script: str, args: list[str], out: pathlib.Path, limit: float) -> dict[str, Any] | None:
+    """Runs one benchmark script with ``--json out``; returns its figures or ``None``."""
+    argv = [sys.executable, str(ROOT / "benchmarks" / script), *args, "--json", str(out)]
+    print(f"$ {' '.join(argv[1:])}", flush=True)
+    started = time.monotonic()
+    try:
+        result = subprocess.run(argv, cwd=ROOT, timeout=limit, capture_output=True, text=True)
+    except subprocess.TimeoutExpired:
+        print(f"  timed out after {limit:.0f} s", flush=True)
+        return None
+    print(result.stdout[-2500:], flush=True)
+    if result.returncode != 0 or not out.exists():
+        print(f"  failed ({result.returncode}):\n{result.stderr[-2500:]}", flush=True)
+        return None
+    figures: dict[str, Any] = json.loads(out.read_text())
+    figures["_seconds"] = round(time.monotonic() - started, 1)
+    return figures
+
+
+def fmt(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:,.3g}" if abs(value) < 100 else f"{value:,.0f}"
+    return str(value)
+
+
+def submit_rows(figures: dict[str, Any]) -> list[dict[str, Any]]:
+    return list(figures.get("rows", []))
+
+
+def find(rows: list[dict[str, Any]], needle: str) -> dict[str, Any] | None:
+    return next((r for r in rows if needle in r["metric"]), None)
+
+
+def flat_table(figures: dict[str, Any]) -> list[str]:
+    lines = ["| figure | value |", "|---|---|"]
+    for key, value in figures.items():
+        if key.startswith("_") or isinstance(value, dict | list):
+            continue
+        lines.append(f"| {key} | {fmt(value)} |")
+    return lines
+
+
+def chart(results: dict[str, Any], path: pathlib.Path) -> bool:
+    """Draws throughput ratios, latency percentiles and the scaling curves into one PNG."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("matplotlib is not installed: no chart", flush=True)
+        return False
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4.5))
+    # 1. Throughput vs baseline.
+    ratios: dict[str, float] = {}
+    base = results.get("submit", {}).get(2)
+    if base:
+        for needle, label in (("submit rate", "submit"), ("e2e throughput", "end-to-end")):
+            row = find(submit_rows(base), needle)
+            if row and row["baseline"]:
+                ratios[label] = row["conveyor"] / row["baseline"]
+    for key, label in (("imports", "import vs COPY"), ("webhooks", "webhooks vs httpx")):
+        data = results.get(key)
+        if isinstance(data, dict) and key == "imports":
+            data = data.get(max(data)) if data else None
+        if data and data.get("ratio"):
+            ratios[label] = float(data["ratio"])
+    axes[0].bar(list(ratios), list(ratios.values()), color="#4c72b0")
+    axes[0].axhline(1.0, color="grey", linestyle="--", linewidth=1)
+    axes[0].set_title("Throughput / same-run baseline")
+    axes[0].tick_params(axis="x", rotation=20)
+    # 2. Latency percentiles (submit -> start) at 2 workers.
+    if base:
+        labels, conveyor, baseline = [], [], []
+        for row in submit_rows(base):
+            if "latency" in row["metric"] or "p50" in row["metric"] or "p99" in row["metric"]:
+                labels.append(row["metric"].replace(" (ms)", "").replace("submit→start ", ""))
+                conveyor.append(row["conveyor"])
+                baseline.append(row["baseline"])
+        xs = range(len(labels))
+        axes[1].bar([x - 0.2 for x in xs], conveyor, width=0.4, label="Conveyor")
+        axes[1].bar([x + 0.2 for x in xs], baseline, width=0.4, label="baseline")
+        axes[1].set_xticks(list(xs), labels, rotation=30, ha="right", fontsize=7)
+        axes[1].set_title("Latency percentiles (ms)")
+        axes[1].legend()
+    # 3. Scaling: jobs/s by worker processes, import seconds by rows.
+    scaling = results.get("submit", {})
+    workers = sorted(scaling)
+    jobs = []
+    for count in workers:
+        row = find(submit_rows(scaling[count]), "e2e throughput")
+        jobs.append(row["conveyor"] if row else 0)
+    axes[2].plot(workers, jobs, marker="o", label="end-to-end jobs/s")
+    axes[2].set_xlabel("worker processes")
+    axes[2].set_ylabel("jobs/s")
+    imports = results.get("imports") or {}
+    if imports:
+        twin = axes[2].twiny()
+        sizes = sorted(imports)
+        seconds = [imports[s].get("conveyor_seconds", 0) for s in sizes]
+        twin.plot(sizes, seconds, marker="s", color="#dd8452", label="import seconds")
+        twin.set_xscale("log")
+        twin.set_xlabel("rows imported (log)")
+    axes[2].set_title("Cost growth")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    return True
+
+
+def report(results: dict[str, Any], info: dict[str, str], chart_ok: bool, quick: bool) -> str:
+    lines = [
+        "# Benchmarks",
+        "",
+        f"Generated by `benchmarks/run_all.py{' --quick' if quick else ''}` on "
+        f"{dt.datetime.now(dt.UTC):%Y-%m-%d %H:%M} UTC. Every Conveyor figure sits next to a "
+        "baseline measured in the same run on the same machine; compare ratios, not absolute "
+        "numbers.",
+        "",
+        "## Machine",
+        "",
+        "| | |",
+        "|---|---|",
+        *(f"| {k} | {v} |" for k, v in info.items()),
+        "",
+    ]
+    if chart_ok:
+        lines += ["![throughput, latency and scaling](benchmarks.png)", ""]
+    submit = results.get("submit", {})
+    if submit:
+        lines += ["## API and end-to-end (`submit.py`)", ""]
+        for count in sorted(submit):
+            lines += [
+                f"### {count} worker process{'es' if count > 1 else ''}",
+                "",
+                "| metric | Conveyor | baseline | ratio | better |",
+                "|---|---|---|---|---|",
+            ]
+            for row in submit_rows(submit[count]):
+                ratio = row["conveyor"] / row["baseline"] if row["baseline"] else float("nan")
+                lines.append(
+                    f"| {row['metric']} | {fmt(row['conveyor'])} | {fmt(row['baseline'])} |"
+                    f" {ratio:.2f}x | {row['better']} |"
+                )
+            lines.append("")
+        lines += [
+            "### How cost grows with workers",
+            "",
+            "| worker processes | end-to-end jobs/s | p99 submit→start (ms) |",
+            "|---|---|---|",
+        ]
+        for count in sorted(submit):
+            rows = submit_rows(submit[count])
+            e2e = find(rows, "e2e throughput")
+            p99 = find(rows, "p99")
+            lines.append(
+                f"| {count} | {fmt(e2e['conveyor']) if e2e else '-'} |"
+                f" {fmt(p99['conveyor']) if p99 else '-'} |"
+            )
+        lines.append("")
+    imports = results.get("imports") or {}
+    if imports:
+        lines += ["## Imports vs PostgreSQL COPY (`imports.py`)", ""]
+        keys = [k for k in next(iter(imports.values())) if not k.startswith("_")]
+        lines += ["| rows | " + " | ".join(keys) + " |", "|---" * (len(keys) + 1) + "|"]
+        for size in sorted(imports):
+            lines.append(
+                f"| {size:,} | " + " | ".join(fmt(imports[size].get(k, "-")) for k in keys) + " |"
+            )
+        lines += ["", "Import time should grow linearly with rows (same rows/s at each size).", ""]
+    webhooks = results.get("webhooks")
+    if webhooks:
+        lines += ["## Webhooks vs raw httpx (`webhooks.py`)", "", *flat_table(webhooks), ""]
+    missing = [k for k in ("submit", "imports", "webhooks") if not results.get(k)]
+    if missing:
+        lines += [f"Not measured in this run (failed or skipped): {', '.join(missing)}.", ""]
+    return "\n".join(lines)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="smaller sizes (minutes)")
+    parser.add_argument("--out", type=pathlib.Path, default=DOCS / "BENCHMARKS.md")
+    args = parser.parse_args()
+    tmp = pathlib.Path(tempfile.mkdtemp(prefix="conveyor-bench-all-"))
+    results: dict[str, Any] = {"submit": {}, "imports": {}}
+    for workers in (1, 2, 4):
+        figures = run(
+            "submit.py",
+            ["--n", "150" if args.quick else "400", "--worker-concurrency", str(workers)],
+            tmp / f"submit-{workers}.json",
+            limit=900,
+        )
+        if figures:
+            results["submit"][workers] = figures
+    sizes = (10_000, 100_000) if args.quick else (10_000, 100_000, 1_000_000)
+    for rows in sizes:
+        figures = run("imports.py", ["--rows", str(rows)], tmp / f"imports-{rows}.json", 1800)
+        if figures:
+            results["imports"][rows] = figures
+    results["webhooks"] = run(
+        "webhooks.py",
+        ["--count", "4000" if args.quick else "20000"],
+        tmp / "webhooks.json",
+        limit=1800,
+    )
+    info = machine()
+    chart_ok = chart(results, args.out.parent / "benchmarks.png")
+    args.out.write_text(report(results, info, chart_ok, args.quick) + "\n")
+    (tmp / "all.json").write_text(json.dumps(results, indent=2, default=str))
+    print(f"wrote {args.out} (raw figures: {tmp / 'all.json'})")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
