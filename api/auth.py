@@ -1,18 +1,32 @@
-"""Who is calling: the principal of a request and the scopes a route requires.
+"""Who is calling: API-key authentication, the principal of a request and the scopes routes need.
 
-Routers take the caller's tenant from :func:`principal` and pass it to services, which record it
-on every resource and never show one tenant's resources to another (404, not 403). Each route
-declares the scope it needs with ``dependencies=[Depends(require_scope("imports:write"))]``.
+Every ``/v1`` request must carry ``Authorization: Bearer cvk_<prefix>_<secret>`` (see
+``domains.platform.keys``); :class:`AuthMiddleware` verifies it before routing, so no ``/v1``
+route can escape authentication, and stores the :class:`Principal` on the request. Missing,
+malformed, unknown, expired or revoked keys get 401 UNAUTHENTICATED with
+``WWW-Authenticate: Bearer``. Each request then needs the scope its path maps to in
+:data:`SCOPE_AREAS` (GET/HEAD read, anything else write): 403 PERMISSION_DENIED otherwise.
+Routes can ask for more with ``Depends(require_scope("imports:write"))``, which also returns the
+caller: routers pass ``caller.tenant`` to services, which never show one tenant's resources to
+another (404, not 403). Health, metrics and docs need no key.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable
+import logging
+import math
+from collections.abc import Awaitable, Callable
+from typing import Any, Protocol
 
 from fastapi import Request
+from starlette.responses import JSONResponse
+from starlette.types import ASGIApp, Receive, Scope, Send
 
-from domains.shared.errors import PermissionDenied
+from api.errors import error_body
+from domains.shared.errors import DomainError, PermissionDenied, Unauthenticated
+
+log = logging.getLogger(__name__)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -21,7 +35,7 @@ class Principal:
 
     Attributes:
         tenant: Tenant whose resources the caller sees.
-        key_id: API key id (``None`` when authentication is off).
+        key_id: API key prefix (``None`` when authentication is off).
         scopes: Granted scopes, e.g. ``imports:write``; ``*`` grants all.
     """
 
@@ -33,7 +47,7 @@ class Principal:
         """Whether the principal holds ``scope``.
 
         Args:
-            scope: ``<area>:<read|write>``; ``write`` implies ``read``.
+            scope: ``<area>:<read|write>``; ``write`` implies ``read``; ``*`` needs ``*``.
 
         Returns:
             True if granted.
@@ -45,20 +59,75 @@ class Principal:
 
 
 ANONYMOUS = Principal()
-"""The principal when authentication is off (development)."""
+"""The principal when authentication is off (``CONVEYOR_SECURITY__AUTH_REQUIRED=false``)."""
+
+SCOPE_AREAS: dict[str, str] = {
+    "operations": "operations",
+    "pings": "operations",
+    "datasets": "imports",
+    "imports": "imports",
+    "records": "imports",
+    "endpoints": "webhooks",
+    "events": "webhooks",
+    "deliveries": "webhooks",
+    "webhooks": "webhooks",
+    "schedules": "schedules",
+    "workflows": "schedules",
+    "reports": "reports",
+}
+"""First path segment after ``/v1/`` -> scope area. A ``/v1`` path missing here needs ``*``
+(fail closed: a new router is reachable only by all-scope keys until it is mapped)."""
+
+PUBLIC_PATHS: frozenset[str] = frozenset(
+    {"/healthz", "/readyz", "/metrics", "/docs", "/docs/oauth2-redirect", "/redoc", "/openapi.json"}
+)
+"""Paths served without a key (every other non-``/v1`` path is not an API route anyway)."""
+
+_READ_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+_MAX_AUTHORIZATION_LENGTH = 512
+
+
+def route_scope(method: str, path: str) -> str:
+    """Returns the scope a request needs, from :data:`SCOPE_AREAS`.
+
+    Args:
+        method: HTTP method.
+        path: URL path under ``/v1``.
+
+    Returns:
+        ``<area>:read`` for GET/HEAD/OPTIONS, ``<area>:write`` otherwise; ``*`` when the path's
+        resource is not mapped.
+    """
+    segment = path.removeprefix("/v1/").split("/", 1)[0].split(":", 1)[0]
+    area = SCOPE_AREAS.get(segment)
+    if area is None:
+        return "*"
+    return f"{area}:{'read' if method.upper() in _READ_METHODS else 'write'}"
 
 
 def principal(request: Request) -> Principal:
-    """Returns the caller of ``request`` (set by the authentication layer).
+    """Returns the caller of ``request`` (set by :class:`AuthMiddleware`).
 
     Args:
         request: The request.
 
     Returns:
-        The principal.
+        The principal (:data:`ANONYMOUS` when authentication is off).
+
+    Raises:
+        Unauthenticated: If authentication is on and the request was not authenticated (a
+            route outside ``/v1`` asking for a scope).
     """
     value = getattr(request.state, "principal", None)
-    return value if isinstance(value, Principal) else ANONYMOUS
+    if isinstance(value, Principal):
+        return value
+    if getattr(request.state, "auth_required", True):
+        # Fail closed: a route the middleware did not authenticate gets no all-scope anonymous.
+        raise Unauthenticated(
+            "this route needs an API key: send Authorization: Bearer <key>",
+            reason="API_KEY_MISSING",
+        )
+    return ANONYMOUS
 
 
 def require_scope(scope: str) -> Callable[[Request], Principal]:
@@ -68,17 +137,156 @@ def require_scope(scope: str) -> Callable[[Request], Principal]:
         scope: E.g. ``imports:write``.
 
     Returns:
-        The dependency.
+        The dependency; it returns the caller.
     """
 
     def dependency(request: Request) -> Principal:
         caller = principal(request)
         if not caller.allows(scope):
-            raise PermissionDenied(
-                f"this API key lacks the {scope!r} scope; create a key with it",
-                reason="MISSING_SCOPE",
-                metadata={"scope": scope},
-            )
+            raise _missing_scope(scope)
         return caller
 
     return dependency
+
+
+def _missing_scope(scope: str) -> PermissionDenied:
+    return PermissionDenied(
+        f"this API key lacks the {scope!r} scope; create a key with it",
+        reason="MISSING_SCOPE",
+        metadata={"scope": scope},
+    )
+
+
+class KeyVerifier(Protocol):
+    """Verifies a presented key (``domains.platform.keys.ApiKeyService``)."""
+
+    async def authenticate(self, token: str) -> Any:
+        """Returns the active key (``tenant``, ``prefix``, ``scopes``) or raises Unauthenticated."""
+
+
+RateLimit = Callable[[str], Awaitable[float]]
+"""``await limit(key_prefix)`` -> 0 when the request may go on, else seconds until it may."""
+
+
+def bearer_token(scope: Scope) -> str | None:
+    """Returns the bearer token of a request, or ``None`` if there is none.
+
+    Args:
+        scope: ASGI scope.
+
+    Returns:
+        The token text (``Authorization: Bearer <token>``, scheme case-insensitive).
+    """
+    for name, value in scope.get("headers") or []:
+        if name == b"authorization":
+            if len(value) > _MAX_AUTHORIZATION_LENGTH:
+                return ""
+            scheme, _, token = value.decode("latin-1").strip().partition(" ")
+            return token.strip() if scheme.lower() == "bearer" else ""
+    return None
+
+
+def _unauthenticated(message: str, reason: str, metadata: dict[str, str] | None = None) -> Any:
+    body = error_body("UNAUTHENTICATED", message, reason=reason, metadata=metadata)
+    return JSONResponse(
+        body, status_code=401, headers={"www-authenticate": 'Bearer realm="conveyor"'}
+    )
+
+
+class AuthMiddleware:
+    """Authenticates every ``/v1`` request, checks its mapped scope and applies the rate limit.
+
+    Pure ASGI (no ``BaseHTTPMiddleware``): it answers 401/403/429 itself, in AIP-193 form,
+    before the request reaches a router.
+    """
+
+    def __init__(
+        self,
+        app: ASGIApp,
+        *,
+        keys: KeyVerifier,
+        required: bool = True,
+        rate_limit: RateLimit | None = None,
+    ) -> None:
+        """Wraps ``app``.
+
+        Args:
+            app: The ASGI app.
+            keys: Key verifier.
+            required: ``False`` lets every caller in as :data:`ANONYMOUS` (development only).
+            rate_limit: Per-key limiter, or ``None`` for no limit.
+        """
+        self.app = app
+        self._keys = keys
+        self._required = required
+        self._rate_limit = rate_limit
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Handles one ASGI call.
+
+        Args:
+            scope: ASGI scope.
+            receive: ASGI receive.
+            send: ASGI send.
+        """
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        path = scope.get("path", "")
+        root = scope.get("root_path", "")
+        if root and path.startswith(root):  # behind a proxy prefix, routes see the rest
+            path = path[len(root) :]
+        state = scope.setdefault("state", {})
+        state["auth_required"] = self._required
+        if not (path == "/v1" or path.startswith("/v1/")):
+            await self.app(scope, receive, send)
+            return
+        if not self._required:
+            state["principal"] = ANONYMOUS
+            await self.app(scope, receive, send)
+            return
+        response = await self._check(scope, state, path)
+        if response is not None:
+            await response(scope, receive, send)
+            return
+        await self.app(scope, receive, send)
+
+    async def _check(self, scope: Scope, state: dict[str, Any], path: str) -> Any:
+        token = bearer_token(scope)
+        if token is None:
+            return _unauthenticated(
+                "this API needs an API key: send Authorization: Bearer <key>"
+                " (create one with `conveyor keys create`)",
+                "API_KEY_MISSING",
+            )
+        if not token:
+            return _unauthenticated(
+                "the Authorization header must be 'Bearer <key>'", "INVALID_AUTHORIZATION"
+            )
+        try:
+            key = await self._keys.authenticate(token)
+        except DomainError as exc:
+            if exc.code != "UNAUTHENTICATED":
+                raise
+            return _unauthenticated(exc.message, exc.reason, exc.metadata)
+        caller = Principal(tenant=key.tenant, key_id=key.prefix, scopes=frozenset(key.scopes))
+        state["principal"] = caller
+        if self._rate_limit is not None:
+            wait = await self._rate_limit(key.prefix)
+            if wait > 0:
+                retry_after = str(max(1, math.ceil(wait)))
+                body = error_body(
+                    "RESOURCE_EXHAUSTED",
+                    f"rate limit of this API key exceeded; retry after {retry_after} s",
+                    reason="RATE_LIMITED",
+                    metadata={"key_prefix": key.prefix, "retry_after_seconds": retry_after},
+                )
+                return JSONResponse(body, status_code=429, headers={"retry-after": retry_after})
+        needed = route_scope(scope.get("method", "GET"), path)
+        if not caller.allows(needed):
+            exc = _missing_scope(needed)
+            body = error_body(
+                "PERMISSION_DENIED", exc.message, reason=exc.reason, metadata=exc.metadata
+            )
+            return JSONResponse(body, status_code=403)
+        return None

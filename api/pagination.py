@@ -32,6 +32,7 @@ __all__ = [
     "DEFAULT_PAGE_SIZE",
     "MAX_FILTER_LENGTH",
     "MAX_PAGE_SIZE",
+    "MAX_PAGE_TOKEN_LENGTH",
     "PAGE_TOKEN_SECRET_ENV",
     "FieldSpec",
     "FieldType",
@@ -46,7 +47,7 @@ __all__ = [
 # AIP-160 filtering
 # --------------------------------------------------------------------------------------
 
-FieldType = Literal["string", "bool", "int", "timestamp", "enum"]
+FieldType = Literal["string", "bool", "int", "number", "date", "timestamp", "enum"]
 
 MAX_FILTER_LENGTH = 2000
 """Longest ``filter`` text accepted, in characters."""
@@ -73,7 +74,8 @@ class FieldSpec:
 
     Attributes:
         type: Value type. ``string``, ``bool`` and ``enum`` fields allow only ``=`` and
-            ``!=``; ``int`` and ``timestamp`` fields allow every comparison operator.
+            ``!=``; ``int``, ``number``, ``date`` and ``timestamp`` fields allow every
+            comparison operator.
         enum_values: Allowed names for an ``enum`` field, in the order they are listed in
             error messages.
     """
@@ -388,6 +390,23 @@ class _FilterParser:
             if _INT.fullmatch(raw):
                 return int(raw)
             raise self._error(f"{name} must be an integer (got {_show(token)})")
+        if spec.type == "number":
+            try:
+                number = float(raw)
+            except ValueError:
+                number = float("nan")
+            if number == number and number not in (float("inf"), float("-inf")):
+                return number
+            raise self._error(f"{name} must be a number (got {_show(token)})")
+        if spec.type == "date":
+            try:
+                if len(raw) != 10:
+                    raise ValueError(raw)
+                return dt.date.fromisoformat(raw)
+            except ValueError:
+                raise self._error(
+                    f'{name} must be a date like "2026-01-31" (got {_show(token)})'
+                ) from None
         if spec.type == "timestamp":
             return self._timestamp(name, raw)
         if raw in spec.enum_values:
@@ -466,6 +485,9 @@ MAX_PAGE_SIZE = 1000
 
 DEFAULT_PAGE_SIZE = 50
 """Page size used when the request leaves ``page_size`` unset or 0."""
+
+MAX_PAGE_TOKEN_LENGTH = 2048
+"""Longest ``page_token`` accepted, in characters (ours are far shorter)."""
 
 PAGE_TOKEN_SECRET_ENV = "CONVEYOR_PAGE_TOKEN_SECRET"  # noqa: S105 - a variable name
 """Environment variable holding the page-token signing key."""
@@ -569,7 +591,7 @@ def decode_page_token(token: str | None, *, query_fingerprint: str) -> dict[str,
     if not token:
         return None
     invalid = InvalidArgument(_INVALID_CURSOR_MESSAGE, reason="INVALID_PAGE_TOKEN")
-    if not _TOKEN_CHARS.fullmatch(token):
+    if len(token) > MAX_PAGE_TOKEN_LENGTH or not _TOKEN_CHARS.fullmatch(token):
         raise invalid
     try:
         raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4))

@@ -68,10 +68,12 @@ def api(host: str, port: int, workers: int) -> None:
     """Run the HTTP API (Swagger UI at /docs, ReDoc at /redoc)."""
     import uvicorn
 
+    from app.main import uvicorn_options
     from monitoring import logging as conveyor_logging
 
     conveyor_logging.setup("api")
-    _require(_settings())
+    settings = _settings()
+    _require(settings)
     uvicorn.run(
         "app.main:create_app",
         factory=True,
@@ -80,6 +82,7 @@ def api(host: str, port: int, workers: int) -> None:
         workers=workers,
         log_level="info",
         log_config=conveyor_logging.uvicorn_log_config(),
+        **uvicorn_options(settings),  # slow-loris and overload limits (SECURITY.md)
     )
 
 
@@ -137,17 +140,20 @@ def worker(queues: str, concurrency: int, pool: str, name: str | None, loglevel:
 
 @main.command()
 @click.option("--loglevel", default="INFO", show_default=True)
-def beat(loglevel: str) -> None:
-    """Run Celery beat (scheduled work)."""
+@click.option("--name", default=None, help="beat node name (default: beat-<pid>@<host>)")
+def beat(loglevel: str, name: str | None) -> None:
+    """Run the database-backed beat: fires the schedules table (run several: one leader fires)."""
+    from app import beat as beat_module
     from app.celery_app import get_celery
     from monitoring import logging as conveyor_logging
 
     conveyor_logging.setup("beat", level=loglevel)
     settings = _settings()
     _require(settings)
-    data = pathlib.Path(settings.data_dir)
-    data.mkdir(parents=True, exist_ok=True)
-    get_celery().start(["beat", "--loglevel", loglevel, "-s", str(data / "celerybeat-schedule")])
+    beat_module.NODE_NAME = name
+    get_celery().start(
+        ["beat", "--loglevel", loglevel, "--scheduler", "app.beat:DatabaseScheduler"]
+    )
 
 
 @main.command()
@@ -293,6 +299,9 @@ def up(host: str, port: int, flower_port: int, concurrency: int, no_flower: bool
         result = subprocess.run([*conveyor, "migrate"], env=env, check=False)
         if result.returncode != 0:
             raise SystemExit(result.returncode)
+        if settings.env == "dev" and settings.security.auth_required:
+            # Local development: one all-scopes key, reused across runs, shown on start-up.
+            subprocess.run([*conveyor, "keys", "dev-key"], env=env, check=False)
         commands: list[tuple[str, list[str]]] = [
             ("api", ["api", "--host", host, "--port", str(port)])
         ]
@@ -382,6 +391,163 @@ def new_domain(name: str, root: pathlib.Path) -> None:
     except scaffold.ScaffoldError as exc:
         click.echo(f"conveyor new-domain: {exc}", err=True)
         raise SystemExit(exc.exit_code) from None
+
+
+# ------------------------------------------------------------------------------ keys
+
+
+def _keys_call(settings: Settings, action: Any) -> Any:
+    """Runs ``action(keys_service)`` on a fresh engine registry; domain errors exit 2."""
+    from app.container import Container
+    from app.db import EngineRegistry
+    from domains.shared.errors import DomainError
+
+    async def _main() -> Any:
+        registry = EngineRegistry(settings)
+        try:
+            return await action(Container(settings, registry).services["api_keys"])
+        finally:
+            await registry.dispose()
+
+    try:
+        return asyncio.run(_main())
+    except DomainError as exc:
+        click.echo(f"conveyor: {exc.message}", err=True)
+        raise SystemExit(2) from None
+
+
+def _keys_settings() -> Settings:
+    settings = _settings()
+    try:
+        settings.database_for("platform")
+    except ConfigError as exc:
+        click.echo(f"conveyor: configuration error: {exc}", err=True)
+        raise SystemExit(2) from None
+    return settings
+
+
+@main.group()
+def keys() -> None:
+    """Manage API keys (stored as a prefix and a SHA-256 of the secret; shown once)."""
+
+
+@keys.command("create")
+@click.option("--tenant", default="default", show_default=True, help="tenant the key acts for")
+@click.option(
+    "--scopes",
+    required=True,
+    help="comma-separated: *, or <area>:read|write with area in operations, imports, webhooks,"
+    " schedules, reports (write implies read)",
+)
+@click.option("--expires-in", default=None, help="lifetime like 30d, 12h, 90m (default: none)")
+@click.option("--name", default="", help="who or what holds the key")
+def keys_create(tenant: str, scopes: str, expires_in: str | None, name: str) -> None:
+    """Create a key and print it once on stdout (details on stderr)."""
+    from domains.platform.keys import parse_duration
+    from domains.shared.errors import DomainError
+
+    settings = _keys_settings()
+    try:
+        lifetime = parse_duration(expires_in) if expires_in else None
+    except DomainError as exc:
+        click.echo(f"conveyor: --expires-in: {exc.message}", err=True)
+        raise SystemExit(2) from None
+
+    async def create(service: Any) -> Any:
+        return await service.create(
+            tenant=tenant, scopes=scopes.split(","), name=name, expires_in=lifetime
+        )
+
+    new = _keys_call(settings, create)
+    key = new.key
+    expiry = key.expire_time.isoformat() if key.expire_time else "never"
+    click.echo(
+        f"conveyor: created API key {key.prefix} for tenant {key.tenant!r}, scopes"
+        f" {','.join(key.scopes)}, expires {expiry}. It is shown only this once: store it now.",
+        err=True,
+    )
+    click.echo(new.plaintext)
+
+
+@keys.command("list")
+@click.option("--tenant", default=None, help="only this tenant's keys")
+@click.option("--json", "as_json", is_flag=True, help="print JSON")
+def keys_list(tenant: str | None, as_json: bool) -> None:
+    """List keys: prefix, tenant, name, scopes, state, expiry (never the secret)."""
+    from domains.shared.clock import utcnow
+
+    settings = _keys_settings()
+
+    async def fetch(service: Any) -> Any:
+        return await service.list(tenant)
+
+    now = utcnow()
+    rows = [
+        {
+            "prefix": k.prefix,
+            "tenant": k.tenant,
+            "name": k.name,
+            "scopes": list(k.scopes),
+            "state": k.state(now),
+            "create_time": k.create_time.isoformat(),
+            "expire_time": k.expire_time.isoformat() if k.expire_time else None,
+        }
+        for k in _keys_call(settings, fetch)
+    ]
+    if as_json:
+        click.echo(json.dumps(rows, indent=2))
+        return
+    click.echo(f"{'PREFIX':<14}{'TENANT':<16}{'STATE':<9}{'EXPIRES':<27}{'SCOPES':<30}NAME")
+    for r in rows:
+        click.echo(
+            f"{r['prefix']:<14}{r['tenant'][:15]:<16}{r['state']:<9}"
+            f"{(r['expire_time'] or 'never')[:26]:<27}{','.join(r['scopes'])[:29]:<30}{r['name']}"
+        )
+
+
+@keys.command("revoke")
+@click.argument("prefix")
+def keys_revoke(prefix: str) -> None:
+    """Revoke the key with PREFIX; API processes refuse it within a few seconds."""
+    settings = _keys_settings()
+
+    async def revoke(service: Any) -> None:
+        await service.revoke(prefix)
+
+    _keys_call(settings, revoke)
+    click.echo(f"conveyor: revoked API key {prefix}")
+
+
+@keys.command("dev-key", hidden=True)
+def keys_dev_key() -> None:
+    """Print the local development key (all scopes, tenant default), creating it if needed.
+
+    Used by ``conveyor up`` when ``CONVEYOR_ENV=dev``; the key is kept in
+    ``<data_dir>/dev-api-key`` (mode 0600) and reused while it stays valid.
+    """
+    from domains.shared.errors import Unauthenticated
+
+    settings = _keys_settings()
+    path = pathlib.Path(settings.data_dir) / "dev-api-key"
+
+    async def ensure(service: Any) -> str:
+        if path.exists():
+            token = path.read_text().strip()
+            with contextlib.suppress(Unauthenticated):
+                await service.authenticate(token)
+                return token
+        new = await service.create(tenant="default", scopes=["*"], name="conveyor up (development)")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.touch(mode=0o600)
+        path.write_text(new.plaintext + "\n")
+        token: str = new.plaintext
+        return token
+
+    token = _keys_call(settings, ensure)
+    click.echo(
+        f"conveyor: development API key (tenant default, all scopes; saved in {path}):\n"
+        f"  export CONVEYOR_API_KEY={token}"
+    )
 
 
 main.add_command(cli_metrics.metrics)

@@ -127,7 +127,10 @@ def _error_line(response: httpx.Response) -> str:
         error = {}
     if isinstance(error, dict) and error.get("message"):
         status = error.get("status") or response.reason_phrase
-        return f"{response.status_code} {status}: {error['message']}"
+        hint = ""
+        if response.status_code == 401:
+            hint = " (set CONVEYOR_API_KEY to a key from `conveyor keys create`)"
+        return f"{response.status_code} {status}: {error['message']}{hint}"
     text = response.text.strip().replace("\n", " ")[:200]
     return f"{response.status_code} {response.reason_phrase}: {text or 'no details'}"
 
@@ -445,6 +448,24 @@ async def _outbox_backlog(settings: Any) -> dict[str, tuple[int, dt.datetime | N
     return out
 
 
+async def _beat_leader(settings: Any) -> tuple[Any, list[Any]] | str:
+    # The lease row and the beats' heartbeats (platform schema), as `conveyor beat` writes them.
+    from app.db import EngineRegistry
+    from domains.platform.schedule_repository import SqlBeatRepository
+
+    registry = EngineRegistry(settings)
+    try:
+        async with registry.sessionmaker("platform")() as session:
+            repo = SqlBeatRepository(session)
+            lease = await asyncio.wait_for(repo.lease(settings.schedules.leader_name), timeout=5)
+            nodes = await repo.nodes(seen_within=settings.schedules.lease_seconds * 2)
+        return lease, nodes
+    except Exception as exc:
+        return f"unreachable: {_reason(exc)}"
+    finally:
+        await registry.dispose()
+
+
 def _age(oldest: dt.datetime | None) -> str:
     if oldest is None:
         return "-"
@@ -545,9 +566,33 @@ def status(timeout: float) -> None:
     console.print(table)
 
     console.print()
-    console.print(
-        "[bold]Beat leader[/bold]: not available until scheduled work lands", highlight=False
-    )
+    beat = asyncio.run(_beat_leader(settings))
+    if isinstance(beat, str):
+        problems.append(f"platform database {beat}")
+        console.print(f"[bold]Beat leader[/bold]: ? ({beat})", highlight=False)
+    else:
+        lease, nodes = beat
+        if lease is not None and lease.valid:
+            left = (lease.expires_at - lease.now).total_seconds()
+            console.print(
+                f"[bold]Beat leader[/bold]: {lease.node} (lease expires in {left:.0f}s unless"
+                f" renewed; leader for {_age(lease.acquired_at)})",
+                highlight=False,
+            )
+        else:
+            console.print(
+                "[bold]Beat leader[/bold]: none (no beat holds the lease: schedules do not fire;"
+                " start `conveyor beat`)",
+                highlight=False,
+            )
+        if nodes:
+            table = Table(box=None)
+            for column in ("BEAT", "LEADER", "LAST SEEN"):
+                table.add_column(column, no_wrap=True)
+            for node in nodes:
+                held = lease is not None and lease.valid and node.holder == lease.holder
+                table.add_row(node.node, "yes" if held else "no", f"{_age(node.last_seen)} ago")
+            console.print(table)
     if problems:
         for problem in problems:
             click.echo(f"conveyor: {problem}", err=True)

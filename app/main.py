@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import logging
+import os
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -12,7 +14,10 @@ from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse
 
+from api import pagination
+from api.auth import AuthMiddleware
 from api.errors import ERROR_RESPONSES, error_body, install_error_handlers
+from api.limits import BodyLimitMiddleware, TokenBucketLimiter
 from api.middleware import RequestIdMiddleware, request_id_var
 from app.celery_app import create_celery
 from app.config import Settings, get_settings
@@ -25,6 +30,8 @@ from domains.platform.service import PingService
 from monitoring import health
 from monitoring import logging as conveyor_logging
 from monitoring import metrics as http_metrics
+
+log = logging.getLogger(__name__)
 
 
 class CeleryControl:
@@ -73,10 +80,27 @@ def create_app(settings: Settings | None = None, *, celery: Celery | None = None
     publisher = OutboxPublisher(registry, settings)
     container = Container(settings, registry, after_commit=publisher.publish_now)
 
+    security = settings.security
+    if settings.env == "prod" and not os.environ.get(pagination.PAGE_TOKEN_SECRET_ENV):
+        log.warning(
+            "%s is not set: page tokens are signed with the public development key; set it"
+            " (the same value on every API process)",
+            pagination.PAGE_TOKEN_SECRET_ENV,
+        )
+    limiter = (
+        TokenBucketLimiter(
+            security.rate_limit_per_second, security.rate_limit_burst, rate_limit_redis(settings)
+        )
+        if security.rate_limit_enabled
+        else None
+    )
+
     @contextlib.asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         yield
         await publisher.drain()
+        if limiter is not None:
+            await limiter.close()
         await registry.dispose()
 
     app = FastAPI(
@@ -86,9 +110,10 @@ def create_app(settings: Settings | None = None, *, celery: Celery | None = None
             "Submit jobs, watch their progress as long-running operations (AIP-151), and manage "
             "the domains' resources. Errors follow AIP-193."
         ),
-        docs_url="/docs",
-        redoc_url="/redoc",
-        openapi_url="/openapi.json",
+        # Production may hide the API description (CONVEYOR_SECURITY__DOCS_ENABLED=false).
+        docs_url="/docs" if security.docs_enabled else None,
+        redoc_url="/redoc" if security.docs_enabled else None,
+        openapi_url="/openapi.json" if security.docs_enabled else None,
         lifespan=lifespan,
     )
     app.state.settings = settings
@@ -97,6 +122,22 @@ def create_app(settings: Settings | None = None, *, celery: Celery | None = None
     app.state.celery = celery
     app.state.services = AppServices(
         operations=container.operations, pings=container.pings, control=CeleryControl(celery)
+    )
+    # Outermost last: metrics -> request id -> authentication/rate limit -> body caps -> app.
+    app.add_middleware(
+        BodyLimitMiddleware,
+        routes=lambda: app.router.routes,
+        max_body_bytes=security.max_body_bytes,
+        # Upload routes: the larger of ours and the imports domain's own file cap.
+        max_upload_bytes=max(
+            security.max_upload_bytes, int(getattr(settings.imports, "max_upload_bytes", 0))
+        ),
+    )
+    app.add_middleware(
+        AuthMiddleware,
+        keys=container.services["api_keys"],
+        required=security.auth_required,
+        rate_limit=limiter,
     )
     app.add_middleware(RequestIdMiddleware)
     app.add_middleware(http_metrics.MetricsMiddleware)
@@ -153,6 +194,112 @@ def create_app(settings: Settings | None = None, *, celery: Celery | None = None
     return app
 
 
+def rate_limit_redis(settings: Settings) -> str | None:
+    """Returns the Redis URL holding the rate-limit buckets.
+
+    Args:
+        settings: Settings.
+
+    Returns:
+        ``security.rate_limit_redis_url``, else the broker or result backend when it is Redis,
+        else ``None`` (in-process buckets).
+    """
+    for url in (settings.security.rate_limit_redis_url, settings.broker_url, settings.backend()):
+        if url and url.startswith(("redis://", "rediss://")):
+            return url
+    return None
+
+
+def uvicorn_options(settings: Settings) -> dict[str, Any]:
+    """Returns the uvicorn options that keep slow or greedy clients from exhausting the API.
+
+    ``timeout_keep_alive`` drops idle connections, ``limit_concurrency`` answers 503 instead of
+    queueing without bound, ``h11_max_incomplete_event_size`` caps the request line and headers
+    a client may trickle in. uvicorn has no header/body read timeout: run it behind a proxy
+    that has one (see SECURITY.md) where clients are untrusted.
+
+    Args:
+        settings: Settings (``CONVEYOR_SECURITY__UVICORN_*``).
+
+    Returns:
+        Keyword arguments for ``uvicorn.run``.
+    """
+    security = settings.security
+    return {
+        "timeout_keep_alive": security.uvicorn_timeout_keep_alive_seconds,
+        "limit_concurrency": security.uvicorn_limit_concurrency,
+        "backlog": security.uvicorn_backlog,
+        "http": security.uvicorn_http,
+        "h11_max_incomplete_event_size": security.uvicorn_h11_max_incomplete_event_size,
+        "timeout_graceful_shutdown": security.uvicorn_timeout_graceful_shutdown_seconds,
+        "server_header": False,
+    }
+
+
+_SECURITY_ERRORS: dict[str, tuple[str, str, str, str]] = {
+    "401": (
+        "UNAUTHENTICATED: no API key, or one that is malformed, unknown, expired or revoked",
+        "UNAUTHENTICATED",
+        "this API needs an API key: send Authorization: Bearer <key>"
+        " (create one with `conveyor keys create`)",
+        "API_KEY_MISSING",
+    ),
+    "403": (
+        "PERMISSION_DENIED: the API key lacks the scope this route needs",
+        "PERMISSION_DENIED",
+        "this API key lacks the 'operations:write' scope; create a key with it",
+        "MISSING_SCOPE",
+    ),
+    "429": (
+        "RESOURCE_EXHAUSTED: the API key's rate limit is exceeded; wait Retry-After seconds",
+        "RESOURCE_EXHAUSTED",
+        "rate limit of this API key exceeded; retry after 1 s",
+        "RATE_LIMITED",
+    ),
+    "413": (
+        "OUT_OF_RANGE: the request body is larger than this route accepts",
+        "OUT_OF_RANGE",
+        "request body is larger than 1048576 bytes, the limit of this route",
+        "REQUEST_TOO_LARGE",
+    ),
+}
+
+
+def _document_security(schema: dict[str, Any]) -> None:
+    """Adds the bearer-key scheme and the 401/403/429 (and 413 on bodies) answers to /v1 routes."""
+    components = schema.setdefault("components", {})
+    components.setdefault("securitySchemes", {})["apiKey"] = {
+        "type": "http",
+        "scheme": "bearer",
+        "description": "An API key from `conveyor keys create`: `cvk_<prefix>_<secret>`.",
+    }
+    for path, methods in schema.get("paths", {}).items():
+        if not path.startswith("/v1/"):
+            continue
+        for method, operation in methods.items():
+            operation["security"] = [{"apiKey": []}]
+            responses = operation.setdefault("responses", {})
+            codes = ["401", "403", "429"]
+            if method in ("post", "put", "patch"):
+                codes.append("413")
+            for code in codes:
+                description, status, message, reason = _SECURITY_ERRORS[code]
+                responses.setdefault(
+                    code,
+                    {
+                        "description": description,
+                        "content": {
+                            "application/json": {
+                                "schema": {"$ref": "#/components/schemas/ErrorResponse"},
+                                "example": error_body(
+                                    status, message, http_code=int(code), reason=reason
+                                ),
+                            }
+                        },
+                    },
+                )
+
+
 def install_openapi(app: FastAPI) -> None:
     """Makes the OpenAPI document tell the truth about errors: validation failures are AIP-193
     400s here, never FastAPI's default 422.
@@ -171,6 +318,7 @@ def install_openapi(app: FastAPI) -> None:
                     operation.get("responses", {}).pop("422", None)
             for name in ("HTTPValidationError", "ValidationError"):
                 schema.get("components", {}).get("schemas", {}).pop(name, None)
+            _document_security(schema)
             app.openapi_schema = schema
         return app.openapi_schema
 

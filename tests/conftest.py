@@ -5,11 +5,15 @@
 - A Redis database index of its own on ``CONVEYOR_TEST_BROKER_URL`` (default local, else embedded).
 - ``celery_app`` / ``celery_worker``: the real Conveyor Celery app and an in-process worker
   (celery.contrib.testing, as pytest-celery's fixtures do) consuming every domain queue.
-- ``client``: the API through httpx ``ASGITransport``.
+- ``client``: the API through httpx ``ASGITransport``, authenticated with the session's API key.
+- ``api_key``: one all-scopes key of tenant ``default`` per test run; ``clean_db`` keeps it, the
+  ``client``/``stack.client`` send it, subprocesses get it as ``CONVEYOR_API_KEY``.
 """
 
 from __future__ import annotations
 
+import asyncio
+import concurrent.futures
 import os
 import secrets
 import subprocess
@@ -44,6 +48,39 @@ TEST_OVERRIDES: dict[str, Any] = {
     "task_max_retries": 3,
     "max_dispatches": 20,
 }
+
+SECURITY_TEST_OVERRIDES: dict[str, Any] = {
+    # Every test shares the session key: a production-sized bucket would throttle the suite.
+    "rate_limit_per_second": 100000.0,
+    "rate_limit_burst": 1000000,
+}
+"""``settings.security`` fields for tests (the rate-limit tests build their own settings)."""
+
+KEEP_TABLES = frozenset({"alembic_version", "api_keys"})
+"""Tables ``clean_db`` leaves alone (the session's API key must survive it)."""
+
+
+def run_async(coro: Any) -> Any:
+    """Runs a coroutine to completion on a fresh loop in another thread (safe from any fixture)."""
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        return pool.submit(asyncio.run, coro).result()
+
+
+async def create_api_key(
+    settings: Settings, *, tenant: str = "default", scopes: tuple[str, ...] = ("*",), **kw: Any
+) -> str:
+    """Creates an API key through the real keys service; returns its plaintext."""
+    from app.container import Container
+    from app.db import EngineRegistry
+
+    registry = EngineRegistry(settings)
+    try:
+        service = Container(settings, registry).services["api_keys"]
+        kw.setdefault("name", "pytest")
+        new = await service.create(tenant=tenant, scopes=list(scopes), **kw)
+        return str(new.plaintext)
+    finally:
+        await registry.dispose()
 
 
 @pytest.fixture(scope="session")
@@ -96,17 +133,37 @@ def broker_url() -> Iterator[str]:
 @pytest.fixture(scope="session")
 def settings(database_url: str, broker_url: str) -> Settings:
     """Settings pointing at the test services, with short deadlines."""
-    return load_settings(database_url=database_url, broker_url=broker_url, **TEST_OVERRIDES)
+    return load_settings(
+        database_url=database_url,
+        broker_url=broker_url,
+        security=SECURITY_TEST_OVERRIDES,
+        **TEST_OVERRIDES,
+    )
 
 
 @pytest.fixture(scope="session")
-def service_env(settings: Settings) -> dict[str, str]:
-    """Environment for conveyor subprocesses using the same services and deadlines."""
+def api_key(settings: Settings) -> str:
+    """The session's all-scopes API key of tenant ``default``."""
+    return str(run_async(create_api_key(settings)))
+
+
+@pytest.fixture(scope="session")
+def auth_headers(api_key: str) -> dict[str, str]:
+    """``Authorization: Bearer <session key>``."""
+    return {"authorization": f"Bearer {api_key}"}
+
+
+@pytest.fixture(scope="session")
+def service_env(settings: Settings, api_key: str) -> dict[str, str]:
+    """Environment for conveyor subprocesses using the same services, deadlines and API key."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("CONVEYOR_")}
     env["CONVEYOR_DATABASE_URL"] = str(settings.database_url)
     env["CONVEYOR_BROKER_URL"] = str(settings.broker_url)
     for key, value in TEST_OVERRIDES.items():
         env[f"CONVEYOR_{key.upper()}"] = str(value)
+    for key, value in SECURITY_TEST_OVERRIDES.items():
+        env[f"CONVEYOR_SECURITY__{key.upper()}"] = str(value)
+    env["CONVEYOR_API_KEY"] = api_key
     env["PYTHONUNBUFFERED"] = "1"
     return env
 
@@ -141,10 +198,12 @@ async def api_app(settings: Settings, celery_app: Any) -> AsyncIterator[Any]:
 
 
 @pytest.fixture
-async def client(api_app: Any) -> AsyncIterator[httpx.AsyncClient]:
-    """httpx client on the app (ASGITransport: no sockets)."""
+async def client(api_app: Any, auth_headers: dict[str, str]) -> AsyncIterator[httpx.AsyncClient]:
+    """httpx client on the app (ASGITransport: no sockets), sending the session's API key."""
     transport = httpx.ASGITransport(app=api_app, raise_app_exceptions=False)
-    async with httpx.AsyncClient(transport=transport, base_url="http://conveyor.test") as http:
+    async with httpx.AsyncClient(
+        transport=transport, base_url="http://conveyor.test", headers=auth_headers
+    ) as http:
         yield http
 
 
@@ -156,12 +215,10 @@ async def clean_db(database_url: str) -> None:
         async with engine.begin() as conn:
             for schema in DOMAINS:
                 rows = await conn.execute(
-                    sa.text(
-                        "SELECT tablename FROM pg_tables WHERE schemaname = :s AND tablename != 'alembic_version'"
-                    ),
+                    sa.text("SELECT tablename FROM pg_tables WHERE schemaname = :s"),
                     {"s": schema},
                 )
-                names = [f'"{schema}"."{r[0]}"' for r in rows]
+                names = [f'"{schema}"."{r[0]}"' for r in rows if r[0] not in KEEP_TABLES]
                 if names:
                     await conn.execute(sa.text(f"TRUNCATE {', '.join(names)}"))
     finally:
@@ -249,6 +306,8 @@ class Stack:
         app: Any,
         spawn: Any,
     ) -> None:
+        self.api_key = env.get("CONVEYOR_API_KEY", "")
+        self.headers = {"authorization": f"Bearer {self.api_key}"}
         self.settings = settings
         self.env = env
         self.celery = celery
@@ -298,7 +357,10 @@ async def stack(
     celery = create_celery(isolated)
     app = create_app(isolated, celery=celery)
     transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
-    async with httpx.AsyncClient(transport=transport, base_url="http://conveyor.test") as http:
+    headers = {"authorization": f"Bearer {env['CONVEYOR_API_KEY']}"}
+    async with httpx.AsyncClient(
+        transport=transport, base_url="http://conveyor.test", headers=headers
+    ) as http:
         yield Stack(isolated, env, celery, http, app, spawn)
     # Stop this test's processes before the broker database is released for reuse.
     spawn.stop_all()

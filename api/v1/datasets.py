@@ -509,7 +509,8 @@ _UPLOAD_BODY = {
     "required": True,
     "content": {
         "application/json": {
-            "schema": {"$ref": "#/components/schemas/CreateImportRequest"},
+            # Inline: the route reads its body by hand, so FastAPI does not register the model.
+            "schema": CreateImportRequest.model_json_schema(),
             "example": CreateImportRequest.model_config["json_schema_extra"]["example"],  # type: ignore[index]
         },
         "multipart/form-data": {

@@ -7,11 +7,12 @@ import re
 import uuid
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Body, Depends, Query, Response
+from fastapi import APIRouter, Body, Depends, Path, Query, Response
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 
 from api import pagination
+from api.auth import Principal, require_scope
 from api.deps import Services, services
 from api.errors import ERROR_RESPONSES
 from api.v1.schemas import OperationOut, operation_out, operation_response
@@ -19,6 +20,9 @@ from domains.operations.model import State
 from domains.shared.errors import InvalidArgument
 
 router = APIRouter(prefix="/v1/operations", tags=["operations"], responses=ERROR_RESPONSES)
+
+Reader = Annotated[Principal, Depends(require_scope("operations:read"))]
+Writer = Annotated[Principal, Depends(require_scope("operations:write"))]
 
 FILTER_FIELDS: dict[str, pagination.FieldSpec] = {
     "done": pagination.FieldSpec("bool"),
@@ -54,7 +58,7 @@ class WaitRequest(BaseModel):
 
     model_config = ConfigDict(extra="forbid", json_schema_extra={"example": {"timeout": "30s"}})
 
-    timeout: float | str | None = Field(
+    timeout: float | Annotated[str, Field(max_length=32)] | None = Field(
         default=None,
         description='Seconds to wait, at most 60: a number or a Duration like "30s". Default 30.',
     )
@@ -78,14 +82,19 @@ def _timeout_seconds(value: float | str | None) -> float:
 
 
 @router.get("/{operation_id}", response_model=OperationOut, summary="Get an operation")
-async def get_operation(operation_id: str, svc: Annotated[Services, Depends(services)]) -> Any:
+async def get_operation(
+    operation_id: Annotated[str, Path(max_length=200)],
+    svc: Annotated[Services, Depends(services)],
+    caller: Reader,
+) -> Any:
     """Returns the latest state of an operation (`{domain}.{id}`, as in its name)."""
-    return operation_response(await svc.operations.get(operation_id))
+    return operation_response(await svc.operations.get(operation_id, tenant=caller.tenant))
 
 
 @router.get("", response_model=ListOperationsResponse, summary="List operations")
 async def list_operations(
     svc: Annotated[Services, Depends(services)],
+    caller: Reader,
     filter_: Annotated[
         str | None,
         Query(
@@ -94,18 +103,28 @@ async def list_operations(
             + ", ".join(FILTER_FIELDS),
         ),
     ] = None,
-    page_size: Annotated[int | None, Query(description="At most 1000; default 50.")] = None,
+    page_size: Annotated[
+        int | None,
+        Query(description="At most 1000 (larger is served as 1000); default 50."),
+    ] = None,
     page_token: Annotated[
-        str | None, Query(description="next_page_token of the previous page.")
+        str | None,
+        Query(
+            max_length=pagination.MAX_PAGE_TOKEN_LENGTH,
+            description="next_page_token of the previous page.",
+        ),
     ] = None,
 ) -> Any:
     """Lists operations of every domain in creation order, filtered and paged."""
     conditions = pagination.parse_filter(filter_, FILTER_FIELDS)
     size = pagination.clamp_page_size(page_size)
-    fingerprint = pagination.query_fingerprint("operations", filter_)
+    # The tenant is part of the fingerprint: a token never crosses tenants.
+    fingerprint = pagination.query_fingerprint("operations", caller.tenant, filter_)
     position = pagination.decode_page_token(page_token, query_fingerprint=fingerprint)
     after = uuid.UUID(str(position["after"])) if position else None
-    page = await svc.operations.list(conditions, page_size=size, after_id=after)
+    page = await svc.operations.list(
+        conditions, page_size=size, after_id=after, tenant=caller.tenant
+    )
     token = (
         pagination.encode_page_token({"after": str(page.last_id)}, query_fingerprint=fingerprint)
         if page.last_id
@@ -115,11 +134,15 @@ async def list_operations(
 
 
 @router.post("/{operation_id}:cancel", response_model=OperationOut, summary="Cancel an operation")
-async def cancel_operation(operation_id: str, svc: Annotated[Services, Depends(services)]) -> Any:
+async def cancel_operation(
+    operation_id: Annotated[str, Path(max_length=200)],
+    svc: Annotated[Services, Depends(services)],
+    caller: Writer,
+) -> Any:
     """Starts cancellation: a pending operation ends CANCELLED at once; a running one becomes
     CANCELLING and stops at its next unit of work. The queued task is also revoked.
     """
-    op = await svc.operations.cancel(operation_id)
+    op = await svc.operations.cancel(operation_id, tenant=caller.tenant)
     try:
         await asyncio.to_thread(svc.control.revoke, str(op.id))
     except Exception:  # noqa: S110 - revoke is best effort; the state check stops the task anyway
@@ -129,21 +152,28 @@ async def cancel_operation(operation_id: str, svc: Annotated[Services, Depends(s
 
 @router.post("/{operation_id}:wait", response_model=OperationOut, summary="Wait for an operation")
 async def wait_operation(
-    operation_id: str,
+    operation_id: Annotated[str, Path(max_length=200)],
     svc: Annotated[Services, Depends(services)],
+    caller: Reader,
     body: Annotated[WaitRequest | None, Body()] = None,
 ) -> Any:
     """Long-polls until the operation is done or the timeout (≤ 60 s) passes; returns it either way."""
     timeout = _timeout_seconds(body.timeout if body else None)
-    return operation_response(await svc.operations.wait(operation_id, timeout))
+    return operation_response(
+        await svc.operations.wait(operation_id, timeout, tenant=caller.tenant)
+    )
 
 
 @router.post(
     "/{operation_id}:retry", response_model=OperationOut, summary="Retry a failed operation"
 )
-async def retry_operation(operation_id: str, svc: Annotated[Services, Depends(services)]) -> Any:
+async def retry_operation(
+    operation_id: Annotated[str, Path(max_length=200)],
+    svc: Annotated[Services, Depends(services)],
+    caller: Writer,
+) -> Any:
     """Starts a new attempt of a FAILED operation; its task is dispatched again."""
-    return operation_response(await svc.operations.retry(operation_id))
+    return operation_response(await svc.operations.retry(operation_id, tenant=caller.tenant))
 
 
 @router.delete(
@@ -153,8 +183,10 @@ async def retry_operation(operation_id: str, svc: Annotated[Services, Depends(se
     responses={200: {"description": "Deleted", "content": {"application/json": {"example": {}}}}},
 )
 async def delete_operation(
-    operation_id: str, svc: Annotated[Services, Depends(services)]
+    operation_id: Annotated[str, Path(max_length=200)],
+    svc: Annotated[Services, Depends(services)],
+    caller: Writer,
 ) -> Response:
     """Deletes an operation that is done (FAILED_PRECONDITION otherwise)."""
-    await svc.operations.delete(operation_id)
+    await svc.operations.delete(operation_id, tenant=caller.tenant)
     return JSONResponse({})

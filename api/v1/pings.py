@@ -5,9 +5,10 @@ from __future__ import annotations
 import datetime as dt
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Query
+from fastapi import APIRouter, Depends, Path, Query
 from pydantic import BaseModel, ConfigDict, Field
 
+from api.auth import Principal, require_scope
 from api.deps import Services, request_id, services
 from api.errors import ERROR_RESPONSES
 from api.v1.schemas import OperationOut, operation_response
@@ -80,6 +81,7 @@ async def create_ping(
     body: CreatePingRequest,
     svc: Annotated[Services, Depends(services)],
     correlation: Annotated[str | None, Depends(request_id)],
+    caller: Annotated[Principal, Depends(require_scope("operations:write"))],
     request_id_param: Annotated[str | None, Query(alias="request_id", max_length=128)] = None,
 ) -> Any:
     """Creates a ping and returns its operation; a worker on queue `platform` answers it."""
@@ -90,16 +92,21 @@ async def create_ping(
         fail_attempts=body.fail_attempts,
         request_id=body.request_id or request_id_param,
         correlation_id=correlation,
+        tenant=caller.tenant,
     )
     return operation_response(op)
 
 
 @router.get("/{ping_id}", response_model=PingOut, summary="Get a ping")
-async def get_ping(ping_id: str, svc: Annotated[Services, Depends(services)]) -> Any:
+async def get_ping(
+    ping_id: Annotated[str, Path(max_length=100)],
+    svc: Annotated[Services, Depends(services)],
+    caller: Annotated[Principal, Depends(require_scope("operations:read"))],
+) -> Any:
     """Returns a ping with its reply and its operation's state."""
-    ping = await svc.pings.get_ping(parse_id(ping_id, what="ping id"))
+    ping = await svc.pings.get_ping(parse_id(ping_id, what="ping id"), tenant=caller.tenant)
     try:
-        op = await svc.operations.get(f"platform.{ping.operation_id}")
+        op = await svc.operations.get(f"platform.{ping.operation_id}", tenant=caller.tenant)
         state, done = str(op.state), op.done
     except NotFound:
         # The operation was deleted or purged: the ping itself still tells how it ended.

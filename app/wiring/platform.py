@@ -34,6 +34,7 @@ def build(container: Container) -> dict[str, Any]:
     Returns:
         Services by name.
     """
+    from domains.platform.keys import ApiKeyService
     from domains.platform.service import PingPolicy, PingService
 
     settings = container.settings
@@ -45,14 +46,20 @@ def build(container: Container) -> dict[str, Any]:
         ),
         progress_interval=settings.progress_interval_seconds,
     )
-    return {"pings": pings}
+    api_keys = ApiKeyService(
+        container.uow_factory(DOMAIN),
+        cache_seconds=settings.security.key_cache_seconds,
+    )
+    from app.beat import schedule_service
+
+    return {"pings": pings, "api_keys": api_keys, "schedules": schedule_service(container)}
 
 
 def routers() -> list[APIRouter]:
     """Returns the platform routers."""
-    from api.v1 import operations, pings
+    from api.v1 import operations, pings, schedules
 
-    return [operations.router, pings.router]
+    return [operations.router, pings.router, schedules.router]
 
 
 class PingInput(BaseModel):
@@ -71,6 +78,7 @@ async def _start_ping(container: Container, args: PingInput, context: Any) -> An
         steps=args.steps,
         request_id=context.request_id,
         correlation_id=context.correlation_id,
+        tenant=context.tenant,
     )
 
 

@@ -48,8 +48,10 @@ class OperationRepository(Protocol):
     async def add(self, operation: Operation) -> None:
         """Inserts a new operation."""
 
-    async def get(self, operation_id: uuid.UUID, *, for_update: bool = False) -> Operation | None:
-        """Loads one operation."""
+    async def get(
+        self, operation_id: uuid.UUID, *, for_update: bool = False, tenant: str | None = None
+    ) -> Operation | None:
+        """Loads one operation (of ``tenant`` only, when given)."""
 
     async def save(self, operation: Operation) -> None:
         """Writes back a changed operation."""
@@ -157,17 +159,22 @@ class SqlOperationRepository:
                 ) from None
             raise
 
-    async def get(self, operation_id: uuid.UUID, *, for_update: bool = False) -> Operation | None:
+    async def get(
+        self, operation_id: uuid.UUID, *, for_update: bool = False, tenant: str | None = None
+    ) -> Operation | None:
         """Loads an operation.
 
         Args:
             operation_id: Its id.
             for_update: Lock the row until the transaction ends.
+            tenant: Only an operation of this tenant (``None``: any; workers and the sweeper).
 
         Returns:
             The operation or ``None``.
         """
         query = sa.select(self._t).where(self._t.c.id == operation_id)
+        if tenant is not None:
+            query = query.where(self._t.c.tenant == tenant)
         if for_update:
             query = query.with_for_update()
         row = (await self._session.execute(query)).mappings().first()
@@ -235,6 +242,7 @@ class SqlOperationRepository:
         *,
         after_id: uuid.UUID | None,
         limit: int,
+        tenant: str | None = None,
     ) -> builtins.list[Operation]:
         """Lists operations in id (= creation) order.
 
@@ -242,6 +250,7 @@ class SqlOperationRepository:
             conditions: Parsed filter (a conjunction).
             after_id: Keyset position: only ids greater than this.
             limit: Maximum rows.
+            tenant: Only this tenant's operations (``None``: every tenant).
 
         Returns:
             Matching operations.
@@ -251,6 +260,8 @@ class SqlOperationRepository:
         """
         t = self._t
         query = sa.select(t)
+        if tenant is not None:
+            query = query.where(t.c.tenant == tenant)
         for cond in conditions:
             column_name = FILTER_COLUMNS.get(cond.field)
             if column_name is None:

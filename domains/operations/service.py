@@ -269,21 +269,23 @@ class OperationsService:
             )
         return factories[domain]()
 
-    async def get(self, name: str) -> Operation:
+    async def get(self, name: str, *, tenant: str = "default") -> Operation:
         """Returns an operation.
 
         Args:
             name: ``operations/{domain}.{id}`` or ``{domain}.{id}``.
+            tenant: Caller's tenant; another tenant's operation is NOT_FOUND (routers pass the
+                caller's, so existence is never revealed across tenants).
 
         Returns:
             The operation.
 
         Raises:
-            NotFound: If it does not exist.
+            NotFound: If it does not exist for this tenant.
         """
         domain, op_id = parse_operation_name(name)
         async with self._uow(domain) as uow:
-            op = await uow.operations.get(op_id)
+            op = await uow.operations.get(op_id, tenant=tenant)
         if op is None:
             raise NotFound(
                 f"operations/{domain}.{op_id} does not exist", reason="OPERATION_NOT_FOUND"
@@ -291,7 +293,12 @@ class OperationsService:
         return op
 
     async def list(
-        self, conditions: Sequence[Condition], *, page_size: int, after_id: uuid.UUID | None
+        self,
+        conditions: Sequence[Condition],
+        *,
+        page_size: int,
+        after_id: uuid.UUID | None,
+        tenant: str = "default",
     ) -> OperationPage:
         """Lists operations of every domain, merged in creation (UUIDv7) order.
 
@@ -299,6 +306,7 @@ class OperationsService:
             conditions: Parsed filter.
             page_size: Page size.
             after_id: Keyset position from the previous page.
+            tenant: Only this tenant's operations.
 
         Returns:
             The page.
@@ -311,19 +319,22 @@ class OperationsService:
         for domain in domains:
             async with self._uow(domain, read=True) as uow:
                 per_domain.append(
-                    await uow.operations.list(conditions, after_id=after_id, limit=page_size + 1)
+                    await uow.operations.list(
+                        conditions, after_id=after_id, limit=page_size + 1, tenant=tenant
+                    )
                 )
         merged = list(heapq.merge(*per_domain, key=lambda op: op.id))
         page = merged[:page_size]
         last = page[-1].id if len(merged) > page_size else None
         return OperationPage(operations=page, last_id=last)
 
-    async def cancel(self, name: str) -> Operation:
+    async def cancel(self, name: str, *, tenant: str = "default") -> Operation:
         """Requests cancellation: PENDING ends CANCELLED at once, RUNNING becomes CANCELLING and
         the worker stops at its next checkpoint. Cancelling a CANCELLING operation is a no-op.
 
         Args:
             name: Operation name.
+            tenant: Caller's tenant (another tenant's operation is NOT_FOUND).
 
         Returns:
             The operation after the request.
@@ -334,7 +345,7 @@ class OperationsService:
         """
         domain, op_id = parse_operation_name(name)
         async with self._uow(domain) as uow:
-            op = await uow.operations.get(op_id, for_update=True)
+            op = await uow.operations.get(op_id, for_update=True, tenant=tenant)
             if op is None:
                 raise NotFound(f"{name} does not exist", reason="OPERATION_NOT_FOUND")
             if op.done:
@@ -347,12 +358,13 @@ class OperationsService:
             await uow.commit()
         return op
 
-    async def wait(self, name: str, timeout: float) -> Operation:
+    async def wait(self, name: str, timeout: float, *, tenant: str = "default") -> Operation:
         """Long-polls until the operation is done or ``timeout`` passes.
 
         Args:
             name: Operation name.
             timeout: Seconds, 0 < timeout <= 60.
+            tenant: Caller's tenant (another tenant's operation is NOT_FOUND).
 
         Returns:
             The operation, done or not.
@@ -369,18 +381,19 @@ class OperationsService:
         deadline = loop.time() + timeout
         delay = 0.05
         while True:
-            op = await self.get(name)
+            op = await self.get(name, tenant=tenant)
             remaining = deadline - loop.time()
             if op.done or remaining <= 0:
                 return op
             await asyncio.sleep(min(delay, remaining))
             delay = min(delay * 2, 1.0)
 
-    async def delete(self, name: str) -> None:
+    async def delete(self, name: str, *, tenant: str = "default") -> None:
         """Deletes a done operation.
 
         Args:
             name: Operation name.
+            tenant: Caller's tenant (another tenant's operation is NOT_FOUND).
 
         Raises:
             NotFound: If it does not exist.
@@ -388,7 +401,7 @@ class OperationsService:
         """
         domain, op_id = parse_operation_name(name)
         async with self._uow(domain) as uow:
-            op = await uow.operations.get(op_id, for_update=True)
+            op = await uow.operations.get(op_id, for_update=True, tenant=tenant)
             if op is None:
                 raise NotFound(f"{name} does not exist", reason="OPERATION_NOT_FOUND")
             if not op.done:
@@ -399,11 +412,12 @@ class OperationsService:
             await uow.operations.delete(op_id)
             await uow.commit()
 
-    async def retry(self, name: str) -> Operation:
+    async def retry(self, name: str, *, tenant: str = "default") -> Operation:
         """Starts a new attempt of a FAILED operation (its task is dispatched again).
 
         Args:
             name: Operation name.
+            tenant: Caller's tenant (another tenant's operation is NOT_FOUND).
 
         Returns:
             The operation, PENDING again.
@@ -414,7 +428,7 @@ class OperationsService:
         """
         domain, op_id = parse_operation_name(name)
         async with self._uow(domain) as uow:
-            op = await uow.operations.get(op_id, for_update=True)
+            op = await uow.operations.get(op_id, for_update=True, tenant=tenant)
             if op is None:
                 raise NotFound(f"{name} does not exist", reason="OPERATION_NOT_FOUND")
             if op.state != State.FAILED:

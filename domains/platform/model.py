@@ -29,6 +29,7 @@ class Ping:
         reply: ``pong: <message>`` once done.
         worker: Host name of the worker that answered.
         completions: How many times the reply was written; exactly 1 once done.
+        tenant: Tenant of the principal that sent it; only that tenant sees it.
     """
 
     id: uuid.UUID
@@ -42,6 +43,7 @@ class Ping:
     reply: str | None = None
     worker: str | None = None
     completions: int = 0
+    tenant: str = "default"
 
     @property
     def name(self) -> str:

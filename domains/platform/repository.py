@@ -19,8 +19,10 @@ class PingRepository(Protocol):
     async def add(self, ping: Ping) -> None:
         """Inserts a ping."""
 
-    async def get(self, ping_id: uuid.UUID, *, for_update: bool = False) -> Ping | None:
-        """Loads a ping."""
+    async def get(
+        self, ping_id: uuid.UUID, *, for_update: bool = False, tenant: str | None = None
+    ) -> Ping | None:
+        """Loads a ping (of ``tenant`` only, when given)."""
 
     async def save(self, ping: Ping) -> None:
         """Writes back a ping."""
@@ -46,17 +48,22 @@ class SqlPingRepository:
         row = {f.name: getattr(ping, f.name) for f in dataclasses.fields(ping)}
         await self._session.execute(sa.insert(tables.pings), row)
 
-    async def get(self, ping_id: uuid.UUID, *, for_update: bool = False) -> Ping | None:
+    async def get(
+        self, ping_id: uuid.UUID, *, for_update: bool = False, tenant: str | None = None
+    ) -> Ping | None:
         """Loads a ping.
 
         Args:
             ping_id: Its id.
             for_update: Lock the row.
+            tenant: Only a ping of this tenant (``None``: any, for the worker).
 
         Returns:
             The ping or ``None``.
         """
         query = sa.select(tables.pings).where(tables.pings.c.id == ping_id)
+        if tenant is not None:
+            query = query.where(tables.pings.c.tenant == tenant)
         if for_update:
             query = query.with_for_update()
         row = (await self._session.execute(query)).mappings().first()

@@ -67,6 +67,7 @@ class PingService:
         fail_attempts: int = 0,
         request_id: str | None = None,
         correlation_id: str | None = None,
+        tenant: str = "default",
     ) -> Operation:
         """Creates a ping and its operation, and dispatches it through the outbox.
 
@@ -77,6 +78,7 @@ class PingService:
             fail_attempts: First N attempts fail transiently.
             request_id: AIP-155 request id.
             correlation_id: HTTP request id for logs.
+            tenant: Tenant of the caller; the ping and its operation belong to it.
 
         Returns:
             The PENDING operation (or the earlier one for a repeated request id).
@@ -105,6 +107,7 @@ class PingService:
                 lease_seconds=self._policy.lease_seconds,
                 pending_deadline_seconds=self._policy.pending_deadline_seconds,
                 correlation_id=correlation_id,
+                tenant=tenant,
             )
             op.dispatch.args = [str(op.id)]
             ping = Ping(
@@ -115,6 +118,7 @@ class PingService:
                 sleep_seconds=sleep_seconds,
                 steps=steps,
                 fail_attempts=fail_attempts,
+                tenant=tenant,
             )
             await cast(PlatformUnitOfWork, uow).pings.add(ping)
             return op
@@ -124,22 +128,28 @@ class PingService:
             request_id=request_id,
             request_hash=operations_service.request_fingerprint(body),
             build=build,
+            tenant=tenant,
         )
 
-    async def get_ping(self, ping_id: uuid.UUID) -> Ping:
-        """Returns a ping.
+    async def get_ping(self, ping_id: uuid.UUID, tenant: str = "default") -> Ping:
+        """Returns a ping of ``tenant``.
 
         Args:
             ping_id: Its id.
+            tenant: Caller's tenant; another tenant's ping is NOT_FOUND (existence is not
+                revealed).
 
         Returns:
             The ping.
 
         Raises:
-            NotFound: If it does not exist.
+            NotFound: If it does not exist for this tenant.
         """
+        return await self._load(ping_id, tenant)
+
+    async def _load(self, ping_id: uuid.UUID, tenant: str | None) -> Ping:
         async with self._uow() as uow:
-            ping = await uow.pings.get(ping_id)
+            ping = await uow.pings.get(ping_id, tenant=tenant)
         if ping is None:
             raise NotFound(f"pings/{ping_id} does not exist", reason="PING_NOT_FOUND")
         return ping
@@ -165,7 +175,7 @@ class PingService:
         """
         execution = await self._runner.claim(operation_id, sink=sink)
         ping_id = uuid.UUID(execution.operation.target.removeprefix("pings/"))
-        ping = await self.get_ping(ping_id)
+        ping = await self._load(ping_id, None)  # the worker acts for the ping's own tenant
         try:
             if execution.attempt <= ping.fail_attempts:
                 raise TransientError(

@@ -29,4 +29,83 @@ pings = sa.Table(
     sa.Column("reply", sa.Text),
     sa.Column("worker", sa.Text),
     sa.Column("completions", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("tenant", sa.Text, nullable=False, server_default="default"),  # platform_0004
+)
+
+# Scheduled work (schedules API, DB-backed beat with one leader).
+schedules = sa.Table(
+    "schedules",
+    metadata,
+    sa.Column("id", sa.Text, primary_key=True),
+    sa.Column("tenant", sa.Text, nullable=False),
+    sa.Column("display_name", sa.Text, nullable=False, server_default=""),
+    sa.Column("workflow", sa.Text),
+    sa.Column("task", sa.Text),
+    sa.Column("args", pg.JSONB, nullable=False, server_default=sa.text("'{}'::jsonb")),
+    sa.Column("cron", sa.Text),
+    sa.Column("interval_seconds", sa.Float),
+    sa.Column("time_zone", sa.Text, nullable=False, server_default="UTC"),
+    sa.Column("enabled", sa.Boolean, nullable=False, server_default=sa.true()),
+    sa.Column("catch_up", sa.Boolean, nullable=False, server_default=sa.false()),
+    sa.Column("system", sa.Boolean, nullable=False, server_default=sa.false()),
+    sa.Column("create_time", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("update_time", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("next_run_time", sa.DateTime(timezone=True)),
+    sa.Column("last_run_time", sa.DateTime(timezone=True)),
+    sa.Column("last_operation", sa.Text),
+    sa.CheckConstraint("(cron IS NULL) <> (interval_seconds IS NULL)", name="timing"),
+    sa.CheckConstraint("(workflow IS NULL) <> (task IS NULL)", name="target"),
+    sa.Index("ix_schedules_due", "next_run_time", postgresql_where=sa.text("enabled")),
+    sa.Index("ix_schedules_tenant_id", "tenant", "id"),
+)
+
+schedule_runs = sa.Table(
+    "schedule_runs",
+    metadata,
+    # The primary key is the "one fire per slot" guarantee: a second beat (or a retry) that
+    # fires the same slot hits it and does nothing.
+    sa.Column("schedule_id", sa.Text, primary_key=True),
+    sa.Column("fire_time", sa.DateTime(timezone=True), primary_key=True),
+    sa.Column("tenant", sa.Text, nullable=False),
+    sa.Column("workflow", sa.Text),
+    sa.Column("task", sa.Text),
+    sa.Column("args", pg.JSONB, nullable=False, server_default=sa.text("'{}'::jsonb")),
+    sa.Column("state", sa.Text, nullable=False),
+    sa.Column("create_time", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("fired_by", sa.Text, nullable=False),
+    sa.Column("manual", sa.Boolean, nullable=False, server_default=sa.false()),
+    sa.Column("operation", sa.Text),
+    sa.Column("attempts", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("error", sa.Text),
+    sa.Index(
+        "ix_schedule_runs_pending", "create_time", postgresql_where=sa.text("state = 'PENDING'")
+    ),
+)
+
+beat_leader = sa.Table(
+    "beat_leader",
+    metadata,
+    sa.Column("name", sa.Text, primary_key=True),
+    sa.Column("holder", sa.Text, nullable=False),
+    sa.Column("node", sa.Text, nullable=False),
+    sa.Column("acquired_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("expires_at", sa.DateTime(timezone=True), nullable=False),
+)
+
+beat_nodes = sa.Table(
+    "beat_nodes",
+    metadata,
+    sa.Column("holder", sa.Text, primary_key=True),
+    sa.Column("node", sa.Text, nullable=False),
+    sa.Column("leader", sa.Boolean, nullable=False, server_default=sa.false()),
+    sa.Column("started_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("last_seen", sa.DateTime(timezone=True), nullable=False),
+)
+
+schedule_seeds = sa.Table(
+    "schedule_seeds",
+    metadata,
+    # Default schedules created once (a user may delete them; they are not re-created).
+    sa.Column("key", sa.Text, primary_key=True),
+    sa.Column("create_time", sa.DateTime(timezone=True), nullable=False),
 )

@@ -7,14 +7,14 @@ import httpx
 from app.main import create_app
 
 
-async def test_unexpected_error_is_internal_without_traceback(api_app):
+async def test_unexpected_error_is_internal_without_traceback(api_app, auth_headers):
     async def boom() -> None:
         raise RuntimeError("secret internals /etc/passwd")
 
     api_app.add_api_route("/v1/boom", boom)
     transport = httpx.ASGITransport(app=api_app, raise_app_exceptions=False)
     async with httpx.AsyncClient(transport=transport, base_url="http://t") as http:
-        response = await http.get("/v1/boom", headers={"X-Request-Id": "req-500"})
+        response = await http.get("/v1/boom", headers={"X-Request-Id": "req-500", **auth_headers})
     assert response.status_code == 500
     assert response.headers["x-request-id"] == "req-500"
     assert "req-500" in response.json()["error"]["message"]
@@ -82,7 +82,7 @@ async def test_readyz_is_503_when_database_is_unreachable(settings):
     assert "database" in response.json()["error"]["message"]
 
 
-async def test_accepted_ping_survives_broker_outage(settings, database_url):
+async def test_accepted_ping_survives_broker_outage(settings, database_url, auth_headers):
     """Broker down at submit time: still 2xx (the row is durable); the relay publishes it later."""
     from tests.support.ops import query
 
@@ -92,7 +92,7 @@ async def test_accepted_ping_survives_broker_outage(settings, database_url):
     app = create_app(dead)
     transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
     async with httpx.AsyncClient(transport=transport, base_url="http://t") as http:
-        response = await http.post("/v1/pings", json={"message": "outage"})
+        response = await http.post("/v1/pings", json={"message": "outage"}, headers=auth_headers)
         await app.state.publisher.drain()
     await app.state.container.registry.dispose()
     assert response.status_code == 200, response.text

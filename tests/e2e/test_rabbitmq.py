@@ -27,7 +27,7 @@ def _reachable() -> bool:
 
 
 @pytest.mark.skipif(not _reachable(), reason="no RabbitMQ on 127.0.0.1:5672 (optional broker)")
-async def test_ping_goes_through_rabbitmq_broker(settings, service_env, spawn):
+async def test_ping_goes_through_rabbitmq_broker(settings, service_env, spawn, auth_headers):
     amqp = settings.model_copy(update={"broker_url": AMQP_URL, "result_backend": None})
     celery = create_celery(amqp)
     with celery.connection_for_write() as conn:
@@ -47,7 +47,9 @@ async def test_ping_goes_through_rabbitmq_broker(settings, service_env, spawn):
     assert "amqp://guest:**@127.0.0.1:5672//" in worker.log()
     app = create_app(amqp, celery=celery)
     transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
-    async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
+    async with httpx.AsyncClient(
+        transport=transport, base_url="http://t", headers=auth_headers
+    ) as client:
         ready = await client.get("/readyz")
         assert ready.status_code == 200, ready.text
         op = (await client.post("/v1/pings", json={"message": "rabbit", "steps": 2})).json()

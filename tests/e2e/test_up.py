@@ -125,6 +125,7 @@ class Up:
     flower: str
     password: str
     log_path: pathlib.Path
+    env: dict[str, str]
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")[-6000:]
@@ -167,7 +168,12 @@ def up(service_env: dict[str, str], admin_url: str, tmp_path: pathlib.Path) -> I
                 preexec_fn=_default_sigint,
             )
         yield Up(
-            proc, f"http://127.0.0.1:{port}", f"http://127.0.0.1:{flower_port}", password, log_path
+            proc,
+            f"http://127.0.0.1:{port}",
+            f"http://127.0.0.1:{flower_port}",
+            password,
+            log_path,
+            env,
         )
     finally:
         if proc is not None:
@@ -206,6 +212,17 @@ def test_up_serves_a_ping_shows_it_in_flower_and_stops_on_ctrl_c(up: Up) -> None
 
         _poll("Flower sees a worker per domain", flower_sees_workers, 60, up.log)
 
+        # /v1 needs a key: `up` migrated the database, `conveyor keys create` makes one there.
+        assert http.post(f"{up.api}/v1/pings", json={}).status_code == 401
+        created = subprocess.run(
+            [sys.executable, "-m", "app.cli", "keys", "create", "--scopes", "operations:write"],
+            env=up.env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=True,
+        )
+        http.headers["authorization"] = f"Bearer {created.stdout.strip()}"
         response = http.post(f"{up.api}/v1/pings", json={"message": "e2e"})
         assert response.status_code == 200, response.text
         name = response.json()["name"]

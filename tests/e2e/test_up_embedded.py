@@ -56,10 +56,17 @@ def test_up_without_urls_runs_everything_on_embedded_servers(tmp_path):
             raise AssertionError("not ready: " + (tmp_path / "up.log").read_text()[-3000:])
         text = (tmp_path / "up.log").read_text()
         assert "starting embedded PostgreSQL Redis" in text
-        op = httpx.post(f"{base}/v1/pings", json={"message": "laptop"}, timeout=10).json()
+        # Development: `up` made an all-scopes key, printed it and saved it for the next runs.
+        key = (tmp_path / "data" / "dev-api-key").read_text().strip()
+        assert f"export CONVEYOR_API_KEY={key}" in text
+        assert httpx.post(f"{base}/v1/pings", json={}, timeout=10).status_code == 401
+        auth = {"authorization": f"Bearer {key}"}
+        op = httpx.post(
+            f"{base}/v1/pings", json={"message": "laptop"}, headers=auth, timeout=10
+        ).json()
         op_id = op["name"].removeprefix("operations/")
         done = httpx.post(
-            f"{base}/v1/operations/{op_id}:wait", json={"timeout": 30}, timeout=40
+            f"{base}/v1/operations/{op_id}:wait", json={"timeout": 30}, headers=auth, timeout=40
         ).json()
         assert done["metadata"]["state"] == "SUCCEEDED", done
         assert done["response"]["reply"] == "pong: laptop"

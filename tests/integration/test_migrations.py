@@ -19,6 +19,7 @@ from sqlalchemy.ext.asyncio import create_async_engine
 from app import migrate
 from app.config import DOMAINS, Settings, load_settings
 from app.container import DOMAIN_TABLES
+from domains.platform import keys as _api_keys  # noqa: F401 - puts api_keys on the platform metadata
 from tests.support import services
 
 
@@ -122,7 +123,7 @@ def test_every_domain_schema_has_operations_and_outbox(fresh_settings: Settings)
     for domain in DOMAINS:
         assert {"operations", "outbox", "alembic_version"} <= set(state[domain]["tables"])
     assert "pings" in state["platform"]["tables"]
-    assert "uq_operations_request_id" in state["imports"]["tables"]["operations"]["indexes"]
+    assert "uq_operations_tenant_request_id" in state["imports"]["tables"]["operations"]["indexes"]
     assert "ck_operations_state" in state["reports"]["tables"]["operations"]["checks"]
 
 

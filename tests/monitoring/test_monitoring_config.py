@@ -36,9 +36,9 @@ EXPORTED = {
     "conveyor_operations",
     "conveyor_exporter_source_up",
     "conveyor_exporter_scrape_duration_seconds",
+    "conveyor_beat_leader",  # from the leader lease (scheduled work, issue 6)
 }
 FUTURE = {
-    "conveyor_beat_leader",  # scheduled work (issue 6)
     "conveyor_webhook_deliveries_total",  # webhooks
 }
 DURATION = re.compile(r"^(0|(\d+(ms|s|m|h|d|w|y))+)$")

@@ -50,14 +50,23 @@ async def create_ping(http: httpx.AsyncClient, **body: Any) -> str:
     return response.json()["name"]
 
 
-async def test_ops_and_status_commands_against_a_running_api_and_worker(clean_db, stack):
+async def test_ops_and_status_commands_against_a_running_api_and_worker(
+    clean_db, stack, monkeypatch
+):
+    monkeypatch.setenv("CONVEYOR_API_KEY", stack.api_key)  # `conveyor ops` sends it
     api, url = start_api(stack)
     worker = stack.worker(queues="platform", concurrency=2)
     api.wait_for_log("Application startup complete", timeout=30)
-    async with httpx.AsyncClient(base_url=url, timeout=10) as http:
+    async with httpx.AsyncClient(base_url=url, timeout=10, headers=stack.headers) as http:
         ok = await create_ping(http, message="watched", sleep_seconds=1, steps=4)
         failing = await create_ping(http, message="doomed", fail_attempts=10)
         slow = await create_ping(http, message="slow", sleep_seconds=20, steps=20)
+
+    # Without a key the API refuses, and ops says so in one line.
+    result = await cli(ops, "--api-url", url, "list", env={"CONVEYOR_API_KEY": None})
+    assert result.exit_code == 2
+    assert result.stderr.startswith("conveyor: 401 UNAUTHENTICATED: "), result.stderr
+    assert "CONVEYOR_API_KEY" in result.stderr and len(result.stderr.strip().splitlines()) == 1
 
     # watch: a progress bar until done; exit 0 on SUCCEEDED with the response.
     result = await cli(ops, "--api-url", url, "watch", ok)
@@ -117,7 +126,7 @@ async def test_ops_and_status_commands_against_a_running_api_and_worker(clean_db
     [(name, queues)] = sections["Workers alive"].items()
     assert name.startswith("platform-") and queues == ["platform"], result.stdout
     assert sections["Outbox backlog"]["platform"] == ["0", "-"], result.stdout
-    assert "Beat leader: not available until scheduled work lands" in result.stdout
+    assert "Beat leader: none (no beat holds the lease" in result.stdout
     assert "Traceback" not in worker.log()
 
 

@@ -20,7 +20,7 @@ async def test_request_id_follows_one_ping_into_every_worker_log_line_of_its_tas
     worker = stack.worker(env=JSON_LOGS)
     api.wait_for_log("Application startup complete", timeout=30)
     request_id = f"trace-{uuid.uuid4().hex}"
-    async with httpx.AsyncClient(base_url=url, timeout=10) as http:
+    async with httpx.AsyncClient(base_url=url, timeout=10, headers=stack.headers) as http:
         response = await http.post(
             "/v1/pings",
             # One deliberate transient failure: the id must also survive Celery's retry message.
