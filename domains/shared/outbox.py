@@ -120,12 +120,12 @@ class SqlOutboxRepository:
             The claimed messages, oldest first.
         """
         t = self._table
-        query = sa.select(t).where(t.c.sent_time.is_(None))
+        now = utcnow()
+        # Delayed rows (available_time in the future) wait for the relay, even on the fast path.
+        query = sa.select(t).where(t.c.sent_time.is_(None), t.c.available_time <= now)
         if ids is not None:
             query = query.where(t.c.id.in_(list(ids)))
         else:
-            now = utcnow()
-            query = query.where(t.c.available_time <= now)
             if grace:
                 query = query.where(t.c.created_time <= now - grace)
         query = query.order_by(t.c.available_time).limit(limit).with_for_update(skip_locked=True)

@@ -82,12 +82,18 @@ class UrlGuard:
         """
         if len(url) > 2048:
             raise UnsafeUrl("the URL is longer than 2048 characters")
-        parts = urllib.parse.urlsplit(url)
+        if any(ch.isspace() or ord(ch) < 0x20 or ord(ch) == 0x7F for ch in url):
+            raise UnsafeUrl("the URL must not contain spaces or control characters")
+        try:
+            parts = urllib.parse.urlsplit(url)
+            hostname = parts.hostname
+        except ValueError as exc:  # e.g. an unbalanced "[" in an IPv6 host
+            raise UnsafeUrl(f"the URL is malformed ({exc})") from None
         if parts.scheme not in ("http", "https"):
             raise UnsafeUrl(
                 f"the URL must start with http:// or https:// (got {parts.scheme or 'no'} scheme)"
             )
-        if not parts.hostname:
+        if not hostname:
             raise UnsafeUrl("the URL has no host; give a full URL such as https://example.com/hook")
         if parts.username or parts.password:
             raise UnsafeUrl("the URL must not carry credentials (user:password@)")
@@ -187,6 +193,8 @@ async def resolve(host: str, port: int) -> list[IpAddress]:
         infos = await asyncio.get_running_loop().getaddrinfo(host, port, type=socket.SOCK_STREAM)
     except OSError as exc:
         raise UnsafeUrl(f"the host {host!r} does not resolve ({exc.strerror or exc})") from None
+    except ValueError as exc:  # UnicodeError: a label the IDNA codec refuses
+        raise UnsafeUrl(f"the host {host[:100]!r} is not a valid host name ({exc})") from None
     addresses: list[IpAddress] = []
     for info in infos:
         raw = str(info[4][0]).split("%", 1)[0]

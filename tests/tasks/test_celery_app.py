@@ -50,8 +50,11 @@ def test_published_task_lands_in_its_domain_queue_on_redis(stack):
     assert stack.redis.llen("platform") == 0
 
 
-def test_beat_schedule_placeholder_holds_the_sweeper(celery_app):
-    assert celery_app.conf.beat_schedule["platform.sweep"]["task"] == "platform.sweep"
+def test_beat_reads_schedules_from_the_database_not_a_static_table(celery_app):
+    # System tasks (sweeper, relay sweep, purge, breaker probes) are rows in
+    # platform.schedules, fired by the leader beat like user schedules.
+    assert celery_app.conf.beat_scheduler == "app.beat:DatabaseScheduler"
+    assert not celery_app.conf.beat_schedule
 
 
 def test_pickle_is_refused_by_the_worker_config(celery_app):

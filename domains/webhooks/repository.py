@@ -1,0 +1,479 @@
+"""Every query on webhooks tables lives here."""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import uuid
+from collections.abc import Sequence
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from domains.shared.outbox import OutboxMessage
+from domains.shared.query import Condition
+from domains.webhooks import tables
+from domains.webhooks.model import Attempt, Delivery, DeliveryState, Endpoint
+
+DELIVERY_FILTER_COLUMNS: dict[str, str] = {
+    "state": "state",
+    "event_type": "event_type",
+    "create_time": "create_time",
+    "attempts": "attempts",
+}
+"""API filter field -> deliveries column."""
+
+_OPS: dict[str, Any] = {
+    "=": lambda c, v: c == v,
+    "!=": lambda c, v: c != v,
+    "<": lambda c, v: c < v,
+    "<=": lambda c, v: c <= v,
+    ">": lambda c, v: c > v,
+    ">=": lambda c, v: c >= v,
+}
+
+
+def _row(obj: Any) -> dict[str, Any]:
+    return {f.name: getattr(obj, f.name) for f in dataclasses.fields(obj)}
+
+
+class SqlWebhooksRepository:
+    """Endpoints, deliveries, attempts and received events in the ``webhooks`` schema."""
+
+    def __init__(self, session: AsyncSession) -> None:
+        """Binds the repository.
+
+        Args:
+            session: The unit of work's session.
+        """
+        self._session = session
+
+    # ---- endpoints ---------------------------------------------------------------------
+
+    async def add_endpoint(self, endpoint: Endpoint) -> None:
+        """Inserts an endpoint.
+
+        Args:
+            endpoint: The new endpoint.
+        """
+        await self._session.execute(sa.insert(tables.endpoints), _row(endpoint))
+
+    async def get_endpoint(
+        self, endpoint_id: uuid.UUID, *, tenant: str | None = None, for_update: bool = False
+    ) -> Endpoint | None:
+        """Loads an endpoint.
+
+        Args:
+            endpoint_id: Its id.
+            tenant: Only if it belongs to this tenant (``None``: any, for workers).
+            for_update: Lock the row.
+
+        Returns:
+            The endpoint or ``None``.
+        """
+        t = tables.endpoints
+        query = sa.select(t).where(t.c.id == endpoint_id)
+        if tenant is not None:
+            query = query.where(t.c.tenant == tenant)
+        if for_update:
+            query = query.with_for_update()
+        row = (await self._session.execute(query)).mappings().first()
+        return Endpoint(**dict(row)) if row else None
+
+    async def get_endpoints(
+        self, ids: Sequence[uuid.UUID], *, for_update: bool = False
+    ) -> dict[uuid.UUID, Endpoint]:
+        """Loads several endpoints (locked in id order to avoid deadlocks).
+
+        Args:
+            ids: Endpoint ids.
+            for_update: Lock the rows.
+
+        Returns:
+            Endpoints by id.
+        """
+        if not ids:
+            return {}
+        t = tables.endpoints
+        query = sa.select(t).where(t.c.id.in_(sorted(set(ids)))).order_by(t.c.id)
+        if for_update:
+            query = query.with_for_update()
+        rows = (await self._session.execute(query)).mappings().all()
+        return {row["id"]: Endpoint(**dict(row)) for row in rows}
+
+    async def save_endpoint(self, endpoint: Endpoint) -> None:
+        """Writes back an endpoint.
+
+        Args:
+            endpoint: A loaded, changed endpoint.
+        """
+        values = _row(endpoint)
+        values.pop("id")
+        t = tables.endpoints
+        await self._session.execute(sa.update(t).where(t.c.id == endpoint.id).values(**values))
+
+    async def delete_endpoint(self, endpoint_id: uuid.UUID) -> None:
+        """Deletes an endpoint with its deliveries and attempts (cascade).
+
+        Args:
+            endpoint_id: The endpoint.
+        """
+        t = tables.endpoints
+        await self._session.execute(sa.delete(t).where(t.c.id == endpoint_id))
+
+    async def list_endpoints(
+        self, tenant: str, *, after_id: uuid.UUID | None, limit: int
+    ) -> list[Endpoint]:
+        """Lists a tenant's endpoints in creation order.
+
+        Args:
+            tenant: The tenant.
+            after_id: Keyset position.
+            limit: Maximum rows.
+
+        Returns:
+            The endpoints.
+        """
+        t = tables.endpoints
+        query = sa.select(t).where(t.c.tenant == tenant)
+        if after_id is not None:
+            query = query.where(t.c.id > after_id)
+        rows = (await self._session.execute(query.order_by(t.c.id).limit(limit))).mappings()
+        return [Endpoint(**dict(row)) for row in rows]
+
+    async def matching_endpoints(self, tenant: str) -> list[Endpoint]:
+        """Returns a tenant's enabled-or-paused endpoints (the caller matches event types).
+
+        Disabled endpoints are included: their deliveries are kept PAUSED, not dropped.
+
+        Args:
+            tenant: The tenant.
+
+        Returns:
+            The endpoints.
+        """
+        t = tables.endpoints
+        rows = await self._session.execute(sa.select(t).where(t.c.tenant == tenant))
+        return [Endpoint(**dict(row)) for row in rows.mappings()]
+
+    async def due_breakers(self, now: dt.datetime, limit: int) -> list[Endpoint]:
+        """Endpoints whose open breaker's cool-down (or probe lease) has passed.
+
+        Args:
+            now: Current time.
+            limit: Maximum rows.
+
+        Returns:
+            The endpoints, locked (skipping rows locked elsewhere).
+        """
+        t = tables.endpoints
+        query = (
+            sa.select(t)
+            .where(t.c.breaker_state != "CLOSED", t.c.breaker_until <= now, t.c.enabled)
+            .order_by(t.c.breaker_until)
+            .limit(limit)
+            .with_for_update(skip_locked=True)
+        )
+        return [Endpoint(**dict(r)) for r in (await self._session.execute(query)).mappings()]
+
+    # ---- deliveries --------------------------------------------------------------------
+
+    async def add_deliveries(self, deliveries: Sequence[Delivery]) -> list[uuid.UUID]:
+        """Inserts deliveries, skipping any (event, endpoint) pair that already exists.
+
+        Args:
+            deliveries: New deliveries.
+
+        Returns:
+            Ids of the rows inserted.
+        """
+        if not deliveries:
+            return []
+        t = tables.deliveries
+        query = (
+            pg_insert(t)
+            .values([_row(d) for d in deliveries])
+            .on_conflict_do_nothing(index_elements=["event_id", "endpoint_id"])
+            .returning(t.c.id)
+        )
+        return list((await self._session.execute(query)).scalars())
+
+    async def claim_deliveries(
+        self, ids: Sequence[uuid.UUID], *, skip_locked: bool = True
+    ) -> list[Delivery]:
+        """Locks the PENDING and SENDING deliveries among ``ids`` (the caller checks leases).
+
+        Args:
+            ids: Delivery ids.
+            skip_locked: Skip rows locked by another task (it owns them) instead of waiting.
+
+        Returns:
+            The deliveries, in id order.
+        """
+        t = tables.deliveries
+        query = (
+            sa.select(t)
+            .where(t.c.id.in_(list(ids)), t.c.state.in_(["PENDING", "SENDING"]))
+            .order_by(t.c.id)
+            .with_for_update(skip_locked=skip_locked)
+        )
+        return [Delivery(**dict(r)) for r in (await self._session.execute(query)).mappings()]
+
+    async def get_delivery(
+        self,
+        delivery_id: uuid.UUID,
+        *,
+        tenant: str | None = None,
+        endpoint_id: uuid.UUID | None = None,
+        for_update: bool = False,
+    ) -> Delivery | None:
+        """Loads a delivery.
+
+        Args:
+            delivery_id: Its id.
+            tenant: Only if it belongs to this tenant.
+            endpoint_id: Only if it belongs to this endpoint.
+            for_update: Lock the row.
+
+        Returns:
+            The delivery or ``None``.
+        """
+        t = tables.deliveries
+        query = sa.select(t).where(t.c.id == delivery_id)
+        if tenant is not None:
+            query = query.where(t.c.tenant == tenant)
+        if endpoint_id is not None:
+            query = query.where(t.c.endpoint_id == endpoint_id)
+        if for_update:
+            query = query.with_for_update()
+        row = (await self._session.execute(query)).mappings().first()
+        return Delivery(**dict(row)) if row else None
+
+    async def save_deliveries(self, deliveries: Sequence[Delivery]) -> None:
+        """Writes back deliveries (one statement, executemany).
+
+        Args:
+            deliveries: Loaded, changed deliveries.
+        """
+        if not deliveries:
+            return
+        t = tables.deliveries
+        fields = ("state", "attempts", "cycle_attempts", "next_attempt_time", "lease_until")
+        more = ("last_status_code", "last_error", "update_time", "end_time")
+        query = (
+            sa.update(t)
+            .where(t.c.id == sa.bindparam("_id"))
+            .values({name: sa.bindparam(name) for name in (*fields, *more)})
+        )
+        params = [
+            {"_id": d.id, **{name: getattr(d, name) for name in (*fields, *more)}}
+            for d in deliveries
+        ]
+        await self._session.execute(query, params)
+
+    async def list_deliveries(
+        self,
+        endpoint_id: uuid.UUID,
+        conditions: Sequence[Condition],
+        *,
+        after_id: uuid.UUID | None,
+        limit: int,
+    ) -> list[Delivery]:
+        """Lists an endpoint's deliveries in creation order.
+
+        Args:
+            endpoint_id: The endpoint.
+            conditions: Parsed filter.
+            after_id: Keyset position.
+            limit: Maximum rows.
+
+        Returns:
+            The deliveries.
+        """
+        t = tables.deliveries
+        query = sa.select(t).where(t.c.endpoint_id == endpoint_id)
+        for cond in conditions:
+            column = t.c[DELIVERY_FILTER_COLUMNS[cond.field]]
+            query = query.where(_OPS[cond.op](column, cond.value))
+        if after_id is not None:
+            query = query.where(t.c.id > after_id)
+        rows = (await self._session.execute(query.order_by(t.c.id).limit(limit))).mappings()
+        return [Delivery(**dict(row)) for row in rows]
+
+    async def replayable(
+        self, endpoint_id: uuid.UUID, since: dt.datetime, *, after_id: uuid.UUID | None, limit: int
+    ) -> list[Delivery]:
+        """FAILED or DEAD deliveries of an endpoint created since ``since``, locked.
+
+        Args:
+            endpoint_id: The endpoint.
+            since: Earliest creation time.
+            after_id: Keyset position.
+            limit: Maximum rows.
+
+        Returns:
+            The deliveries.
+        """
+        t = tables.deliveries
+        query = sa.select(t).where(
+            t.c.endpoint_id == endpoint_id,
+            t.c.state.in_(["FAILED", "DEAD"]),
+            t.c.create_time >= since,
+        )
+        if after_id is not None:
+            query = query.where(t.c.id > after_id)
+        query = query.order_by(t.c.id).limit(limit).with_for_update(skip_locked=True)
+        return [Delivery(**dict(r)) for r in (await self._session.execute(query)).mappings()]
+
+    async def count_replayable(self, endpoint_id: uuid.UUID, since: dt.datetime) -> int:
+        """Counts what :meth:`replayable` would return.
+
+        Args:
+            endpoint_id: The endpoint.
+            since: Earliest creation time.
+
+        Returns:
+            The count.
+        """
+        t = tables.deliveries
+        query = sa.select(sa.func.count()).where(
+            t.c.endpoint_id == endpoint_id,
+            t.c.state.in_(["FAILED", "DEAD"]),
+            t.c.create_time >= since,
+        )
+        return int((await self._session.execute(query)).scalar_one())
+
+    async def paused(self, endpoint_id: uuid.UUID, limit: int) -> list[Delivery]:
+        """PAUSED deliveries of an endpoint, oldest first, locked.
+
+        Args:
+            endpoint_id: The endpoint.
+            limit: Maximum rows.
+
+        Returns:
+            The deliveries.
+        """
+        t = tables.deliveries
+        query = (
+            sa.select(t)
+            .where(t.c.endpoint_id == endpoint_id, t.c.state == DeliveryState.PAUSED)
+            .order_by(t.c.id)
+            .limit(limit)
+            .with_for_update(skip_locked=True)
+        )
+        return [Delivery(**dict(r)) for r in (await self._session.execute(query)).mappings()]
+
+    async def stuck(self, now: dt.datetime, limit: int) -> list[Delivery]:
+        """SENDING deliveries whose lease ended (their worker vanished), locked.
+
+        Args:
+            now: Current time.
+            limit: Maximum rows.
+
+        Returns:
+            The deliveries.
+        """
+        t = tables.deliveries
+        query = (
+            sa.select(t)
+            .where(t.c.state == DeliveryState.SENDING, t.c.lease_until < now)
+            .limit(limit)
+            .with_for_update(skip_locked=True)
+        )
+        return [Delivery(**dict(r)) for r in (await self._session.execute(query)).mappings()]
+
+    async def overdue(self, before: dt.datetime, limit: int) -> list[Delivery]:
+        """PENDING deliveries due before ``before`` (their message was lost?), locked.
+
+        Args:
+            before: Due-time cut-off.
+            limit: Maximum rows.
+
+        Returns:
+            The deliveries.
+        """
+        t = tables.deliveries
+        query = (
+            sa.select(t)
+            .where(t.c.state == DeliveryState.PENDING, t.c.next_attempt_time < before)
+            .limit(limit)
+            .with_for_update(skip_locked=True)
+        )
+        return [Delivery(**dict(r)) for r in (await self._session.execute(query)).mappings()]
+
+    # ---- attempts ----------------------------------------------------------------------
+
+    async def add_attempts(self, attempts: Sequence[Attempt]) -> None:
+        """Inserts attempts.
+
+        Args:
+            attempts: New attempts.
+        """
+        if attempts:
+            await self._session.execute(sa.insert(tables.attempts), [_row(a) for a in attempts])
+
+    async def list_attempts(self, delivery_id: uuid.UUID) -> list[Attempt]:
+        """Lists a delivery's attempts in order.
+
+        Args:
+            delivery_id: The delivery.
+
+        Returns:
+            The attempts.
+        """
+        t = tables.attempts
+        query = sa.select(t).where(t.c.delivery_id == delivery_id).order_by(t.c.attempt)
+        return [Attempt(**dict(r)) for r in (await self._session.execute(query)).mappings()]
+
+    # ---- outbox (bulk) ------------------------------------------------------------------
+
+    async def add_outbox(self, outbox: Any, messages: Sequence[OutboxMessage]) -> None:
+        """Inserts many outbox rows in one round trip (a batch of deliveries' outcomes).
+
+        The unit of work's outbox adds one row per statement; a delivery batch writes tens.
+        The ids are handed to the outbox's fast-path list as its own ``add`` does.
+
+        Args:
+            outbox: The unit of work's outbox repository.
+            messages: The rows.
+        """
+        if not messages:
+            return
+        await self._session.execute(sa.insert(tables.outbox), [_row(m) for m in messages])
+        added = getattr(outbox, "added", None)
+        if isinstance(added, list):
+            added.extend(m.id for m in messages)
+
+    # ---- received events ---------------------------------------------------------------
+
+    async def mark_received(
+        self, event_id: uuid.UUID, event_type: str, tenant: str, now: dt.datetime, count: int
+    ) -> bool:
+        """Records that an event was fanned out (once per event id).
+
+        Args:
+            event_id: The event.
+            event_type: Its type.
+            tenant: Its tenant.
+            now: Current time.
+            count: Deliveries created.
+
+        Returns:
+            True the first time, False for a duplicate.
+        """
+        t = tables.received_events
+        query = (
+            pg_insert(t)
+            .values(
+                event_id=event_id,
+                type=event_type,
+                tenant=tenant,
+                receive_time=now,
+                deliveries=count,
+            )
+            .on_conflict_do_nothing(index_elements=["event_id"])
+            .returning(t.c.event_id)
+        )
+        return (await self._session.execute(query)).first() is not None
