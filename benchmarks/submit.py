@@ -477,7 +477,8 @@ async def phase_submit(
     servers = {"conveyor": api, "baseline": bare}
     cpu = dict.fromkeys(targets, 0.0)
     clients = {
-        k: httpx.AsyncClient(base_url=u, limits=limits, timeout=30) for k, u in targets.items()
+        k: httpx.AsyncClient(base_url=u, limits=limits, timeout=30, headers=API_HEADERS)
+        for k, u in targets.items()
     }
     elapsed = dict.fromkeys(targets, 0.0)
     counts = dict.fromkeys(targets, 0)
@@ -553,7 +554,9 @@ async def phase_conveyor_e2e(
     )
     out: dict[str, Any] = {}
     try:
-        async with httpx.AsyncClient(base_url=conveyor_url, limits=limits, timeout=30) as client:
+        async with httpx.AsyncClient(
+            base_url=conveyor_url, limits=limits, timeout=30, headers=API_HEADERS
+        ) as client:
             warm = await drive(
                 client, args.warmup_jobs, args.concurrency, args.timeout, collect=True
             )
@@ -741,6 +744,23 @@ def print_table(results: Results, args: argparse.Namespace) -> None:
         print(f"note: {note}")
 
 
+API_HEADERS: dict[str, str] = {}
+"""Headers of every request to the Conveyor API (its bearer key)."""
+
+
+def create_api_key(env: dict[str, str]) -> str:
+    """Creates an all-scopes API key in the benchmark database with `conveyor keys create`."""
+    result = subprocess.run(
+        [sys.executable, "-m", "app.cli", "keys", "create", "--scopes", "*", "--name", "bench"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    return result.stdout.strip().splitlines()[-1]
+
+
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n", 1)[0])
     parser.add_argument("--n", type=int, default=300, help="requests / jobs per system")
@@ -837,7 +857,11 @@ def main(argv: Sequence[str] | None = None) -> int:
                 CONVEYOR_DATA_DIR=str(logdir / "data"),
                 PYTHONUNBUFFERED="1",
                 PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
+                # The per-key rate limit is a policy, not a cost: off, so it does not cap the
+                # measured rate. Authentication stays on (every request checks its key).
+                CONVEYOR_SECURITY__RATE_LIMIT_ENABLED="false",
             )
+            API_HEADERS["authorization"] = "Bearer " + create_api_key(env)
             procs = Procs(env, logdir / f"attempt-{attempt}")
             results = Results()
             try:
