@@ -15,6 +15,7 @@ import uuid
 from typing import Any
 
 from celery import Task, chord, shared_task
+from celery.backends.base import DisabledBackend
 
 from domains.imports.service import ImportsService
 from domains.operations.execution import LeaseLost, ProgressSink
@@ -83,6 +84,14 @@ def launch_chunks(task: Task, operation_id: str, attempt: int, chunk_nos: list[i
         for n in chunk_nos
     ]
     body = app.signature("imports.finalize", args=(operation_id, attempt))
+    if isinstance(app.backend, DisabledBackend):
+        # No result backend (e.g. RabbitMQ without CONVEYOR_RESULT_BACKEND): a chord cannot
+        # count its header, so every chunk links the callback instead. Finalize acts only once
+        # the database shows every chunk DONE, so the early calls are no-ops.
+        for signature in header:
+            signature.link(body.clone())
+            signature.apply_async()
+        return
     chord(header, app=app)(body)
 
 
