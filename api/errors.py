@@ -195,7 +195,45 @@ def dependency_down(exc: BaseException) -> str | None:
     return None
 
 
+def unstorable_value(exc: BaseException) -> bool:
+    """Tells whether PostgreSQL refused a value itself (a NUL character, an invalid escape),
+    which is the client's input to fix, not a server fault.
+
+    Args:
+        exc: The error.
+
+    Returns:
+        True for a data error on a value.
+    """
+    import asyncpg
+
+    current: BaseException | None = exc
+    for _ in range(5):
+        if current is None:
+            return False
+        if isinstance(
+            current,
+            asyncpg.exceptions.CharacterNotInRepertoireError
+            | asyncpg.exceptions.UntranslatableCharacterError
+            | asyncpg.exceptions.InvalidTextRepresentationError
+            | asyncpg.exceptions.InvalidParameterValueError,
+        ):
+            return True
+        current = getattr(current, "orig", None) or current.__cause__
+    return False
+
+
 async def _unexpected_error(request: Request, exc: Exception) -> JSONResponse:
+    if unstorable_value(exc):
+        log.info("%s %s: value refused by the database: %r", request.method, request.url.path, exc)
+        return _response(
+            error_body(
+                "INVALID_ARGUMENT",
+                "a value contains characters that cannot be stored (such as NUL, \\u0000);"
+                " remove them and retry",
+                reason="UNSTORABLE_VALUE",
+            )
+        )
     down = dependency_down(exc)
     if down is not None:
         # An outage is not a bug: 503 tells clients to retry (with the same request_id).

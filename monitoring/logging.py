@@ -451,12 +451,27 @@ def _on_task_postrun(task_id: str | None = None, **_: Any) -> None:
             break
 
 
+def _on_before_task_publish(headers: dict[str, Any] | None = None, **_: Any) -> None:
+    # A message a running task sends itself (an import's chord: chunks and finalize) is part of
+    # that task's work: it carries the task's correlation id and operation. Outbox messages
+    # (their headers always hold OUTBOX_CORRELATION_HEADER) say what they belong to themselves:
+    # an event published after a task's commit is not part of that task's operation.
+    if headers is None or OUTBOX_CORRELATION_HEADER in headers:
+        return
+    cid, operation = correlation_id_var.get(), operation_var.get()
+    if cid and not headers.get(CORRELATION_HEADER):
+        headers[CORRELATION_HEADER] = cid
+    if operation and not headers.get(OPERATION_HEADER):
+        headers[OPERATION_HEADER] = operation
+
+
 def install_task_context() -> None:
     """Connects the Celery signals that bind the context fields around each task (idempotent).
 
     ``task_received`` (worker main process) keeps the correlation id from the message headers;
     ``task_prerun``/``task_postrun`` (where the task runs: pool process or thread) bind and
-    unbind the correlation id, operation, task id and task name.
+    unbind the correlation id, operation, task id and task name; ``before_task_publish`` copies
+    the bound correlation id and operation into messages a running task sends.
     """
     global _installed
     with _install_lock:
@@ -467,4 +482,5 @@ def install_task_context() -> None:
         signals.task_received.connect(_on_task_received, weak=False)
         signals.task_prerun.connect(_on_task_prerun, weak=False)
         signals.task_postrun.connect(_on_task_postrun, weak=False)
+        signals.before_task_publish.connect(_on_before_task_publish, weak=False)
         _installed = True

@@ -119,7 +119,9 @@ def _on_postrun(
     start = _started.pop((task_id or "", threading.get_ident()), None)
     if start is not None:
         TASK_RUNTIME.labels(*labels).observe(time.perf_counter() - start)
-    if state == "SUCCESS":
+    # IGNORED: the task handed its operation on (imports.run after fanning the chunks out
+    # raises Ignore so Flower keeps the operation in PROGRESS); its own work succeeded.
+    if state in ("SUCCESS", "IGNORED"):
         TASKS.labels(*labels, "succeeded").inc()
 
 

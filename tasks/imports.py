@@ -16,6 +16,7 @@ from typing import Any
 
 from celery import Task, chord, shared_task
 from celery.backends.base import DisabledBackend
+from celery.exceptions import Ignore
 
 from domains.imports.service import ImportsService
 from domains.operations.execution import LeaseLost, ProgressSink
@@ -117,7 +118,48 @@ def run(self: Task, operation_id: str) -> dict[str, Any]:
     result = run_operation_task(self, operation_id, work, fail)
     if "launch" in result:
         launch_chunks(self, operation_id, int(result["attempt"]), list(result["launch"]))
+        # The operation goes on in the chunks: end without a result or a task-succeeded event,
+        # so Flower and the result backend keep showing its PROGRESS under the operation id
+        # until finalize announces the outcome.
+        raise Ignore()
     return result
+
+
+def announce_outcome(task: Task, operation_id: str, response: dict[str, Any]) -> None:
+    """Stores and announces the import's outcome under the operation id (the run task's id),
+    where Flower and ``AsyncResult(<operation id>)`` look; ``imports.run`` left it in PROGRESS.
+
+    Args:
+        task: The task that ended the import (finalize, or a chunk that failed it).
+        operation_id: The operation.
+        response: The operation's response, or ``{"failed": msg}`` / ``{"cancelled": True}``.
+    """
+    from monitoring.redaction import redact
+
+    if "rows_total" in response:
+        state, event = "SUCCESS", "task-succeeded"
+        value: Any = response
+        fields: dict[str, Any] = {"result": json.dumps(redact(response), default=str)}
+    elif response.get("cancelled"):
+        state, event = "REVOKED", "task-revoked"
+        value, fields = RuntimeError("cancelled"), {"terminated": False, "expired": False}
+    elif "failed" in response:
+        message = str(response["failed"])
+        state, event = "FAILURE", "task-failed"
+        value, fields = RuntimeError(message), {"exception": message, "traceback": ""}
+    else:
+        return  # not the end yet (an early or stale callback)
+    try:
+        task.app.backend.store_result(operation_id, value, state)
+    except Exception:
+        log.debug("outcome of %s not stored", operation_id, exc_info=True)
+    if not task.app.conf.worker_send_task_events:
+        return
+    try:
+        with task.app.events.default_dispatcher(hostname=task.request.hostname) as dispatcher:
+            dispatcher.send(event, uuid=operation_id, retry=False, **fields)
+    except Exception:
+        log.debug("outcome event of %s not sent", operation_id, exc_info=True)
 
 
 def _retry_or_fail(task: Task, operation_id: str, error: str) -> dict[str, Any]:
@@ -132,6 +174,7 @@ def _retry_or_fail(task: Task, operation_id: str, error: str) -> dict[str, Any]:
                 ),
             )
         )
+        announce_outcome(task, operation_id, {"failed": error})
         return {"failed": error}
     raise task.retry(countdown=backoff(retries), max_retries=None)
 
@@ -170,6 +213,7 @@ def process_chunk(self: Task, operation_id: str, attempt: int, chunk_no: int) ->
                 uuid.UUID(operation_id), OperationError(status=exc.code, message=exc.message)
             )
         )
+        announce_outcome(self, operation_id, {"failed": exc.message})
         return {"failed": exc.message}
     except Exception as exc:
         log.exception("chunk %s of %s raised", chunk_no, operation_id)
@@ -202,13 +246,10 @@ def finalize(self: Task, results: Any, operation_id: str, attempt: int) -> dict[
                 uuid.UUID(operation_id), OperationError(status=exc.code, message=exc.message)
             )
         )
+        announce_outcome(self, operation_id, {"failed": exc.message})
         return {"failed": exc.message}
     except Exception as exc:
         log.exception("finalize of %s raised", operation_id)
         return _retry_or_fail(self, operation_id, f"{type(exc).__name__}: {exc}")
-    if "rows_total" in response:
-        try:
-            self.app.backend.store_result(operation_id, response, "SUCCESS")
-        except Exception:
-            log.debug("final result of %s not stored", operation_id, exc_info=True)
+    announce_outcome(self, operation_id, response)
     return response

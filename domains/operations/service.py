@@ -183,9 +183,11 @@ async def create_idempotently(
     Raises:
         AlreadyExists: If the request id was used with another body.
     """
-    if request_id is not None and not (1 <= len(request_id) <= 128):
+    if request_id is not None and (
+        not (1 <= len(request_id) <= 128) or not request_id.isprintable()
+    ):
         raise InvalidArgument(
-            "request_id must be 1 to 128 characters (a UUID is recommended)",
+            "request_id must be 1 to 128 printable characters (a UUID is recommended)",
             reason="INVALID_REQUEST_ID",
         )
     try:

@@ -3,14 +3,16 @@
 Redis database.
 
 ``make run`` itself (marked ``<!-- test: skip ... -->``) is replaced by what ``conveyor up`` does
-for the ping workflow: ``conveyor migrate``, then the API, a ``platform`` worker and the relay in
-the background. The API listens on a free port: the blocks' ``127.0.0.1:8000`` / ``localhost:8000``
+for the quick start's workflows: ``conveyor migrate``, then the API, an ``imports`` and a
+``platform`` worker and the relay in the background. The blocks run in a temporary directory
+(they write ``orders.csv``). The API listens on a free port: the blocks' ``127.0.0.1:8000`` / ``localhost:8000``
 are rewritten to it, and ``CONVEYOR_API_URL`` points ``conveyor ops`` at it.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import pathlib
 import re
@@ -47,7 +49,9 @@ def test_every_quickstart_block_is_marked() -> None:
     assert any("make run" in body for mark, body in blocks if mark == "skip")
 
 
-async def test_quickstart_blocks_run_against_a_fresh_database(stack, spawn, admin_url) -> None:
+async def test_quickstart_blocks_run_against_a_fresh_database(
+    stack, spawn, admin_url, tmp_path
+) -> None:
     started = time.monotonic()
     script = "\n".join(body for mark, body in bash_blocks(QUICKSTART.read_text()) if mark == "run")
     port = find_free_port()
@@ -65,7 +69,7 @@ async def test_quickstart_blocks_run_against_a_fresh_database(stack, spawn, admi
         }
         assert shutil.which("conveyor", path=env["PATH"]), f"no conveyor in {bin_dir}"
 
-        # What `make run` / `conveyor up` does, for the processes the ping needs.
+        # What `make run` / `conveyor up` does, for the processes the import and the ping need.
         migrated = await asyncio.to_thread(
             subprocess.run,
             ["conveyor", "migrate"],
@@ -76,6 +80,7 @@ async def test_quickstart_blocks_run_against_a_fresh_database(stack, spawn, admi
         )
         assert migrated.returncode == 0, migrated.stderr
         api = stack.spawn("api", "--host", "127.0.0.1", "--port", str(port), env=env, name="api")
+        stack.worker("imports", env=env)
         stack.worker("platform", env=env)
         stack.relay(env=env)
         api.wait_for_log("Application startup complete", timeout=30)
@@ -84,6 +89,7 @@ async def test_quickstart_blocks_run_against_a_fresh_database(stack, spawn, admi
             subprocess.run,
             ["bash", "-euo", "pipefail", "-c", script],
             env=env,
+            cwd=tmp_path,
             capture_output=True,
             text=True,
             timeout=60,
@@ -91,6 +97,15 @@ async def test_quickstart_blocks_run_against_a_fresh_database(stack, spawn, admi
         output = result.stdout + result.stderr
         assert result.returncode == 0, f"quick-start blocks failed:\n{script}\n---\n{output}"
         assert "SUCCEEDED" in result.stdout, output
+        # The import: watched to SUCCEEDED with 3 of 4 rows, the filter, the row error.
+        imported = re.search(r"(operations/imports\.\S+): SUCCEEDED\n(\{.*\})\n", result.stdout)
+        assert imported, output
+        response = json.loads(imported.group(2))
+        assert (response["rows_total"], response["rows_accepted"]) == (4, 3), response
+        assert "SUCCEEDED 3\n" in result.stdout, output  # the :wait block
+        assert "['A-1001', 'A-1004']" in result.stdout, output  # the filtered records
+        assert "line,field,reason,raw_value" in result.stdout, output
+        assert re.search(r"^4,amount,.*,twelve$", result.stdout, re.M), output
         assert "pong: hello" in result.stdout, output
         # The request_id block prints the same operation name twice.
         last_two = result.stdout.strip().splitlines()[-2:]
@@ -99,4 +114,4 @@ async def test_quickstart_blocks_run_against_a_fresh_database(stack, spawn, admi
     finally:
         spawn.stop_all()  # before the database goes
         services.drop_database(admin_url, name)
-    assert time.monotonic() - started < 40
+    assert time.monotonic() - started < 60

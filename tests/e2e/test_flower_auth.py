@@ -68,7 +68,9 @@ def test_invalid_broker_url_fails_every_command_with_one_line(
         "CONVEYOR_FLOWER_USER": "admin",
         "CONVEYOR_FLOWER_PASSWORD": "secret",
     }
-    result = _run([command], env, tmp_path)
+    # A command group is run through its read-only subcommand.
+    args = [command, "list"] if command == "keys" else [command]
+    result = _run(args, env, tmp_path)
     assert result.returncode == 2, result.stdout + result.stderr
     lines = _lines(result.stdout + result.stderr)
     assert len(lines) == 1, lines
