@@ -87,6 +87,12 @@ def create_app(settings: Settings | None = None, *, celery: Celery | None = None
             " (the same value on every API process)",
             pagination.PAGE_TOKEN_SECRET_ENV,
         )
+    webhook_key = settings.webhooks.secret_encryption_key.get_secret_value()
+    if settings.env == "prod" and webhook_key == "conveyor-dev-webhook-secret-key":
+        log.warning(
+            "CONVEYOR_WEBHOOKS__SECRET_ENCRYPTION_KEY is the public development key: webhook"
+            " signing secrets are stored with it; set a long random value"
+        )
     limiter = (
         TokenBucketLimiter(
             security.rate_limit_per_second, security.rate_limit_burst, rate_limit_redis(settings)

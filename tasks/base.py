@@ -21,7 +21,7 @@ log = logging.getLogger(__name__)
 log_context.install_task_context()
 
 
-def progress_sink(task: Task) -> ProgressSink:
+def progress_sink(task: Task, task_id: str | None = None) -> ProgressSink:
     """Returns a sink mirroring progress into Celery: the result backend and Flower.
 
     Two best-effort mirrors (the operation row in PostgreSQL is the truth):
@@ -39,6 +39,8 @@ def progress_sink(task: Task) -> ProgressSink:
 
     Args:
         task: The bound task.
+        task_id: Task id to report under (default: the task's own; a fan-out's chunks report
+            under the operation id).
 
     Returns:
         The sink.
@@ -47,7 +49,7 @@ def progress_sink(task: Task) -> ProgressSink:
 
     from monitoring.redaction import redact
 
-    task_id = task.request.id
+    task_id = task_id or task.request.id
     hostname = task.request.hostname
     send_events = bool(task.app.conf.worker_send_task_events)
 

@@ -22,7 +22,7 @@ from domains.imports.service import ImportsService
 from domains.operations.execution import LeaseLost, ProgressSink
 from domains.operations.model import OperationError
 from domains.shared.errors import DomainError, TransientError
-from tasks.base import backoff, run_operation_task
+from tasks.base import backoff, progress_sink, run_operation_task
 from tasks.runtime import runtime
 
 log = logging.getLogger(__name__)
@@ -44,30 +44,7 @@ def operation_sink(task: Task, operation_id: str) -> ProgressSink:
     Returns:
         The sink.
     """
-    from monitoring.redaction import redact
-
-    hostname = task.request.hostname
-    send_events = bool(task.app.conf.worker_send_task_events)
-
-    def sink(meta: dict[str, Any]) -> None:
-        meta = redact(meta)
-        try:
-            task.update_state(task_id=operation_id, state="PROGRESS", meta=meta)
-        except Exception:
-            log.debug("progress of %s not stored", operation_id, exc_info=True)
-        if send_events:
-            try:
-                with task.app.events.default_dispatcher(hostname=hostname) as dispatcher:
-                    dispatcher.send(
-                        "task-progress",
-                        uuid=operation_id,
-                        result=json.dumps(meta, default=str),
-                        retry=False,
-                    )
-            except Exception:
-                log.debug("progress event of %s not sent", operation_id, exc_info=True)
-
-    return sink
+    return progress_sink(task, task_id=operation_id)
 
 
 def launch_chunks(task: Task, operation_id: str, attempt: int, chunk_nos: list[int]) -> None:
