@@ -74,9 +74,13 @@ async def test_import_fans_out_over_rabbitmq_without_a_result_backend(
         "CONVEYOR_IMPORTS__CHUNK_ROWS": "500",
         "CONVEYOR_IMPORTS__STORAGE_DIR": str(tmp_path / "files"),
     }
-    amqp = settings.model_copy(update={"broker_url": AMQP_URL, "result_backend": None})
-    amqp.imports.storage_dir = str(tmp_path / "files")
-    amqp.imports.chunk_rows = 500
+    # A deep copy: the session's settings (shared with its in-process worker) stay untouched.
+    imports = settings.imports.model_copy(
+        update={"storage_dir": str(tmp_path / "files"), "chunk_rows": 500}
+    )
+    amqp = settings.model_copy(
+        update={"broker_url": AMQP_URL, "result_backend": None, "imports": imports}
+    )
     celery = create_celery(amqp)
     assert celery.conf.result_backend is None
     with celery.connection_for_write() as conn:
