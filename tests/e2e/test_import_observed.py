@@ -342,7 +342,11 @@ def test_flower_metrics_logs_and_ops_watch_follow_one_import_in_flight(up: Up) -
         metas = [p["meta"] for p in seen.flower_progress]
         assert all(m.get("operation") == name for m in metas), metas
         assert all(m["total"] == ROWS and 0 <= m["done"] <= ROWS for m in metas), metas
-        assert {p["state"] for p in seen.flower_progress} == {"PROGRESS"}, seen.flower_progress
+        states = {p["state"] for p in seen.flower_progress}
+        # Events from several workers may arrive out of order (a late task-started), but the
+        # operation never shows an outcome while it is in flight.
+        assert "PROGRESS" in states, seen.flower_progress
+        assert states <= {"PROGRESS", "STARTED", "RECEIVED"}, seen.flower_progress
         # The result API (the backend) answered for the same id all along.
         assert {r["task-id"] for r in seen.flower_results} == {task_id}, seen.flower_results
         assert seen.flower_progress[-1]["uuid"] == task_id
