@@ -318,7 +318,12 @@ class System:
         raise AssertionError("API not healthy in time")
 
     def stop(self) -> None:
-        for service in self.services():
+        # SIGTERM everything first, then wait: the warm shutdowns overlap.
+        running = [s for s in self.services() if s.popen is not None and s.popen.poll() is None]
+        for service in running:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(service.popen.pid, signal.SIGTERM)  # type: ignore[union-attr]
+        for service in running:
             service.stop()
 
     def client(self) -> httpx.AsyncClient:
