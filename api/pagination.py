@@ -22,6 +22,7 @@ import hmac
 import json
 import os
 import re
+import uuid
 from collections.abc import Mapping
 from typing import Literal, cast, get_args
 
@@ -37,8 +38,11 @@ __all__ = [
     "FieldSpec",
     "FieldType",
     "clamp_page_size",
+    "decode_after",
+    "decode_after_id",
     "decode_page_token",
     "encode_page_token",
+    "next_page_token",
     "parse_filter",
     "query_fingerprint",
 ]
@@ -615,3 +619,49 @@ def decode_page_token(token: str | None, *, query_fingerprint: str) -> dict[str,
     if fingerprint != query_fingerprint:
         raise InvalidArgument(_MISMATCHED_CURSOR_MESSAGE, reason="INVALID_PAGE_TOKEN")
     return {str(key): value for key, value in position.items()}
+
+
+def decode_after(token: str | None, *, query_fingerprint: str) -> str | None:
+    """Returns the keyset position (``after``) of a list call's ``page_token``.
+
+    Args:
+        token: The ``page_token`` request field; None or empty means the first page.
+        query_fingerprint: :func:`query_fingerprint` of the current request.
+
+    Returns:
+        The last key of the previous page, or None for the first page.
+
+    Raises:
+        InvalidArgument: As :func:`decode_page_token`.
+    """
+    position = decode_page_token(token, query_fingerprint=query_fingerprint)
+    return str(position["after"]) if position else None
+
+
+def decode_after_id(token: str | None, *, query_fingerprint: str) -> uuid.UUID | None:
+    """:func:`decode_after` for lists keyed by UUID.
+
+    Args:
+        token: The ``page_token`` request field.
+        query_fingerprint: :func:`query_fingerprint` of the current request.
+
+    Returns:
+        The last id of the previous page, or None for the first page.
+    """
+    after = decode_after(token, query_fingerprint=query_fingerprint)
+    return uuid.UUID(after) if after else None
+
+
+def next_page_token(last: object | None, *, query_fingerprint: str) -> str:
+    """Returns the ``next_page_token`` of a keyset page ("" when there is no next page).
+
+    Args:
+        last: The page's last key (None when the page is the last one).
+        query_fingerprint: :func:`query_fingerprint` of the current request.
+
+    Returns:
+        A signed token carrying ``{"after": str(last)}``, or "".
+    """
+    if last is None:
+        return ""
+    return encode_page_token({"after": str(last)}, query_fingerprint=query_fingerprint)

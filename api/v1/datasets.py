@@ -399,17 +399,6 @@ def _id(value: str, what: str) -> uuid.UUID:
     return parse_id(value.rsplit("/", 1)[-1], what=what)
 
 
-def _page(token: str | None, fingerprint: str, key: str = "after") -> str | None:
-    position = pagination.decode_page_token(token, query_fingerprint=fingerprint)
-    return str(position[key]) if position else None
-
-
-def _token(last: object | None, fingerprint: str) -> str:
-    if last is None:
-        return ""
-    return pagination.encode_page_token({"after": str(last)}, query_fingerprint=fingerprint)
-
-
 PageSize = Annotated[int | None, Query(description="At most 1000; default 50.")]
 PageToken = Annotated[
     str | None, Query(max_length=2000, description="next_page_token of the previous page.")
@@ -437,7 +426,7 @@ async def list_datasets(
 ) -> Any:
     """Lists the caller's datasets in creation order (AIP-158 paging)."""
     fingerprint = pagination.query_fingerprint("datasets", caller.tenant)
-    after = _page(page_token, fingerprint)
+    after = pagination.decode_after(page_token, query_fingerprint=fingerprint)
     datasets, last = await svc.list_datasets(
         caller.tenant,
         page_size=pagination.clamp_page_size(page_size),
@@ -446,7 +435,7 @@ async def list_datasets(
     return JSONResponse(
         {
             "datasets": [dataset_out(d) for d in datasets],
-            "next_page_token": _token(last, fingerprint),
+            "next_page_token": pagination.next_page_token(last, query_fingerprint=fingerprint),
         }
     )
 
@@ -699,7 +688,7 @@ async def list_imports(
     """Lists a dataset's imports in creation order (AIP-158 paging)."""
     did = _id(dataset_id, "dataset id")
     fingerprint = pagination.query_fingerprint("imports", caller.tenant, str(did))
-    after = _page(page_token, fingerprint)
+    after = pagination.decode_after(page_token, query_fingerprint=fingerprint)
     items, last = await svc.list_imports(
         caller.tenant,
         did,
@@ -707,7 +696,10 @@ async def list_imports(
         after_id=uuid.UUID(after) if after else None,
     )
     return JSONResponse(
-        {"imports": [import_out(i) for i in items], "next_page_token": _token(last, fingerprint)}
+        {
+            "imports": [import_out(i) for i in items],
+            "next_page_token": pagination.next_page_token(last, query_fingerprint=fingerprint),
+        }
     )
 
 
@@ -820,14 +812,14 @@ async def list_records(
     dataset = await svc.get_dataset(caller.tenant, _id(dataset_id, "dataset id"))
     conditions = pagination.parse_filter(filter_, filter_fields(dataset))
     fingerprint = pagination.query_fingerprint("records", caller.tenant, str(dataset.id), filter_)
-    after = _page(page_token, fingerprint)
+    after = pagination.decode_after(page_token, query_fingerprint=fingerprint)
     rows, last = await svc.list_records(
         dataset, conditions, page_size=pagination.clamp_page_size(page_size), after_key=after
     )
     return JSONResponse(
         {
             "records": [record_out(dataset, r) for r in rows],
-            "next_page_token": _token(last, fingerprint),
+            "next_page_token": pagination.next_page_token(last, query_fingerprint=fingerprint),
         }
     )
 

@@ -271,14 +271,9 @@ async def list_endpoints(
     """Lists the caller's endpoints in creation order."""
     size = pagination.clamp_page_size(page_size)
     fingerprint = pagination.query_fingerprint("endpoints", caller.tenant)
-    position = pagination.decode_page_token(page_token, query_fingerprint=fingerprint)
-    after = uuid.UUID(str(position["after"])) if position else None
+    after = pagination.decode_after_id(page_token, query_fingerprint=fingerprint)
     page = await svc.list_endpoints(caller.tenant, page_size=size, after_id=after)
-    token = (
-        pagination.encode_page_token({"after": str(page.last_id)}, query_fingerprint=fingerprint)
-        if page.last_id
-        else ""
-    )
+    token = pagination.next_page_token(page.last_id, query_fingerprint=fingerprint)
     return {"endpoints": [endpoint_out(e) for e in page.items], "next_page_token": token}
 
 
@@ -387,16 +382,11 @@ async def list_deliveries(
     conditions = pagination.parse_filter(filter_, DELIVERY_FILTER_FIELDS)
     size = pagination.clamp_page_size(page_size)
     fingerprint = pagination.query_fingerprint("deliveries", caller.tenant, endpoint_id, filter_)
-    position = pagination.decode_page_token(page_token, query_fingerprint=fingerprint)
-    after = uuid.UUID(str(position["after"])) if position else None
+    after = pagination.decode_after_id(page_token, query_fingerprint=fingerprint)
     page = await svc.list_deliveries(
         caller.tenant, endpoint, conditions, page_size=size, after_id=after
     )
-    token = (
-        pagination.encode_page_token({"after": str(page.last_id)}, query_fingerprint=fingerprint)
-        if page.last_id
-        else ""
-    )
+    token = pagination.next_page_token(page.last_id, query_fingerprint=fingerprint)
     return {"deliveries": [delivery_out(d) for d in page.items], "next_page_token": token}
 
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import re
-import uuid
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Body, Depends, Path, Query, Response
@@ -120,16 +119,11 @@ async def list_operations(
     size = pagination.clamp_page_size(page_size)
     # The tenant is part of the fingerprint: a token never crosses tenants.
     fingerprint = pagination.query_fingerprint("operations", caller.tenant, filter_)
-    position = pagination.decode_page_token(page_token, query_fingerprint=fingerprint)
-    after = uuid.UUID(str(position["after"])) if position else None
+    after = pagination.decode_after_id(page_token, query_fingerprint=fingerprint)
     page = await svc.operations.list(
         conditions, page_size=size, after_id=after, tenant=caller.tenant
     )
-    token = (
-        pagination.encode_page_token({"after": str(page.last_id)}, query_fingerprint=fingerprint)
-        if page.last_id
-        else ""
-    )
+    token = pagination.next_page_token(page.last_id, query_fingerprint=fingerprint)
     return {"operations": [operation_out(op) for op in page.operations], "next_page_token": token}
 
 

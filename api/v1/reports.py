@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import datetime as dt
-import uuid
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, Query, Request, Response
@@ -321,14 +320,9 @@ async def list_reports(
     conditions = pagination.parse_filter(filter_, FILTER_FIELDS)
     size = pagination.clamp_page_size(page_size)
     fingerprint = pagination.query_fingerprint("reports", caller.tenant, filter_)
-    position = pagination.decode_page_token(page_token, query_fingerprint=fingerprint)
-    after = uuid.UUID(str(position["after"])) if position else None
+    after = pagination.decode_after_id(page_token, query_fingerprint=fingerprint)
     page = await svc.list_reports(
         tenant=caller.tenant, conditions=conditions, page_size=size, after_id=after
     )
-    token = (
-        pagination.encode_page_token({"after": str(page.last_id)}, query_fingerprint=fingerprint)
-        if page.last_id
-        else ""
-    )
+    token = pagination.next_page_token(page.last_id, query_fingerprint=fingerprint)
     return {"reports": [report_out(r) for r in page.reports], "next_page_token": token}

@@ -264,14 +264,9 @@ async def list_schedules(
     """Lists your schedules and the system schedules (`system: true`), by id."""
     size = pagination.clamp_page_size(page_size)
     fingerprint = pagination.query_fingerprint("schedules", caller.tenant)
-    position = pagination.decode_page_token(page_token, query_fingerprint=fingerprint)
-    after = str(position["after"]) if position else None
+    after = pagination.decode_after(page_token, query_fingerprint=fingerprint)
     page = await svc.list_schedules(caller.tenant, page_size=size, after_id=after)
-    token = (
-        pagination.encode_page_token({"after": page.last_id}, query_fingerprint=fingerprint)
-        if page.last_id
-        else ""
-    )
+    token = pagination.next_page_token(page.last_id, query_fingerprint=fingerprint)
     return {"schedules": [schedule_out(s) for s in page.schedules], "next_page_token": token}
 
 
