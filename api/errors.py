@@ -10,6 +10,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from domains.shared.errors import DomainError
 
@@ -223,9 +224,34 @@ def unstorable_value(exc: BaseException) -> bool:
     return False
 
 
-async def _unexpected_error(request: Request, exc: Exception) -> JSONResponse:
+def expected_error_response(exc: BaseException) -> JSONResponse | None:
+    """Maps an error that is not a bug to its AIP-193 response, logging it in one line.
+
+    Expected errors are: a domain error raised outside a route (the auth middleware's key
+    lookup), a value PostgreSQL refuses (NUL characters: the client's to fix, 400) and an
+    unreachable dependency (503 with ``Retry-After``: an outage is not a bug, so one WARNING
+    line and no traceback).
+
+    Args:
+        exc: The error.
+
+    Returns:
+        The response, or ``None`` if ``exc`` is a genuine bug.
+    """
+    if isinstance(exc, DomainError):
+        return _response(
+            error_body(
+                exc.code, exc.message, reason=exc.reason, metadata=exc.metadata, details=exc.details
+            )
+        )
+    if isinstance(exc, StarletteHTTPException):
+        status = _STATUS_BY_HTTP.get(exc.status_code, "INVALID_ARGUMENT")
+        return _response(
+            error_body(status, str(exc.detail), http_code=exc.status_code),
+            headers=getattr(exc, "headers", None),
+        )
     if unstorable_value(exc):
-        log.info("%s %s: value refused by the database: %r", request.method, request.url.path, exc)
+        log.info("value refused by the database: %s", _one_line(exc))
         return _response(
             error_body(
                 "INVALID_ARGUMENT",
@@ -236,8 +262,7 @@ async def _unexpected_error(request: Request, exc: Exception) -> JSONResponse:
         )
     down = dependency_down(exc)
     if down is not None:
-        # An outage is not a bug: 503 tells clients to retry (with the same request_id).
-        log.warning("%s %s: %s unavailable: %r", request.method, request.url.path, down, exc)
+        log.warning("%s unavailable: %s", down, _one_line(exc))
         return _response(
             error_body(
                 "UNAVAILABLE",
@@ -247,25 +272,92 @@ async def _unexpected_error(request: Request, exc: Exception) -> JSONResponse:
             ),
             headers={"retry-after": "1"},
         )
+    return None
+
+
+def _one_line(exc: BaseException) -> str:
+    # An outage is one log line: the exception's type and first line, never a traceback.
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0][:300] if text else ''}"
+
+
+class ErrorMiddleware:
+    """Turns every exception escaping the app (routes, the auth and body-limit middlewares) into
+    an ordinary AIP-193 response.
+
+    Why not ``app.add_exception_handler(Exception, ...)``: Starlette runs that handler in its
+    outermost ``ServerErrorMiddleware``, which sends the response and then *re-raises*, so
+    uvicorn logs "Exception in ASGI application" with a traceback and closes the keep-alive
+    connection, and the metrics middleware (inside it) counts the answer as a 500. Here the
+    exception is handled and not re-raised: the connection stays open, ``/metrics`` counts the
+    real status, expected errors (:func:`expected_error_response`) are one log line and a
+    genuine bug is a 500 logged once, with its traceback and request id.
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        """Wraps ``app``.
+
+        Args:
+            app: The ASGI app.
+        """
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Handles one ASGI call.
+
+        Args:
+            scope: ASGI scope.
+            receive: ASGI receive.
+            send: ASGI send.
+        """
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = False
+
+        async def tracking_send(message: Message) -> None:
+            nonlocal started
+            if message["type"] == "http.response.start":
+                started = True
+            await send(message)
+
+        try:
+            await self.app(scope, receive, tracking_send)
+        except Exception as exc:
+            if started:  # a body already on its way cannot become an error: let uvicorn close
+                raise
+            response = expected_error_response(exc)
+            if response is None:
+                response = _internal_error(scope, exc)
+            await response(scope, receive, send)
+
+
+def _internal_error(scope: Scope, exc: BaseException) -> JSONResponse:
     # Log everything, show nothing internal.
-    # Starlette runs this outside the request-id middleware: carry the id by hand.
-    request_id = str(request.scope.get("state", {}).get("request_id", ""))
+    request_id = str(scope.get("state", {}).get("request_id", ""))
     log.error(
         "unhandled error on %s %s (request %s)",
-        request.method,
-        request.url.path,
+        scope.get("method", ""),
+        scope.get("path", ""),
         request_id,
         exc_info=exc,
     )
-    body = error_body(
-        "INTERNAL",
-        f"internal error; it was logged with request id {request_id!r}: retry later or report it",
+    return _response(
+        error_body(
+            "INTERNAL",
+            f"internal error; it was logged with request id {request_id!r}: retry later or"
+            " report it",
+        )
     )
-    return _response(body, headers={"x-request-id": request_id} if request_id else None)
 
 
 def install_error_handlers(app: FastAPI) -> None:
     """Registers the AIP-193 handlers on ``app``.
+
+    Domain, validation and HTTP errors of routes are mapped by Starlette's
+    ``ExceptionMiddleware`` (ordinary responses); anything else, and errors raised by the
+    middlewares outside it, is left to :class:`ErrorMiddleware`, which ``create_app`` adds. No
+    handler is registered for ``Exception`` (see :class:`ErrorMiddleware` for why).
 
     Args:
         app: The FastAPI app.
@@ -273,7 +365,6 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(DomainError, _domain_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)
-    app.add_exception_handler(Exception, _unexpected_error)
 
 
 class ErrorInfoOut(BaseModel):

@@ -16,7 +16,7 @@ from fastapi.responses import JSONResponse
 
 from api import pagination
 from api.auth import AuthMiddleware
-from api.errors import ERROR_RESPONSES, error_body, install_error_handlers
+from api.errors import ERROR_RESPONSES, ErrorMiddleware, error_body, install_error_handlers
 from api.limits import BodyLimitMiddleware, TokenBucketLimiter
 from api.middleware import RequestIdMiddleware, request_id_var
 from app.celery_app import create_celery
@@ -129,7 +129,9 @@ def create_app(settings: Settings | None = None, *, celery: Celery | None = None
     app.state.services = AppServices(
         operations=container.operations, pings=container.pings, control=CeleryControl(celery)
     )
-    # Outermost last: metrics -> request id -> authentication/rate limit -> body caps -> app.
+    # Outermost last: metrics -> request id -> errors -> authentication/rate limit -> body caps
+    # -> app. Errors sits inside metrics and request id, so a mapped error is counted under its
+    # real status and carries the id, and outside auth, whose key lookup can meet an outage.
     app.add_middleware(
         BodyLimitMiddleware,
         routes=lambda: app.router.routes,
@@ -145,6 +147,7 @@ def create_app(settings: Settings | None = None, *, celery: Celery | None = None
         required=security.auth_required,
         rate_limit=limiter,
     )
+    app.add_middleware(ErrorMiddleware)
     app.add_middleware(RequestIdMiddleware)
     app.add_middleware(http_metrics.MetricsMiddleware)
     conveyor_logging.add_correlation_source(request_id_var)  # request lines carry the id
