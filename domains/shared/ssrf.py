@@ -1,10 +1,15 @@
 """SSRF guard: outbound URLs (webhook endpoints, import sources) must not reach internal hosts.
 
-A URL must be ``http``/``https`` with a host; every address the host resolves to must be
-public. Loopback, private, link-local (which holds the cloud metadata address
-``169.254.169.254``), multicast, reserved and unspecified ranges are refused unless an allowlist
-entry (an address, a network such as ``127.0.0.0/8``, or a host name) covers them. Check at
-create time *and* right before each request: DNS can change in between (rebinding).
+A URL must be ``http``/``https`` with a host; every address the host resolves to must be a
+*globally routable unicast* address (:func:`routable`): the guard allows what is known to be
+public rather than refusing a list of known-bad ranges, so a range nobody thought of (CGNAT
+``100.64.0.0/10``, deprecated site-local ``fec0::/10``...) is refused by default. An IPv6 address
+that carries an IPv4 address (IPv4-mapped ``::ffff:a.b.c.d``, IPv4-compatible ``::a.b.c.d``,
+6to4 ``2002::/16``, NAT64 ``64:ff9b::/96``, Teredo ``2001::/32``) is judged by the IPv4 address
+it reaches, so ``2002:7f00:1::`` (127.0.0.1) or ``2002:a9fe:a9fe::`` (the metadata address) do
+not slip through. An allowlist entry (an address, a network such as ``127.0.0.0/8``, or a host
+name) admits an internal destination on purpose. Check at create time *and* right before each
+request: DNS can change in between (rebinding).
 """
 
 from __future__ import annotations
@@ -26,6 +31,80 @@ _METADATA = (
     ipaddress.ip_address("fd00:ec2::254"),
     ipaddress.ip_address("100.100.100.200"),
 )
+
+
+_NAT64 = ipaddress.ip_network("64:ff9b::/96")
+_SHARED = ipaddress.ip_network("100.64.0.0/10")
+_IPV4_COMPATIBLE = ipaddress.ip_network("::/96")
+_JUDGED_BY_INNER = frozenset({"an IPv4-compatible address", "a NAT64 address", "a 6to4 address"})
+
+# Special-purpose ranges (IANA registries) that are not globally reachable but which
+# ``ipaddress.is_global`` of some Python versions still calls global.
+_NOT_GLOBAL: tuple[tuple[IpNetwork, str], ...] = tuple(
+    (ipaddress.ip_network(net), reason)
+    for net, reason in (
+        ("192.0.0.0/24", "an IETF protocol address"),
+        ("fec0::/10", "a site-local address"),
+        ("100::/64", "a discard-only address"),
+        ("64:ff9b:1::/48", "a local NAT64 address"),
+        ("2001::/23", "an IETF protocol address"),
+        ("2001:db8::/32", "a documentation address"),
+        ("3fff::/20", "a documentation address"),
+        ("5f00::/16", "a segment-routing address"),
+    )
+)
+_GLOBAL_EXCEPTIONS = (ipaddress.ip_network("192.0.0.9/32"), ipaddress.ip_network("192.0.0.10/32"))
+
+
+def embedded_ipv4(address: IpAddress) -> tuple[str, ipaddress.IPv4Address] | None:
+    """Returns the IPv4 address an IPv6 address carries, with the name of the form.
+
+    Args:
+        address: Any address.
+
+    Returns:
+        ``(form, ipv4)`` for IPv4-mapped, IPv4-compatible, 6to4, NAT64 (well-known prefix) and
+        Teredo (the client address) forms, else ``None``.
+    """
+    if not isinstance(address, ipaddress.IPv6Address):
+        return None
+    if address.ipv4_mapped is not None:
+        return "an IPv4-mapped address", address.ipv4_mapped
+    if address.sixtofour is not None:
+        return "a 6to4 address", address.sixtofour
+    if address.teredo is not None:
+        return "a Teredo address", address.teredo[1]
+    if address in _NAT64:
+        return "a NAT64 address", ipaddress.IPv4Address(int(address) & 0xFFFFFFFF)
+    if address in _IPV4_COMPATIBLE and int(address) > 1:
+        return "an IPv4-compatible address", ipaddress.IPv4Address(int(address) & 0xFFFFFFFF)
+    return None
+
+
+def _not_routable(address: IpAddress) -> str | None:
+    # Ordered from the most telling name to the generic one.
+    for check, reason in (
+        (address.is_unspecified, "an unspecified address"),
+        (address.is_loopback, "a loopback address"),
+        (address.is_link_local, "a link-local address"),
+        (address.is_multicast, "a multicast address"),
+    ):
+        if check:
+            return reason
+    if any(address in network for network in _GLOBAL_EXCEPTIONS):
+        return None
+    for network, reason in _NOT_GLOBAL:
+        if address in network:
+            return reason
+    if isinstance(address, ipaddress.IPv4Address) and address in _SHARED:
+        return "a shared (carrier-grade NAT) address"
+    if address.is_private:
+        return "a private address"
+    if address.is_reserved:
+        return "a reserved address"
+    if not address.is_global:
+        return "not a globally routable address"
+    return None
 
 
 class UnsafeUrl(InvalidArgument):
@@ -113,22 +192,22 @@ class UrlGuard:
             A short reason, or ``None``.
         """
         if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped:
-            address = address.ipv4_mapped
+            address = address.ipv4_mapped  # the same host: the allowlist applies to it
         if any(address in network for network in self.allow_networks):
             return None
         if address in _METADATA:
             return "a cloud metadata address"
-        for check, reason in (
-            (address.is_loopback, "a loopback address"),
-            (address.is_link_local, "a link-local address"),
-            (address.is_multicast, "a multicast address"),
-            (address.is_unspecified, "an unspecified address"),
-            (address.is_private, "a private address"),
-            (address.is_reserved, "a reserved address"),
-        ):
-            if check:
-                return reason
-        return None
+        embedded = embedded_ipv4(address)
+        if embedded is not None:
+            form, inner = embedded
+            if inner in _METADATA:
+                return f"a cloud metadata address wrapped in {form}"
+            inner_reason = _not_routable(inner)
+            if inner_reason:
+                return f"{inner_reason} ({inner}) wrapped in {form}"
+            if form in _JUDGED_BY_INNER:
+                return None
+        return _not_routable(address)
 
     def check_addresses(self, host: str, addresses: Sequence[IpAddress]) -> None:
         """Refuses ``host`` if any of its addresses is blocked.

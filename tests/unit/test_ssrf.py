@@ -92,3 +92,69 @@ def test_a_name_resolving_to_one_internal_address_among_public_ones_is_refused()
 async def test_garbage_urls_are_refused_not_crashing(url: str):
     with pytest.raises(UnsafeUrl):
         await GUARD.check(url)
+
+
+# Every form of issue #17 point 2 plus the ones refused before: the guard decides by "globally
+# routable unicast", unwrapping IPv4 carried in IPv6 (mapped, compatible, 6to4, NAT64, Teredo).
+ADDRESS_TABLE = [
+    # (address, allowed, words the reason must contain)
+    ("100.64.0.1", False, "carrier-grade NAT"),
+    ("100.127.255.254", False, "carrier-grade NAT"),
+    ("fec0::1", False, "site-local"),
+    ("2002:7f00:1::", False, "loopback address (127.0.0.1) wrapped in a 6to4"),
+    ("2002:a9fe:a9fe::", False, "metadata address wrapped in a 6to4"),
+    ("2002:a00:1::", False, "private address (10.0.0.1) wrapped in a 6to4"),
+    ("64:ff9b::7f00:1", False, "wrapped in a NAT64"),
+    ("64:ff9b::a9fe:a9fe", False, "metadata address wrapped in a NAT64"),
+    ("2001:0:4136:e378:8000:63bf:80ff:fffe", False, "Teredo"),  # client 127.0.0.1
+    ("::ffff:127.0.0.1", False, "loopback"),
+    ("::ffff:169.254.169.254", False, "metadata"),
+    ("::7f00:1", False, "wrapped in an IPv4-compatible"),
+    ("127.0.0.1", False, "loopback"),
+    ("10.0.0.5", False, "private"),
+    ("172.16.3.4", False, "private"),
+    ("192.168.1.1", False, "private"),
+    ("169.254.169.254", False, "metadata"),
+    ("169.254.1.1", False, "link-local"),
+    ("100.100.100.200", False, "metadata"),
+    ("0.0.0.0", False, "unspecified"),
+    ("224.0.0.1", False, "multicast"),
+    ("198.18.0.1", False, "private"),
+    ("240.0.0.1", False, ""),
+    ("255.255.255.255", False, ""),
+    ("192.0.0.8", False, "IETF protocol"),
+    ("192.0.2.1", False, ""),
+    ("::", False, "unspecified"),
+    ("::1", False, "loopback"),
+    ("fe80::1", False, "link-local"),
+    ("fd00:ec2::254", False, "metadata"),
+    ("fc00::1", False, "private"),
+    ("ff0e::1", False, "multicast"),
+    ("2001:db8::1", False, "documentation"),
+    ("100::1", False, "discard-only"),
+    ("93.184.216.34", True, ""),
+    ("8.8.8.8", True, ""),
+    ("2606:4700:4700::1111", True, ""),
+    ("2002:808:808::", True, ""),  # 6to4 of a public address
+    ("64:ff9b::808:808", True, ""),  # NAT64 of a public address
+    ("::ffff:8.8.8.8", True, ""),
+]
+
+
+@pytest.mark.parametrize(("address", "allowed", "reason"), ADDRESS_TABLE)
+def test_only_globally_routable_unicast_addresses_pass(address: str, allowed: bool, reason: str):
+    found = GUARD.blocked_reason(ipaddress.ip_address(address))
+    if allowed:
+        assert found is None, found
+    else:
+        assert found is not None and reason in found, found
+
+
+@pytest.mark.parametrize("address", [a for a, allowed, _ in ADDRESS_TABLE if not allowed])
+async def test_webhook_and_source_urls_share_the_guard(address: str):
+    from app.imports_fetcher import source_guard
+
+    host = f"[{address}]" if ":" in address else address
+    for guard in (GUARD, source_guard([], allow_private=False)):
+        with pytest.raises(UnsafeUrl):
+            await guard.check(f"http://{host}/hook")
