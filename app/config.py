@@ -136,6 +136,13 @@ class Settings(BaseSettings):
         description="A PENDING operation not started this long is re-dispatched.",
     )
     max_dispatches: int = Field(default=5, ge=1, le=100)
+    event_deadline_seconds: float = Field(
+        default=60.0,
+        gt=0,
+        le=86400,
+        description="An integration event a consumer has not handled this long after its"
+        " dispatch is dispatched again (the wait grows with each dispatch).",
+    )
     task_max_retries: int = Field(default=5, ge=0, le=100)
     retry_backoff_base_seconds: float = Field(default=1.0, gt=0, le=60)
     retry_backoff_max_seconds: float = Field(default=30.0, gt=0, le=600)

@@ -52,6 +52,7 @@ class Container:
             {d: self.uow_factory(d) for d in DOMAINS},
             read_uow_factories={d: self.uow_factory(d, role="replica") for d in DOMAINS},
             max_dispatches=settings.max_dispatches,
+            event_deadline_seconds=settings.event_deadline_seconds,
         )
         # Each domain's wiring module builds its services (app/wiring/<domain>.py).
         self.services: dict[str, Any] = {}

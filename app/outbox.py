@@ -23,6 +23,7 @@ from app.wiring import subscribers
 from domains.operations.service import OperationsService
 from domains.shared.clock import utcnow
 from domains.shared.events import EVENT_TASK, handler_task_name
+from domains.shared.inbox import InboxEntry, SqlInboxRepository
 from domains.shared.outbox import OutboxMessage, SqlOutboxRepository
 from monitoring.redaction import task_reprs
 
@@ -148,6 +149,55 @@ class OutboxPublisher:
                 break
         return sent, failed
 
+    async def _receive_events(
+        self, messages: Sequence[OutboxMessage]
+    ) -> tuple[list[OutboxMessage], list[tuple[uuid.UUID, str]]]:
+        """Writes a PENDING inbox row per (event, consumer) in each consumer's database before
+        the events are sent, so the inbox sweeper re-dispatches whatever the broker loses.
+
+        Returns the messages still to send and the event rows whose inbox write failed (left
+        unsent: the relay tries again; the inbox insert is idempotent).
+        """
+        by_consumer: dict[str, list[InboxEntry]] = {}
+        consumers_of: dict[uuid.UUID, set[str]] = {}
+        for message in messages:
+            if message.task_name != EVENT_TASK:
+                continue
+            event = message.kwargs["event"]
+            for consumer in subscribers(str(event["type"])):
+                if DOMAIN_TABLES[consumer].inbox is None:
+                    continue
+                entry = InboxEntry(
+                    event_id=uuid.UUID(str(event["id"])),
+                    consumer=consumer,
+                    event_type=str(event["type"]),
+                    envelope=event,
+                )
+                by_consumer.setdefault(consumer, []).append(entry)
+                consumers_of.setdefault(message.id, set()).add(consumer)
+        if not by_consumer:
+            return list(messages), []
+        broken: dict[str, str] = {}
+        for consumer, entries in by_consumer.items():
+            inbox = DOMAIN_TABLES[consumer].inbox
+            assert inbox is not None
+            try:
+                async with self._registry.sessionmaker(consumer)() as session, session.begin():
+                    await SqlInboxRepository(session, inbox).receive(entries, utcnow())
+            except Exception as exc:
+                broken[consumer] = f"inbox of {consumer}: {type(exc).__name__}: {exc}"
+        if not broken:
+            return list(messages), []
+        keep: list[OutboxMessage] = []
+        failed: list[tuple[uuid.UUID, str]] = []
+        for message in messages:
+            bad = sorted(consumers_of.get(message.id, set()) & set(broken))
+            if bad:
+                failed.append((message.id, broken[bad[0]]))
+            else:
+                keep.append(message)
+        return keep, failed
+
     async def _publish(
         self, domain: str, ids: Sequence[uuid.UUID] | None, limit: int
     ) -> tuple[int, int]:
@@ -160,13 +210,15 @@ class OutboxPublisher:
                 if ids is not None
                 else dt.timedelta(seconds=self._settings.relay_grace_seconds)
             )
-            messages = await repo.claim(ids=ids, limit=limit, grace=grace)
-            if not messages:
+            claimed = await repo.claim(ids=ids, limit=limit, grace=grace)
+            if not claimed:
                 return 0, 0
+            messages, unreceived = await self._receive_events(claimed)
             sent, failed = await asyncio.to_thread(self._send_all, messages)
+            failed += unreceived
             await repo.mark_sent(sent, utcnow())
             for message_id, error in failed:
-                attempts = next(m.publish_attempts for m in messages if m.id == message_id)
+                attempts = next(m.publish_attempts for m in claimed if m.id == message_id)
                 delay = min(60.0, 0.5 * 2**attempts) * random.uniform(0.5, 1.0)
                 await repo.mark_failed(message_id, error, utcnow() + dt.timedelta(seconds=delay))
             if failed:

@@ -19,6 +19,7 @@ from domains.operations.repository import DuplicateRequestId
 from domains.operations.unit_of_work import SqlUnitOfWork
 from domains.shared.clock import utcnow
 from domains.shared.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
+from domains.shared.events import handler_task_name
 from domains.shared.ids import new_id
 from domains.shared.outbox import OutboxMessage
 from domains.shared.query import Condition
@@ -230,11 +231,16 @@ class SweepReport:
         redispatched: Operations handed to the outbox again.
         failed: Operations failed after too many dispatches.
         cancelled: CANCELLING operations whose worker vanished, now CANCELLED.
+        events_redispatched: Integration events a consumer had not handled by their deadline,
+            dispatched again.
+        events_failed: Integration events out of dispatches, now FAILED in the inbox.
     """
 
     redispatched: int = 0
     failed: int = 0
     cancelled: int = 0
+    events_redispatched: int = 0
+    events_failed: int = 0
 
 
 class OperationsService:
@@ -246,17 +252,20 @@ class OperationsService:
         *,
         read_uow_factories: Mapping[str, UowFactory] | None = None,
         max_dispatches: int = 5,
+        event_deadline_seconds: float = 60.0,
     ) -> None:
         """Creates the service.
 
         Args:
             uow_factories: Domain -> unit of work on the primary.
             read_uow_factories: Domain -> unit of work on the replica (lists).
-            max_dispatches: Dispatches after which a lost operation is failed.
+            max_dispatches: Dispatches after which a lost operation (or event) is failed.
+            event_deadline_seconds: Seconds a consumer has to handle a dispatched event.
         """
         self._uows = dict(uow_factories)
         self._read_uows = dict(read_uow_factories or uow_factories)
         self._max_dispatches = max_dispatches
+        self._event_deadline = event_deadline_seconds
 
     @property
     def domains(self) -> list[str]:
@@ -486,11 +495,61 @@ class OperationsService:
                         redispatched += 1
                     await uow.operations.save(op)
                 await uow.commit()
-        if redispatched or failed or cancelled:
+        events_redispatched, events_failed = await self._sweep_events(limit)
+        if redispatched or failed or cancelled or events_redispatched or events_failed:
             log.info(
-                "sweep: redispatched=%d failed=%d cancelled=%d", redispatched, failed, cancelled
+                "sweep: redispatched=%d failed=%d cancelled=%d events_redispatched=%d"
+                " events_failed=%d",
+                redispatched,
+                failed,
+                cancelled,
+                events_redispatched,
+                events_failed,
             )
-        return SweepReport(redispatched=redispatched, failed=failed, cancelled=cancelled)
+        return SweepReport(
+            redispatched=redispatched,
+            failed=failed,
+            cancelled=cancelled,
+            events_redispatched=events_redispatched,
+            events_failed=events_failed,
+        )
+
+    async def _sweep_events(self, limit: int) -> tuple[int, int]:
+        """Re-dispatches integration events a consumer has not handled by their deadline
+        (broker lost the message, or the handler gave up during an outage) through the
+        consumer's outbox; after ``max_dispatches`` the inbox row ends FAILED.
+        """
+        redispatched = failed = 0
+        for domain in self.domains:
+            async with self._uow(domain) as uow:
+                if uow.inbox is None:
+                    continue
+                now = utcnow()
+                for entry in await uow.inbox.find_due(now, self._event_deadline, limit):
+                    if entry.dispatch_count >= self._max_dispatches:
+                        reason = (
+                            f"{domain} did not handle event {entry.event_type} {entry.event_id}"
+                            f" after {entry.dispatch_count} dispatches; see the {domain} worker"
+                            " logs for the error"
+                        )
+                        log.error("inbox: %s", reason)
+                        await uow.inbox.mark_failed(entry, reason)
+                        failed += 1
+                        continue
+                    await uow.outbox.add(
+                        OutboxMessage(
+                            task_name=handler_task_name(domain),
+                            queue=domain,
+                            args=[],
+                            kwargs={"event": dict(entry.envelope)},
+                            task_id=f"{entry.event_id}.{domain}",
+                            headers={"correlation_id": ""},
+                        )
+                    )
+                    await uow.inbox.mark_dispatched(entry, now)
+                    redispatched += 1
+                await uow.commit()
+        return redispatched, failed
 
     @staticmethod
     async def _dispatch_in_flight(uow: SqlUnitOfWork, op: Operation, now: dt.datetime) -> bool:

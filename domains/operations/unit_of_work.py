@@ -13,6 +13,7 @@ import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from domains.operations.repository import SqlOperationRepository
+from domains.shared.inbox import SqlInboxRepository
 from domains.shared.outbox import OutboxMessage, SqlOutboxRepository
 
 log = logging.getLogger(__name__)
@@ -30,12 +31,14 @@ class DomainTables:
         metadata: The schema's metadata.
         operations: Its ``operations`` table.
         outbox: Its ``outbox`` table.
+        inbox: Its integration-event ``inbox`` table (consuming domains only).
     """
 
     schema: str
     metadata: sa.MetaData
     operations: sa.Table
     outbox: sa.Table
+    inbox: sa.Table | None = None
 
 
 class UnitOfWork(Protocol):
@@ -75,6 +78,7 @@ class SqlUnitOfWork:
     session: AsyncSession
     operations: SqlOperationRepository
     outbox: SqlOutboxRepository
+    inbox: SqlInboxRepository | None
 
     def __init__(
         self,
@@ -104,6 +108,8 @@ class SqlUnitOfWork:
         """
         self.operations = SqlOperationRepository(session, self.tables.operations)
         self.outbox = _TrackingOutbox(session, self.tables.outbox)
+        inbox = self.tables.inbox
+        self.inbox = SqlInboxRepository(session, inbox) if inbox is not None else None
 
     async def __aenter__(self) -> Self:
         self.session = self._sessionmaker()

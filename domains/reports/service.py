@@ -163,8 +163,12 @@ class ReportsService:
         delta = report_events.to_delta(event)
         outcome: Outcome = "applied" if delta is not None else "ignored"
         async with self._uow() as uow:
+            # The inbox records that this consumer handled the event, with the effect.
+            if uow.inbox is not None:
+                await uow.inbox.mark_handled(event.id, "reports", envelope, self._clock())
             if not await uow.projections.mark_applied(event, outcome, self._clock()):
                 log.info("event %s (%s) already applied; skipped", event.id, event.type)
+                await uow.commit()
                 return ApplyResult("duplicate", event.id, event.type)
             if isinstance(delta, report_events.DatasetDelta):
                 await uow.projections.add_dataset(delta, self._clock())

@@ -541,10 +541,13 @@ class WebhooksService:
                 tenant=event.tenant,
                 correlation_id=correlation_id,
             )
+            # The inbox records that this consumer handled the event, with the effect.
+            if uow.inbox is not None:
+                await uow.inbox.mark_handled(event.id, "webhooks", envelope, utcnow())
+            await uow.commit()
             if count is None:
                 log.info("event %s already fanned out; skipped", event.id)
                 return 0
-            await uow.commit()
         return count
 
     # ---- delivery attempts -------------------------------------------------------------

@@ -7,13 +7,17 @@ from sqlalchemy.dialects import postgresql as pg
 
 from domains.operations.tables import operations_table
 from domains.operations.unit_of_work import DomainTables
+from domains.shared.inbox import inbox_table
 from domains.shared.tables import make_metadata, outbox_table
 
 SCHEMA = "webhooks"
 metadata = make_metadata(SCHEMA)
 operations = operations_table(metadata)
 outbox = outbox_table(metadata)
-tables = DomainTables(schema=SCHEMA, metadata=metadata, operations=operations, outbox=outbox)
+inbox = inbox_table(metadata)
+tables = DomainTables(
+    schema=SCHEMA, metadata=metadata, operations=operations, outbox=outbox, inbox=inbox
+)
 
 _TS = sa.DateTime(timezone=True)
 
