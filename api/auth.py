@@ -24,6 +24,7 @@ from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from api.errors import error_body
+from domains.platform.keys import OPERATOR_SCOPE
 from domains.shared.errors import DomainError, PermissionDenied, Unauthenticated
 
 log = logging.getLogger(__name__)
@@ -36,7 +37,8 @@ class Principal:
     Attributes:
         tenant: Tenant whose resources the caller sees.
         key_id: API key prefix (``None`` when authentication is off).
-        scopes: Granted scopes, e.g. ``imports:write``; ``*`` grants all.
+        scopes: Granted scopes, e.g. ``imports:write``; ``*`` grants every tenant scope, not
+            the operator's (``platform:admin``), which must be granted by name.
     """
 
     tenant: str = "default"
@@ -47,19 +49,28 @@ class Principal:
         """Whether the principal holds ``scope``.
 
         Args:
-            scope: ``<area>:<read|write>``; ``write`` implies ``read``; ``*`` needs ``*``.
+            scope: ``<area>:<read|write>``; ``write`` implies ``read``; ``*`` needs ``*``;
+                the operator scope needs itself.
 
         Returns:
             True if granted.
         """
+        if scope == OPERATOR_SCOPE:
+            return scope in self.scopes  # operators are named, never implied by "*"
         if "*" in self.scopes or scope in self.scopes:
             return True
         area, _, action = scope.partition(":")
         return action == "read" and f"{area}:write" in self.scopes
 
+    @property
+    def operator(self) -> bool:
+        """Whether the caller holds the operator scope (``platform:admin``)."""
+        return self.allows(OPERATOR_SCOPE)
 
-ANONYMOUS = Principal()
-"""The principal when authentication is off (``CONVEYOR_SECURITY__AUTH_REQUIRED=false``)."""
+
+ANONYMOUS = Principal(scopes=frozenset({"*", OPERATOR_SCOPE}))
+"""The principal when authentication is off (``CONVEYOR_SECURITY__AUTH_REQUIRED=false``): local
+experiments, so the caller is also the operator."""
 
 SCOPE_AREAS: dict[str, str] = {
     "operations": "operations",

@@ -435,13 +435,21 @@ def keys() -> None:
 @click.option("--tenant", default="default", show_default=True, help="tenant the key acts for")
 @click.option(
     "--scopes",
-    required=True,
+    default="",
     help="comma-separated: *, or <area>:read|write with area in operations, imports, webhooks,"
-    " schedules, reports (write implies read)",
+    " schedules, reports (write implies read); platform:admin is the operator's scope",
+)
+@click.option(
+    "--operator",
+    is_flag=True,
+    help="add the operator scope platform:admin (change and run the system schedules); `*`"
+    " never includes it",
 )
 @click.option("--expires-in", default=None, help="lifetime like 30d, 12h, 90m (default: none)")
 @click.option("--name", default="", help="who or what holds the key")
-def keys_create(tenant: str, scopes: str, expires_in: str | None, name: str) -> None:
+def keys_create(
+    tenant: str, scopes: str, operator: bool, expires_in: str | None, name: str
+) -> None:
     """Create a key and print it once on stdout (details on stderr)."""
     from domains.platform.keys import parse_duration
     from domains.shared.errors import DomainError
@@ -455,7 +463,10 @@ def keys_create(tenant: str, scopes: str, expires_in: str | None, name: str) -> 
 
     async def create(service: Any) -> Any:
         return await service.create(
-            tenant=tenant, scopes=scopes.split(","), name=name, expires_in=lifetime
+            tenant=tenant,
+            scopes=[*scopes.split(","), *(["platform:admin"] if operator else [])],
+            name=name,
+            expires_in=lifetime,
         )
 
     new = _keys_call(settings, create)

@@ -154,6 +154,13 @@ def auth_headers(api_key: str) -> dict[str, str]:
 
 
 @pytest.fixture(scope="session")
+def operator_headers(settings: Settings) -> dict[str, str]:
+    """``Authorization`` of an operator key (``*`` plus ``platform:admin``), tenant ``default``."""
+    key = run_async(create_api_key(settings, scopes=("*", "platform:admin"), name="operator"))
+    return {"authorization": f"Bearer {key}"}
+
+
+@pytest.fixture(scope="session")
 def service_env(settings: Settings, api_key: str) -> dict[str, str]:
     """Environment for conveyor subprocesses using the same services, deadlines and API key."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("CONVEYOR_")}

@@ -281,10 +281,12 @@ async def update_schedule(
     schedule_id: str, body: UpdateScheduleRequest, svc: Service, caller: Writer
 ) -> Any:
     """Changes the fields given; the running beat applies it within seconds. A system schedule
-    accepts only `interval_seconds`.
+    accepts only `interval_seconds`, and only from an operator key (`platform:admin`).
     """
     changes = {name: getattr(body, name) for name in body.model_fields_set}
-    return schedule_out(await svc.update_schedule(caller.tenant, schedule_id, changes))
+    return schedule_out(
+        await svc.update_schedule(caller.tenant, schedule_id, changes, operator=caller.operator)
+    )
 
 
 @router.delete(
@@ -295,14 +297,16 @@ async def update_schedule(
 )
 async def delete_schedule(schedule_id: str, svc: Service, caller: Writer) -> Any:
     """Deletes a schedule and its run history (FAILED_PRECONDITION for a system schedule)."""
-    await svc.delete_schedule(caller.tenant, schedule_id)
+    await svc.delete_schedule(caller.tenant, schedule_id, operator=caller.operator)
     return JSONResponse({})
 
 
 @router.post("/{schedule_id}:run", response_model=ScheduleRunOut, summary="Run a schedule now")
 async def run_schedule(schedule_id: str, svc: Service, caller: Writer) -> Any:
-    """Fires the schedule now, outside its timing; returns the run with its operation."""
-    return run_out(await svc.run_schedule(caller.tenant, schedule_id))
+    """Fires the schedule now, outside its timing; returns the run with its operation. A system
+    schedule only for an operator key (`platform:admin`).
+    """
+    return run_out(await svc.run_schedule(caller.tenant, schedule_id, operator=caller.operator))
 
 
 @router.get(

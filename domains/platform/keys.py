@@ -41,7 +41,11 @@ AREAS: tuple[str, ...] = ("operations", "imports", "webhooks", "schedules", "rep
 """Scope areas; a scope is ``<area>:read`` or ``<area>:write`` (write implies read), or ``*``."""
 
 ALL_SCOPES: tuple[str, ...] = tuple(f"{a}:{x}" for a in AREAS for x in ("read", "write"))
-"""Every named scope."""
+"""Every named tenant scope."""
+
+OPERATOR_SCOPE = "platform:admin"
+"""The operator's scope: change and run the platform's system schedules. Never included in
+``*`` (the tenants' all-scopes grant): only a key created with it explicitly holds it."""
 
 MAX_NAME_LENGTH = 200
 MAX_EXPIRES_IN = dt.timedelta(days=3650)
@@ -107,7 +111,7 @@ def parse_scopes(scopes: Sequence[str]) -> tuple[str, ...]:
     """Validates and normalizes scopes.
 
     Args:
-        scopes: ``*`` or ``<area>:read|write`` items.
+        scopes: ``*``, ``<area>:read|write`` or :data:`OPERATOR_SCOPE` items.
 
     Returns:
         Sorted unique scopes.
@@ -122,9 +126,10 @@ def parse_scopes(scopes: Sequence[str]) -> tuple[str, ...]:
             reason="INVALID_SCOPE",
         )
     for scope in cleaned:
-        if scope != "*" and scope not in ALL_SCOPES:
+        if scope != "*" and scope != OPERATOR_SCOPE and scope not in ALL_SCOPES:
             raise InvalidArgument(
-                f"unknown scope {scope[:60]!r}; use * or one of: {', '.join(ALL_SCOPES)}",
+                f"unknown scope {scope[:60]!r}; use * or one of: {', '.join(ALL_SCOPES)}"
+                f" (and {OPERATOR_SCOPE} for operators)",
                 reason="INVALID_SCOPE",
             )
     return tuple(cleaned)

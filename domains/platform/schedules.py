@@ -39,6 +39,7 @@ from domains.shared.errors import (
     FailedPrecondition,
     InvalidArgument,
     NotFound,
+    PermissionDenied,
     TransientError,
 )
 from domains.shared.ids import new_id
@@ -211,6 +212,17 @@ def _args_size(args: Mapping[str, Any]) -> int:
     return len(json.dumps(args, default=str))
 
 
+def _check_operator(schedule: Schedule, operator: bool, verb: str) -> None:
+    # System schedules run the platform for every tenant: only its operator tunes or fires them.
+    if schedule.system and not operator:
+        raise PermissionDenied(
+            f"{schedule.name} is a system schedule: only an operator key (scope platform:admin)"
+            f" may {verb} it; tenants may read it",
+            reason="OPERATOR_ONLY",
+            metadata={"schedule": schedule.name},
+        )
+
+
 def _check_display_name(value: str) -> str:
     if len(value) > MAX_DISPLAY_NAME:
         raise InvalidArgument(
@@ -367,7 +379,7 @@ class ScheduleService:
         return SchedulePage(schedules=page, last_id=page[-1].id if len(found) > page_size else None)
 
     async def update_schedule(
-        self, tenant: str, schedule_id: str, changes: Mapping[str, Any]
+        self, tenant: str, schedule_id: str, changes: Mapping[str, Any], *, operator: bool = False
     ) -> Schedule:
         """Changes a schedule (only the fields in ``changes``); takes effect at the beat's next
         pass, without a restart. A timing change recomputes ``next_run_time`` from now.
@@ -376,12 +388,14 @@ class ScheduleService:
             tenant: Caller's tenant.
             schedule_id: Its id.
             changes: Field -> new value (``cron`` replaces ``interval_seconds`` and vice versa).
+            operator: Whether the caller is the platform's operator (system schedules).
 
         Returns:
             The changed schedule.
 
         Raises:
             NotFound: If it does not exist.
+            PermissionDenied: If it is a system schedule and the caller is not the operator.
             InvalidArgument: If a value is invalid.
             FailedPrecondition: If a system schedule field other than its interval is changed.
         """
@@ -397,6 +411,7 @@ class ScheduleService:
             schedule = await uow.schedules.get(schedule_id, tenant, for_update=True)
             if schedule is None:
                 raise self._not_found(schedule_id)
+            _check_operator(schedule, operator, "change")
             if schedule.system and set(changes) - SYSTEM_UPDATABLE:
                 raise FailedPrecondition(
                     f"{schedule.name} is a system schedule: only interval_seconds can change",
@@ -441,15 +456,19 @@ class ScheduleService:
             schedule.reschedule(now)
         schedule.update_time = now
 
-    async def delete_schedule(self, tenant: str, schedule_id: str) -> None:
+    async def delete_schedule(
+        self, tenant: str, schedule_id: str, *, operator: bool = False
+    ) -> None:
         """Deletes a schedule and its run history.
 
         Args:
             tenant: Caller's tenant.
             schedule_id: Its id.
+            operator: Whether the caller is the platform's operator (system schedules).
 
         Raises:
             NotFound: If it does not exist.
+            PermissionDenied: For a system schedule if the caller is not the operator.
             FailedPrecondition: For a system schedule.
         """
         await self._ready()
@@ -457,28 +476,34 @@ class ScheduleService:
             schedule = await uow.schedules.get(schedule_id, tenant, for_update=True)
             if schedule is None:
                 raise self._not_found(schedule_id)
+            _check_operator(schedule, operator, "delete")
             schedule.check_deletable()
             await uow.schedules.delete(schedule_id)
             await uow.commit()
 
-    async def run_schedule(self, tenant: str, schedule_id: str) -> ScheduleRun:
+    async def run_schedule(
+        self, tenant: str, schedule_id: str, *, operator: bool = False
+    ) -> ScheduleRun:
         """Fires a schedule now (``:run``), outside its timing; ``next_run_time`` is unchanged.
 
         Args:
             tenant: Caller's tenant.
             schedule_id: Its id.
+            operator: Whether the caller is the platform's operator (system schedules).
 
         Returns:
             The run, STARTED with its operation (FAILED with the reason otherwise).
 
         Raises:
             NotFound: If it does not exist.
+            PermissionDenied: For a system schedule if the caller is not the operator.
         """
         await self._ready()
         async with self._uow() as uow:
             schedule = await uow.schedules.get(schedule_id, tenant, for_update=True)
             if schedule is None:
                 raise self._not_found(schedule_id)
+            _check_operator(schedule, operator, "run")
             run = await self._record(uow, schedule, utcnow(), fired_by="api", manual=True)
             if run is None:  # pragma: no cover - two :run calls in the same microsecond
                 raise FailedPrecondition("that slot already fired; try again", reason="RETRY")

@@ -86,7 +86,9 @@ async def test_unknown_workflow_error_lists_known_workflows(client):
     assert error["details"][0]["reason"] == "UNKNOWN_WORKFLOW"
 
 
-async def test_system_schedules_are_listed_interval_editable_not_deletable(client, clean_db):
+async def test_system_schedules_are_listed_interval_editable_not_deletable(
+    client, clean_db, operator_headers
+):
     listed = (await client.get("/v1/schedules", params={"page_size": 1000})).json()["schedules"]
     system = {s["id"]: s for s in listed if s["system"]}
     assert {
@@ -98,18 +100,22 @@ async def test_system_schedules_are_listed_interval_editable_not_deletable(clien
     sweeper = system["system.stale-sweeper"]
     assert sweeper["task"] == "platform.sweep" and sweeper["workflow"] is None
 
-    refused = await client.delete("/v1/schedules/system.stale-sweeper")
+    refused = await client.delete("/v1/schedules/system.stale-sweeper", headers=operator_headers)
     error = error_of(refused, 400)
     assert error["status"] == "FAILED_PRECONDITION"
     assert "cannot be deleted" in error["message"]
 
     patched = await client.patch(
-        "/v1/schedules/system.stale-sweeper", json={"interval_seconds": 12}
+        "/v1/schedules/system.stale-sweeper",
+        json={"interval_seconds": 12},
+        headers=operator_headers,
     )
     assert patched.status_code == 200, patched.text
     assert patched.json()["interval_seconds"] == 12
 
-    other = await client.patch("/v1/schedules/system.stale-sweeper", json={"cron": "* * * * *"})
+    other = await client.patch(
+        "/v1/schedules/system.stale-sweeper", json={"cron": "* * * * *"}, headers=operator_headers
+    )
     assert error_of(other)["status"] == "FAILED_PRECONDITION"
     # The edit survives the built-in schedules being ensured again.
     again = (await client.get("/v1/schedules/system.stale-sweeper")).json()
@@ -149,10 +155,12 @@ async def test_run_now_starts_the_workflow_operation(client, clean_db, database_
 
 
 async def test_run_now_of_a_system_schedule_sends_its_task_through_the_outbox(
-    client, clean_db, database_url
+    client, clean_db, database_url, operator_headers
 ):
     await client.get("/v1/schedules")
-    run = (await client.post("/v1/schedules/system.stale-sweeper:run")).json()
+    run = (
+        await client.post("/v1/schedules/system.stale-sweeper:run", headers=operator_headers)
+    ).json()
     assert run["state"] == "STARTED" and run["operation"] is None
     rows = await query(
         database_url,
@@ -194,3 +202,38 @@ async def test_daily_digest_schedule_is_created_once_by_default(api_app, client,
     service = api_app.state.container.services["schedules"]
     await service.ensure_builtin(service._builtin, service._defaults)
     assert (await client.get("/v1/schedules/daily-digest")).status_code == 404
+
+
+async def test_system_schedules_are_the_operators_to_change_and_run(
+    client, clean_db, auth_headers, operator_headers
+):
+    """A tenant key, even with `*`, may read system schedules but never change, delete or run
+    them (403 OPERATOR_ONLY); an operator key (`platform:admin`) may."""
+    sweeper = "/v1/schedules/system.stale-sweeper"
+    await client.get("/v1/schedules")
+    tenant_writes = [
+        ("PATCH", sweeper, {"interval_seconds": 604800}),
+        ("DELETE", sweeper, None),
+        ("POST", "/v1/schedules/system.purge-done:run", None),
+        ("PATCH", "/v1/schedules/system.outbox-relay", {"enabled": False}),
+    ]
+    for method, url, body in tenant_writes:
+        refused = await client.request(method, url, json=body, headers=auth_headers)
+        error = error_of(refused, 403)
+        assert error["details"][0]["reason"] == "OPERATOR_ONLY", (method, url)
+        assert "platform:admin" in error["message"]
+    # Reads stay open to tenants, and nothing changed.
+    assert (await client.get(sweeper, headers=auth_headers)).json()["interval_seconds"] != 604800
+    runs = await client.get(f"{sweeper}/runs", headers=auth_headers)
+    assert runs.status_code == 200 and runs.json()["runs"] == []
+    # The operator may change and run them; deleting stays refused by the domain rule.
+    patched = await client.patch(sweeper, json={"interval_seconds": 45}, headers=operator_headers)
+    assert patched.status_code == 200 and patched.json()["interval_seconds"] == 45
+    ran = await client.post("/v1/schedules/system.purge-done:run", headers=operator_headers)
+    assert ran.status_code == 200 and ran.json()["state"] == "STARTED"
+    deleted = await client.delete(sweeper, headers=operator_headers)
+    assert error_of(deleted, 400)["status"] == "FAILED_PRECONDITION"
+    # Tenants' own schedules are unaffected by the operator rule.
+    own = (await create(client)).json()
+    assert (await client.post(f"/v1/schedules/{own['id']}:run")).status_code == 200
+    assert (await client.delete(f"/v1/schedules/{own['id']}")).status_code == 200

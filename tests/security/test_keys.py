@@ -129,6 +129,23 @@ def test_keys_cli_creates_lists_and_revokes(service_env):
     assert missing.exit_code == 2 and "no API key" in missing.stderr
 
 
+async def test_only_a_key_minted_as_operator_holds_the_operator_scope(service_env, settings):
+    from api.auth import Principal
+
+    created = await asyncio.to_thread(
+        run_cli, service_env, "keys", "create", "--scopes", "*", "--operator"
+    )
+    assert created.exit_code == 0, created.output
+    assert "platform:admin" in created.stderr
+    tenant_key = await new_key(settings)  # `*` alone
+    async with api(settings) as (_, http):
+        for key, code in ((created.stdout.strip(), 200), (tenant_key, 403)):
+            response = await http.post("/v1/schedules/system.purge-done:run", headers=bearer(key))
+            assert response.status_code == code, response.text
+    assert not Principal(scopes=frozenset({"*"})).operator
+    assert Principal(scopes=frozenset({"platform:admin"})).operator
+
+
 def test_scope_tenant_and_duration_validation():
     assert keys_module.parse_scopes(["operations:read", " *", "operations:read"]) == (
         "*",

@@ -8,9 +8,10 @@ import asyncio
 from tests.support.ops import query
 
 
-async def fire(client, database_url, schedule_id: str) -> str:
+async def fire(client, database_url, schedule_id: str, operator_headers) -> str:
     await client.get("/v1/schedules")  # the system schedules exist once the API is used
-    response = await client.post(f"/v1/schedules/{schedule_id}:run")
+    # System schedules are the operator's to run (a tenant key gets 403).
+    response = await client.post(f"/v1/schedules/{schedule_id}:run", headers=operator_headers)
     assert response.status_code == 200, response.text
     [row] = await query(
         database_url,
@@ -26,7 +27,7 @@ async def result(celery_app, task_id: str) -> dict:
 
 
 async def test_purge_deletes_old_done_operations_and_runs(
-    client, clean_db, database_url, celery_app, celery_worker
+    client, clean_db, database_url, celery_app, celery_worker, operator_headers
 ):
     await query(
         database_url,
@@ -34,7 +35,7 @@ async def test_purge_deletes_old_done_operations_and_runs(
         " state, create_time, fired_by) VALUES ('old', now() - interval '400 days', 'default',"
         " 'platform.ping', '{}', 'STARTED', now() - interval '400 days', 'test')",
     )
-    task_id = await fire(client, database_url, "system.purge-done")
+    task_id = await fire(client, database_url, "system.purge-done", operator_headers)
     outcome = await result(celery_app, task_id)
     assert outcome["schedule_runs"] >= 1 and "operations" in outcome
     assert (
@@ -44,7 +45,7 @@ async def test_purge_deletes_old_done_operations_and_runs(
 
 
 async def test_relay_sweep_publishes_left_behind_outbox_rows(
-    client, clean_db, database_url, celery_app, celery_worker
+    client, clean_db, database_url, celery_app, celery_worker, operator_headers
 ):
     # A row the fast path never published (say its process crashed after the commit).
     await query(
@@ -53,7 +54,7 @@ async def test_relay_sweep_publishes_left_behind_outbox_rows(
         " VALUES (gen_random_uuid(), 'platform.sweep', 'platform', 'left-behind',"
         " now() - interval '10 seconds', now() - interval '10 seconds')",
     )
-    task_id = await fire(client, database_url, "system.outbox-relay")
+    task_id = await fire(client, database_url, "system.outbox-relay", operator_headers)
     outcome = await result(celery_app, task_id)
     assert outcome["published"] >= 1
     [row] = await query(
