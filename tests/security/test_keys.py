@@ -140,7 +140,9 @@ async def test_only_a_key_minted_as_operator_holds_the_operator_scope(service_en
     tenant_key = await new_key(settings)  # `*` alone
     async with api(settings) as (_, http):
         for key, code in ((created.stdout.strip(), 200), (tenant_key, 403)):
-            response = await http.post("/v1/schedules/system.purge-done:run", headers=bearer(key))
+            response = await http.post(
+                "/v1/schedules/system.stale-sweeper:run", headers=bearer(key)
+            )
             assert response.status_code == code, response.text
     assert not Principal(scopes=frozenset({"*"})).operator
     assert Principal(scopes=frozenset({"platform:admin"})).operator
