@@ -14,7 +14,7 @@ $(BIN)/.installed: pyproject.toml
 install: $(BIN)/.installed
 
 run: install
-	$(BIN)/conveyor up
+	$(BIN)/conveyor up $(ARGS)
 
 lint: install
 	$(BIN)/ruff check .

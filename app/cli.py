@@ -11,8 +11,9 @@ import pathlib
 import signal
 import subprocess
 import sys
+import threading
 import time
-from typing import Any
+from typing import Any, NoReturn
 
 import click
 
@@ -40,9 +41,54 @@ def _require(settings: Settings) -> None:
         raise SystemExit(2) from None
 
 
+# Commands that need no servers, or start their own (`up`).
+_SELF_CONTAINED = {"up", "openapi", "new-domain", "ops", "embedded-guard"}
+
+
+def _use_running_stack(command: str | None) -> None:
+    """Points unset URLs at the stack ``conveyor up`` runs in this data directory.
+
+    With no database configured and no ``up`` running, a command that needs the database
+    stops here with one line saying so (instead of a configuration error per setting).
+    """
+    from app import stack_state
+
+    try:
+        settings = load_settings()
+    except ConfigError:
+        return  # the command itself reports it
+    configured = [
+        name
+        for name, value in (
+            ("CONVEYOR_DATABASE_URL", settings.database_url),
+            ("CONVEYOR_BROKER_URL", settings.broker_url),
+        )
+        if value
+    ]
+    data_dir = stack_state.find_data_dir(settings.data_dir, "CONVEYOR_DATA_DIR" in os.environ)
+    stack_state.apply_to_environ(os.environ, data_dir, configured)
+    if command in _SELF_CONTAINED or command is None or "--help" in sys.argv:
+        return
+    try:
+        load_settings().database_for("platform")
+    except ConfigError:
+        click.echo(f"conveyor: {stack_state.not_running_hint(data_dir)}", err=True)
+        raise SystemExit(2) from None
+
+
 @click.group()
-def main() -> None:
-    """Conveyor: FastAPI in front, queue-routed Celery workers behind, PostgreSQL as the source of truth."""
+@click.pass_context
+def main(ctx: click.Context) -> None:
+    """Conveyor: FastAPI in front, queue-routed Celery workers behind, PostgreSQL as the source of truth.
+
+    With no CONVEYOR_DATABASE_URL / CONVEYOR_BROKER_URL / CONVEYOR_API_URL set, every command
+    uses the servers of the ``conveyor up`` running in this directory (``<data_dir>/up.json``).
+    """
+    from app import supervisor
+
+    supervisor.die_with_parent()  # started by `up`: stop when it dies, even by SIGKILL
+    if ctx.invoked_subcommand not in ("up", "embedded-guard") and not ctx.resilient_parsing:
+        _use_running_stack(ctx.invoked_subcommand)
 
 
 @main.command()
@@ -103,7 +149,10 @@ def api(host: str, port: int, workers: int) -> None:
 )
 @click.option("--name", default=None, help="worker node name (default: <queues>@<host>)")
 @click.option("--loglevel", default="INFO", show_default=True)
-def worker(queues: str, concurrency: int, pool: str, name: str | None, loglevel: str) -> None:
+@click.option("--quiet", is_flag=True, help="no start-up banner nor running-as-root warning")
+def worker(
+    queues: str, concurrency: int, pool: str, name: str | None, loglevel: str, quiet: bool
+) -> None:
     """Run a Celery worker consuming the given domain queues."""
     from app.celery_app import get_celery
     from monitoring import logging as conveyor_logging
@@ -120,7 +169,10 @@ def worker(queues: str, concurrency: int, pool: str, name: str | None, loglevel:
         raise SystemExit(2)
     node = name or f"{queues.replace(',', '+')}@%h"
     cli_metrics.setup_worker_metrics(node, settings)  # before prometheus_client loads
+    if quiet:
+        _quiet_celery()
     argv = [
+        *(["--quiet"] if quiet else []),
         "worker",
         "-Q",
         queues,
@@ -141,7 +193,8 @@ def worker(queues: str, concurrency: int, pool: str, name: str | None, loglevel:
 @main.command()
 @click.option("--loglevel", default="INFO", show_default=True)
 @click.option("--name", default=None, help="beat node name (default: beat-<pid>@<host>)")
-def beat(loglevel: str, name: str | None) -> None:
+@click.option("--quiet", is_flag=True, help="no start-up banner")
+def beat(loglevel: str, name: str | None, quiet: bool) -> None:
     """Run the database-backed beat: fires the schedules table (run several: one leader fires)."""
     from app import beat as beat_module
     from app.celery_app import get_celery
@@ -151,8 +204,17 @@ def beat(loglevel: str, name: str | None) -> None:
     settings = _settings()
     _require(settings)
     beat_module.NODE_NAME = name
+    if quiet:
+        _quiet_celery()
     get_celery().start(
-        ["beat", "--loglevel", loglevel, "--scheduler", "app.beat:DatabaseScheduler"]
+        [
+            *(["--quiet"] if quiet else []),
+            "beat",
+            "--loglevel",
+            loglevel,
+            "--scheduler",
+            "app.beat:DatabaseScheduler",
+        ]
     )
 
 
@@ -162,7 +224,8 @@ def beat(loglevel: str, name: str | None) -> None:
 @click.option(
     "--insecure-dev", is_flag=True, help="allow running without basic auth (local development only)"
 )
-def flower(host: str, port: int, insecure_dev: bool) -> None:
+@click.option("--quiet", is_flag=True, help="no banner, no warnings while workers start")
+def flower(host: str, port: int, insecure_dev: bool, quiet: bool) -> None:
     """Run Flower (task monitor) with basic auth.
 
     The configuration (basic auth, offline-worker purge, optional persistent state) is
@@ -191,8 +254,43 @@ def flower(host: str, port: int, insecure_dev: bool) -> None:
     spec = importlib.util.find_spec("monitoring.flowerconfig")
     if spec is None or spec.origin is None:  # pragma: no cover - the package ships it
         raise click.ClickException("monitoring/flowerconfig.py not found")
-    argv = ["flower", f"--conf={spec.origin}", f"--address={host}", f"--port={port}"]
+    _flower_stops_promptly()
+    if quiet:
+        # "Inspect method X failed" while the workers start, once per method and refresh.
+        logging.getLogger("flower.inspector").setLevel(logging.CRITICAL)
+    argv = [
+        *(["--quiet"] if quiet else []),
+        "flower",
+        f"--conf={spec.origin}",
+        f"--address={host}",
+        f"--port={port}",
+    ]
     get_celery().start(argv)
+
+
+def _quiet_celery() -> None:
+    """No "running with superuser privileges" warning (``up`` on a laptop or in a container)."""
+    import warnings
+
+    from celery.exceptions import SecurityWarning
+
+    warnings.filterwarnings("ignore", category=SecurityWarning)
+
+
+def _flower_stops_promptly() -> None:
+    """Flower's SIGTERM handler exits through ``sys.exit``, which then waits for its executor's
+    threads (an inspect broadcast in flight: up to 15 s). Keep the clean exit (state saved by its
+    ``atexit`` hook) but end the process if it is not done within a few seconds.
+    """
+    from flower import command as flower_command  # type: ignore[import-untyped]
+
+    def _sigterm(signum: int, _: object) -> None:
+        timer = threading.Timer(3.0, os._exit, (0,))
+        timer.daemon = True
+        timer.start()
+        raise SystemExit(0)
+
+    flower_command.sigterm_handler = _sigterm
 
 
 @main.command()
@@ -228,7 +326,7 @@ def relay() -> None:
     asyncio.run(_main())
 
 
-def _embedded_env(settings: Settings) -> tuple[dict[str, str], Any]:
+def _embedded_env(settings: Settings, echo: Any) -> tuple[dict[str, str], Any]:
     """Starts embedded servers for what is not configured; returns env overrides and a stopper."""
     env: dict[str, str] = {}
     need_db = settings.database_url is None
@@ -238,78 +336,228 @@ def _embedded_env(settings: Settings) -> tuple[dict[str, str], Any]:
     from app.embedded import start_embedded
 
     data = pathlib.Path(settings.data_dir).resolve() / "embedded"
-    click.echo(
-        f"conveyor: starting embedded {'PostgreSQL ' if need_db else ''}"
-        f"{'Redis ' if need_broker else ''}in {data}"
+    what = " and ".join(
+        name for name, wanted in (("PostgreSQL", need_db), ("Redis", need_broker)) if wanted
     )
+    echo(f"starting embedded {what} in {data}")
     services = start_embedded(data, postgres=need_db, redis=need_broker)
     if need_db:
         env["CONVEYOR_DATABASE_URL"] = services.database_url
     if need_broker:
         env["CONVEYOR_BROKER_URL"] = services.broker_url
-    (data / "urls.json").write_text(json.dumps(env))
     return env, services
+
+
+def _display_url(url: str) -> str:
+    """``url`` without a password (the summary is printed on a terminal)."""
+    from sqlalchemy.engine import make_url
+
+    with contextlib.suppress(Exception):
+        if url.startswith("postgres"):
+            return make_url(url).render_as_string(hide_password=True)
+    import re
+
+    return re.sub(r"//([^:/@]*):[^@/]*@", r"//\1:***@", url)
 
 
 @main.command()
 @click.option("--host", default="127.0.0.1", show_default=True)
-@click.option("--port", default=8000, show_default=True, type=int)
+@click.option("--port", default=8000, show_default=True, type=int, help="API port")
 @click.option("--flower-port", default=5555, show_default=True, type=int)
+@click.option(
+    "--metrics-port",
+    default=cli_metrics.DEFAULT_PORT,
+    show_default=True,
+    type=int,
+    help="Prometheus exporter port (queues, tasks, outbox, operations)",
+)
 @click.option(
     "--concurrency", default=2, show_default=True, type=int, help="processes per domain worker"
 )
+@click.option(
+    "--queues",
+    default=",".join(DOMAINS),
+    show_default=True,
+    help="domain queues to start a worker for (comma-separated)",
+)
 @click.option("--no-flower", is_flag=True, help="do not start Flower")
-def up(host: str, port: int, flower_port: int, concurrency: int, no_flower: bool) -> None:
-    """Run everything: migrations, API, one worker per domain queue, relay, beat and Flower.
+@click.option("--no-metrics", is_flag=True, help="do not start the metrics exporter")
+@click.option("--verbose", is_flag=True, help="show the Celery banners and every access line")
+def up(
+    host: str,
+    port: int,
+    flower_port: int,
+    metrics_port: int,
+    concurrency: int,
+    queues: str,
+    no_flower: bool,
+    no_metrics: bool,
+    verbose: bool,
+) -> None:
+    """Run everything: migrations, API, one worker per domain queue, relay, beat, Flower, metrics.
 
-    With no database/broker URL configured, embedded PostgreSQL and Redis start first.
-    Ctrl-C stops all processes cleanly.
+    With no database/broker URL configured, embedded PostgreSQL and Redis start first. Ctrl-C,
+    SIGTERM or closing the terminal (SIGHUP) stops every process; if ``up`` is killed outright,
+    its children stop by themselves. A worker, the relay or beat that dies is restarted with
+    backoff. Other ``conveyor`` commands find this stack through ``<data_dir>/up.json``.
     """
-    settings = _settings()
-    env_overrides, embedded = _embedded_env(settings)
-    env = {**os.environ, **env_overrides}
-    conveyor = [sys.executable, "-m", "app.cli"]
-    procs: list[tuple[str, subprocess.Popen[bytes]]] = []
+    from app import stack_state, supervisor
 
-    def _interrupt(*_: object) -> None:
+    settings = _settings()
+    out = supervisor.Output()
+
+    def say(text: str) -> None:
+        out.line("up", text)
+
+    def fail(text: str) -> NoReturn:
+        click.echo(f"conveyor: {text}", err=True)
+        raise SystemExit(2)
+
+    domains = [q for q in queues.split(",") if q]
+    unknown = [q for q in domains if q not in DOMAINS]
+    if unknown or not domains:
+        fail(f"--queues: unknown queue(s) {', '.join(unknown)}; known: {', '.join(DOMAINS)}")
+    data_dir = pathlib.Path(settings.data_dir).resolve()
+    lock = stack_state.StackLock(data_dir)
+    try:
+        lock.acquire()
+    except stack_state.AlreadyRunning as exc:
+        fail(str(exc))
+    try:
+        _up(
+            settings,
+            lock,
+            out,
+            say,
+            fail,
+            host,
+            port,
+            flower_port,
+            metrics_port,
+            concurrency,
+            domains,
+            no_flower,
+            no_metrics,
+            verbose,
+        )
+    finally:
+        lock.release()
+
+
+def _up(
+    settings: Settings,
+    lock: Any,
+    out: Any,
+    say: Any,
+    fail: Any,
+    host: str,
+    port: int,
+    flower_port: int,
+    metrics_port: int,
+    concurrency: int,
+    domains: list[str],
+    no_flower: bool,
+    no_metrics: bool,
+    verbose: bool,
+) -> None:
+    from app import supervisor
+
+    flower_on, metrics_on = not no_flower, not no_metrics
+    # Every port first: a busy one is reported before anything starts.
+    wanted = [("API", "--port", port)]
+    if flower_on:
+        wanted.append(("Flower", "--flower-port", flower_port))
+    if metrics_on:
+        wanted.append(("metrics", "--metrics-port", metrics_port))
+    for label, option, number in wanted:
+        if supervisor.port_in_use(host, number):
+            fail(
+                f"port {number} on {host} ({label}) is already in use; stop what uses it or pick"
+                f' another: conveyor up {option} {number + 1} (make run ARGS="{option}'
+                f' {number + 1}")'
+            )
+    flower_args = ["flower", "--host", host, "--port", str(flower_port), "--quiet"]
+    flower_open = not (settings.flower_user and settings.flower_password)
+    if flower_on and flower_open:
+        if host not in ("127.0.0.1", "localhost", "::1"):
+            fail(
+                "Flower would be reachable from the network without a password;"
+                " set CONVEYOR_FLOWER_USER and CONVEYOR_FLOWER_PASSWORD, or pass --no-flower"
+            )
+        flower_args.append("--insecure-dev")
+
+    stop_signal: list[int] = []
+
+    def _on_signal(signum: int, _: object) -> None:
+        stop_signal.append(signum)
         raise KeyboardInterrupt
 
-    def stop_all() -> None:
-        # A second Ctrl-C must not abandon children half-way through stopping.
-        signal.signal(signal.SIGINT, signal.SIG_IGN)
-        signal.signal(signal.SIGTERM, signal.SIG_IGN)
-        for _, proc in procs:
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
-        deadline = time.monotonic() + 20
-        for name, proc in procs:
-            try:
-                proc.wait(max(0.1, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                click.echo(f"conveyor: {name} did not stop in time; killing it", err=True)
-                # The whole group: a Celery main process killed alone leaves its pool behind.
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait()
-        if embedded is not None:
-            embedded.stop()
+    # SIGHUP: the terminal closed. Ctrl-C, SIGTERM (docker stop, systemd, kill) likewise.
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, _on_signal)
 
-    signal.signal(signal.SIGTERM, _interrupt)
+    embedded: Any = None
+    sup: supervisor.Supervisor | None = None
+    guard: subprocess.Popen[bytes] | None = None
+    conveyor = [sys.executable, "-m", "app.cli"]
     try:
-        result = subprocess.run([*conveyor, "migrate"], env=env, check=False)
-        if result.returncode != 0:
-            raise SystemExit(result.returncode)
+        env_overrides, embedded = _embedded_env(settings, say)
+        env = {**os.environ, **env_overrides}
+        if embedded is not None:
+            # Embedded servers run detached: a guard stops them if `up` is killed outright.
+            guard_argv = [*conveyor, "embedded-guard", str(lock.data_dir / "embedded")]
+            if embedded.redis_pid:
+                guard_argv += ["--redis-pid", str(embedded.redis_pid)]
+            guard = subprocess.Popen(
+                guard_argv,
+                env={**env, supervisor.PARENT_PID_ENV: str(os.getpid())},
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
+            )
+        api_url = f"http://{'[' + host + ']' if ':' in host else host}:{port}"
+        lock.publish(
+            {
+                "database_url": env.get("CONVEYOR_DATABASE_URL") or settings.database_url,
+                "broker_url": env.get("CONVEYOR_BROKER_URL") or settings.broker_url,
+                "api_url": api_url,
+                "flower_url": f"http://{host}:{flower_port}" if flower_on else None,
+                "metrics_url": f"http://{host}:{metrics_port}/metrics" if metrics_on else None,
+                "embedded": {
+                    "postgres": "CONVEYOR_DATABASE_URL" in env_overrides,
+                    "redis": "CONVEYOR_BROKER_URL" in env_overrides,
+                },
+            }
+        )
+        say("migrating")
+        migrated = subprocess.run(
+            [*conveyor, "migrate"], env=env, check=False, capture_output=True, text=True
+        )
+        if migrated.returncode != 0:
+            out.write(migrated.stdout + migrated.stderr)
+            raise SystemExit(migrated.returncode)
+        key: str | None = None
+        key_path = pathlib.Path(settings.data_dir).resolve() / "dev-api-key"
         if settings.env == "dev" and settings.security.auth_required:
-            # Local development: one all-scopes key, reused across runs, shown on start-up.
-            subprocess.run([*conveyor, "keys", "dev-key"], env=env, check=False)
-        commands: list[tuple[str, list[str]]] = [
-            ("api", ["api", "--host", host, "--port", str(port)])
+            # Local development: one all-scopes key, reused across runs, shown in the summary.
+            made = subprocess.run(
+                [*conveyor, "keys", "dev-key"], env=env, check=False, capture_output=True
+            )
+            if made.returncode == 0 and key_path.exists():
+                key = key_path.read_text().strip()
+        quiet = [] if verbose else ["--quiet"]
+        children = [
+            supervisor.Child(
+                "api",
+                [*conveyor, "api", "--host", host, "--port", str(port)],
+                restart=False,
+            )
         ]
-        for domain in DOMAINS:
-            commands.append(
-                (
-                    f"worker-{domain}",
+        for domain in domains:
+            children.append(
+                supervisor.Child(
+                    domain,
                     [
+                        *conveyor,
                         "worker",
                         "--queues",
                         domain,
@@ -317,45 +565,150 @@ def up(host: str, port: int, flower_port: int, concurrency: int, no_flower: bool
                         str(concurrency),
                         "--name",
                         f"{domain}@%h",
+                        *quiet,
                     ],
                 )
             )
-        commands.append(("relay", ["relay"]))
-        commands.append(("beat", ["beat"]))
-        if not no_flower:
-            flower_args = ["flower", "--host", host, "--port", str(flower_port)]
-            if not (settings.flower_user and settings.flower_password):
-                if host not in ("127.0.0.1", "localhost", "::1"):
-                    click.echo(
-                        "conveyor: Flower would be reachable from the network without a password;"
-                        " set CONVEYOR_FLOWER_USER and CONVEYOR_FLOWER_PASSWORD, or pass --no-flower",
-                        err=True,
-                    )
-                    raise SystemExit(2)
-                flower_args.append("--insecure-dev")
-            commands.append(("flower", flower_args))
-        for name, args in commands:
-            procs.append(
-                (name, subprocess.Popen([*conveyor, *args], env=env, start_new_session=True))
+        children.append(supervisor.Child("relay", [*conveyor, "relay"]))
+        children.append(supervisor.Child("beat", [*conveyor, "beat", *quiet]))
+        if flower_on:
+            children.append(supervisor.Child("flower", [*conveyor, *flower_args]))
+        if metrics_on:
+            children.append(
+                supervisor.Child(
+                    "metrics",
+                    [*conveyor, "metrics", "--host", host, "--port", str(metrics_port)],
+                )
             )
-        click.echo(
-            f"conveyor: up — API http://{host}:{port}/docs"
-            + ("" if no_flower else f", Flower http://{host}:{flower_port}")
-            + "; Ctrl-C stops"
+        sup = supervisor.Supervisor(env, out)
+        for child in children:
+            sup.start(child)
+
+        import httpx
+
+        def api_ready() -> bool:
+            return httpx.get(f"{api_url}/readyz", timeout=2).status_code == 200
+
+        ready = supervisor.wait_until(api_ready, sup, timeout=120)
+        if isinstance(ready, supervisor.Child):
+            raise SystemExit(1)
+        out.write(
+            _summary(
+                settings,
+                env,
+                env_overrides,
+                api_url,
+                host,
+                flower_port,
+                metrics_port,
+                flower_on,
+                flower_open,
+                metrics_on,
+                key,
+                key_path,
+                ready,
+            )
         )
         while True:
-            for name, proc in procs:
-                code = proc.poll()
-                if code is not None:
-                    click.echo(
-                        f"conveyor: {name} exited with code {code}; stopping everything", err=True
-                    )
-                    raise SystemExit(1)
+            dead = sup.check()
+            if dead is not None:
+                say(f"{dead.name} exited; stopping everything")
+                raise SystemExit(1)
             time.sleep(0.5)
     except KeyboardInterrupt:
-        click.echo("conveyor: stopping…")
+        names: dict[int, str] = {signal.SIGHUP: "SIGHUP", signal.SIGTERM: "SIGTERM"}
+        say(f"stopping ({names.get(stop_signal[0], 'Ctrl-C') if stop_signal else 'Ctrl-C'})…")
     finally:
-        stop_all()
+        # A second Ctrl-C must not abandon children half-way through stopping.
+        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+            signal.signal(sig, signal.SIG_IGN)
+        if sup is not None:
+            for name in sup.stop():
+                say(f"{name} did not stop in time; killed it")
+        if embedded is not None:
+            embedded.stop()
+        if guard is not None and guard.poll() is None:
+            guard.terminate()
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                guard.wait(10)
+        say("stopped")
+
+
+def _summary(
+    settings: Settings,
+    env: dict[str, str],
+    env_overrides: dict[str, str],
+    api_url: str,
+    host: str,
+    flower_port: int,
+    metrics_port: int,
+    flower_on: bool,
+    flower_open: bool,
+    metrics_on: bool,
+    key: str | None,
+    key_path: pathlib.Path,
+    ready: bool,
+) -> str:
+    """The start-up summary: where everything is, the key, how to stop."""
+    db = env.get("CONVEYOR_DATABASE_URL") or ""
+    broker = env.get("CONVEYOR_BROKER_URL") or ""
+    rows = [
+        ("API", f"{api_url}  (Swagger UI {api_url}/docs, ReDoc {api_url}/redoc)"),
+    ]
+    if flower_on:
+        rows.append(
+            (
+                "Flower",
+                f"http://{host}:{flower_port}"
+                + ("  (no password: local only)" if flower_open else "  (basic auth)"),
+            )
+        )
+    if metrics_on:
+        rows.append(
+            ("Metrics", f"http://{host}:{metrics_port}/metrics  (queues, tasks, operations)")
+        )
+    embedded_db = "CONVEYOR_DATABASE_URL" in env_overrides
+    embedded_broker = "CONVEYOR_BROKER_URL" in env_overrides
+    rows.append(("Database", _display_url(db) + ("  (embedded)" if embedded_db else "")))
+    rows.append(("Broker", _display_url(broker) + ("  (embedded)" if embedded_broker else "")))
+    if key:
+        rows.append(("API key", f"export CONVEYOR_API_KEY={key}"))
+        rows.append(("", f"(tenant default, all scopes; saved in {key_path})"))
+    width = max(len(label) for label, _ in rows) + 2
+    rule = "─" * 78
+    lines = [
+        rule,
+        f" Conveyor is up (pid {os.getpid()})"
+        + ("" if ready else "; the API is not ready yet, see its lines above"),
+    ]
+    lines += [f"   {label:<{width}}{value}" for label, value in rows]
+    lines.append(
+        "   In another terminal, `conveyor ops list`, `conveyor status`, `conveyor keys ...` use"
+    )
+    lines.append("   this stack by themselves (from .conveyor/up.json).")
+    lines.append(f" Stop: Ctrl-C here, or close this terminal, or `kill {os.getpid()}`.")
+    lines.append(rule)
+    return "\n".join(lines) + "\n"
+
+
+@main.command("embedded-guard", hidden=True)
+@click.argument("data_dir", type=click.Path(file_okay=False, path_type=pathlib.Path))
+@click.option("--redis-pid", type=int, default=None)
+def embedded_guard(data_dir: pathlib.Path, redis_pid: int | None) -> None:
+    """Stops the embedded servers when the ``conveyor up`` that started this guard dies.
+
+    Started by ``up`` with its pid in ``CONVEYOR_UP_PARENT_PID``: the kernel sends SIGTERM
+    when ``up`` dies, however it dies (see :func:`app.supervisor.die_with_parent`).
+    """
+    from app.embedded import stop_orphans
+
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGHUP, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is for `up`
+    while not stop.wait(3600):
+        pass
+    stop_orphans(data_dir, redis_pid)
 
 
 @main.command()

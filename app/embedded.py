@@ -36,7 +36,13 @@ import warnings
 from collections.abc import Callable, Iterator
 from typing import Any
 
-__all__ = ["EmbeddedServices", "find_free_port", "start_embedded", "start_postgres"]
+__all__ = [
+    "EmbeddedServices",
+    "find_free_port",
+    "start_embedded",
+    "start_postgres",
+    "stop_orphans",
+]
 
 _logger = logging.getLogger(__name__)
 
@@ -92,13 +98,20 @@ class EmbeddedServices:
             if handle is None:
                 continue
             try:
-                handle.stop()
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore")  # platformdirs' XDG_RUNTIME_DIR noise
+                    handle.stop()
             except Exception as exc:  # collected and re-raised below
                 errors.append(exc)
         with contextlib.suppress(Exception):
             atexit.unregister(self._stop_at_exit)
         if errors:
             raise errors[0]
+
+    @property
+    def redis_pid(self) -> int | None:
+        """The embedded redis-server's pid (None when Redis was not started here)."""
+        return int(self._redis.client.pid) if self._redis and self._redis.client.pid else None
 
     def _stop_at_exit(self) -> None:
         # Forked children (e.g. Celery prefork workers) inherit this object; only the
@@ -109,6 +122,29 @@ class EmbeddedServices:
             self.stop()
         except Exception:  # never make interpreter shutdown fail
             _logger.exception("failed to stop embedded servers at exit")
+
+
+def stop_orphans(data_dir: pathlib.Path, redis_pid: int | None) -> None:
+    """Stops the embedded servers of ``data_dir`` on behalf of a process that died.
+
+    ``conveyor up``'s guard calls it when ``up`` dies without stopping them (SIGKILL): both
+    servers run detached from ``up``, so nothing else would.
+
+    Args:
+        data_dir: The ``embedded`` directory given to :func:`start_embedded`.
+        redis_pid: The redis-server's pid, if one was started.
+    """
+    import psutil  # type: ignore[import-untyped,unused-ignore]
+
+    if redis_pid:
+        with contextlib.suppress(psutil.Error):
+            process = psutil.Process(redis_pid)
+            if "redis" in process.name():  # not a pid reused by something else
+                _terminate(process, _REDIS_STOP_TIMEOUT_S)
+    pgdata = pathlib.Path(data_dir) / "postgres"
+    if (pgdata / "PG_VERSION").exists():
+        run_as = _PG_ROOT_RUN_AS if os.name == "posix" and os.geteuid() == 0 else None
+        _stop_postgres(pgdata, run_as)
 
 
 def find_free_port() -> int:

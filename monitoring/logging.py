@@ -357,6 +357,39 @@ def setup(component: str, *, level: str | int | None = None, fmt: LogFormat | No
         install_task_context()
 
 
+_POLL_PATHS = ("/healthz", "/readyz", "/metrics")
+
+
+class PollAccessFilter(logging.Filter):
+    """Demotes the access lines of polls to DEBUG: ``:wait`` long polls (``conveyor ops watch``
+    sends one a second), ``GET /v1/operations/...`` and the health and metrics probes. At INFO
+    they would bury every other line; at DEBUG they are all still there.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        """Keeps ``record`` unless it is a poll's access line and DEBUG is off.
+
+        Args:
+            record: A ``uvicorn.access`` record.
+
+        Returns:
+            Whether to log it.
+        """
+        args = record.args
+        if not (isinstance(args, tuple) and len(args) == 5):
+            return True
+        method, path = str(args[1]), str(args[2]).split("?", 1)[0]
+        poll = (
+            path.endswith(":wait")
+            or path in _POLL_PATHS
+            or (method == "GET" and path.startswith("/v1/operations/"))
+        )
+        if not poll:
+            return True
+        record.levelno, record.levelname = logging.DEBUG, "DEBUG"
+        return logging.getLogger().isEnabledFor(logging.DEBUG)
+
+
 def uvicorn_log_config(
     level: str | int | None = None, fmt: LogFormat | None = None
 ) -> dict[str, Any]:
@@ -379,11 +412,18 @@ def uvicorn_log_config(
         "version": 1,
         "disable_existing_loggers": False,
         "handlers": {"conveyor": {"()": f"{__name__}.make_handler", "fmt": chosen}},
+        "filters": {"polls": {"()": f"{__name__}.PollAccessFilter"}},
         "root": {"handlers": ["conveyor"], "level": level_name},
         "loggers": {
             **{
                 name: {"handlers": [], "level": level_name, "propagate": True}
                 for name in _UVICORN_LOGGERS
+            },
+            "uvicorn.access": {
+                "handlers": [],
+                "level": level_name,
+                "propagate": True,
+                "filters": ["polls"],
             },
             **{name: {"level": "WARNING"} for name in _QUIET},
         },

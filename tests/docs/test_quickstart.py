@@ -1,31 +1,39 @@
-"""The quick start works as written: every ```bash block of docs/quickstart.md marked
-``<!-- test: run -->`` runs, in order and in one shell, against a fresh database and a private
-Redis database.
+"""The quick start works as a newcomer would follow it: ``conveyor up`` on a machine with nothing
+configured (embedded PostgreSQL and Redis from pip packages), then every ```bash block of
+docs/quickstart.md marked ``<!-- test: run -->``, in order and in one shell, in the same directory
+and with no ``CONVEYOR_*`` variable set: ``conveyor keys create`` and ``conveyor ops`` must find
+the running stack by themselves (``.conveyor/up.json``).
 
-``make run`` itself (marked ``<!-- test: skip ... -->``) is replaced by what ``conveyor up`` does
-for the quick start's workflows: ``conveyor migrate``, then the API, an ``imports`` and a
-``platform`` worker and the relay in the background. The blocks run in a temporary directory
-(they write ``orders.csv``). The API listens on a free port: the blocks' ``127.0.0.1:8000`` / ``localhost:8000``
-are rewritten to it, and ``CONVEYOR_API_URL`` points ``conveyor ops`` at it.
+Then the life cycle a terminal gives ``up``: killed outright (SIGKILL) it leaves nothing running,
+embedded servers included; started again on the same directory it works; a second one at the same
+time says it is already running; Ctrl-C stops it all; and a command run with no stack left says so
+in one line.
+
+``make run`` itself (marked ``<!-- test: skip ... -->``) is replaced by ``conveyor up`` with the
+workers the quick start needs. The API listens on a free port: the blocks' ``127.0.0.1:8000`` /
+``localhost:8000`` are rewritten to it (``conveyor ops`` learns it from ``up.json``).
 """
 
 from __future__ import annotations
 
-import asyncio
+import contextlib
 import json
 import os
 import pathlib
 import re
-import secrets
 import shutil
+import signal
+import socket
 import subprocess
 import sys
 import time
+from urllib.parse import urlsplit
 
+import httpx
 import pytest
 
 from app.embedded import find_free_port
-from tests.support import services
+from tests.e2e.test_up import _alive, _descendants
 
 pytestmark = pytest.mark.e2e
 
@@ -49,50 +57,92 @@ def test_every_quickstart_block_is_marked() -> None:
     assert any("make run" in body for mark, body in blocks if mark == "skip")
 
 
-async def test_quickstart_blocks_run_against_a_fresh_database(
-    stack, spawn, admin_url, tmp_path
-) -> None:
-    started = time.monotonic()
+def _answers(url: str) -> bool:
+    parts = urlsplit(url)
+    with (
+        contextlib.suppress(OSError),
+        socket.create_connection((parts.hostname, parts.port), timeout=1),
+    ):
+        return True
+    return False
+
+
+class Up:
+    """``conveyor up`` in ``cwd`` with a clean environment, its output in a log file."""
+
+    def __init__(self, cwd: pathlib.Path, env: dict[str, str], port: int, name: str) -> None:
+        self.log_path = cwd / f"{name}.log"
+        self.api = f"http://127.0.0.1:{port}"
+        args = ["up", "--port", str(port), "--no-flower", "--no-metrics"]
+        args += ["--queues", "platform,imports", "--concurrency", "1"]
+        with open(self.log_path, "wb") as log:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "app.cli", *args],
+                env=env,
+                cwd=cwd,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+                preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+            )
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")[-4000:]
+
+    def wait_ready(self, timeout: float = 120) -> None:
+        """Until the summary block is out (``up`` prints it once /readyz answers 200)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            assert self.proc.poll() is None, f"up exited {self.proc.returncode}:\n{self.log()}"
+            if "Conveyor is up" in self.log_path.read_text(errors="replace"):
+                assert httpx.get(f"{self.api}/readyz", timeout=5).status_code == 200
+                return
+            time.sleep(0.3)
+        raise AssertionError(f"not ready within {timeout}s:\n{self.log()}")
+
+    def kill(self) -> None:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self.proc.wait(10)
+
+
+def _gone(pids: set[int], pgid: int, timeout: float) -> list[object]:
+    deadline = time.monotonic() + timeout
+    while (left := _alive(pids, pgid)) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    return left
+
+
+def test_quickstart_on_embedded_servers_then_kill_restart_and_stop(tmp_path) -> None:
     script = "\n".join(body for mark, body in bash_blocks(QUICKSTART.read_text()) if mark == "run")
     port = find_free_port()
     script = re.sub(r"(?:127\.0\.0\.1|localhost):8000", f"127.0.0.1:{port}", script)
+    bin_dir = os.path.dirname(sys.executable)
+    # A newcomer's shell: nothing configured.
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CONVEYOR_")}
+    env["PATH"] = bin_dir + os.pathsep + env.get("PATH", "")
+    env["PYTHONUNBUFFERED"] = "1"
+    assert shutil.which("conveyor", path=env["PATH"]), f"no conveyor in {bin_dir}"
 
-    name = f"conveyor_quickstart_{secrets.token_hex(4)}"
-    database_url = services.create_database(admin_url, name)
+    first = Up(tmp_path, env, port, "up1")
+    ups = [first]
     try:
-        bin_dir = os.path.dirname(sys.executable)
-        env = {
-            **stack.env,
-            "CONVEYOR_DATABASE_URL": database_url,
-            "CONVEYOR_API_URL": f"http://127.0.0.1:{port}",
-            "PATH": bin_dir + os.pathsep + os.environ.get("PATH", ""),
-        }
-        assert shutil.which("conveyor", path=env["PATH"]), f"no conveyor in {bin_dir}"
+        first.wait_ready()
+        text = first.log()
+        assert "starting embedded PostgreSQL and Redis" in text, text
+        key = (tmp_path / ".conveyor" / "dev-api-key").read_text().strip()
+        assert f"export CONVEYOR_API_KEY={key}" in text, text  # in the summary block
+        assert "Ctrl-C" in text.split("Conveyor is up", 1)[1], text
 
-        # What `make run` / `conveyor up` does, for the processes the import and the ping need.
-        migrated = await asyncio.to_thread(
-            subprocess.run,
-            ["conveyor", "migrate"],
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=60,
-        )
-        assert migrated.returncode == 0, migrated.stderr
-        api = stack.spawn("api", "--host", "127.0.0.1", "--port", str(port), env=env, name="api")
-        stack.worker("imports", env=env)
-        stack.worker("platform", env=env)
-        stack.relay(env=env)
-        api.wait_for_log("Application startup complete", timeout=30)
-
-        result = await asyncio.to_thread(
-            subprocess.run,
+        started = time.monotonic()
+        result = subprocess.run(
             ["bash", "-euo", "pipefail", "-c", script],
             env=env,
             cwd=tmp_path,
             capture_output=True,
             text=True,
-            timeout=60,
+            timeout=120,
         )
         output = result.stdout + result.stderr
         assert result.returncode == 0, f"quick-start blocks failed:\n{script}\n---\n{output}"
@@ -111,7 +161,52 @@ async def test_quickstart_blocks_run_against_a_fresh_database(
         last_two = result.stdout.strip().splitlines()[-2:]
         assert len(last_two) == 2 and last_two[0] == last_two[1], output
         assert last_two[0].startswith("operations/platform."), output
+        assert not list(tmp_path.glob("*.csv")), "the quick start left a file behind"
+        assert time.monotonic() - started < 90
+
+        # Killed outright: its children, the guard and the embedded servers all go.
+        state = json.loads((tmp_path / ".conveyor" / "up.json").read_text())
+        assert state["pid"] == first.proc.pid
+        servers = [state["database_url"], state["broker_url"]]
+        assert all(_answers(url) for url in servers), state
+        children = {p.pid for p in _descendants(first.proc.pid)}
+        assert len(children) >= 5, children  # api, 2 workers, relay, beat, guard
+        os.kill(first.proc.pid, signal.SIGKILL)
+        first.proc.wait(10)
+        left = _gone(children, -1, 30)
+        assert not left, f"still running after SIGKILL of up: {left}\n{first.log()}"
+        deadline = time.monotonic() + 20
+        while any(_answers(url) for url in servers) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert not any(_answers(url) for url in servers), "embedded servers outlived up"
+
+        # Up again on the same directory: works; a second one at the same time refuses.
+        again = Up(tmp_path, env, port, "up2")
+        ups.append(again)
+        again.wait_ready()
+        third = subprocess.run(
+            [sys.executable, "-m", "app.cli", "up", "--port", str(find_free_port())],
+            env=env,
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert third.returncode == 2, third.stdout + third.stderr
+        assert f"already running (pid {again.proc.pid})" in third.stderr, third.stderr
+
+        children = {p.pid for p in _descendants(again.proc.pid)}
+        again.proc.send_signal(signal.SIGINT)
+        assert again.proc.wait(60) == 0, again.log()
+        assert not _gone(children, again.proc.pid, 10), again.log()
+        assert not (tmp_path / ".conveyor" / "up.json").exists()
     finally:
-        spawn.stop_all()  # before the database goes
-        services.drop_database(admin_url, name)
-    assert time.monotonic() - started < 60
+        for up in ups:
+            up.kill()
+    # Nothing running any more: a command says so in one line.
+    status = subprocess.run(
+        ["conveyor", "status"], env=env, cwd=tmp_path, capture_output=True, text=True, timeout=60
+    )
+    assert status.returncode == 2
+    assert status.stderr.count("\n") == 1, status.stderr
+    assert "no `conveyor up` running here" in status.stderr, status.stderr

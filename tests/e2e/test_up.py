@@ -135,13 +135,16 @@ class Up:
             raise AssertionError(f"up exited with {self.proc.returncode}:\n{self.log()}")
 
 
-@pytest.fixture
-def up(service_env: dict[str, str], admin_url: str, tmp_path: pathlib.Path) -> Iterator[Up]:
-    """Starts ``python -m app.cli up`` in a session of its own; kills its group at the end."""
+@contextlib.contextmanager
+def _running_up(
+    service_env: dict[str, str], admin_url: str, tmp_path: pathlib.Path, args: list[str]
+) -> Iterator[Up]:
+    """Starts ``python -m app.cli up`` in a session of its own; kills what is left at the end."""
     db_name = f"conveyor_up_{secrets.token_hex(4)}"
     database_url = services.create_database(admin_url, db_name)
     broker_url, release_broker = claim_redis_db(service_env["CONVEYOR_BROKER_URL"])
     proc: subprocess.Popen[bytes] | None = None
+    children: set[int] = set()
     try:
         port, flower_port = find_free_port(), find_free_port()
         password = secrets.token_urlsafe(16)
@@ -154,7 +157,7 @@ def up(service_env: dict[str, str], admin_url: str, tmp_path: pathlib.Path) -> I
             "CONVEYOR_DATA_DIR": str(tmp_path / "data"),
         }
         log_path = tmp_path / "up.log"
-        args = ["up", "--port", str(port), "--flower-port", str(flower_port)]
+        args = ["up", "--port", str(port), "--flower-port", str(flower_port), *args]
         with open(log_path, "wb") as log_file:
             proc = subprocess.Popen(
                 [sys.executable, "-m", "app.cli", *args],
@@ -167,7 +170,7 @@ def up(service_env: dict[str, str], admin_url: str, tmp_path: pathlib.Path) -> I
                 # would carry over and make `up` deaf to Ctrl-C: give it the default disposition.
                 preexec_fn=_default_sigint,
             )
-        yield Up(
+        up = Up(
             proc,
             f"http://127.0.0.1:{port}",
             f"http://127.0.0.1:{flower_port}",
@@ -175,16 +178,38 @@ def up(service_env: dict[str, str], admin_url: str, tmp_path: pathlib.Path) -> I
             log_path,
             env,
         )
+        yield up
     finally:
         if proc is not None:
-            # start_new_session: the group is named after `up`, and every child of `up` stays
-            # in it (none calls setsid).
+            # `up` runs each child in a session of its own: kill them one by one.
+            children = {p.pid for p in _descendants(proc.pid)}
+            for pid in children:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(proc.pid, signal.SIGKILL)
             with contextlib.suppress(subprocess.TimeoutExpired):
                 proc.wait(10)
         release_broker()
         services.drop_database(admin_url, db_name)
+
+
+@pytest.fixture
+def up(service_env: dict[str, str], admin_url: str, tmp_path: pathlib.Path) -> Iterator[Up]:
+    """The whole stack: API, a worker per domain, relay, beat, Flower and the metrics exporter."""
+    with _running_up(
+        service_env, admin_url, tmp_path, ["--metrics-port", str(find_free_port())]
+    ) as running:
+        yield running
+
+
+def _wait_summary(up: Up, timeout: float = 90) -> None:
+    _poll(
+        "the summary block",
+        lambda: (up.check_running(), "Conveyor is up" in up.log())[1],
+        timeout,
+        up.log,
+    )
 
 
 # ------------------------------------------------------------------------------ the test
@@ -272,3 +297,68 @@ def test_up_serves_a_ping_shows_it_in_flower_and_stops_on_ctrl_c(up: Up) -> None
         time.sleep(0.2)
     assert not left, f"still running after up exited: {left}\n{up.log()}"
     assert "did not stop in time" not in up.log(), up.log()
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGHUP])
+def test_up_restarts_a_dead_child_and_stops_everything_on_sigterm_and_sighup(
+    service_env: dict[str, str], admin_url: str, tmp_path: pathlib.Path, signum: int
+) -> None:
+    """SIGTERM (docker stop, kill) and SIGHUP (the terminal closed) stop every child; a relay
+    killed meanwhile is started again. SIGINT and SIGKILL: the tests above and the quick start."""
+    args = ["--no-flower", "--no-metrics", "--queues", "platform", "--concurrency", "1"]
+    with _running_up(service_env, admin_url, tmp_path, args) as up:
+        _wait_summary(up)
+
+        def relay_pid() -> int | None:
+            found = [p for p in _descendants(up.proc.pid) if p.cmd.endswith("app.cli relay")]
+            return found[0].pid if found and not found[0].zombie else None
+
+        first = _poll("relay running", relay_pid, 30, up.log)
+        os.kill(first, signal.SIGKILL)
+        second = _poll("relay restarted", lambda: (pid := relay_pid()) != first and pid, 30, up.log)
+        assert second != first
+        assert "relay    | exited with code -9; restarting in 1 s" in up.log(), up.log()
+        up.check_running()
+
+        children = {p.pid for p in _descendants(up.proc.pid)}
+        assert len(children) >= 4, children  # api, worker (+ its pool), relay, beat
+        up.proc.send_signal(signum)
+        try:
+            code = up.proc.wait(30)
+        except subprocess.TimeoutExpired:
+            pytest.fail(f"up did not exit within 30 s of {signum}\n{up.log()}")
+        assert code == 0, f"exit code {code}\n{up.log()}"
+        deadline = time.monotonic() + 5
+        while (left := _alive(children, up.proc.pid)) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert not left, f"still running after up exited: {left}\n{up.log()}"
+        name = "SIGHUP" if signum == signal.SIGHUP else "SIGTERM"
+        assert f"stopping ({name})" in up.log(), up.log()
+        assert "did not stop in time" not in up.log(), up.log()
+
+
+def test_up_reports_a_busy_port_before_starting_anything(
+    service_env: dict[str, str], tmp_path: pathlib.Path
+) -> None:
+    import socket
+
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        env = {**service_env, "CONVEYOR_DATA_DIR": str(tmp_path / "data")}
+        env.pop("CONVEYOR_DATABASE_URL", None)  # nothing may start, not even embedded servers
+        env.pop("CONVEYOR_BROKER_URL", None)
+        result = subprocess.run(
+            [sys.executable, "-m", "app.cli", "up", "--port", str(port)],
+            env=env,
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert f"port {port} on 127.0.0.1 (API) is already in use" in result.stderr, result.stderr
+    assert "--port" in result.stderr
+    assert "embedded" not in result.stdout + result.stderr
+    assert not (tmp_path / "data" / "embedded").exists()
