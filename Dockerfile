@@ -12,7 +12,7 @@ WORKDIR /src
 COPY . .
 RUN python -m venv /opt/venv \
     && /opt/venv/bin/pip install --upgrade pip \
-    && /opt/venv/bin/pip install .
+    && /opt/venv/bin/pip install ./clients/python .
 
 # --- runtime: the virtualenv only, run as an unprivileged user ----------------------------------
 FROM ${PYTHON_IMAGE}

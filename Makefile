@@ -5,10 +5,10 @@ BIN := $(VENV)/bin
 
 .PHONY: install run test lint check clean docs docs-build
 
-$(BIN)/.installed: pyproject.toml
+$(BIN)/.installed: pyproject.toml clients/python/pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q -e ".[dev]"
+	$(BIN)/python -m pip install -q -e ".[dev]" -e clients/python
 	touch $@
 
 install: $(BIN)/.installed

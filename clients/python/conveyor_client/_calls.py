@@ -1,0 +1,192 @@
+"""The API's calls as :class:`~conveyor_client._core.Call` descriptions (shared by both clients)."""
+
+from __future__ import annotations
+
+import datetime as dt
+import urllib.parse
+from collections.abc import Callable
+from typing import Any
+
+from conveyor_client._core import Call, Upload, new_request_id
+
+
+def seg(value: str) -> str:
+    """Quotes one path segment."""
+    return urllib.parse.quote(value, safe="")
+
+
+def ident(value: str, collection: str) -> str:
+    """``datasets/abc`` or ``abc`` -> ``abc`` (quoted for a path).
+
+    Args:
+        value: A resource name or id.
+        collection: Its collection, e.g. ``datasets``.
+
+    Returns:
+        The quoted id.
+
+    Raises:
+        ValueError: If it is empty.
+    """
+    text = str(value).strip().removeprefix("/").removeprefix(collection + "/")
+    if not text:
+        raise ValueError(f"{collection} name {value!r} is empty")
+    return seg(text)
+
+
+def op_path(name: str) -> str:
+    """``operations/platform.x`` or ``platform.x`` -> ``/v1/operations/platform.x``."""
+    return "/v1/operations/" + ident(name, "operations")
+
+
+def nested(name: str, parent: str | None, collection: str, child: str) -> tuple[str, str]:
+    """Splits ``collection/P/child/C`` or (parent ``P``, ``C``) into quoted ``(P, C)``.
+
+    Args:
+        name: Full name or the child's id.
+        parent: Parent name or id when ``name`` is an id.
+        collection: Parent collection (``datasets``).
+        child: Child collection (``imports``).
+
+    Returns:
+        Quoted parent and child ids.
+
+    Raises:
+        ValueError: If the parent cannot be told.
+    """
+    parts = str(name).strip("/").split("/")
+    if len(parts) == 4 and parts[0] == collection and parts[2] == child:
+        return seg(parts[1]), seg(parts[3])
+    if parent is None:
+        raise ValueError(f"pass the full name {collection}/<id>/{child}/<id>, or the parent")
+    return ident(parent, collection), ident(name, child)
+
+
+def page_params(filter_: str | None, page_size: int | None, token: str | None) -> dict[str, Any]:
+    """Query parameters of a list call."""
+    return {"filter": filter_, "page_size": page_size, "page_token": token or None}
+
+
+def timestamp(value: dt.datetime | str) -> str:
+    """RFC 3339 text of a timestamp (naive datetimes are taken as UTC)."""
+    if isinstance(value, str):
+        return value
+    if value.tzinfo is None:
+        value = value.replace(tzinfo=dt.UTC)
+    return value.isoformat()
+
+
+def clean(body: dict[str, Any]) -> dict[str, Any]:
+    """Drops ``None`` values (fields the caller left out)."""
+    return {k: v for k, v in body.items() if v is not None}
+
+
+# -- operations ------------------------------------------------------------------------------
+
+
+def lister(path: str, filter_: str | None, page_size: int | None) -> Callable[[str | None], Call]:
+    """Returns ``page_token -> Call`` for a list call (AIP-158 paging, AIP-160 filter).
+
+    Args:
+        path: Collection path.
+        filter_: Filter, if any.
+        page_size: Items per page, if set.
+
+    Returns:
+        The factory.
+    """
+
+    def page(token: str | None) -> Call:
+        return Call("GET", path, params=page_params(filter_, page_size, token), repeatable=True)
+
+    return page
+
+
+def operations_wait(name: str, timeout: float) -> Call:
+    """POST :wait (a read: safe to repeat)."""
+    return Call(
+        "POST", op_path(name) + ":wait", json={"timeout": timeout}, repeatable=True, timeout=timeout
+    )
+
+
+# -- pings -----------------------------------------------------------------------------------
+
+
+def pings_create(
+    message: str,
+    sleep_seconds: float | None,
+    steps: int | None,
+    fail_attempts: int | None,
+    request_id: str | None,
+) -> Call:
+    """POST /v1/pings with a request_id (generated when not given)."""
+    body = clean(
+        {
+            "message": message,
+            "sleep_seconds": sleep_seconds,
+            "steps": steps,
+            "fail_attempts": fail_attempts,
+            "request_id": request_id or new_request_id(),
+        }
+    )
+    return Call("POST", "/v1/pings", json=body, repeatable=True)
+
+
+# -- imports ---------------------------------------------------------------------------------
+
+_MEDIA = {"csv": "text/csv", "jsonl": "application/x-ndjson"}
+
+
+def imports_create(
+    dataset: str,
+    file: Upload | None,
+    *,
+    format: str | None,
+    source_uri: str | None,
+    request_id: str | None,
+    gzip: bool,
+) -> Call:
+    """POST /v1/datasets/{id}/imports: the file streamed as the raw body, or a source_uri."""
+    path = f"/v1/datasets/{ident(dataset, 'datasets')}/imports"
+    rid = request_id or new_request_id()
+    if (file is None) == (source_uri is None):
+        raise ValueError("pass exactly one of file and source_uri")
+    if source_uri is not None:
+        body = clean({"source_uri": source_uri, "format": format, "request_id": rid})
+        return Call("POST", path, json=body, repeatable=True)
+    if gzip:
+        media = "application/gzip"
+    else:
+        guess = format
+        if guess in (None, "auto") and isinstance(file, str):
+            guess = "jsonl" if file.endswith((".jsonl", ".ndjson")) else "csv"
+        media = _MEDIA.get(guess or "csv", "text/csv")
+    return Call(
+        "POST",
+        path,
+        params={"format": format, "request_id": rid},
+        upload=file,
+        headers={"content-type": media},
+        repeatable=True,
+    )
+
+
+# -- reports ---------------------------------------------------------------------------------
+
+
+def reports_create(
+    type_: str,
+    period: str | dict[str, str] | None,
+    format: str | None,
+    request_id: str | None,
+) -> Call:
+    """POST /v1/reports with a request_id."""
+    body = clean(
+        {
+            "type": type_,
+            "period": period,
+            "format": format,
+            "request_id": request_id or new_request_id(),
+        }
+    )
+    return Call("POST", "/v1/reports", json=body, repeatable=True)
