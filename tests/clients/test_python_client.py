@@ -8,11 +8,11 @@ import json
 from collections.abc import Iterator
 from typing import Any
 
+import conveyor_client as cc
 import httpx
 import pytest
-
-import conveyor_client as cc
 from conveyor_client import _async, _sync
+
 from tests.conftest import create_api_key
 from tests.support.live import live_api
 
