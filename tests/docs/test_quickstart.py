@@ -26,7 +26,9 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
+from collections.abc import Iterator
 from urllib.parse import urlsplit
 
 import httpx
@@ -114,7 +116,19 @@ def _gone(pids: set[int], pgid: int, timeout: float) -> list[object]:
     return left
 
 
-def test_quickstart_on_embedded_servers_then_kill_restart_and_stop(tmp_path) -> None:
+@pytest.fixture
+def project_dir() -> Iterator[pathlib.Path]:
+    """The directory ``up`` and the blocks run in, outside pytest's tmp tree: the embedded
+    PostgreSQL runs as an unprivileged user (we are root) that must traverse every parent, and
+    concurrent pytest sessions reset ``/tmp/pytest-of-root`` to mode 0700."""
+    path = pathlib.Path(tempfile.mkdtemp(prefix="conveyor-quickstart-"))
+    path.chmod(0o755)
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+def test_quickstart_on_embedded_servers_then_kill_restart_and_stop(project_dir) -> None:
+    tmp_path = project_dir
     script = "\n".join(body for mark, body in bash_blocks(QUICKSTART.read_text()) if mark == "run")
     port = find_free_port()
     script = re.sub(r"(?:127\.0\.0\.1|localhost):8000", f"127.0.0.1:{port}", script)
