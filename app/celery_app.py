@@ -45,6 +45,13 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         Celery configuration keys.
     """
     exchange = Exchange("conveyor", type="direct")
+    # Every task type has a soft and a hard time limit, so a stuck task ends (prefork pool).
+    soft, hard = settings.time_limits("default")
+    annotations = {
+        name: {"soft_time_limit": limits[0], "time_limit": limits[1]}
+        for name, limits in settings.task_time_limits.items()
+        if name != "default"
+    }
     transport: dict[str, Any] = {"visibility_timeout": settings.visibility_timeout_seconds}
     if settings.broker().startswith(("redis", "rediss")):
         transport["socket_connect_timeout"] = settings.broker_connect_timeout_seconds
@@ -60,6 +67,9 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "task_acks_late": True,
         "task_reject_on_worker_lost": True,
         "task_acks_on_failure_or_timeout": True,
+        "task_soft_time_limit": soft,
+        "task_time_limit": hard,
+        "task_annotations": annotations,
         "worker_prefetch_multiplier": 1,
         "task_queues": [Queue(domain, exchange, routing_key=domain) for domain in DOMAINS],
         "task_default_queue": "platform",

@@ -79,6 +79,19 @@ class DomainDatabases(BaseModel):
         return value
 
 
+DEFAULT_TASK_TIME_LIMITS: dict[str, tuple[float, float]] = {
+    "default": (900.0, 960.0),
+    "imports.run": (1800.0, 1860.0),
+    "imports.process_chunk": (1800.0, 1860.0),
+    "imports.finalize": (3600.0, 3660.0),
+    "reports.generate": (1800.0, 1860.0),
+    "webhooks.handle_event": (120.0, 150.0),
+    "reports.handle_event": (120.0, 150.0),
+}
+"""Soft/hard time limits (seconds) of each task type; CONVEYOR_TASK_TIME_LIMITS overrides
+entries (JSON, e.g. ``{"imports.process_chunk": [3600, 3660]}``)."""
+
+
 class Settings(BaseSettings):
     """Every setting of Conveyor. Environment names are ``CONVEYOR_`` + the upper-case field name;
     nested fields use ``__`` (``CONVEYOR_DB__IMPORTS__URL``).
@@ -144,6 +157,19 @@ class Settings(BaseSettings):
         " dispatch is dispatched again (the wait grows with each dispatch).",
     )
     task_max_retries: int = Field(default=5, ge=0, le=100)
+    max_attempts: int = Field(
+        default=10,
+        ge=1,
+        le=1000,
+        description="Starts of one operation (retries, redeliveries after a dead worker,"
+        " take-overs) before it ends FAILED with ABORTED; :retry grants a fresh budget.",
+    )
+    task_time_limits: dict[str, tuple[float, float]] = Field(
+        default_factory=lambda: dict(DEFAULT_TASK_TIME_LIMITS),
+        description="Soft and hard time limits in seconds per task name ('default' for the"
+        " rest): past the soft one the task fails its operation with DEADLINE_EXCEEDED, past"
+        " the hard one the pool child is killed.",
+    )
     retry_backoff_base_seconds: float = Field(default=1.0, gt=0, le=60)
     retry_backoff_max_seconds: float = Field(default=30.0, gt=0, le=600)
     progress_interval_seconds: float = Field(default=1.0, ge=0, le=60)
@@ -154,6 +180,29 @@ class Settings(BaseSettings):
     schedules: SchedulesSettings = SchedulesSettings()
     reports: ReportsSettings = ReportsSettings()
     security: SecuritySettings = SecuritySettings()
+
+    @field_validator("task_time_limits")
+    @classmethod
+    def _check_time_limits(
+        cls, value: dict[str, tuple[float, float]]
+    ) -> dict[str, tuple[float, float]]:
+        for name, (soft, hard) in value.items():
+            if not 0 < soft < hard:
+                raise ValueError(
+                    f"{name}: [soft, hard] must satisfy 0 < soft < hard (got [{soft}, {hard}])"
+                )
+        return {**DEFAULT_TASK_TIME_LIMITS, **value}
+
+    def time_limits(self, task_name: str) -> tuple[float, float]:
+        """Returns the soft and hard time limits of a task.
+
+        Args:
+            task_name: E.g. ``imports.process_chunk``.
+
+        Returns:
+            ``(soft, hard)`` seconds.
+        """
+        return self.task_time_limits.get(task_name, self.task_time_limits["default"])
 
     @field_validator("database_url", "replica_url")
     @classmethod

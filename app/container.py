@@ -78,6 +78,7 @@ class Container:
                 tables,
                 self.registry.sessionmaker(domain, role),
                 after_commit=self.after_commit if role == "primary" else None,
+                max_attempts=self.settings.max_attempts,
             )
 
         return factory

@@ -9,7 +9,7 @@ from collections.abc import Callable, Coroutine
 from typing import Any
 
 from celery import Task
-from celery.exceptions import Retry
+from celery.exceptions import Retry, SoftTimeLimitExceeded
 
 from domains.operations.execution import Busy, LeaseLost, ProgressSink, Skip
 from domains.operations.model import OperationError
@@ -76,6 +76,69 @@ def progress_sink(task: Task, task_id: str | None = None) -> ProgressSink:
     return sink
 
 
+PERMANENT_EXCEPTIONS: tuple[type[BaseException], ...] = (
+    RecursionError,
+    TypeError,
+    ValueError,
+    LookupError,
+    AttributeError,
+    NameError,
+    AssertionError,
+    NotImplementedError,
+    ArithmeticError,
+    UnicodeError,
+)
+"""Programming and input errors: the same input fails the same way, so they are never retried.
+(``ValueError`` includes ``UnicodeError``; driver and network errors are not in this list.)"""
+
+
+def permanent_error(exc: BaseException, task: Task) -> OperationError | None:
+    """Classifies an unexpected exception of a task: an error to fail with, or ``None`` when
+    retrying may help (connection trouble, a database outage...).
+
+    Args:
+        exc: The exception.
+        task: The task (its name and time limits go into the message).
+
+    Returns:
+        The operation's error for a permanent failure, else ``None``.
+    """
+
+    def info(reason: str) -> list[dict[str, Any]]:
+        return [
+            {
+                "@type": "type.googleapis.com/google.rpc.ErrorInfo",
+                "reason": reason,
+                "domain": "conveyor",
+                "metadata": {"task": task.name, "exception": type(exc).__name__},
+            }
+        ]
+
+    if isinstance(exc, SoftTimeLimitExceeded):
+        limit = task.soft_time_limit or task.app.conf.task_soft_time_limit
+        return OperationError(
+            status="DEADLINE_EXCEEDED",
+            message=f"{task.name} ran past its soft time limit of {limit} s and was stopped;"
+            " raise CONVEYOR_TASK_TIME_LIMITS for it if the work is legitimately this long",
+            details=info("TIME_LIMIT_EXCEEDED"),
+        )
+    if isinstance(exc, RecursionError):
+        return OperationError(
+            status="INVALID_ARGUMENT",
+            message=f"input nested too deeply for {task.name} (RecursionError: {exc});"
+            " flatten the input",
+            details=info("INPUT_TOO_DEEP"),
+        )
+    if isinstance(exc, PERMANENT_EXCEPTIONS):
+        return OperationError(
+            status="INTERNAL",
+            message=f"{task.name} failed with {type(exc).__name__}: {exc}; this is a bug or"
+            " an input the code does not handle, so it is not retried (see the worker log)",
+            details=info("PERMANENT_ERROR"),
+        )
+    return None
+
+
 def backoff(retries: int) -> float:
     """Exponential backoff with full jitter.
 
@@ -100,9 +163,10 @@ def run_operation_task(
 
     - done / cancelled / deleted / taken over: returns ``{"skipped": reason}`` (idempotent);
     - running elsewhere: retries after the lease;
-    - transient failure (or an unexpected exception): retries with backoff and jitter up to
-      ``task_max_retries``, then FAILED with the error (``:retry`` starts again);
-    - a domain error: FAILED at once.
+    - transient failure (or an unexpected infrastructure exception): retries with backoff and
+      jitter up to ``task_max_retries``, then FAILED with the error (``:retry`` starts again);
+    - a domain error, a programming or input error (:data:`PERMANENT_EXCEPTIONS`) or the soft
+      time limit: FAILED at once, with a message saying which.
 
     Args:
         task: The bound Celery task.
@@ -133,6 +197,10 @@ def run_operation_task(
         error = exc.message
     except Exception as exc:
         log.exception("task %s for %s raised", task.name, operation_id)
+        permanent = permanent_error(exc, task)
+        if permanent is not None:
+            runtime.run(fail(op_id, permanent))
+            return {"failed": permanent.message}
         error = f"{type(exc).__name__}: {exc}"
     retries = task.request.retries
     max_retries = runtime.container.settings.task_max_retries

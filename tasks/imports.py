@@ -22,7 +22,7 @@ from domains.imports.service import ImportsService
 from domains.operations.execution import LeaseLost, ProgressSink
 from domains.operations.model import OperationError
 from domains.shared.errors import DomainError, TransientError
-from tasks.base import backoff, progress_sink, run_operation_task
+from tasks.base import backoff, permanent_error, progress_sink, run_operation_task
 from tasks.runtime import runtime
 
 log = logging.getLogger(__name__)
@@ -139,6 +139,16 @@ def announce_outcome(task: Task, operation_id: str, response: dict[str, Any]) ->
         log.debug("outcome event of %s not sent", operation_id, exc_info=True)
 
 
+def _fail_permanent_or_retry(task: Task, operation_id: str, exc: Exception) -> dict[str, Any]:
+    # Programming/input errors and the soft time limit fail the import at once; the rest retry.
+    permanent = permanent_error(exc, task)
+    if permanent is None:
+        return _retry_or_fail(task, operation_id, f"{type(exc).__name__}: {exc}")
+    runtime.run(_service().fail_import(uuid.UUID(operation_id), permanent))
+    announce_outcome(task, operation_id, {"failed": permanent.message})
+    return {"failed": permanent.message}
+
+
 def _retry_or_fail(task: Task, operation_id: str, error: str) -> dict[str, Any]:
     retries = task.request.retries
     if retries >= runtime.container.settings.task_max_retries:
@@ -194,7 +204,7 @@ def process_chunk(self: Task, operation_id: str, attempt: int, chunk_no: int) ->
         return {"failed": exc.message}
     except Exception as exc:
         log.exception("chunk %s of %s raised", chunk_no, operation_id)
-        return _retry_or_fail(self, operation_id, f"{type(exc).__name__}: {exc}")
+        return _fail_permanent_or_retry(self, operation_id, exc)
 
 
 @shared_task(name="imports.finalize", bind=True, acks_late=True, reject_on_worker_lost=True)
@@ -227,6 +237,6 @@ def finalize(self: Task, results: Any, operation_id: str, attempt: int) -> dict[
         return {"failed": exc.message}
     except Exception as exc:
         log.exception("finalize of %s raised", operation_id)
-        return _retry_or_fail(self, operation_id, f"{type(exc).__name__}: {exc}")
+        return _fail_permanent_or_retry(self, operation_id, exc)
     announce_outcome(self, operation_id, response)
     return response

@@ -89,7 +89,13 @@ class Runtime:
         self.start()
         assert self._loop is not None
         future: concurrent.futures.Future[T] = asyncio.run_coroutine_threadsafe(coro, self._loop)
-        return future.result(timeout)
+        try:
+            return future.result(timeout)
+        except BaseException:
+            # The wait was interrupted (soft time limit, timeout): stop the work on the loop too,
+            # so it writes nothing after the task gave up.
+            future.cancel()
+            raise
 
     def stop(self) -> None:
         """Disposes the engines and stops the loop."""

@@ -113,3 +113,18 @@ def drop_operation_tenant(schema: str) -> None:
         "uq_operations_request_id", "operations", ["request_id"], unique=True, schema=schema
     )
     op.drop_column("operations", "tenant", schema=schema)
+
+
+def add_attempt_base(schema: str) -> None:
+    """``operations.attempt_base``: where the attempt cap starts counting (0, or the attempt
+    at the last ``:retry``)."""
+    op.add_column(
+        "operations",
+        sa.Column("attempt_base", sa.Integer, nullable=False, server_default="0"),
+        schema=schema,
+    )
+
+
+def drop_attempt_base(schema: str) -> None:
+    """Reverts :func:`add_attempt_base`."""
+    op.drop_column("operations", "attempt_base", schema=schema)

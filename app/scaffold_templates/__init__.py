@@ -771,7 +771,12 @@ import sqlalchemy as sa
 from alembic import op
 from sqlalchemy.dialects import postgresql as pg
 
-from app.migrations.baseline import add_operation_tenant, create_common, drop_common
+from app.migrations.baseline import (
+    add_attempt_base,
+    add_operation_tenant,
+    create_common,
+    drop_common,
+)
 
 revision = "${name}_0001"
 down_revision = None
@@ -785,6 +790,7 @@ def upgrade() -> None:
     # What the older domains got in their revision 0002: operations.tenant, request ids
     # unique per tenant (domains/operations/tables.py declares both).
     add_operation_tenant(SCHEMA)
+    add_attempt_base(SCHEMA)  # the attempt cap's base (revision 0004/0005 of the others)
     op.create_table(
         "${name}_items",
         sa.Column("id", pg.UUID(as_uuid=True), nullable=False),

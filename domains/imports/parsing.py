@@ -340,6 +340,11 @@ def plan_chunks(
                     value = json.loads(text)
                 except ValueError:
                     value = None
+                except RecursionError:
+                    raise ImportFileError(
+                        f"line {number} is nested too deeply (JSON arrays/objects inside each"
+                        " other beyond what the parser can follow); flatten the record"
+                    ) from None
                 if not isinstance(value, dict):
                     raise ImportFileError(
                         f"line {number} is not a JSON object: a JSONL file holds one JSON"
@@ -636,6 +641,9 @@ class RowValidator:
             return [RowError(line, "", f"not valid JSON: {exc.msg}", _cut(text))]
         except ValueError as exc:
             return [RowError(line, "", f"not valid JSON: {exc}", _cut(text))]
+        except RecursionError:
+            # Input, not a bug: a row like [[[[...]]]] 100,000 levels deep. Rejected, not retried.
+            return [RowError(line, "", "input nested too deeply to parse", _cut(text))]
         if not isinstance(value, dict):
             return [RowError(line, "", "expected a JSON object", _cut(text))]
         record: dict[str, Any] = {}

@@ -117,6 +117,42 @@ class Execution:
             raise Cancelled(self.operation.name)
 
 
+def attempts_exhausted_error(op: Operation, max_attempts: int) -> OperationError:
+    """The error of an operation stopped by the attempt cap, saying what happened.
+
+    Args:
+        op: The operation, as found by the refused claim.
+        max_attempts: The cap.
+
+    Returns:
+        An ABORTED error with reason ``ATTEMPTS_EXHAUSTED``.
+    """
+    tries = op.attempt - op.attempt_base
+    last = op.progress.message
+    if op.state == State.RUNNING or "worker lost" in last:
+        what = (
+            f"the worker died running this operation ({tries} attempts started, none finished:"
+            " it was killed, ran out of memory, crashed or hit its hard time limit)"
+        )
+    else:
+        what = f"{tries} attempts started and none finished (last: {last or 'no message'})"
+    return OperationError(
+        status="ABORTED",
+        message=(
+            f"{op.type} stopped: {what}; the cap is CONVEYOR_MAX_ATTEMPTS={max_attempts}."
+            " Fix the cause, then :retry it"
+        ),
+        details=[
+            {
+                "@type": "type.googleapis.com/google.rpc.ErrorInfo",
+                "reason": "ATTEMPTS_EXHAUSTED",
+                "domain": "conveyor",
+                "metadata": {"attempts": str(tries), "max_attempts": str(max_attempts)},
+            }
+        ],
+    )
+
+
 class OperationRunner:
     """Claims and settles operations of one domain."""
 
@@ -163,6 +199,14 @@ class OperationRunner:
                 await uow.operations.save(op)
                 await uow.commit()
                 raise Skip(f"{op.name} cancelled before it started", op)
+            startable = op.state == State.PENDING or op.is_lease_expired(now)
+            if startable and op.attempts_exhausted(uow.max_attempts):
+                # A poison pill (kills its worker, or keeps failing): stop, and say why.
+                op.fail(now, attempts_exhausted_error(op, int(uow.max_attempts or 0)))
+                await uow.operations.save(op)
+                await uow.commit()
+                log.error("%s: %s", op.name, op.error.message if op.error else "")
+                raise Skip(f"{op.name} failed: attempt cap reached", op)
             try:
                 attempt = op.start(now)
             except IllegalTransition:

@@ -179,7 +179,9 @@ class Operation:
         target: Resource name the operation works on, e.g. ``pings/<id>``.
         state: Current state.
         progress: Latest progress.
-        attempt: How many times a worker has started it.
+        attempt: How many times a worker has started it (the fencing token: never decreases).
+        attempt_base: ``attempt`` when the current series of tries began (0, or the attempt at
+            the last ``:retry``): the attempt cap counts ``attempt - attempt_base``.
         dispatch_count: How many times it was handed to the broker.
         create_time: Creation time.
         update_time: Last change.
@@ -208,6 +210,7 @@ class Operation:
     state: State = State.PENDING
     progress: Progress = dataclasses.field(default_factory=Progress)
     attempt: int = 0
+    attempt_base: int = 0
     dispatch_count: int = 0
     start_time: dt.datetime | None = None
     end_time: dt.datetime | None = None
@@ -264,6 +267,17 @@ class Operation:
         """
         last = self.heartbeat_time or self.start_time or self.update_time
         return (now - last).total_seconds() > self.lease_seconds
+
+    def attempts_exhausted(self, max_attempts: int | None) -> bool:
+        """Tells whether the attempt cap forbids another start.
+
+        Args:
+            max_attempts: Starts allowed per series of tries (``None``: no cap).
+
+        Returns:
+            ``True`` if ``max_attempts`` attempts already started since creation or ``:retry``.
+        """
+        return max_attempts is not None and self.attempt - self.attempt_base >= max_attempts
 
     def start(self, now: dt.datetime) -> int:
         """A worker starts (or takes over) the operation.
@@ -375,4 +389,5 @@ class Operation:
         self.end_time = None
         self.error = None
         self.dispatch_count = 0
+        self.attempt_base = self.attempt  # a fresh budget of attempts; the token keeps growing
         self.progress = Progress(total=self.progress.total, message="retry requested")

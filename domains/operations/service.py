@@ -476,14 +476,21 @@ class OperationsService:
                     elif await self._dispatch_in_flight(uow, op, now):
                         continue
                     elif op.dispatch_count >= self._max_dispatches:
+                        tries = op.attempt - op.attempt_base
+                        if op.state == State.RUNNING:
+                            cause = f"the worker running attempt {op.attempt} died"
+                        elif tries:
+                            cause = f"{tries} attempts started and none finished"
+                        else:
+                            cause = "no worker ever started it"
                         op.fail(
                             now,
                             OperationError(
                                 status="DEADLINE_EXCEEDED",
                                 message=(
-                                    f"no worker completed {op.type} after {op.dispatch_count} dispatches"
-                                    f" and {op.attempt} attempts; retry it with :retry once workers for"
-                                    f" queue {op.dispatch.queue!r} are healthy"
+                                    f"{op.type} did not complete after {op.dispatch_count}"
+                                    f" dispatches: {cause}; retry it with :retry once workers"
+                                    f" for queue {op.dispatch.queue!r} are healthy"
                                 ),
                             ),
                         )

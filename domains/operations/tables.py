@@ -26,6 +26,7 @@ def operations_table(metadata: sa.MetaData) -> sa.Table:
         sa.Column("done", sa.Boolean, nullable=False),
         sa.Column("progress", pg.JSONB, nullable=False),
         sa.Column("attempt", sa.Integer, nullable=False),
+        sa.Column("attempt_base", sa.Integer, nullable=False, server_default="0"),
         sa.Column("dispatch_count", sa.Integer, nullable=False),
         sa.Column("dispatch", pg.JSONB, nullable=False),
         sa.Column("create_time", sa.DateTime(timezone=True), nullable=False),

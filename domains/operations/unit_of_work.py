@@ -86,6 +86,7 @@ class SqlUnitOfWork:
         sessionmaker: async_sessionmaker[AsyncSession],
         *,
         after_commit: AfterCommit | None = None,
+        max_attempts: int | None = None,
     ) -> None:
         """Creates the unit of work (the transaction opens on ``async with``).
 
@@ -93,7 +94,10 @@ class SqlUnitOfWork:
             tables: The domain's common tables.
             sessionmaker: Session factory of the domain's primary engine.
             after_commit: Fast-path publisher called with the outbox rows this commit wrote.
+            max_attempts: Attempt cap of the domain's operations (``None``: no cap); a claim
+                past it ends the operation FAILED instead of starting it.
         """
+        self.max_attempts = max_attempts
         self.tables = tables
         self.domain = tables.schema
         self._sessionmaker = sessionmaker

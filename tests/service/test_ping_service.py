@@ -346,3 +346,46 @@ async def test_purge_done_deletes_only_done_operations_that_ended_before_the_cut
         await operations.get(old_done.name)
     assert (await operations.get(recent_done.name)).state == State.CANCELLED
     assert (await operations.get(pending.name)).state == State.PENDING
+
+
+async def test_claim_past_the_attempt_cap_fails_saying_the_worker_died_and_retry_resets_it(
+    clean_db, container, settings
+):
+    op = await container.pings.create_ping(message="poison")
+    cap = settings.max_attempts
+    # `cap` attempts started and the last one's worker died (RUNNING, lease long expired).
+    await execute(
+        container,
+        "UPDATE platform.operations SET state = 'RUNNING', attempt = :n,"
+        " heartbeat_time = now() - interval '1 hour', start_time = now() - interval '1 hour'"
+        " WHERE id = :id",
+        n=cap,
+        id=op.id,
+    )
+    with pytest.raises(Skip):
+        await container.pings.run_ping(op.id, worker="w")
+    failed = await container.operations.get(op.name)
+    assert failed.state == State.FAILED
+    assert failed.error is not None
+    assert failed.error.status == "ABORTED"
+    assert "the worker died running this operation" in failed.error.message
+    assert f"CONVEYOR_MAX_ATTEMPTS={cap}" in failed.error.message
+    assert failed.error.details[0]["reason"] == "ATTEMPTS_EXHAUSTED"
+    assert failed.attempt == cap  # the refused claim started nothing
+
+    # :retry grants a fresh budget; the fencing token keeps growing.
+    await container.operations.retry(op.name)
+    assert (await container.pings.run_ping(op.id, worker="w"))["attempt"] == cap + 1
+
+
+async def test_claim_below_the_attempt_cap_takes_over_a_dead_attempt(clean_db, container, settings):
+    op = await container.pings.create_ping(message="one more")
+    await execute(
+        container,
+        "UPDATE platform.operations SET state = 'RUNNING', attempt = :n,"
+        " heartbeat_time = now() - interval '1 hour' WHERE id = :id",
+        n=settings.max_attempts - 1,
+        id=op.id,
+    )
+    result = await container.pings.run_ping(op.id, worker="w")
+    assert result["attempt"] == settings.max_attempts

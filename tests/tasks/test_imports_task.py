@@ -235,3 +235,33 @@ async def test_completion_and_failure_emit_integration_events_through_the_outbox
     assert set(failed) == {"dataset_id", "dataset", "import_id", "import", "operation", "error"}
     assert failed["operation"] == bad["name"]
     assert "header" in failed["error"]
+
+
+async def test_jsonl_nested_100000_deep_is_an_input_error_not_a_retry_loop(client, small_chunks):
+    dataset = await create_dataset(
+        client,
+        fields=[{"name": "sku", "type": "string", "required": True}],
+        key_field="sku",
+    )
+    deep = "[" * 100_000 + "]" * 100_000
+    # A deep row among good ones: that row is rejected, the import succeeds, nothing retried.
+    lines = ['{"sku": "a"}', deep, '{"sku": "b"}']
+    op = (
+        await upload(client, dataset["id"], ("\n".join(lines) + "\n").encode(), filename="d.jsonl")
+    ).json()
+    done = await wait_done(client, op["name"], timeout=60)
+    assert done["metadata"]["state"] == "SUCCEEDED", done
+    assert (done["response"]["rows_accepted"], done["response"]["rows_rejected"]) == (2, 1)
+    assert done["metadata"]["attempt"] == 1
+    errors = (
+        await client.get(done["response"]["errors_uri"], headers={"accept": "application/json"})
+    ).json()
+    assert [(e["line"], e["reason"]) for e in errors["errors"]] == [
+        (2, "input nested too deeply to parse")
+    ]
+    # As the first record: the file fails at once, saying where.
+    op = (await upload(client, dataset["id"], (deep + "\n").encode(), filename="d.jsonl")).json()
+    done = await wait_done(client, op["name"], timeout=60)
+    assert done["metadata"]["state"] == "FAILED", done
+    assert "line 1 is nested too deeply" in done["error"]["message"]
+    assert done["metadata"]["attempt"] == 1
