@@ -288,6 +288,23 @@ class Settings(BaseSettings):
         broker = self.broker_url or ""
         return broker if broker.startswith(("redis://", "rediss://")) else None
 
+    def upload_limit_bytes(self) -> int:
+        """Returns the one cap of an import file: the smaller of
+        ``CONVEYOR_SECURITY__MAX_UPLOAD_BYTES`` and ``CONVEYOR_IMPORTS__MAX_UPLOAD_BYTES``.
+
+        Upload routes refuse a body past it (413, at once when ``Content-Length`` says so), a
+        fetched ``source_uri`` stops at it, and a gzip file stops decompressing at it. The
+        smaller wins so that lowering either setting takes effect.
+
+        Returns:
+            Bytes.
+        """
+        limits = [self.security.max_upload_bytes]
+        imports_cap = getattr(self.imports, "max_upload_bytes", None)
+        if isinstance(imports_cap, int):
+            limits.append(imports_cap)
+        return min(limits)
+
 
 class ConfigError(Exception):
     """A setting is missing or invalid; the message is one line naming the variable."""

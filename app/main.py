@@ -17,7 +17,7 @@ from fastapi.responses import JSONResponse
 from api import pagination
 from api.auth import AuthMiddleware
 from api.errors import ERROR_RESPONSES, ErrorMiddleware, error_body, install_error_handlers
-from api.limits import BodyLimitMiddleware, TokenBucketLimiter
+from api.limits import UPLOAD_ROUTE, BodyLimitMiddleware, TokenBucketLimiter
 from api.middleware import RequestIdMiddleware, request_id_var
 from app.celery_app import create_celery
 from app.config import Settings, get_settings
@@ -136,10 +136,8 @@ def create_app(settings: Settings | None = None, *, celery: Celery | None = None
         BodyLimitMiddleware,
         routes=lambda: app.router.routes,
         max_body_bytes=security.max_body_bytes,
-        # Upload routes: the larger of ours and the imports domain's own file cap.
-        max_upload_bytes=max(
-            security.max_upload_bytes, int(getattr(settings.imports, "max_upload_bytes", 0))
-        ),
+        # Upload routes: one cap, the smaller of ours and the imports domain's own.
+        max_upload_bytes=settings.upload_limit_bytes(),
     )
     app.add_middleware(
         AuthMiddleware,
@@ -274,8 +272,16 @@ _SECURITY_ERRORS: dict[str, tuple[str, str, str, str]] = {
 }
 
 
-def _document_security(schema: dict[str, Any]) -> None:
-    """Adds the bearer-key scheme and the 401/403/429 (and 413 on bodies) answers to /v1 routes."""
+def _document_security(
+    schema: dict[str, Any], limits: tuple[int, int] = (1024 * 1024, 256 * 1024 * 1024)
+) -> None:
+    """Adds the bearer-key scheme and the 401/403/429 (and 413 on bodies, saying the route's own
+    limit) answers to /v1 routes.
+
+    Args:
+        schema: The OpenAPI document.
+        limits: ``(body cap of JSON routes, upload cap)`` in bytes.
+    """
     components = schema.setdefault("components", {})
     components.setdefault("securitySchemes", {})["apiKey"] = {
         "type": "http",
@@ -293,6 +299,11 @@ def _document_security(schema: dict[str, Any]) -> None:
                 codes.append("413")
             for code in codes:
                 description, status, message, reason = _SECURITY_ERRORS[code]
+                if code == "413":
+                    description, message = _body_limit_doc(path, operation, limits)
+                    if "413" in responses:  # the route's own 413 (e.g. a file cap): one limit
+                        responses["413"]["description"] = description
+                        continue
                 responses.setdefault(
                     code,
                     {
@@ -307,6 +318,23 @@ def _document_security(schema: dict[str, Any]) -> None:
                         },
                     },
                 )
+
+
+def _body_limit_doc(
+    path: str, operation: dict[str, Any], limits: tuple[int, int]
+) -> tuple[str, str]:
+    upload = bool(operation.get("x-upload")) or bool(UPLOAD_ROUTE.search(path))
+    limit = limits[1] if upload else limits[0]
+    source = (
+        "the smaller of CONVEYOR_SECURITY__MAX_UPLOAD_BYTES and CONVEYOR_IMPORTS__MAX_UPLOAD_BYTES"
+        if upload
+        else "CONVEYOR_SECURITY__MAX_BODY_BYTES"
+    )
+    description = (
+        f"OUT_OF_RANGE: the request body is larger than this route's limit, {limit} bytes"
+        f" ({source}); a Content-Length above it is refused before the body is read"
+    )
+    return description, f"request body is larger than {limit} bytes, the limit of this route"
 
 
 def install_openapi(app: FastAPI) -> None:
@@ -327,7 +355,10 @@ def install_openapi(app: FastAPI) -> None:
                     operation.get("responses", {}).pop("422", None)
             for name in ("HTTPValidationError", "ValidationError"):
                 schema.get("components", {}).get("schemas", {}).pop(name, None)
-            _document_security(schema)
+            settings: Settings = app.state.settings
+            _document_security(
+                schema, (settings.security.max_body_bytes, settings.upload_limit_bytes())
+            )
             app.openapi_schema = schema
         return app.openapi_schema
 

@@ -23,7 +23,9 @@ class ImportsSettings(BaseModel):
         default=1024**3,
         ge=1,
         le=1024**4,
-        description="Largest import file accepted (upload or fetched source); 413 past it.",
+        description="Largest import file accepted (upload, fetched source, or a gzip file once"
+        " decompressed); the smaller of this and CONVEYOR_SECURITY__MAX_UPLOAD_BYTES applies"
+        " (413 past it).",
     )
     chunk_rows: int = Field(
         default=50_000,

@@ -59,7 +59,9 @@ class SecuritySettings(BaseModel):
         default=256 * 1024 * 1024,
         ge=1024,
         le=16 * 1024 * 1024 * 1024,
-        description="Largest request body of an upload route (file uploads), in bytes (413 above).",
+        description="Largest request body of an upload route (file uploads), in bytes; the"
+        " smaller of this and CONVEYOR_IMPORTS__MAX_UPLOAD_BYTES applies (413 above, at once"
+        " when Content-Length declares more).",
     )
     uvicorn_timeout_keep_alive_seconds: int = Field(
         default=5,

@@ -61,14 +61,16 @@ def build(container: Container) -> dict[str, Any]:
     service = ImportsService(
         container.uow_factory(DOMAIN),  # type: ignore[arg-type]
         read_uow_factory=container.uow_factory(DOMAIN, role="replica"),  # type: ignore[arg-type]
-        store=FileStore(storage_dir(container), max_bytes=section.max_upload_bytes),
+        # One cap for the upload, the fetched source and the decompressed file (the smaller of
+        # the security and imports settings): a small gzip cannot expand past it on disk.
+        store=FileStore(storage_dir(container), max_bytes=settings.upload_limit_bytes()),
         fetcher=HttpSourceFetcher(guard, timeout=section.fetch_timeout_seconds),
         guard=guard,
         policy=ImportsPolicy(
             chunk_rows=section.chunk_rows,
             lease_seconds=settings.operation_lease_seconds,
             pending_deadline_seconds=settings.pending_deadline_seconds,
-            max_file_bytes=section.max_upload_bytes,
+            max_file_bytes=settings.upload_limit_bytes(),
         ),
         progress_interval=settings.progress_interval_seconds,
     )
