@@ -139,6 +139,9 @@ async def _validation_error(_: Request, exc: Exception) -> JSONResponse:
 
 async def _http_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, StarletteHTTPException)
+    body = getattr(exc, "body", None)
+    if isinstance(body, dict):  # already an AIP-193 body (api.limits' 413)
+        return _response(body, headers=getattr(exc, "headers", None))
     status = _STATUS_BY_HTTP.get(
         exc.status_code, "UNKNOWN" if exc.status_code >= 500 else "INVALID_ARGUMENT"
     )
@@ -245,6 +248,9 @@ def expected_error_response(exc: BaseException) -> JSONResponse | None:
             )
         )
     if isinstance(exc, StarletteHTTPException):
+        body = getattr(exc, "body", None)
+        if isinstance(body, dict):
+            return _response(body, headers=getattr(exc, "headers", None))
         status = _STATUS_BY_HTTP.get(exc.status_code, "INVALID_ARGUMENT")
         return _response(
             error_body(status, str(exc.detail), http_code=exc.status_code),

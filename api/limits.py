@@ -128,7 +128,18 @@ UPLOAD_ROUTE = re.compile(r"(:upload|/uploads?|/files|:import|/imports)$")
 """Route path templates whose bodies are files, capped by the upload limit instead."""
 
 
-def _too_large(limit: int) -> dict[str, Any]:
+def _too_large(limit: int, *, upload: bool = False) -> dict[str, Any]:
+    if upload:
+        # The same answer as the file store's own cap: one limit per route, one error.
+        return error_body(
+            "RESOURCE_EXHAUSTED",
+            f"the uploaded file is larger than the {limit}-byte limit of this route (the smaller"
+            " of CONVEYOR_SECURITY__MAX_UPLOAD_BYTES and CONVEYOR_IMPORTS__MAX_UPLOAD_BYTES);"
+            " split it or compress it with gzip",
+            http_code=413,
+            reason="UPLOAD_TOO_LARGE",
+            metadata={"limit_bytes": str(limit)},
+        )
     return error_body(
         "OUT_OF_RANGE",
         f"request body is larger than {limit} bytes, the limit of this route",
@@ -136,6 +147,14 @@ def _too_large(limit: int) -> dict[str, Any]:
         reason="REQUEST_TOO_LARGE",
         metadata={"limit_bytes": str(limit)},
     )
+
+
+class _TooLarge(HTTPException):
+    """413 raised while the body streams in; carries its full AIP-193 body."""
+
+    def __init__(self, body: dict[str, Any]) -> None:
+        super().__init__(413, body["error"]["message"])
+        self.body = body
 
 
 @dataclasses.dataclass(frozen=True)
@@ -220,15 +239,18 @@ class BodyLimitMiddleware:
         Returns:
             Bytes.
         """
+        return self._route_limit(scope)[0]
+
+    def _route_limit(self, scope: Scope) -> tuple[int, bool]:
         if self._flat is None:
             self._flat = flat_routes(self._routes())
         path, method = scope.get("path", ""), scope.get("method", "")
         for route in self._flat:
             if method in route.methods and route.pattern.match(path):
                 if route.openapi_extra.get("x-upload") or UPLOAD_ROUTE.search(route.path):
-                    return self.max_upload_bytes
+                    return self.max_upload_bytes, True
                 break
-        return self.max_body_bytes
+        return self.max_body_bytes, False
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         """Handles one ASGI call.
@@ -241,7 +263,7 @@ class BodyLimitMiddleware:
         if scope["type"] != "http" or scope.get("method") in ("GET", "HEAD", "OPTIONS"):
             await self.app(scope, receive, send)
             return
-        limit = self.limit_for(scope)
+        limit, upload = self._route_limit(scope)
         declared = None
         for name, value in scope.get("headers") or []:
             if name == b"content-length":
@@ -250,7 +272,9 @@ class BodyLimitMiddleware:
                 except ValueError:
                     declared = None
         if declared is not None and declared > limit:
-            await JSONResponse(_too_large(limit), status_code=413)(scope, receive, send)
+            await JSONResponse(_too_large(limit, upload=upload), status_code=413)(
+                scope, receive, send
+            )
             return
         received = 0
 
@@ -261,7 +285,7 @@ class BodyLimitMiddleware:
                 received += len(message.get("body", b""))
                 if received > limit:
                     # FastAPI re-raises HTTPException from body parsing: an AIP-193 413.
-                    raise HTTPException(413, _too_large(limit)["error"]["message"])
+                    raise _TooLarge(_too_large(limit, upload=upload))
             return message
 
         await self.app(scope, counted, send)
