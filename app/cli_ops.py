@@ -1,6 +1,6 @@
 """``conveyor ops`` (list, get, watch, cancel operations over the HTTP API) and ``conveyor status``.
 
-``ops`` talks to the API: ``--api-url`` or ``CONVEYOR_API_URL`` (default http://127.0.0.1:8000),
+``ops`` talks to the API through the Python client (``clients/python``): ``--api-url`` or ``CONVEYOR_API_URL`` (default http://127.0.0.1:8000),
 with ``CONVEYOR_API_KEY`` sent as ``Authorization: Bearer <key>`` when set. API errors (AIP-193)
 and unreachable servers print one line and exit 2.
 
@@ -11,15 +11,18 @@ their depth, the workers alive, the outbox backlog per domain and the beat leade
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
 import json
 import os
 import time
 import urllib.parse
+from collections.abc import Iterator
 from typing import Any, NoReturn
 
 import click
 import httpx
+from conveyor_client import ApiError, ConnectionFailed, Conveyor, Operation, RetryPolicy
 
 DEFAULT_API_URL = "http://127.0.0.1:8000"
 TERMINAL_STATES = ("SUCCEEDED", "FAILED", "CANCELLED")
@@ -39,110 +42,100 @@ class CliError(click.ClickException):
         click.echo(f"conveyor: {self.format_message()}", err=True)
 
 
-class ApiClient:
-    """A small client of the Conveyor HTTP API."""
+def make_client(
+    api_url: str,
+    api_key: str | None,
+    timeout: float = 10.0,
+    *,
+    transport: httpx.BaseTransport | None = None,
+) -> Conveyor:
+    """Returns the Python client (``clients/python``) the ``ops`` commands use.
 
-    def __init__(
-        self,
-        base_url: str,
-        api_key: str | None = None,
-        timeout: float = 10.0,
-        *,
-        transport: httpx.BaseTransport | None = None,
-    ) -> None:
-        """Creates the client.
+    Args:
+        api_url: The API root, e.g. ``http://127.0.0.1:8000``.
+        api_key: Sent as ``Authorization: Bearer <key>`` when given.
+        timeout: Seconds per HTTP request (a ``:wait`` adds its own timeout to it).
+        transport: httpx transport (tests).
 
-        Args:
-            base_url: The API root, e.g. ``http://127.0.0.1:8000``.
-            api_key: Sent as ``Authorization: Bearer <key>`` when given.
-            timeout: Seconds per HTTP request (a ``:wait`` adds its own timeout to it).
-            transport: httpx transport (tests).
-        """
-        self.base_url = base_url.rstrip("/")
-        headers = {"accept": "application/json", "user-agent": "conveyor-cli"}
-        if api_key:
-            headers["authorization"] = f"Bearer {api_key}"
-        self.timeout = timeout
-        self._http = httpx.Client(
-            base_url=self.base_url, headers=headers, timeout=timeout, transport=transport
-        )
+    Returns:
+        The client (two quick retries where retrying is safe: a CLI should not hang).
+    """
+    return Conveyor(
+        api_url,
+        api_key or "",
+        timeout=timeout,
+        retry=RetryPolicy(max_retries=2, backoff_base=0.2, retry_after_max=5.0),
+        transport=transport,
+        headers={"user-agent": "conveyor-cli"},
+    )
 
-    def close(self) -> None:
-        """Closes the connections."""
-        self._http.close()
 
-    def request(self, method: str, path: str, **kwargs: Any) -> dict[str, Any]:
-        """Sends a request and returns the JSON body.
+@contextlib.contextmanager
+def api_errors(client: Conveyor) -> Iterator[None]:
+    """Turns the client's errors into one-line :class:`CliError` s (exit 2).
 
-        Args:
-            method: HTTP method.
-            path: Path under the API root.
-            **kwargs: ``httpx.Client.request`` arguments.
+    Args:
+        client: The client in use (its URL and timeout go into the messages).
 
-        Returns:
-            The decoded JSON object.
+    Yields:
+        Nothing.
 
-        Raises:
-            CliError: On connection problems or an error response (one clear line).
-        """
-        try:
-            response = self._http.request(method, path, **kwargs)
-        except httpx.ConnectError as exc:
+    Raises:
+        CliError: For an API error or an unreachable API.
+    """
+    base = client.base_url
+    try:
+        yield
+    except ConnectionFailed as exc:
+        cause = exc.__cause__
+        if isinstance(cause, httpx.ConnectError):
             raise CliError(
-                f"cannot reach the API at {self.base_url} ({_reason(exc)}); is `conveyor api`"
+                f"cannot reach the API at {base} ({_reason(cause)}); is `conveyor api`"
                 " running there? Set --api-url or CONVEYOR_API_URL"
             ) from None
-        except httpx.TimeoutException:
+        if isinstance(cause, httpx.TimeoutException):
             raise CliError(
-                f"the API at {self.base_url} did not answer within {self.timeout:g} s"
+                f"the API at {base} did not answer within {client._core.timeout:g} s"
             ) from None
-        except httpx.HTTPError as exc:
-            raise CliError(f"request to {self.base_url}{path} failed: {_reason(exc)}") from None
-        if response.status_code >= 400:
-            raise CliError(_error_line(response))
-        try:
-            body = response.json()
-        except ValueError:
-            raise CliError(
-                f"{response.status_code} from {self.base_url}{path} is not JSON:"
-                f" {response.text[:200]!r}"
-            ) from None
-        if not isinstance(body, dict):
-            raise CliError(f"unexpected answer from {self.base_url}{path}: {body!r}"[:300])
-        return body
+        raise CliError(f"request to {base} failed: {_reason(cause or exc)}") from None
+    except ApiError as exc:
+        raise CliError(error_line(exc)) from None
 
 
-def _reason(exc: Exception) -> str:
+def error_line(exc: ApiError) -> str:
+    """``404 NOT_FOUND: operations/platform.x does not exist`` from a typed API error.
+
+    Args:
+        exc: The error.
+
+    Returns:
+        One line (a non-AIP-193 body, e.g. a proxy's page, is flattened and cut).
+    """
+    if not exc.aip193:
+        text = exc.message.strip().replace("\n", " ")[:200]
+        phrase = httpx.codes.get_reason_phrase(exc.http_status)
+        return f"{exc.http_status} {phrase}: {text or 'no details'}"
+    hint = ""
+    if exc.http_status == 401:
+        hint = " (set CONVEYOR_API_KEY to a key from `conveyor keys create`)"
+    return f"{exc.http_status} {exc.status}: {exc.message}{hint}"
+
+
+def _reason(exc: BaseException) -> str:
     text = str(exc) or type(exc).__name__
     if "refused" in text.lower():
         return "connection refused"
     return text.splitlines()[0][:200]
 
 
-def _error_line(response: httpx.Response) -> str:
-    """``404 NOT_FOUND: operations/platform.x does not exist`` from an AIP-193 body."""
-    try:
-        error = response.json().get("error") or {}
-    except (ValueError, AttributeError):
-        error = {}
-    if isinstance(error, dict) and error.get("message"):
-        status = error.get("status") or response.reason_phrase
-        hint = ""
-        if response.status_code == 401:
-            hint = " (set CONVEYOR_API_KEY to a key from `conveyor keys create`)"
-        return f"{response.status_code} {status}: {error['message']}{hint}"
-    text = response.text.strip().replace("\n", " ")[:200]
-    return f"{response.status_code} {response.reason_phrase}: {text or 'no details'}"
-
-
 def operation_path(name: str) -> str:
-    """Returns the API path of an operation.
+    """Returns the operation id of a name, checked for emptiness.
 
     Args:
         name: ``operations/platform.<id>`` or ``platform.<id>``.
 
     Returns:
-        ``/v1/operations/platform.<id>``.
+        ``platform.<id>``.
 
     Raises:
         CliError: If the name is empty.
@@ -150,28 +143,28 @@ def operation_path(name: str) -> str:
     ident = name.strip().removeprefix("/").removeprefix("operations/")
     if not ident:
         raise CliError(f"operation name {name!r} is empty; expected operations/<domain>.<id>")
-    return "/v1/operations/" + urllib.parse.quote(ident, safe="")
+    return ident
 
 
-def _client(ctx: click.Context) -> ApiClient:
-    client: ApiClient = ctx.obj
+def _client(ctx: click.Context) -> Conveyor:
+    client: Conveyor = ctx.obj
     return client
 
 
-def _progress_text(op: dict[str, Any]) -> str:
-    progress = (op.get("metadata") or {}).get("progress") or {}
-    done, total = progress.get("done", 0), progress.get("total")
-    return f"{done}/{total}" if total else str(done)
+def _dump(op: Operation) -> dict[str, Any]:
+    body: dict[str, Any] = op.model_dump(mode="json", by_alias=True, exclude_none=True)
+    return body
 
 
-def _short_time(value: Any) -> str:
-    if not isinstance(value, str):
+def _progress_text(op: Operation) -> str:
+    progress = op.metadata.progress
+    return f"{progress.done}/{progress.total}" if progress.total else str(progress.done)
+
+
+def _short_time(value: dt.datetime | None) -> str:
+    if value is None:
         return ""
-    try:
-        when = dt.datetime.fromisoformat(value.replace("Z", "+00:00"))
-    except ValueError:
-        return value
-    return when.astimezone(dt.UTC).strftime("%Y-%m-%d %H:%M:%S")
+    return value.astimezone(dt.UTC).strftime("%Y-%m-%d %H:%M:%S")
 
 
 def _console() -> Any:
@@ -194,7 +187,7 @@ def _console() -> Any:
 @click.pass_context
 def ops(ctx: click.Context, api_url: str, http_timeout: float) -> None:
     """List, inspect, watch and cancel operations through the API."""
-    client = ApiClient(api_url, os.environ.get("CONVEYOR_API_KEY") or None, http_timeout)
+    client = make_client(api_url, os.environ.get("CONVEYOR_API_KEY") or None, http_timeout)
     ctx.obj = client
     ctx.call_on_close(client.close)
 
@@ -218,15 +211,14 @@ def list_operations(
     as_json: bool,
 ) -> None:
     """List operations (newest last), as a table."""
-    params: dict[str, Any] = {}
-    if filter_:
-        params["filter"] = filter_
-    if page_size is not None:
-        params["page_size"] = page_size
-    if page_token:
-        params["page_token"] = page_token
-    body = _client(ctx).request("GET", "/v1/operations", params=params)
+    client = _client(ctx)
+    with api_errors(client):
+        page = client.operations.page(filter_, page_size=page_size, page_token=page_token)
     if as_json:
+        body = {
+            "operations": [_dump(op) for op in page.items],
+            "next_page_token": page.next_page_token,
+        }
         click.echo(json.dumps(body, indent=2))
         return
     from rich.table import Table
@@ -234,24 +226,24 @@ def list_operations(
     table = Table(box=None, header_style="bold", pad_edge=False)
     for column in ("NAME", "TYPE", "STATE", "PROGRESS", "ATTEMPT", "CREATED", "UPDATED"):
         table.add_column(column, no_wrap=True)
-    operations = body.get("operations") or []
+    operations = page.items
     for op in operations:
-        meta = op.get("metadata") or {}
+        meta = op.metadata
         table.add_row(
-            op.get("name", ""),
-            f"{meta.get('domain', '')}.{meta.get('type', '')}",
-            meta.get("state", ""),
+            op.name,
+            f"{meta.domain}.{meta.type}",
+            meta.state,
             _progress_text(op),
-            str(meta.get("attempt", "")),
-            _short_time(meta.get("create_time")),
-            _short_time(meta.get("update_time")),
+            str(meta.attempt),
+            _short_time(meta.create_time),
+            _short_time(meta.update_time),
         )
     console = _console()
     if operations:
         console.print(table)
     else:
         console.print("no operations" + (" match the filter" if filter_ else ""))
-    token = body.get("next_page_token")
+    token = page.next_page_token
     if token:
         console.print(f"more: --page-token {token}", highlight=False, soft_wrap=True)
 
@@ -261,7 +253,10 @@ def list_operations(
 @click.pass_context
 def get_operation(ctx: click.Context, name: str) -> None:
     """Print an operation as JSON (NAME: operations/platform.<id> or platform.<id>)."""
-    click.echo(json.dumps(_client(ctx).request("GET", operation_path(name)), indent=2))
+    client = _client(ctx)
+    with api_errors(client):
+        op = client.operations.get(operation_path(name))
+    click.echo(json.dumps(_dump(op), indent=2))
 
 
 @ops.command("cancel")
@@ -269,23 +264,21 @@ def get_operation(ctx: click.Context, name: str) -> None:
 @click.pass_context
 def cancel_operation(ctx: click.Context, name: str) -> None:
     """Cancel an operation (a running one stops at its next unit of work)."""
-    op = _client(ctx).request("POST", operation_path(name) + ":cancel")
-    state = (op.get("metadata") or {}).get("state", "?")
-    note = " (it stops at its next unit of work)" if state == "CANCELLING" else ""
-    click.echo(f"{op.get('name', name)}: {state}{note}")
+    client = _client(ctx)
+    with api_errors(client):
+        op = client.operations.cancel(operation_path(name))
+    note = " (it stops at its next unit of work)" if op.state == "CANCELLING" else ""
+    click.echo(f"{op.name}: {op.state}{note}")
 
 
-def _finish(op: dict[str, Any]) -> NoReturn:
-    name = op.get("name", "?")
-    state = (op.get("metadata") or {}).get("state", "?")
-    if state == "SUCCEEDED":
-        click.echo(f"{name}: SUCCEEDED")
-        if op.get("response") is not None:
-            click.echo(json.dumps(op["response"]))
+def _finish(op: Operation) -> NoReturn:
+    if op.state == "SUCCEEDED":
+        click.echo(f"{op.name}: SUCCEEDED")
+        if op.response is not None:
+            click.echo(json.dumps(op.response))
         raise SystemExit(0)
-    error = op.get("error") or {}
-    detail = f": {error.get('status', '')}: {error.get('message', '')}" if error else ""
-    click.echo(f"{name}: {state}{detail}", err=True)
+    detail = f": {op.error.status}: {op.error.message}" if op.error else ""
+    click.echo(f"{op.name}: {op.state}{detail}", err=True)
     raise SystemExit(1)
 
 
@@ -313,8 +306,9 @@ def watch_operation(ctx: click.Context, name: str, interval: float) -> None:
     )
 
     client = _client(ctx)
-    path = operation_path(name)
-    op = client.request("GET", path)
+    ident = operation_path(name)
+    with api_errors(client):
+        op = client.operations.get(ident)
     console = _console()
     columns = (
         TextColumn("{task.fields[state]:<10}"),
@@ -324,34 +318,30 @@ def watch_operation(ctx: click.Context, name: str, interval: float) -> None:
         TextColumn("{task.description}"),
     )
     with Progress(*columns, console=console) as progress:
-        console.print(f"watching {op.get('name', name)}", highlight=False)
+        console.print(f"watching {op.name}", highlight=False)
         bar = progress.add_task("", total=None, state="")
         while True:
-            meta = op.get("metadata") or {}
-            prog = meta.get("progress") or {}
-            total = prog.get("total") or None
-            done = prog.get("done") or 0
-            state = meta.get("state", "?")
+            prog = op.metadata.progress
+            total = prog.total or None
+            done = prog.done
+            state = op.state
             if state == "SUCCEEDED" and total:
                 done = total
             progress.update(
                 bar,
                 total=total,
                 completed=done,
-                description=prog.get("message") or "",
+                description=prog.message,
                 state=state,
             )
-            if op.get("done") or state in TERMINAL_STATES:
+            if op.done or state in TERMINAL_STATES:
                 break
             started = time.monotonic()
-            # :wait returns as soon as the operation is done, else after `interval`.
-            op = client.request(
-                "POST",
-                path + ":wait",
-                json={"timeout": interval},
-                timeout=client.timeout + interval,
-            )
-            if op.get("done"):
+            # One :wait long poll: it returns as soon as the operation is done, else after
+            # `interval`.
+            with api_errors(client):
+                op = client.operations.wait(ident, timeout=interval)
+            if op.done:
                 continue
             time.sleep(max(0.0, interval - (time.monotonic() - started)))
     _finish(op)

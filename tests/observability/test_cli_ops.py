@@ -12,7 +12,7 @@ import httpx
 import pytest
 from click.testing import CliRunner, Result
 
-from app.cli_ops import ApiClient, ops, status
+from app.cli_ops import api_errors, make_client, ops, status
 from app.embedded import find_free_port
 from tests.observability.support import start_api
 
@@ -151,14 +151,16 @@ def test_api_key_from_env_is_sent_as_bearer_token_and_non_json_errors_stay_one_l
             return httpx.Response(502, text="<html>\nbad gateway\n</html>")
         return httpx.Response(200, json={"operations": []})
 
-    client = ApiClient("http://api.test/", "s3cret", transport=httpx.MockTransport(handler))
-    assert client.request("GET", "/v1/operations") == {"operations": []}
+    client = make_client("http://api.test/", "s3cret", transport=httpx.MockTransport(handler))
+    with api_errors(client):
+        assert client.operations.page().items == []
     assert seen[0].headers["authorization"] == "Bearer s3cret"
     assert str(seen[0].url) == "http://api.test/v1/operations"
-    with pytest.raises(click.ClickException) as info:
-        client.request("GET", "/v1/operations/boom")
+    with pytest.raises(click.ClickException) as info, api_errors(client):
+        client.operations.get("boom")
     assert info.value.exit_code == 2
     assert info.value.format_message() == "502 Bad Gateway: <html> bad gateway </html>"
-    anonymous = ApiClient("http://api.test", None, transport=httpx.MockTransport(handler))
-    anonymous.request("GET", "/v1/operations")
+    anonymous = make_client("http://api.test", None, transport=httpx.MockTransport(handler))
+    with api_errors(anonymous):
+        anonymous.operations.page()
     assert "authorization" not in seen[-1].headers

@@ -114,6 +114,29 @@ class Operations(_Resource):
         ):
             yield self._op(item)
 
+    async def page(
+        self,
+        filter: str | None = None,
+        *,
+        page_size: int | None = None,
+        page_token: str | None = None,
+    ) -> models.Page[AsyncOperation]:
+        """One page of operations.
+
+        Args:
+            filter: AIP-160 filter.
+            page_size: Items per page.
+            page_token: ``next_page_token`` of the previous page.
+
+        Returns:
+            The page.
+        """
+        body = await self._c.json(calls.lister("/v1/operations", filter, page_size)(page_token))
+        return models.Page[AsyncOperation](
+            items=[self._op(o) for o in body.get("operations") or []],
+            next_page_token=body.get("next_page_token") or "",
+        )
+
     async def cancel(self, name: str) -> AsyncOperation:
         """Starts cancelling an operation (a running one stops at its next unit of work).
 
@@ -417,6 +440,32 @@ class Records(_Resource):
         async for item in _pages(self._c, factory, "records"):
             yield models.Record.model_validate(item)
 
+    async def page(
+        self,
+        dataset: str,
+        filter: str | None = None,
+        *,
+        page_size: int | None = None,
+        page_token: str | None = None,
+    ) -> models.Page[models.Record]:
+        """One page of a dataset's records.
+
+        Args:
+            dataset: Dataset name.
+            filter: AIP-160 filter.
+            page_size: Items per page.
+            page_token: ``next_page_token`` of the previous page.
+
+        Returns:
+            The page.
+        """
+        path = f"/v1/datasets/{calls.ident(dataset, 'datasets')}/records"
+        body = await self._c.json(calls.lister(path, filter, page_size)(page_token))
+        return models.Page[models.Record](
+            items=[models.Record.model_validate(r) for r in body.get("records") or []],
+            next_page_token=body.get("next_page_token") or "",
+        )
+
     async def get(self, dataset: str, key: str) -> models.Record:
         """Gets one record by key.
 
@@ -585,6 +634,32 @@ class Deliveries(_Resource):
         factory = calls.lister(path, filter, page_size)
         async for item in _pages(self._c, factory, "deliveries"):
             yield models.Delivery.model_validate(item)
+
+    async def page(
+        self,
+        endpoint: str,
+        filter: str | None = None,
+        *,
+        page_size: int | None = None,
+        page_token: str | None = None,
+    ) -> models.Page[models.Delivery]:
+        """One page of an endpoint's deliveries.
+
+        Args:
+            endpoint: Endpoint name.
+            filter: AIP-160 filter, e.g. ``state = "DEAD"``.
+            page_size: Items per page.
+            page_token: ``next_page_token`` of the previous page.
+
+        Returns:
+            The page.
+        """
+        path = f"/v1/endpoints/{calls.ident(endpoint, 'endpoints')}/deliveries"
+        body = await self._c.json(calls.lister(path, filter, page_size)(page_token))
+        return models.Page[models.Delivery](
+            items=[models.Delivery.model_validate(d) for d in body.get("deliveries") or []],
+            next_page_token=body.get("next_page_token") or "",
+        )
 
     async def get(self, name: str) -> models.Delivery:
         """Gets a delivery.

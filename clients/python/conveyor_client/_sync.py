@@ -108,6 +108,29 @@ class Operations(_Resource):
         ):
             yield self._op(item)
 
+    def page(
+        self,
+        filter: str | None = None,
+        *,
+        page_size: int | None = None,
+        page_token: str | None = None,
+    ) -> models.Page[Operation]:
+        """One page of operations.
+
+        Args:
+            filter: AIP-160 filter.
+            page_size: Items per page.
+            page_token: ``next_page_token`` of the previous page.
+
+        Returns:
+            The page.
+        """
+        body = self._c.json(calls.lister("/v1/operations", filter, page_size)(page_token))
+        return models.Page[Operation](
+            items=[self._op(o) for o in body.get("operations") or []],
+            next_page_token=body.get("next_page_token") or "",
+        )
+
     def cancel(self, name: str) -> Operation:
         """Starts cancelling an operation (a running one stops at its next unit of work).
 
@@ -403,6 +426,32 @@ class Records(_Resource):
         for item in _pages(self._c, factory, "records"):
             yield models.Record.model_validate(item)
 
+    def page(
+        self,
+        dataset: str,
+        filter: str | None = None,
+        *,
+        page_size: int | None = None,
+        page_token: str | None = None,
+    ) -> models.Page[models.Record]:
+        """One page of a dataset's records.
+
+        Args:
+            dataset: Dataset name.
+            filter: AIP-160 filter.
+            page_size: Items per page.
+            page_token: ``next_page_token`` of the previous page.
+
+        Returns:
+            The page.
+        """
+        path = f"/v1/datasets/{calls.ident(dataset, 'datasets')}/records"
+        body = self._c.json(calls.lister(path, filter, page_size)(page_token))
+        return models.Page[models.Record](
+            items=[models.Record.model_validate(r) for r in body.get("records") or []],
+            next_page_token=body.get("next_page_token") or "",
+        )
+
     def get(self, dataset: str, key: str) -> models.Record:
         """Gets one record by key.
 
@@ -567,6 +616,32 @@ class Deliveries(_Resource):
         factory = calls.lister(path, filter, page_size)
         for item in _pages(self._c, factory, "deliveries"):
             yield models.Delivery.model_validate(item)
+
+    def page(
+        self,
+        endpoint: str,
+        filter: str | None = None,
+        *,
+        page_size: int | None = None,
+        page_token: str | None = None,
+    ) -> models.Page[models.Delivery]:
+        """One page of an endpoint's deliveries.
+
+        Args:
+            endpoint: Endpoint name.
+            filter: AIP-160 filter, e.g. ``state = "DEAD"``.
+            page_size: Items per page.
+            page_token: ``next_page_token`` of the previous page.
+
+        Returns:
+            The page.
+        """
+        path = f"/v1/endpoints/{calls.ident(endpoint, 'endpoints')}/deliveries"
+        body = self._c.json(calls.lister(path, filter, page_size)(page_token))
+        return models.Page[models.Delivery](
+            items=[models.Delivery.model_validate(d) for d in body.get("deliveries") or []],
+            next_page_token=body.get("next_page_token") or "",
+        )
 
     def get(self, name: str) -> models.Delivery:
         """Gets a delivery.

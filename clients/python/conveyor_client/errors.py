@@ -45,6 +45,8 @@ class ApiError(ConveyorError):
         metadata: ``ErrorInfo.metadata``.
         details: The raw ``details`` list.
         retry_after: ``Retry-After`` seconds, when the response carried it.
+        aip193: Whether the body was an AIP-193 error (``False``: e.g. a proxy's HTML page,
+            whose text is then the message).
     """
 
     status_name = "UNKNOWN"
@@ -57,6 +59,7 @@ class ApiError(ConveyorError):
         status: str | None = None,
         details: list[dict[str, Any]] | None = None,
         retry_after: float | None = None,
+        aip193: bool = True,
     ) -> None:
         super().__init__(f"{http_status} {status or self.status_name}: {message}")
         self.http_status = http_status
@@ -64,6 +67,7 @@ class ApiError(ConveyorError):
         self.message = message
         self.details = details or []
         self.retry_after = retry_after
+        self.aip193 = aip193
         info = next((d for d in self.details if str(d.get("@type", "")).endswith("ErrorInfo")), {})
         self.reason: str | None = info.get("reason")
         self.metadata: dict[str, Any] = dict(info.get("metadata") or {})
@@ -249,4 +253,5 @@ def from_response(response: httpx.Response) -> ApiError:
         status=str(status) if status else None,
         details=details,
         retry_after=retry_after_seconds(response),
+        aip193=bool(status),
     )

@@ -7,9 +7,11 @@ fields a newer server adds, so an older client keeps working.
 from __future__ import annotations
 
 import datetime as dt
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field
+
+T = TypeVar("T")
 
 TERMINAL_STATES = frozenset({"SUCCEEDED", "FAILED", "CANCELLED"})
 """Operation states after which nothing changes."""
@@ -285,3 +287,15 @@ class Report(Model):
     content_type: str = ""
     download_uri: str | None = None
     error: str | None = None
+
+
+class Page(BaseModel, Generic[T]):
+    """One page of a list call (AIP-158), for callers that page themselves (UIs, CLIs).
+
+    Attributes:
+        items: The page's items.
+        next_page_token: Pass as ``page_token`` for the next page; empty at the end.
+    """
+
+    items: list[T]
+    next_page_token: str = ""
