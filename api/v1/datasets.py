@@ -176,7 +176,8 @@ class ListDatasetsResponse(BaseModel):
 
 class CreateImportRequest(BaseModel):
     """JSON body of ``POST /v1/datasets/{id}/imports`` (import from a URL). To send a file,
-    use multipart/form-data (part ``file``, optional parts ``format`` and ``request_id``) or the
+    use multipart/form-data (part ``file``, optional parts ``format``, ``encoding_errors`` and
+    ``request_id``) or the
     raw file as body with ``Content-Type: text/csv``, ``application/x-ndjson`` or
     ``application/gzip``.
     """
@@ -194,6 +195,13 @@ class CreateImportRequest(BaseModel):
 
     source_uri: str = Field(min_length=1, max_length=2048, description="http(s) URL to fetch.")
     format: Literal["auto", "csv", "jsonl"] = "auto"
+    encoding_errors: Literal["fail", "replace", "reject_row"] = Field(
+        default="fail",
+        description=(
+            "A byte that is not UTF-8: `fail` the import, `replace` it with U+FFFD, or"
+            " `reject_row` (the row is listed in the errors download)."
+        ),
+    )
     request_id: str | None = Field(default=None, min_length=1, max_length=128)
 
 
@@ -228,6 +236,7 @@ class ImportOut(BaseModel):
     state: str
     operation: str
     format: str
+    encoding_errors: str = "fail"
     source_uri: str | None = None
     size_bytes: int
     rows_total: int | None = None
@@ -364,6 +373,7 @@ def import_out(item: Import) -> dict[str, Any]:
         "state": str(item.state),
         "operation": f"operations/imports.{item.operation_id}",
         "format": item.format,
+        "encoding_errors": item.encoding_errors,
         "source_uri": item.source_uri,
         "size_bytes": item.size_bytes,
         "rows_total": item.rows_total,
@@ -513,6 +523,10 @@ _UPLOAD_BODY = {
                         "description": "CSV with a header, or JSONL; gzip accepted.",
                     },
                     "format": {"type": "string", "enum": ["auto", "csv", "jsonl"]},
+                    "encoding_errors": {
+                        "type": "string",
+                        "enum": ["fail", "replace", "reject_row"],
+                    },
                     "request_id": {"type": "string", "maxLength": 128},
                 },
             }
@@ -568,6 +582,14 @@ async def create_import(
     correlation: Annotated[str | None, Depends(request_id)],
     format_param: Annotated[Literal["auto", "csv", "jsonl"] | None, Query(alias="format")] = None,
     request_id_param: Annotated[str | None, Query(alias="request_id", max_length=128)] = None,
+    encoding_errors_param: Annotated[
+        Literal["fail", "replace", "reject_row"] | None,
+        Query(
+            alias="encoding_errors",
+            description="A byte that is not UTF-8: `fail` (default), `replace` (U+FFFD) or"
+            " `reject_row` (the row is listed in the errors download).",
+        ),
+    ] = None,
 ) -> Any:
     """Starts an import and returns its Operation (type `import`). Send the file as
     multipart/form-data (part `file`), or as the raw body (`text/csv`, `application/x-ndjson`,
@@ -582,6 +604,7 @@ async def create_import(
     media = content_type.split(";", 1)[0].strip()
     fmt = format_param
     rid = request_id_param
+    encoding = encoding_errors_param
     if media == "application/json":
         raw = await _small_body(request)
         try:
@@ -597,6 +620,7 @@ async def create_import(
             dataset_id=did,
             source_uri=body.source_uri,
             format=fmt or body.format,
+            encoding_errors=encoding or body.encoding_errors,
             request_id=body.request_id or rid,
             correlation_id=correlation,
         )
@@ -629,6 +653,7 @@ async def create_import(
                     reason="NO_FILE",
                 )
             fmt = fmt or _form_format(fields.get("format"))
+            encoding = encoding or _form_encoding_errors(fields.get("encoding_errors"))
             rid = rid or fields.get("request_id") or None
         else:
             async for block in request.stream():
@@ -649,6 +674,7 @@ async def create_import(
         dataset_id=did,
         stored=stored,
         format=fmt or "auto",
+        encoding_errors=encoding or "fail",
         request_id=rid,
         correlation_id=correlation,
     )
@@ -662,6 +688,17 @@ def _form_format(value: str | None) -> Literal["auto", "csv", "jsonl"]:
         return value  # type: ignore[return-value]
     raise InvalidArgument(
         f"format {value!r} is unknown; use csv, jsonl or auto", reason="INVALID_FORMAT"
+    )
+
+
+def _form_encoding_errors(value: str | None) -> Literal["fail", "replace", "reject_row"]:
+    if value in (None, "", "fail"):
+        return "fail"
+    if value in ("replace", "reject_row"):
+        return value  # type: ignore[return-value]
+    raise InvalidArgument(
+        f"encoding_errors {value!r} is unknown; use fail, replace or reject_row",
+        metadata={"field": "encoding_errors"},
     )
 
 

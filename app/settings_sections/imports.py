@@ -33,6 +33,25 @@ class ImportsSettings(BaseModel):
         le=1_000_000,
         description="Rows per chunk task of the import fan-out.",
     )
+    max_cell_bytes: int = Field(
+        default=64 * 1024,
+        ge=1,
+        le=10 * 1024 * 1024,
+        description=(
+            "Largest value of one cell (CSV) or field (JSONL), in UTF-8 bytes; a row with a"
+            " larger one is rejected as a row error (listed in the errors download), the"
+            " import goes on."
+        ),
+    )
+    max_row_bytes: int = Field(
+        default=1024 * 1024,
+        ge=1,
+        le=10 * 1024 * 1024,
+        description=(
+            "Largest row (CSV: its cells and separators; JSONL: the line), in bytes; a larger"
+            " row is a row error. Lines over 10 MiB still fail the file."
+        ),
+    )
     allow_private_sources: bool = Field(
         default=False,
         description="Let source_uri reach loopback/private addresses (development only).",

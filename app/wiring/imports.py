@@ -71,6 +71,8 @@ def build(container: Container) -> dict[str, Any]:
             lease_seconds=settings.operation_lease_seconds,
             pending_deadline_seconds=settings.pending_deadline_seconds,
             max_file_bytes=settings.upload_limit_bytes(),
+            max_cell_bytes=section.max_cell_bytes,
+            max_row_bytes=section.max_row_bytes,
         ),
         progress_interval=settings.progress_interval_seconds,
     )

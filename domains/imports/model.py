@@ -293,6 +293,8 @@ class Import:
         chunks_total: Chunks of the fan-out.
         error: Why it failed.
         complete_time: When it ended.
+        encoding_errors: What a byte that is not UTF-8 does: ``fail`` the import, ``replace``
+            it with U+FFFD, or ``reject_row`` (the row is listed in the errors).
     """
 
     id: uuid.UUID
@@ -312,6 +314,7 @@ class Import:
     chunks_total: int | None = None
     error: str | None = None
     complete_time: dt.datetime | None = None
+    encoding_errors: str = "fail"
 
     @property
     def name(self) -> str:

@@ -17,6 +17,7 @@ problems become :class:`RowError` values and never fail the import.
 
 from __future__ import annotations
 
+import bisect
 import codecs
 import csv
 import dataclasses
@@ -38,17 +39,27 @@ FORMATS = ("csv", "jsonl")
 MAX_RAW_VALUE = 1000
 """Longest raw value kept in a row error (longer ones are cut)."""
 MAX_LINE_BYTES = 10 * 1024 * 1024
-"""Longest physical line (or quoted CSV record) accepted."""
+"""Longest physical line (or quoted CSV record) accepted; longer ones fail the file."""
+MAX_CELL_BYTES = 64 * 1024
+"""Default largest cell (CSV) or value (JSONL), in UTF-8 bytes; larger ones are row errors."""
+MAX_ROW_BYTES = 1024 * 1024
+"""Default largest row (cells and separators, or the JSONL line), in bytes; larger: row error."""
+ENCODING_ERRORS = ("fail", "replace", "reject_row")
+"""What a byte that is not UTF-8 does: fail the import, become U+FFFD, or reject its row."""
 _GZIP_MAGIC = b"\x1f\x8b"
 _BOM = codecs.BOM_UTF8
 _INT = re.compile(r"[+-]?\d+")
 _INT_LIMIT = 2**63
-_TRUE = frozenset({"true", "t", "yes", "y", "1"})
-_FALSE = frozenset({"false", "f", "no", "n", "0"})
+TRUE_WORDS = frozenset({"true", "t", "yes", "y", "1"})
+FALSE_WORDS = frozenset({"false", "f", "no", "n", "0"})
 
 csv.field_size_limit(MAX_LINE_BYTES)
 # One encoder for every row: json.dumps with non-default options builds a new one per call.
-_ENCODE = json.JSONEncoder(ensure_ascii=False, check_circular=False, separators=(",", ":")).encode
+encode_json = json.JSONEncoder(
+    ensure_ascii=False, check_circular=False, separators=(",", ":")
+).encode
+"""Encodes one value or record as compact JSON (non-ASCII kept)."""
+_ENCODE = encode_json
 
 
 class ImportFileError(PermanentError):
@@ -116,8 +127,63 @@ class FilePlan:
     chunks: list[ChunkPlan]
 
 
-def _cut(value: str) -> str:
+def cut(value: str) -> str:
+    """Cuts a raw value to :data:`MAX_RAW_VALUE` characters for a row error.
+
+    Args:
+        value: The raw value.
+
+    Returns:
+        It, or its start followed by an ellipsis.
+    """
     return value if len(value) <= MAX_RAW_VALUE else value[:MAX_RAW_VALUE] + "…"
+
+
+_cut = cut
+
+
+def utf8_size(text: str) -> int:
+    """Returns the UTF-8 size of ``text`` (cheaply when it is plainly small).
+
+    Args:
+        text: Any text.
+
+    Returns:
+        Bytes.
+    """
+    return len(text) if text.isascii() else len(text.encode("utf-8", "surrogatepass"))
+
+
+def cell_limit_reason(raw: str, limit: int) -> str:
+    """Row-error reason of a cell over the per-cell byte limit.
+
+    Args:
+        raw: The cell.
+        limit: The limit in bytes.
+
+    Returns:
+        The reason, naming the setting.
+    """
+    return (
+        f"value is {utf8_size(raw)} bytes; at most {limit} bytes are allowed per value"
+        " (CONVEYOR_IMPORTS__MAX_CELL_BYTES)"
+    )
+
+
+def row_limit_reason(size: int, limit: int) -> str:
+    """Row-error reason of a row over the per-row byte limit.
+
+    Args:
+        size: The row's size in bytes.
+        limit: The limit in bytes.
+
+    Returns:
+        The reason, naming the setting.
+    """
+    return (
+        f"row is {size} bytes; at most {limit} bytes are allowed per row"
+        " (CONVEYOR_IMPORTS__MAX_ROW_BYTES)"
+    )
 
 
 def is_gzip(path: str) -> bool:
@@ -198,14 +264,85 @@ def detect_format(path: str, declared: str | None) -> str:
     return "jsonl" if head[:1] in (b"{", b"[") else "csv"
 
 
-def _decode(line: bytes, number: int) -> str:
+def _decode(line: bytes, number: int, encoding_errors: str = "fail") -> str:
+    if encoding_errors != "fail":
+        return line.decode("utf-8", errors="replace")
     try:
         return line.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise ImportFileError(
             f"line {number} is not valid UTF-8 (byte {exc.start + 1}): the file must be UTF-8"
-            " encoded CSV or JSONL text; re-save it as UTF-8"
+            " encoded CSV or JSONL text; re-save it as UTF-8, or import it with"
+            " encoding_errors=replace (bad bytes become U+FFFD) or encoding_errors=reject_row"
+            " (rows with bad bytes are listed in the errors)"
         ) from None
+
+
+def invalid_utf8_lines(path: str, start: int, end: int, first_line: int) -> dict[int, int]:
+    """Finds the physical lines of a byte range that are not valid UTF-8.
+
+    Args:
+        path: Plain file.
+        start: First byte.
+        end: Byte after the last.
+        first_line: Line number of ``start``.
+
+    Returns:
+        ``{line number: 1-based position of the first bad byte in it}`` (empty if all valid).
+    """
+    with open(path, "rb") as f:
+        f.seek(start)
+        data = f.read(end - start)
+    try:
+        data.decode("utf-8")
+        return {}
+    except UnicodeDecodeError:
+        pass
+    bad: dict[int, int] = {}
+    for i, line in enumerate(data.split(b"\n")):
+        try:
+            line.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            bad[first_line + i] = exc.start + 1
+    return bad
+
+
+def reject_invalid_utf8(
+    rows: Sequence[tuple[int, Any]], bad: Mapping[int, int], fmt: str
+) -> tuple[list[tuple[int, Any]], list[RowError]]:
+    """Splits out the rows holding a line that is not UTF-8 (``encoding_errors=reject_row``).
+
+    A CSV row spans the physical lines from its first line to the next row's first line.
+
+    Args:
+        rows: ``(line, cells or text)`` of a chunk, in order.
+        bad: Bad lines, from :func:`invalid_utf8_lines`.
+        fmt: ``csv`` or ``jsonl``.
+
+    Returns:
+        ``(kept rows, one error per rejected row)``.
+    """
+    starts = [line for line, _ in rows]
+    hit: dict[int, int] = {}
+    for line in sorted(bad):
+        index = bisect.bisect_right(starts, line) - 1
+        if index >= 0 and index not in hit:
+            hit[index] = line
+    kept = [row for i, row in enumerate(rows) if i not in hit]
+    errors = []
+    for index, line in sorted(hit.items()):
+        first, raw = rows[index]
+        text = ",".join(raw) if fmt == "csv" else str(raw)
+        errors.append(
+            RowError(
+                first,
+                "",
+                f"line {line} is not valid UTF-8 (byte {bad[line]}); re-save the file as UTF-8"
+                " (encoding_errors=reject_row left this row out)",
+                _cut(text),
+            )
+        )
+    return kept, errors
 
 
 def _check_text(line: bytes, number: int) -> None:
@@ -265,6 +402,7 @@ def plan_chunks(
     chunk_rows: int,
     *,
     on_progress: Callable[[int], None] | None = None,
+    encoding_errors: str = "fail",
 ) -> FilePlan:
     """Reads the plain file once: validates encoding and header, cuts it into chunks.
 
@@ -274,6 +412,8 @@ def plan_chunks(
         fields: Declared fields.
         chunk_rows: Rows per chunk.
         on_progress: Called with the rows counted so far, every ``chunk_rows`` rows.
+        encoding_errors: ``fail`` (a byte that is not UTF-8 fails the file), ``replace`` or
+            ``reject_row`` (the chunks handle it); the CSV header must be UTF-8 in any case.
 
     Returns:
         The plan.
@@ -318,7 +458,7 @@ def plan_chunks(
             if number == 1:
                 line = line.removeprefix(_BOM)
             _check_text(line, number)
-            text = _decode(line, number)
+            text = _decode(line, number, encoding_errors)
             if fmt == "csv":
                 if line.count(b'"') % 2:
                     in_quotes = not in_quotes
@@ -478,9 +618,9 @@ def _boolean(value: Any) -> Any:
     if isinstance(value, bool):
         return value
     text = str(value).strip().lower()
-    if text in _TRUE:
+    if text in TRUE_WORDS:
         return True
-    if text in _FALSE:
+    if text in FALSE_WORDS:
         return False
     raise ValueError("expected a boolean: true/false, yes/no or 1/0")
 
@@ -504,7 +644,11 @@ def _timestamp(value: Any) -> Any:
         if parsed is not None:
             if parsed.tzinfo is None:
                 raise ValueError("timestamp needs an offset, like 2026-01-31T12:00:00Z")
-            return parsed.astimezone(dt.UTC).isoformat()
+            try:
+                return parsed.astimezone(dt.UTC).isoformat()
+            except OverflowError:
+                # 9999-12-31T23:00:00-05:00 is past year 9999 in UTC.
+                raise ValueError("timestamp out of range (years 1 to 9999 in UTC)") from None
     raise ValueError("expected an RFC 3339 timestamp like 2026-01-31T12:00:00Z")
 
 
@@ -558,7 +702,13 @@ class RowValidator:
     """Validates rows against a dataset's fields; returns staged values or row errors."""
 
     def __init__(
-        self, fields: Sequence[FieldDef], key_field: str, columns: Sequence[str] = ()
+        self,
+        fields: Sequence[FieldDef],
+        key_field: str,
+        columns: Sequence[str] = (),
+        *,
+        max_cell_bytes: int = MAX_CELL_BYTES,
+        max_row_bytes: int = MAX_ROW_BYTES,
     ) -> None:
         """Compiles the validator.
 
@@ -566,7 +716,11 @@ class RowValidator:
             fields: Declared fields.
             key_field: Upsert key field.
             columns: CSV header columns (in file order); empty for JSONL.
+            max_cell_bytes: Largest value (UTF-8 bytes); a larger one is a row error.
+            max_row_bytes: Largest row (CSV: cells and separators; JSONL: the line).
         """
+        self.max_cell_bytes = max_cell_bytes
+        self.max_row_bytes = max_row_bytes
         self._fields = list(fields)
         self._by_name: Mapping[str, FieldDef] = {f.name: f for f in fields}
         self._convert = {f.name: converter(f) for f in fields}
@@ -604,6 +758,13 @@ class RowValidator:
                     _cut(",".join(cells)),
                 )
             ]
+        # Characters <= bytes <= 4 * characters: only measure bytes when it could matter.
+        chars = sum(map(len, cells)) + len(cells) - 1
+        if chars * 4 > self.max_row_bytes:
+            size = sum(map(utf8_size, cells)) + len(cells) - 1
+            if size > self.max_row_bytes:
+                text = ",".join(cells)
+                return [RowError(line, "", row_limit_reason(size, self.max_row_bytes), _cut(text))]
         record: dict[str, Any] = {}
         errors: list[RowError] | None = None
         for (name, convert, required), raw in zip(self._plan, cells, strict=True):
@@ -611,6 +772,12 @@ class RowValidator:
                 if required:
                     errors = errors or []
                     errors.append(RowError(line, name, "required value is missing", ""))
+                continue
+            if len(raw) * 4 > self.max_cell_bytes and utf8_size(raw) > self.max_cell_bytes:
+                errors = errors or []
+                errors.append(
+                    RowError(line, name, cell_limit_reason(raw, self.max_cell_bytes), _cut(raw))
+                )
                 continue
             if convert is None:
                 record[name] = raw
@@ -635,6 +802,10 @@ class RowValidator:
             ``(key text, JSON text of the record)`` or the row's errors. ``null`` is a
             missing value; undeclared keys are errors.
         """
+        if len(text) * 4 > self.max_row_bytes:
+            size = utf8_size(text)
+            if size > self.max_row_bytes:
+                return [RowError(line, "", row_limit_reason(size, self.max_row_bytes), _cut(text))]
         try:
             value = json.loads(text)
         except json.JSONDecodeError as exc:
@@ -659,6 +830,18 @@ class RowValidator:
                 continue
             if raw is None or raw == "":
                 continue
+            if not isinstance(raw, (str, int, float, bool)) or isinstance(raw, str):
+                shown = _as_text(raw)
+                if len(shown) * 4 > self.max_cell_bytes and utf8_size(shown) > self.max_cell_bytes:
+                    errors.append(
+                        RowError(
+                            line,
+                            field.name,
+                            cell_limit_reason(shown, self.max_cell_bytes),
+                            _cut(shown),
+                        )
+                    )
+                    continue
             try:
                 record[field.name] = self._convert[field.name](raw)
             except ValueError as exc:

@@ -434,6 +434,24 @@ class SqlImportsRepository:
                 records=rows,
             )
 
+    async def copy_staged_text(self, payload: Any) -> None:
+        """Bulk-loads staged rows from a COPY text-format payload (built column-wise).
+
+        Args:
+            payload: Bytes (or a buffer) of ``import_id, chunk_no, line, key, data`` lines,
+                tab-separated, COPY text escaping applied.
+        """
+        if len(payload):
+            driver = await self._driver()
+            await driver.copy_to_table(
+                "staged_records",
+                schema_name=tables.SCHEMA,
+                columns=["import_id", "chunk_no", "line", "key", "data"],
+                # A memoryview: asyncpg would take bytes for a file path.
+                source=memoryview(payload),
+                format="text",
+            )
+
     async def copy_row_errors(self, rows: Sequence[tuple[Any, ...]]) -> None:
         """Bulk-loads row errors with COPY.
 

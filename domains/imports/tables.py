@@ -52,6 +52,7 @@ imports = sa.Table(
     sa.Column("complete_time", sa.DateTime(timezone=True)),
     sa.Column("columns", pg.JSONB),
     sa.Column("plain_path", sa.Text),
+    sa.Column("encoding_errors", sa.Text, nullable=False, server_default="fail"),
     sa.Index("ix_imports_dataset_id_id", "dataset_id", "id"),
     sa.Index("ix_imports_operation_id", "operation_id"),
 )

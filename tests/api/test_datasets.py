@@ -295,3 +295,32 @@ async def test_another_tenant_sees_nothing_and_scopes_are_enforced(client, setti
         headers={**as_reader, "content-type": "text/csv"},
     )
     assert denied.status_code == 403
+
+
+async def test_encoding_errors_option_is_recorded_and_checked(client):
+    dataset = await create_dataset(client)
+    url = f"/v1/datasets/{dataset['id']}/imports"
+    ok = await client.post(
+        url,
+        params={"encoding_errors": "reject_row"},
+        content=b"id,amount\nk\xff,1\n",
+        headers={"content-type": "text/csv"},
+    )
+    assert ok.status_code == 200, ok.text
+    target = ok.json()["metadata"]["target"]
+    item = await client.get(f"/v1/{target}")
+    assert item.json()["encoding_errors"] == "reject_row"
+    form = await client.post(
+        url,
+        data={"encoding_errors": "ignore"},
+        files={"file": ("a.csv", b"id,amount\nk,1\n")},
+    )
+    assert form.status_code == 400, form.text
+    assert "use fail, replace or reject_row" in form.json()["error"]["message"]
+    query_ = await client.post(
+        url,
+        params={"encoding_errors": "ignore"},
+        content=b"id,amount\nk,1\n",
+        headers={"content-type": "text/csv"},
+    )
+    assert query_.status_code == 400, query_.text

@@ -16,6 +16,7 @@ from api import pagination
 from api.v1.operations import FILTER_FIELDS
 from domains.shared.errors import InvalidArgument
 from domains.shared.query import Condition
+from tests.support.imports import columnar_matches_row_validator
 
 FUZZ = settings(
     max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow], database=None
@@ -153,11 +154,17 @@ def _parse_file(data: bytes, fmt: str) -> None:
             return
         validator = parsing.RowValidator(FIELDS, "id", plan.columns)
         for chunk in plan.chunks:
-            for line, raw in parsing.iter_chunk_rows(
-                plain, fmt, chunk.start_offset, chunk.end_offset, chunk.first_line
-            ):
+            rows = list(
+                parsing.iter_chunk_rows(
+                    plain, fmt, chunk.start_offset, chunk.end_offset, chunk.first_line
+                )
+            )
+            for line, raw in rows:
                 result = validator.row(fmt, line, raw)
                 assert isinstance(result, (tuple, list))
+            if fmt == "csv":
+                # The vectorized validator the workers use gives the same outcome.
+                columnar_matches_row_validator(FIELDS, "id", plan.columns, rows)
     finally:
         for leftover in (path, path + ".plain"):
             if os.path.exists(leftover):

@@ -374,3 +374,83 @@ async def test_retry_of_a_failed_import_starts_over_without_double_counting(
     )
     assert errors[0][0] == 1
     assert await count_records(container, dataset_id) == 1
+
+
+async def _errors_and_records(
+    imports: ImportsService, container: Container, dataset_id: uuid.UUID, op_id: uuid.UUID
+) -> tuple[list[tuple[int, str, str, str]], dict[str, Any]]:
+    listed, _ = await imports.list_imports("t1", dataset_id, page_size=10, after_id=None)
+    item = next(i for i in listed if i.operation_id == op_id)
+    async with imports.row_errors("t1", dataset_id, item.id) as rows:
+        errors = [row async for row in rows]
+    records = await execute(
+        container, "SELECT key, data FROM imports.records WHERE dataset_id = :d", d=dataset_id
+    )
+    return errors, {key: data for key, data in records}
+
+
+BAD_UTF8 = b'id,amount,country\na,1,DE\nb\xff,2,FR\n"c\n\xfe",3,US\nd,4,GB\n'
+"""Line 3 has a bad byte; row 4 is a quoted cell spanning lines 4-5 with one on line 5."""
+
+
+@pytest.mark.parametrize("fmt", ["csv", "jsonl"])
+async def test_encoding_errors_fail_replace_or_reject_the_row(
+    imports: ImportsService, container: Container, fmt: str
+):
+    if fmt == "csv":
+        data = BAD_UTF8
+    else:
+        data = b'{"id":"a","amount":1}\n{"id":"b\xff","amount":2}\n{"id":"d","amount":4}\n'
+    dataset = await imports.create_dataset(
+        tenant="t1", display_name="d", fields=FIELDS, key_field="id"
+    )
+    outcomes = {}
+    for mode in ("fail", "replace", "reject_row"):
+        op = await imports.create_import(
+            tenant="t1",
+            dataset_id=dataset.id,
+            stored=await stored(imports, data),
+            encoding_errors=mode,
+        )
+        try:
+            outcomes[mode] = await run_all(imports, op.id)
+        except Exception as exc:  # the run's ImportFileError (the task adapter fails the op)
+            outcomes[mode] = {"error": str(exc)}
+    assert "not valid UTF-8" in outcomes["fail"]["error"]
+    assert "encoding_errors=replace" in outcomes["fail"]["error"]
+    rows = 4 if fmt == "csv" else 3
+    assert outcomes["replace"]["rows_accepted"] == rows
+    assert outcomes["reject_row"]["rows_accepted"] == 2
+    errors, records = await _errors_and_records(imports, container, dataset.id, op.id)
+    if fmt == "csv":
+        assert [(e[0], e[1]) for e in errors] == [(3, ""), (4, "")]
+        assert "line 5 is not valid UTF-8" in errors[1][2]
+        assert records["b\ufffd"]["amount"] == 2, "replace stored U+FFFD for the bad byte"
+    else:
+        assert [(e[0], e[1]) for e in errors] == [(2, "")]
+    assert "encoding_errors=reject_row" in errors[0][2]
+
+
+async def test_cells_and_rows_past_the_byte_limits_are_row_errors(
+    settings: Settings, tmp_path: Any
+):
+    section = ImportsSettings(storage_dir=str(tmp_path), max_cell_bytes=20, max_row_bytes=40)
+    registry_ = EngineRegistry(settings.model_copy(update={"imports": section}))
+    container = Container(registry_.settings, registry_)
+    try:
+        imports: ImportsService = container.services["imports"]
+        long_cell = "é" * 11  # 22 bytes, 11 characters
+        data = (
+            f"id,amount,country\nok,1,DE\n{long_cell},2,FR\nrow,{'1' * 19},US\n"
+            f"{'b' * 20},{'9' * 19},GB\n"  # 43 bytes
+        ).encode()
+        dataset_id, op_id = await new_import(imports, data)
+        response = await run_all(imports, op_id)
+        assert (response["rows_accepted"], response["rows_rejected"]) == (2, 2)
+        errors, records = await _errors_and_records(imports, container, dataset_id, op_id)
+        assert sorted(records) == ["ok", "row"]
+        assert errors[0][:2] == (3, "id") and "22 bytes" in errors[0][2]
+        assert "CONVEYOR_IMPORTS__MAX_CELL_BYTES" in errors[0][2]
+        assert errors[1][:2] == (5, "") and "CONVEYOR_IMPORTS__MAX_ROW_BYTES" in errors[1][2]
+    finally:
+        await registry_.dispose()

@@ -122,3 +122,57 @@ async def upload(
         files={"file": (filename, data, "text/csv")},
         data=form,
     )
+
+
+def columnar_matches_row_validator(
+    fields: Any,
+    key_field: str,
+    columns: list[str],
+    rows: list[tuple[int, list[str]]],
+    **limits: Any,
+) -> Any:
+    """Validates ``rows`` with both validators and asserts the same outcome: counts, row errors
+    (line, field, reason, raw value), and for every accepted row the same line, key and record
+    (as JSON values: jsonb stores numbers by value, so ``1e-07`` and ``1e-7`` are one number).
+
+    Returns:
+        The columnar result.
+    """
+    import json
+
+    from domains.imports import parsing
+    from domains.imports.columnar import ColumnarValidator
+
+    row_validator = parsing.RowValidator(fields, key_field, columns, **limits)
+    expected_staged, expected_errors, rejected = [], [], 0
+    for line, cells in rows:
+        result = row_validator.csv_row(line, cells)
+        if isinstance(result, tuple):
+            expected_staged.append((line, result[0], json.loads(result[1])))
+        else:
+            rejected += 1
+            expected_errors += [(e.line, e.field, e.reason, e.raw_value) for e in result]
+    got = ColumnarValidator(fields, key_field, columns, **limits).validate(
+        rows, import_id="00000000-0000-0000-0000-000000000001", chunk_no=7
+    )
+    assert (got.accepted, got.rejected) == (len(expected_staged), rejected)
+    assert sorted(got.errors) == sorted(expected_errors)
+    staged = []
+    for text in bytes(got.staged_copy).decode().split("\n")[:-1]:
+        import_id, chunk_no, line, key, data = (_copy_unescape(v) for v in text.split("\t"))
+        assert (import_id, chunk_no) == ("00000000-0000-0000-0000-000000000001", "7")
+        staged.append((int(line), key, json.loads(data)))
+    assert staged == expected_staged
+    return got
+
+
+def _copy_unescape(value: str) -> str:
+    out, i = [], 0
+    while i < len(value):
+        if value[i] == "\\":
+            out.append({"t": "\t", "n": "\n", "r": "\r", "\\": "\\"}[value[i + 1]])
+            i += 2
+        else:
+            out.append(value[i])
+            i += 1
+    return "".join(out)

@@ -1,0 +1,334 @@
+r"""Vectorized validation of CSV chunks (pyarrow): the same results as :class:`RowValidator`.
+
+Why pyarrow (not polars): its compute kernels (regex masks, casts, string joins) do all the
+per-cell work in C++ without numpy, its wheel is one dependency with no runtime of its own, and
+``binary_join_element_wise`` builds each record's JSON and each COPY line without a Python loop.
+
+Exactness comes first: a value takes the vectorized path only when it has a canonical shape on
+which pyarrow and the Python converters provably agree (``-?\d{1,18}`` for integers, an
+unpadded ``YYYY-MM-DD`` that survives a round trip for dates, ...). Every other value (and every
+error) goes through the Python converter of :mod:`domains.imports.parsing`, so reasons and
+stored values are exactly the row-by-row ones; the vectorized path only makes the common case
+cheap. Rows are still cut by :func:`parsing.iter_chunk_rows` (``csv.reader``), so quoted
+multi-line cells keep their physical line numbers.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from domains.imports import parsing
+from domains.imports.model import FieldDef
+
+_INTEGER = r"^-?[0-9]{1,18}$"
+_NUMBER = r"^-?[0-9]{1,300}(\.[0-9]{1,300})?([eE][+-]?[0-9]{1,3})?$"
+# Years 1100-9899 only: converting to UTC can never leave Python's 1..9999 range, and pyarrow
+# and Python print them alike (4 digits).
+_YEAR = r"(1[1-9]|[2-8][0-9]|9[0-8])[0-9]{2}"
+_DATE = rf"^{_YEAR}-[0-9]{{2}}-[0-9]{{2}}$"
+_TIMESTAMP = (
+    rf"^{_YEAR}-[0-9]{{2}}-[0-9]{{2}}T([01][0-9]|2[0-3]):[0-5][0-9]:[0-5][0-9](\.[0-9]{{1,6}})?"
+    r"(Z|[+-]([01][0-9]|2[0-3]):[0-5][0-9])$"
+)
+_NEEDS_JSON_ESCAPE = r'["\\\x00-\x1f]'
+_NEEDS_COPY_ESCAPE = r"[\\\t\n\r]"
+_MAX_EXACT_INT = float(2**53)
+
+
+@dataclasses.dataclass
+class ChunkResult:
+    """A validated chunk.
+
+    Attributes:
+        accepted: Valid rows.
+        rejected: Invalid rows.
+        staged_copy: COPY text-format payload of the valid rows for ``staged_records``
+            (columns ``import_id, chunk_no, line, key, data``); empty if none.
+        errors: ``(line, field, reason, raw_value)`` of each problem.
+    """
+
+    accepted: int
+    rejected: int
+    staged_copy: Any
+    errors: list[tuple[int, str, str, str]]
+
+
+@dataclasses.dataclass
+class _Column:
+    value: Any  # key text (strings unquoted), null where missing or invalid
+    json: Any  # JSON text of the value, null where missing or invalid
+    bad: Any  # bool array: the cell makes its row invalid
+
+
+def _bool(values: Iterable[bool]) -> Any:
+    return pa.array(list(values), type=pa.bool_())
+
+
+def _quote(values: Any) -> Any:
+    """JSON string literals of ``values`` (escaping only what needs it, in Python)."""
+    quoted = pc.binary_join_element_wise('"', values, '"', "")
+    escape = pc.fill_null(pc.match_substring_regex(values, _NEEDS_JSON_ESCAPE), False)
+    if not pc.any(escape).as_py():
+        return quoted
+    py = values.to_pylist()
+    flags = escape.to_pylist()
+    fixed = [parsing.encode_json(v) if f else None for v, f in zip(py, flags, strict=True)]
+    return pc.if_else(escape, pa.array(fixed, pa.string()), quoted)
+
+
+def _fast(field: FieldDef, arr: Any) -> tuple[Any, Any, Any]:
+    """Returns ``(fast mask, value text, json text)`` for the values of canonical shape."""
+    n = len(arr)
+    if field.type == "string":
+        return _bool([True] * n), arr, None
+    if field.type == "enum":
+        return pc.is_in(arr, value_set=pa.array(list(field.values), pa.string())), arr, None
+    if field.type == "boolean":
+        lower = pc.ascii_lower(arr)
+        yes = pc.is_in(lower, value_set=pa.array(sorted(parsing.TRUE_WORDS)))
+        no = pc.is_in(lower, value_set=pa.array(sorted(parsing.FALSE_WORDS)))
+        value = pc.if_else(yes, "true", pc.if_else(no, "false", pa.scalar(None, pa.string())))
+        return pc.or_(yes, no), value, value
+    if field.type == "integer":
+        mask = pc.match_substring_regex(arr, _INTEGER)
+        ints = pc.cast(pc.if_else(mask, arr, "0"), pa.int64())
+        value = pc.cast(ints, pa.string())
+        return mask, value, value
+    if field.type == "number":
+        mask = pc.match_substring_regex(arr, _NUMBER)
+        floats = pc.cast(pc.if_else(mask, arr, "0"), pa.float64())
+        mask = pc.and_(mask, pc.is_finite(floats))
+        integral = pc.and_(
+            pc.equal(floats, pc.trunc(floats)), pc.less(pc.abs(floats), _MAX_EXACT_INT)
+        )
+        as_int = pc.cast(pc.cast(pc.if_else(integral, floats, 0.0), pa.int64()), pa.string())
+        # Non-integral floats print as their shortest round-trip digits, like Python's repr;
+        # exponents may be written differently (1e-7 / 1e-07), which jsonb stores as one number.
+        value = pc.if_else(integral, as_int, pc.cast(floats, pa.string()))
+        return mask, value, value
+    if field.type == "date":
+        mask = pc.match_substring_regex(arr, _DATE)
+        mask = pc.and_(mask, _round_trips(arr, mask))
+        return mask, arr, None
+    if field.type == "timestamp":
+        mask = pc.match_substring_regex(arr, _TIMESTAMP)
+        mask = pc.and_(mask, _round_trips(pc.utf8_slice_codeunits(arr, 0, 10), mask))
+        if not pc.any(mask).as_py():
+            return mask, pa.nulls(n, pa.string()), None
+        safe = pc.if_else(mask, arr, "2000-01-01T00:00:00Z")
+        try:
+            stamps = pc.cast(safe, pa.timestamp("us", tz="UTC"))
+        except pa.ArrowInvalid:  # pragma: no cover - the regex and date check rule this out
+            return _bool([False] * n), pa.nulls(n, pa.string()), None
+        # "YYYY-MM-DD HH:MM:SS.ffffff" -> Python's isoformat(): T, no zero fraction, +00:00.
+        text = pc.cast(pc.cast(stamps, pa.timestamp("us")), pa.string())
+        base = pc.replace_substring(pc.utf8_slice_codeunits(text, 0, 19), " ", "T")
+        fraction = pc.utf8_slice_codeunits(text, 19, 26)
+        fraction = pc.if_else(pc.equal(fraction, ".000000"), "", fraction)
+        return mask, pc.binary_join_element_wise(base, fraction, "+00:00", ""), None
+    raise ValueError(f"unknown field type {field.type}")  # pragma: no cover
+
+
+def _round_trips(dates: Any, mask: Any) -> Any:
+    """Whether each ``YYYY-MM-DD`` is a real calendar date (printing it back gives it)."""
+    safe = pc.if_else(mask, dates, "2000-01-01")
+    # strptime rolls 02-30 over to 03-02: printing the date back tells.
+    parsed = pc.strptime(safe, format="%Y-%m-%d", unit="s", error_is_null=True)
+    printed = pc.cast(pc.cast(parsed, pa.date32()), pa.string())
+    return pc.fill_null(pc.equal(printed, safe), False)
+
+
+class ColumnarValidator:
+    """Validates a CSV chunk column by column; same outcome as :class:`RowValidator`."""
+
+    def __init__(
+        self,
+        fields: Sequence[FieldDef],
+        key_field: str,
+        columns: Sequence[str],
+        *,
+        max_cell_bytes: int = parsing.MAX_CELL_BYTES,
+        max_row_bytes: int = parsing.MAX_ROW_BYTES,
+    ) -> None:
+        """Compiles the validator.
+
+        Args:
+            fields: Declared fields.
+            key_field: Upsert key field.
+            columns: CSV header columns (file order).
+            max_cell_bytes: Largest cell (bytes); larger ones are row errors.
+            max_row_bytes: Largest row (bytes of its cells and separators).
+        """
+        by_name = {f.name: f for f in fields}
+        self._fields = [by_name[c] for c in columns]
+        self._key = key_field
+        self._row = parsing.RowValidator(
+            fields,
+            key_field,
+            columns,
+            max_cell_bytes=max_cell_bytes,
+            max_row_bytes=max_row_bytes,
+        )
+        self._converters = {f.name: parsing.converter(f) for f in fields}
+        self._max_cell = max_cell_bytes
+        self._max_row = max_row_bytes
+
+    def validate(
+        self,
+        rows: Iterable[tuple[int, list[str]]],
+        *,
+        import_id: str,
+        chunk_no: int,
+    ) -> ChunkResult:
+        """Validates the rows of one chunk.
+
+        Args:
+            rows: ``(line, cells)`` from :func:`parsing.iter_chunk_rows`.
+            import_id: The import (first COPY column).
+            chunk_no: The chunk (second COPY column).
+
+        Returns:
+            Counts, the COPY payload of the valid rows and the row errors.
+        """
+        width = len(self._fields)
+        errors: list[tuple[int, str, str, str]] = []
+        lines: list[int] = []
+        good: list[list[str]] = []
+        shape_errors = 0
+        for line, cells in rows:
+            if len(cells) == width:
+                lines.append(line)
+                good.append(cells)
+            else:
+                shape_errors += 1
+                errors.extend(_tuples(self._row.csv_row(line, cells)))
+        if not good:
+            return ChunkResult(0, shape_errors, b"", errors)
+        raw_columns = list(zip(*good, strict=True))
+        del good
+        arrays = [pa.array(col, type=pa.string()) for col in raw_columns]
+        sizes = [pc.binary_length(a) for a in arrays]
+        row_size = sizes[0]
+        for size in sizes[1:]:
+            row_size = pc.add(row_size, size)
+        row_size = pc.add(row_size, width - 1)
+        row_too_big = pc.greater(row_size, self._max_row)
+        big_rows = set(pc.indices_nonzero(row_too_big).to_pylist())
+        for i in sorted(big_rows):
+            cells = [c[i] for c in raw_columns]
+            errors.extend(_tuples(self._row.csv_row(lines[i], cells)))
+
+        key_value = None
+        fragments = []
+        bad_any = row_too_big
+        for field, arr, size, raw in zip(self._fields, arrays, sizes, raw_columns, strict=True):
+            column = self._column(field, arr, size, raw, lines, big_rows, errors)
+            bad_any = pc.or_(bad_any, column.bad)
+            # ',"name":value', or "" for a missing value (null_handling="skip" would be the
+            # obvious tool, but pyarrow 26 drops rows whose inputs are all null with it).
+            fragment = pc.binary_join_element_wise(f',"{field.name}":', column.json, "")
+            fragments.append(pc.fill_null(fragment, ""))
+            if field.name == self._key:
+                key_value = column.value
+        assert key_value is not None
+        ok = pc.invert(bad_any)
+        accepted = pc.sum(ok).as_py() or 0
+        rejected = len(lines) - accepted + shape_errors
+        if not accepted:
+            return ChunkResult(0, rejected, b"", errors)
+        data = pc.filter(pc.binary_join_element_wise(*fragments, "}", ""), ok)
+        # Accepted rows have their key, so each starts with ',': it becomes the '{'.
+        data = pc.utf8_replace_slice(data, start=0, stop=1, replacement="{")
+        key = pc.filter(key_value, ok)
+        line_text = pc.filter(pc.cast(pa.array(lines, pa.int64()), pa.string()), ok)
+        payload = pc.binary_join_element_wise(
+            import_id,
+            str(chunk_no),
+            line_text,
+            _copy_escape(key),
+            # JSON text has no raw tab/newline: only its backslashes need doubling.
+            pc.replace_substring(data, "\\", "\\\\"),
+            "\t",
+        )
+        joined = pc.binary_join(pa.ListArray.from_arrays([0, len(payload)], payload), "\n")
+        return ChunkResult(accepted, rejected, joined[0].as_buffer().to_pybytes() + b"\n", errors)
+
+    def _column(
+        self,
+        field: FieldDef,
+        arr: Any,
+        size: Any,
+        raw: Sequence[str],
+        lines: list[int],
+        big_rows: set[int],
+        errors: list[tuple[int, str, str, str]],
+    ) -> _Column:
+        n = len(arr)
+        missing = pc.equal(size, 0)
+        too_big = pc.greater(size, self._max_cell)
+        fast, value, json = _fast(field, arr)
+        fast = pc.and_(pc.and_(fast, pc.invert(missing)), pc.invert(too_big))
+        slow = pc.and_(pc.invert(pc.or_(fast, missing)), pc.invert(too_big))
+        bad = pc.and_(missing, pa.scalar(field.required))
+        value = pc.if_else(fast, value, pa.scalar(None, pa.string()))
+        # String-like fields: JSON is the quoted value (null stays null).
+        json = (
+            _quote(value) if json is None else pc.if_else(fast, json, pa.scalar(None, pa.string()))
+        )
+        slow_idx = pc.indices_nonzero(slow).to_pylist()
+        if slow_idx:
+            convert = self._converters[field.name]
+            values: list[str | None] = [None] * n
+            jsons: list[str | None] = [None] * n
+            bad_flags = [False] * n
+            for i in slow_idx:
+                try:
+                    converted = convert(raw[i])
+                except ValueError as exc:
+                    bad_flags[i] = True
+                    if i not in big_rows:
+                        errors.append((lines[i], field.name, str(exc), parsing.cut(raw[i])))
+                    continue
+                values[i] = parsing.key_text(converted)
+                jsons[i] = parsing.encode_json(converted)
+            value = pc.if_else(slow, pa.array(values, pa.string()), value)
+            json = pc.if_else(slow, pa.array(jsons, pa.string()), json)
+            bad = pc.or_(bad, _bool(bad_flags))
+        if pc.any(too_big).as_py():
+            for i in pc.indices_nonzero(too_big).to_pylist():
+                if i not in big_rows:
+                    errors.append(
+                        (
+                            lines[i],
+                            field.name,
+                            parsing.cell_limit_reason(raw[i], self._max_cell),
+                            parsing.cut(raw[i]),
+                        )
+                    )
+            bad = pc.or_(bad, too_big)
+        if field.required and pc.any(missing).as_py():
+            for i in pc.indices_nonzero(missing).to_pylist():
+                if i not in big_rows:
+                    errors.append((lines[i], field.name, "required value is missing", ""))
+        return _Column(value=value, json=json, bad=bad)
+
+
+def _copy_escape(values: Any) -> Any:
+    """Escapes text for PostgreSQL's COPY text format (backslash, tab, newline, CR)."""
+    if not pc.any(pc.match_substring_regex(values, _NEEDS_COPY_ESCAPE)).as_py():
+        return values
+    values = pc.replace_substring(values, "\\", "\\\\")
+    values = pc.replace_substring(values, "\t", "\\t")
+    values = pc.replace_substring(values, "\n", "\\n")
+    return pc.replace_substring(values, "\r", "\\r")
+
+
+def _tuples(result: Any) -> list[tuple[int, str, str, str]]:
+    if isinstance(result, tuple):  # pragma: no cover - only called for rows known bad
+        return []
+    return [(e.line, e.field, e.reason, e.raw_value) for e in result]

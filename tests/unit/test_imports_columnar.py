@@ -1,0 +1,148 @@
+"""Unit: the vectorized (pyarrow) CSV validator gives exactly the row-by-row validator's results."""
+
+from __future__ import annotations
+
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from domains.imports.model import FieldDef
+from tests.support.imports import columnar_matches_row_validator
+
+FIELDS = [
+    FieldDef("id", "string", required=True),
+    FieldDef("n", "number", required=True),
+    FieldDef("i", "integer"),
+    FieldDef("b", "boolean"),
+    FieldDef("d", "date"),
+    FieldDef("t", "timestamp"),
+    FieldDef("e", "enum", values=("A", 'B"\\x')),
+    FieldDef("s", "string"),
+]
+COLUMNS = [f.name for f in FIELDS]
+TRICKY = {
+    "id": ["", "k1", "k\t2", "k\\3", "k\n4", 'K"5', "ü", "1"],
+    "n": [
+        "",
+        "1",
+        "-0",
+        "1.5",
+        "1e16",
+        "1e-7",
+        "abc",
+        "1_0",
+        " 2",
+        "inf",
+        "nan",
+        "1e999",
+        "2.0",
+        "0.1",
+        "123456789012345678",
+        "+3",
+        ".5",
+        "5.",
+        "\u0661",
+        "9007199254740993",
+    ],
+    "i": [
+        "",
+        "1",
+        "-0",
+        "007",
+        "+5",
+        "1.0",
+        "9223372036854775807",
+        "9223372036854775808",
+        "-9223372036854775808",
+        "1_000",
+        " 4",
+        "x",
+        "١٢",
+        "999999999999999999",
+    ],
+    "b": [
+        "",
+        "true",
+        "TRUE",
+        "Yes",
+        "n",
+        "0",
+        "1",
+        " t",
+        "maybe",
+        "True ",
+        "\uff34\uff32\uff35\uff25",
+    ],
+    "d": [
+        "",
+        "2026-01-31",
+        "2026-02-30",
+        "0001-01-01",
+        "2024-02-29",
+        "2023-02-29",
+        " 2026-01-31",
+        "2026-W01-1",
+        "20260131",
+        "9999-12-31",
+        "1100-01-01",
+        "2026-13-01",
+    ],
+    "t": [
+        "",
+        "2026-01-31T12:00:00Z",
+        "2026-01-31T12:00:00.5+02:00",
+        "2026-01-31T12:00:00",
+        "2026-01-31 12:00:00Z",
+        "2026-02-30T12:00:00Z",
+        "2026-01-31T12:00:00.123456-05:30",
+        "2026-01-31T23:59:60Z",
+        "2026-01-31T12:00:00.1234567Z",
+        "1100-01-01T00:30:00+01:00",
+        "2026-01-31T12:00:00+0200",
+        "9999-12-31T23:00:00-05:00",
+        "2026-01-31T12:00:00.000000Z",
+    ],
+    "e": ["", "A", 'B"\\x', "a", "C"],
+    "s": ["", "x", 'a"b', "back\\slash", "tab\there", "nl\nx", "ü", "\x01", "x" * 300, "é" * 70],
+}
+FUZZ = settings(
+    max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow], database=None
+)
+
+
+def _cell(name: str) -> st.SearchStrategy[str]:
+    return st.one_of(st.sampled_from(TRICKY[name]), st.text(max_size=12))
+
+
+ROW = st.tuples(*(_cell(c) for c in COLUMNS)).map(list)
+
+
+@FUZZ
+@given(
+    st.lists(st.one_of(ROW, ROW.map(lambda r: r[:-1]), ROW.map(lambda r: [*r, "x"])), max_size=40)
+)
+def test_columnar_validation_equals_row_by_row(rows):
+    numbered = [(2 + 3 * i, cells) for i, cells in enumerate(rows)]
+    columnar_matches_row_validator(FIELDS, "id", COLUMNS, numbered)
+
+
+@FUZZ
+@given(st.lists(ROW, min_size=1, max_size=20))
+def test_byte_limits_are_row_errors_alike(rows):
+    numbered = [(2 + i, cells) for i, cells in enumerate(rows)]
+    columnar_matches_row_validator(
+        FIELDS, "id", COLUMNS, numbered, max_cell_bytes=40, max_row_bytes=120
+    )
+
+
+def test_every_tricky_value_in_every_position():
+    rows = []
+    width = max(len(v) for v in TRICKY.values())
+    for j in range(width):
+        rows.append((j + 2, [TRICKY[c][j % len(TRICKY[c])] for c in COLUMNS]))
+        rows.append((j + 100, ["k", "1", *(TRICKY[c][j % len(TRICKY[c])] for c in COLUMNS[2:])]))
+    got = columnar_matches_row_validator(FIELDS, "id", COLUMNS, rows)
+    assert got.accepted and got.rejected
+    got = columnar_matches_row_validator(
+        FIELDS, "id", COLUMNS, rows, max_cell_bytes=100, max_row_bytes=200
+    )
+    assert any("CONVEYOR_IMPORTS__MAX_CELL_BYTES" in e[2] for e in got.errors)
