@@ -63,6 +63,18 @@ class WaitRequest(BaseModel):
     )
 
 
+def _newest_first(order_by: str | None) -> bool:
+    words = (order_by or "").split()
+    if not words or words in (["create_time"], ["create_time", "asc"]):
+        return False
+    if words == ["create_time", "desc"]:
+        return True
+    raise InvalidArgument(
+        f"order_by {order_by!r} is not supported; use create_time or create_time desc",
+        reason="INVALID_ORDER_BY",
+    )
+
+
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)s?\s*$")
 
 
@@ -113,15 +125,25 @@ async def list_operations(
             description="next_page_token of the previous page.",
         ),
     ] = None,
+    order_by: Annotated[
+        str | None,
+        Query(
+            max_length=64,
+            description="AIP-132: `create_time` (default, oldest first) or `create_time desc`.",
+        ),
+    ] = None,
 ) -> Any:
-    """Lists operations of every domain in creation order, filtered and paged."""
+    """Lists operations of every domain in creation order (or newest first), filtered and paged."""
     conditions = pagination.parse_filter(filter_, FILTER_FIELDS)
+    newest_first = _newest_first(order_by)
     size = pagination.clamp_page_size(page_size)
     # The tenant is part of the fingerprint: a token never crosses tenants.
-    fingerprint = pagination.query_fingerprint("operations", caller.tenant, filter_)
+    fingerprint = pagination.query_fingerprint(
+        "operations", caller.tenant, filter_, "desc" if newest_first else None
+    )
     after = pagination.decode_after_id(page_token, query_fingerprint=fingerprint)
     page = await svc.operations.list(
-        conditions, page_size=size, after_id=after, tenant=caller.tenant
+        conditions, page_size=size, after_id=after, tenant=caller.tenant, newest_first=newest_first
     )
     token = pagination.next_page_token(page.last_id, query_fingerprint=fingerprint)
     return {"operations": [operation_out(op) for op in page.operations], "next_page_token": token}

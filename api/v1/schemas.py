@@ -38,6 +38,12 @@ class OperationMetadataOut(BaseModel):
     start_time: dt.datetime | None = None
     end_time: dt.datetime | None = None
     heartbeat_time: dt.datetime | None = None
+    dispatch_count: int = Field(
+        default=0, description="Times its task was handed to the broker (re-dispatches included)."
+    )
+    correlation_id: str | None = Field(
+        default=None, description="X-Request-Id of the call that created it (find it in logs)."
+    )
 
 
 class StatusOut(BaseModel):
@@ -104,6 +110,8 @@ def operation_out(op: Operation) -> dict[str, Any]:
             "start_time": op.start_time.isoformat() if op.start_time else None,
             "end_time": op.end_time.isoformat() if op.end_time else None,
             "heartbeat_time": op.heartbeat_time.isoformat() if op.heartbeat_time else None,
+            "dispatch_count": op.dispatch_count,
+            "correlation_id": op.correlation_id,
         },
         "done": op.done,
     }

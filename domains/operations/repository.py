@@ -245,14 +245,16 @@ class SqlOperationRepository:
         after_id: uuid.UUID | None,
         limit: int,
         tenant: str | None = None,
+        newest_first: bool = False,
     ) -> builtins.list[Operation]:
         """Lists operations in id (= creation) order.
 
         Args:
             conditions: Parsed filter (a conjunction).
-            after_id: Keyset position: only ids greater than this.
+            after_id: Keyset position: only ids after this one (in the listing's order).
             limit: Maximum rows.
             tenant: Only this tenant's operations (``None``: every tenant).
+            newest_first: Descending id order (AIP-132 ``order_by=create_time desc``).
 
         Returns:
             Matching operations.
@@ -282,8 +284,8 @@ class SqlOperationRepository:
             }
             query = query.where(ops[cond.op](value))
         if after_id is not None:
-            query = query.where(t.c.id > after_id)
-        query = query.order_by(t.c.id).limit(limit)
+            query = query.where(t.c.id < after_id if newest_first else t.c.id > after_id)
+        query = query.order_by(t.c.id.desc() if newest_first else t.c.id).limit(limit)
         rows = (await self._session.execute(query)).mappings().all()
         return [from_row(row) for row in rows]
 

@@ -310,6 +310,7 @@ class OperationsService:
         page_size: int,
         after_id: uuid.UUID | None,
         tenant: str = "default",
+        newest_first: bool = False,
     ) -> OperationPage:
         """Lists operations of every domain, merged in creation (UUIDv7) order.
 
@@ -318,6 +319,7 @@ class OperationsService:
             page_size: Page size.
             after_id: Keyset position from the previous page.
             tenant: Only this tenant's operations.
+            newest_first: Newest first instead of oldest first.
 
         Returns:
             The page.
@@ -331,10 +333,14 @@ class OperationsService:
             async with self._uow(domain, read=True) as uow:
                 per_domain.append(
                     await uow.operations.list(
-                        conditions, after_id=after_id, limit=page_size + 1, tenant=tenant
+                        conditions,
+                        after_id=after_id,
+                        limit=page_size + 1,
+                        tenant=tenant,
+                        newest_first=newest_first,
                     )
                 )
-        merged = list(heapq.merge(*per_domain, key=lambda op: op.id))
+        merged = list(heapq.merge(*per_domain, key=lambda op: op.id, reverse=newest_first))
         page = merged[:page_size]
         last = page[-1].id if len(merged) > page_size else None
         return OperationPage(operations=page, last_id=last)

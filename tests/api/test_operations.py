@@ -512,3 +512,39 @@ async def test_ping_that_exhausts_retries_records_retries_exhausted_error_info(
     assert failed["metadata"]["state"] == "FAILED"
     reasons = [d.get("reason") for d in failed["error"]["details"]]
     assert "RETRIES_EXHAUSTED" in reasons
+
+
+async def test_order_by_create_time_desc_lists_newest_first_across_pages(clean_db, stack):
+    names = [(await create_ping(stack.client, message=f"n{i}"))["name"] for i in range(5)]
+    seen: list[str] = []
+    token = ""
+    while True:
+        params: dict[str, Any] = {"page_size": 2, "order_by": "create_time desc"}
+        if token:
+            params["page_token"] = token
+        response = await stack.client.get("/v1/operations", params=params)
+        assert response.status_code == 200, response.text
+        seen += [op["name"] for op in response.json()["operations"]]
+        token = response.json()["next_page_token"]
+        if not token:
+            break
+    assert seen == names[::-1]
+    # A token of one order is refused for the other (it would skip or repeat operations).
+    first = await stack.client.get(
+        "/v1/operations", params={"page_size": 2, "order_by": "create_time desc"}
+    )
+    mixed = await stack.client.get(
+        "/v1/operations", params={"page_token": first.json()["next_page_token"]}
+    )
+    assert mixed.status_code == 400
+    bad = await stack.client.get("/v1/operations", params={"order_by": "state"})
+    assert bad.status_code == 400 and "create_time desc" in bad.json()["error"]["message"]
+
+
+async def test_operation_shows_its_dispatch_count_and_correlation_id(stack):
+    response = await stack.client.post(
+        "/v1/pings", json={"message": "traced"}, headers={"x-request-id": "trace-me-123"}
+    )
+    op = (await stack.client.get(op_path(response.json()["name"]))).json()
+    assert op["metadata"]["correlation_id"] == "trace-me-123"
+    assert op["metadata"]["dispatch_count"] == 1, op  # handed to the outbox once

@@ -98,19 +98,26 @@ class Operations(_Resource):
         return self._op(await self._c.json(Call("GET", calls.op_path(name), repeatable=True)))
 
     async def list(
-        self, filter: str | None = None, *, page_size: int | None = None
+        self,
+        filter: str | None = None,
+        *,
+        page_size: int | None = None,
+        order_by: str | None = None,
     ) -> AsyncIterator[AsyncOperation]:
-        """Iterates over every operation (all pages), in creation order.
+        """Iterates over every operation (all pages), in creation order (or as ``order_by`` says).
 
         Args:
             filter: AIP-160 filter, e.g. ``done = false AND metadata.domain = "imports"``.
             page_size: Items per request.
+            order_by: ``create_time`` (default) or ``create_time desc`` (newest first).
 
         Yields:
             Operations.
         """
         async for item in _pages(
-            self._c, calls.lister("/v1/operations", filter, page_size), "operations"
+            self._c,
+            calls.lister("/v1/operations", filter, page_size, order_by=order_by),
+            "operations",
         ):
             yield self._op(item)
 
@@ -120,6 +127,7 @@ class Operations(_Resource):
         *,
         page_size: int | None = None,
         page_token: str | None = None,
+        order_by: str | None = None,
     ) -> models.Page[AsyncOperation]:
         """One page of operations.
 
@@ -127,11 +135,14 @@ class Operations(_Resource):
             filter: AIP-160 filter.
             page_size: Items per page.
             page_token: ``next_page_token`` of the previous page.
+            order_by: ``create_time`` (default) or ``create_time desc`` (newest first).
 
         Returns:
             The page.
         """
-        body = await self._c.json(calls.lister("/v1/operations", filter, page_size)(page_token))
+        body = await self._c.json(
+            calls.lister("/v1/operations", filter, page_size, order_by=order_by)(page_token)
+        )
         return models.Page[AsyncOperation](
             items=[self._op(o) for o in body.get("operations") or []],
             next_page_token=body.get("next_page_token") or "",

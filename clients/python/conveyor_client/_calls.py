@@ -84,20 +84,24 @@ def clean(body: dict[str, Any]) -> dict[str, Any]:
 # -- operations ------------------------------------------------------------------------------
 
 
-def lister(path: str, filter_: str | None, page_size: int | None) -> Callable[[str | None], Call]:
+def lister(
+    path: str, filter_: str | None, page_size: int | None, **extra: Any
+) -> Callable[[str | None], Call]:
     """Returns ``page_token -> Call`` for a list call (AIP-158 paging, AIP-160 filter).
 
     Args:
         path: Collection path.
         filter_: Filter, if any.
         page_size: Items per page, if set.
+        **extra: More query parameters (e.g. ``order_by``).
 
     Returns:
         The factory.
     """
 
     def page(token: str | None) -> Call:
-        return Call("GET", path, params=page_params(filter_, page_size, token), repeatable=True)
+        params = {**page_params(filter_, page_size, token), **extra}
+        return Call("GET", path, params=params, repeatable=True)
 
     return page
 

@@ -92,19 +92,26 @@ class Operations(_Resource):
         return self._op(self._c.json(Call("GET", calls.op_path(name), repeatable=True)))
 
     def list(
-        self, filter: str | None = None, *, page_size: int | None = None
+        self,
+        filter: str | None = None,
+        *,
+        page_size: int | None = None,
+        order_by: str | None = None,
     ) -> Iterator[Operation]:
-        """Iterates over every operation (all pages), in creation order.
+        """Iterates over every operation (all pages), in creation order (or as ``order_by`` says).
 
         Args:
             filter: AIP-160 filter, e.g. ``done = false AND metadata.domain = "imports"``.
             page_size: Items per request.
+            order_by: ``create_time`` (default) or ``create_time desc`` (newest first).
 
         Yields:
             Operations.
         """
         for item in _pages(
-            self._c, calls.lister("/v1/operations", filter, page_size), "operations"
+            self._c,
+            calls.lister("/v1/operations", filter, page_size, order_by=order_by),
+            "operations",
         ):
             yield self._op(item)
 
@@ -114,6 +121,7 @@ class Operations(_Resource):
         *,
         page_size: int | None = None,
         page_token: str | None = None,
+        order_by: str | None = None,
     ) -> models.Page[Operation]:
         """One page of operations.
 
@@ -121,11 +129,14 @@ class Operations(_Resource):
             filter: AIP-160 filter.
             page_size: Items per page.
             page_token: ``next_page_token`` of the previous page.
+            order_by: ``create_time`` (default) or ``create_time desc`` (newest first).
 
         Returns:
             The page.
         """
-        body = self._c.json(calls.lister("/v1/operations", filter, page_size)(page_token))
+        body = self._c.json(
+            calls.lister("/v1/operations", filter, page_size, order_by=order_by)(page_token)
+        )
         return models.Page[Operation](
             items=[self._op(o) for o in body.get("operations") or []],
             next_page_token=body.get("next_page_token") or "",

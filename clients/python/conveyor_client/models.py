@@ -53,6 +53,8 @@ class OperationMetadata(Model):
     start_time: dt.datetime | None = None
     end_time: dt.datetime | None = None
     heartbeat_time: dt.datetime | None = None
+    dispatch_count: int = 0
+    correlation_id: str | None = None
 
 
 class Status(Model):
