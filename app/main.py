@@ -63,6 +63,79 @@ class AppServices:
     control: CeleryControl
 
 
+DOCS_ASSETS_URL = "/docs/assets"
+_REDOC_LOGO = b"https://cdn.redoc.ly/redoc/logo-mini.svg"
+
+
+def _offline_docs(app: FastAPI) -> None:
+    """Serves Swagger UI at ``/docs`` and ReDoc at ``/redoc`` with no request leaving the host.
+
+    FastAPI's default pages load their JavaScript, CSS and fonts from a CDN and stay blank
+    offline. The assets come from the ``fastapi-offline`` package (Swagger UI and ReDoc builds
+    shipped in its wheel), served by this app under ``/docs/assets``; ReDoc without Google Fonts.
+    """
+    import pathlib
+
+    import fastapi_offline
+    from fastapi.openapi.docs import (
+        get_redoc_html,
+        get_swagger_ui_html,
+        get_swagger_ui_oauth2_redirect_html,
+    )
+    from fastapi.responses import HTMLResponse, Response
+    from fastapi.staticfiles import StaticFiles
+    from starlette.requests import Request
+
+    static = pathlib.Path(fastapi_offline.__file__).parent / "static"
+    redoc_js: list[bytes] = []
+
+    async def redoc_script(_: Request) -> Response:
+        # ReDoc's side menu shows a logo from cdn.redoc.ly: the one request it makes elsewhere.
+        if not redoc_js:
+            text = (static / "redoc.standalone.js").read_bytes()
+            redoc_js.append(text.replace(_REDOC_LOGO, f"{DOCS_ASSETS_URL}/favicon.png".encode()))
+        return Response(
+            redoc_js[0],
+            media_type="text/javascript",
+            headers={"cache-control": "public, max-age=3600"},
+        )
+
+    # Before the mount, which would otherwise serve the file as shipped.
+    app.add_route(f"{DOCS_ASSETS_URL}/redoc.standalone.js", redoc_script, include_in_schema=False)
+    app.mount(DOCS_ASSETS_URL, StaticFiles(directory=static), name="docs-assets")
+    openapi_url = str(app.openapi_url)
+    redirect_url = str(app.swagger_ui_oauth2_redirect_url)
+
+    async def swagger_ui(request: Request) -> HTMLResponse:
+        root = request.scope.get("root_path", "")
+        return get_swagger_ui_html(
+            openapi_url=f"{root}{openapi_url}",
+            title=f"{app.title} - Swagger UI",
+            oauth2_redirect_url=f"{root}{redirect_url}",
+            swagger_js_url=f"{root}{DOCS_ASSETS_URL}/swagger-ui-bundle.js",
+            swagger_css_url=f"{root}{DOCS_ASSETS_URL}/swagger-ui.css",
+            swagger_favicon_url=f"{root}{DOCS_ASSETS_URL}/favicon.png",
+            swagger_ui_parameters=app.swagger_ui_parameters,
+        )
+
+    async def oauth2_redirect(_: Request) -> HTMLResponse:
+        return get_swagger_ui_oauth2_redirect_html()
+
+    async def redoc(request: Request) -> HTMLResponse:
+        root = request.scope.get("root_path", "")
+        return get_redoc_html(
+            openapi_url=f"{root}{openapi_url}",
+            title=f"{app.title} - ReDoc",
+            redoc_js_url=f"{root}{DOCS_ASSETS_URL}/redoc.standalone.js",
+            redoc_favicon_url=f"{root}{DOCS_ASSETS_URL}/favicon.png",
+            with_google_fonts=False,
+        )
+
+    app.add_route("/docs", swagger_ui, include_in_schema=False)
+    app.add_route(redirect_url, oauth2_redirect, include_in_schema=False)
+    app.add_route("/redoc", redoc, include_in_schema=False)
+
+
 def create_app(settings: Settings | None = None, *, celery: Celery | None = None) -> FastAPI:
     """Builds the API.
 
@@ -117,11 +190,14 @@ def create_app(settings: Settings | None = None, *, celery: Celery | None = None
             "the domains' resources. Errors follow AIP-193."
         ),
         # Production may hide the API description (CONVEYOR_SECURITY__DOCS_ENABLED=false).
-        docs_url="/docs" if security.docs_enabled else None,
-        redoc_url="/redoc" if security.docs_enabled else None,
+        # /docs and /redoc are added by _offline_docs (FastAPI's own pages load a CDN).
+        docs_url=None,
+        redoc_url=None,
         openapi_url="/openapi.json" if security.docs_enabled else None,
         lifespan=lifespan,
     )
+    if security.docs_enabled:
+        _offline_docs(app)
     app.state.settings = settings
     app.state.container = container
     app.state.publisher = publisher
