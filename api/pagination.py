@@ -22,6 +22,7 @@ import hmac
 import json
 import os
 import re
+import secrets
 import uuid
 from collections.abc import Mapping
 from typing import Literal, cast, get_args
@@ -496,7 +497,9 @@ MAX_PAGE_TOKEN_LENGTH = 2048
 PAGE_TOKEN_SECRET_ENV = "CONVEYOR_PAGE_TOKEN_SECRET"  # noqa: S105 - a variable name
 """Environment variable holding the page-token signing key."""
 
-_DEV_PAGE_TOKEN_SECRET = "conveyor-dev-page-token-secret"  # noqa: S105 - dev-only fallback
+# Used when the variable is unset (never in production: start-up refuses). A random value until
+# create_app() installs the one kept in the data directory, so no public constant signs tokens.
+_fallback_secret: bytes = secrets.token_bytes(32)
 _SIGNATURE_BYTES = hashlib.sha256().digest_size
 _TOKEN_CHARS = re.compile(r"[A-Za-z0-9_-]+")
 _INVALID_CURSOR_MESSAGE = "page_token is invalid or expired; start again without page_token"
@@ -546,9 +549,21 @@ def query_fingerprint(*parts: object) -> str:
     return hashlib.sha256(encoded.encode()).hexdigest()[:16]
 
 
+def use_fallback_secret(secret: str) -> None:
+    """Sets the key used when ``CONVEYOR_PAGE_TOKEN_SECRET`` is unset (development: the one
+    generated in the data directory, so restarts and sibling processes accept the tokens).
+
+    Args:
+        secret: The key.
+    """
+    global _fallback_secret
+    _fallback_secret = secret.encode()
+
+
 def _signing_key() -> bytes:
     """Returns the page-token signing key (read on every call so it can be rotated)."""
-    return (os.environ.get(PAGE_TOKEN_SECRET_ENV) or _DEV_PAGE_TOKEN_SECRET).encode()
+    value = os.environ.get(PAGE_TOKEN_SECRET_ENV)
+    return value.encode() if value else _fallback_secret
 
 
 def _sign(payload: bytes) -> bytes:

@@ -36,6 +36,7 @@ def _require(settings: Settings) -> None:
     try:
         settings.database_for("platform")
         settings.broker()
+        settings.require_secrets()
     except ConfigError as exc:
         click.echo(f"conveyor: configuration error: {exc}", err=True)
         raise SystemExit(2) from None

@@ -7,7 +7,10 @@ Invalid settings fail at start-up with one clear line naming the variable
 from __future__ import annotations
 
 import functools
+import os
+import pathlib
 import re
+import secrets
 from typing import Literal
 
 from pydantic import BaseModel, Field, SecretStr, ValidationError, field_validator
@@ -21,6 +24,15 @@ from app.settings_sections.webhooks import WebhooksSettings
 
 DOMAINS: tuple[str, ...] = ("platform", "imports", "webhooks", "reports")
 """Every bounded context; each has its schema, queue and task-name prefix of the same name."""
+
+PAGE_TOKEN_SECRET_ENV = "CONVEYOR_PAGE_TOKEN_SECRET"  # noqa: S105 - a variable name
+"""Environment variable holding the page-token signing key (read raw: rotated by restart)."""
+WEBHOOK_KEY_ENV = "CONVEYOR_WEBHOOKS__SECRET_ENCRYPTION_KEY"
+"""Environment variable of the key that encrypts webhook signing secrets at rest."""
+PUBLIC_DEV_SECRETS = frozenset(
+    {"conveyor-dev-webhook-secret-key", "conveyor-dev-page-token-secret"}
+)
+"""Constants earlier releases shipped as defaults: public, so refused in production."""
 
 _DB_SCHEMES = ("postgresql+asyncpg://", "postgresql://", "postgres://")
 _BROKER_SCHEMES = ("redis://", "rediss://", "amqp://", "amqps://", "pyamqp://")
@@ -288,6 +300,53 @@ class Settings(BaseSettings):
         broker = self.broker_url or ""
         return broker if broker.startswith(("redis://", "rediss://")) else None
 
+    def webhook_secret_key(self) -> str:
+        """Returns the key that encrypts webhook signing secrets at rest.
+
+        Returns:
+            ``CONVEYOR_WEBHOOKS__SECRET_ENCRYPTION_KEY``; unset outside production, a random key
+            generated once and kept in ``<data_dir>/webhook-secret-key`` (so restarts, the API
+            and the workers of this data directory still decrypt).
+
+        Raises:
+            ConfigError: In production when it is unset or a public development value.
+        """
+        value = self.webhooks.secret_encryption_key.get_secret_value()
+        return self._secret(value, WEBHOOK_KEY_ENV, "webhook-secret-key", "webhook signing secrets")
+
+    def page_token_secret(self) -> str:
+        """Returns the key that signs page tokens.
+
+        Returns:
+            ``CONVEYOR_PAGE_TOKEN_SECRET``; unset outside production, a random key generated once
+            and kept in ``<data_dir>/page-token-secret``.
+
+        Raises:
+            ConfigError: In production when it is unset or a public development value.
+        """
+        value = os.environ.get(PAGE_TOKEN_SECRET_ENV, "")
+        return self._secret(value, PAGE_TOKEN_SECRET_ENV, "page-token-secret", "page tokens")
+
+    def require_secrets(self) -> None:
+        """Checks that the secrets a server process needs are there (refuses to start if not).
+
+        Raises:
+            ConfigError: One line naming the first missing variable (production only).
+        """
+        self.webhook_secret_key()
+        self.page_token_secret()
+
+    def _secret(self, value: str, variable: str, file_name: str, what: str) -> str:
+        if self.env == "prod":
+            if not value or value in PUBLIC_DEV_SECRETS:
+                state = "is a public development value" if value else "is not set"
+                raise ConfigError(
+                    f"{variable}: {state}; production needs a long random value for {what}"
+                    " (e.g. `openssl rand -hex 32`), the same in every process"
+                )
+            return value
+        return value or dev_secret(pathlib.Path(self.data_dir) / file_name)
+
     def upload_limit_bytes(self) -> int:
         """Returns the one cap of an import file: the smaller of
         ``CONVEYOR_SECURITY__MAX_UPLOAD_BYTES`` and ``CONVEYOR_IMPORTS__MAX_UPLOAD_BYTES``.
@@ -304,6 +363,36 @@ class Settings(BaseSettings):
         if isinstance(imports_cap, int):
             limits.append(imports_cap)
         return min(limits)
+
+
+def dev_secret(path: pathlib.Path) -> str:
+    """Returns the development secret kept in ``path``, generating it on first use.
+
+    Creation is atomic (written aside, then hard-linked into place, which fails if another
+    process won the race), so concurrent first starts agree on one value.
+
+    Args:
+        path: The file (``<data_dir>/<name>``), readable by its owner only.
+
+    Returns:
+        The secret (64 hex digits).
+    """
+    try:
+        return path.read_text().strip()
+    except FileNotFoundError:
+        pass
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(secrets.token_hex(32) + "\n")
+    try:
+        os.link(tmp, path)
+    except FileExistsError:
+        pass
+    finally:
+        tmp.unlink()
+    return path.read_text().strip()
 
 
 class ConfigError(Exception):

@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import logging
-import os
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -148,24 +147,16 @@ def create_app(settings: Settings | None = None, *, celery: Celery | None = None
     """
     settings = settings or get_settings()
     settings.database_for("platform")  # fail fast with one clear line
+    # Production refuses to start without its secrets (ConfigError names the variable); in
+    # development they come from the data directory, generated on first start.
+    settings.require_secrets()
+    pagination.use_fallback_secret(settings.page_token_secret())
     celery = celery or create_celery(settings)
     registry = EngineRegistry(settings)
     publisher = OutboxPublisher(registry, settings)
     container = Container(settings, registry, after_commit=publisher.publish_now)
 
     security = settings.security
-    if settings.env == "prod" and not os.environ.get(pagination.PAGE_TOKEN_SECRET_ENV):
-        log.warning(
-            "%s is not set: page tokens are signed with the public development key; set it"
-            " (the same value on every API process)",
-            pagination.PAGE_TOKEN_SECRET_ENV,
-        )
-    webhook_key = settings.webhooks.secret_encryption_key.get_secret_value()
-    if settings.env == "prod" and webhook_key == "conveyor-dev-webhook-secret-key":
-        log.warning(
-            "CONVEYOR_WEBHOOKS__SECRET_ENCRYPTION_KEY is the public development key: webhook"
-            " signing secrets are stored with it; set a long random value"
-        )
     limiter = (
         TokenBucketLimiter(
             security.rate_limit_per_second, security.rate_limit_burst, rate_limit_redis(settings)

@@ -70,8 +70,10 @@ class WebhooksSettings(BaseModel):
         description="After :rotateSecret the old secret still signs (second signature) this long.",
     )
     secret_encryption_key: SecretStr = Field(
-        default=SecretStr("conveyor-dev-webhook-secret-key"),
-        description="Key that encrypts signing secrets at rest; set a long random value in prod.",
+        default=SecretStr(""),
+        description="Key that encrypts signing secrets at rest. Required in prod (start-up stops"
+        " without it); elsewhere, when unset, a random key is generated once in"
+        " <data_dir>/webhook-secret-key.",
     )
     dispatch_batch_size: int = Field(
         default=50,

@@ -72,7 +72,7 @@ def build(container: Container) -> dict[str, Any]:
         read_uow_factory=container.uow_factory(DOMAIN, role="replica"),  # type: ignore[arg-type]
         sender=HttpxSender(hooks),
         guard=UrlGuard.from_allowlist(hooks.ssrf_allowlist),
-        box=SecretBox(hooks.secret_encryption_key.get_secret_value()),
+        box=SecretBox(settings.webhook_secret_key()),
         config=config,
         limiter=limiter,
     )
