@@ -17,6 +17,7 @@ from pydantic import BaseModel, Field, SecretStr, ValidationError, field_validat
 from pydantic_settings import BaseSettings, SettingsConfigDict, SettingsError
 
 from app.settings_sections.imports import ImportsSettings
+from app.settings_sections.replicas import ReplicasSettings
 from app.settings_sections.reports import ReportsSettings
 from app.settings_sections.schedules import SchedulesSettings
 from app.settings_sections.security import SecuritySettings
@@ -191,6 +192,7 @@ class Settings(BaseSettings):
     webhooks: WebhooksSettings = WebhooksSettings()
     schedules: SchedulesSettings = SchedulesSettings()
     reports: ReportsSettings = ReportsSettings()
+    replicas: ReplicasSettings = ReplicasSettings()
     security: SecuritySettings = SecuritySettings()
 
     @field_validator("task_time_limits")
@@ -272,6 +274,17 @@ class Settings(BaseSettings):
         if self.replica_url and not override.url:
             return self.replica_url
         return primary
+
+    def has_replica(self, domain: str) -> bool:
+        """Tells whether ``domain`` has a read replica distinct from its primary.
+
+        Args:
+            domain: One of :data:`DOMAINS`.
+
+        Returns:
+            True when its replica URL differs from its primary URL.
+        """
+        return self.database_for(domain, "replica") != self.database_for(domain, "primary")
 
     def broker(self) -> str:
         """Returns the broker URL.

@@ -7,6 +7,7 @@ from typing import Any
 
 from app.config import DOMAINS, Settings
 from app.db import EngineRegistry, Role
+from app.replicas import ReplicaRouter
 from app.wiring import wirings
 from domains.imports import tables as imports_tables
 from domains.operations.service import OperationsService
@@ -48,6 +49,7 @@ class Container:
         self.settings = settings
         self.registry = registry
         self.after_commit = after_commit
+        self.replicas = ReplicaRouter(registry)
         self.operations = OperationsService(
             {d: self.uow_factory(d) for d in DOMAINS},
             read_uow_factories={d: self.uow_factory(d, role="replica") for d in DOMAINS},
@@ -65,18 +67,20 @@ class Container:
 
         Args:
             domain: The domain.
-            role: ``replica`` for read-only listing.
+            role: ``replica`` for read-only listing: on a domain with a read replica, each
+                transaction picks the replica or the primary (see :mod:`app.replicas`).
 
         Returns:
             A factory of units of work.
         """
         cls = _uow_classes()[domain]
         tables = DOMAIN_TABLES[domain]
+        source = self.replicas.source(domain) if role == "replica" else None
 
         def factory() -> SqlUnitOfWork:
             return cls(
                 tables,
-                self.registry.sessionmaker(domain, role),
+                source or self.registry.sessionmaker(domain, role),
                 after_commit=self.after_commit if role == "primary" else None,
                 max_attempts=self.settings.max_attempts,
             )

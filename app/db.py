@@ -72,13 +72,21 @@ class EngineRegistry:
         url = self.url(domain, role)
         engine = self._engines.get(url)
         if engine is None:
+            connect_args: dict[str, object] = {"server_settings": {"application_name": "conveyor"}}
+            replica = role == "replica" and url != self.url(domain, "primary")
+            if replica:
+                # An unreachable replica must cost a read little before it falls back to the
+                # primary (asyncpg's default connect timeout is 60 s).
+                connect_args["timeout"] = self._settings.replicas.connect_timeout_seconds
             engine = create_async_engine(
                 url,
                 pool_size=self._settings.db_pool_size,
                 max_overflow=self._settings.db_pool_size,
+                # Replica connections are always checked at checkout: a restarted or stopped
+                # replica then fails before the read starts, so the read can fall back.
                 pool_pre_ping=True,
                 echo=self._settings.db_echo,
-                connect_args={"server_settings": {"application_name": "conveyor"}},
+                connect_args=connect_args,
             )
             self._engines[url] = engine
         return engine

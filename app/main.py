@@ -17,7 +17,7 @@ from api import pagination
 from api.auth import AuthMiddleware
 from api.errors import ERROR_RESPONSES, ErrorMiddleware, error_body, install_error_handlers
 from api.limits import UPLOAD_ROUTE, BodyLimitMiddleware, TokenBucketLimiter
-from api.middleware import RequestIdMiddleware, request_id_var
+from api.middleware import ReadYourWritesMiddleware, RequestIdMiddleware, request_id_var
 from app.celery_app import create_celery
 from app.config import Settings, get_settings
 from app.container import Container
@@ -197,8 +197,15 @@ def create_app(settings: Settings | None = None, *, celery: Celery | None = None
         operations=container.operations, pings=container.pings, control=CeleryControl(celery)
     )
     # Outermost last: metrics -> request id -> errors -> authentication/rate limit -> body caps
-    # -> app. Errors sits inside metrics and request id, so a mapped error is counted under its
-    # real status and carries the id, and outside auth, whose key lookup can meet an outage.
+    # -> read-your-writes -> app. Errors sits inside metrics and request id, so a mapped error
+    # is counted under its real status and carries the id, and outside auth, whose key lookup
+    # can meet an outage. Read-your-writes needs the caller auth found.
+    replicas = settings.replicas
+    if container.replicas.domains and replicas.read_your_writes:
+        app.add_middleware(
+            ReadYourWritesMiddleware,
+            window_seconds=replicas.max_lag_seconds + replicas.check_seconds + 1.0,
+        )
     app.add_middleware(
         BodyLimitMiddleware,
         routes=lambda: app.router.routes,
@@ -239,7 +246,11 @@ def create_app(settings: Settings | None = None, *, celery: Celery | None = None
             200: {
                 "content": {
                     "application/json": {
-                        "example": {"status": "ok", "checks": {"database": "ok", "broker": "ok"}}
+                        "example": {
+                            "status": "ok",
+                            "checks": {"database": "ok", "broker": "ok"},
+                            "replicas": {"imports": "ok"},
+                        }
                     }
                 }
             },
@@ -247,10 +258,23 @@ def create_app(settings: Settings | None = None, *, celery: Celery | None = None
         },
     )
     async def readyz() -> Any:
-        """Databases and broker reachable, every domain schema migrated to head (503 otherwise)."""
+        """Databases and broker reachable, every domain schema migrated to head (503 otherwise).
+
+        Read replicas are reported under `replicas` but never make it 503: while a replica is
+        down or behind, its reads go to the primary.
+        """
         report = await health.check_readiness(registry, celery)
+        # A replica down is not "not ready": its reads go to the primary (docs/operations.md).
+        replica_status = await container.replicas.status()
         if report.ready:
-            return {"status": "ok", "checks": report.checks, "migrations": report.migrations}
+            body: dict[str, Any] = {
+                "status": "ok",
+                "checks": report.checks,
+                "migrations": report.migrations,
+            }
+            if replica_status:
+                body["replicas"] = replica_status
+            return body
         body = error_body(
             "UNAVAILABLE",
             "not ready: " + ", ".join(report.problems()),
@@ -258,6 +282,7 @@ def create_app(settings: Settings | None = None, *, celery: Celery | None = None
             metadata={
                 **{k: str(v) for k, v in report.checks.items()},
                 **{f"migrations:{d}": v for d, v in report.migrations.items()},
+                **{f"replica:{d}": v for d, v in replica_status.items()},
             },
         )
         return JSONResponse(body, status_code=503)

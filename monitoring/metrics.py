@@ -18,6 +18,7 @@ from prometheus_client import (
     REGISTRY,
     CollectorRegistry,
     Counter,
+    Gauge,
     Histogram,
     generate_latest,
 )
@@ -44,6 +45,46 @@ HTTP_REQUEST_DURATION = Histogram(
     "Time the API took to handle a request, by route template and method.",
     ["route", "method"],
     buckets=LATENCY_BUCKETS,
+)
+
+# Read replicas (app/replicas.py): which database served the reads meant for a replica, and why
+# the primary did when it did; the replica's measured lag and whether it answers.
+REPLICA_READS = Counter(
+    "conveyor_replica_reads_total",
+    "Transactions meant for a domain's read replica, by the database that served them"
+    " (target: replica or primary).",
+    ["domain", "target"],
+)
+REPLICA_FALLBACKS = Counter(
+    "conveyor_replica_fallbacks_total",
+    "Replica reads served by the primary instead, by reason: unreachable (the replica failed to"
+    " answer), breaker_open (it failed recently), lag (further behind than the maximum lag),"
+    " read_your_writes (the caller wrote something the replica has not replayed yet).",
+    ["domain", "reason"],
+)
+REPLICA_ERRORS = Counter(
+    "conveyor_replica_errors_total",
+    "Failures of a read replica: connecting, measuring its lag, or a read on it.",
+    ["domain"],
+)
+REPLICA_LAG = Gauge(
+    "conveyor_replica_lag_seconds",
+    "How far a domain's read replica is behind its primary, in seconds (0 when it has replayed"
+    " everything the primary has written), as last measured.",
+    ["domain"],
+    multiprocess_mode="livemax",
+)
+REPLICA_LAG_BYTES = Gauge(
+    "conveyor_replica_lag_bytes",
+    "WAL bytes the primary has written that the replica has not replayed, as last measured.",
+    ["domain"],
+    multiprocess_mode="livemax",
+)
+REPLICA_UP = Gauge(
+    "conveyor_replica_up",
+    "1 when a domain's read replica answered its last check, 0 when it did not.",
+    ["domain"],
+    multiprocess_mode="livemin",
 )
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import datetime as dt
 import io
@@ -12,6 +13,7 @@ from typing import Annotated, Any, Literal
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
+from starlette.background import BackgroundTask
 
 from api import pagination
 from api.auth import Principal, require_scope
@@ -780,23 +782,40 @@ async def get_import_errors(
                 errors.append({"line": line, "field": field, "reason": reason, "raw_value": raw})
         return JSONResponse({"errors": errors[:limit], "truncated": len(errors) > limit})
 
+    # The database (replica, or the primary when the replica is down or behind) is chosen and
+    # the query started before the 200 is sent: a failure then is an error response, never a
+    # 200 whose body is cut off.
+    stack = contextlib.AsyncExitStack()
+    try:
+        rows = await stack.enter_async_context(svc.row_errors(caller.tenant, did, iid))
+        first = await anext(rows, None)
+    except BaseException:
+        await stack.aclose()
+        raise
+
     async def body() -> AsyncIterator[bytes]:
-        out = io.StringIO()
-        writer = csv.writer(out)
-        writer.writerow(["line", "field", "reason", "raw_value"])
-        async with svc.row_errors(caller.tenant, did, iid) as rows:
+        try:
+            out = io.StringIO()
+            writer = csv.writer(out)
+            writer.writerow(["line", "field", "reason", "raw_value"])
+            if first is not None:
+                writer.writerow(first)
             async for row in rows:
                 writer.writerow(row)
                 if out.tell() > 64 * 1024:
                     yield out.getvalue().encode()
                     out.seek(0)
                     out.truncate()
-        yield out.getvalue().encode()
+            yield out.getvalue().encode()
+        finally:
+            await stack.aclose()
 
     return StreamingResponse(
         body(),
         media_type="text/csv; charset=utf-8",
         headers={"content-disposition": f'attachment; filename="import-{iid}-errors.csv"'},
+        # Also closes the transaction when the body was never iterated (client gone).
+        background=BackgroundTask(stack.aclose),
     )
 
 
@@ -863,6 +882,8 @@ async def list_records(
 
 @router.get("/{dataset_id}/records/{key:path}", response_model=RecordOut, summary="Get a record")
 async def get_record(dataset_id: str, key: str, svc: Svc, caller: Reader) -> Any:
-    """Returns the record with this key (read from the replica)."""
+    """Returns the record with this key (read from the primary: a record a finished import
+    wrote is there, whatever the replica's lag).
+    """
     dataset = await svc.get_dataset(caller.tenant, _id(dataset_id, "dataset id"))
     return JSONResponse(record_out(dataset, await svc.get_record(dataset, key)))

@@ -535,7 +535,8 @@ class ImportsService:
         return page, (page[-1]["key"] if len(rows) > page_size else None)
 
     async def get_record(self, dataset: Dataset, key: str) -> dict[str, Any]:
-        """Returns one record (replica).
+        """Returns one record, read from the primary: a single-resource read must see what a
+        finished import wrote, whatever the replica's lag (read-your-writes).
 
         Args:
             dataset: The dataset.
@@ -547,7 +548,7 @@ class ImportsService:
         Raises:
             NotFound: If there is no record with this key.
         """
-        async with self._read_uow() as uow:
+        async with self._uow() as uow:
             row = await uow.imports.get_record(dataset.id, key)
         if row is None:
             raise NotFound(

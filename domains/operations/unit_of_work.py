@@ -57,6 +57,31 @@ class UnitOfWork(Protocol):
         """Commits the transaction."""
 
 
+class SessionSource(Protocol):
+    """Opens the sessions of a unit of work whose database is chosen per transaction.
+
+    Read replica routing uses it: the replica, or its primary when the replica is down or behind.
+    """
+
+    async def open_session(self) -> AsyncSession:
+        """Opens a session for one transaction.
+
+        Returns:
+            A session whose transaction has begun on a connection already checked out, so a
+            database that cannot be reached fails here, before any result is produced.
+        """
+        ...
+
+    def session_failed(self, session: AsyncSession, exc: BaseException) -> None:
+        """Told when a unit of work on ``session`` ended with ``exc`` (health bookkeeping).
+
+        Args:
+            session: A session from :meth:`open_session`.
+            exc: The error.
+        """
+        ...
+
+
 class _TrackingOutbox(SqlOutboxRepository):
     """Outbox repository that remembers what this unit of work wrote, for the fast path."""
 
@@ -83,7 +108,7 @@ class SqlUnitOfWork:
     def __init__(
         self,
         tables: DomainTables,
-        sessionmaker: async_sessionmaker[AsyncSession],
+        sessionmaker: async_sessionmaker[AsyncSession] | SessionSource,
         *,
         after_commit: AfterCommit | None = None,
         max_attempts: int | None = None,
@@ -92,7 +117,8 @@ class SqlUnitOfWork:
 
         Args:
             tables: The domain's common tables.
-            sessionmaker: Session factory of the domain's primary engine.
+            sessionmaker: Session factory of the domain's primary engine, or a
+                :class:`SessionSource` choosing the database per transaction (replica reads).
             after_commit: Fast-path publisher called with the outbox rows this commit wrote.
             max_attempts: Attempt cap of the domain's operations (``None``: no cap); a claim
                 past it ends the operation FAILED instead of starting it.
@@ -116,8 +142,11 @@ class SqlUnitOfWork:
         self.inbox = SqlInboxRepository(session, inbox) if inbox is not None else None
 
     async def __aenter__(self) -> Self:
-        self.session = self._sessionmaker()
-        await self.session.begin()
+        if isinstance(self._sessionmaker, async_sessionmaker):
+            self.session = self._sessionmaker()
+            await self.session.begin()
+        else:
+            self.session = await self._sessionmaker.open_session()
         self._committed = False
         self._bind(self.session)
         return self
@@ -128,6 +157,8 @@ class SqlUnitOfWork:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
+        if exc is not None and not isinstance(self._sessionmaker, async_sessionmaker):
+            self._sessionmaker.session_failed(self.session, exc)
         try:
             if not self._committed:
                 await self.session.rollback()

@@ -123,7 +123,9 @@ class ReportsService:
 
         Args:
             uow_factory: Reports unit of work factory (primary).
-            read_uow_factory: Unit of work on the replica, for lists and report data.
+            read_uow_factory: Unit of work on the replica, for lists. Report data is read from
+                the primary: a stored report must not miss what a lagging replica has not
+                replayed yet.
             policy: Limits and deadlines.
             progress_interval: Minimum seconds between progress writes.
             clock: Current UTC time (resolves ``yesterday`` and ``today``).
@@ -182,6 +184,8 @@ class ReportsService:
     async def dataset_days(self, tenant: str, period: Period) -> list[dict[str, Any]]:
         """Returns the dataset-day projection rows of a tenant.
 
+        Read from the primary, like every read a stored report is built from.
+
         Args:
             tenant: Tenant.
             period: Days to cover.
@@ -189,11 +193,13 @@ class ReportsService:
         Returns:
             Rows keyed like ``DATASET_COLUMNS``.
         """
-        async with self._read_uow() as uow:
+        async with self._uow() as uow:
             return await uow.projections.dataset_days(tenant, period.start_date, period.end_date)
 
     async def endpoint_days(self, tenant: str, period: Period) -> list[dict[str, Any]]:
         """Returns the endpoint-day projection rows of a tenant, with p50/p95 latency.
+
+        Read from the primary, like every read a stored report is built from.
 
         Args:
             tenant: Tenant.
@@ -202,11 +208,13 @@ class ReportsService:
         Returns:
             Rows keyed like ``ENDPOINT_COLUMNS``.
         """
-        async with self._read_uow() as uow:
+        async with self._uow() as uow:
             return await uow.projections.endpoint_days(tenant, period.start_date, period.end_date)
 
     async def digest_days(self, tenant: str, period: Period) -> list[dict[str, Any]]:
         """Returns one row per day with a tenant's totals.
+
+        Read from the primary, like every read a stored report is built from.
 
         Args:
             tenant: Tenant.
@@ -215,7 +223,7 @@ class ReportsService:
         Returns:
             Rows keyed like ``DIGEST_COLUMNS``.
         """
-        async with self._read_uow() as uow:
+        async with self._uow() as uow:
             return await uow.projections.digest_days(tenant, period.start_date, period.end_date)
 
     # ------------------------------------------------------------------ reports

@@ -26,6 +26,13 @@ EXPORTED = {
     # API (monitoring/metrics.py)
     "conveyor_http_requests_total",
     "conveyor_http_request_duration_seconds",
+    # read replicas (monitoring/metrics.py, recorded by app/replicas.py)
+    "conveyor_replica_reads_total",
+    "conveyor_replica_fallbacks_total",
+    "conveyor_replica_errors_total",
+    "conveyor_replica_lag_seconds",
+    "conveyor_replica_lag_bytes",
+    "conveyor_replica_up",
     # workers (monitoring/worker_metrics.py), served by `conveyor metrics`
     "conveyor_tasks_total",
     "conveyor_task_runtime_seconds",
@@ -114,6 +121,12 @@ def test_code_exports_the_metric_names_the_files_rely_on():
     declared = {
         metrics.HTTP_REQUESTS._name + "_total",
         metrics.HTTP_REQUEST_DURATION._name,
+        metrics.REPLICA_READS._name + "_total",
+        metrics.REPLICA_FALLBACKS._name + "_total",
+        metrics.REPLICA_ERRORS._name + "_total",
+        metrics.REPLICA_LAG._name,
+        metrics.REPLICA_LAG_BYTES._name,
+        metrics.REPLICA_UP._name,
         worker_metrics.TASKS._name + "_total",
         worker_metrics.TASK_RUNTIME._name,
     }
@@ -262,3 +275,41 @@ def test_alert_expressions_fire_on_the_situations_they_describe(rules, tmp_path)
 
 def _labels(labels: dict[str, str]) -> str:
     return "{" + ",".join(f'{k}="{v}"' for k, v in labels.items()) + "}"
+
+
+@needs_promtool
+def test_replica_alert_fires_only_while_reads_keep_bypassing_the_replica(rules, tmp_path):
+    expr = next(r["expr"] for r in rules if r["alert"] == "ConveyorReplicaBypassed")
+    fallbacks = "conveyor_replica_fallbacks_total"
+    tests = {
+        "rule_files": [str(ALERTS)],
+        "evaluation_interval": "1m",
+        "tests": [
+            {
+                "interval": "1m",
+                "input_series": [
+                    # imports: replica down from minute 10 on; webhooks: only read-your-writes.
+                    {
+                        "series": f'{fallbacks}{{domain="imports",reason="unreachable"}}',
+                        "values": "0x10 5+5x20",
+                    },
+                    {
+                        "series": f'{fallbacks}{{domain="webhooks",reason="read_your_writes"}}',
+                        "values": "0+3x30",
+                    },
+                ],
+                "promql_expr_test": [
+                    {"expr": f"count by (domain) ({expr})", "eval_time": "8m", "exp_samples": []},
+                    {
+                        "expr": f"count by (domain) ({expr})",
+                        "eval_time": "20m",
+                        "exp_samples": [{"labels": '{domain="imports"}', "value": 1}],
+                    },
+                ],
+            }
+        ],
+    }
+    path = tmp_path / "replica_alert_test.yml"
+    path.write_text(yaml.safe_dump(tests, sort_keys=False))
+    result = subprocess.run([PROMTOOL, "test", "rules", str(path)], capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout + result.stderr
