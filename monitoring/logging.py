@@ -18,6 +18,11 @@ read our ``correlation_id`` header as ``task.request.correlation_id``. The worke
 copies it into the :data:`CORRELATION_HEADER` header on receipt (``task_received``), which
 Celery then exposes in ``task.request`` and carries into retries (``task.request.headers``).
 
+Every line is redacted as a whole, after formatting (:func:`monitoring.redaction.redact_text`):
+URL passwords, ``Bearer``/``Basic`` credentials, secret-looking query parameters (the access log's
+``?api_key=...``) and Conveyor API keys never reach the output, whichever logger wrote them,
+tracebacks included.
+
 The format comes from ``CONVEYOR_LOG_FORMAT`` (``json`` or ``text``); by default ``json`` when
 ``CONVEYOR_ENV=prod`` and ``text`` otherwise. The level comes from ``CONVEYOR_LOG_LEVEL``
 (default ``INFO``) unless a command passes one.
@@ -36,6 +41,8 @@ import sys
 import threading
 from collections.abc import Iterator, Mapping
 from typing import Any, Literal
+
+from monitoring.redaction import redact_text
 
 LogFormat = Literal["json", "text"]
 
@@ -223,7 +230,7 @@ class JsonFormatter(logging.Formatter):
                     "status": status,
                 }
         entry.update(_exc_fields(self, record))
-        return json.dumps(entry, default=str, ensure_ascii=False)
+        return redact_text(json.dumps(entry, default=str, ensure_ascii=False))
 
 
 class TextFormatter(logging.Formatter):
@@ -241,7 +248,7 @@ class TextFormatter(logging.Formatter):
         Returns:
             The text.
         """
-        text = super().format(record)
+        text = redact_text(super().format(record))
         parts = []
         cid = getattr(record, "correlation_id", None)
         operation = getattr(record, "operation", None)

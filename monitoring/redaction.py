@@ -42,6 +42,15 @@ REPR_MAXSIZE = 1024
 _MAX_DEPTH = 32
 _URL_PASSWORD = re.compile(r"(?P<head>\b[a-zA-Z][a-zA-Z0-9+.-]*://[^:/?#@\s]*):[^@/?#\s]+@")
 _AUTH_SCHEME = re.compile(r"(?i)\b(?P<scheme>bearer|basic)\s+[A-Za-z0-9._~+/=-]+")
+# A query parameter whose name looks secret (?api_key=, &access_token=, ?key=, ;password=...),
+# URL-encoded or not; the value ends at the next separator, quote or space.
+_QUERY_SECRET = re.compile(
+    r"(?i)(?P<name>[?&;](?:[^=&;\s\"'#?]*(?:secret|passw|token|api[_-]?key|apikey|auth"
+    r"|credential|private[_-]?key|signature|session)[^=&;\s\"'#?]*|key|sig|code)=)"
+    r"[^&;\s\"'#]+"
+)
+# A Conveyor API key anywhere (cvk_<prefix>_<secret>): the prefix stays, it names the key.
+_CONVEYOR_KEY = re.compile(r"\b(?P<head>cvk_[0-9a-f]{12}_)[A-Za-z0-9_-]{8,}")
 
 
 def is_sensitive_key(key: object) -> bool:
@@ -64,10 +73,23 @@ def redact_text(text: str) -> str:
         text: Any string.
 
     Returns:
-        ``text`` with URL passwords and ``Bearer``/``Basic`` credentials replaced by ``***``.
+        ``text`` with URL passwords, ``Bearer``/``Basic`` credentials, secret-looking query
+        parameters (``?api_key=``, ``&token=``...) and Conveyor API keys replaced by ``***``.
     """
     text = _URL_PASSWORD.sub(rf"\g<head>:{REDACTED}@", text)
-    return _AUTH_SCHEME.sub(rf"\g<scheme> {REDACTED}", text)
+    text = _AUTH_SCHEME.sub(rf"\g<scheme> {REDACTED}", text)
+    text = _QUERY_SECRET.sub(_mask_query_value, text)
+    return _CONVEYOR_KEY.sub(rf"\g<head>{REDACTED}", text)
+
+
+_NOT_SECRET_PARAMS = frozenset({"page_token", "next_page_token"})  # signed cursors, not keys
+
+
+def _mask_query_value(match: re.Match[str]) -> str:
+    name = match.group("name")
+    if name[1:-1].lower() in _NOT_SECRET_PARAMS:
+        return match.group(0)
+    return f"{name}{REDACTED}"
 
 
 def redact(value: Any, _depth: int = 0) -> Any:
