@@ -36,7 +36,7 @@ import sqlalchemy as sa
 import sqlalchemy.exc
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
-from app.config import DOMAINS
+from app.config import DOMAINS, ConfigError
 from app.db import EngineRegistry
 from domains.shared.consistency import read_fence
 from domains.shared.errors import Unavailable
@@ -433,7 +433,10 @@ class ReplicaRouter:
         self._replicas: dict[str, _Replica] = {}
         shared: dict[tuple[str, str], _Replica] = {}
         for domain in DOMAINS:
-            if not settings.has_replica(domain):
+            try:
+                if not settings.has_replica(domain):
+                    continue
+            except ConfigError:  # no database configured yet: nothing to route (checked on use)
                 continue
             key = (registry.url(domain), registry.url(domain, "replica"))
             replica = shared.get(key)
