@@ -271,7 +271,11 @@ class _Replica:
                 async with self.primary.connect() as conn:
                     value = (await conn.execute(_PRIMARY_LSN)).scalar()
             primary_lsn = parse_lsn(value) if value else None
-        except Exception as exc:  # the primary's own outage is reported where it is used
+        except Exception as exc:
+            # The primary's own outage is reported where the primary is used; any other failure
+            # (a role not allowed to read the position...) must not leave the lag unbounded.
+            if not _unreachable(exc):
+                raise
             log.debug("replica check: primary position unavailable: %s", _one_line(exc))
         async with asyncio.timeout(timeout):
             async with self.replica.connect() as conn:
