@@ -373,3 +373,12 @@ async def stack(
     spawn.stop_all()
     await app.state.container.registry.dispose()
     release()
+
+
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    """A test marked ``missing_service`` is skipped, or fails when ``CI`` is set."""
+    marker = item.get_closest_marker("missing_service")
+    if marker is not None:
+        from tests.support.services import missing_service
+
+        missing_service(str(marker.args[0]))

@@ -6,7 +6,7 @@ import dataclasses
 import datetime as dt
 import uuid
 
-from domains.shared.errors import FailedPrecondition, InvalidArgument
+from domains.shared.errors import InvalidArgument
 
 MAX_SLEEP_SECONDS = 600.0
 MAX_STEPS = 1000
@@ -83,17 +83,13 @@ class Ping:
             )
 
     def answer(self, now: dt.datetime, worker: str) -> None:
-        """Writes the reply.
+        """Writes the reply. No guard against a second answer on purpose: the operation's fencing
+        token is what makes it happen once, and ``completions`` (with the effect log) shows it.
 
         Args:
             now: Current time.
             worker: Answering worker.
-
-        Raises:
-            FailedPrecondition: If already answered (effects must happen once).
         """
-        if self.completions:
-            raise FailedPrecondition(f"{self.name} was already answered", reason="ALREADY_ANSWERED")
         self.reply = f"pong: {self.message}"
         self.worker = worker
         self.complete_time = now

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import datetime as dt
 import uuid
 from typing import Protocol
 
@@ -11,6 +12,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from domains.platform import tables
 from domains.platform.model import Ping
+from domains.shared.ids import new_id
 
 
 class PingRepository(Protocol):
@@ -79,4 +81,25 @@ class SqlPingRepository:
         values.pop("id")
         await self._session.execute(
             sa.update(tables.pings).where(tables.pings.c.id == ping.id).values(**values)
+        )
+
+    async def log_effect(
+        self, operation_id: uuid.UUID, attempt: int, worker: str, now: dt.datetime
+    ) -> None:
+        """Appends one row to the effect log (never deduplicated: it is the oracle).
+
+        Args:
+            operation_id: The ping's operation.
+            attempt: The attempt applying the effect.
+            worker: The worker applying it.
+            now: Current time.
+        """
+        await self._session.execute(
+            sa.insert(tables.ping_effects).values(
+                id=new_id(),
+                operation_id=operation_id,
+                attempt=attempt,
+                worker=worker,
+                applied_time=now,
+            )
         )

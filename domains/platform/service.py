@@ -194,8 +194,10 @@ class PingService:
             locked = await pings.get(ping_id, for_update=True)
             if locked is None:
                 raise NotFound(f"pings/{ping_id} does not exist", reason="PING_NOT_FOUND")
-            locked.answer(utcnow(), worker)
+            now = utcnow()
+            locked.answer(now, worker)
             await pings.save(locked)
+            await pings.log_effect(op.id, op.attempt, worker, now)
             return {
                 "ping": locked.name,
                 "reply": locked.reply,

@@ -32,6 +32,19 @@ pings = sa.Table(
     sa.Column("tenant", sa.Text, nullable=False, server_default="default"),  # platform_0004
 )
 
+ping_effects = sa.Table(
+    "ping_effects",
+    metadata,
+    sa.Column("id", pg.UUID(as_uuid=True), primary_key=True),
+    sa.Column("operation_id", pg.UUID(as_uuid=True), nullable=False),
+    sa.Column("attempt", sa.Integer, nullable=False),
+    sa.Column("worker", sa.Text, nullable=False),
+    sa.Column("applied_time", sa.DateTime(timezone=True), nullable=False),
+    sa.Index("ix_ping_effects_operation_id", "operation_id"),
+)
+"""Append-only log of every application of a ping's effect: no uniqueness guard on purpose, so a
+broken fencing token shows as two rows for one operation (the fault suite's oracle)."""
+
 # Scheduled work (schedules API, DB-backed beat with one leader).
 schedules = sa.Table(
     "schedules",

@@ -7,6 +7,7 @@ import asyncio
 import csv
 import io
 import os
+import re
 import signal
 import subprocess
 import time
@@ -149,7 +150,7 @@ async def test_sigkill_of_a_worker_mid_import_still_completes_with_exact_counts(
 
 
 async def test_cancel_mid_import_leaves_no_records(stack, database_url):
-    _worker(stack, 500)
+    worker = _worker(stack, 500)
     stack.relay()
     dataset = await create_dataset(stack.client)
     op = (await upload(stack.client, dataset["id"], generate_csv(ROWS).data)).json()
@@ -162,8 +163,21 @@ async def test_cancel_mid_import_leaves_no_records(stack, database_url):
     import_id = done["metadata"]["target"].rsplit("/", 1)[1]
     item = (await stack.client.get(f"/v1/{done['metadata']['target']}")).json()
     assert item["state"] == "CANCELLED"
-    # Chunk tasks still queued see the cancel and write nothing; give them time to drain.
-    await asyncio.sleep(3)
+    # Chunk tasks still queued see the cancel and write nothing. Positive control: every chunk
+    # task has run (the queue is empty and the worker reports one finished task per chunk).
+    chunks = await _count(
+        database_url,
+        "SELECT count(*) FROM imports.import_chunks WHERE import_id = CAST(:i AS uuid)",
+        i=import_id,
+    )
+    assert chunks > 0
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        finished = len(re.findall(r"imports\.process_chunk\[[^\]]+\] succeeded", worker.log()))
+        if stack.redis.llen("imports") == 0 and finished >= chunks:
+            break
+        await asyncio.sleep(0.2)
+    assert stack.redis.llen("imports") == 0 and finished >= chunks, (finished, chunks)
     assert (
         await _count(
             database_url,

@@ -12,6 +12,7 @@ from app.celery_app import create_celery
 from app.config import DOMAINS
 from app.main import create_app
 from tests.support.ops import wait_state
+from tests.support.services import needs_service
 
 pytestmark = pytest.mark.e2e
 
@@ -26,7 +27,7 @@ def _reachable() -> bool:
         return False
 
 
-@pytest.mark.skipif(not _reachable(), reason="no RabbitMQ on 127.0.0.1:5672 (optional broker)")
+@needs_service(_reachable(), "no RabbitMQ on 127.0.0.1:5672")
 async def test_ping_goes_through_rabbitmq_broker(settings, service_env, spawn, auth_headers):
     amqp = settings.model_copy(update={"broker_url": AMQP_URL, "result_backend": None})
     celery = create_celery(amqp)
@@ -60,7 +61,7 @@ async def test_ping_goes_through_rabbitmq_broker(settings, service_env, spawn, a
     assert set(DOMAINS) <= {q.name for q in celery.conf.task_queues}
 
 
-@pytest.mark.skipif(not _reachable(), reason="no RabbitMQ on 127.0.0.1:5672 (optional broker)")
+@needs_service(_reachable(), "no RabbitMQ on 127.0.0.1:5672")
 async def test_import_fans_out_over_rabbitmq_without_a_result_backend(
     settings, service_env, spawn, auth_headers, tmp_path
 ):

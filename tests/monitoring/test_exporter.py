@@ -15,6 +15,7 @@ from app.cli_metrics import Exporter, queue_depths
 from app.config import DOMAINS
 from tests.monitoring.scrape import scrape, value
 from tests.support.ops import op_path
+from tests.support.services import needs_service
 
 
 @pytest.fixture
@@ -102,7 +103,7 @@ def _rabbitmq_reachable() -> bool:
         return False
 
 
-@pytest.mark.skipif(not _rabbitmq_reachable(), reason="no RabbitMQ on 127.0.0.1:5672")
+@needs_service(_rabbitmq_reachable(), "no RabbitMQ on 127.0.0.1:5672")
 def test_rabbitmq_queue_depth_is_the_passive_declare_message_count():
     from kombu import Connection, Exchange, Queue
 

@@ -14,13 +14,15 @@ from typing import Any
 import pytest
 import yaml
 
+from tests.support.services import needs_service
+
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 MONITORING = ROOT / "monitoring"
 ALERTS = MONITORING / "alerts.yml"
 PROMETHEUS = MONITORING / "prometheus.yml"
 DASHBOARD = MONITORING / "grafana" / "conveyor.json"
 PROMTOOL = shutil.which("promtool")
-needs_promtool = pytest.mark.skipif(PROMTOOL is None, reason="promtool not installed")
+needs_promtool = needs_service(PROMTOOL is not None, "promtool not installed")
 
 EXPORTED = {
     # API (monitoring/metrics.py)

@@ -5,8 +5,9 @@ processes (`conveyor worker`), the relay (`conveyor relay`, which also sweeps st
 and optionally beats. Jobs are submitted over HTTP with an AIP-155 request_id each; a client
 retries a request that got no answer or a 503 with the same request_id, as a real client would.
 Only a 2xx counts as accepted. The verdict comes from PostgreSQL: every accepted operation must
-be SUCCEEDED (else it is *lost*) and its effect applied once (`platform.pings.completions` is
-incremented by the effect itself, so a second application shows as 2: *duplicated*).
+be SUCCEEDED with its effect applied (else it is *lost*), and applied once: every application
+appends a row to `platform.ping_effects`, an append-only log with no uniqueness guard, so a
+broken fencing token shows as two rows for one operation (*duplicated*).
 
 Run from pytest (`tests/reliability/test_faults.py`, short runs) or by hand for a soak:
 
@@ -52,13 +53,23 @@ class Tally:
     duplicated: int = 0
     server_errors: int = 0
     unavailable_answers: int = 0
+    faults: int = 0
+    retried: int = 0
+    max_attempt: int = 0
+    recover_seconds: float | None = None
+    statuses: dict[int, int] = dataclasses.field(default_factory=dict)
 
     def line(self) -> str:
+        seen = ", ".join(f"{code}x{n}" for code, n in sorted(self.statuses.items()))
+        recover = (
+            "" if self.recover_seconds is None else f", recovered in {self.recover_seconds:.1f}s"
+        )
         return (
             f"[{self.scenario}] accepted {self.accepted} / completed {self.completed} / "
             f"lost {self.lost} / duplicated {self.duplicated} "
-            f"(submitted {self.submitted}, 503 answers {self.unavailable_answers}, "
-            f"5xx other than 503: {self.server_errors})"
+            f"(submitted {self.submitted}, faults {self.faults}, ops retried {self.retried},"
+            f" max attempt {self.max_attempt}{recover}; HTTP {seen or 'none'};"
+            f" 503 answers {self.unavailable_answers}, 5xx other than 503: {self.server_errors})"
         )
 
 
@@ -356,6 +367,8 @@ class JobStream:
             except httpx.HTTPError:
                 await asyncio.sleep(0.2)  # no answer: the same request_id is safe to resend
                 continue
+            statuses = self.tally.statuses
+            statuses[response.status_code] = statuses.get(response.status_code, 0) + 1
             if response.status_code == 503:
                 self.tally.unavailable_answers += 1
                 await asyncio.sleep(0.3)
@@ -399,17 +412,31 @@ class JobStream:
             if done == len(ids) or time.monotonic() > deadline:
                 break
             await asyncio.sleep(0.5)
-        rows = await query(
+        effects = await effect_counts(self.system.database_url, ids)
+        attempts = await query(
             self.system.database_url,
-            "SELECT operation_id::text, completions FROM platform.pings"
-            " WHERE operation_id = ANY(CAST(:ids AS uuid[]))",
+            "SELECT attempt FROM platform.operations WHERE id = ANY(CAST(:ids AS uuid[]))",
             ids=ids,
         )
-        completions = {r[0]: r[1] for r in rows}
         self.tally.completed = sum(1 for s in states.values() if s == "SUCCEEDED")
-        self.tally.lost = len(ids) - self.tally.completed
-        self.tally.duplicated = sum(1 for c in completions.values() if c > 1)
+        self.tally.lost = sum(
+            1 for i in ids if states.get(i) != "SUCCEEDED" or effects.get(i, 0) == 0
+        )
+        self.tally.duplicated = sum(1 for c in effects.values() if c > 1)
+        self.tally.retried = sum(1 for (a,) in attempts if a >= 2)
+        self.tally.max_attempt = max((a for (a,) in attempts), default=0)
         return self.tally
+
+
+async def effect_counts(database_url: str, ids: list[str]) -> dict[str, int]:
+    """Rows of the append-only effect log per operation (1 = applied once, 2+ = doubled)."""
+    rows = await query(
+        database_url,
+        "SELECT operation_id::text, count(*) FROM platform.ping_effects"
+        " WHERE operation_id = ANY(CAST(:ids AS uuid[])) GROUP BY operation_id",
+        ids=ids,
+    )
+    return {r[0]: r[1] for r in rows}
 
 
 async def _states(database_url: str, ids: list[str]) -> dict[str, str]:
@@ -482,8 +509,11 @@ async def scenario_sigkill(
             await stream.run(jobs, concurrency=8)
         # Keep killing while the backlog drains, for a little while.
         await asyncio.sleep(min(6.0, kill_every * 3))
+    last_fault = time.monotonic()
     await stream.verify()
-    print(tally.line(), f"(worker kills: {faults['faults']})")
+    tally.recover_seconds = time.monotonic() - last_fault
+    tally.faults = faults["faults"]
+    print(tally.line())
     return tally
 
 

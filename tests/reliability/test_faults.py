@@ -18,7 +18,7 @@ import httpx
 import pytest
 
 from app.embedded import start_postgres
-from tests.conftest import claim_redis_db
+from tests.conftest import TEST_OVERRIDES, claim_redis_db
 from tests.reliability.harness import JobStream, PrivateRedis, System, Tally, scenario_sigkill
 from tests.support import services
 from tests.support.ops import query
@@ -63,12 +63,27 @@ def _check(tally: Tally) -> None:
     assert tally.duplicated == 0, tally.line()
 
 
+def _check_kills_hit_work(tally: Tally) -> None:
+    # The oracle is only worth something if the faults hit running work.
+    assert tally.faults >= 1, tally.line()
+    assert tally.retried >= 1, f"no operation needed a second attempt: {tally.line()}"
+
+
+def _production_defaults(system: System) -> None:
+    """Drops the shortened test deadlines (lease, pending deadline, sweeper/relay intervals,
+    retries...) from the system's environment: its processes run with the shipped defaults."""
+    for key in TEST_OVERRIDES:
+        if key != "env":
+            system.env.pop(f"CONVEYOR_{key.upper()}", None)
+
+
 async def test_sigkill_workers_every_two_seconds_loses_nothing(make_system, database_url):
     system = make_system(database_url=database_url)
     system.create_api_key()
     system.start()
     tally = await scenario_sigkill(system, JOBS, kill_every=2.0)
     _check(tally)
+    _check_kills_hit_work(tally)
 
 
 def _amqp_up() -> bool:
@@ -79,7 +94,7 @@ def _amqp_up() -> bool:
         return False
 
 
-@pytest.mark.skipif(not _amqp_up(), reason="no RabbitMQ on 127.0.0.1:5672")
+@services.needs_service(_amqp_up(), "no RabbitMQ on 127.0.0.1:5672")
 async def test_sigkill_workers_with_rabbitmq_broker_loses_nothing(make_system, database_url):
     from app.celery_app import create_celery
     from app.config import load_settings
@@ -96,12 +111,13 @@ async def test_sigkill_workers_with_rabbitmq_broker_loses_nothing(make_system, d
     system.start()
     tally = await scenario_sigkill(system, JOBS // 2, kill_every=2.5)
     _check(tally)
+    _check_kills_hit_work(tally)
 
 
 async def test_redis_restart_mid_run_loses_nothing(make_system, database_url, tmp_path):
     redis = PrivateRedis(tmp_path)
     if redis.executable() is None:
-        pytest.skip("no redis-server binary")
+        services.missing_service("no redis-server binary")
     redis.start()
     try:
         system = make_system(database_url=database_url, broker_url=redis.url)
@@ -113,10 +129,13 @@ async def test_redis_restart_mid_run_loses_nothing(make_system, database_url, tm
         await asyncio.sleep(2.5)
         # Redis keeps nothing on disk: every queued message and result vanishes.
         redis.kill()
+        tally.faults = 1
         await asyncio.sleep(1.5)
         redis.start()
+        back = time.monotonic()
         await submit
         await stream.verify(timeout=240)
+        tally.recover_seconds = time.monotonic() - back
         _check(tally)
     finally:
         redis.kill()
@@ -152,8 +171,13 @@ async def test_postgres_restart_mid_run_answers_503_and_loses_nothing(make_syste
                     pass
                 await asyncio.sleep(0.3)
         handle = await asyncio.to_thread(start_postgres, pgdata, handle.port)
+        tally.faults = 1
+        back = time.monotonic()
         await submit
         await stream.verify(timeout=240)
+        tally.recover_seconds = time.monotonic() - back
+        for code in statuses:
+            tally.statuses[code] = tally.statuses.get(code, 0) + 1
         assert statuses == {503}, statuses
         assert tally.server_errors == 0, tally.line()
         _check(tally)
@@ -164,8 +188,12 @@ async def test_postgres_restart_mid_run_answers_503_and_loses_nothing(make_syste
         await asyncio.to_thread(handle.stop)
 
 
-async def test_api_killed_between_commit_and_publish_loses_nothing(make_system, database_url):
+async def test_api_killed_between_commit_and_publish_loses_nothing_with_production_defaults(
+    make_system, database_url
+):
     system = make_system(database_url=database_url)
+    _production_defaults(system)  # one scenario runs with the settings a deployment gets
+    assert "CONVEYOR_OPERATION_LEASE_SECONDS" not in system.env
     system.create_api_key()
     # The API SIGKILLs itself right after the 25th commit, before publishing or answering.
     system.start(api_env={"CONVEYOR_FAULT_KILL_AFTER_COMMITS": "25"})
@@ -175,10 +203,13 @@ async def test_api_killed_between_commit_and_publish_loses_nothing(make_system, 
     await asyncio.to_thread(_wait_exit, system.api.popen, 60)
     assert not system.api.alive(), "the fault hook did not fire"
     assert system.api.popen.returncode == -9
+    tally.faults = 1
     system.api.start()  # a supervisor restarts it, without the fault
     system.wait_api()
+    back = time.monotonic()
     await submit
     await stream.verify(timeout=120)
+    tally.recover_seconds = time.monotonic() - back
     _check(tally)
 
 
@@ -258,9 +289,9 @@ async def test_beat_leader_killed_the_other_takes_over_and_no_slot_fires_twice(
     while time.monotonic() < deadline:
         got = await query(
             database_url,
-            "SELECT o.id::text, o.state, p.completions FROM platform.operations o"
-            " JOIN platform.pings p ON p.operation_id = o.id"
-            " WHERE o.id = ANY(CAST(:ids AS uuid[]))",
+            "SELECT o.id::text, o.state,"
+            " (SELECT count(*) FROM platform.ping_effects e WHERE e.operation_id = o.id)"
+            " FROM platform.operations o WHERE o.id = ANY(CAST(:ids AS uuid[]))",
             ids=op_ids,
         )
         states = {r[0]: (r[1], r[2]) for r in got}

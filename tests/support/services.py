@@ -300,3 +300,39 @@ def _run(coro: Coroutine[Any, Any, _T]) -> _T:
         return asyncio.run(coro)
     with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
         return pool.submit(asyncio.run, coro).result()
+
+
+def rabbitmq_reachable(host: str = "127.0.0.1", port: int = 5672) -> bool:
+    """Whether a RabbitMQ (AMQP) server answers on ``host:port``."""
+    return _tcp_reachable(host, port)
+
+
+def missing_service(reason: str) -> None:
+    """Skips the running test because a service is missing - unless ``CI`` is set, where a
+    missing service is a failure (CI must run every test, never skip one silently).
+
+    Args:
+        reason: What is missing.
+    """
+    import pytest
+
+    if os.environ.get("CI"):
+        pytest.fail(f"{reason} (CI is set: .ci/run must provide it)", pytrace=False)
+    pytest.skip(reason)
+
+
+def needs_service(available: bool, reason: str) -> Any:
+    """A mark for tests that need an optional service: skipped without it locally, failed in CI.
+
+    Args:
+        available: Whether the service is there.
+        reason: What is missing when it is not.
+
+    Returns:
+        A pytest mark (``missing_service``, handled in tests/conftest.py) or a no-op mark.
+    """
+    import pytest
+
+    if available:
+        return pytest.mark.skipif(False, reason=reason)
+    return pytest.mark.missing_service(reason)
