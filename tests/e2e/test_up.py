@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import os
 import pathlib
+import re
 import secrets
 import signal
 import subprocess
@@ -126,6 +127,7 @@ class Up:
     password: str
     log_path: pathlib.Path
     env: dict[str, str]
+    metrics: str = ""
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")[-6000:]
@@ -197,9 +199,11 @@ def _running_up(
 @pytest.fixture
 def up(service_env: dict[str, str], admin_url: str, tmp_path: pathlib.Path) -> Iterator[Up]:
     """The whole stack: API, a worker per domain, relay, beat, Flower and the metrics exporter."""
+    metrics_port = find_free_port()
     with _running_up(
-        service_env, admin_url, tmp_path, ["--metrics-port", str(find_free_port())]
+        service_env, admin_url, tmp_path, ["--metrics-port", str(metrics_port)]
     ) as running:
+        running.metrics = f"http://127.0.0.1:{metrics_port}/metrics"
         yield running
 
 
@@ -278,6 +282,13 @@ def test_up_serves_a_ping_shows_it_in_flower_and_stops_on_ctrl_c(up: Up) -> None
 
         task = _poll("task SUCCESS in Flower", flower_task, 30, up.log)
         assert task["name"] == "platform.ping", task
+
+        # The platform's series, where the summary says: `up` started the exporter.
+        exported = http.get(up.metrics).text
+        assert 'conveyor_queue_depth{queue="platform"}' in exported, exported[:2000]
+        assert re.search(r'conveyor_tasks_total\{[^}]*task="platform.ping"', exported), exported
+        assert 'conveyor_operations{domain="platform",state="SUCCEEDED"}' in exported
+        assert f"Metrics   {up.metrics}" in up.log(), up.log()
 
         assert http.get(f"{up.flower}/api/tasks").status_code == 401
         assert http.get(f"{up.flower}/api/tasks", auth=(FLOWER_USER, "wrong")).status_code == 401
