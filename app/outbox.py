@@ -47,6 +47,28 @@ def _fault_hook_after_commit() -> None:
         os.kill(os.getpid(), signal.SIGKILL)
 
 
+def workflow_reprs(message: OutboxMessage) -> tuple[str, str] | None:
+    """Names a workflow's first task for people: ``operation``, ``target`` and its labels.
+
+    A workflow task's one argument is its operation id, a bare UUID in Flower. Shown instead (as
+    Celery's ``argsrepr``/``kwargsrepr``, never as the arguments themselves)::
+
+        {'operation': 'operations/imports.0192...', 'dataset': 'Orders', 'source': ..., ...}
+
+    Args:
+        message: The outbox message.
+
+    Returns:
+        ``(argsrepr, kwargsrepr)``, or None for other tasks.
+    """
+    operation = message.headers.get("operation")
+    if not operation or message.args != [message.task_id] or message.kwargs:
+        return None
+    labels = message.headers.get("display") or {}
+    shown = {"operation": operation, **{str(k): str(v) for k, v in dict(labels).items()}}
+    return "()", task_reprs((), shown)[1]
+
+
 class OutboxPublisher:
     """Claims outbox rows (``FOR UPDATE SKIP LOCKED``), publishes them, marks them sent, in one
     transaction per batch: a crash before the commit leaves them unsent for the next relay.
@@ -97,7 +119,7 @@ class OutboxPublisher:
             self._fan_out(message)
             return
         # Flower, task events and worker logs show these reprs instead of the real arguments.
-        argsrepr, kwargsrepr = task_reprs(message.args, message.kwargs)
+        argsrepr, kwargsrepr = workflow_reprs(message) or task_reprs(message.args, message.kwargs)
         self._celery.send_task(
             message.task_name,
             args=message.args,

@@ -304,6 +304,7 @@ def make_handler(fmt: LogFormat | None = None) -> logging.Handler:
     )
     handler.setFormatter(formatter)
     handler.addFilter(ContextFilter())
+    handler.addFilter(HousekeepingFilter())
     setattr(handler, _HANDLER_MARK, True)
     return handler
 
@@ -392,6 +393,40 @@ class PollAccessFilter(logging.Filter):
             or (method == "GET" and path.startswith("/v1/operations/"))
         )
         if not poll:
+            return True
+        record.levelno, record.levelname = logging.DEBUG, "DEBUG"
+        return logging.getLogger().isEnabledFor(logging.DEBUG)
+
+
+class HousekeepingFilter(logging.Filter):
+    """Demotes a worker's "received" / "succeeded" lines of housekeeping tasks to DEBUG.
+
+    Housekeeping tasks (the sweepers, breaker probes: ``send_events=False`` on the task) run
+    every few seconds; at INFO their two lines per run would bury the user's tasks. Failures
+    stay at their level.
+    """
+
+    _LOGGERS = frozenset({"celery.worker.strategy", "celery.app.trace"})
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        """Keeps ``record`` unless it is an INFO line of a housekeeping task and DEBUG is off.
+
+        Args:
+            record: A log record.
+
+        Returns:
+            Whether to log it.
+        """
+        if record.levelno != logging.INFO or record.name not in self._LOGGERS:
+            return True
+        args = record.args
+        name = args.get("name") if isinstance(args, dict) else None
+        if not name:
+            return True
+        from celery import current_app
+
+        task = current_app.tasks.get(str(name))
+        if task is None or getattr(task, "send_events", True):
             return True
         record.levelno, record.levelname = logging.DEBUG, "DEBUG"
         return logging.getLogger().isEnabledFor(logging.DEBUG)

@@ -21,6 +21,21 @@ log = logging.getLogger(__name__)
 log_context.install_task_context()
 
 
+def readable_progress(meta: dict[str, Any]) -> str:
+    """``"120/400 (30%)"``, or ``"120"`` while the total is unknown.
+
+    Args:
+        meta: Progress meta with ``done`` and ``total``.
+
+    Returns:
+        The figure for people.
+    """
+    done, total = meta.get("done"), meta.get("total")
+    if isinstance(done, int) and isinstance(total, int) and total > 0:
+        return f"{done}/{total} ({100 * done // total}%)"
+    return str(done if done is not None else "?")
+
+
 def progress_sink(task: Task, task_id: str | None = None) -> ProgressSink:
     """Returns a sink mirroring progress into Celery: the result backend and Flower.
 
@@ -57,6 +72,9 @@ def progress_sink(task: Task, task_id: str | None = None) -> ProgressSink:
         if not task_id:
             return
         meta = redact(meta)
+        if "progress" not in meta:
+            # First, so Flower's result column reads "120/400 (30%)" before the raw figures.
+            meta = {"progress": readable_progress(meta), **meta}
         try:
             task.update_state(task_id=task_id, state="PROGRESS", meta=meta)
         except Exception:

@@ -10,7 +10,8 @@ from celery import shared_task
 from tasks.runtime import runtime
 
 
-@shared_task(name="platform.sweep", acks_late=True)
+# Housekeeping every few seconds: no task events (kept out of Flower), quiet logs.
+@shared_task(name="platform.sweep", acks_late=True, send_events=False)
 def sweep() -> dict[str, Any]:
     """Re-dispatches lost operations and fails those out of dispatches.
 
@@ -38,7 +39,8 @@ def _publisher() -> Any:
     return _publishers[pid]
 
 
-@shared_task(name="platform.relay_sweep", acks_late=True)
+# Housekeeping every few seconds: no task events (kept out of Flower), quiet logs.
+@shared_task(name="platform.relay_sweep", acks_late=True, send_events=False)
 def relay_sweep() -> dict[str, Any]:
     """Publishes outbox rows the fast path and the relay process left behind (a backstop for
     deployments running no ``conveyor relay``).
@@ -49,7 +51,8 @@ def relay_sweep() -> dict[str, Any]:
     return {"published": runtime.run(_publisher().relay_once())}
 
 
-@shared_task(name="platform.purge_done", acks_late=True)
+# Housekeeping every few seconds: no task events (kept out of Flower), quiet logs.
+@shared_task(name="platform.purge_done", acks_late=True, send_events=False)
 def purge_done() -> dict[str, Any]:
     """Deletes done operations and schedule runs older than ``schedules.retention_days``.
 

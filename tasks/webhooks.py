@@ -121,7 +121,8 @@ def probe_endpoint(self: Task, endpoint_id: str) -> dict[str, Any]:
         return _retry(self, exc)
 
 
-@shared_task(name="webhooks.probe_breakers", acks_late=True)
+# Housekeeping every few seconds: no task events (kept out of Flower), quiet logs.
+@shared_task(name="webhooks.probe_breakers", acks_late=True, send_events=False)
 def probe_breakers() -> dict[str, int]:
     """Periodic upkeep: breaker probes, deliveries whose worker vanished, lost messages.
 

@@ -390,6 +390,11 @@ class ImportsService:
                 tenant=tenant,
             )
             op.dispatch.args = [str(op.id)]
+            op.display = {
+                "dataset": dataset.display_name,
+                "source": source_uri or f"upload, {stored.size if stored else 0} bytes",
+                "format": format,
+            }
             item = Import(
                 id=import_id,
                 dataset_id=dataset_id,

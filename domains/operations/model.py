@@ -198,6 +198,7 @@ class Operation:
         pending_deadline_seconds: A PENDING operation not started this long is re-dispatched.
         correlation_id: Request id of the HTTP call that created it (logs).
         tenant: The principal's tenant that created it (isolation: other tenants never see it).
+        display: Labels for people (Flower, logs): sent with the first dispatch, not stored.
     """
 
     id: uuid.UUID
@@ -224,6 +225,9 @@ class Operation:
     pending_deadline_seconds: float = 300.0
     correlation_id: str | None = None
     tenant: str = "default"
+    # What a person recognises the work by in Flower and logs (dataset name, source...): sent
+    # with the first dispatch as a message header, never stored with the operation.
+    display: dict[str, str] = dataclasses.field(default_factory=dict, compare=False)
 
     @property
     def name(self) -> str:

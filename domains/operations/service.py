@@ -140,7 +140,11 @@ async def enqueue(uow: SqlUnitOfWork, operation: Operation) -> OutboxMessage:
         kwargs=dict(spec.kwargs),
         task_id=str(operation.id),
         operation_id=operation.id,
-        headers={"correlation_id": operation.correlation_id or "", "operation": operation.name},
+        headers={
+            "correlation_id": operation.correlation_id or "",
+            "operation": operation.name,
+            **({"display": dict(operation.display)} if operation.display else {}),
+        },
     )
     await uow.outbox.add(message)
     return message

@@ -110,6 +110,7 @@ class PingService:
                 tenant=tenant,
             )
             op.dispatch.args = [str(op.id)]
+            op.display = {"message": message[:80], "steps": str(steps)}
             ping = Ping(
                 id=ping_id,
                 operation_id=op.id,

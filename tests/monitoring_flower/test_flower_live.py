@@ -6,6 +6,7 @@ test's worker and tasks.
 
 from __future__ import annotations
 
+import ast
 import asyncio
 import json
 import pathlib
@@ -104,6 +105,10 @@ async def flower(stack: Any) -> Any:
 async def test_flower_shows_a_ping_with_its_progress_meta_then_success(stack, flower):
     worker = stack.worker(queues="platform", concurrency=2)
     await flower.sees_worker(worker)
+    # Housekeeping sent first on the same queue: it runs, but Flower must not list it.
+    housekeeping = create_celery(stack.settings, results=False).send_task(  # as the outbox does
+        "platform.sweep", queue="platform", routing_key="platform"
+    )
 
     response = await stack.client.post(
         "/v1/pings", json={"message": "flower", "sleep_seconds": 4, "steps": 8}
@@ -132,6 +137,9 @@ async def test_flower_shows_a_ping_with_its_progress_meta_then_success(stack, fl
     assert task["uuid"] == task_id
     meta = progress[-1]
     assert meta["total"] == 8 and 2 <= meta["done"] < 8, meta
+    # Readable first: "2/8 (25%)".
+    assert next(iter(meta)) == "progress", meta
+    assert meta["progress"] == f"{meta['done']}/8 ({100 * meta['done'] // 8}%)", meta
     assert meta["operation"] == name
     assert task["worker"].startswith("platform-"), task
     page = await flower.http.get(f"/task/{task_id}")  # the task page a person looks at
@@ -146,7 +154,13 @@ async def test_flower_shows_a_ping_with_its_progress_meta_then_success(stack, fl
     assert task["name"] == "platform.ping"
     assert task["uuid"] == task_id
     assert "pong: flower" in task["result"]
-    assert task["args"] == repr([task_id]), task
+    # Named, not a bare UUID: the operation and what the ping was asked.
+    assert task["args"] == "()", task
+    shown = ast.literal_eval(task["kwargs"])
+    assert shown == {"operation": name, "message": "flower", "steps": "8"}, task
+    assert housekeeping.id not in (await flower.http.get("/api/tasks")).json()
+    assert "platform.sweep" not in (await flower.http.get("/tasks")).text
+    assert f"Task platform.sweep[{housekeeping.id}] received" not in worker.log()
     done = await wait_state(stack.client, name, {"SUCCEEDED"}, timeout=10)
     assert done["metadata"]["progress"]["done"] == 8
 

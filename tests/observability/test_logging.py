@@ -160,3 +160,39 @@ def test_worker_keeps_the_outbox_correlation_id_that_celery_overwrites(capture):
     assert (working["task_id"], working["task_name"]) == (task_id, "platform.ping")
     assert not {"correlation_id", "task_id"} & after.keys()
     assert received["correlation_id"] == "req-7" and received["task_id"] == task_id
+
+
+def _access(method: str, path: str) -> logging.LogRecord:
+    return logging.LogRecord(
+        "uvicorn.access",
+        logging.INFO,
+        __file__,
+        1,
+        '%s - "%s %s HTTP/%s" %d',
+        ("127.0.0.1:5000", method, path, "1.1", 200),
+        None,
+    )
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "kept"),
+    [
+        ("POST", "/v1/operations/platform.0192:wait", False),  # `conveyor ops watch` polls
+        ("GET", "/v1/operations/platform.0192", False),
+        ("GET", "/readyz", False),
+        ("POST", "/v1/pings", True),
+        ("GET", "/v1/operations?page_size=5", True),  # a list is not a poll
+    ],
+)
+def test_poll_access_lines_are_debug_not_info(method: str, path: str, kept: bool) -> None:
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.INFO)
+    try:
+        record = _access(method, path)
+        assert conveyor_logging.PollAccessFilter().filter(record) is kept
+        assert record.levelno == (logging.INFO if kept else logging.DEBUG)
+        root.setLevel(logging.DEBUG)  # at DEBUG every line is still there
+        assert conveyor_logging.PollAccessFilter().filter(_access(method, path)) is True
+    finally:
+        root.setLevel(level)
