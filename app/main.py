@@ -227,6 +227,8 @@ def create_app(settings: Settings | None = None, *, celery: Celery | None = None
     for wiring in wirings():
         for router in wiring.routers():
             app.include_router(router)
+    if security.console_enabled:
+        install_console(app)
 
     @app.get(
         "/healthz",
@@ -291,6 +293,22 @@ def create_app(settings: Settings | None = None, *, celery: Celery | None = None
 
     install_openapi(app)
     return app
+
+
+def install_console(app: FastAPI) -> None:
+    """Serves the operations console at ``/console`` (pages calling /v1 with the user's key).
+
+    Args:
+        app: The app.
+    """
+    from fastapi.staticfiles import StaticFiles
+
+    from api.console import routes as console
+
+    app.include_router(console.router)
+    app.mount(
+        "/console/static", StaticFiles(directory=str(console.HERE / "static")), name="console"
+    )
 
 
 def rate_limit_redis(settings: Settings) -> str | None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, SecretStr
 
 
 class SecuritySettings(BaseModel):
@@ -48,6 +48,22 @@ class SecuritySettings(BaseModel):
         max_length=2000,
         description="Redis for the rate-limit buckets; default the broker (or result backend)"
         " when it is Redis, else an in-process bucket per API process.",
+    )
+    console_enabled: bool = Field(
+        default=True,
+        description="Serve the operations console at /console (sign-in with an API key; it calls"
+        " the /v1 routes with that key).",
+    )
+    console_session_secret: SecretStr = Field(
+        default=SecretStr(""),
+        description="HMAC key signing console session cookies (the same value on every API"
+        " process); empty derives one from CONVEYOR_PAGE_TOKEN_SECRET.",
+    )
+    console_session_max_age_seconds: int = Field(
+        default=8 * 3600,
+        ge=60,
+        le=30 * 86400,
+        description="A console sign-in lasts this long.",
     )
     max_body_bytes: int = Field(
         default=1024 * 1024,

@@ -1,0 +1,347 @@
+"""Console pages (Operations, Datasets, Webhooks, Schedules, System) and sign-in.
+
+Each page calls ``/v1`` in-process with the session's API key through the Python client, so a
+key's tenant and scopes apply to everything shown (another tenant's resource is a 404 page, a
+missing scope a 403 page). Forms are POSTs carrying the session's CSRF token; they answer with a
+redirect (post/redirect/get).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import pathlib
+import urllib.parse
+from collections.abc import AsyncIterator, Callable, Coroutine
+from typing import Any
+
+import httpx
+from conveyor_client import ApiError, AsyncConveyor
+from conveyor_client.models import TERMINAL_STATES
+from fastapi import APIRouter, Request, Response
+from fastapi.responses import JSONResponse, RedirectResponse
+from fastapi.routing import APIRoute
+from fastapi.templating import Jinja2Templates
+
+from api.console import session as sessions
+from domains.shared.errors import DomainError
+
+HERE = pathlib.Path(__file__).parent
+templates = Jinja2Templates(directory=str(HERE / "templates"))
+PAGE_SIZE = 20
+_MAX_FORM_BYTES = 64 * 1024
+
+
+class LoginRequired(Exception):
+    """No valid session: the page redirects to the sign-in form."""
+
+
+class CsrfFailed(Exception):
+    """A form without the session's CSRF token (or from another origin)."""
+
+
+class ConsoleRoute(APIRoute):
+    """Renders the API's errors as pages: 401 -> sign-in, others -> an error page."""
+
+    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
+        """Wraps the handler.
+
+        Returns:
+            The wrapped handler.
+        """
+        handler = super().get_route_handler()
+
+        async def wrapped(request: Request) -> Response:
+            try:
+                return await handler(request)
+            except LoginRequired:
+                target = urllib.parse.quote(request.url.path)
+                return RedirectResponse(f"/console/login?next={target}", status_code=303)
+            except CsrfFailed:
+                return _error_page(request, 403, "FORBIDDEN", "The form expired; reload the page.")
+            except ApiError as exc:
+                if exc.http_status == 401:
+                    response = RedirectResponse("/console/login", status_code=303)
+                    response.delete_cookie(sessions.COOKIE, path="/console")
+                    return response
+                return _error_page(request, exc.http_status, exc.status, exc.message)
+
+        return wrapped
+
+
+router = APIRouter(prefix="/console", route_class=ConsoleRoute, include_in_schema=False)
+
+
+def _error_page(request: Request, code: int, status: str, message: str) -> Response:
+    return templates.TemplateResponse(
+        request,
+        "error.html",
+        {"code": code, "status": status, "message": message, "me": None, "csrf": ""},
+        status_code=code,
+    )
+
+
+def _settings(request: Request) -> Any:
+    return request.app.state.settings.security
+
+
+def _key(request: Request) -> bytes:
+    return sessions.signing_key(_settings(request).console_session_secret.get_secret_value())
+
+
+def _session(request: Request) -> sessions.Session:
+    found = sessions.load(request.cookies.get(sessions.COOKIE), _key(request))
+    if found is None:
+        raise LoginRequired
+    return found
+
+
+async def _me(request: Request, session: sessions.Session) -> Any:
+    """The key's tenant and scopes, verified now (a revoked key ends the session)."""
+    keys = request.app.state.container.services["api_keys"]
+    try:
+        return await keys.authenticate(session.api_key)
+    except DomainError as exc:
+        if exc.code == "UNAUTHENTICATED":
+            raise LoginRequired from None
+        raise
+
+
+@contextlib.asynccontextmanager
+async def _api(request: Request, session: sessions.Session) -> AsyncIterator[AsyncConveyor]:
+    """The Python client on this app's own /v1 routes, with the session's key."""
+    transport = httpx.ASGITransport(app=request.app)
+    headers = {"user-agent": "conveyor-console"}
+    rid = getattr(request.state, "request_id", None)
+    if rid:
+        headers["x-request-id"] = rid  # operations created here carry the page's correlation id
+    async with AsyncConveyor(
+        "http://console.internal",
+        session.api_key,
+        transport=transport,
+        max_retries=0,
+        timeout=70,
+        headers=headers,
+    ) as client:
+        yield client
+
+
+async def _form(request: Request, session: sessions.Session) -> dict[str, str]:
+    """The posted form, after the CSRF and same-origin checks."""
+    body = b""
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > _MAX_FORM_BYTES:
+            raise CsrfFailed
+    fields = {k: v[-1] for k, v in urllib.parse.parse_qs(body.decode(errors="replace")).items()}
+    origin = request.headers.get("origin")
+    if origin and urllib.parse.urlsplit(origin).netloc != request.url.netloc:
+        raise CsrfFailed
+    if not sessions.csrf_ok(session, fields.get("csrf")):
+        raise CsrfFailed
+    return fields
+
+
+async def _page(request: Request, name: str, **context: Any) -> Response:
+    session = _session(request)
+    me = await _me(request, session)
+    return templates.TemplateResponse(
+        request, name, {"me": me, "csrf": session.csrf, "nav": name.split(".")[0], **context}
+    )
+
+
+def _back(path: str) -> RedirectResponse:
+    return RedirectResponse(path, status_code=303)
+
+
+def _when(value: dt.datetime | None) -> str:
+    if value is None:
+        return "-"
+    return value.astimezone(dt.UTC).strftime("%Y-%m-%d %H:%M:%S")
+
+
+def _percent(op: Any) -> int:
+    progress = op.metadata.progress
+    if op.state == "SUCCEEDED":
+        return 100
+    if not progress.total:
+        return 0
+    return min(100, int(100 * progress.done / progress.total))
+
+
+templates.env.filters["when"] = _when
+templates.env.filters["percent"] = _percent
+templates.env.globals["TERMINAL"] = TERMINAL_STATES
+
+
+# -- sign-in ---------------------------------------------------------------------------------
+
+
+@router.get("")
+async def home() -> Response:
+    """The console's front page is Operations."""
+    return _back("/console/operations")
+
+
+@router.get("/login")
+async def login_form(request: Request, next: str = "/console/operations") -> Response:
+    """The sign-in form."""
+    return templates.TemplateResponse(
+        request, "login.html", {"me": None, "csrf": "", "next": next, "message": ""}
+    )
+
+
+def _safe_next(value: str | None) -> str:
+    # Only console paths: never an open redirect to another site.
+    if value and value.startswith("/console/") and "//" not in value and "\\" not in value:
+        return value
+    return "/console/operations"
+
+
+@router.post("/login")
+async def login(request: Request) -> Response:
+    """Verifies the API key and starts a session."""
+    body = (await request.body())[:_MAX_FORM_BYTES]
+    fields = {k: v[-1] for k, v in urllib.parse.parse_qs(body.decode(errors="replace")).items()}
+    token = fields.get("api_key", "").strip()
+    keys = request.app.state.container.services["api_keys"]
+    try:
+        await keys.authenticate(token)
+    except DomainError as exc:
+        if exc.code != "UNAUTHENTICATED":
+            raise
+        return templates.TemplateResponse(
+            request,
+            "login.html",
+            {"me": None, "csrf": "", "next": fields.get("next", ""), "message": exc.message},
+            status_code=401,
+        )
+    security = _settings(request)
+    session = sessions.new_session(token, security.console_session_max_age_seconds)
+    response = _back(_safe_next(fields.get("next")))
+    response.set_cookie(
+        sessions.COOKIE,
+        sessions.dump(session, _key(request)),
+        max_age=security.console_session_max_age_seconds,
+        path="/console",
+        httponly=True,
+        samesite="strict",
+        secure=request.url.scheme == "https",
+    )
+    return response
+
+
+@router.post("/logout")
+async def logout(request: Request) -> Response:
+    """Ends the session."""
+    await _form(request, _session(request))
+    response = _back("/console/login")
+    response.delete_cookie(sessions.COOKIE, path="/console")
+    return response
+
+
+# -- operations ------------------------------------------------------------------------------
+
+
+def _op_filter(domain: str, type_: str, state: str) -> str | None:
+    parts = []
+    for field, value in (("metadata.domain", domain), ("metadata.type", type_)):
+        if value:
+            parts.append(f'{field} = "{value.replace(chr(34), "")}"')
+    if state:
+        parts.append(f"metadata.state = {state.replace(chr(34), '')}")
+    return " AND ".join(parts) or None
+
+
+@router.get("/operations")
+async def operations(
+    request: Request, domain: str = "", type: str = "", state: str = "", page_token: str = ""
+) -> Response:
+    """Operations, newest first, filtered by domain, type and state."""
+    session = _session(request)
+    async with _api(request, session) as api:
+        page = await api.operations.page(
+            _op_filter(domain, type, state),
+            page_size=PAGE_SIZE,
+            page_token=page_token or None,
+            order_by="create_time desc",
+        )
+    query = {"domain": domain, "type": type, "state": state}
+    return await _page(
+        request,
+        "operations.html",
+        page=page,
+        query=query,
+        next_url=_with(request, page_token=page.next_page_token) if page.next_page_token else "",
+        states=["PENDING", "RUNNING", "SUCCEEDED", "FAILED", "CANCELLING", "CANCELLED"],
+    )
+
+
+def _with(request: Request, **changes: str) -> str:
+    params = dict(request.query_params)
+    params.update(changes)
+    return request.url.path + "?" + urllib.parse.urlencode({k: v for k, v in params.items() if v})
+
+
+@router.get("/operations/{op_id}")
+async def operation(request: Request, op_id: str) -> Response:
+    """One operation: metadata, progress, error, response, attempts, dispatches, correlation id."""
+    session = _session(request)
+    async with _api(request, session) as api:
+        op = await api.operations.get(op_id)
+    return await _page(request, "operation.html", op=op)
+
+
+@router.get("/operations/{op_id}/progress")
+async def operation_progress(request: Request, op_id: str) -> Response:
+    """The progress the page's script polls (JSON)."""
+    session = _session(request)
+    async with _api(request, session) as api:
+        op = await api.operations.get(op_id)
+    progress = op.metadata.progress
+    return JSONResponse(
+        {
+            "state": op.state,
+            "done": op.done,
+            "percent": _percent(op),
+            "text": f"{progress.done}/{progress.total}" if progress.total else str(progress.done),
+            "message": progress.message,
+        }
+    )
+
+
+@router.post("/operations/{op_id}/cancel")
+async def cancel_operation(request: Request, op_id: str) -> Response:
+    """Cancel button."""
+    session = _session(request)
+    await _form(request, session)
+    async with _api(request, session) as api:
+        op = await api.operations.cancel(op_id)
+    return _back(f"/console/operations/{op.id}")
+
+
+@router.post("/operations/{op_id}/retry")
+async def retry_operation(request: Request, op_id: str) -> Response:
+    """Retry button (FAILED operations)."""
+    session = _session(request)
+    await _form(request, session)
+    async with _api(request, session) as api:
+        op = await api.operations.retry(op_id)
+    return _back(f"/console/operations/{op.id}")
+
+
+@router.post("/pings")
+async def start_ping(request: Request) -> Response:
+    """Starts a diagnostic ping (to see the platform work end to end)."""
+    session = _session(request)
+    fields = await _form(request, session)
+    try:
+        sleep = float(fields.get("sleep_seconds") or 0)
+        steps = int(fields.get("steps") or 1)
+    except ValueError:
+        return _error_page(request, 400, "INVALID_ARGUMENT", "seconds and steps must be numbers")
+    async with _api(request, session) as api:
+        op = await api.pings.create(
+            fields.get("message") or "console", sleep_seconds=sleep, steps=steps
+        )
+    return _back(f"/console/operations/{op.id}")
