@@ -14,7 +14,6 @@ import dataclasses
 import hashlib
 import hmac
 import json
-import os
 import secrets
 import time
 
@@ -49,10 +48,11 @@ def signing_key(configured: str) -> bytes:
     """
     if configured:
         return configured.encode()
-    from api.pagination import _DEV_PAGE_TOKEN_SECRET, PAGE_TOKEN_SECRET_ENV
+    from api import pagination
 
-    base = os.environ.get(PAGE_TOKEN_SECRET_ENV) or _DEV_PAGE_TOKEN_SECRET
-    return hmac.new(base.encode(), b"conveyor-console-session", hashlib.sha256).digest()
+    # The page-token key: CONVEYOR_PAGE_TOKEN_SECRET, else the one generated for this data dir.
+    base = pagination._signing_key()
+    return hmac.new(base, b"conveyor-console-session", hashlib.sha256).digest()
 
 
 def new_session(api_key: str, max_age: float) -> Session:
