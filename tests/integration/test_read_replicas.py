@@ -22,6 +22,7 @@ import asyncio
 import contextlib
 import csv
 import io
+import logging
 import time
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
@@ -361,8 +362,9 @@ async def test_a_report_generated_while_the_standby_lags_counts_the_latest_impor
 
 
 async def test_reads_fall_back_to_the_primary_while_the_standby_is_down(
-    cluster, replica_settings, keys, worker
+    cluster, replica_settings, keys, worker, caplog
 ):
+    caplog.set_level(logging.INFO)
     writer, reader = keys["writer"], keys["reader"]
     async with api(replica_settings) as http:
         dataset = (await new_dataset(http, writer, "fallback")).json()
@@ -441,5 +443,9 @@ async def test_reads_fall_back_to_the_primary_while_the_standby_is_down(
             await asyncio.sleep(0.2)
         ready = await ok(http.get("/readyz"))
         assert ready.json()["replicas"]["imports"] == "ok"
+        noise = [r.getMessage() for r in caplog.records if r.exc_info]
+        assert not noise, noise  # outages are one-line warnings, never tracebacks
+        warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+        assert any("read replica of" in w and "failed" in w for w in warnings), warnings
         assert counter("conveyor_replica_up", domain="imports") == 1.0
         assert (await read_everything(reader))["port"] == healthy["port"]
