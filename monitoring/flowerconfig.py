@@ -10,6 +10,10 @@ What it sets, from the Conveyor settings (``CONVEYOR_*`` environment and ``.env`
   the command line, where the password would show in ``ps``. Without credentials Flower does not
   start, unless ``CONVEYOR_FLOWER_INSECURE_DEV=1`` (which ``conveyor flower --insecure-dev``
   sets, after its own warning);
+- Flower's own ``/metrics`` behind the same basic auth (:func:`protect_metrics`): Flower serves
+  it without credentials, and it names every task type and worker. Nothing of ours scrapes it
+  (``conveyor metrics`` exports the workers' metrics); a Prometheus that wants it sends
+  ``basic_auth``. ``/healthcheck`` (the text ``OK``) stays open for probes;
 - ``purge_offline_workers``: a stopped worker leaves the list after a minute;
 - ``persistent`` state with ``CONVEYOR_FLOWER_PERSISTENT=true``: Flower keeps what it learned
   from events across restarts in ``$CONVEYOR_DATA_DIR/flower.db`` (saved every minute and at exit);
@@ -98,6 +102,23 @@ def flower_options(settings: Settings, environ: Mapping[str, str]) -> dict[str, 
     return options
 
 
+def protect_metrics() -> None:
+    """Makes Flower's ``/metrics`` ask for the configured credentials (401 without them).
+
+    Flower 2 leaves that handler unauthenticated; ``tornado.web.authenticated`` runs Flower's own
+    ``get_current_user``, which checks ``basic_auth`` (401 and ``WWW-Authenticate`` otherwise).
+    Idempotent.
+    """
+    import tornado.web
+    from flower.views import monitor  # type: ignore[import-untyped]
+
+    if getattr(monitor.Metrics.get, "_conveyor_protected", False):
+        return
+    protected = tornado.web.authenticated(monitor.Metrics.get)
+    protected._conveyor_protected = True  # type: ignore[attr-defined]
+    monitor.Metrics.get = protected
+
+
 def _settings() -> Settings:
     from app.config import ConfigError, load_settings
 
@@ -110,4 +131,7 @@ def _settings() -> Settings:
 # Flower executes this file with a namespace of its own (no ``__name__``): configure it then, but
 # not when the module is imported for its constants and functions.
 if globals().get("__name__") != "monitoring.flowerconfig":
-    globals().update(flower_options(_settings(), os.environ))
+    _options = flower_options(_settings(), os.environ)
+    if "basic_auth" in _options:
+        protect_metrics()
+    globals().update(_options)

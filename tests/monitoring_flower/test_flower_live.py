@@ -176,7 +176,15 @@ async def test_flower_refuses_requests_without_the_right_credentials(flower):
         assert (await anonymous.get(f"/api/task/info/{uuid.uuid4()}")).status_code == 401
         wrong = await anonymous.get("/api/tasks", auth=(USER, flower.password + "x"))
         assert wrong.status_code == 401
+        # Flower's own /metrics (task names, workers) is behind the same credentials...
+        metrics = await anonymous.get("/metrics")
+        assert metrics.status_code == 401 and "Basic" in metrics.headers["www-authenticate"]
+        assert (await anonymous.get("/metrics", auth=(USER, "wrong"))).status_code == 401
+        # ... while the liveness probe stays open.
+        assert (await anonymous.get("/healthcheck")).text == "OK"
     assert (await flower.http.get("/api/tasks")).status_code == 200
+    authorized = await flower.http.get("/metrics")
+    assert authorized.status_code == 200 and "flower_" in authorized.text
     # The password is read from the settings by flowerconfig, not passed on a command line.
     assert flower.password.encode() not in _cmdline(flower.proc.popen.pid)
 
