@@ -109,14 +109,47 @@ async def _domain_error(_: Request, exc: Exception) -> JSONResponse:
     )
 
 
-async def _validation_error(_: Request, exc: Exception) -> JSONResponse:
+def _json_position(body: Any, offset: Any) -> str:
+    """``line 3, column 7`` of character ``offset`` in the request body (JSON errors)."""
+    if not isinstance(offset, int):
+        return ""
+    text = body.decode("utf-8", "replace") if isinstance(body, bytes) else str(body or "")
+    before = text[:offset]
+    line = before.count("\n") + 1
+    column = offset - (before.rfind("\n") + 1) + 1
+    return f" at line {line}, column {column} (character {offset})"
+
+
+def _not_json_content(request: Request) -> bool:
+    media = request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
+    return request.method in ("POST", "PUT", "PATCH") and not (
+        media == "application/json" or media.endswith("+json")
+    )
+
+
+async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, RequestValidationError)
     violations = []
     for err in exc.errors():
-        field = _field_path(tuple(err.get("loc", ())))
+        loc = tuple(err.get("loc", ()))
+        field = _field_path(loc)
         msg = str(err.get("msg", "invalid value"))
         if err.get("type") == "json_invalid":
-            msg = "request body is not valid JSON"
+            # The location's second part is a character offset, not a field.
+            reason = (err.get("ctx") or {}).get("error")
+            field = "body"
+            msg = (
+                "request body is not valid JSON"
+                + (f": {reason}" if reason else "")
+                + _json_position(getattr(exc, "body", None), loc[1] if len(loc) > 1 else None)
+            )
+        elif loc == ("body",) and _not_json_content(request):
+            # e.g. curl -d '{...}' without -H, which sends application/x-www-form-urlencoded.
+            media = request.headers.get("content-type") or "no Content-Type"
+            msg = (
+                f"expected a JSON object, got a body sent as {media}; send it with"
+                " Content-Type: application/json (curl: -H 'content-type: application/json')"
+            )
         violations.append({"field": field, "description": msg})
     first = violations[0] if violations else {"field": "request", "description": "invalid request"}
     message = f"{first['field']}: {first['description']}"

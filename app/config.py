@@ -416,6 +416,32 @@ def _env_name(loc: tuple[int | str, ...]) -> str:
     return "CONVEYOR_" + "__".join(str(part).upper() for part in loc)
 
 
+def _non_json_nested(section: str) -> str | None:
+    """The ``CONVEYOR_<SECTION>__<FIELD>`` variable holding a list/dict field's non-JSON value."""
+    import json
+    import typing
+
+    field = Settings.model_fields.get(section)
+    model = field.annotation if field is not None else None
+    if not (isinstance(model, type) and issubclass(model, BaseModel)):
+        return None
+    prefix = f"CONVEYOR_{section.upper()}__"
+    for variable, value in sorted(os.environ.items()):
+        if not variable.upper().startswith(prefix):
+            continue
+        sub = model.model_fields.get(variable[len(prefix) :].lower())
+        if sub is None:
+            continue
+        origin = typing.get_origin(sub.annotation) or sub.annotation
+        if origin not in (list, dict, set, tuple):
+            continue
+        try:
+            json.loads(value)
+        except ValueError:
+            return variable.upper()
+    return None
+
+
 def load_settings(**overrides: object) -> Settings:
     """Reads and validates the settings.
 
@@ -434,6 +460,14 @@ def load_settings(**overrides: object) -> Settings:
         # e.g. CONVEYOR_DB='{not json'; pydantic-settings names the field in its message.
         match = re.search(r'field "([^"]+)"', str(exc))
         name = _env_name((match.group(1),)) if match else "CONVEYOR_*"
+        # A nested list/dict field (CONVEYOR_WEBHOOKS__SSRF_ALLOWLIST) is reported under its
+        # section: name the variable itself, and say what shape to write.
+        culprit = _non_json_nested(match.group(1)) if match else None
+        if culprit is not None:
+            raise ConfigError(
+                f"{culprit}: is not valid JSON; write a JSON list or object, e.g."
+                f' {culprit}=\'["a", "b"]\' ({exc.__cause__ or exc})'
+            ) from None
         raise ConfigError(f"{name}: is not valid JSON ({exc.__cause__ or exc})") from None
     except ValidationError as exc:
         first = exc.errors()[0]

@@ -79,3 +79,31 @@ async def test_request_id_header_is_echoed(client):
     response = await client.get("/healthz", headers={"X-Request-Id": "abc-123"})
     assert response.status_code == 200
     assert response.headers["x-request-id"] == "abc-123"
+
+
+async def test_malformed_json_names_the_body_and_where_it_breaks(client):
+    response = await client.post(
+        "/v1/pings",
+        content=b'{\n  "message": "hi",\n  "steps": 4,,\n}',
+        headers={"content-type": "application/json"},
+    )
+    assert response.status_code == 400, response.text
+    error = response.json()["error"]
+    assert error["message"].startswith("body: request body is not valid JSON"), error
+    assert "line 3, column 14" in error["message"], error
+    bad_request = [d for d in error["details"] if "field_violations" in d]
+    violation = bad_request[0]["field_violations"][0]
+    assert violation["field"] == "body", violation  # not the character offset
+
+
+async def test_a_json_body_sent_without_its_content_type_gets_a_hint(client):
+    # What `curl -d '{...}'` sends when -H 'content-type: application/json' is forgotten.
+    response = await client.post(
+        "/v1/pings",
+        content=b'{"message": "hi"}',
+        headers={"content-type": "application/x-www-form-urlencoded"},
+    )
+    assert response.status_code == 400, response.text
+    message = response.json()["error"]["message"]
+    assert "Content-Type: application/json" in message, message
+    assert "application/x-www-form-urlencoded" in message, message

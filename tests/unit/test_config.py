@@ -166,6 +166,13 @@ def test_malformed_json_for_db_variable_raises_config_error(monkeypatch):
         load_settings()
 
 
+def test_a_nested_list_that_is_not_json_names_its_own_variable(monkeypatch):
+    monkeypatch.setenv("CONVEYOR_WEBHOOKS__RETRY_JITTER", "0.1")  # a good neighbour
+    monkeypatch.setenv("CONVEYOR_WEBHOOKS__SSRF_ALLOWLIST", "10.0.0.5")
+    with pytest.raises(ConfigError, match=r"^CONVEYOR_WEBHOOKS__SSRF_ALLOWLIST: is not valid JSON"):
+        load_settings()
+
+
 def test_missing_broker_url_is_a_config_error_only_when_needed():
     settings = load_settings()
     with pytest.raises(ConfigError, match=r"^CONVEYOR_BROKER_URL: not set"):
