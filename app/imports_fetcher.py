@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import urllib.parse
+from typing import Any
+
 import httpx
 
+from app.webhooks_http import pinned_url
 from domains.imports.storage import FileWriter
 from domains.shared.errors import PermanentError, TransientError
 from domains.shared.ssrf import UrlGuard
@@ -58,10 +62,19 @@ class HttpSourceFetcher:
             PermanentError: On a 4xx or a redirect.
             TransientError: On network errors or a 5xx.
         """
-        await self._guard.check(url)
+        addresses = await self._guard.check(url)
+        # Connect to the address the guard checked, not to a second DNS answer (rebinding).
+        target, host_header = pinned_url(url, addresses[0])
+        extensions: dict[str, Any] = {}
+        if url.lower().startswith("https:"):
+            extensions["sni_hostname"] = urllib.parse.urlsplit(url).hostname  # TLS checks the name
         try:
-            async with httpx.AsyncClient(timeout=self._timeout, follow_redirects=False) as client:
-                async with client.stream("GET", url) as response:
+            async with httpx.AsyncClient(
+                timeout=self._timeout, follow_redirects=False, trust_env=False
+            ) as client:
+                async with client.stream(
+                    "GET", target, headers={"host": host_header}, extensions=extensions
+                ) as response:
                     if 300 <= response.status_code < 400:
                         raise PermanentError(
                             f"source_uri answered a redirect ({response.status_code}) to"

@@ -158,3 +158,44 @@ async def test_webhook_and_source_urls_share_the_guard(address: str):
     for guard in (GUARD, source_guard([], allow_private=False)):
         with pytest.raises(UnsafeUrl):
             await guard.check(f"http://{host}/hook")
+
+
+async def test_source_fetch_connects_to_the_address_the_guard_checked(monkeypatch):
+    """DNS rebinding: the fetcher connects to the checked address, never to a second answer.
+    ``rebind.test`` resolves (for the guard) to 127.0.0.1 only; a second lookup by httpx would
+    fail, so the fetch succeeds only if the connection is pinned."""
+    from starlette.applications import Starlette
+    from starlette.requests import Request
+    from starlette.responses import PlainTextResponse
+    from starlette.routing import Route
+
+    from app.imports_fetcher import HttpSourceFetcher
+    from domains.shared import ssrf
+    from tests.support.live_api import serve
+
+    seen: list[str] = []
+
+    async def source(request: Request) -> PlainTextResponse:
+        seen.append(request.headers["host"])
+        return PlainTextResponse("id\n1\n")
+
+    async def fake_resolve(host: str, port: int) -> list[ssrf.IpAddress]:
+        assert host == "rebind.test"
+        return [ipaddress.ip_address("127.0.0.1")]
+
+    monkeypatch.setattr(ssrf, "resolve", fake_resolve)
+
+    class Sink:
+        data = b""
+
+        def write(self, block: bytes) -> None:
+            self.data += block
+
+    app = Starlette(routes=[Route("/orders.csv", source)])
+    async with serve(app) as http:
+        port = http.base_url.port
+        fetcher = HttpSourceFetcher(UrlGuard.from_allowlist(["127.0.0.1"]), timeout=5)
+        sink = Sink()
+        await fetcher.fetch(f"http://rebind.test:{port}/orders.csv", sink)  # type: ignore[arg-type]
+    assert sink.data == b"id\n1\n"
+    assert seen == [f"rebind.test:{port}"]
