@@ -19,7 +19,7 @@ import httpx
 from conveyor_client import ApiError, AsyncConveyor
 from conveyor_client.models import TERMINAL_STATES
 from fastapi import APIRouter, Request, Response
-from fastapi.responses import JSONResponse, RedirectResponse
+from fastapi.responses import JSONResponse, RedirectResponse, StreamingResponse
 from fastapi.routing import APIRoute
 from fastapi.templating import Jinja2Templates
 
@@ -345,3 +345,86 @@ async def start_ping(request: Request) -> Response:
             fields.get("message") or "console", sleep_seconds=sleep, steps=steps
         )
     return _back(f"/console/operations/{op.id}")
+
+
+# -- datasets --------------------------------------------------------------------------------
+
+_LIST_CAP = 200
+"""Most items a console list shows without paging (datasets, endpoints, schedules, imports)."""
+
+
+async def _first(items: AsyncIterator[Any], cap: int = _LIST_CAP) -> list[Any]:
+    out = []
+    async for item in items:
+        out.append(item)
+        if len(out) >= cap:
+            break
+    return out
+
+
+@router.get("/datasets")
+async def datasets(request: Request) -> Response:
+    """Datasets with their record counts."""
+    session = _session(request)
+    async with _api(request, session) as api:
+        items = await _first(api.datasets.list(page_size=100))
+    return await _page(request, "datasets.html", datasets=items)
+
+
+@router.get("/datasets/{dataset_id}")
+async def dataset(
+    request: Request, dataset_id: str, filter: str = "", page_token: str = ""
+) -> Response:
+    """A dataset: schema, imports with counts and error downloads, and a record browser."""
+    session = _session(request)
+    problem = ""
+    async with _api(request, session) as api:
+        ds = await api.datasets.get(dataset_id)
+        imports = await _first(api.imports.list(ds.name, page_size=50), cap=50)
+        try:
+            records = await api.records.page(
+                ds.name, filter or None, page_size=PAGE_SIZE, page_token=page_token or None
+            )
+        except ApiError as exc:
+            if exc.http_status != 400:
+                raise
+            problem = exc.message  # a bad filter is shown next to the filter box
+            records = None
+    return await _page(
+        request,
+        "dataset.html",
+        ds=ds,
+        imports=imports,
+        records=records,
+        filter=filter,
+        problem=problem,
+        next_url=_with(request, page_token=records.next_page_token)
+        if records and records.next_page_token
+        else "",
+    )
+
+
+@router.get("/datasets/{dataset_id}/imports/{import_id}/errors.csv")
+async def import_errors(request: Request, dataset_id: str, import_id: str) -> Response:
+    """Every rejected row of an import, as the API's CSV download."""
+    import tempfile
+
+    session = _session(request)
+    spool = tempfile.SpooledTemporaryFile(max_size=1024 * 1024)
+    async with _api(request, session) as api:
+        await api.imports.download_errors(
+            f"datasets/{dataset_id}/imports/{import_id}",
+            spool,  # type: ignore[arg-type]
+        )
+    spool.seek(0)
+
+    def chunks() -> Any:
+        with spool:
+            while block := spool.read(64 * 1024):
+                yield block
+
+    return StreamingResponse(
+        chunks(),
+        media_type="text/csv; charset=utf-8",
+        headers={"content-disposition": f'attachment; filename="import-{import_id}-errors.csv"'},
+    )
