@@ -33,7 +33,10 @@ def source_guard(allowlist: list[str], *, allow_private: bool) -> UrlGuard:
     Returns:
         The guard.
     """
-    return UrlGuard.from_allowlist([*allowlist, *(PRIVATE_NETWORKS if allow_private else ())])
+    return UrlGuard.from_allowlist(
+        [*allowlist, *(PRIVATE_NETWORKS if allow_private else ())],
+        "CONVEYOR_IMPORTS__SOURCE_ALLOWLIST",
+    )
 
 
 class HttpSourceFetcher:

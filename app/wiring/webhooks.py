@@ -71,7 +71,7 @@ def build(container: Container) -> dict[str, Any]:
         container.uow_factory(DOMAIN),  # type: ignore[arg-type]
         read_uow_factory=container.uow_factory(DOMAIN, role="replica"),  # type: ignore[arg-type]
         sender=HttpxSender(hooks),
-        guard=UrlGuard.from_allowlist(hooks.ssrf_allowlist),
+        guard=UrlGuard.from_allowlist(hooks.ssrf_allowlist, "CONVEYOR_WEBHOOKS__SSRF_ALLOWLIST"),
         box=SecretBox(settings.webhook_secret_key()),
         config=config,
         limiter=limiter,

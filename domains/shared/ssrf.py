@@ -120,17 +120,21 @@ class UrlGuard:
     Attributes:
         allow_networks: Networks allowed even if internal (e.g. ``127.0.0.0/8`` in tests).
         allow_hosts: Host names allowed even if they resolve to internal addresses.
+        setting: The environment variable holding the allowlist, named in refusals so an
+            operator knows what to change.
     """
 
     allow_networks: tuple[IpNetwork, ...] = ()
     allow_hosts: frozenset[str] = frozenset()
+    setting: str = ""
 
     @classmethod
-    def from_allowlist(cls, entries: Iterable[str]) -> UrlGuard:
+    def from_allowlist(cls, entries: Iterable[str], setting: str = "") -> UrlGuard:
         """Builds a guard from settings entries (addresses, networks or host names).
 
         Args:
             entries: Allowlist entries.
+            setting: The variable they come from (e.g. ``CONVEYOR_WEBHOOKS__SSRF_ALLOWLIST``).
 
         Returns:
             The guard.
@@ -145,7 +149,7 @@ class UrlGuard:
                 networks.append(ipaddress.ip_network(entry, strict=False))
             except ValueError:
                 hosts.add(entry.lower())
-        return cls(tuple(networks), frozenset(hosts))
+        return cls(tuple(networks), frozenset(hosts), setting)
 
     def parse(self, url: str) -> urllib.parse.SplitResult:
         """Checks the form of ``url`` (no DNS).
@@ -226,10 +230,20 @@ class UrlGuard:
         for address in addresses:
             reason = self.blocked_reason(address)
             if reason:
+                how = (
+                    f"an operator can allow it by adding {host!r} (or {address}) to"
+                    f" {self.setting}, a JSON list"
+                    if self.setting
+                    else "operators can allow it in settings"
+                )
                 raise UnsafeUrl(
                     f"the URL's host {host!r} resolves to {address}, {reason}; only public"
-                    " addresses may be called (operators can allow it in settings)",
-                    metadata={"host": host, "address": str(address)},
+                    f" addresses may be called ({how})",
+                    metadata={
+                        "host": host,
+                        "address": str(address),
+                        **({"setting": self.setting} if self.setting else {}),
+                    },
                 )
 
     async def check(self, url: str) -> list[IpAddress]:

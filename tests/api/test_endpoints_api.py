@@ -37,6 +37,10 @@ async def test_unsafe_urls_are_refused_without_the_allowlist(client: httpx.Async
     error = response.json()["error"]
     assert error["status"] == "INVALID_ARGUMENT"
     assert error["details"][0]["reason"] == "UNSAFE_URL"
+    if url.startswith("http://10."):
+        # An internal address names the setting that would allow it.
+        assert "CONVEYOR_WEBHOOKS__SSRF_ALLOWLIST" in error["message"], error
+        assert error["details"][0]["metadata"]["setting"] == "CONVEYOR_WEBHOOKS__SSRF_ALLOWLIST"
 
 
 async def test_endpoint_crud_and_secret_shown_only_on_create_and_rotate(
