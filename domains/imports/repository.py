@@ -10,7 +10,6 @@ from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any, cast
 
 import sqlalchemy as sa
-from sqlalchemy.dialects import postgresql as pg
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from domains.imports import tables
@@ -168,6 +167,17 @@ class SqlImportsRepository:
             dataset_id: Its id.
         """
         import_ids = sa.select(tables.imports.c.id).where(tables.imports.c.dataset_id == dataset_id)
+        names = [self.staging_table(i) for i in (await self._session.execute(import_ids)).scalars()]
+        left = await self._session.execute(
+            sa.text(
+                "SELECT relname FROM pg_class WHERE relnamespace ="
+                " (SELECT oid FROM pg_namespace WHERE nspname = :s)"
+                " AND relname = ANY(:n)"
+            ),
+            {"s": tables.SCHEMA, "n": names},
+        )
+        for name in left.scalars():
+            await self._session.execute(sa.text(f'DROP TABLE IF EXISTS {tables.SCHEMA}."{name}"'))
         for table in (tables.staged_records, tables.row_errors, tables.import_chunks):
             await self._session.execute(sa.delete(table).where(table.c.import_id.in_(import_ids)))
         await self._session.execute(
@@ -419,34 +429,110 @@ class SqlImportsRepository:
         raw = await connection.get_raw_connection()
         return raw.driver_connection
 
-    async def copy_staged(self, rows: Sequence[tuple[Any, ...]]) -> None:
+    @staticmethod
+    def staging_table(import_id: uuid.UUID) -> str:
+        """Returns the name of an import's staging table (hex digits only: safe to quote).
+
+        Args:
+            import_id: The import.
+
+        Returns:
+            ``staged_<32 hex digits>`` (in the ``imports`` schema).
+        """
+        return f"staged_{import_id.hex}"
+
+    def _staging_sql(self, import_id: uuid.UUID) -> str:
+        return f'{tables.SCHEMA}."{self.staging_table(import_id)}"'
+
+    async def create_staging(self, import_id: uuid.UUID) -> None:
+        """Creates an import's staging table if it does not exist.
+
+        One UNLOGGED table per import, without an index: COPY writes no WAL and maintains
+        nothing, and the import's end drops the table instead of deleting its rows. Concurrent
+        creators are serialized by an advisory lock (``IF NOT EXISTS`` alone can race).
+
+        Args:
+            import_id: The import.
+        """
+        name = self.staging_table(import_id)
+        exists = await self._session.execute(
+            sa.text("SELECT to_regclass(:n) IS NOT NULL"), {"n": f'{tables.SCHEMA}."{name}"'}
+        )
+        if exists.scalar():
+            return
+        await self._session.execute(
+            sa.text("SELECT pg_advisory_xact_lock(hashtextextended(:n, 0))"), {"n": name}
+        )
+        await self._session.execute(
+            sa.text(
+                f"CREATE UNLOGGED TABLE IF NOT EXISTS {self._staging_sql(import_id)}"
+                " (chunk_no integer NOT NULL, line bigint NOT NULL, key text NOT NULL,"
+                " data jsonb NOT NULL)"
+            )
+        )
+
+    async def drop_staging(self, import_id: uuid.UUID) -> None:
+        """Drops an import's staged rows: its staging table, and rows an older version left in
+        the shared ``staged_records`` table (normally none).
+
+        Args:
+            import_id: The import.
+        """
+        await self._session.execute(sa.text(f"DROP TABLE IF EXISTS {self._staging_sql(import_id)}"))
+        t = tables.staged_records
+        await self._session.execute(sa.delete(t).where(t.c.import_id == import_id))
+
+    async def staged_count(self, import_id: uuid.UUID) -> int:
+        """Counts an import's staged rows (the finalize check that none was lost).
+
+        Args:
+            import_id: The import.
+
+        Returns:
+            Rows in its staging table plus legacy rows in ``staged_records``.
+        """
+        t = tables.staged_records
+        legacy = sa.select(sa.func.count()).where(t.c.import_id == import_id)
+        count = int((await self._session.execute(legacy)).scalar() or 0)
+        name = f'{tables.SCHEMA}."{self.staging_table(import_id)}"'
+        exists = await self._session.execute(
+            sa.text("SELECT to_regclass(:n) IS NOT NULL"), {"n": name}
+        )
+        if exists.scalar():
+            query = sa.text(f"SELECT count(*) FROM {self._staging_sql(import_id)}")  # noqa: S608
+            count += int((await self._session.execute(query)).scalar() or 0)
+        return count
+
+    async def copy_staged(self, import_id: uuid.UUID, rows: Sequence[tuple[Any, ...]]) -> None:
         """Bulk-loads staged rows with COPY (in the session's transaction).
 
         Args:
-            rows: ``(import_id, chunk_no, line, key, data_json)`` tuples.
+            import_id: The import (its staging table must exist).
+            rows: ``(chunk_no, line, key, data_json)`` tuples.
         """
         if rows:
             driver = await self._driver()
             await driver.copy_records_to_table(
-                "staged_records",
+                self.staging_table(import_id),
                 schema_name=tables.SCHEMA,
-                columns=["import_id", "chunk_no", "line", "key", "data"],
+                columns=["chunk_no", "line", "key", "data"],
                 records=rows,
             )
 
-    async def copy_staged_text(self, payload: Any) -> None:
+    async def copy_staged_text(self, import_id: uuid.UUID, payload: Any) -> None:
         """Bulk-loads staged rows from a COPY text-format payload (built column-wise).
 
         Args:
-            payload: Bytes (or a buffer) of ``import_id, chunk_no, line, key, data`` lines,
-                tab-separated, COPY text escaping applied.
+            import_id: The import (its staging table must exist).
+            payload: Bytes of ``chunk_no, line, key, data`` lines, tab-separated, COPY text
+                escaping applied.
         """
         if len(payload):
             driver = await self._driver()
             await driver.copy_to_table(
-                "staged_records",
+                self.staging_table(import_id),
                 schema_name=tables.SCHEMA,
-                columns=["import_id", "chunk_no", "line", "key", "data"],
+                columns=["chunk_no", "line", "key", "data"],
                 # A memoryview: asyncpg would take bytes for a file path.
                 source=memoryview(payload),
                 format="text",
@@ -473,7 +559,8 @@ class SqlImportsRepository:
         Args:
             import_id: The import.
         """
-        for table in (tables.staged_records, tables.row_errors, tables.import_chunks):
+        await self.drop_staging(import_id)
+        for table in (tables.row_errors, tables.import_chunks):
             await self._session.execute(sa.delete(table).where(table.c.import_id == import_id))
 
     async def delete_staged(self, import_id: uuid.UUID) -> None:
@@ -482,48 +569,75 @@ class SqlImportsRepository:
         Args:
             import_id: The import.
         """
-        t = tables.staged_records
-        await self._session.execute(sa.delete(t).where(t.c.import_id == import_id))
+        await self.drop_staging(import_id)
 
     async def merge_staged(
-        self, import_id: uuid.UUID, dataset_id: uuid.UUID, now: dt.datetime
+        self, import_id: uuid.UUID, dataset_id: uuid.UUID, now: dt.datetime, *, empty: bool
     ) -> int:
         """Upserts an import's staged rows into records by key (the last line of a key wins).
+
+        Reads the import's staging table (and legacy rows of ``staged_records``). Into an
+        empty dataset the rows are plainly inserted (no speculative insertion per row); the
+        caller holds the dataset's row lock, so no other merge can fill it meanwhile.
 
         Args:
             import_id: The import.
             dataset_id: Its dataset.
             now: Update time.
+            empty: The dataset has no record (under its row lock).
 
         Returns:
-            Records written.
+            Records inserted (not updated): what ``record_count`` grows by.
         """
-        s = tables.staged_records
-        latest = (
-            sa.select(
-                sa.literal(dataset_id, pg.UUID(as_uuid=True)).label("dataset_id"),
-                s.c.key,
-                s.c.data,
-                sa.literal(import_id, pg.UUID(as_uuid=True)).label("import_id"),
-                sa.literal(now, sa.DateTime(timezone=True)).label("update_time"),
-            )
-            .where(s.c.import_id == import_id)
-            .distinct(s.c.key)
-            .order_by(s.c.key, s.c.line.desc())
+        # Identifiers come from constants and the import id's hex digits; values are bound.
+        staging = self._staging_sql(import_id)
+        exists = await self._session.execute(
+            sa.text("SELECT to_regclass(:n) IS NOT NULL"),
+            {"n": staging},
         )
-        insert = pg.insert(tables.records).from_select(
-            ["dataset_id", "key", "data", "import_id", "update_time"], latest
+        sources = [f"SELECT key, line, data FROM {staging}"] if exists.scalar() else []  # noqa: S608
+        sources.append(
+            f"SELECT key, line, data FROM {tables.SCHEMA}.staged_records WHERE import_id = :i"  # noqa: S608
         )
-        upsert = insert.on_conflict_do_update(
-            index_elements=["dataset_id", "key"],
-            set_={
-                "data": insert.excluded.data,
-                "import_id": insert.excluded.import_id,
-                "update_time": insert.excluded.update_time,
-            },
+        conflict = (
+            ""
+            if empty
+            else " ON CONFLICT (dataset_id, key) DO UPDATE SET data = excluded.data,"
+            " import_id = excluded.import_id, update_time = excluded.update_time"
         )
-        result = await self._session.execute(upsert)
-        return int(cast(Any, result).rowcount or 0)
+        # A bigger sort budget for this transaction only: the DISTINCT ON sort of a large
+        # import otherwise spills to disk in many small runs.
+        await self._session.execute(sa.text("SET LOCAL work_mem = '64MB'"))
+        query = sa.text(
+            f"WITH staged AS ({' UNION ALL '.join(sources)}),"  # noqa: S608
+            " latest AS (SELECT DISTINCT ON (key) key, data FROM staged ORDER BY key, line DESC),"
+            f" merged AS (INSERT INTO {tables.SCHEMA}.records"
+            " (dataset_id, key, data, import_id, update_time)"
+            f" SELECT :d, key, data, :i, :now FROM latest{conflict}"
+            " RETURNING (xmax = 0) AS inserted)"
+            " SELECT count(*) FILTER (WHERE inserted) FROM merged"
+        )
+        result = await self._session.execute(query, {"i": import_id, "d": dataset_id, "now": now})
+        return int(result.scalar() or 0)
+
+    async def add_record_count(self, dataset_id: uuid.UUID, inserted: int) -> int:
+        """Grows a dataset's ``record_count`` by the records a merge inserted.
+
+        Args:
+            dataset_id: The dataset.
+            inserted: Records added.
+
+        Returns:
+            The new count.
+        """
+        t = tables.datasets
+        query = (
+            sa.update(t)
+            .where(t.c.id == dataset_id)
+            .values(record_count=t.c.record_count + inserted)
+            .returning(t.c.record_count)
+        )
+        return int((await self._session.execute(query)).scalar() or 0)
 
     async def count_records(self, dataset_id: uuid.UUID) -> int:
         """Counts a dataset's records.

@@ -6,7 +6,8 @@ The workflow of one import (operation type ``import``):
    any, decompresses, and splits the file into chunks recorded in ``import_chunks`` (the DB is
    the truth about what is done). It returns the chunks not yet DONE; the task adapter fans
    them out as a Celery chord whose callback is ``imports.finalize``.
-2. ``imports.process_chunk`` validates its rows and COPYs valid rows into ``staged_records``
+2. ``imports.process_chunk`` validates its rows and COPYs valid rows into the import's
+   UNLOGGED staging table (``imports."staged_<hex>"``, created by the split)
    and invalid ones into ``row_errors``, then marks the chunk DONE, all in one transaction under
    the chunk's row lock: a redelivered or duplicate chunk task finds it DONE and does nothing.
 3. ``imports.finalize`` checks that every chunk is DONE, then in one transaction fenced by the
@@ -674,6 +675,7 @@ class ImportsService:
                 raise PermanentError("the import was deleted while it ran", reason="IMPORT_GONE")
             if locked.chunks_total is not None:
                 return locked
+            await uow.imports.create_staging(item.id)
             await uow.imports.add_chunks(
                 [
                     Chunk(
@@ -802,7 +804,7 @@ class ImportsService:
                 # Column by column (pyarrow): same results as RowValidator, a fraction of the
                 # CPU. One pass over the chunk; the heartbeat before it keeps the lease.
                 columnar = ColumnarValidator(dataset.fields, dataset.key_field, columns, **limits)
-                result = columnar.validate(rows, import_id=str(item.id), chunk_no=chunk_no)
+                result = columnar.validate(rows, chunk_no=chunk_no)
                 staged_copy = result.staged_copy
                 errors.extend((item.id, chunk_no, *e) for e in result.errors)
                 outcome: tuple[int, int] | dict[str, Any] = (result.accepted, result.rejected)
@@ -831,8 +833,10 @@ class ImportsService:
                 locked = await uow.imports.get_chunk(item.id, chunk_no, for_update=True)
                 if locked is None or locked.state == "DONE":
                     return {"skipped": f"chunk {chunk_no} already done"}
-                await uow.imports.copy_staged(staged)
-                await uow.imports.copy_staged_text(staged_copy)
+                # Normally made by the split; an import split by an older version has none.
+                await uow.imports.create_staging(item.id)
+                await uow.imports.copy_staged(item.id, staged)
+                await uow.imports.copy_staged_text(item.id, staged_copy)
                 await uow.imports.copy_row_errors(errors)
                 locked.rows_accepted, locked.rows_rejected = accepted, rejected
                 await uow.imports.mark_chunk_done(locked)
@@ -877,7 +881,7 @@ class ImportsService:
         for count, (line, raw) in enumerate(rows, 1):
             result = validator.row(item.format, line, raw)
             if isinstance(result, tuple):
-                staged.append((item.id, chunk_no, line, result[0], result[1]))
+                staged.append((chunk_no, line, result[0], result[1]))
                 accepted += 1
             else:
                 rejected += 1
@@ -963,12 +967,28 @@ class ImportsService:
             if sums.done != sums.chunks:
                 raise TransientError(f"{sums.chunks - sums.done} chunks are not done yet")
             now = utcnow()
-            await repo.merge_staged(item.id, item.dataset_id, now)
+            # The staging table is UNLOGGED: a PostgreSQL crash empties it while the chunks
+            # stay DONE. Never merge a partial import: fail it (a :retry starts over).
+            staged = await repo.staged_count(item.id)
+            if staged != sums.rows_accepted:
+                raise PermanentError(
+                    f"{sums.rows_accepted - staged} of the import's validated rows were lost"
+                    " (PostgreSQL restarted while it ran?); retry the import",
+                    reason="STAGED_ROWS_LOST",
+                )
+            # The dataset's row lock serializes merges into one dataset: the empty check
+            # and the record_count increment stay true.
+            dataset = await repo.get_dataset(item.tenant, item.dataset_id, for_update=True)
+            if dataset is None:
+                raise PermanentError("the dataset was deleted while the import ran")
+            inserted = await repo.merge_staged(
+                item.id,
+                item.dataset_id,
+                now,
+                empty=dataset.record_count == 0 and not await repo.has_records(item.dataset_id),
+            )
             await repo.delete_staged(item.id)
-            dataset = await repo.get_dataset_by_id(item.dataset_id)
-            if dataset is not None:
-                dataset.record_count = await repo.count_records(dataset.id)
-                await repo.save_dataset(dataset)
+            await repo.add_record_count(item.dataset_id, inserted)
             item.state = ImportState.SUCCEEDED
             item.rows_total = sums.rows_done
             item.rows_accepted = sums.rows_accepted

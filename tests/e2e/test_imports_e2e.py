@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from tests.support.imports import create_dataset, generate_csv, upload
+from tests.support.imports import create_dataset, generate_csv, staging_table, upload
 from tests.support.ops import get_op, op_path, query, wait_done
 
 pytestmark = pytest.mark.e2e
@@ -147,6 +147,14 @@ async def test_sigkill_of_a_worker_mid_import_still_completes_with_exact_counts(
         )
         == 0
     )
+    assert (
+        await _count(
+            database_url,
+            "SELECT count(*) FROM pg_class WHERE relname = :n",
+            n=staging_table(import_id),
+        )
+        == 0
+    ), "the import's staging table is dropped"
 
 
 async def test_cancel_mid_import_leaves_no_records(stack, database_url):
@@ -194,5 +202,13 @@ async def test_cancel_mid_import_leaves_no_records(stack, database_url):
         )
         == 0
     )
+    assert (
+        await _count(
+            database_url,
+            "SELECT count(*) FROM pg_class WHERE relname = :n",
+            n=staging_table(import_id),
+        )
+        == 0
+    ), "the import's staging table is dropped"
     listed = (await stack.client.get(f"/v1/datasets/{dataset['id']}/records")).json()
     assert listed["records"] == []

@@ -27,8 +27,8 @@ from domains.imports.model import FieldDef
 from domains.imports.service import ImportsService
 from domains.imports.storage import FileWriter
 from domains.operations.model import State
-from domains.shared.errors import FailedPrecondition, InvalidArgument, NotFound
-from tests.support.imports import generate_csv
+from domains.shared.errors import FailedPrecondition, InvalidArgument, NotFound, PermanentError
+from tests.support.imports import generate_csv, staging_table
 
 FIELDS = [
     FieldDef("id", "string", required=True),
@@ -172,7 +172,8 @@ async def test_each_chunk_applies_once_and_records_appear_only_at_finalize(
         again = await imports.process_chunk(op_id, launched["attempt"], chunk)
         assert "rows_accepted" in first
         assert again == {"skipped": f"chunk {chunk} already done"}
-    staged = await execute(container, "SELECT count(*) FROM imports.staged_records")
+    item = (await imports.list_imports("t1", dataset_id, page_size=1, after_id=None))[0][0]
+    staged = await execute(container, f'SELECT count(*) FROM imports."{staging_table(item.id)}"')
     assert staged[0][0] >= 207
     assert await count_records(container, dataset_id) == 0, "nothing visible before finalize"
     assert await imports.finalize(op_id, launched["attempt"] + 1) == {
@@ -193,6 +194,10 @@ async def test_each_chunk_applies_once_and_records_appear_only_at_finalize(
         o=op_id,
     )
     assert left[0][0] == 0
+    tables_left = await execute(
+        container, "SELECT count(*) FROM pg_class WHERE relname = :n", n=staging_table(item.id)
+    )
+    assert tables_left[0][0] == 0, "the staging table is dropped with the merge"
 
 
 async def test_early_chord_callback_waits_and_a_resumed_run_sends_only_missing_chunks(
@@ -268,6 +273,10 @@ async def test_cancel_stops_chunks_and_deletes_staged_rows(
     assert await count_records(container, dataset_id) == 0
     item = (await imports.list_imports("t1", dataset_id, page_size=5, after_id=None))[0][0]
     assert item.state == "CANCELLED"
+    tables_left = await execute(
+        container, "SELECT count(*) FROM pg_class WHERE relname = :n", n=staging_table(item.id)
+    )
+    assert tables_left[0][0] == 0, "cancel drops the staging table"
 
 
 async def test_source_uri_to_a_private_address_is_refused_by_default(imports: ImportsService):
@@ -454,3 +463,44 @@ async def test_cells_and_rows_past_the_byte_limits_are_row_errors(
         assert errors[1][:2] == (5, "") and "CONVEYOR_IMPORTS__MAX_ROW_BYTES" in errors[1][2]
     finally:
         await registry_.dispose()
+
+
+async def test_last_line_of_a_key_wins_across_chunks_and_record_count_follows_upserts(
+    imports: ImportsService, container: Container
+):
+    # chunk_rows=50: key "dup" appears in chunks 0, 1 and 2; the last line must win.
+    rows = [f"k{i},{i}" for i in range(120)]
+    rows[10], rows[70], rows[110] = "dup,1", "dup,2", "dup,3"
+    dataset_id, op_id = await new_import(imports, ("id,amount\n" + "\n".join(rows)).encode())
+    await run_all(imports, op_id)
+    stored_ = await execute(
+        container,
+        "SELECT data FROM imports.records WHERE dataset_id = :d AND key = 'dup'",
+        d=dataset_id,
+    )
+    assert stored_[0][0]["amount"] == 3
+    assert (await imports.get_dataset("t1", dataset_id)).record_count == 118
+    # A second import into the non-empty dataset: 2 updates, 1 new key.
+    op = await imports.create_import(
+        tenant="t1",
+        dataset_id=dataset_id,
+        stored=await stored(imports, b"id,amount\ndup,4\nk0,5\nnew,6\n"),
+    )
+    await run_all(imports, op.id)
+    assert (await imports.get_dataset("t1", dataset_id)).record_count == 119
+    assert await count_records(container, dataset_id) == 119
+
+
+async def test_staged_rows_lost_with_the_unlogged_table_fail_the_import_not_merge_part(
+    imports: ImportsService, container: Container
+):
+    dataset_id, op_id = await new_import(imports, b"id,amount\na,1\nb,2\n")
+    launched = await imports.run_import(op_id)
+    for chunk in launched["launch"]:
+        await imports.process_chunk(op_id, launched["attempt"], chunk)
+    item = (await imports.list_imports("t1", dataset_id, page_size=1, after_id=None))[0][0]
+    # What crash recovery does to an UNLOGGED table.
+    await execute(container, f'TRUNCATE imports."{staging_table(item.id)}"')
+    with pytest.raises(PermanentError, match="validated rows were lost"):
+        await imports.finalize(op_id, launched["attempt"])
+    assert await count_records(container, dataset_id) == 0

@@ -152,15 +152,13 @@ def columnar_matches_row_validator(
         else:
             rejected += 1
             expected_errors += [(e.line, e.field, e.reason, e.raw_value) for e in result]
-    got = ColumnarValidator(fields, key_field, columns, **limits).validate(
-        rows, import_id="00000000-0000-0000-0000-000000000001", chunk_no=7
-    )
+    got = ColumnarValidator(fields, key_field, columns, **limits).validate(rows, chunk_no=7)
     assert (got.accepted, got.rejected) == (len(expected_staged), rejected)
     assert sorted(got.errors) == sorted(expected_errors)
     staged = []
     for text in bytes(got.staged_copy).decode().split("\n")[:-1]:
-        import_id, chunk_no, line, key, data = (_copy_unescape(v) for v in text.split("\t"))
-        assert (import_id, chunk_no) == ("00000000-0000-0000-0000-000000000001", "7")
+        chunk_no, line, key, data = (_copy_unescape(v) for v in text.split("\t"))
+        assert chunk_no == "7"
         staged.append((int(line), key, json.loads(data)))
     assert staged == expected_staged
     return got
@@ -176,3 +174,11 @@ def _copy_unescape(value: str) -> str:
             out.append(value[i])
             i += 1
     return "".join(out)
+
+
+def staging_table(import_id: Any) -> str:
+    """Returns the name of an import's staging table (``imports."staged_<hex>"``, dropped when
+    the import ends), for ``SELECT count(*) FROM pg_class WHERE relname = :n``."""
+    import uuid
+
+    return f"staged_{uuid.UUID(str(import_id)).hex}"
