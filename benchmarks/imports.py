@@ -143,12 +143,12 @@ async def conveyor_run(
             "--pool",
             "prefork",
             "--loglevel",
-            "INFO" if os.environ.get("BENCH_DEBUG") else "WARNING",
+            "INFO",  # the " ready." line the clock waits for is an INFO line
         ],
     )
     procs.start("relay", [sys.executable, "-m", "app.cli", "relay"])
     await wait_http_ready(api, base, 60)
-    await asyncio.sleep(3)  # worker boot (pool processes) before the clock starts
+    await asyncio.to_thread(worker.wait_for_log, " ready.", 60)  # pool up before the clock
     async with httpx.AsyncClient(base_url=base, timeout=600) as client:
         response = await client.post(
             "/v1/datasets",

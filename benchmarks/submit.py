@@ -16,8 +16,10 @@ run, so only the ratios mean anything):
               runs; rounds alternate the order of the two systems.
 3. e2e        N pings through the API with one ``conveyor worker`` (prefork, 2 processes) and
               ``conveyor relay`` running, until every operation is SUCCEEDED; vs plain Celery
-              (``benchmarks/raw_tasks.py``, prefork, 2 processes), ``apply_async`` N times and
-              wait for every result.
+              (``benchmarks/raw_tasks.py``, prefork, 2 processes, ``-E``, no result backend)
+              doing the same effect (one row write over a held asyncpg connection), submitted
+              over HTTP through the bare endpoint (the like-for-like baseline) and in-process
+              with ``apply_async`` (reported next to it), until every row is written.
 4. latency    submit->start p50/p99, under the e2e burst and at a paced rate well below
               capacity (Conveyor: operations.create_time -> start_time; Celery: timestamp in
               the args -> time.time() at task start).
@@ -582,53 +584,62 @@ async def phase_conveyor_e2e(
     return out
 
 
-def _raw_run(args: argparse.Namespace, worker: Proc, broker: str) -> dict[str, Any]:
-    """The plain-Celery side (blocking; runs in a thread)."""
-    from celery.exceptions import TimeoutError as CeleryTimeout
-    from celery.result import ResultSet
-
+async def wait_raw_done(
+    db: asyncpg.Connection, ids: Sequence[uuid.UUID], limit_s: float, procs: Sequence[Proc]
+) -> float:
+    """Polls the raw baseline's table until every job ran; returns ``perf_counter()`` then."""
     from benchmarks import raw_tasks
 
-    def collect(results: list[Any]) -> list[dict[str, float]]:
-        try:
-            values = ResultSet(results).join_native(timeout=args.timeout, interval=POLL_INTERVAL)
-        except CeleryTimeout:
-            check_redis(broker)
+    deadline = time.monotonic() + limit_s
+    while True:
+        count = await db.fetchval(
+            f"SELECT count(*) FROM {raw_tasks.TABLE} WHERE id = ANY($1::uuid[])", list(ids)
+        )
+        if count >= len(ids):
+            return time.perf_counter()
+        for proc in procs:
+            if not proc.alive():
+                raise RuntimeError(f"{proc.name} exited:\n{proc.tail()}")
+        if time.monotonic() > deadline:
             raise RuntimeError(
-                f"raw Celery results missing after {args.timeout}s:\n{worker.tail()}"
-            ) from None
-        if not worker.alive():
-            raise RuntimeError(f"{worker.name} exited:\n{worker.tail()}")
-        return list(values)
-
-    out: dict[str, Any] = {}
-    try:
-        collect([raw_tasks.noop.apply_async(args=[time.time()]) for _ in range(args.warmup_jobs)])
-
-        cpu_before = worker.cpu()
-        start = time.perf_counter()
-        burst = [raw_tasks.noop.apply_async(args=[time.time()]) for _ in range(args.n)]
-        submitted = time.perf_counter() - start
-        values = collect(burst)
-        out["worker_cpu_s"] = worker.cpu() - cpu_before
-        out["jobs_per_s"] = args.n / (time.perf_counter() - start)
-        out["submit_s"] = submitted
-        out["burst_latencies"] = [v["started"] - v["submitted"] for v in values]
-
-        paced_results = []
-        t0 = time.monotonic()
-        for i in range(args.paced_n):
-            time.sleep(max(0.0, t0 + i / args.paced_rate - time.monotonic()))
-            paced_results.append(raw_tasks.noop.apply_async(args=[time.time()]))
-        values = collect(paced_results)
-        out["paced_latencies"] = [v["started"] - v["submitted"] for v in values]
-    finally:
-        raw_tasks.app.close()
-    return out
+                f"raw Celery: only {count} of {len(ids)} jobs ran after {limit_s}s:\n"
+                + "\n".join(f"--- {p.name}\n{p.tail(1500)}" for p in procs)
+            )
+        await asyncio.sleep(POLL_INTERVAL)
 
 
-async def phase_raw_e2e(args: argparse.Namespace, procs: Procs, broker: str) -> dict[str, Any]:
+async def raw_latencies(db: asyncpg.Connection, ids: Sequence[uuid.UUID]) -> list[float]:
+    from benchmarks import raw_tasks
+
+    rows = await db.fetch(
+        f"SELECT started - submitted AS s FROM {raw_tasks.TABLE} WHERE id = ANY($1::uuid[])",
+        list(ids),
+    )
+    return [float(r["s"]) for r in rows]
+
+
+def _apply_async(n: int, rate: float | None = None) -> tuple[list[uuid.UUID], float]:
+    """Publishes ``n`` raw jobs in-process (``apply_async``); returns ids and seconds taken."""
+    from benchmarks import raw_tasks
+
+    ids = [uuid.uuid4() for _ in range(n)]
+    start = time.perf_counter()
+    for i, job_id in enumerate(ids):
+        if rate is not None:
+            time.sleep(max(0.0, start + i / rate - time.perf_counter()))
+        raw_tasks.ping.apply_async(args=[str(job_id), time.time()], task_id=str(job_id))
+    return ids, time.perf_counter() - start
+
+
+async def phase_raw_e2e(
+    args: argparse.Namespace, procs: Procs, broker: str, db: asyncpg.Connection, db_url: str
+) -> dict[str, dict[str, Any]]:
+    """Raw Celery doing the same effect, submitted two ways: over HTTP (the bare endpoint, the
+    like-for-like baseline) and in-process with ``apply_async`` (reported next to it)."""
     os.environ["BENCH_BROKER_URL"] = broker  # read by benchmarks.raw_tasks at import
+    from benchmarks import raw_tasks
+
+    await db.execute(raw_tasks.CREATE_SQL)
     worker = procs.start(
         "raw-celery-worker",
         [
@@ -638,25 +649,87 @@ async def phase_raw_e2e(args: argparse.Namespace, procs: Procs, broker: str) -> 
             "-A",
             "benchmarks.raw_tasks",
             "worker",
+            "-E",  # task events on, as a Flower user runs it (Conveyor's worker does too)
             "-c",
             str(args.worker_concurrency),
             "-P",
             "prefork",
             "-Q",
-            "bench_raw",
+            raw_tasks.QUEUE,
             "-n",
             f"bench-raw-{secrets.token_hex(3)}@%h",
             "--loglevel",
             "INFO",
         ],
-        env={"BENCH_BROKER_URL": broker},
+        env={"BENCH_BROKER_URL": broker, "BENCH_DATABASE_URL": db_url},
+    )
+    port = free_port()
+    bare = procs.start(
+        "bare-api-e2e",
+        [
+            sys.executable,
+            "-m",
+            "uvicorn",
+            "benchmarks.bare_app:create_app",
+            "--factory",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--log-level",
+            "info",
+        ],
+        env={"BENCH_BARE_MODE": args.bare_mode},
+    )
+    watched = [worker]
+    out: dict[str, dict[str, Any]] = {"http": {}, "inproc": {}}
+    limits = httpx.Limits(
+        max_connections=args.concurrency, max_keepalive_connections=args.concurrency
     )
     try:
         await asyncio.to_thread(worker.wait_for_log, " ready.", 60)
-        out = await asyncio.to_thread(_raw_run, args, worker, broker)
+        await wait_http_ready(bare, f"http://127.0.0.1:{port}", 30)
+        async with httpx.AsyncClient(
+            base_url=f"http://127.0.0.1:{port}", limits=limits, timeout=30
+        ) as client:
+            warm = await drive(
+                client, args.warmup_jobs, args.concurrency, args.timeout, collect=True
+            )
+            await wait_raw_done(db, operation_ids(warm.names), args.timeout, watched)
+            # Over HTTP, like Conveyor: bare endpoint -> broker -> worker -> one row write.
+            res = out["http"]
+            cpu_before = worker.cpu()
+            start = time.perf_counter()
+            burst = await drive(client, args.n, args.concurrency, args.timeout, collect=True)
+            ids = operation_ids(burst.names)
+            seen = await wait_raw_done(db, ids, args.timeout, watched)
+            res["worker_cpu_s"] = worker.cpu() - cpu_before
+            res["jobs_per_s"] = args.n / (seen - start)
+            res["submit_s"] = burst.elapsed
+            res["burst_latencies"] = await raw_latencies(db, ids)
+            names = await paced(client, args.paced_n, args.paced_rate, args.timeout)
+            ids = operation_ids(names)
+            await wait_raw_done(db, ids, args.timeout, watched)
+            res["paced_latencies"] = await raw_latencies(db, ids)
+        await asyncio.to_thread(bare.stop)
+        # In-process apply_async (no HTTP at all): the classic raw-Celery figure.
+        res = out["inproc"]
+        cpu_before = worker.cpu()
+        start = time.perf_counter()
+        ids, submitted = await asyncio.to_thread(_apply_async, args.n)
+        seen = await wait_raw_done(db, ids, args.timeout, watched)
+        res["worker_cpu_s"] = worker.cpu() - cpu_before
+        res["jobs_per_s"] = args.n / (seen - start)
+        res["submit_s"] = submitted
+        res["burst_latencies"] = await raw_latencies(db, ids)
+        ids, _ = await asyncio.to_thread(_apply_async, args.paced_n, args.paced_rate)
+        await wait_raw_done(db, ids, args.timeout, watched)
+        res["paced_latencies"] = await raw_latencies(db, ids)
         await asyncio.to_thread(check_redis, broker)
         return out
     finally:
+        raw_tasks.app.close()
+        await asyncio.to_thread(bare.stop)
         await asyncio.to_thread(worker.stop)
 
 
@@ -687,7 +760,12 @@ async def run(
     await asyncio.to_thread(flush_redis, broker)
 
     print(f"[e2e] raw celery: N={args.n}, worker prefork x{args.worker_concurrency}", flush=True)
-    raw = await phase_raw_e2e(args, procs, broker)
+    db = await asyncpg.connect(plain_pg_url(database_url), timeout=10)
+    try:
+        both = await phase_raw_e2e(args, procs, broker, db, plain_pg_url(database_url))
+    finally:
+        await db.close()
+    raw, inproc = both["http"], both["inproc"]
 
     results.add("e2e throughput (jobs/s)", conveyor["jobs_per_s"], raw["jobs_per_s"], "higher")
     results.add(
@@ -707,6 +785,26 @@ async def run(
                 percentile(raw[key], pct) * 1000,
                 "lower",
             )
+    # The same figures against raw Celery submitted in-process (apply_async, no HTTP).
+    results.add(
+        "e2e throughput (jobs/s) vs in-process apply_async",
+        conveyor["jobs_per_s"],
+        inproc["jobs_per_s"],
+        "higher",
+    )
+    results.add(
+        "worker CPU per job (ms) vs in-process apply_async",
+        conveyor["worker_cpu_s"] / args.n * 1000,
+        inproc["worker_cpu_s"] / args.n * 1000,
+        "lower",
+    )
+    for pct in (50, 99):
+        results.add(
+            f"submit->start p{pct} (ms), burst vs in-process apply_async",
+            percentile(conveyor["burst_latencies"], pct) * 1000,
+            percentile(inproc["burst_latencies"], pct) * 1000,
+            "lower",
+        )
     results.notes.append(f"broker {broker}; {os.cpu_count()} CPUs shared with everything else")
     results.notes.append(
         "CPU rows count the benchmark's own processes (conveyor worker row: worker + its pool"
@@ -714,8 +812,8 @@ async def run(
     )
     results.notes.append(
         f"e2e submit part: conveyor {args.n / conveyor['submit_s']:.0f} req/s over HTTP"
-        f" (competing with the worker for CPU), raw apply_async {args.n / raw['submit_s']:.0f}/s"
-        " in-process"
+        f" (competing with the worker for CPU), raw over HTTP {args.n / raw['submit_s']:.0f}"
+        f" req/s, raw apply_async {args.n / inproc['submit_s']:.0f}/s in-process"
     )
 
 
@@ -738,7 +836,10 @@ def print_table(results: Results, args: argparse.Namespace) -> None:
     print()
     print(
         "baseline: submit = bare FastAPI + send_task (benchmarks/bare_app.py, "
-        f"{args.bare_mode} endpoint); e2e/latency = plain Celery no-op (benchmarks/raw_tasks.py)"
+        f"{args.bare_mode} endpoint, published like the fast path); e2e/latency = plain Celery"
+        " task writing one row over a held asyncpg connection (benchmarks/raw_tasks.py, -E, no"
+        " result backend), submitted through the same bare endpoint over HTTP (rows marked"
+        " 'in-process': submitted with apply_async)"
     )
     for note in results.notes:
         print(f"note: {note}")

@@ -14,10 +14,11 @@ process answering 200 and counting requests):
   with the event and its outbox rows in one transaction, fast-path published), delivered by
   ``conveyor worker --queues webhooks -c 2 -P prefork`` (2 worker processes) with
   ``conveyor relay`` running: claim, SSRF re-check, Standard Webhooks signature, POST,
-  attempt record, outcome event in the outbox. The clock stops when the receiver has counted
-  every delivery; the time until every delivery row is SUCCEEDED is printed too.
+  attempt record, outcome event in the outbox. The clock stops when every delivery row is
+  SUCCEEDED (the durable outcome, not just the receiver's count); the time until the receiver
+  counted every request is printed too.
 
-Prints both rates and the ratio (target >= 0.5x). Environment as ``submit.py``:
+Prints both rates and the ratio (target >= 0.8x). Environment as ``submit.py``:
 ``CONVEYOR_BENCH_DATABASE_URL`` (admin URL) and ``CONVEYOR_BENCH_BROKER_URL``.
 """
 
@@ -180,7 +181,12 @@ async def raw_loop(urls: Sequence[str], bodies: Sequence[bytes], concurrency: in
 async def conveyor_run(
     settings: Any, urls: Sequence[str], events: int, base: str, already: int, limit_s: float
 ) -> tuple[float, float, list[bytes]]:
-    """Creates the endpoints, publishes the events, waits for every delivery."""
+    """Creates the endpoints, publishes the events, waits for every delivery.
+
+    Returns:
+        Seconds until the receiver counted every request, seconds until every delivery row
+        was SUCCEEDED (the benchmark's clock), and the delivered bodies.
+    """
     import sqlalchemy as sa
 
     from app.container import Container
@@ -212,9 +218,11 @@ async def conveyor_run(
                         )
                     )
                 ).scalar_one()
-            if not left or time.monotonic() - done > limit_s:
+            if not left:
                 break
-            await asyncio.sleep(0.1)
+            if time.monotonic() - done > limit_s:
+                raise RuntimeError(f"{left} deliveries not SUCCEEDED after {limit_s}s")
+            await asyncio.sleep(0.02)
         settled = time.monotonic()
         async with engine.connect() as conn:
             rows = await conn.execute(sa.text("SELECT body FROM webhooks.deliveries"))
@@ -333,7 +341,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             f" endpoints), 2 worker processes, batch {args.batch}; raw concurrency"
             f" {args.concurrency}"
         )
-        conveyor_s, settled_s, bodies = asyncio.run(
+        received_s, conveyor_s, bodies = asyncio.run(
             conveyor_run(settings, urls, events, base, 0, args.limit)
         )
         raw_s = asyncio.run(raw_loop(urls, bodies, args.concurrency))
@@ -341,10 +349,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         ratio = conveyor_rate / raw_rate
         print(f"  raw httpx loop : {raw_rate:8.0f} deliveries/s ({raw_s:.2f}s)")
         print(
-            f"  conveyor       : {conveyor_rate:8.0f} deliveries/s ({conveyor_s:.2f}s;"
-            f" all rows SUCCEEDED after {settled_s:.2f}s)"
+            f"  conveyor       : {conveyor_rate:8.0f} deliveries/s (every row SUCCEEDED after"
+            f" {conveyor_s:.2f}s; the receiver had counted them all after {received_s:.2f}s)"
         )
-        print(f"  ratio conveyor/raw: {ratio:.2f}x (target >= 0.5x)")
+        print(f"  ratio conveyor/raw: {ratio:.2f}x (target >= 0.8x)")
         if args.json:
             args.json.write_text(
                 json.dumps(
@@ -353,7 +361,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                         "raw_per_s": raw_rate,
                         "conveyor_per_s": conveyor_rate,
                         "ratio": ratio,
-                        "conveyor_settled_s": settled_s,
+                        "conveyor_settled_s": conveyor_s,
+                        "conveyor_received_s": received_s,
                     },
                     indent=2,
                 )
