@@ -255,8 +255,7 @@ class _Replica:
             try:
                 self.reading = await self._measure()
             except Exception as exc:
-                self._checked_at = time.monotonic()
-                self.mark_down(exc)
+                self.mark_down(exc)  # measured again once the breaker closes
                 return None
             self._checked_at = time.monotonic()
             self._record(self.reading)
