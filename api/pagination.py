@@ -28,7 +28,7 @@ from collections.abc import Mapping
 from typing import Literal, cast, get_args
 
 from domains.shared.errors import InvalidArgument
-from domains.shared.query import Condition, Operator
+from domains.shared.query import Condition, Keyset, Operator
 
 __all__ = [
     "DEFAULT_PAGE_SIZE",
@@ -41,11 +41,14 @@ __all__ = [
     "clamp_page_size",
     "decode_after",
     "decode_after_id",
+    "decode_after_keyset",
     "decode_page_token",
     "encode_page_token",
+    "next_keyset_token",
     "next_page_token",
     "parse_filter",
     "query_fingerprint",
+    "require_indexed",
 ]
 
 # --------------------------------------------------------------------------------------
@@ -481,6 +484,80 @@ def parse_filter(text: str | None, fields: Mapping[str, FieldSpec]) -> list[Cond
     return _FilterParser(text, fields).parse()
 
 
+def require_indexed(
+    conditions: list[Condition],
+    text: str | None,
+    *,
+    equality: frozenset[str],
+    ranges: frozenset[str] = frozenset({"create_time"}),
+    handled: frozenset[str] = frozenset(),
+    combined: frozenset[frozenset[str]] = frozenset(),
+) -> list[Condition]:
+    """Refuses the filters a list cannot serve from an index (AIP-160 lets a list do so).
+
+    A list ordered by ``(create_time, id)`` has one index per equality field,
+    ``(<parent>, <field>, create_time, id)``, plus ``(<parent>, create_time, id)``: a filter is
+    served when it compares at most one equality field with ``=`` (a bool's ``!=`` becomes
+    ``=`` of the other value) and the range fields with anything but ``!=``. Anything else
+    would walk the whole index or sort every match, so it is INVALID_ARGUMENT rather than slow.
+
+    Args:
+        conditions: The parsed filter.
+        text: The filter text (error metadata).
+        equality: Fields served by an index with ``=``.
+        ranges: Fields that are the order key, served with every comparison but ``!=``.
+        handled: Fields the caller serves otherwise (e.g. the domain picks the schemas).
+        combined: Sets of equality fields that one index serves together.
+
+    Returns:
+        The conditions, with ``bool != v`` rewritten as ``bool = not v``.
+
+    Raises:
+        InvalidArgument: ``reason="INVALID_FILTER"`` naming the field and what is served.
+    """
+
+    def refuse(message: str) -> InvalidArgument:
+        return InvalidArgument(
+            f"filter: {message}", reason=_FILTER_REASON, metadata={"filter": text or ""}
+        )
+
+    served: list[Condition] = []
+    equality_fields: set[str] = set()
+    for cond in conditions:
+        if cond.op == "!=" and isinstance(cond.value, bool):
+            cond = Condition(cond.field, "=", not cond.value)
+        if cond.field in handled:
+            served.append(cond)
+        elif cond.field in equality:
+            if cond.op != "=":
+                raise refuse(
+                    f'operator "{cond.op}" is not supported for {cond.field} on this list'
+                    f" (no index serves it); compare {cond.field} with ="
+                )
+            equality_fields.add(cond.field)
+            served.append(cond)
+        elif cond.field in ranges:
+            if cond.op == "!=":
+                raise refuse(
+                    f'operator "!=" is not supported for {cond.field} on this list'
+                    " (no index serves it); use <, <=, > or >="
+                )
+            served.append(cond)
+        else:
+            allowed = ", ".join(sorted(equality | ranges | handled))
+            raise refuse(
+                f"{cond.field} cannot be filtered on this list (no index serves it at scale);"
+                f" filter on {allowed}"
+            )
+    if len(equality_fields) > 1 and frozenset(equality_fields) not in combined:
+        names = " and ".join(sorted(equality_fields))
+        raise refuse(
+            f"{names} cannot be combined in one filter on this list (no index serves both);"
+            f" use one of them, optionally with {' and '.join(sorted(ranges))}"
+        )
+    return served
+
+
 # --------------------------------------------------------------------------------------
 # AIP-158 pagination
 # --------------------------------------------------------------------------------------
@@ -680,3 +757,45 @@ def next_page_token(last: object | None, *, query_fingerprint: str) -> str:
     if last is None:
         return ""
     return encode_page_token({"after": str(last)}, query_fingerprint=query_fingerprint)
+
+
+def decode_after_keyset(token: str | None, *, query_fingerprint: str) -> Keyset | None:
+    """Returns the ``(create_time, id)`` position of a ``page_token`` of a time-ordered list.
+
+    Args:
+        token: The ``page_token`` request field; None or empty means the first page.
+        query_fingerprint: :func:`query_fingerprint` of the current request.
+
+    Returns:
+        The previous page's last ``(create_time, id)``, or None for the first page.
+
+    Raises:
+        InvalidArgument: As :func:`decode_page_token` (also for a token of another list).
+    """
+    position = decode_page_token(token, query_fingerprint=query_fingerprint)
+    if not position:
+        return None
+    try:
+        return (
+            dt.datetime.fromisoformat(str(position["t"])),
+            uuid.UUID(str(position["after"])),
+        )
+    except (KeyError, ValueError):
+        raise InvalidArgument(_INVALID_CURSOR_MESSAGE, reason="INVALID_PAGE_TOKEN") from None
+
+
+def next_keyset_token(last: Keyset | None, *, query_fingerprint: str) -> str:
+    """Returns the ``next_page_token`` of a page ordered by ``(create_time, id)``.
+
+    Args:
+        last: The page's last ``(create_time, id)`` (None when the page is the last one).
+        query_fingerprint: :func:`query_fingerprint` of the current request.
+
+    Returns:
+        A signed token carrying the position, or "".
+    """
+    if last is None:
+        return ""
+    return encode_page_token(
+        {"t": last[0].isoformat(), "after": str(last[1])}, query_fingerprint=query_fingerprint
+    )

@@ -37,6 +37,9 @@ DELIVERY_FILTER_FIELDS: dict[str, pagination.FieldSpec] = {
     "create_time": pagination.FieldSpec("timestamp"),
     "attempts": pagination.FieldSpec("int"),
 }
+# Served by the indexes (endpoint_id, [state|event_type,] create_time, id); attempts would walk
+# every delivery of the endpoint, so it is refused (AIP-160 allows it).
+DELIVERY_INDEXED_EQUALITY = frozenset({"state", "event_type"})
 
 ServiceDep = Annotated[WebhooksService, Depends(webhooks_service)]
 Reader = Annotated[Principal, Depends(require_scope("webhooks:read"))]
@@ -370,8 +373,8 @@ async def list_deliveries(
         Query(
             alias="filter",
             max_length=2000,
-            description='AIP-160 filter, e.g. `state = "DEAD"`; fields: '
-            + ", ".join(DELIVERY_FILTER_FIELDS),
+            description='AIP-160 filter, e.g. `state = "DEAD"`; fields: state or event_type'
+            " (=, one of them) and create_time (<, <=, =, >=, >)",
         ),
     ] = None,
     page_size: Annotated[int | None, Query(description="At most 1000; default 50.")] = None,
@@ -379,14 +382,18 @@ async def list_deliveries(
 ) -> Any:
     """Lists the endpoint's deliveries in creation order, filtered and paged."""
     endpoint = _endpoint_id(endpoint_id)
-    conditions = pagination.parse_filter(filter_, DELIVERY_FILTER_FIELDS)
+    conditions = pagination.require_indexed(
+        pagination.parse_filter(filter_, DELIVERY_FILTER_FIELDS),
+        filter_,
+        equality=DELIVERY_INDEXED_EQUALITY,
+    )
     size = pagination.clamp_page_size(page_size)
     fingerprint = pagination.query_fingerprint("deliveries", caller.tenant, endpoint_id, filter_)
-    after = pagination.decode_after_id(page_token, query_fingerprint=fingerprint)
+    after = pagination.decode_after_keyset(page_token, query_fingerprint=fingerprint)
     page = await svc.list_deliveries(
-        caller.tenant, endpoint, conditions, page_size=size, after_id=after
+        caller.tenant, endpoint, conditions, page_size=size, after=after
     )
-    token = pagination.next_page_token(page.last_id, query_fingerprint=fingerprint)
+    token = pagination.next_keyset_token(page.last, query_fingerprint=fingerprint)
     return {"deliveries": [delivery_out(d) for d in page.items], "next_page_token": token}
 
 

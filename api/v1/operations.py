@@ -33,6 +33,11 @@ FILTER_FIELDS: dict[str, pagination.FieldSpec] = {
     "update_time": pagination.FieldSpec("timestamp"),
 }
 
+# What the indexes (tenant, <field>, create_time, id) of every domain schema serve: one
+# equality field, create_time ranges, and the domain (it picks the schemas). update_time and
+# != on the equality fields would walk the index, so they are refused (AIP-160 allows it).
+INDEXED_EQUALITY = frozenset({"done", "metadata.state", "metadata.type", "metadata.target"})
+
 
 class ListOperationsResponse(BaseModel):
     """A page of operations (AIP-158)."""
@@ -110,8 +115,9 @@ async def list_operations(
         str | None,
         Query(
             alias="filter",
-            description='AIP-160 filter, e.g. `done = false AND metadata.domain = "imports"`; fields: '
-            + ", ".join(FILTER_FIELDS),
+            description='AIP-160 filter, e.g. `done = false AND metadata.domain = "imports"`;'
+            " fields: done, metadata.state, metadata.type, metadata.target (=, at most one of"
+            " them), metadata.domain (=, !=), create_time (<, <=, =, >=, >)",
         ),
     ] = None,
     page_size: Annotated[
@@ -134,18 +140,23 @@ async def list_operations(
     ] = None,
 ) -> Any:
     """Lists operations of every domain in creation order (or newest first), filtered and paged."""
-    conditions = pagination.parse_filter(filter_, FILTER_FIELDS)
+    conditions = pagination.require_indexed(
+        pagination.parse_filter(filter_, FILTER_FIELDS),
+        filter_,
+        equality=INDEXED_EQUALITY,
+        handled=frozenset({"metadata.domain"}),
+    )
     newest_first = _newest_first(order_by)
     size = pagination.clamp_page_size(page_size)
     # The tenant is part of the fingerprint: a token never crosses tenants.
     fingerprint = pagination.query_fingerprint(
         "operations", caller.tenant, filter_, "desc" if newest_first else None
     )
-    after = pagination.decode_after_id(page_token, query_fingerprint=fingerprint)
+    after = pagination.decode_after_keyset(page_token, query_fingerprint=fingerprint)
     page = await svc.operations.list(
-        conditions, page_size=size, after_id=after, tenant=caller.tenant, newest_first=newest_first
+        conditions, page_size=size, after=after, tenant=caller.tenant, newest_first=newest_first
     )
-    token = pagination.next_page_token(page.last_id, query_fingerprint=fingerprint)
+    token = pagination.next_keyset_token(page.last, query_fingerprint=fingerprint)
     return {"operations": [operation_out(op) for op in page.operations], "next_page_token": token}
 
 

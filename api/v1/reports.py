@@ -24,6 +24,9 @@ FILTER_FIELDS: dict[str, pagination.FieldSpec] = {
     "format": pagination.FieldSpec("enum", tuple(f.value for f in ReportFormat)),
     "create_time": pagination.FieldSpec("timestamp"),
 }
+# Served by the indexes (tenant, [type|format|type, format,] create_time, id).
+INDEXED_EQUALITY = frozenset({"type", "format"})
+INDEXED_TOGETHER = frozenset({INDEXED_EQUALITY})
 
 
 def reports_service(request: Request) -> ReportsService:
@@ -317,12 +320,17 @@ async def list_reports(
     ] = None,
 ) -> Any:
     """Lists the caller's reports in creation order, filtered and paged (AIP-158)."""
-    conditions = pagination.parse_filter(filter_, FILTER_FIELDS)
+    conditions = pagination.require_indexed(
+        pagination.parse_filter(filter_, FILTER_FIELDS),
+        filter_,
+        equality=INDEXED_EQUALITY,
+        combined=INDEXED_TOGETHER,
+    )
     size = pagination.clamp_page_size(page_size)
     fingerprint = pagination.query_fingerprint("reports", caller.tenant, filter_)
-    after = pagination.decode_after_id(page_token, query_fingerprint=fingerprint)
+    after = pagination.decode_after_keyset(page_token, query_fingerprint=fingerprint)
     page = await svc.list_reports(
-        tenant=caller.tenant, conditions=conditions, page_size=size, after_id=after
+        tenant=caller.tenant, conditions=conditions, page_size=size, after=after
     )
-    token = pagination.next_page_token(page.last_id, query_fingerprint=fingerprint)
+    token = pagination.next_keyset_token(page.last, query_fingerprint=fingerprint)
     return {"reports": [report_out(r) for r in page.reports], "next_page_token": token}

@@ -128,3 +128,53 @@ def add_attempt_base(schema: str) -> None:
 def drop_attempt_base(schema: str) -> None:
     """Reverts :func:`add_attempt_base`."""
     op.drop_column("operations", "attempt_base", schema=schema)
+
+
+_LIST_INDEXES: dict[str, tuple[str, ...]] = {
+    "create_time": (),
+    "state": ("state",),
+    "done": ("done",),
+    "type": ("type",),
+    "target": ("target",),
+}
+
+
+def add_scale_indexes(schema: str) -> None:
+    """Issue #22 revision of every domain: list and retention indexes on operations/outbox.
+
+    The list indexes lead with the tenant and the filtered column and end with the order key
+    ``(create_time, id)``; they replace ``ix_operations_create_time``, which made a create_time
+    filter walk the primary key. Partial indexes let retention find old done operations and
+    old sent outbox rows without walking the tables.
+    """
+    op.drop_index("ix_operations_create_time", "operations", schema=schema)
+    for name, columns in _LIST_INDEXES.items():
+        op.create_index(
+            f"ix_operations_tenant_{name}",
+            "operations",
+            ["tenant", *columns, "create_time", "id"],
+            schema=schema,
+        )
+    op.create_index(
+        "ix_operations_end_time",
+        "operations",
+        ["end_time"],
+        schema=schema,
+        postgresql_where=sa.text("done"),
+    )
+    op.create_index(
+        "ix_outbox_sent_time",
+        "outbox",
+        ["sent_time"],
+        schema=schema,
+        postgresql_where=sa.text("sent_time IS NOT NULL"),
+    )
+
+
+def drop_scale_indexes(schema: str) -> None:
+    """Reverts :func:`add_scale_indexes`."""
+    op.drop_index("ix_outbox_sent_time", "outbox", schema=schema)
+    op.drop_index("ix_operations_end_time", "operations", schema=schema)
+    for name in _LIST_INDEXES:
+        op.drop_index(f"ix_operations_tenant_{name}", "operations", schema=schema)
+    op.create_index("ix_operations_create_time", "operations", ["create_time"], schema=schema)

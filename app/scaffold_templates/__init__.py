@@ -774,6 +774,7 @@ from sqlalchemy.dialects import postgresql as pg
 from app.migrations.baseline import (
     add_attempt_base,
     add_operation_tenant,
+    add_scale_indexes,
     create_common,
     drop_common,
 )
@@ -791,6 +792,8 @@ def upgrade() -> None:
     # unique per tenant (domains/operations/tables.py declares both).
     add_operation_tenant(SCHEMA)
     add_attempt_base(SCHEMA)  # the attempt cap's base (revision 0004/0005 of the others)
+    # And their list and retention indexes (issue #22).
+    add_scale_indexes(SCHEMA)
     op.create_table(
         "${name}_items",
         sa.Column("id", pg.UUID(as_uuid=True), nullable=False),

@@ -20,7 +20,7 @@ from domains.operations.model import (
     State,
 )
 from domains.shared.errors import Conflict, InvalidArgument
-from domains.shared.query import Condition
+from domains.shared.query import COMPARE, Condition, Keyset, after_keyset
 
 FILTER_COLUMNS: dict[str, str] = {
     "done": "done",
@@ -242,22 +242,56 @@ class SqlOperationRepository:
         self,
         conditions: Sequence[Condition],
         *,
-        after_id: uuid.UUID | None,
+        after: Keyset | None,
         limit: int,
         tenant: str | None = None,
         newest_first: bool = False,
     ) -> builtins.list[Operation]:
-        """Lists operations in id (= creation) order.
+        """Lists operations in creation order, ``(create_time, id)``.
+
+        The indexes ``(tenant, [state|done|type|target,] create_time, id)`` serve every filter
+        the API accepts without walking the table (see ``api/v1/operations.py``).
 
         Args:
             conditions: Parsed filter (a conjunction).
-            after_id: Keyset position: only ids after this one (in the listing's order).
+            after: Keyset position: only rows after this ``(create_time, id)`` (in the
+                listing's order).
             limit: Maximum rows.
             tenant: Only this tenant's operations (``None``: every tenant).
-            newest_first: Descending id order (AIP-132 ``order_by=create_time desc``).
+            newest_first: Descending order (AIP-132 ``order_by=create_time desc``).
 
         Returns:
             Matching operations.
+
+        Raises:
+            InvalidArgument: If a condition names an unknown field.
+        """
+        query = self.list_query(
+            conditions, after=after, limit=limit, tenant=tenant, newest_first=newest_first
+        )
+        rows = (await self._session.execute(query)).mappings().all()
+        return [from_row(row) for row in rows]
+
+    def list_query(
+        self,
+        conditions: Sequence[Condition],
+        *,
+        after: Keyset | None,
+        limit: int,
+        tenant: str | None = None,
+        newest_first: bool = False,
+    ) -> sa.Select[Any]:
+        """The statement :meth:`list` runs (the EXPLAIN test inspects its plan).
+
+        Args:
+            conditions: Parsed filter (a conjunction).
+            after: Keyset position.
+            limit: Maximum rows.
+            tenant: Only this tenant's operations (``None``: every tenant).
+            newest_first: Descending order.
+
+        Returns:
+            The SELECT.
 
         Raises:
             InvalidArgument: If a condition names an unknown field.
@@ -272,22 +306,12 @@ class SqlOperationRepository:
                 raise InvalidArgument(
                     f"filter: field {cond.field!r} is not filterable", reason="INVALID_FILTER"
                 )
-            column = t.c[column_name]
             value = cond.value.value if isinstance(cond.value, State) else cond.value
-            ops = {
-                "=": column.__eq__,
-                "!=": column.__ne__,
-                "<": column.__lt__,
-                "<=": column.__le__,
-                ">": column.__gt__,
-                ">=": column.__ge__,
-            }
-            query = query.where(ops[cond.op](value))
-        if after_id is not None:
-            query = query.where(t.c.id < after_id if newest_first else t.c.id > after_id)
-        query = query.order_by(t.c.id.desc() if newest_first else t.c.id).limit(limit)
-        rows = (await self._session.execute(query)).mappings().all()
-        return [from_row(row) for row in rows]
+            query = query.where(COMPARE[cond.op](t.c[column_name], value))
+        query = query.where(after_keyset(t, after, descending=newest_first))
+        if newest_first:  # the same indexes, scanned backwards
+            return query.order_by(t.c.create_time.desc(), t.c.id.desc()).limit(limit)
+        return query.order_by(t.c.create_time, t.c.id).limit(limit)
 
     async def delete(self, operation_id: uuid.UUID) -> None:
         """Deletes an operation.

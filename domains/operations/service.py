@@ -22,7 +22,7 @@ from domains.shared.errors import AlreadyExists, FailedPrecondition, InvalidArgu
 from domains.shared.events import handler_task_name
 from domains.shared.ids import new_id
 from domains.shared.outbox import OutboxMessage
-from domains.shared.query import Condition
+from domains.shared.query import Condition, Keyset
 
 log = logging.getLogger(__name__)
 
@@ -226,6 +226,13 @@ class OperationPage:
     operations: list[Operation]
     last_id: uuid.UUID | None
 
+    @property
+    def last(self) -> Keyset | None:
+        """Keyset ``(create_time, id)`` of the next page, ``None`` when there is none."""
+        if self.last_id is None:
+            return None
+        return (self.operations[-1].create_time, self.operations[-1].id)
+
 
 @dataclasses.dataclass(frozen=True)
 class SweepReport:
@@ -312,16 +319,19 @@ class OperationsService:
         conditions: Sequence[Condition],
         *,
         page_size: int,
-        after_id: uuid.UUID | None,
+        after: Keyset | None,
         tenant: str = "default",
         newest_first: bool = False,
     ) -> OperationPage:
-        """Lists operations of every domain, merged in creation (UUIDv7) order.
+        """Lists operations of every domain, merged in creation ``(create_time, id)`` order.
+
+        ``metadata.domain`` conditions pick the domain schemas to read (every row of a schema
+        has its domain), so they never reach SQL.
 
         Args:
             conditions: Parsed filter.
             page_size: Page size.
-            after_id: Keyset position from the previous page.
+            after: Keyset position from the previous page.
             tenant: Only this tenant's operations.
             newest_first: Newest first instead of oldest first.
 
@@ -329,22 +339,29 @@ class OperationsService:
             The page.
         """
         domains = self.domains
+        rest: builtins.list[Condition] = []
         for cond in conditions:
             if cond.field == "metadata.domain" and cond.op == "=":
                 domains = [d for d in domains if d == cond.value]
+            elif cond.field == "metadata.domain" and cond.op == "!=":
+                domains = [d for d in domains if d != cond.value]
+            else:
+                rest.append(cond)
         per_domain: builtins.list[builtins.list[Operation]] = []
         for domain in domains:
             async with self._uow(domain, read=True) as uow:
                 per_domain.append(
                     await uow.operations.list(
-                        conditions,
-                        after_id=after_id,
+                        rest,
+                        after=after,
                         limit=page_size + 1,
                         tenant=tenant,
                         newest_first=newest_first,
                     )
                 )
-        merged = list(heapq.merge(*per_domain, key=lambda op: op.id, reverse=newest_first))
+        merged = list(
+            heapq.merge(*per_domain, key=lambda op: (op.create_time, op.id), reverse=newest_first)
+        )
         page = merged[:page_size]
         last = page[-1].id if len(merged) > page_size else None
         return OperationPage(operations=page, last_id=last)

@@ -19,7 +19,7 @@ from domains.reports.events import DatasetDelta, EndpointDelta
 from domains.reports.model import Report, ReportFile, ReportFormat, ReportStatus, ReportType
 from domains.shared.errors import InvalidArgument
 from domains.shared.events import IntegrationEvent
-from domains.shared.query import Condition
+from domains.shared.query import Condition, Keyset, after_keyset
 
 FILTER_COLUMNS: dict[str, str] = {
     "type": "type",
@@ -180,15 +180,15 @@ class SqlReportRepository:
         tenant: str,
         conditions: Sequence[Condition],
         *,
-        after_id: uuid.UUID | None,
+        after: Keyset | None,
         limit: int,
     ) -> builtins.list[Report]:
-        """Lists a tenant's reports in creation (UUIDv7) order.
+        """Lists a tenant's reports in creation ``(create_time, id)`` order.
 
         Args:
             tenant: Tenant.
             conditions: Parsed filter (a conjunction).
-            after_id: Keyset position: only ids greater than this.
+            after: Keyset position: only reports after this ``(create_time, id)``.
             limit: Maximum rows.
 
         Returns:
@@ -197,8 +197,35 @@ class SqlReportRepository:
         Raises:
             InvalidArgument: If a condition names an unknown field.
         """
-        r = tables.reports
-        query = self._select().where(r.c.tenant == tenant)
+        query = self.list_query(tenant, conditions, after=after, limit=limit)
+        rows = (await self._session.execute(query)).mappings()
+        return [_report(row) for row in rows]
+
+    def list_query(
+        self,
+        tenant: str,
+        conditions: Sequence[Condition],
+        *,
+        after: Keyset | None,
+        limit: int,
+    ) -> sa.Select[Any]:
+        """The statement :meth:`list` runs, served by the indexes
+        ``(tenant, [type|format,] create_time, id)``.
+
+        Args:
+            tenant: Tenant.
+            conditions: Parsed filter (a conjunction).
+            after: Keyset position.
+            limit: Maximum rows.
+
+        Returns:
+            The SELECT.
+
+        Raises:
+            InvalidArgument: If a condition names an unknown field.
+        """
+        r, o = tables.reports, tables.operations
+        query = sa.select(r).where(r.c.tenant == tenant)
         for cond in conditions:
             column_name = FILTER_COLUMNS.get(cond.field)
             if column_name is None:
@@ -208,10 +235,15 @@ class SqlReportRepository:
                     reason="INVALID_FILTER",
                 )
             query = query.where(_OPS[cond.op](r.c[column_name], cond.value))
-        if after_id is not None:
-            query = query.where(r.c.id > after_id)
-        rows = (await self._session.execute(query.order_by(r.c.id).limit(limit))).mappings()
-        return [_report(row) for row in rows]
+        query = query.where(after_keyset(r, after))
+        # The page first (index-served), then its operations' states: joining before the
+        # limit would make the planner join and sort every match.
+        page = query.order_by(r.c.create_time, r.c.id).limit(limit).subquery("page")
+        return (
+            sa.select(*page.c, o.c.state.label("operation_state"))
+            .select_from(page.outerjoin(o, o.c.id == page.c.operation_id))
+            .order_by(page.c.create_time, page.c.id)
+        )
 
     async def add_file(self, file: ReportFile, now: dt.datetime) -> None:
         """Stores ``file`` (once per report: the fencing token guards the caller).

@@ -44,7 +44,7 @@ from domains.reports.unit_of_work import ReportsUnitOfWork
 from domains.shared.clock import utcnow
 from domains.shared.errors import DomainError, NotFound, PermanentError, TransientError
 from domains.shared.ids import new_id
-from domains.shared.query import Condition
+from domains.shared.query import Condition, Keyset
 
 log = logging.getLogger(__name__)
 
@@ -98,6 +98,13 @@ class ReportPage:
 
     reports: list[Report]
     last_id: uuid.UUID | None
+
+    @property
+    def last(self) -> Keyset | None:
+        """Keyset ``(create_time, id)`` of the next page, ``None`` at the end."""
+        if self.last_id is None:
+            return None
+        return (self.reports[-1].create_time, self.reports[-1].id)
 
 
 def _period_body(period: object) -> object:
@@ -338,7 +345,7 @@ class ReportsService:
         tenant: str,
         conditions: Sequence[Condition] = (),
         page_size: int = 50,
-        after_id: uuid.UUID | None = None,
+        after: Keyset | None = None,
     ) -> ReportPage:
         """Lists a tenant's reports in creation order.
 
@@ -346,15 +353,13 @@ class ReportsService:
             tenant: Caller's tenant.
             conditions: Parsed filter (``type``, ``format``, ``create_time``).
             page_size: Page size.
-            after_id: Keyset position from the previous page.
+            after: Keyset ``(create_time, id)`` from the previous page.
 
         Returns:
             The page.
         """
         async with self._read_uow() as uow:
-            found = await uow.reports.list(
-                tenant, conditions, after_id=after_id, limit=page_size + 1
-            )
+            found = await uow.reports.list(tenant, conditions, after=after, limit=page_size + 1)
         page = found[:page_size]
         return ReportPage(page, page[-1].id if len(found) > page_size else None)
 

@@ -40,7 +40,11 @@ reports = sa.Table(
     sa.CheckConstraint("type IN ('dataset_daily','endpoint_daily','digest')", name="type"),
     sa.CheckConstraint("format IN ('csv','json')", name="format"),
     sa.CheckConstraint("end_date >= start_date", name="period"),
-    sa.Index("ix_reports_tenant_id", "tenant", "id"),
+    # List indexes: the tenant, the filtered column, then the order key (create_time, id).
+    sa.Index("ix_reports_tenant_create_time", "tenant", "create_time", "id"),
+    sa.Index("ix_reports_tenant_type", "tenant", "type", "create_time", "id"),
+    sa.Index("ix_reports_tenant_format", "tenant", "format", "create_time", "id"),
+    sa.Index("ix_reports_tenant_type_format", "tenant", "type", "format", "create_time", "id"),
     sa.Index("ix_reports_operation_id", "operation_id"),
 )
 """Requested reports (one per ``POST /v1/reports``), with the outcome of their generation."""

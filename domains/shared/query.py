@@ -3,10 +3,17 @@
 from __future__ import annotations
 
 import dataclasses
-from typing import Literal
+import datetime as dt
+import uuid
+from typing import Any, Literal
+
+import sqlalchemy as sa
 
 Operator = Literal["=", "!=", "<", "<=", ">", ">="]
 Value = str | int | float | bool | None
+
+Keyset = tuple[dt.datetime, uuid.UUID]
+"""Position in a list ordered by ``(create_time, id)``: the last row of the previous page."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -23,3 +30,39 @@ class Condition:
     field: str
     op: Operator
     value: object
+
+
+COMPARE: dict[str, Any] = {
+    "=": lambda c, v: c == v,
+    "!=": lambda c, v: c != v,
+    "<": lambda c, v: c < v,
+    "<=": lambda c, v: c <= v,
+    ">": lambda c, v: c > v,
+    ">=": lambda c, v: c >= v,
+}
+"""Operator -> function building the SQLAlchemy comparison ``column op value``."""
+
+
+def after_keyset(
+    table: sa.Table, after: Keyset | None, *, descending: bool = False
+) -> sa.ColumnElement[bool]:
+    """The keyset condition of a list ordered by ``(create_time, id)``.
+
+    A row comparison, so the list indexes ``(<parent>, [<column>,] create_time, id)`` serve it
+    as an index condition rather than a filter.
+
+    Args:
+        table: A table with ``create_time`` and ``id`` columns.
+        after: The previous page's last ``(create_time, id)``, or None for the first page.
+        descending: The list runs newest first (rows before ``after``).
+
+    Returns:
+        The condition (``true`` on the first page).
+    """
+    if after is None:
+        return sa.true()
+    row = sa.tuple_(table.c.create_time, table.c.id)
+    position = sa.tuple_(
+        sa.literal(after[0], table.c.create_time.type), sa.literal(after[1], table.c.id.type)
+    )
+    return row < position if descending else row > position

@@ -60,4 +60,8 @@ def outbox_table(metadata: sa.MetaData) -> sa.Table:
             postgresql_where=sa.text("sent_time IS NULL"),
         ),
         sa.Index("ix_outbox_operation_id", "operation_id"),
+        # Retention deletes sent rows by age without walking the table.
+        sa.Index(
+            "ix_outbox_sent_time", "sent_time", postgresql_where=sa.text("sent_time IS NOT NULL")
+        ),
     )

@@ -13,7 +13,7 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from domains.shared.outbox import OutboxMessage
-from domains.shared.query import Condition
+from domains.shared.query import Condition, Keyset, after_keyset
 from domains.webhooks import tables
 from domains.webhooks.model import Attempt, Delivery, DeliveryState, Endpoint
 
@@ -278,29 +278,51 @@ class SqlWebhooksRepository:
         endpoint_id: uuid.UUID,
         conditions: Sequence[Condition],
         *,
-        after_id: uuid.UUID | None,
+        after: Keyset | None,
         limit: int,
     ) -> list[Delivery]:
-        """Lists an endpoint's deliveries in creation order.
+        """Lists an endpoint's deliveries in creation ``(create_time, id)`` order.
 
         Args:
             endpoint_id: The endpoint.
             conditions: Parsed filter.
-            after_id: Keyset position.
+            after: Keyset position.
             limit: Maximum rows.
 
         Returns:
             The deliveries.
+        """
+        query = self.list_deliveries_query(endpoint_id, conditions, after=after, limit=limit)
+        rows = (await self._session.execute(query)).mappings()
+        return [Delivery(**dict(row)) for row in rows]
+
+    def list_deliveries_query(
+        self,
+        endpoint_id: uuid.UUID,
+        conditions: Sequence[Condition],
+        *,
+        after: Keyset | None,
+        limit: int,
+    ) -> sa.Select[Any]:
+        """The statement :meth:`list_deliveries` runs, served by the indexes
+        ``(endpoint_id, [state|event_type,] create_time, id)``.
+
+        Args:
+            endpoint_id: The endpoint.
+            conditions: Parsed filter.
+            after: Keyset position.
+            limit: Maximum rows.
+
+        Returns:
+            The SELECT.
         """
         t = tables.deliveries
         query = sa.select(t).where(t.c.endpoint_id == endpoint_id)
         for cond in conditions:
             column = t.c[DELIVERY_FILTER_COLUMNS[cond.field]]
             query = query.where(_OPS[cond.op](column, cond.value))
-        if after_id is not None:
-            query = query.where(t.c.id > after_id)
-        rows = (await self._session.execute(query.order_by(t.c.id).limit(limit))).mappings()
-        return [Delivery(**dict(row)) for row in rows]
+        query = query.where(after_keyset(t, after))
+        return query.order_by(t.c.create_time, t.c.id).limit(limit)
 
     async def replayable(
         self, endpoint_id: uuid.UUID, since: dt.datetime, *, after_id: uuid.UUID | None, limit: int

@@ -27,7 +27,7 @@ from domains.shared.errors import DomainError, FailedPrecondition, InvalidArgume
 from domains.shared.events import IntegrationEvent, event_message
 from domains.shared.ids import new_id
 from domains.shared.outbox import OutboxMessage
-from domains.shared.query import Condition
+from domains.shared.query import Condition, Keyset
 from domains.shared.ssrf import UnsafeUrl, UrlGuard
 from domains.webhooks import signing
 from domains.webhooks.model import (
@@ -102,6 +102,13 @@ class Page:
 
     items: list[Any]
     last_id: uuid.UUID | None
+
+    @property
+    def last(self) -> Keyset | None:
+        """Keyset ``(create_time, id)`` of the next page of a time-ordered list, or None."""
+        if self.last_id is None:
+            return None
+        return (self.items[-1].create_time, self.items[-1].id)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -920,16 +927,16 @@ class WebhooksService:
         conditions: Sequence[Condition],
         *,
         page_size: int,
-        after_id: uuid.UUID | None,
+        after: Keyset | None,
     ) -> Page:
         """Lists an endpoint's deliveries in creation order.
 
         Args:
             tenant: Caller's tenant.
             endpoint_id: Endpoint id.
-            conditions: Parsed filter (``state``, ``event_type``, ``create_time``, ``attempts``).
+            conditions: Parsed filter (``state``, ``event_type``, ``create_time``).
             page_size: Page size.
-            after_id: Keyset position.
+            after: Keyset position ``(create_time, id)``.
 
         Returns:
             The page.
@@ -941,7 +948,7 @@ class WebhooksService:
             if await uow.webhooks.get_endpoint(endpoint_id, tenant=tenant) is None:
                 raise self._endpoint_not_found(endpoint_id)
             found = await uow.webhooks.list_deliveries(
-                endpoint_id, conditions, after_id=after_id, limit=page_size + 1
+                endpoint_id, conditions, after=after, limit=page_size + 1
             )
         return _page(found, page_size)
 

@@ -79,7 +79,16 @@ deliveries = sa.Table(
     ),
     sa.Index("uq_deliveries_event_id_endpoint_id", "event_id", "endpoint_id", unique=True),
     sa.Index("ix_deliveries_endpoint_id_id", "endpoint_id", "id"),
-    sa.Index("ix_deliveries_endpoint_id_state", "endpoint_id", "state"),
+    # List indexes: the endpoint, the filtered column, then the order key (create_time, id).
+    sa.Index("ix_deliveries_endpoint_id_create_time", "endpoint_id", "create_time", "id"),
+    sa.Index("ix_deliveries_endpoint_id_state", "endpoint_id", "state", "create_time", "id"),
+    sa.Index(
+        "ix_deliveries_endpoint_id_event_type", "endpoint_id", "event_type", "create_time", "id"
+    ),
+    # Retention: done deliveries by age.
+    sa.Index(
+        "ix_deliveries_end_time", "end_time", postgresql_where=sa.text("end_time IS NOT NULL")
+    ),
     sa.Index(
         "ix_deliveries_lease_until",
         "lease_until",

@@ -169,7 +169,7 @@ async def test_lists_read_from_the_replica_and_gets_from_the_primary(
         container = Container(replica_settings, registry)
         op = await container.pings.create_ping(message="fresh")
         assert (await container.operations.get(op.name)).id == op.id
-        page = await container.operations.list([], page_size=1000, after_id=None)
+        page = await container.operations.list([], page_size=1000, after=None)
         assert page.operations == []
         assert registry.url("platform", "replica") == second_database
     finally:

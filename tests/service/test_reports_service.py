@@ -321,7 +321,7 @@ async def test_list_pages_in_creation_order(reports):
     ]
     first = await reports.list_reports(tenant=tenant, page_size=2)
     assert len(first.reports) == 2 and first.last_id is not None
-    rest = await reports.list_reports(tenant=tenant, page_size=2, after_id=first.last_id)
+    rest = await reports.list_reports(tenant=tenant, page_size=2, after=first.last)
     assert rest.last_id is None
     assert [r.operation_id for r in first.reports + rest.reports] == [op.id for op in ops]
 

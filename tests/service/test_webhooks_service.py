@@ -55,7 +55,7 @@ async def services(settings: Any, database_url: str) -> AsyncIterator[dict[str, 
 
 
 async def _one_delivery(service: WebhooksService, tenant: str, endpoint_id: Any) -> Any:
-    page = await service.list_deliveries(tenant, endpoint_id, [], page_size=10, after_id=None)
+    page = await service.list_deliveries(tenant, endpoint_id, [], page_size=10, after=None)
     [delivery] = page.items
     return delivery
 
@@ -105,7 +105,7 @@ async def test_integration_event_fans_out_once_to_matching_endpoints_of_its_tena
     delivery = await _one_delivery(service, "t-fan", match.id)
     assert delivery.event_type == "imports.ImportCompleted"
     assert '"import_id":"i"' in delivery.body
-    empty = await service.list_deliveries("t-fan", other.id, [], page_size=10, after_id=None)
+    empty = await service.list_deliveries("t-fan", other.id, [], page_size=10, after=None)
     assert empty.items == []
 
 
@@ -119,7 +119,7 @@ async def test_tenants_never_see_each_other(services):
     with pytest.raises(NotFound):
         await service.get_endpoint("t-b", endpoint.id)
     with pytest.raises(NotFound):
-        await service.list_deliveries("t-b", endpoint.id, [], page_size=10, after_id=None)
+        await service.list_deliveries("t-b", endpoint.id, [], page_size=10, after=None)
     with pytest.raises(NotFound):
         await service.get_delivery("t-b", delivery.id)
     with pytest.raises(NotFound):
@@ -181,10 +181,10 @@ async def test_rate_limit_is_shared_through_redis_and_reschedules(services, rece
     )
     for _ in range(3):
         await service.publish_event("t-rate", event_type="orders.Created", data={})
-    page = await service.list_deliveries("t-rate", endpoint.id, [], page_size=10, after_id=None)
+    page = await service.list_deliveries("t-rate", endpoint.id, [], page_size=10, after=None)
     counts = await service.deliver([d.id for d in page.items])
     assert 1 <= counts["sent"] <= 2  # the rest wait for the next window (not an attempt)
-    page = await service.list_deliveries("t-rate", endpoint.id, [], page_size=10, after_id=None)
+    page = await service.list_deliveries("t-rate", endpoint.id, [], page_size=10, after=None)
     later = [d for d in page.items if d.state == "PENDING"]
     assert later and all(d.attempts == 0 and d.next_attempt_time for d in later)
 
