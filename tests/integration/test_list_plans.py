@@ -180,11 +180,13 @@ async def test_every_allowed_operations_filter_is_served_by_an_index(session, fi
         equality=operations_api.INDEXED_EQUALITY,
         handled=frozenset({"metadata.domain"}),
     )
-    for after in (None, (dt.datetime.now(dt.UTC) - dt.timedelta(days=15), new_id())):
-        plan = await explain(
-            session, repo.list_query(conds, after=after, limit=PAGE, tenant=tenant)
+    middle = (dt.datetime.now(dt.UTC) - dt.timedelta(days=15), new_id())
+    for after, newest_first in ((None, False), (middle, False), (None, True), (middle, True)):
+        query = repo.list_query(
+            conds, after=after, limit=PAGE, tenant=tenant, newest_first=newest_first
         )
-        assert plan_problems(plan, "operations") == [], (filter_, after, plan)
+        plan = await explain(session, query)
+        assert plan_problems(plan, "operations") == [], (filter_, after, newest_first, plan)
 
 
 DELIVERY_FILTERS = [
