@@ -15,8 +15,9 @@ from api.auth import Principal, require_scope
 from api.deps import Services, services
 from api.errors import ERROR_RESPONSES
 from api.v1.schemas import OperationOut, operation_out, operation_response
-from domains.operations.model import State
+from domains.operations.model import TERMINAL_STATES, State
 from domains.shared.errors import InvalidArgument
+from domains.shared.query import Condition
 
 router = APIRouter(prefix="/v1/operations", tags=["operations"], responses=ERROR_RESPONSES)
 
@@ -37,6 +38,29 @@ FILTER_FIELDS: dict[str, pagination.FieldSpec] = {
 # equality field, create_time ranges, and the domain (it picks the schemas). update_time and
 # != on the equality fields would walk the index, so they are refused (AIP-160 allows it).
 INDEXED_EQUALITY = frozenset({"done", "metadata.state", "metadata.type", "metadata.target"})
+# (tenant, type, done, create_time, id) serves both; done with a state is folded into the state.
+INDEXED_TOGETHER = frozenset({frozenset({"done", "metadata.type"})})
+
+
+def _fold_done(conditions: list[Condition]) -> list[Condition] | None:
+    """Drops ``done = b`` next to ``metadata.state = S`` (the state decides done).
+
+    Args:
+        conditions: Parsed filter.
+
+    Returns:
+        The conditions without the redundant ``done``, or None if they contradict each other
+        (e.g. ``done = false AND metadata.state = SUCCEEDED``: nothing matches).
+    """
+    states = [c for c in conditions if c.field == "metadata.state" and c.op == "="]
+    dones = [c for c in conditions if c.field == "done" and c.op in ("=", "!=")]
+    if not states or not dones:
+        return conditions
+    for done in dones:
+        wanted = bool(done.value) if done.op == "=" else not done.value
+        if any((State(str(s.value)) in TERMINAL_STATES) != wanted for s in states):
+            return None
+    return [c for c in conditions if c not in dones]
 
 
 class ListOperationsResponse(BaseModel):
@@ -116,8 +140,9 @@ async def list_operations(
         Query(
             alias="filter",
             description='AIP-160 filter, e.g. `done = false AND metadata.domain = "imports"`;'
-            " fields: done, metadata.state, metadata.type, metadata.target (=, at most one of"
-            " them), metadata.domain (=, !=), create_time (<, <=, =, >=, >)",
+            " fields: done, metadata.state, metadata.type, metadata.target (=, one of them, or"
+            " done with metadata.type or metadata.state), metadata.domain (=, !=),"
+            " create_time (<, <=, =, >=, >)",
         ),
     ] = None,
     page_size: Annotated[
@@ -140,12 +165,16 @@ async def list_operations(
     ] = None,
 ) -> Any:
     """Lists operations of every domain in creation order (or newest first), filtered and paged."""
+    folded = _fold_done(pagination.parse_filter(filter_, FILTER_FIELDS))
     conditions = pagination.require_indexed(
-        pagination.parse_filter(filter_, FILTER_FIELDS),
+        folded or [],
         filter_,
         equality=INDEXED_EQUALITY,
         handled=frozenset({"metadata.domain"}),
+        combined=INDEXED_TOGETHER,
     )
+    if folded is None:  # contradictory: nothing can match
+        return {"operations": [], "next_page_token": ""}
     newest_first = _newest_first(order_by)
     size = pagination.clamp_page_size(page_size)
     # The tenant is part of the fingerprint: a token never crosses tenants.

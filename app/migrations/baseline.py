@@ -136,6 +136,7 @@ _LIST_INDEXES: dict[str, tuple[str, ...]] = {
     "done": ("done",),
     "type": ("type",),
     "target": ("target",),
+    "type_done": ("type", "done"),
 }
 
 

@@ -11,6 +11,7 @@ LIST_INDEXES: dict[str, tuple[str, ...]] = {
     "done": ("done",),
     "type": ("type",),
     "target": ("target",),
+    "type_done": ("type", "done"),
 }
 """Index name suffix -> columns between ``tenant`` and ``(create_time, id)``."""
 

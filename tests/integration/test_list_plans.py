@@ -162,6 +162,8 @@ OPERATION_FILTERS = [
     'create_time >= "{old}" AND create_time < "{recent}"',
     'metadata.state = FAILED AND create_time > "{recent}"',
     'done = true AND create_time < "{old}"',
+    'metadata.type = "rare" AND done = false',
+    'metadata.type = "import" AND done = true AND create_time > "{recent}"',
 ]
 
 
@@ -179,6 +181,7 @@ async def test_every_allowed_operations_filter_is_served_by_an_index(session, fi
         operations_api.FILTER_FIELDS,
         equality=operations_api.INDEXED_EQUALITY,
         handled=frozenset({"metadata.domain"}),
+        combined=operations_api.INDEXED_TOGETHER,
     )
     middle = (dt.datetime.now(dt.UTC) - dt.timedelta(days=15), new_id())
     for after, newest_first in ((None, False), (middle, False), (None, True), (middle, True)):
