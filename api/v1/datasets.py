@@ -7,7 +7,7 @@ import csv
 import datetime as dt
 import io
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, Query, Request
@@ -644,10 +644,11 @@ async def create_import(
             )
         )
     writer = svc.store.writer()
+    sniffer = _TextSniffer(writer.write)
     try:
         if media == "multipart/form-data":
             fields, got_file = await imports_upload.read_multipart(
-                request.stream(), imports_upload.boundary_of(content_type), writer.write
+                request.stream(), imports_upload.boundary_of(content_type), sniffer.write
             )
             if not got_file:
                 raise InvalidArgument(
@@ -659,8 +660,9 @@ async def create_import(
             rid = rid or fields.get("request_id") or None
         else:
             async for block in request.stream():
-                writer.write(block)
+                sniffer.write(block)
             fmt = fmt or _RAW_TYPES[media]  # type: ignore[assignment]
+        sniffer.finish()
         if writer.size == 0:
             raise InvalidArgument(
                 "the file is empty; send a CSV with a header or JSONL", reason="EMPTY_FILE"
@@ -681,6 +683,63 @@ async def create_import(
         correlation_id=correlation,
     )
     return operation_response(op)
+
+
+# Leading bytes of files people upload by mistake, and what to tell them.
+_BINARY_MAGIC: tuple[tuple[bytes, str], ...] = (
+    (b"PK\x03\x04", "a ZIP archive (an .xlsx or .docx is one): export the sheet as CSV"),
+    (b"\xd0\xcf\x11\xe0", "an old Office file (.xls): export the sheet as CSV"),
+    (b"%PDF", "a PDF document"),
+    (b"\x89PNG", "a PNG image"),
+    (b"\xff\xd8\xff", "a JPEG image"),
+    (b"GIF8", "a GIF image"),
+    (b"\x7fELF", "a program"),
+    (b"PAR1", "a Parquet file: export it as CSV or JSONL"),
+)
+_GZIP_MAGIC = b"\x1f\x8b"
+_SNIFF_BYTES = 4096
+
+
+class _TextSniffer:
+    """Passes an upload's bytes on, refusing at once (400) a file that is not text.
+
+    A binary file would be accepted, stored and fail later in the worker; its first bytes
+    tell: a known signature, or a NUL byte (no CSV or JSONL in UTF-8 has one). A gzip file
+    is let through: it is checked when decompressed.
+    """
+
+    def __init__(self, write: Callable[[bytes], Any]) -> None:
+        self._write = write
+        self._head = b""
+        self._checked = False
+
+    def write(self, block: bytes) -> Any:
+        if not self._checked:
+            self._head += block[: _SNIFF_BYTES - len(self._head)]
+            if len(self._head) >= _SNIFF_BYTES:
+                self.finish()
+        return self._write(block)
+
+    def finish(self) -> None:
+        if self._checked:
+            return
+        self._checked = True
+        head = self._head
+        if not head or head.startswith(_GZIP_MAGIC):
+            return
+        what = next((label for magic, label in _BINARY_MAGIC if head.startswith(magic)), None)
+        if what is None and b"\x00" in head:
+            what = (
+                "UTF-16 text: save it as UTF-8"
+                if head[:2] in (b"\xff\xfe", b"\xfe\xff")
+                else "binary data (it has NUL bytes)"
+            )
+        if what is not None:
+            raise InvalidArgument(
+                f"the file is not CSV or JSONL text: it looks like {what}; upload a UTF-8 CSV"
+                " (with a header row) or JSONL file, optionally gzipped",
+                reason="NOT_TEXT",
+            )
 
 
 def _form_format(value: str | None) -> Literal["auto", "csv", "jsonl"]:

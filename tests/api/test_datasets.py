@@ -210,6 +210,10 @@ async def test_raw_csv_body_is_stored_durably_before_the_2xx(client, api_app):
             },
             "INVALID_MULTIPART",
         ),
+        # Not text: refused at once rather than accepted and failed by the worker.
+        ({"files": {"file": ("orders.xlsx", b"PK\x03\x04" + b"\x00" * 200)}}, "NOT_TEXT"),
+        ({"content": b"\x89PNG\r\n\x1a\n", "headers": {"content-type": "text/csv"}}, "NOT_TEXT"),
+        ({"files": {"file": ("a.csv", b"id,amount\nk,1\x00\n")}}, "NOT_TEXT"),
     ],
 )
 async def test_bad_import_requests_are_400s(client, kwargs, reason):
@@ -217,6 +221,10 @@ async def test_bad_import_requests_are_400s(client, kwargs, reason):
     response = await client.post(f"/v1/datasets/{dataset['id']}/imports", **kwargs)
     assert response.status_code == 400, response.text
     assert response.json()["error"]["details"][0]["reason"] == reason
+    if reason == "NOT_TEXT":
+        assert "upload a UTF-8 CSV" in response.json()["error"]["message"]
+        listed = (await client.get(f"/v1/datasets/{dataset['id']}/imports")).json()
+        assert not listed.get("imports"), listed  # nothing was recorded
 
 
 async def test_import_into_a_missing_dataset_is_404(client):
