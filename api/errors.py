@@ -100,12 +100,19 @@ def _field_path(loc: tuple[Any, ...]) -> str:
     return ".".join(parts) or str(loc[0] if loc else "request")
 
 
+def _retry_after(exc: DomainError) -> dict[str, str] | None:
+    # An outage named by the domain (a database whose primary and replica are both down) tells
+    # clients when to retry, like the outages mapped from driver errors.
+    return {"retry-after": "1"} if exc.code == "UNAVAILABLE" else None
+
+
 async def _domain_error(_: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, DomainError)
     return _response(
         error_body(
             exc.code, exc.message, reason=exc.reason, metadata=exc.metadata, details=exc.details
-        )
+        ),
+        headers=_retry_after(exc),
     )
 
 
@@ -278,7 +285,8 @@ def expected_error_response(exc: BaseException) -> JSONResponse | None:
         return _response(
             error_body(
                 exc.code, exc.message, reason=exc.reason, metadata=exc.metadata, details=exc.details
-            )
+            ),
+            headers=_retry_after(exc),
         )
     if isinstance(exc, StarletteHTTPException):
         body = getattr(exc, "body", None)

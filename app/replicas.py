@@ -404,8 +404,13 @@ class ReplicaSessionSource:
         log.warning("%s primary database unreachable (%s) and %s", self.domain, _one_line(exc), why)
         return Unavailable(
             f"the {self.domain} primary database is unreachable and {why}; retry later",
-            reason="DATABASE_UNAVAILABLE",
-            metadata={"dependency": f"{self.domain} primary database", "replica": reason},
+            reason="DEPENDENCY_UNAVAILABLE",
+            metadata={
+                "dependency": "database",
+                "domain": self.domain,
+                "role": "primary",
+                "replica": reason,
+            },
         )
 
     def session_failed(self, session: AsyncSession, exc: BaseException) -> None:

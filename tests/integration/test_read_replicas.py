@@ -429,6 +429,8 @@ async def test_reads_fall_back_to_the_primary_while_the_standby_is_down(
             assert error["status"] == "UNAVAILABLE"
             assert "imports primary database" in error["message"], error
             assert "replica" in error["message"], error
+            assert error["details"][0]["reason"] == "DEPENDENCY_UNAVAILABLE", error
+            assert outage.headers["retry-after"] == "1"
             after = await ok(http.get("/healthz"))
             assert local_port(after) == healthy["port"], "the 503 closed the connection"
 
