@@ -133,6 +133,33 @@ def api(host: str, port: int, workers: int) -> None:
     )
 
 
+def run_celery(app: Any, argv: list[str]) -> int:
+    """Runs a ``celery`` sub-command and returns its exit status.
+
+    Celery's own ``app.start()``/``worker_main()`` drop it: its click command runs with
+    ``standalone_mode=False``, whose return value (the ``ctx.exit`` code, e.g. 1 after
+    "Unrecoverable error: WorkerLostError('Could not start worker processes')") is discarded,
+    so a failed worker used to exit 0.
+
+    Args:
+        app: The Celery app.
+        argv: The sub-command and its options.
+
+    Returns:
+        The exit status (0 on a clean stop).
+    """
+    from celery.bin.celery import celery as celery_command
+
+    celery_command.params[0].default = app
+    try:
+        code = celery_command.main(args=argv, standalone_mode=False)
+    except click.exceptions.Exit as exc:
+        code = exc.exit_code
+    finally:
+        celery_command.params[0].default = None
+    return code if isinstance(code, int) else 0
+
+
 @main.command()
 @click.option(
     "--queues",
@@ -151,15 +178,54 @@ def api(host: str, port: int, workers: int) -> None:
 @click.option("--name", default=None, help="worker node name (default: <queues>@<host>)")
 @click.option("--loglevel", default="INFO", show_default=True)
 @click.option("--quiet", is_flag=True, help="no start-up banner nor running-as-root warning")
+@click.option(
+    "--check",
+    is_flag=True,
+    help="liveness probe: exit 0 if the worker of --queues is alive and looping, else 1",
+)
+@click.option(
+    "--max-age",
+    default=None,
+    type=float,
+    help="--check: seconds after which the heartbeat is stale"
+    " (default: CONVEYOR_WORKER_HEARTBEAT_MAX_AGE_SECONDS)",
+)
+@click.option(
+    "--heartbeat-file",
+    default=None,
+    help="heartbeat file (default: <data dir>/run/worker-<--name or --queues>.heartbeat)",
+)
 def worker(
-    queues: str, concurrency: int, pool: str, name: str | None, loglevel: str, quiet: bool
+    queues: str,
+    concurrency: int,
+    pool: str,
+    name: str | None,
+    loglevel: str,
+    quiet: bool,
+    check: bool,
+    max_age: float | None,
+    heartbeat_file: str | None,
 ) -> None:
-    """Run a Celery worker consuming the given domain queues."""
+    """Run a Celery worker consuming the given domain queues (or, with --check, probe one)."""
+    import pathlib
+
+    from app import worker_health
     from app.celery_app import get_celery
     from monitoring import logging as conveyor_logging
 
-    conveyor_logging.setup("worker", level=loglevel)
     settings = _settings()
+    path = (
+        pathlib.Path(heartbeat_file)
+        if heartbeat_file
+        else worker_health.heartbeat_path(settings.data_dir, name or queues)
+    )
+    if check:
+        healthy, why = worker_health.check(
+            path, max_age or settings.worker_heartbeat_max_age_seconds
+        )
+        click.echo(f"conveyor worker --check: {why}", err=not healthy)
+        raise SystemExit(0 if healthy else 1)
+    conveyor_logging.setup("worker", level=loglevel)
     _require(settings)
     unknown = [q for q in queues.split(",") if q not in DOMAINS]
     if unknown:
@@ -188,7 +254,16 @@ def worker(
     ]
     if settings.task_events:
         argv.append("-E")
-    get_celery().worker_main(argv)
+    app = get_celery()
+    worker_health.install(
+        app,
+        path=path,
+        interval=settings.worker_heartbeat_seconds,
+        shutdown_timeout=settings.worker_shutdown_timeout_seconds,
+    )
+    # Exit with the worker's status (a pool that could not start, an unrecoverable error), so
+    # "restart on failure" supervisors restart it.
+    raise SystemExit(run_celery(app, argv))
 
 
 @main.command()
@@ -207,7 +282,9 @@ def beat(loglevel: str, name: str | None, quiet: bool) -> None:
     beat_module.NODE_NAME = name
     if quiet:
         _quiet_celery()
-    get_celery().start(
+    # Exit with beat's status, so "restart on failure" supervisors restart it.
+    code = run_celery(
+        get_celery(),
         [
             *(["--quiet"] if quiet else []),
             "beat",
@@ -215,8 +292,9 @@ def beat(loglevel: str, name: str | None, quiet: bool) -> None:
             loglevel,
             "--scheduler",
             "app.beat:DatabaseScheduler",
-        ]
+        ],
     )
+    raise SystemExit(code)
 
 
 @main.command()
@@ -461,7 +539,7 @@ def _up(
     no_metrics: bool,
     verbose: bool,
 ) -> None:
-    from app import supervisor
+    from app import supervisor, worker_health
 
     flower_on, metrics_on = not no_flower, not no_metrics
     # Every port first: a busy one is reported before anything starts.
@@ -568,6 +646,9 @@ def _up(
                         f"{domain}@%h",
                         *quiet,
                     ],
+                    # Liveness: `up` kills and restarts a worker whose heartbeat goes stale.
+                    heartbeat=worker_health.heartbeat_path(settings.data_dir, f"{domain}@%h"),
+                    heartbeat_max_age=settings.worker_heartbeat_max_age_seconds,
                 )
             )
         children.append(supervisor.Child("relay", [*conveyor, "relay"]))

@@ -183,6 +183,26 @@ class Settings(BaseSettings):
         " rest): past the soft one the task fails its operation with DEADLINE_EXCEEDED, past"
         " the hard one the pool child is killed.",
     )
+    worker_heartbeat_seconds: float = Field(
+        default=5.0,
+        gt=0,
+        le=300,
+        description="How often a worker's event loop rewrites its heartbeat file"
+        " (<data dir>/run/worker-<queues>.heartbeat, read by `conveyor worker --check`).",
+    )
+    worker_heartbeat_max_age_seconds: float = Field(
+        default=60.0,
+        gt=0,
+        le=3600,
+        description="`conveyor worker --check` fails when the heartbeat is older than this.",
+    )
+    worker_shutdown_timeout_seconds: float = Field(
+        default=30.0,
+        gt=0,
+        le=3600,
+        description="A worker stopping after an unrecoverable error exits non-zero after this"
+        " long even if its pool hangs.",
+    )
     retry_backoff_base_seconds: float = Field(default=1.0, gt=0, le=60)
     retry_backoff_max_seconds: float = Field(default=30.0, gt=0, le=600)
     progress_interval_seconds: float = Field(default=1.0, ge=0, le=60)

@@ -18,6 +18,7 @@ import contextlib
 import ctypes
 import dataclasses
 import os
+import pathlib
 import signal
 import subprocess
 import sys
@@ -25,6 +26,8 @@ import threading
 import time
 from collections.abc import Callable
 from typing import IO
+
+from app import worker_health
 
 __all__ = ["PARENT_PID_ENV", "Child", "Output", "Supervisor", "die_with_parent"]
 
@@ -119,11 +122,16 @@ class Child:
         name: Short name, used as the output prefix.
         argv: The command line.
         restart: Restart it with backoff when it exits (else stop everything).
+        heartbeat: Its liveness heartbeat file (workers): once it is older than
+            ``heartbeat_max_age`` the child counts as hung and is killed, then restarted.
+        heartbeat_max_age: Seconds after which the heartbeat is stale.
     """
 
     name: str
     argv: list[str]
     restart: bool = True
+    heartbeat: pathlib.Path | None = None
+    heartbeat_max_age: float = worker_health.HEARTBEAT_MAX_AGE_SECONDS
     proc: subprocess.Popen[bytes] | None = None
     started_at: float = 0.0
     failures: int = 0
@@ -200,6 +208,7 @@ class Supervisor:
                 continue
             code = child.proc.poll()
             if code is None:
+                self._kill_if_hung(child, now)
                 continue
             child.proc = None
             if not child.restart:
@@ -212,6 +221,20 @@ class Supervisor:
             child.restart_at = now + delay
             self.output.line(child.name, f"exited with code {code}; restarting in {delay:g} s")
         return None
+
+    def _kill_if_hung(self, child: Child, now: float) -> None:
+        # Alive but not looping (e.g. stuck in its shutdown after an unrecoverable error): a
+        # process that never exits is never restarted, so end it; the next check restarts it.
+        if child.heartbeat is None or child.proc is None:
+            return
+        if now - child.started_at < child.heartbeat_max_age:
+            return  # give a new process time to write its first heartbeat
+        healthy, why = worker_health.check(child.heartbeat, child.heartbeat_max_age)
+        if healthy:
+            return
+        self.output.line(child.name, f"{why}; killing it to restart it")
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(child.proc.pid, signal.SIGKILL)
 
     def stop(self, timeout: float = 20.0) -> list[str]:
         """SIGTERM every child, wait up to ``timeout``, then SIGKILL the stragglers' groups.

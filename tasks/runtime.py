@@ -121,6 +121,12 @@ runtime = Runtime()
 
 @signals.worker_process_init.connect
 def _on_process_init(**_: Any) -> None:
+    import os
+
+    # Fault injection for the reliability suite: the pool child dies while the worker starts
+    # (the worker must then exit non-zero). Unset in production.
+    if os.environ.get("CONVEYOR_FAULT_CHILD_EXIT_ON_INIT"):
+        os._exit(3)
     # A forked pool child: drop anything inherited from the parent, then start fresh.
     runtime._loop = None
     runtime._container = None

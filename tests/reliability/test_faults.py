@@ -18,7 +18,7 @@ import httpx
 import pytest
 
 from app.embedded import start_postgres
-from tests.conftest import TEST_OVERRIDES, claim_redis_db
+from tests.conftest import TEST_OVERRIDES
 from tests.reliability.harness import JobStream, PrivateRedis, System, Tally, scenario_sigkill
 from tests.support import services
 from tests.support.ops import query
@@ -27,28 +27,6 @@ pytestmark = pytest.mark.reliability
 
 JOBS = int(os.environ.get("CONVEYOR_FAULT_JOBS", "200"))
 AMQP_URL = os.environ.get("CONVEYOR_TEST_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672//")
-
-
-@pytest.fixture
-def make_system(service_env, tmp_path):
-    systems: list[System] = []
-    releases = []
-
-    def make(*, database_url: str, broker_url: str | None = None, **kw) -> System:
-        if broker_url is None:
-            broker_url, release = claim_redis_db(service_env["CONVEYOR_BROKER_URL"])
-            releases.append(release)
-        system = System(
-            service_env, tmp_path, database_url=database_url, broker_url=broker_url, **kw
-        )
-        systems.append(system)
-        return system
-
-    yield make
-    for system in systems:
-        system.stop()
-    for release in releases:
-        release()
 
 
 def _wait_exit(popen, timeout: float) -> None:
