@@ -16,8 +16,7 @@ multi-line cells keep their physical line numbers.
 from __future__ import annotations
 
 import dataclasses
-import itertools
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
 import pyarrow as pa
@@ -41,6 +40,8 @@ _NEEDS_COPY_ESCAPE = r"[\\\t\n\r]"
 _MAX_EXACT_INT = float(2**53)
 SLICE_ROWS = 10_000
 """Rows validated together (bounds the memory of the intermediate arrays)."""
+SLICE_CHARS = 16 * 1024 * 1024
+"""Characters of cells validated together, at most (a slice of very wide rows is shorter)."""
 
 # The default pool (mimalloc) keeps freed pages: after a few chunks a worker held ~100 MB
 # more than with the C allocator, which hands large blocks back. Same speed here.
@@ -198,10 +199,9 @@ class ColumnarValidator:
         accepted = rejected = 0
         payloads: list[bytes] = []
         errors: list[tuple[int, str, str, str]] = []
-        iterator = iter(rows)
-        # Slices bound the memory of the intermediate arrays (freed pages stay with the
-        # allocator, so the peak is what counts for the worker's RSS).
-        while batch := list(itertools.islice(iterator, SLICE_ROWS)):
+        # Slices bound the memory of the intermediate arrays (the peak is what counts for the
+        # worker's RSS) and keep every string array far below pyarrow's 2 GiB offset limit.
+        for batch in _slices(rows):
             part = self._validate_slice(batch, chunk_no)
             del batch
             accepted += part.accepted
@@ -332,6 +332,20 @@ class ColumnarValidator:
                 if i not in big_rows:
                     errors.append((lines[i], field.name, "required value is missing", ""))
         return _Column(value=value, json=json, bad=bad)
+
+
+def _slices(rows: Iterable[tuple[int, list[str]]]) -> Iterator[list[tuple[int, list[str]]]]:
+    """Cuts rows into lists of at most :data:`SLICE_ROWS` rows or :data:`SLICE_CHARS` chars."""
+    batch: list[tuple[int, list[str]]] = []
+    chars = 0
+    for row in rows:
+        batch.append(row)
+        chars += sum(map(len, row[1]))
+        if len(batch) >= SLICE_ROWS or chars >= SLICE_CHARS:
+            yield batch
+            batch, chars = [], 0
+    if batch:
+        yield batch
 
 
 def _copy_escape(values: Any) -> Any:

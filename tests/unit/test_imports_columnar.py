@@ -146,3 +146,17 @@ def test_every_tricky_value_in_every_position():
         FIELDS, "id", COLUMNS, rows, max_cell_bytes=100, max_row_bytes=200
     )
     assert any("CONVEYOR_IMPORTS__MAX_CELL_BYTES" in e[2] for e in got.errors)
+
+
+def test_slices_by_rows_and_by_characters_give_the_same_result(monkeypatch):
+    from domains.imports import columnar
+
+    rows = [(j + 2, [f"k{j}", str(j), *([""] * 5), "x" * (j % 7)]) for j in range(25)]
+    whole = columnar_matches_row_validator(FIELDS, "id", COLUMNS, rows)
+    monkeypatch.setattr(columnar, "SLICE_ROWS", 4)
+    by_rows = columnar_matches_row_validator(FIELDS, "id", COLUMNS, rows)
+    monkeypatch.setattr(columnar, "SLICE_ROWS", 1000)
+    monkeypatch.setattr(columnar, "SLICE_CHARS", 10)
+    by_chars = columnar_matches_row_validator(FIELDS, "id", COLUMNS, rows)
+    assert whole.staged_copy == by_rows.staged_copy == by_chars.staged_copy
+    assert whole.accepted == 25
