@@ -13,9 +13,11 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from api import pagination
 from api.auth import Principal, require_scope
+from api.deps import services
 from api.errors import ERROR_RESPONSES
 from domains.platform.schedule_model import Schedule, ScheduleRun
 from domains.platform.schedules import ScheduleService
+from domains.shared.errors import DomainError
 
 router = APIRouter(prefix="/v1/schedules", tags=["schedules"], responses=ERROR_RESPONSES)
 
@@ -172,6 +174,14 @@ class ScheduleRunOut(BaseModel):
     fired_by: str
     attempts: int
     error: str | None
+    operation_state: str | None = Field(
+        default=None,
+        description="How the run's operation stands: RUNNING, SUCCEEDED, FAILED... (None for a"
+        " system task, which has no operation).",
+    )
+    operation_error: str | None = Field(
+        default=None, description="The operation's error message when it FAILED or was CANCELLED."
+    )
 
 
 class ListScheduleRunsResponse(BaseModel):
@@ -313,13 +323,30 @@ async def run_schedule(schedule_id: str, svc: Service, caller: Writer) -> Any:
     "/{schedule_id}/runs", response_model=ListScheduleRunsResponse, summary="List recent runs"
 )
 async def list_runs(
+    request: Request,
     schedule_id: str,
     svc: Service,
     caller: Reader,
     page_size: Annotated[int | None, Query(description="At most 1000; default 50.")] = None,
 ) -> Any:
-    """Returns the schedule's latest fired slots, newest first, with their operations."""
+    """Returns the schedule's latest fired slots, newest first, with their operations and how
+    each operation stands (`operation_state`: a STARTED run's operation may since have
+    SUCCEEDED or FAILED).
+    """
     runs = await svc.list_runs(
         caller.tenant, schedule_id, limit=pagination.clamp_page_size(page_size)
     )
-    return {"runs": [run_out(r) for r in runs]}
+    outs = [run_out(r) for r in runs]
+    operations = services(request).operations
+    for out in outs:
+        name = out["operation"]
+        if not name:
+            continue
+        try:
+            op = await operations.get(name.removeprefix("operations/"), tenant=caller.tenant)
+        except DomainError:  # deleted since (AIP-151 DELETE) or purged by retention
+            out["operation_state"] = "DELETED"
+            continue
+        out["operation_state"] = str(op.state)
+        out["operation_error"] = op.error.message if op.error else None
+    return {"runs": outs}

@@ -146,6 +146,12 @@ async def test_run_now_starts_the_workflow_operation(client, clean_db, database_
     assert schedule["next_run_time"] == created["next_run_time"]
     runs = (await client.get(f"/v1/schedules/{created['id']}/runs")).json()["runs"]
     assert [r["operation"] for r in runs] == [run["operation"]]
+    assert runs[0]["state"] == "STARTED" and runs[0]["operation_state"] == "PENDING", runs
+    # The run shows how its operation ended, not STARTED forever.
+    op_id = run["operation"].removeprefix("operations/")
+    assert (await client.post(f"/v1/operations/{op_id}:cancel")).status_code == 200
+    ended = (await client.get(f"/v1/schedules/{created['id']}/runs")).json()["runs"][0]
+    assert ended["operation_state"] in ("CANCELLED", "CANCELLING"), ended
     rows = await query(
         database_url,
         "SELECT request_id FROM platform.operations WHERE request_id LIKE :p",
