@@ -995,7 +995,7 @@ class ImportsService:
             item.rows_rejected = sums.rows_rejected
             item.complete_time = now
             await repo.save_import(item)
-            event = events.import_completed(item, op.name, now)
+            event = events.import_completed(item, op.name, now, dataset.display_name)
             await uow.outbox.add(event_message(event, correlation_id=op.correlation_id))
             return {
                 "import": item.name,
@@ -1067,7 +1067,10 @@ class ImportsService:
                     item.rows_rejected = totals.rows_rejected
                 await uow.imports.save_import(item)
                 await uow.imports.delete_staged(item.id)
-                event = events.import_failed(item, op.name, error.message)
+                dataset = await uow.imports.get_dataset(item.tenant, item.dataset_id)
+                event = events.import_failed(
+                    item, op.name, error.message, dataset.display_name if dataset else None
+                )
                 await uow.outbox.add(event_message(event, correlation_id=op.correlation_id))
             await uow.commit()
 

@@ -2,9 +2,10 @@
 
 Contracts (the emitting domains send exactly these ``data`` fields):
 
-- ``imports.ImportCompleted``: ``dataset_id, dataset, import_id, import, operation, rows_total,
-  rows_accepted, rows_rejected, completed_time``
-- ``imports.ImportFailed``: ``dataset_id, dataset, import_id, import, operation, error``
+- ``imports.ImportCompleted``: ``dataset_id, dataset, [dataset_display_name], import_id,
+  import, operation, rows_total, rows_accepted, rows_rejected, completed_time``
+- ``imports.ImportFailed``: ``dataset_id, dataset, [dataset_display_name], import_id, import,
+  operation, error``
 - ``webhooks.DeliverySucceeded``: ``endpoint_id, endpoint, delivery_id, event_type, attempts,
   latency_ms, status_code``
 - ``webhooks.DeliveryFailed`` / ``webhooks.DeliveryDead``: ``endpoint_id, endpoint,
@@ -171,7 +172,10 @@ def to_delta(event: IntegrationEvent) -> Delta | None:
         imports = DatasetDelta(
             tenant=event.tenant,
             dataset_id=dataset_id,
-            dataset=str(data.get("dataset") or dataset_id)[:MAX_NAME_LENGTH],
+            # The display name when the event carries one (events from before it: the name).
+            dataset=str(data.get("dataset_display_name") or data.get("dataset") or dataset_id)[
+                :MAX_NAME_LENGTH
+            ],
             day=day,
         )
         if event.type == IMPORT_FAILED:

@@ -141,3 +141,34 @@ def test_json_document_names_report_period_and_totals():
         "end_date": "2026-11-02",
     }
     assert document["totals"] == {"x": 1}
+
+
+def test_dataset_reports_name_the_dataset_by_its_display_name() -> None:
+    from domains.imports import events as import_events
+    from domains.imports.model import Import, ImportState
+    from domains.shared.events import IntegrationEvent
+
+    item = Import(
+        id=uuid.uuid4(),
+        dataset_id=uuid.uuid4(),
+        tenant="default",
+        operation_id=uuid.uuid4(),
+        state=ImportState.SUCCEEDED,
+        format="csv",
+        create_time=NOON,
+        rows_total=4,
+        rows_accepted=3,
+        rows_rejected=1,
+    )
+    completed = import_events.import_completed(item, "operations/imports.x", NOON, "Orders")
+    failed = import_events.import_failed(item, "operations/imports.x", "boom", "Orders")
+    for built in (completed, failed):
+        # Through the envelope, as reports receive it.
+        event = parse_envelope(json.loads(json.dumps(built.to_dict())))
+        assert isinstance(event, IntegrationEvent)
+        delta = to_delta(event)
+        assert delta is not None and delta.dataset == "Orders", delta
+        assert delta.dataset_id == str(item.dataset_id)
+    # An event from before the display name was sent keeps working.
+    old = import_events.import_completed(item, "operations/imports.x", NOON)
+    assert to_delta(old).dataset == f"datasets/{item.dataset_id}"  # type: ignore[union-attr]
