@@ -19,6 +19,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict, SettingsError
 from app.settings_sections.imports import ImportsSettings
 from app.settings_sections.replicas import ReplicasSettings
 from app.settings_sections.reports import ReportsSettings
+from app.settings_sections.retention import RetentionSettings
 from app.settings_sections.schedules import SchedulesSettings
 from app.settings_sections.security import SecuritySettings
 from app.settings_sections.webhooks import WebhooksSettings
@@ -213,6 +214,7 @@ class Settings(BaseSettings):
     schedules: SchedulesSettings = SchedulesSettings()
     reports: ReportsSettings = ReportsSettings()
     replicas: ReplicasSettings = ReplicasSettings()
+    retention: RetentionSettings = RetentionSettings()
     security: SecuritySettings = SecuritySettings()
 
     @field_validator("task_time_limits")

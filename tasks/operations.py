@@ -54,17 +54,55 @@ def relay_sweep() -> dict[str, Any]:
 # Housekeeping every few seconds: no task events (kept out of Flower), quiet logs.
 @shared_task(name="platform.purge_done", acks_late=True, send_events=False)
 def purge_done() -> dict[str, Any]:
-    """Deletes done operations and schedule runs older than ``schedules.retention_days``.
+    """Retention: deletes done operations and schedule runs older than
+    ``schedules.retention_days``, and what ``CONVEYOR_RETENTION__*`` says has expired:
+    published outbox rows, handled inbox rows, finished webhook deliveries with their
+    attempts, received and applied event records, and finished imports' files.
 
     Returns:
-        Rows deleted.
+        Rows (files) deleted, by kind.
     """
     import datetime as dt
 
     from domains.shared.clock import utcnow
 
     container = runtime.container
-    cutoff = utcnow() - dt.timedelta(days=container.settings.schedules.retention_days)
-    operations = runtime.run(container.operations.purge_done(cutoff))
-    runs = runtime.run(container.services["schedules"].purge_runs(cutoff))
-    return {"operations": operations, "schedule_runs": runs}
+    settings = container.settings
+    keep = settings.retention
+    now = utcnow()
+    days = dt.timedelta(days=1)
+    batch = keep.batch_rows
+    cutoff = now - settings.schedules.retention_days * days
+    counts: dict[str, Any] = {
+        "operations": runtime.run(container.operations.purge_done(cutoff, limit=batch)),
+        "schedule_runs": runtime.run(container.services["schedules"].purge_runs(cutoff)),
+    }
+    counts.update(
+        runtime.run(
+            container.operations.purge_messages(
+                sent_before=now - dt.timedelta(hours=keep.outbox_sent_hours),
+                handled_before=now - keep.events_days * days,
+                limit=batch,
+            )
+        )
+    )
+    services = container.services
+    if "webhooks" in services:
+        counts.update(
+            runtime.run(
+                services["webhooks"].purge(
+                    ended_before=now - keep.webhook_deliveries_days * days,
+                    received_before=now - keep.events_days * days,
+                    limit=batch,
+                )
+            )
+        )
+    if "reports" in services:
+        counts["applied_events"] = runtime.run(
+            services["reports"].purge_applied(now - keep.events_days * days, limit=batch)
+        )
+    if "imports" in services:
+        counts["import_files"] = runtime.run(
+            services["imports"].purge_files(now - keep.import_files_days * days, limit=batch)
+        )
+    return counts

@@ -799,3 +799,40 @@ class SqlImportsRepository:
         )
         row = (await self._session.execute(query)).first()
         return str(row[0]) if row else None
+
+    async def expired_files(
+        self, ended_before: dt.datetime, limit: int
+    ) -> list[tuple[uuid.UUID, str, str | None]]:
+        """Finished imports that ended before ``ended_before`` and still hold a file, locked.
+
+        Args:
+            ended_before: Cut-off on ``complete_time``.
+            limit: Most imports.
+
+        Returns:
+            ``(import_id, file_path, plain_path)`` rows.
+        """
+        t = tables.imports
+        query = (
+            sa.select(t.c.id, t.c.file_path, t.c.plain_path)
+            .where(
+                t.c.file_path.is_not(None),
+                t.c.complete_time < ended_before,
+                t.c.state.in_(["SUCCEEDED", "FAILED", "CANCELLED"]),
+            )
+            .limit(limit)
+            .with_for_update(skip_locked=True)
+        )
+        rows = (await self._session.execute(query)).all()
+        return [(row[0], row[1], row[2]) for row in rows]
+
+    async def forget_files(self, import_ids: Sequence[uuid.UUID]) -> None:
+        """Records that these imports' files are gone (retention).
+
+        Args:
+            import_ids: The imports.
+        """
+        t = tables.imports
+        await self._session.execute(
+            sa.update(t).where(t.c.id.in_(list(import_ids))).values(file_path=None, plain_path=None)
+        )

@@ -26,6 +26,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import datetime as dt
 import functools
 import gc
 import logging
@@ -63,6 +64,7 @@ from domains.shared.errors import (
 from domains.shared.events import event_message
 from domains.shared.ids import new_id
 from domains.shared.query import Condition
+from domains.shared.retention import purge_batches
 from domains.shared.ssrf import UrlGuard
 
 log = logging.getLogger(__name__)
@@ -278,6 +280,36 @@ class ImportsService:
             await uow.imports.save_dataset(dataset)
             await uow.commit()
         return dataset
+
+    async def purge_files(self, ended_before: dt.datetime, *, limit: int = 1000) -> int:
+        """Deletes the stored files of imports that ended before ``ended_before`` (retention).
+
+        The import keeps its records, counts and row errors; only the file (and its
+        decompressed copy) goes, and ``file_path`` is cleared in the same transaction.
+
+        Args:
+            ended_before: Cut-off on the import's end.
+            limit: Imports per batch.
+
+        Returns:
+            Files deleted.
+        """
+
+        async def batch() -> int:
+            async with self._uow() as uow:
+                expired = await uow.imports.expired_files(ended_before, limit)
+                if not expired:
+                    return 0
+                for _, file_path, plain_path in expired:
+                    self.store.delete(file_path)
+                    if plain_path:
+                        with contextlib.suppress(OSError):
+                            os.remove(plain_path)
+                await uow.imports.forget_files([row[0] for row in expired])
+                await uow.commit()
+            return len(expired)
+
+        return await purge_batches(batch, limit)
 
     async def delete_dataset(self, tenant: str, dataset_id: uuid.UUID) -> None:
         """Deletes a dataset with its records and imports.

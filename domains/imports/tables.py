@@ -55,6 +55,12 @@ imports = sa.Table(
     sa.Column("encoding_errors", sa.Text, nullable=False, server_default="fail"),
     sa.Index("ix_imports_dataset_id_id", "dataset_id", "id"),
     sa.Index("ix_imports_operation_id", "operation_id"),
+    # Retention finds finished imports still holding a file without walking the table.
+    sa.Index(
+        "ix_imports_complete_time",
+        "complete_time",
+        postgresql_where=sa.text("file_path IS NOT NULL"),
+    ),
 )
 
 import_chunks = sa.Table(

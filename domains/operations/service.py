@@ -23,6 +23,7 @@ from domains.shared.events import handler_task_name
 from domains.shared.ids import new_id
 from domains.shared.outbox import OutboxMessage
 from domains.shared.query import Condition, Keyset
+from domains.shared.retention import purge_batches
 
 log = logging.getLogger(__name__)
 
@@ -599,18 +600,59 @@ class OperationsService:
         return last_sent is not None and (now - last_sent).total_seconds() < wait
 
     async def purge_done(self, older_than: dt.datetime, *, limit: int = 1000) -> int:
-        """Deletes done operations that ended before ``older_than`` in every domain.
+        """Deletes done operations that ended before ``older_than`` in every domain, in
+        batches of ``limit`` rows (one transaction each) until none is left.
 
         Args:
             older_than: Cut-off.
-            limit: Maximum rows per domain.
+            limit: Rows per batch.
 
         Returns:
             Rows deleted.
         """
         total = 0
         for domain in self.domains:
-            async with self._uow(domain) as uow:
-                total += await uow.operations.purge_done(older_than, limit)
-                await uow.commit()
+
+            async def batch(domain: str = domain) -> int:
+                async with self._uow(domain) as uow:
+                    deleted = await uow.operations.purge_done(older_than, limit)
+                    await uow.commit()
+                return deleted
+
+            total += await purge_batches(batch, limit)
         return total
+
+    async def purge_messages(
+        self, *, sent_before: dt.datetime, handled_before: dt.datetime, limit: int = 1000
+    ) -> dict[str, int]:
+        """Deletes published outbox rows and handled inbox rows older than the cut-offs, in
+        every domain schema, in batches.
+
+        Args:
+            sent_before: Outbox rows published before this go (unsent rows never do).
+            handled_before: Inbox rows handled before this go (PENDING/FAILED ones stay).
+            limit: Rows per batch.
+
+        Returns:
+            ``{"outbox": n, "inbox": m}`` rows deleted.
+        """
+        counts = {"outbox": 0, "inbox": 0}
+        for domain in self.domains:
+
+            async def outbox_batch(domain: str = domain) -> int:
+                async with self._uow(domain) as uow:
+                    deleted = await uow.outbox.purge_sent(sent_before, limit)
+                    await uow.commit()
+                return deleted
+
+            async def inbox_batch(domain: str = domain) -> int:
+                async with self._uow(domain) as uow:
+                    if uow.inbox is None:
+                        return 0
+                    deleted = await uow.inbox.purge_handled(handled_before, limit)
+                    await uow.commit()
+                return deleted
+
+            counts["outbox"] += await purge_batches(outbox_batch, limit)
+            counts["inbox"] += await purge_batches(inbox_batch, limit)
+        return counts

@@ -20,6 +20,7 @@ from domains.reports.model import Report, ReportFile, ReportFormat, ReportStatus
 from domains.shared.errors import InvalidArgument
 from domains.shared.events import IntegrationEvent
 from domains.shared.query import Condition, Keyset, after_keyset
+from domains.shared.retention import delete_batch
 
 FILTER_COLUMNS: dict[str, str] = {
     "type": "type",
@@ -576,3 +577,16 @@ class SqlProjectionRepository:
         )
         rows = (await self._session.execute(query)).mappings().all()
         return [{**row, "day": row["day"].isoformat()} for row in rows]
+
+    async def purge_applied(self, applied_before: dt.datetime, limit: int) -> int:
+        """Deletes applied-event ids recorded before ``applied_before`` (one batch).
+
+        Args:
+            applied_before: Cut-off on ``applied_time``.
+            limit: Most rows deleted.
+
+        Returns:
+            Rows deleted.
+        """
+        t = tables.applied_events
+        return await delete_batch(self._session, t, t.c.applied_time < applied_before, limit)

@@ -45,6 +45,7 @@ from domains.shared.clock import utcnow
 from domains.shared.errors import DomainError, NotFound, PermanentError, TransientError
 from domains.shared.ids import new_id
 from domains.shared.query import Condition, Keyset
+from domains.shared.retention import purge_batches
 
 log = logging.getLogger(__name__)
 
@@ -362,6 +363,25 @@ class ReportsService:
             found = await uow.reports.list(tenant, conditions, after=after, limit=page_size + 1)
         page = found[:page_size]
         return ReportPage(page, page[-1].id if len(found) > page_size else None)
+
+    async def purge_applied(self, applied_before: dt.datetime, *, limit: int = 1000) -> int:
+        """Deletes applied-event ids recorded before ``applied_before``, in batches (retention).
+
+        Args:
+            applied_before: Cut-off.
+            limit: Rows per batch.
+
+        Returns:
+            Rows deleted.
+        """
+
+        async def batch() -> int:
+            async with self._uow() as uow:
+                deleted = await uow.projections.purge_applied(applied_before, limit)
+                await uow.commit()
+            return deleted
+
+        return await purge_batches(batch, limit)
 
     async def download(self, report_id: uuid.UUID, *, tenant: str) -> tuple[Report, ReportFile]:
         """Returns a tenant's generated report file.

@@ -75,6 +75,7 @@ applied_events = sa.Table(
     sa.Column("event_time", sa.DateTime(timezone=True), nullable=False),
     sa.Column("applied_time", sa.DateTime(timezone=True), nullable=False),
     sa.CheckConstraint("outcome IN ('applied','ignored')", name="outcome"),
+    sa.Index("ix_applied_events_applied_time", "applied_time"),
 )
 """Integration events already applied: inserted with the projection change, so an event id is
 counted once however often it is delivered."""

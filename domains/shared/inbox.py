@@ -20,6 +20,8 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql as pg
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from domains.shared.retention import delete_batch
+
 PENDING = "PENDING"
 HANDLED = "HANDLED"
 FAILED = "FAILED"
@@ -52,6 +54,12 @@ def inbox_table(metadata: sa.MetaData) -> sa.Table:
             "ix_inbox_pending",
             "dispatch_time",
             postgresql_where=sa.text("state = 'PENDING'"),
+        ),
+        # Retention deletes handled rows by age without walking the table.
+        sa.Index(
+            "ix_inbox_handled_time",
+            "handled_time",
+            postgresql_where=sa.text("state = 'HANDLED'"),
         ),
     )
 
@@ -221,3 +229,17 @@ class SqlInboxRepository:
             sa.select(t.c.state, sa.func.count()).group_by(t.c.state)
         )
         return {str(state): int(count) for state, count in rows.all()}
+
+    async def purge_handled(self, older_than: dt.datetime, limit: int) -> int:
+        """Deletes rows handled before ``older_than`` (one batch); PENDING and FAILED stay.
+
+        Args:
+            older_than: Cut-off on ``handled_time``.
+            limit: Most rows deleted.
+
+        Returns:
+            Rows deleted.
+        """
+        t = self._t
+        condition = sa.and_(t.c.state == HANDLED, t.c.handled_time < older_than)
+        return await delete_batch(self._session, t, condition, limit)

@@ -13,6 +13,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from domains.shared.clock import utcnow
 from domains.shared.ids import new_id
+from domains.shared.retention import delete_batch
 
 
 @dataclasses.dataclass
@@ -195,3 +196,16 @@ class SqlOutboxRepository:
         ).where(t.c.operation_id == operation_id)
         row = (await self._session.execute(query)).one()
         return bool(row[0]), row[1]
+
+    async def purge_sent(self, older_than: dt.datetime, limit: int) -> int:
+        """Deletes rows published before ``older_than`` (one batch).
+
+        Args:
+            older_than: Cut-off on ``sent_time`` (unsent rows are never deleted).
+            limit: Most rows deleted.
+
+        Returns:
+            Rows deleted.
+        """
+        t = self._table
+        return await delete_batch(self._session, t, t.c.sent_time < older_than, limit)

@@ -14,6 +14,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from domains.shared.outbox import OutboxMessage
 from domains.shared.query import Condition, Keyset, after_keyset
+from domains.shared.retention import delete_batch
 from domains.webhooks import tables
 from domains.webhooks.model import Attempt, Delivery, DeliveryState, Endpoint
 
@@ -499,3 +500,30 @@ class SqlWebhooksRepository:
             .returning(t.c.event_id)
         )
         return (await self._session.execute(query)).first() is not None
+
+    async def purge_deliveries(self, ended_before: dt.datetime, limit: int) -> int:
+        """Deletes finished deliveries that ended before ``ended_before`` (one batch); their
+        attempts go with them (foreign key cascade).
+
+        Args:
+            ended_before: Cut-off on ``end_time`` (set only in a final state).
+            limit: Most rows deleted.
+
+        Returns:
+            Deliveries deleted.
+        """
+        t = tables.deliveries
+        return await delete_batch(self._session, t, t.c.end_time < ended_before, limit)
+
+    async def purge_received_events(self, received_before: dt.datetime, limit: int) -> int:
+        """Deletes received-event records older than ``received_before`` (one batch).
+
+        Args:
+            received_before: Cut-off on ``receive_time``.
+            limit: Most rows deleted.
+
+        Returns:
+            Rows deleted.
+        """
+        t = tables.received_events
+        return await delete_batch(self._session, t, t.c.receive_time < received_before, limit)

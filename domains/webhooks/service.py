@@ -28,6 +28,7 @@ from domains.shared.events import IntegrationEvent, event_message
 from domains.shared.ids import new_id
 from domains.shared.outbox import OutboxMessage
 from domains.shared.query import Condition, Keyset
+from domains.shared.retention import purge_batches
 from domains.shared.ssrf import UnsafeUrl, UrlGuard
 from domains.webhooks import signing
 from domains.webhooks.model import (
@@ -975,6 +976,38 @@ class WebhooksService:
         if delivery is None:
             raise NotFound(f"deliveries/{delivery_id} does not exist", reason="DELIVERY_NOT_FOUND")
         return delivery
+
+    async def purge(
+        self, *, ended_before: dt.datetime, received_before: dt.datetime, limit: int = 1000
+    ) -> dict[str, int]:
+        """Deletes finished deliveries (with their attempts) and received-event records older
+        than the cut-offs, in batches (retention).
+
+        Args:
+            ended_before: Deliveries that ended (SUCCEEDED, FAILED, DEAD) before this go.
+            received_before: Received events recorded before this go.
+            limit: Rows per batch.
+
+        Returns:
+            ``{"deliveries": n, "received_events": m}`` rows deleted.
+        """
+
+        async def deliveries() -> int:
+            async with self._uow() as uow:
+                deleted = await uow.webhooks.purge_deliveries(ended_before, limit)
+                await uow.commit()
+            return deleted
+
+        async def received() -> int:
+            async with self._uow() as uow:
+                deleted = await uow.webhooks.purge_received_events(received_before, limit)
+                await uow.commit()
+            return deleted
+
+        return {
+            "deliveries": await purge_batches(deliveries, limit),
+            "received_events": await purge_batches(received, limit),
+        }
 
     async def list_attempts(
         self, tenant: str, endpoint_id: uuid.UUID, delivery_id: uuid.UUID

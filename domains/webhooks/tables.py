@@ -129,4 +129,5 @@ received_events = sa.Table(
     sa.Column("tenant", sa.Text, nullable=False),
     sa.Column("receive_time", _TS, nullable=False),
     sa.Column("deliveries", sa.Integer, nullable=False),
+    sa.Index("ix_received_events_receive_time", "receive_time"),
 )
