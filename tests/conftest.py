@@ -172,6 +172,8 @@ def service_env(settings: Settings, api_key: str) -> dict[str, str]:
         env[f"CONVEYOR_SECURITY__{key.upper()}"] = str(value)
     env["CONVEYOR_API_KEY"] = api_key
     env["PYTHONUNBUFFERED"] = "1"
+    # Tests watch workers' "succeeded" lines; in production only a sample stays at INFO.
+    env["CONVEYOR_LOG_TASK_SUCCESS_SAMPLE"] = "1"
     return env
 
 

@@ -12,7 +12,8 @@ from tests.support.ops import wait_state
 
 pytestmark = pytest.mark.e2e
 
-JSON_LOGS = {"CONVEYOR_LOG_FORMAT": "json"}
+# Every success line at INFO (by default only a sample and slow tasks are, see TaskLineFilter).
+JSON_LOGS = {"CONVEYOR_LOG_FORMAT": "json", "CONVEYOR_LOG_TASK_SUCCESS_SAMPLE": "1"}
 
 
 async def test_request_id_follows_one_ping_into_every_worker_log_line_of_its_task(stack):

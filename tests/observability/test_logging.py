@@ -196,3 +196,50 @@ def test_poll_access_lines_are_debug_not_info(method: str, path: str, kept: bool
         assert conveyor_logging.PollAccessFilter().filter(_access(method, path)) is True
     finally:
         root.setLevel(level)
+
+
+def _task_line(logger: str, msg: str, **args: object) -> logging.LogRecord:
+    record = logging.LogRecord(logger, logging.INFO, __file__, 1, msg, None, None)
+    record.args = args  # Celery logs its task lines with one dict of arguments
+    return record
+
+
+def test_routine_task_lines_are_debug_but_slow_sampled_and_retries_stay_info() -> None:
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.INFO)
+    success = "Task %(name)s[%(id)s] succeeded in %(runtime)ss: %(return_value)s"
+    try:
+        quiet = conveyor_logging.TaskLineFilter({"CONVEYOR_LOG_TASK_SUCCESS_SAMPLE": "0"})
+        fast = _task_line("celery.app.trace", success, name="t", id="a", runtime=0.01)
+        assert quiet.filter(fast) is False and fast.levelno == logging.DEBUG
+        received = _task_line("celery.worker.strategy", "Task %(name)s[%(id)s] received", id="a")
+        assert quiet.filter(received) is False
+        slow = _task_line("celery.app.trace", success, name="t", id="a", runtime=60.0)
+        assert quiet.filter(slow) is True and slow.levelno == logging.INFO
+        retry = _task_line("celery.app.trace", "Task %(name)s[%(id)s] retry: %(exc)s", exc="x")
+        assert quiet.filter(retry) is True
+        # A sample keeps some success lines at INFO, the same ids in every process.
+        half = conveyor_logging.TaskLineFilter({"CONVEYOR_LOG_TASK_SUCCESS_SAMPLE": "0.5"})
+        kept = [
+            half.filter(_task_line("celery.app.trace", success, id=f"id-{i}", runtime=0.01))
+            for i in range(400)
+        ]
+        assert 120 < sum(kept) < 280
+        again = [
+            half.filter(_task_line("celery.app.trace", success, id=f"id-{i}", runtime=0.01))
+            for i in range(400)
+        ]
+        assert again == kept
+        root.setLevel(logging.DEBUG)  # at DEBUG every line is there
+        assert quiet.filter(_task_line("celery.app.trace", success, id="a", runtime=0.01))
+    finally:
+        root.setLevel(level)
+
+
+def test_task_line_settings_are_checked() -> None:
+    with pytest.raises(ValueError, match="CONVEYOR_LOG_TASK_SUCCESS_SAMPLE"):
+        conveyor_logging.TaskLineFilter({"CONVEYOR_LOG_TASK_SUCCESS_SAMPLE": "2"})
+    # Every handler Conveyor installs (API, worker, relay, beat) carries the filter.
+    handler = conveyor_logging.make_handler("text")
+    assert any(isinstance(f, conveyor_logging.TaskLineFilter) for f in handler.filters)

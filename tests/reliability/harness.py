@@ -235,6 +235,8 @@ class System:
             "CONVEYOR_DATABASE_URL": database_url,
             "CONVEYOR_BROKER_URL": broker_url,
             "CONVEYOR_LOG_FORMAT": "text",
+            # The scenarios watch "succeeded" lines (only a sample is INFO by default).
+            "CONVEYOR_LOG_TASK_SUCCESS_SAMPLE": "1",
         }
         cli = [sys.executable, "-m", "app.cli"]
         self.api = Service(
