@@ -764,10 +764,14 @@ def _summary(
         + ("" if ready else "; the API is not ready yet, see its lines above"),
     ]
     lines += [f"   {label:<{width}}{value}" for label, value in rows]
-    lines.append(
-        "   In another terminal, `conveyor ops list`, `conveyor status`, `conveyor keys ...` use"
+    state = (pathlib.Path(settings.data_dir) / "up.json").resolve()
+    where = (
+        f"in {pathlib.Path.cwd()} or below"
+        if not pathlib.Path(settings.data_dir).is_absolute()
+        else f"with CONVEYOR_DATA_DIR={settings.data_dir}"
     )
-    lines.append("   this stack by themselves (from .conveyor/up.json).")
+    lines.append("   Other terminals: `conveyor status`, `conveyor ops list`, `conveyor keys ...`")
+    lines.append(f"   use this stack by themselves {where} (it is described in {state}).")
     lines.append(f" Stop: Ctrl-C here, or close this terminal, or `kill {os.getpid()}`.")
     lines.append(rule)
     return "\n".join(lines) + "\n"

@@ -168,6 +168,14 @@ async def test_flower_shows_a_ping_with_its_progress_meta_then_success(stack, fl
     listed = (await flower.http.get("/api/tasks", params={"taskname": "platform.ping"})).json()
     assert task_id in listed
 
+    # SIGTERM (what `up` sends) ends Flower promptly, with a worker connected; it used to
+    # linger about 15 s waiting for its executor threads.
+    started = time.monotonic()
+    flower.proc.popen.terminate()
+    code = await asyncio.to_thread(flower.proc.popen.wait, 30)
+    assert time.monotonic() - started < 8, flower.log()[-2000:]
+    assert code == 0, flower.log()[-2000:]
+
 
 async def test_flower_refuses_requests_without_the_right_credentials(flower):
     async with httpx.AsyncClient(base_url=flower.url, timeout=5) as anonymous:
