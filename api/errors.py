@@ -234,8 +234,31 @@ def dependency_down(exc: BaseException) -> str | None:
         if isinstance(current, KombuOperationalError):
             return "broker"
         if isinstance(current, ConnectionError | TimeoutError | OSError):
-            return "a dependency"
+            return _raised_by(current) or "a dependency"
         current = getattr(current, "orig", None) or current.__cause__ or current.__context__
+    return None
+
+
+_CLIENT_PACKAGES = (
+    (("asyncpg", "sqlalchemy"), "database"),
+    (("redis",), "redis"),
+    (("kombu", "amqp", "celery"), "broker"),
+)
+
+
+def _raised_by(exc: BaseException) -> str | None:
+    # A bare socket error (a refused connect) says nothing of whom it was for: the client
+    # library that raised it does (innermost frame first).
+    frames = []
+    tb = exc.__traceback__
+    while tb is not None:
+        frames.append(str(tb.tb_frame.f_globals.get("__name__", "")))
+        tb = tb.tb_next
+    for module in reversed(frames):
+        root = module.split(".", 1)[0]
+        for packages, name in _CLIENT_PACKAGES:
+            if root in packages:
+                return name
     return None
 
 
