@@ -29,6 +29,11 @@ from monitoring.redaction import task_reprs
 
 log = logging.getLogger(__name__)
 
+BROKER_EPOCH_KEY = "conveyor:broker-epoch"
+"""Redis key every publisher sets when it declares the queues. A broker that loses it (FLUSHALL,
+a restart without persistence) lost every message too: the relay then re-dispatches the pending
+operations at once instead of after their deadline."""
+
 
 _commits_seen = 0
 
@@ -112,7 +117,49 @@ class OutboxPublisher:
                 channel = conn.default_channel
                 for queue in self._celery.conf.task_queues:
                     queue(channel).declare()
+                if conn.transport.driver_type == "redis":
+                    channel.client.set(BROKER_EPOCH_KEY, uuid.uuid4().hex, nx=True)
             self._declared = True
+
+    def broker_wiped(self) -> bool:
+        """Tells whether the broker lost its state since the last call (Redis: the epoch key
+        is gone or was replaced), and re-declares the queues if so (their bindings went too,
+        and publishes to an unbound exchange are dropped).
+
+        The first call only remembers the epoch; a broker without one (wiped while no
+        publisher ran) counts as wiped. RabbitMQ keeps durable queues across restarts: it is
+        not watched (the pending deadline covers it).
+
+        Returns:
+            ``True`` if the messages published before now may be gone.
+        """
+        with self._celery.connection_for_write() as conn:
+            conn.ensure_connection(
+                max_retries=1, timeout=self._settings.broker_connect_timeout_seconds
+            )
+            if conn.transport.driver_type != "redis":
+                return False
+            client = conn.default_channel.client
+            raw = client.get(BROKER_EPOCH_KEY)
+            epoch = raw.decode() if isinstance(raw, bytes) else raw
+            seen, self._epoch = getattr(self, "_epoch", None), epoch
+            if epoch is not None and seen is None:
+                log.info("broker watch armed (epoch %s)", epoch)
+                return False
+            if epoch is not None and seen == epoch:
+                return False
+        # Gone (or replaced by another relay that saw the wipe first): declare again.
+        with self._declare_lock:
+            self._declared = False
+        self._declare_once()
+        with self._celery.connection_for_write() as conn:
+            raw = conn.default_channel.client.get(BROKER_EPOCH_KEY)
+            self._epoch = raw.decode() if isinstance(raw, bytes) else raw
+        if seen is None:
+            log.info("broker watch armed (the broker had no epoch: set %s)", self._epoch)
+        else:
+            log.warning("the broker lost its state (epoch %s -> %s)", seen, epoch)
+        return True
 
     def _send(self, message: OutboxMessage) -> None:
         if message.task_name == EVENT_TASK:
@@ -328,6 +375,12 @@ async def run_relay(
             if count:
                 log.info("relay: published %d outbox rows", count)
             if loop.time() >= next_sweep:
+                # A wiped broker lost every queued message: put the pending operations back
+                # now, not after their deadline (a healthy backlog is never re-dispatched).
+                checked_at = utcnow()
+                if await asyncio.to_thread(publisher.broker_wiped):
+                    await operations.redispatch_lost_in_broker(checked_at)
+                    await publisher.relay_once()
                 await operations.sweep()
                 next_sweep = loop.time() + settings.sweeper_interval_seconds
         except Exception:

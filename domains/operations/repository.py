@@ -359,6 +359,32 @@ class SqlOperationRepository:
         rows = (await self._session.execute(query)).mappings().all()
         return [from_row(row) for row in rows]
 
+    async def find_pending_dispatched_before(
+        self, cutoff: dt.datetime, after_id: uuid.UUID | None, limit: int
+    ) -> builtins.list[Operation]:
+        """Locks PENDING operations last dispatched before ``cutoff`` (their message was in a
+        broker that has since lost everything), in id order from ``after_id``.
+
+        Args:
+            cutoff: When the broker was found wiped.
+            after_id: Keyset position.
+            limit: Maximum rows.
+
+        Returns:
+            The locked operations (``FOR UPDATE SKIP LOCKED``).
+        """
+        t = self._t
+        query = sa.select(t).where(
+            t.c.state == State.PENDING.value,
+            sa.not_(t.c.done),
+            sa.func.coalesce(t.c.dispatch_time, t.c.create_time) < cutoff,
+        )
+        if after_id is not None:
+            query = query.where(t.c.id > after_id)
+        query = query.order_by(t.c.id).limit(limit).with_for_update(skip_locked=True)
+        rows = (await self._session.execute(query)).mappings().all()
+        return [from_row(row) for row in rows]
+
     async def purge_done(self, older_than: dt.datetime, limit: int) -> int:
         """Deletes done operations that ended before ``older_than``.
 

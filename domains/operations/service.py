@@ -586,6 +586,43 @@ class OperationsService:
                 await uow.commit()
         return redispatched, failed
 
+    async def redispatch_lost_in_broker(self, wiped_at: dt.datetime, *, batch: int = 500) -> int:
+        """Re-dispatches at once every PENDING operation whose message was published before the
+        broker lost its state (found wiped at ``wiped_at``), instead of waiting for each one's
+        pending deadline. A healthy backlog is never touched: this runs only after a wipe.
+
+        Args:
+            wiped_at: When the wipe was detected (messages published before it are gone).
+            batch: Operations per transaction.
+
+        Returns:
+            Operations re-dispatched.
+        """
+        total = 0
+        for domain in self.domains:
+            after: uuid.UUID | None = None
+            while True:
+                async with self._uow(domain) as uow:
+                    ops = await uow.operations.find_pending_dispatched_before(
+                        wiped_at, after, batch
+                    )
+                    if not ops:
+                        break
+                    after = ops[-1].id
+                    owed = await uow.outbox.unsent_operations([op.id for op in ops])
+                    for op in ops:
+                        if op.id in owed:
+                            continue  # not published yet: the relay sends it
+                        await enqueue(uow, op)
+                        await uow.operations.save(op)
+                        total += 1
+                    await uow.commit()
+                if len(ops) < batch:
+                    break
+        if total:
+            log.warning("broker lost its messages: re-dispatched %d pending operations", total)
+        return total
+
     @staticmethod
     async def _dispatch_in_flight(uow: SqlUnitOfWork, op: Operation, now: dt.datetime) -> bool:
         """A PENDING operation whose message the relay still owes (broker down?) or published

@@ -9,6 +9,7 @@ from collections.abc import Sequence
 from typing import Any, Protocol
 
 import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql as pg
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from domains.shared.clock import utcnow
@@ -180,6 +181,24 @@ class SqlOutboxRepository:
             )
         ).one()
         return int(row[0]), row[1]
+
+    async def unsent_operations(self, operation_ids: Sequence[uuid.UUID]) -> set[uuid.UUID]:
+        """Returns which of ``operation_ids`` still have an unsent row (the relay owes them).
+
+        Args:
+            operation_ids: Operations.
+
+        Returns:
+            The subset with an unsent row.
+        """
+        if not operation_ids:
+            return set()
+        t = self._table
+        query = sa.select(t.c.operation_id).where(
+            t.c.operation_id == sa.any_(sa.cast(list(operation_ids), pg.ARRAY(pg.UUID))),
+            t.c.sent_time.is_(None),
+        )
+        return set((await self._session.execute(query)).scalars().all())
 
     async def dispatch_status(self, operation_id: uuid.UUID) -> tuple[bool, dt.datetime | None]:
         """Tells whether an operation still has an unsent row, and when it was last published.
