@@ -50,7 +50,7 @@ class Principal:
 
         Args:
             scope: ``<area>:<read|write>``; ``write`` implies ``read``; ``*`` needs ``*``;
-                the operator scope needs itself.
+                the operator scope needs itself and implies ``schedules:write``.
 
         Returns:
             True if granted.
@@ -60,6 +60,8 @@ class Principal:
         if "*" in self.scopes or scope in self.scopes:
             return True
         area, _, action = scope.partition(":")
+        if area == "schedules" and OPERATOR_SCOPE in self.scopes:
+            return True  # the operator's resources are schedules: no second scope to remember
         return action == "read" and f"{area}:write" in self.scopes
 
     @property
