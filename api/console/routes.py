@@ -428,3 +428,157 @@ async def import_errors(request: Request, dataset_id: str, import_id: str) -> Re
         media_type="text/csv; charset=utf-8",
         headers={"content-disposition": f'attachment; filename="import-{import_id}-errors.csv"'},
     )
+
+
+# -- webhooks --------------------------------------------------------------------------------
+
+DELIVERY_STATES = ["PENDING", "SENDING", "SUCCEEDED", "FAILED", "DEAD", "PAUSED"]
+
+
+@router.get("/endpoints")
+async def endpoints(request: Request) -> Response:
+    """Webhook endpoints with their breaker state."""
+    session = _session(request)
+    async with _api(request, session) as api:
+        items = await _first(api.endpoints.list(page_size=100))
+    return await _page(request, "endpoints.html", endpoints=items)
+
+
+async def _endpoint_page(
+    request: Request, endpoint_id: str, state: str, page_token: str, secret: str | None = None
+) -> Response:
+    session = _session(request)
+    async with _api(request, session) as api:
+        ep = await api.endpoints.get(endpoint_id)
+        filter_ = f"state = {state}" if state in DELIVERY_STATES else None
+        deliveries = await api.deliveries.page(
+            ep.name, filter_, page_size=PAGE_SIZE, page_token=page_token or None
+        )
+    return await _page(
+        request,
+        "endpoint.html",
+        ep=ep,
+        deliveries=deliveries,
+        state=state,
+        states=DELIVERY_STATES,
+        secret=secret,
+        next_url=_with(request, page_token=deliveries.next_page_token)
+        if deliveries.next_page_token
+        else "",
+    )
+
+
+@router.get("/endpoints/{endpoint_id}")
+async def endpoint(
+    request: Request, endpoint_id: str, state: str = "", page_token: str = ""
+) -> Response:
+    """An endpoint: breaker, deliveries filtered by state, Replay and Rotate secret."""
+    return await _endpoint_page(request, endpoint_id, state, page_token)
+
+
+@router.post("/endpoints/{endpoint_id}/rotate")
+async def rotate_secret(request: Request, endpoint_id: str) -> Response:
+    """Rotate secret button: the new secret is shown once, on this answer only."""
+    session = _session(request)
+    await _form(request, session)
+    async with _api(request, session) as api:
+        ep = await api.endpoints.rotate_secret(endpoint_id)
+    response = await _endpoint_page(request, endpoint_id, "", "", secret=ep.secret)
+    response.headers["cache-control"] = "no-store"
+    return response
+
+
+@router.post("/endpoints/{endpoint_id}/replay")
+async def replay(request: Request, endpoint_id: str) -> Response:
+    """Replay button: re-sends the failed and dead deliveries since a time."""
+    session = _session(request)
+    fields = await _form(request, session)
+    since = fields.get("since") or ""
+    if since and len(since) == 16:  # datetime-local without seconds or zone: UTC
+        since += ":00Z"
+    async with _api(request, session) as api:
+        op = await api.endpoints.replay(endpoint_id, since)
+    return _back(f"/console/operations/{op.id}")
+
+
+@router.get("/endpoints/{endpoint_id}/deliveries/{delivery_id}")
+async def delivery(request: Request, endpoint_id: str, delivery_id: str) -> Response:
+    """A delivery and each attempt with its status and response snippet."""
+    session = _session(request)
+    async with _api(request, session) as api:
+        item = await api.deliveries.get(delivery_id)
+        attempts = await api.deliveries.attempts(
+            f"endpoints/{endpoint_id}/deliveries/{delivery_id}"
+        )
+    return await _page(
+        request, "delivery.html", delivery=item, attempts=attempts, endpoint_id=endpoint_id
+    )
+
+
+@router.post("/endpoints/{endpoint_id}/deliveries/{delivery_id}/retry")
+async def retry_delivery(request: Request, endpoint_id: str, delivery_id: str) -> Response:
+    """Retry button of a FAILED or DEAD delivery."""
+    session = _session(request)
+    await _form(request, session)
+    async with _api(request, session) as api:
+        await api.deliveries.retry(delivery_id)
+    return _back(f"/console/endpoints/{endpoint_id}/deliveries/{delivery_id}")
+
+
+# -- schedules -------------------------------------------------------------------------------
+
+
+@router.get("/schedules")
+async def schedules(request: Request) -> Response:
+    """Schedules with their next run."""
+    session = _session(request)
+    async with _api(request, session) as api:
+        items = await _first(api.schedules.list(page_size=100))
+    return await _page(request, "schedules.html", schedules=items)
+
+
+@router.get("/schedules/{schedule_id}")
+async def schedule(request: Request, schedule_id: str) -> Response:
+    """A schedule: recent runs with how each operation ended; pause/resume, Run now."""
+    session = _session(request)
+    outcomes: dict[str, Any] = {}
+    async with _api(request, session) as api:
+        item = await api.schedules.get(schedule_id)
+        runs = await api.schedules.runs(item.name, page_size=20)
+        for run in runs:
+            if run.operation and run.operation not in outcomes:
+                try:
+                    outcomes[run.operation] = await api.operations.get(run.operation)
+                except ApiError as exc:  # deleted or expired operation: say so, keep the page
+                    outcomes[run.operation] = exc.status
+    return await _page(request, "schedule.html", schedule=item, runs=runs, outcomes=outcomes)
+
+
+async def _set_enabled(request: Request, schedule_id: str, enabled: bool) -> Response:
+    session = _session(request)
+    await _form(request, session)
+    async with _api(request, session) as api:
+        await api.schedules.update(schedule_id, enabled=enabled)
+    return _back(f"/console/schedules/{schedule_id}")
+
+
+@router.post("/schedules/{schedule_id}/pause")
+async def pause_schedule(request: Request, schedule_id: str) -> Response:
+    """Pause button."""
+    return await _set_enabled(request, schedule_id, False)
+
+
+@router.post("/schedules/{schedule_id}/resume")
+async def resume_schedule(request: Request, schedule_id: str) -> Response:
+    """Resume button."""
+    return await _set_enabled(request, schedule_id, True)
+
+
+@router.post("/schedules/{schedule_id}/run")
+async def run_schedule(request: Request, schedule_id: str) -> Response:
+    """Run now button."""
+    session = _session(request)
+    await _form(request, session)
+    async with _api(request, session) as api:
+        await api.schedules.run(schedule_id)
+    return _back(f"/console/schedules/{schedule_id}")

@@ -53,7 +53,7 @@ class Console:
             shutil.copy(path, pathlib.Path(keep) / path.name)
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def console(settings: Any, service_env: dict[str, str], tmp_path_factory: Any) -> Iterator[Console]:
     if not os.path.exists(CHROMIUM):
         pytest.fail(f"{CHROMIUM} is missing: install Debian's chromium (apt-get install chromium)")
@@ -84,12 +84,14 @@ def console(settings: Any, service_env: dict[str, str], tmp_path_factory: Any) -
         with live_api(isolated, celery) as base:
             yield Console(base, settings, key, logs)
     finally:
-        worker.stop()
-        relay.stop()
+        # Killed, not stopped: a warm shutdown would wait for whatever the tests left running.
+        for proc in (worker, relay):
+            proc.popen.kill()
+            proc.stop()
         release()
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def browser(console: Console) -> Iterator[Any]:
     from playwright.sync_api import sync_playwright
 

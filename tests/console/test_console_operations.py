@@ -71,6 +71,7 @@ def test_cancel_a_long_ping_from_its_page(browser: Any, console: Any) -> None:
     page.wait_for_function(
         "document.querySelector('#state').textContent === 'CANCELLED'", timeout=30000
     )
+    page.wait_for_selector(".big:not([data-reload-when-done])")  # reloaded once it ended
     assert console.client().operations.get(op.name).state == "CANCELLED"
     # The list filters by state.
     page.goto(console.url + "/console/operations?state=CANCELLED")
@@ -80,14 +81,30 @@ def test_cancel_a_long_ping_from_its_page(browser: Any, console: Any) -> None:
     page.context.close()
 
 
-def test_another_tenants_key_sees_none_of_acmes_operations(browser: Any, console: Any) -> None:
-    acme = console.client().pings.create("acme only")
+def test_another_tenants_key_sees_none_of_acmes_things(browser: Any, console: Any) -> None:
+    cv = console.client()
+    acme = cv.pings.create("acme only")
+    ds = cv.datasets.create("acme-data", [{"name": "id", "type": "string", "required": True}], "id")
+    ep = cv.endpoints.create("http://127.0.0.1:9/acme", ["acme.event"])
+    sched = cv.schedules.create("platform.ping", interval_seconds=3600, enabled=False)
     other = console.new_key(tenant="globex")
     page = sign_in(browser, console, other)
     assert page.locator("#tenant").inner_text() == "globex"
     assert page.locator("#operations td.empty").count() == 1
-    response = page.goto(f"{console.url}/console/operations/{acme.id}")
-    assert response is not None and response.status == 404
+    for path, table in (("datasets", "#datasets"), ("endpoints", "#endpoints")):
+        page.goto(f"{console.url}/console/{path}")
+        assert page.locator(f"{table} td.empty").count() == 1, path
+    page.goto(f"{console.url}/console/schedules")  # system schedules are shown to every tenant
+    assert page.locator(f"#schedules tr[data-id='{sched.id}']").count() == 0
+    for path in (
+        f"operations/{acme.id}",
+        f"datasets/{ds.id}",
+        f"endpoints/{ep.id}",
+        f"schedules/{sched.id}",
+    ):
+        response = page.goto(f"{console.url}/console/{path}")
+        assert response is not None and response.status == 404, path
+        assert "NOT_FOUND" in page.locator("h1").inner_text()
     page.context.close()
 
 

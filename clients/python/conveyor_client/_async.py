@@ -713,7 +713,7 @@ class Deliveries(_Resource):
         call = Call("GET", f"/v1/endpoints/{eid}/deliveries/{did}/attempts", repeatable=True)
         return [
             models.Attempt.model_validate(a)
-            for a in await (await self._c.json(call)).get("attempts") or []
+            for a in (await self._c.json(call)).get("attempts") or []
         ]
 
 
@@ -839,7 +839,7 @@ class Schedules(_Resource):
         call = Call("GET", path, params={"page_size": page_size}, repeatable=True)
         return [
             models.ScheduleRun.model_validate(r)
-            for r in await (await self._c.json(call)).get("runs") or []
+            for r in (await self._c.json(call)).get("runs") or []
         ]
 
 
