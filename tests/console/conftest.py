@@ -91,7 +91,7 @@ def console(settings: Any, service_env: dict[str, str], tmp_path_factory: Any) -
         release()
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")  # not session: sync Playwright holds the main thread's loop
 def browser(console: Console) -> Iterator[Any]:
     from playwright.sync_api import sync_playwright
 
