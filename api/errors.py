@@ -10,6 +10,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from domains.shared.errors import DomainError
@@ -396,6 +397,9 @@ class ErrorMiddleware:
         except Exception as exc:
             if started:  # a body already on its way cannot become an error: let uvicorn close
                 raise
+            if isinstance(exc, ClientDisconnect):  # nobody is left to answer: not a bug
+                log.info("%s %s: client disconnected", scope.get("method"), scope.get("path"))
+                return
             response = expected_error_response(exc)
             if response is None:
                 response = _internal_error(scope, exc)

@@ -113,3 +113,30 @@ async def test_a_genuine_bug_is_a_500_logged_once(api_app, auth_headers, caplog)
     assert len(errors) == 1 and errors[0].exc_info is not None, [r.getMessage() for r in errors]
     assert "req-bug" in errors[0].getMessage()
     assert _count("/v1/boom", "GET", "500") >= 1
+
+
+async def test_a_client_that_disconnects_mid_body_is_not_logged_as_a_bug(caplog):
+    import asyncio
+
+    from api.errors import ErrorMiddleware
+
+    async def reads_the_body(scope, receive, send) -> None:
+        from starlette.requests import Request
+
+        await Request(scope, receive).body()
+
+    messages = iter([{"type": "http.request", "body": b"x", "more_body": True}])
+
+    async def receive():
+        return next(messages, {"type": "http.disconnect"})
+
+    sent: list[dict] = []
+
+    async def send(message) -> None:
+        sent.append(message)
+
+    caplog.set_level(logging.INFO)
+    scope = {"type": "http", "method": "POST", "path": "/v1/pings", "headers": []}
+    await asyncio.wait_for(ErrorMiddleware(reads_the_body)(scope, receive, send), 5)
+    assert sent == []  # nothing to answer
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
