@@ -645,10 +645,14 @@ async def create_import(
         )
     writer = svc.store.writer()
     sniffer = _TextSniffer(writer.write)
+    file_names: list[str] = []  # the upload's name, shown in Flower
     try:
         if media == "multipart/form-data":
             fields, got_file = await imports_upload.read_multipart(
-                request.stream(), imports_upload.boundary_of(content_type), sniffer.write
+                request.stream(),
+                imports_upload.boundary_of(content_type),
+                sniffer.write,
+                on_filename=file_names.append,
             )
             if not got_file:
                 raise InvalidArgument(
@@ -681,6 +685,7 @@ async def create_import(
         encoding_errors=encoding or "fail",
         request_id=rid,
         correlation_id=correlation,
+        file_name=file_names[0] if file_names else None,
     )
     return operation_response(op)
 

@@ -76,6 +76,7 @@ async def read_multipart(
     on_file: Callable[[bytes], None],
     *,
     file_field: str = "file",
+    on_filename: Callable[[str], None] | None = None,
 ) -> tuple[dict[str, str], bool]:
     """Parses a multipart/form-data body as it streams in.
 
@@ -84,6 +85,7 @@ async def read_multipart(
         boundary: Its boundary.
         on_file: Receives the bytes of the ``file_field`` part, in order.
         file_field: Name of the file part.
+        on_filename: Receives the file part's ``filename``, when it has one (for display).
 
     Returns:
         ``(other fields, whether the file part was present)``.
@@ -119,6 +121,8 @@ async def read_multipart(
         if is_file and got_file:
             raise _bad(f"send one {file_field!r} part only")
         got_file = got_file or is_file
+        if is_file and filename and on_filename is not None:
+            on_filename(filename)
         value = b""
         while True:
             index = buf.data.find(separator)

@@ -353,6 +353,7 @@ class ImportsService:
         encoding_errors: str = "fail",
         request_id: str | None = None,
         correlation_id: str | None = None,
+        file_name: str | None = None,
     ) -> Operation:
         """Creates an import of a stored file or of a ``source_uri``, and dispatches it.
 
@@ -367,6 +368,7 @@ class ImportsService:
             request_id: AIP-155 request id: the same file (or URL) with the same id is one
                 import.
             correlation_id: HTTP request id for logs.
+            file_name: The uploaded file's name, for people (Flower); never used as a path.
 
         Returns:
             The PENDING operation (or the earlier one for a repeated request id).
@@ -425,7 +427,8 @@ class ImportsService:
             op.dispatch.args = [str(op.id)]
             op.display = {
                 "dataset": dataset.display_name,
-                "source": source_uri or f"upload, {stored.size if stored else 0} bytes",
+                "file": (source_uri or file_name or "(request body)")[:200],
+                "bytes": str(stored.size) if stored else "?",
                 "format": format,
             }
             item = Import(

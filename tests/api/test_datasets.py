@@ -332,3 +332,18 @@ async def test_encoding_errors_option_is_recorded_and_checked(client):
         headers={"content-type": "text/csv"},
     )
     assert query_.status_code == 400, query_.text
+
+
+async def test_an_import_task_carries_its_dataset_and_file_name_for_flower(client, database_url):
+    dataset = await create_dataset(client)
+    response = await upload(client, dataset["id"], b"order_id,amount\nA-1,1\n", filename="q3.csv")
+    assert response.status_code == 200, response.text
+    op_id = response.json()["name"].removeprefix("operations/imports.")
+    rows = await query(
+        database_url,
+        "SELECT headers FROM imports.outbox WHERE task_id = :t",
+        t=op_id,
+    )
+    assert rows, "no outbox row for the import"
+    display = rows[0][0]["display"]
+    assert display["dataset"] == dataset["display_name"] and display["file"] == "q3.csv", display

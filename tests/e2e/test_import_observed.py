@@ -157,7 +157,8 @@ def up(service_env: dict[str, str], admin_url: str, tmp_path: pathlib.Path) -> I
         log_path = tmp_path / "up.log"
         with open(log_path, "wb") as log_file:
             proc = subprocess.Popen(
-                _cli("up", "--port", str(port), "--flower-port", str(flower_port)),
+                # --no-metrics: this test starts and watches its own exporter below.
+                _cli("up", "--port", str(port), "--flower-port", str(flower_port), "--no-metrics"),
                 env=env,
                 cwd=tmp_path,  # no stray .env from the repository
                 stdout=log_file,

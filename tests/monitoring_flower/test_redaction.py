@@ -90,3 +90,32 @@ def test_task_reprs_are_celery_shaped_and_hold_no_secret() -> None:
 def test_task_reprs_are_bounded_like_celerys() -> None:
     argsrepr, _ = task_reprs(["x" * 5000], {})
     assert len(argsrepr) <= 1100
+
+
+def test_a_workflow_task_is_shown_by_name_and_labels_not_a_bare_uuid() -> None:
+    from app.outbox import workflow_reprs
+    from domains.shared.outbox import OutboxMessage
+
+    op_id = "0192f000-0000-7000-8000-000000000001"
+    message = OutboxMessage(
+        task_name="imports.run",
+        queue="imports",
+        args=[op_id],
+        task_id=op_id,
+        headers={
+            "operation": f"operations/imports.{op_id}",
+            "display": {"dataset": "Orders", "file": "orders.csv", "bytes": "70", "format": "csv"},
+        },
+    )
+    argsrepr, kwargsrepr = workflow_reprs(message) or ("", "")
+    assert argsrepr == "()"
+    assert ast.literal_eval(kwargsrepr) == {
+        "operation": f"operations/imports.{op_id}",
+        "dataset": "Orders",
+        "file": "orders.csv",
+        "bytes": "70",
+        "format": "csv",
+    }
+    # Anything else keeps Celery's own (redacted) reprs.
+    other = OutboxMessage(task_name="platform.sweep", queue="platform", args=[], task_id="x")
+    assert workflow_reprs(other) is None
