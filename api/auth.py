@@ -87,6 +87,8 @@ SCOPE_AREAS: dict[str, str] = {
     "schedules": "schedules",
     "workflows": "schedules",
     "reports": "reports",
+    # The route itself asks for "*" (it shows the whole platform); the area only gates entry.
+    "system": "operations",
 }
 """First path segment after ``/v1/`` -> scope area. A ``/v1`` path missing here needs ``*``
 (fail closed: a new router is reachable only by all-scope keys until it is mapped)."""

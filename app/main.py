@@ -227,6 +227,11 @@ def create_app(settings: Settings | None = None, *, celery: Celery | None = None
     for wiring in wirings():
         for router in wiring.routers():
             app.include_router(router)
+    from api.v1 import system as system_api
+    from app.system_status import SystemStatus
+
+    app.state.system_status = SystemStatus(settings, registry, celery)
+    app.include_router(system_api.router)
     if security.console_enabled:
         install_console(app)
 

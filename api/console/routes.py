@@ -582,3 +582,15 @@ async def run_schedule(request: Request, schedule_id: str) -> Response:
     async with _api(request, session) as api:
         await api.schedules.run(schedule_id)
     return _back(f"/console/schedules/{schedule_id}")
+
+
+# -- system ----------------------------------------------------------------------------------
+
+
+@router.get("/system")
+async def system(request: Request) -> Response:
+    """Queue depths, workers alive per queue, outbox backlog and age, beat leader."""
+    session = _session(request)
+    async with _api(request, session) as api:
+        status = await api.system.status()
+    return await _page(request, "system.html", status=status)

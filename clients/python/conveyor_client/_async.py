@@ -909,6 +909,19 @@ class Reports(_Resource):
         return await self._c.download(Call("GET", path, repeatable=True, accept_json=False), dest)
 
 
+class System(_Resource):
+    """Platform status for operators (``/v1/system``; needs an all-scopes key)."""
+
+    async def status(self) -> dict[str, Any]:
+        """Queue depths, workers alive per queue, outbox backlog and age, beat leader.
+
+        Returns:
+            The status document.
+        """
+        body: dict[str, Any] = await self._c.json(Call("GET", "/v1/system/status", repeatable=True))
+        return body
+
+
 class AsyncConveyor:
     """Client of the Conveyor API (asyncio). Use ``async with`` or await :meth:`close`.
 
@@ -927,6 +940,7 @@ class AsyncConveyor:
         deliveries: Webhook deliveries.
         schedules: Schedules.
         reports: Reports.
+        system: Platform status (operators).
     """
 
     def __init__(
@@ -969,6 +983,7 @@ class AsyncConveyor:
         self.deliveries = Deliveries(self)
         self.schedules = Schedules(self)
         self.reports = Reports(self)
+        self.system = System(self)
 
     @property
     def base_url(self) -> str:

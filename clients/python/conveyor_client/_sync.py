@@ -879,6 +879,19 @@ class Reports(_Resource):
         return self._c.download(Call("GET", path, repeatable=True, accept_json=False), dest)
 
 
+class System(_Resource):
+    """Platform status for operators (``/v1/system``; needs an all-scopes key)."""
+
+    def status(self) -> dict[str, Any]:
+        """Queue depths, workers alive per queue, outbox backlog and age, beat leader.
+
+        Returns:
+            The status document.
+        """
+        body: dict[str, Any] = self._c.json(Call("GET", "/v1/system/status", repeatable=True))
+        return body
+
+
 class Conveyor:
     """Client of the Conveyor API (blocking). Use as a context manager or call :meth:`close`.
 
@@ -897,6 +910,7 @@ class Conveyor:
         deliveries: Webhook deliveries.
         schedules: Schedules.
         reports: Reports.
+        system: Platform status (operators).
     """
 
     def __init__(
@@ -939,6 +953,7 @@ class Conveyor:
         self.deliveries = Deliveries(self)
         self.schedules = Schedules(self)
         self.reports = Reports(self)
+        self.system = System(self)
 
     @property
     def base_url(self) -> str:
