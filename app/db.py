@@ -82,9 +82,13 @@ class EngineRegistry:
                 url,
                 pool_size=self._settings.db_pool_size,
                 max_overflow=self._settings.db_pool_size,
-                # Replica connections are always checked at checkout: a restarted or stopped
-                # replica then fails before the read starts, so the read can fall back.
-                pool_pre_ping=True,
+                # No pre-ping on the primary: it costs round trips on every checkout (the hot
+                # path's budget). Connections are recycled instead, and the hot path retries a
+                # dropped one once (SqlUnitOfWork.autocommit); a disconnect invalidates the
+                # whole pool. Replica connections are still checked at checkout: a restarted
+                # or stopped replica then fails before the read starts, so it can fall back.
+                pool_pre_ping=replica,
+                pool_recycle=1800,
                 echo=self._settings.db_echo,
                 connect_args=connect_args,
             )

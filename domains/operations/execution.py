@@ -12,8 +12,10 @@ import dataclasses
 import logging
 import time
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
+
+import sqlalchemy as sa
 
 from domains.operations.model import IllegalTransition, Operation, OperationError, Progress, State
 from domains.operations.unit_of_work import SqlUnitOfWork
@@ -103,9 +105,11 @@ class Execution:
         if not final and now - self._last_write < self._runner.progress_interval:
             return
         self._last_write = now
-        async with self._runner.uow_factory() as uow:
-            state = await uow.operations.heartbeat(self.id, self.attempt, self._progress, utcnow())
-            await uow.commit()
+        progress, now_ = self._progress, utcnow()
+        # One fenced UPDATE in autocommit: one round trip (heartbeat, progress, cancel check).
+        state = await self._runner.uow_factory().autocommit(
+            lambda uow: uow.operations.heartbeat(self.id, self.attempt, progress, now_)
+        )
         if self._sink is not None:
             try:
                 self._sink({**self._progress.to_dict(), "operation": self.operation.name})
@@ -185,6 +189,21 @@ class OperationRunner:
             Skip: If it is done, or cancelled now.
             Busy: If another attempt holds a live lease.
         """
+        # The fused claim: one UPDATE ... RETURNING in autocommit (one round trip). Only when it
+        # does not match (done, CANCELLING, running elsewhere, capped, missing) does the slow
+        # path below lock the row and decide what to do with it.
+        factory = self.uow_factory()
+        claimed = await factory.autocommit(
+            lambda uow: uow.operations.claim(operation_id, utcnow(), uow.max_attempts)
+        )
+        if claimed is not None:
+            return Execution(
+                operation=claimed,
+                attempt=claimed.attempt,
+                _runner=self,
+                _sink=sink,
+                _progress=claimed.progress,
+            )
         async with self.uow_factory() as uow:
             op = await uow.operations.get(operation_id, for_update=True)
             if op is None:
@@ -266,6 +285,39 @@ class OperationRunner:
             await uow.operations.save(op)
             await uow.commit()
         return op
+
+    async def finish_fused(
+        self,
+        execution: Execution,
+        response: dict[str, Any],
+        effects: Sequence[Callable[[sa.ColumnElement[bool]], Any]] = (),
+        requires: sa.ColumnElement[bool] | None = None,
+    ) -> Operation | None:
+        """The hot path's finish: effects, SUCCEEDED and outbox rows in one statement.
+
+        One CTE in autocommit (one round trip) that checks the fencing token and writes the
+        operation and every effect (see :meth:`SqlOperationRepository.finish`).
+
+        Args:
+            execution: The attempt.
+            response: The operation's response.
+            effects: ``owned -> DML statement`` builders for the effect rows.
+            requires: A condition the effects need (their target exists).
+
+        Returns:
+            The SUCCEEDED operation, or ``None`` if nothing was written: then call
+            :meth:`finish`, which locks the row and raises the precise error (or applies the
+            effects if the fused statement only missed a precondition it re-checks itself).
+        """
+        progress = None
+        if execution.operation.progress.total is not None or execution._progress.total is not None:
+            progress = dataclasses.replace(execution._progress, done=execution._progress.total or 0)
+        now = utcnow()
+        return await self.uow_factory().autocommit(
+            lambda uow: uow.operations.finish(
+                execution.id, execution.attempt, now, response, progress, effects, requires
+            )
+        )
 
     async def cancelled(self, execution: Execution) -> Operation:
         """Records that the task stopped after a cancel request.

@@ -5,7 +5,7 @@ from __future__ import annotations
 import builtins
 import datetime as dt
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
 import sqlalchemy as sa
@@ -207,6 +207,128 @@ class SqlOperationRepository:
         values = _to_row(operation)
         values["_id"] = values.pop("id")
         await self._session.execute(self._update, values)
+
+    async def claim(
+        self, operation_id: uuid.UUID, now: dt.datetime, max_attempts: int | None
+    ) -> Operation | None:
+        """Starts an attempt in one statement: the fused claim of the hot path.
+
+        ``UPDATE ... RETURNING`` checks the state (PENDING, or RUNNING with an expired lease)
+        and the attempt cap, and takes the next fencing token (``attempt + 1``); the row lock
+        it takes makes concurrent claims of one operation serialize, and only one matches.
+
+        Args:
+            operation_id: The operation.
+            now: Current time.
+            max_attempts: Attempt cap (``None``: none); a capped operation is not claimed.
+
+        Returns:
+            The RUNNING operation with its new attempt, or ``None`` if it is not claimable as is
+            (done, CANCELLING, running elsewhere, capped, missing): the caller then looks closer.
+        """
+        t = self._t
+        seconds = sa.func.make_interval(0, 0, 0, 0, 0, 0, 1)
+        last_sign = sa.func.coalesce(t.c.heartbeat_time, t.c.start_time, t.c.update_time)
+        now_param = sa.bindparam("now", type_=t.c.update_time.type)
+        query = (
+            sa.update(t)
+            .where(
+                t.c.id == sa.bindparam("op_id", type_=t.c.id.type),
+                sa.or_(
+                    t.c.state == State.PENDING.value,
+                    sa.and_(
+                        t.c.state == State.RUNNING.value,
+                        last_sign < now_param - seconds * t.c.lease_seconds,
+                    ),
+                ),
+                # NULL cap: no cap (one statement for both, cached once).
+                sa.or_(
+                    sa.bindparam("cap", type_=sa.Integer).is_(None),
+                    t.c.attempt - t.c.attempt_base < sa.bindparam("cap", type_=sa.Integer),
+                ),
+            )
+            .values(
+                state=State.RUNNING.value,
+                done=False,
+                attempt=t.c.attempt + 1,
+                start_time=sa.func.coalesce(t.c.start_time, now_param),
+                heartbeat_time=now_param,
+                update_time=now_param,
+            )
+            .returning(*t.c)
+        )
+        row = (
+            (
+                await self._session.execute(
+                    query, {"op_id": operation_id, "now": now, "cap": max_attempts}
+                )
+            )
+            .mappings()
+            .first()
+        )
+        return from_row(row) if row else None
+
+    async def finish(
+        self,
+        operation_id: uuid.UUID,
+        attempt: int,
+        now: dt.datetime,
+        response: dict[str, Any],
+        progress: Progress | None,
+        effects: Sequence[Callable[[sa.ColumnElement[bool]], Any]] = (),
+        requires: sa.ColumnElement[bool] | None = None,
+    ) -> Operation | None:
+        """Settles an attempt as SUCCEEDED and writes its effects in one statement (a CTE).
+
+        The operation's ``UPDATE`` checks the fencing token (``attempt``, still RUNNING or
+        CANCELLING); every effect statement is guarded by ``owned`` (the update matched), so
+        effect, operation and outbox rows commit together or not at all, in one round trip.
+
+        Args:
+            operation_id: The operation.
+            attempt: Fencing token of the attempt.
+            now: Current time.
+            response: The operation's response.
+            progress: Final progress (``None``: unchanged).
+            effects: ``owned -> DML statement`` builders for the effect rows (updates with
+                ``.where(owned)``, inserts ``from_select(...).where(owned)``).
+            requires: A condition the effect needs (its target row exists): if false, nothing is
+                written.
+
+        Returns:
+            The SUCCEEDED operation, or ``None`` if nothing was written (the token no longer
+            owns it, it is done, or ``requires`` failed): the caller then looks closer.
+        """
+        t = self._t
+        values: dict[str, Any] = {
+            "state": State.SUCCEEDED.value,
+            "done": True,
+            "response": response,
+            "error": None,
+            "end_time": now,
+            "update_time": now,
+        }
+        if progress is not None:
+            values["progress"] = progress.to_dict()
+        settle = (
+            sa.update(t)
+            .where(
+                t.c.id == operation_id,
+                t.c.attempt == attempt,
+                t.c.state.in_([State.RUNNING.value, State.CANCELLING.value]),
+            )
+            .values(**values)
+            .returning(*t.c)
+        )
+        if requires is not None:
+            settle = settle.where(requires)
+        op_cte = settle.cte("settled")
+        owned = sa.exists(sa.select(op_cte.c.id))
+        query = sa.select(op_cte)
+        for index, effect in enumerate(effects):
+            query = query.add_cte(effect(owned).cte(f"effect_{index}"))
+        row = (await self._session.execute(query)).mappings().first()
+        return from_row(row) if row else None
 
     async def heartbeat(
         self, operation_id: uuid.UUID, attempt: int, progress: Progress, now: dt.datetime

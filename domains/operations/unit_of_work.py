@@ -7,16 +7,19 @@ import logging
 import uuid
 from collections.abc import Awaitable, Callable
 from types import TracebackType
-from typing import Protocol, Self
+from typing import Any, Protocol, Self, TypeVar, cast
 
 import sqlalchemy as sa
-from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from sqlalchemy.exc import DBAPIError
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from domains.operations.repository import SqlOperationRepository
 from domains.shared.inbox import SqlInboxRepository
 from domains.shared.outbox import OutboxMessage, SqlOutboxRepository
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 AfterCommit = Callable[[str, list[uuid.UUID]], Awaitable[None]]
 """Called after a commit that wrote outbox rows: ``(domain, outbox_ids)`` (the fast path)."""
@@ -164,6 +167,50 @@ class SqlUnitOfWork:
                 await self.session.rollback()
         finally:
             await self.session.close()
+
+    async def autocommit(self, work: Callable[[Self], Awaitable[T]]) -> T:
+        """Runs ``work`` with the repositories on an autocommit connection.
+
+        The hot path's way to the database: each statement is its own transaction, so a fused
+        statement (claim, checkpoint, finish CTE, a read) costs one round trip - no BEGIN, no
+        COMMIT, no ROLLBACK. Only for work whose every statement is atomic on its own. A
+        connection found dropped (PostgreSQL restarted; pools do not pre-ping) is retried once
+        on a fresh one: the fused statements are fenced, so a repeat after a lost reply is
+        harmless (it finds the operation already moved on).
+
+        Args:
+            work: ``(uow) -> result``, run once (twice after a dropped connection).
+
+        Returns:
+            What ``work`` returned.
+        """
+        if not isinstance(self._sessionmaker, async_sessionmaker):
+            async with self:  # a routed source (replica reads): an ordinary transaction
+                result = await work(self)
+                await self.commit()
+            return result
+        engine = cast(AsyncEngine, self._sessionmaker.kw["bind"])
+        for attempt in (1, 2):
+            try:
+                async with engine.connect() as conn:
+                    await conn.execution_options(isolation_level="AUTOCOMMIT")
+                    # Connection and session share execute(): the repositories work on either.
+                    self._bind(cast(Any, conn))
+                    result = await work(self)
+                break
+            except DBAPIError as exc:
+                if attempt == 2 or not exc.connection_invalidated:
+                    raise
+                log.warning("database connection dropped; retrying once on a new one")
+        added = list(getattr(self.outbox, "added", []))
+        if added and self._after_commit is not None:
+            try:
+                await self._after_commit(self.domain, added)
+            except Exception:
+                log.warning(
+                    "fast-path publish failed; the outbox relay will publish", exc_info=True
+                )
+        return result
 
     async def commit(self) -> None:
         """Commits, then hands the outbox rows written to the fast-path publisher.

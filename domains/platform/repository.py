@@ -5,7 +5,8 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import uuid
-from typing import Protocol
+from collections.abc import Callable
+from typing import Any, Protocol
 
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -103,3 +104,58 @@ class SqlPingRepository:
                 applied_time=now,
             )
         )
+
+
+def ping_exists(ping_id: uuid.UUID) -> sa.ColumnElement[bool]:
+    """The fused finish's precondition: the ping row still exists.
+
+    Args:
+        ping_id: The ping.
+
+    Returns:
+        An ``EXISTS`` condition.
+    """
+    return sa.exists(sa.select(tables.pings.c.id).where(tables.pings.c.id == ping_id))
+
+
+def answer_effects(
+    ping_id: uuid.UUID, operation_id: uuid.UUID, attempt: int, worker: str, now: dt.datetime
+) -> list[Callable[[sa.ColumnElement[bool]], Any]]:
+    """A ping's answer as statements for the fused finish (see ``OperationRunner.finish_fused``).
+
+    The same writes as ``answer`` + :meth:`SqlPingRepository.save` +
+    :meth:`SqlPingRepository.log_effect`, each guarded by ``owned`` (the fencing-token check).
+
+    Args:
+        ping_id: The ping.
+        operation_id: Its operation.
+        attempt: The attempt applying the effect.
+        worker: The answering worker.
+        now: Current time.
+
+    Returns:
+        ``owned -> statement`` builders: the ping's reply and the effect-log row.
+    """
+    pings, effects = tables.pings, tables.ping_effects
+    return [
+        lambda owned: (
+            sa.update(pings)
+            .where(pings.c.id == ping_id, owned)
+            .values(
+                reply=sa.literal("pong: ") + pings.c.message,
+                worker=worker,
+                complete_time=now,
+                completions=pings.c.completions + 1,
+            )
+        ),
+        lambda owned: sa.insert(effects).from_select(
+            ["id", "operation_id", "attempt", "worker", "applied_time"],
+            sa.select(
+                sa.literal(new_id(), effects.c.id.type),
+                sa.literal(operation_id, effects.c.operation_id.type),
+                sa.literal(attempt, sa.Integer),
+                sa.literal(worker, sa.Text),
+                sa.literal(now, effects.c.applied_time.type),
+            ).where(owned),
+        ),
+    ]

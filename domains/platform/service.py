@@ -13,6 +13,7 @@ from domains.operations.execution import Cancelled, Execution, OperationRunner, 
 from domains.operations.model import DispatchSpec, Operation, OperationError
 from domains.operations.unit_of_work import SqlUnitOfWork
 from domains.platform.model import Ping
+from domains.platform.repository import answer_effects, ping_exists
 from domains.platform.unit_of_work import PlatformUnitOfWork
 from domains.shared.clock import utcnow
 from domains.shared.errors import NotFound, TransientError
@@ -149,8 +150,8 @@ class PingService:
         return await self._load(ping_id, tenant)
 
     async def _load(self, ping_id: uuid.UUID, tenant: str | None) -> Ping:
-        async with self._uow() as uow:
-            ping = await uow.pings.get(ping_id, tenant=tenant)
+        # One SELECT in autocommit: one round trip, no BEGIN/ROLLBACK around a read.
+        ping = await self._uow().autocommit(lambda uow: uow.pings.get(ping_id, tenant=tenant))
         if ping is None:
             raise NotFound(f"pings/{ping_id} does not exist", reason="PING_NOT_FOUND")
         return ping
@@ -189,6 +190,24 @@ class PingService:
         except TransientError as exc:
             await self._runner.release(execution, exc.message)
             raise
+
+        # The hot path: the effect (reply, completion count, effect log row) and SUCCEEDED in
+        # one fenced statement. If it writes nothing, the locking path below finds out why.
+        response = {
+            "ping": ping.name,
+            "reply": f"pong: {ping.message}",
+            "worker": worker,
+            "attempt": execution.attempt,
+        }
+        now = utcnow()
+        fused = await self._runner.finish_fused(
+            execution,
+            response,
+            effects=answer_effects(ping_id, execution.id, execution.attempt, worker, now),
+            requires=ping_exists(ping_id),
+        )
+        if fused is not None:
+            return fused.response or {}
 
         async def apply(uow: SqlUnitOfWork, op: Operation) -> dict[str, Any]:
             pings = cast(PlatformUnitOfWork, uow).pings

@@ -1,0 +1,70 @@
+"""Regression guard of the hot path's budget (ARCHITECTURE.md section 6): PostgreSQL round trips
+per job in the worker and per submit, counted on the wire (tests/support/roundtrips.py).
+
+Counts are stable where times are not: a change that adds a statement, a transaction or a
+pre-ping to the hot path fails here with the new count.
+"""
+
+from __future__ import annotations
+
+import urllib.parse
+from collections.abc import AsyncIterator
+
+import pytest
+
+from app.config import Settings
+from app.container import Container
+from app.db import EngineRegistry
+from domains.operations.model import State
+from tests.support.roundtrips import RoundTripCounter
+
+WORKER_ROUND_TRIPS_PER_PING = 3
+"""Fused claim (UPDATE ... RETURNING), load of the ping, fused finish (one CTE)."""
+
+SUBMIT_ROUND_TRIPS_PER_PING = 5
+"""create_ping: BEGIN, three INSERTs (operation, ping, outbox row), COMMIT."""
+
+
+@pytest.fixture
+async def counted(settings: Settings) -> AsyncIterator[tuple[Container, RoundTripCounter]]:
+    parts = urllib.parse.urlsplit(settings.database_url or "")
+    async with RoundTripCounter(parts.hostname or "127.0.0.1", parts.port or 5432) as proxy:
+        # Production's progress interval: a one-step ping writes no checkpoint (the claim is
+        # its first heartbeat).
+        proxied = settings.model_copy(
+            update={
+                "database_url": proxy.url(settings.database_url or ""),
+                "progress_interval_seconds": 1.0,
+            }
+        )
+        registry = EngineRegistry(proxied)
+        try:
+            yield Container(proxied, registry), proxy
+        finally:
+            await registry.dispose()
+
+
+async def test_round_trips_per_ping_job_and_submit(
+    counted: tuple[Container, RoundTripCounter],
+) -> None:
+    container, proxy = counted
+    pings = container.pings
+    # Warm up: connections opened, dialect initialised, statements prepared.
+    for _ in range(2):
+        op = await pings.create_ping(message="warm")
+        await pings.run_ping(op.id, worker="w")
+
+    submits, jobs = [], []
+    for i in range(3):
+        before = proxy.turns
+        op = await pings.create_ping(message=f"count {i}")
+        submits.append(proxy.turns - before)
+        before = proxy.turns
+        response = await pings.run_ping(op.id, worker="w")
+        jobs.append(proxy.turns - before)
+        assert response["reply"] == f"pong: count {i}"
+        done = await container.operations.get(op.name)
+        assert done.state == State.SUCCEEDED and done.attempt == 1
+
+    assert jobs == [WORKER_ROUND_TRIPS_PER_PING] * 3, f"worker round trips per ping: {jobs}"
+    assert submits == [SUBMIT_ROUND_TRIPS_PER_PING] * 3, f"round trips per submit: {submits}"
