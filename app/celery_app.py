@@ -76,11 +76,14 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "task_default_exchange": "conveyor",
         "task_default_routing_key": "platform",
         "task_routes": (route_task,),
-        "task_track_started": True,
+        # No STARTED write to the result backend per job: PostgreSQL holds the state (RUNNING),
+        # and Flower learns "started" from the worker's task-started event, not the backend.
+        "task_track_started": False,
         "worker_send_task_events": settings.task_events,
         "task_send_sent_event": settings.task_events,
         "result_expires": 86400,
-        "result_extended": True,
+        # Results stay small (no args/kwargs/name copies): the operation row holds all that.
+        "result_extended": False,
         "broker_connection_retry_on_startup": True,
         "broker_connection_timeout": settings.broker_connect_timeout_seconds,
         "broker_transport_options": transport,

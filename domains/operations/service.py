@@ -16,7 +16,7 @@ from typing import Any
 
 from domains.operations.model import DispatchSpec, Operation, OperationError, State
 from domains.operations.repository import DuplicateRequestId
-from domains.operations.unit_of_work import SqlUnitOfWork
+from domains.operations.unit_of_work import NotFusable, SqlUnitOfWork
 from domains.shared.clock import utcnow
 from domains.shared.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
 from domains.shared.events import handler_task_name
@@ -196,7 +196,21 @@ async def create_idempotently(
             "request_id must be 1 to 128 printable characters (a UUID is recommended)",
             reason="INVALID_REQUEST_ID",
         )
+
+    async def write(uow: SqlUnitOfWork) -> Operation:
+        operation = await build(uow)
+        await enqueue(uow, operation)
+        await uow.operations.add(operation)
+        return operation
+
     try:
+        # The hot path: domain rows + operation + outbox row in one statement (one round trip).
+        # A taken request id fails that statement on the unique index (nothing written), and
+        # the duplicate branch below answers with the first operation.
+        try:
+            return await uow_factory().insert_fused(write)
+        except NotFusable:
+            pass  # build reads or updates: an ordinary transaction below
         async with uow_factory() as uow:
             if request_id is not None:
                 existing = await uow.operations.get_by_request_id(request_id, tenant)
