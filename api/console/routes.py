@@ -201,6 +201,9 @@ def _safe_next(value: str | None) -> str:
 @router.post("/login")
 async def login(request: Request) -> Response:
     """Verifies the API key and starts a session."""
+    origin = request.headers.get("origin")
+    if origin and urllib.parse.urlsplit(origin).netloc != request.url.netloc:
+        return _error_page(request, 403, "FORBIDDEN", "sign in from this site's own form")
     body = (await request.body())[:_MAX_FORM_BYTES]
     fields = {k: v[-1] for k, v in urllib.parse.parse_qs(body.decode(errors="replace")).items()}
     token = fields.get("api_key", "").strip()

@@ -118,3 +118,18 @@ def test_forms_without_the_csrf_token_are_refused(browser: Any, console: Any) ->
     assert console.client().operations.get(op.name).state != "CANCELLED"
     console.client().operations.cancel(op.name)
     page.context.close()
+
+
+def test_retry_a_failed_operation_from_its_page(browser: Any, console: Any) -> None:
+    # task_max_retries=3 in tests: 4 failing attempts end FAILED; the 5th (the Retry) succeeds.
+    op = console.client().pings.create("flaky", fail_attempts=4)
+    failed = op.wait(timeout=60)
+    assert failed.state == "FAILED", failed
+    page = sign_in(browser, console)
+    page.goto(f"{console.url}/console/operations/{op.id}")
+    assert "UNAVAILABLE" in page.locator("#error").inner_text()
+    page.click("#retry")
+    page.wait_for_selector("#response", timeout=30000)  # reloads when the new attempt ends
+    assert page.locator("#state").inner_text() == "SUCCEEDED"
+    assert int(page.locator("#attempts").inner_text()) == 5
+    page.context.close()
