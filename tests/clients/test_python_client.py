@@ -160,6 +160,12 @@ def test_each_error_the_api_emits_is_a_typed_exception(
         cv.events.publish("big", {"blob": "x" * (settings.security.max_body_bytes + 1)})
     assert big.value.http_status == 413
 
+    from conveyor_client._core import Call
+
+    with pytest.raises(cc.Unimplemented) as unimplemented:  # a method the route does not have
+        cv._core.json(Call("PUT", "/v1/pings"))
+    assert unimplemented.value.http_status == 405
+
     with cc.Conveyor(base_url, "cvk_nope_nope") as anon, pytest.raises(cc.Unauthenticated):
         anon.operations.get(MISSING)
 
