@@ -145,7 +145,7 @@ def principal(request: Request) -> Principal:
     return ANONYMOUS
 
 
-def require_scope(scope: str) -> Callable[[Request], Principal]:
+def require_scope(scope: str) -> Callable[[Request], Awaitable[Principal]]:
     """Returns a dependency that refuses callers without ``scope`` (403 PERMISSION_DENIED).
 
     Args:
@@ -155,7 +155,8 @@ def require_scope(scope: str) -> Callable[[Request], Principal]:
         The dependency; it returns the caller.
     """
 
-    def dependency(request: Request) -> Principal:
+    # async: no I/O here, and a sync dependency would hop to the thread pool on every request.
+    async def dependency(request: Request) -> Principal:
         caller = principal(request)
         if not caller.allows(scope):
             raise _missing_scope(scope)

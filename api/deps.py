@@ -25,7 +25,7 @@ class Services(Protocol):
     control: TaskControl
 
 
-def services(request: Request) -> Services:
+async def services(request: Request) -> Services:
     """Returns the services of the running app.
 
     Args:
@@ -38,7 +38,7 @@ def services(request: Request) -> Services:
     return value
 
 
-def request_id(request: Request) -> str | None:
+async def request_id(request: Request) -> str | None:
     """Returns the correlation id of the request (``X-Request-Id``).
 
     Args:

@@ -43,7 +43,7 @@ _FIELDS_EXAMPLE = [
 ]
 
 
-def service(request: Request) -> ImportsService:
+async def service(request: Request) -> ImportsService:
     """Returns the imports service of the running app.
 
     Args:

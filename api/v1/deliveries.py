@@ -21,7 +21,7 @@ _ENDPOINT = "019a8f0e-7d1c-7b3e-9c55-3f1f9e0a1b2d"
 _DELIVERY = "019a8f0e-9a00-7c3e-8c55-3f1f9e0a1b2e"
 
 
-def webhooks_service(request: Request) -> WebhooksService:
+async def webhooks_service(request: Request) -> WebhooksService:
     """Returns the webhooks service of the running app.
 
     Args:

@@ -29,7 +29,7 @@ INDEXED_EQUALITY = frozenset({"type", "format"})
 INDEXED_TOGETHER = frozenset({INDEXED_EQUALITY})
 
 
-def reports_service(request: Request) -> ReportsService:
+async def reports_service(request: Request) -> ReportsService:
     """Returns the reports service of the running app.
 
     Args:

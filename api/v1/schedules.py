@@ -55,7 +55,7 @@ _RUN_EXAMPLE: dict[str, Any] = {
 }
 
 
-def _service(request: Request) -> ScheduleService:
+async def _service(request: Request) -> ScheduleService:
     service: ScheduleService = request.app.state.container.services["schedules"]
     return service
 
@@ -337,7 +337,7 @@ async def list_runs(
         caller.tenant, schedule_id, limit=pagination.clamp_page_size(page_size)
     )
     outs = [run_out(r) for r in runs]
-    operations = services(request).operations
+    operations = (await services(request)).operations
     for out in outs:
         name = out["operation"]
         if not name:
