@@ -20,6 +20,7 @@ def test_sign_in_rejects_a_bad_key_and_shows_the_keys_tenant(browser: Any, conso
     page.fill("input[name=api_key]", "cvk_nope_nope")
     page.click("button[type=submit]")
     assert page.locator("p.error").is_visible()
+    console.shot(page, "login")
     cookies = context.cookies()
     assert not any(c["name"] == "conveyor_console" for c in cookies)
     context.close()
