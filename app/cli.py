@@ -574,6 +574,15 @@ def _up(
     # SIGHUP: the terminal closed. Ctrl-C, SIGTERM (docker stop, systemd, kill) likewise.
     for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
         signal.signal(sig, _on_signal)
+    # The kernel sends SIGHUP on hang-up only to the session leader. An interactive shell
+    # passes it on to its jobs, but `make` (the leader when a terminal runs `make run`
+    # directly) just waits for `up`: so `up` also watches its terminal go away itself.
+    had_terminal = supervisor.has_terminal()
+
+    def check_terminal() -> None:
+        if had_terminal and not supervisor.has_terminal():
+            stop_signal.append(signal.SIGHUP)
+            raise KeyboardInterrupt
 
     embedded: Any = None
     sup: supervisor.Supervisor | None = None
@@ -669,6 +678,7 @@ def _up(
         import httpx
 
         def api_ready() -> bool:
+            check_terminal()
             return httpx.get(f"{api_url}/readyz", timeout=2).status_code == 200
 
         ready = supervisor.wait_until(api_ready, sup, timeout=120)
@@ -696,6 +706,7 @@ def _up(
             if dead is not None:
                 say(f"{dead.name} exited; stopping everything")
                 raise SystemExit(1)
+            check_terminal()
             time.sleep(0.5)
     except KeyboardInterrupt:
         names: dict[int, str] = {signal.SIGHUP: "SIGHUP", signal.SIGTERM: "SIGTERM"}

@@ -277,6 +277,23 @@ class Supervisor:
         return [c.proc.pid for c in self.children if c.proc is not None]
 
 
+def has_terminal() -> bool:
+    """Tells whether this process still has a controlling terminal.
+
+    After a hang-up (the terminal window closed, ssh dropped) the kernel detaches every process
+    of the session from it, so opening ``/dev/tty`` fails from then on.
+
+    Returns:
+        True while ``/dev/tty`` can be opened.
+    """
+    try:
+        fd = os.open("/dev/tty", os.O_RDWR | os.O_NOCTTY)
+    except OSError:
+        return False
+    os.close(fd)
+    return True
+
+
 def port_in_use(host: str, port: int) -> bool:
     """Tells whether something already listens on ``host:port`` (or the port can't be bound).
 
