@@ -128,6 +128,7 @@ class Up:
     log_path: pathlib.Path
     env: dict[str, str]
     metrics: str = ""
+    close_terminal: Callable[[], None] | None = None
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")[-6000:]
@@ -139,9 +140,18 @@ class Up:
 
 @contextlib.contextmanager
 def _running_up(
-    service_env: dict[str, str], admin_url: str, tmp_path: pathlib.Path, args: list[str]
+    service_env: dict[str, str],
+    admin_url: str,
+    tmp_path: pathlib.Path,
+    args: list[str],
+    *,
+    terminal: bool = False,
 ) -> Iterator[Up]:
-    """Starts ``python -m app.cli up`` in a session of its own; kills what is left at the end."""
+    """Starts ``python -m app.cli up`` in a session of its own; kills what is left at the end.
+
+    With ``terminal``, ``up`` runs on a pseudo-terminal under ``sh`` (the session leader, which
+    like ``make`` only waits for it and forwards no SIGHUP); ``Up.close_terminal`` hangs it up.
+    """
     db_name = f"conveyor_up_{secrets.token_hex(4)}"
     database_url = services.create_database(admin_url, db_name)
     broker_url, release_broker = claim_redis_db(service_env["CONVEYOR_BROKER_URL"])
@@ -160,18 +170,13 @@ def _running_up(
         }
         log_path = tmp_path / "up.log"
         args = ["up", "--port", str(port), "--flower-port", str(flower_port), *args]
-        with open(log_path, "wb") as log_file:
-            proc = subprocess.Popen(
-                [sys.executable, "-m", "app.cli", *args],
-                env=env,
-                cwd=tmp_path,  # no stray .env from the repository
-                stdout=log_file,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-                # A shell running pytest in the background starts it with SIGINT ignored, which
-                # would carry over and make `up` deaf to Ctrl-C: give it the default disposition.
-                preexec_fn=_default_sigint,
+        close_terminal = None
+        if terminal:
+            proc, close_terminal = _start_on_terminal(
+                [sys.executable, "-m", "app.cli", *args], env, tmp_path, log_path
             )
+        else:
+            proc = _start_plain([sys.executable, "-m", "app.cli", *args], env, tmp_path, log_path)
         up = Up(
             proc,
             f"http://127.0.0.1:{port}",
@@ -179,6 +184,7 @@ def _running_up(
             password,
             log_path,
             env,
+            close_terminal=close_terminal,
         )
         yield up
     finally:
@@ -194,6 +200,82 @@ def _running_up(
                 proc.wait(10)
         release_broker()
         services.drop_database(admin_url, db_name)
+
+
+def _start_plain(
+    argv: list[str], env: dict[str, str], cwd: pathlib.Path, log_path: pathlib.Path
+) -> subprocess.Popen[bytes]:
+    with open(log_path, "wb") as log_file:
+        return subprocess.Popen(
+            argv,
+            env=env,
+            cwd=cwd,  # no stray .env from the repository
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            # A shell running pytest in the background starts it with SIGINT ignored, which
+            # would carry over and make `up` deaf to Ctrl-C: give it the default disposition.
+            preexec_fn=_default_sigint,
+        )
+
+
+def _start_on_terminal(
+    argv: list[str], env: dict[str, str], cwd: pathlib.Path, log_path: pathlib.Path
+) -> tuple[subprocess.Popen[bytes], Callable[[], None]]:
+    import fcntl
+    import pty
+    import termios
+    import threading
+
+    master, slave = pty.openpty()
+    log_path.touch()
+
+    def controlling_terminal() -> None:
+        _default_sigint()
+        fcntl.ioctl(0, termios.TIOCSCTTY, 0)  # after setsid: the pty becomes the session's
+
+    # As make does: sh stays the session leader (`; :` keeps it from exec'ing), survives the
+    # hang-up's SIGHUP (a handler, which `up` does not inherit) and only waits for `up`.
+    proc = subprocess.Popen(
+        ["sh", "-c", 'trap : HUP; "$@"; :', "sh", *argv],
+        env=env,
+        cwd=cwd,
+        stdin=slave,
+        stdout=slave,
+        stderr=slave,
+        start_new_session=True,
+        preexec_fn=controlling_terminal,
+    )
+    os.close(slave)
+
+    stop = threading.Event()
+
+    def pump() -> None:
+        import select
+
+        with open(log_path, "ab") as log_file:
+            while not stop.is_set():
+                if not select.select([master], [], [], 0.2)[0]:
+                    continue
+                try:
+                    data = os.read(master, 65536)
+                except OSError:
+                    return
+                if not data:
+                    return
+                log_file.write(data)
+                log_file.flush()
+
+    reader = threading.Thread(target=pump, daemon=True)
+    reader.start()
+
+    def close() -> None:
+        # Closing while the reader sits in read() would not release the pty (no hang-up).
+        stop.set()
+        reader.join(5)
+        os.close(master)
+
+    return proc, close
 
 
 @pytest.fixture
@@ -310,42 +392,58 @@ def test_up_serves_a_ping_shows_it_in_flower_and_stops_on_ctrl_c(up: Up) -> None
     assert "did not stop in time" not in up.log(), up.log()
 
 
-@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGHUP])
-def test_up_restarts_a_dead_child_and_stops_everything_on_sigterm_and_sighup(
-    service_env: dict[str, str], admin_url: str, tmp_path: pathlib.Path, signum: int
+@pytest.mark.parametrize("how", ["SIGTERM", "SIGHUP", "terminal closed"])
+def test_up_restarts_a_dead_child_and_stops_everything_on_sigterm_sighup_and_hangup(
+    service_env: dict[str, str], admin_url: str, tmp_path: pathlib.Path, how: str
 ) -> None:
-    """SIGTERM (docker stop, kill) and SIGHUP (the terminal closed) stop every child; a relay
-    killed meanwhile is started again. SIGINT and SIGKILL: the tests above and the quick start."""
+    """SIGTERM (docker stop, kill), SIGHUP and a closed terminal stop every child; a relay killed
+    meanwhile is started again. SIGINT and SIGKILL: the tests above and the quick start.
+
+    "terminal closed": `up` runs on a pseudo-terminal under a shell that forwards no SIGHUP
+    (as with `make run`), and the terminal is hung up.
+    """
     args = ["--no-flower", "--no-metrics", "--queues", "platform", "--concurrency", "1"]
-    with _running_up(service_env, admin_url, tmp_path, args) as up:
+    terminal = how == "terminal closed"
+    with _running_up(service_env, admin_url, tmp_path, args, terminal=terminal) as up:
         _wait_summary(up)
 
         def relay_pid() -> int | None:
             found = [p for p in _descendants(up.proc.pid) if p.cmd.endswith("app.cli relay")]
             return found[0].pid if found and not found[0].zombie else None
 
-        first = _poll("relay running", relay_pid, 30, up.log)
-        os.kill(first, signal.SIGKILL)
-        second = _poll("relay restarted", lambda: (pid := relay_pid()) != first and pid, 30, up.log)
-        assert second != first
-        assert "relay    | exited with code -9; restarting in 1 s" in up.log(), up.log()
-        up.check_running()
+        if how == "SIGTERM":
+            first = _poll("relay running", relay_pid, 30, up.log)
+            os.kill(first, signal.SIGKILL)
+            second = _poll(
+                "relay restarted", lambda: (pid := relay_pid()) != first and pid, 30, up.log
+            )
+            assert second != first
+            assert "relay    | exited with code -9; restarting in 1 s" in up.log(), up.log()
+            up.check_running()
 
         children = {p.pid for p in _descendants(up.proc.pid)}
         assert len(children) >= 4, children  # api, worker (+ its pool), relay, beat
-        up.proc.send_signal(signum)
+        state = tmp_path / "data" / "up.json"
+        assert state.exists()
+        if terminal:
+            assert up.close_terminal is not None
+            up.close_terminal()
+        else:
+            up.proc.send_signal(signal.SIGHUP if how == "SIGHUP" else signal.SIGTERM)
         try:
             code = up.proc.wait(30)
         except subprocess.TimeoutExpired:
-            pytest.fail(f"up did not exit within 30 s of {signum}\n{up.log()}")
-        assert code == 0, f"exit code {code}\n{up.log()}"
-        deadline = time.monotonic() + 5
+            pytest.fail(f"up did not exit within 30 s of {how}\n{up.log()}")
+        deadline = time.monotonic() + 10
         while (left := _alive(children, up.proc.pid)) and time.monotonic() < deadline:
             time.sleep(0.2)
-        assert not left, f"still running after up exited: {left}\n{up.log()}"
-        name = "SIGHUP" if signum == signal.SIGHUP else "SIGTERM"
-        assert f"stopping ({name})" in up.log(), up.log()
-        assert "did not stop in time" not in up.log(), up.log()
+        assert not left, f"still running after {how}: {left}\n{up.log()}"
+        # A clean stop (not a kill) removes the state file other commands read.
+        assert not state.exists(), up.log()
+        if not terminal:  # (after a hang-up its last lines have nowhere to go)
+            assert code == 0, f"exit code {code}\n{up.log()}"
+            assert f"stopping ({how})" in up.log(), up.log()
+            assert "did not stop in time" not in up.log(), up.log()
 
 
 def test_up_reports_a_busy_port_before_starting_anything(
