@@ -24,7 +24,9 @@ def _service() -> ReportsService:
     return service
 
 
-@shared_task(name="reports.handle_event", bind=True, acks_late=True, reject_on_worker_lost=True)
+# reject_on_worker_lost=False: a poison event is not redelivered forever; the inbox sweeper
+# re-dispatches it at most CONVEYOR_MAX_DISPATCHES times (see tasks/webhooks.py).
+@shared_task(name="reports.handle_event", bind=True, acks_late=True, reject_on_worker_lost=False)
 def handle_event(self: Task, event: dict[str, Any]) -> dict[str, Any]:
     """Applies an integration event to the reports projections, once per event id.
 

@@ -61,7 +61,10 @@ def deliver(self: Task, delivery_ids: list[str]) -> dict[str, Any]:
         return _retry(self, exc)
 
 
-@shared_task(name="webhooks.handle_event", bind=True, acks_late=True, reject_on_worker_lost=True)
+# reject_on_worker_lost=False: an event whose handling kills the worker is not redelivered
+# at once (forever); its inbox row stays PENDING and the sweeper re-dispatches it, at most
+# CONVEYOR_MAX_DISPATCHES times, then it ends FAILED in the inbox.
+@shared_task(name="webhooks.handle_event", bind=True, acks_late=True, reject_on_worker_lost=False)
 def handle_event(self: Task, event: dict[str, Any]) -> dict[str, Any]:
     """Fans an integration event out to the matching endpoints (once per event id).
 

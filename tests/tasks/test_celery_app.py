@@ -59,3 +59,21 @@ def test_beat_reads_schedules_from_the_database_not_a_static_table(celery_app):
 
 def test_pickle_is_refused_by_the_worker_config(celery_app):
     assert "pickle" not in celery_app.conf.accept_content
+
+
+def test_every_task_type_has_a_soft_and_a_hard_time_limit(settings):
+    app = create_celery(settings)
+    assert 0 < app.conf.task_soft_time_limit < app.conf.task_time_limit
+    for name in ("imports.process_chunk", "reports.generate", "webhooks.handle_event"):
+        task = app.tasks[name]
+        assert (task.soft_time_limit, task.time_limit) == settings.time_limits(name)
+    limits = {**settings.task_time_limits, "platform.ping": (2.0, 4.0)}
+    custom = settings.model_copy(update={"task_time_limits": limits})
+    ping = create_celery(custom).tasks["platform.ping"]
+    assert (ping.soft_time_limit, ping.time_limit) == (2.0, 4.0)
+
+
+def test_event_handlers_leave_a_worker_killing_event_to_the_capped_inbox_sweeper(celery_app):
+    # Redelivering at once on worker loss would loop forever on a poison event.
+    for name in ("webhooks.handle_event", "reports.handle_event"):
+        assert celery_app.tasks[name].reject_on_worker_lost is False
