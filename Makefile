@@ -20,6 +20,7 @@ lint: install
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy domains
+	$(BIN)/mypy --strict clients/python/conveyor_client
 	$(BIN)/lint-imports
 
 test: lint docs-build
