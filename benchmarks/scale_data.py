@@ -13,6 +13,30 @@ from __future__ import annotations
 
 from typing import Any
 
+import sqlalchemy as sa
+from sqlalchemy.ext.compiler import compiles
+from sqlalchemy.sql.expression import ClauseElement, Executable
+
+
+class Explain(Executable, ClauseElement):
+    """``EXPLAIN (ANALYZE, FORMAT JSON) <statement>``, with the statement's own parameters."""
+
+    inherit_cache = False
+
+    def __init__(self, statement: sa.Select[Any]) -> None:
+        """Wraps ``statement``.
+
+        Args:
+            statement: The SELECT to explain (and run).
+        """
+        self.statement = statement
+
+
+@compiles(Explain)
+def _explain(element: Explain, compiler: Any, **kw: Any) -> str:
+    return "EXPLAIN (ANALYZE, FORMAT JSON) " + str(compiler.process(element.statement, **kw))
+
+
 BIG_TENANT = "big"
 """The tenant owning 90% of the rows (every 10th row belongs to one of 7 small tenants)."""
 

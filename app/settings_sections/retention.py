@@ -16,7 +16,7 @@ class RetentionSettings(BaseModel):
 
     outbox_sent_hours: float = Field(
         default=24.0,
-        ge=1,
+        gt=0,
         le=24 * 3650,
         description="Published outbox rows are deleted this long after publishing (the sweeper"
         " reads a PENDING operation's last publish, so keep it well above the pending deadline"

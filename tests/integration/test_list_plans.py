@@ -21,8 +21,6 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncSession, create_async_engine
-from sqlalchemy.ext.compiler import compiles
-from sqlalchemy.sql.expression import ClauseElement, Executable
 
 from api import pagination
 from api.v1 import endpoints as endpoints_api
@@ -32,6 +30,7 @@ from app import migrate
 from app.config import load_settings
 from app.container import DOMAIN_TABLES
 from benchmarks import scale_data
+from benchmarks.scale_data import Explain
 from domains.operations.repository import SqlOperationRepository
 from domains.reports.repository import SqlReportRepository
 from domains.shared.ids import new_id
@@ -43,20 +42,6 @@ OPERATIONS = 1_000_000
 OTHERS = int(os.environ.get("CONVEYOR_TEST_PLAN_ROWS", "200000"))
 PAGE = 51  # the API asks for page_size + 1 rows
 MAX_REMOVED = 500  # rows a filter may discard while filling a page
-
-
-class Explain(Executable, ClauseElement):
-    """``EXPLAIN (ANALYZE, FORMAT JSON) <statement>``, with the statement's own parameters."""
-
-    inherit_cache = False
-
-    def __init__(self, statement: sa.Select[Any]) -> None:
-        self.statement = statement
-
-
-@compiles(Explain)
-def _explain(element: Explain, compiler: Any, **kw: Any) -> str:
-    return "EXPLAIN (ANALYZE, FORMAT JSON) " + compiler.process(element.statement, **kw)
 
 
 @pytest.fixture(scope="module")
