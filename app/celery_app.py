@@ -71,6 +71,9 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "task_time_limit": hard,
         "task_annotations": annotations,
         "worker_prefetch_multiplier": 1,
+        # Pool children are recycled past a memory bound (KiB for Celery), see the setting.
+        "worker_max_memory_per_child": settings.worker_max_memory_per_child_mb * 1024 or None,
+        "worker_max_tasks_per_child": settings.worker_max_tasks_per_child or None,
         "task_queues": [Queue(domain, exchange, routing_key=domain) for domain in DOMAINS],
         "task_default_queue": "platform",
         "task_default_exchange": "conveyor",

@@ -204,6 +204,20 @@ class Settings(BaseSettings):
         description="A worker stopping after an unrecoverable error exits non-zero after this"
         " long even if its pool hangs.",
     )
+    worker_max_memory_per_child_mb: int = Field(
+        default=512,
+        ge=0,
+        le=1_048_576,
+        description="A pool child whose resident memory passes this many MiB is replaced after"
+        " its current task (Celery worker_max_memory_per_child; 0 = never). A bound, not a"
+        " fix: one import of a huge file or a library cache can hold memory a child never"
+        " returns to the system.",
+    )
+    worker_max_tasks_per_child: int = Field(
+        default=0,
+        ge=0,
+        description="A pool child is replaced after this many tasks (0 = never).",
+    )
     retry_backoff_base_seconds: float = Field(default=1.0, gt=0, le=60)
     retry_backoff_max_seconds: float = Field(default=30.0, gt=0, le=600)
     progress_interval_seconds: float = Field(default=1.0, ge=0, le=60)

@@ -295,11 +295,38 @@ def soak(settings: Settings, url: str, seconds: float, rate: float, purge_every:
         time.sleep(max(0.0, 1.0 - (time.monotonic() - tick)))
 
 
+def memtrace(settings: Settings, jobs: int) -> None:
+    """Python heap growth (tracemalloc snapshot diff) and RSS across ``jobs`` jobs, after a
+    warm-up: what a pool child keeps from one task to the next."""
+    import gc
+    import tracemalloc
+
+    run_jobs(settings, 100)
+    gc.collect()
+    tracemalloc.start(6)
+    first, rss_before = tracemalloc.take_snapshot(), rss_mib()
+    run_jobs(settings, jobs)
+    gc.collect()
+    second, rss_after = tracemalloc.take_snapshot(), rss_mib()
+    stats = second.compare_to(first, "traceback")
+    grown = sum(stat.size_diff for stat in stats) / 1024
+    print(
+        f"\nmemtrace: {jobs} jobs after 100 warm-up: Python heap {grown:+.0f} KiB,"
+        f" RSS {rss_before:.0f} -> {rss_after:.0f} MiB; largest growth:"
+    )
+    for stat in stats[:3]:
+        print(f"  {stat.size_diff / 1024:+.0f} KiB at {stat.traceback.format()[-2].strip()}")
+    tracemalloc.stop()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--rows", type=int, action="append", help="table sizes (ascending)")
     parser.add_argument("--samples", type=int, default=100)
     parser.add_argument("--jobs", type=int, default=300)
+    parser.add_argument(
+        "--memtrace-jobs", type=int, default=0, help="tracemalloc diff across this many jobs"
+    )
     parser.add_argument("--soak-seconds", type=float, default=0)
     parser.add_argument("--soak-rate", type=float, default=20, help="pings per second")
     parser.add_argument("--purge-every", type=float, default=15)
@@ -360,6 +387,8 @@ def main() -> None:
                 f"  platform.{table}: {ins:.2f} inserts, {upd:.2f} updates"
                 f" ({hot:.2f} HOT) -> {upd:.2f} dead tuples per job"
             )
+        if args.memtrace_jobs:
+            memtrace(settings, args.memtrace_jobs)
         if args.soak_seconds:
             soak(settings, url, args.soak_seconds, args.soak_rate, args.purge_every)
     finally:

@@ -54,7 +54,7 @@ def relay_sweep() -> dict[str, Any]:
 # Housekeeping every few seconds: no task events (kept out of Flower), quiet logs.
 @shared_task(name="platform.purge_done", acks_late=True, send_events=False)
 def purge_done() -> dict[str, Any]:
-    """Retention: deletes done operations and schedule runs older than
+    """Retention: deletes done operations, schedule runs and answered pings older than
     ``schedules.retention_days``, and what ``CONVEYOR_RETENTION__*`` says has expired:
     published outbox rows, handled inbox rows, finished webhook deliveries with their
     attempts, received and applied event records, and finished imports' files.
@@ -76,6 +76,7 @@ def purge_done() -> dict[str, Any]:
     counts: dict[str, Any] = {
         "operations": runtime.run(container.operations.purge_done(cutoff, limit=batch)),
         "schedule_runs": runtime.run(container.services["schedules"].purge_runs(cutoff)),
+        "pings": runtime.run(container.pings.purge(cutoff, limit=batch)),
     }
     counts.update(
         runtime.run(

@@ -14,6 +14,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from domains.platform import tables
 from domains.platform.model import Ping
 from domains.shared.ids import new_id
+from domains.shared.retention import delete_batch
 
 
 class PingRepository(Protocol):
@@ -104,6 +105,19 @@ class SqlPingRepository:
                 applied_time=now,
             )
         )
+
+    async def purge(self, completed_before: dt.datetime, limit: int) -> int:
+        """Deletes pings answered before ``completed_before`` (one batch).
+
+        Args:
+            completed_before: Cut-off on ``complete_time``.
+            limit: Most rows deleted.
+
+        Returns:
+            Rows deleted.
+        """
+        t = tables.pings
+        return await delete_batch(self._session, t, t.c.complete_time < completed_before, limit)
 
 
 def ping_exists(ping_id: uuid.UUID) -> sa.ColumnElement[bool]:

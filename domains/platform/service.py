@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import datetime as dt
 import uuid
 from collections.abc import Callable
 from typing import Any, cast
@@ -18,6 +19,7 @@ from domains.platform.unit_of_work import PlatformUnitOfWork
 from domains.shared.clock import utcnow
 from domains.shared.errors import NotFound, TransientError
 from domains.shared.ids import new_id
+from domains.shared.retention import purge_batches
 
 DOMAIN = "platform"
 PING_TASK = "platform.ping"
@@ -234,6 +236,25 @@ class PingService:
             await execution.checkpoint(done, ping.steps, f"step {done + 1} of {ping.steps}")
             if step:
                 await asyncio.sleep(step)
+
+    async def purge(self, completed_before: dt.datetime, *, limit: int = 1000) -> int:
+        """Deletes answered pings older than ``completed_before``, in batches (retention).
+
+        Args:
+            completed_before: Cut-off.
+            limit: Rows per batch.
+
+        Returns:
+            Rows deleted.
+        """
+
+        async def batch() -> int:
+            async with self._uow() as uow:
+                deleted = await uow.pings.purge(completed_before, limit)
+                await uow.commit()
+            return deleted
+
+        return await purge_batches(batch, limit)
 
     async def fail_operation(self, operation_id: uuid.UUID, error: OperationError) -> None:
         """Ends a ping's operation as FAILED (retries exhausted or a permanent error).

@@ -30,6 +30,12 @@ pings = sa.Table(
     sa.Column("worker", sa.Text),
     sa.Column("completions", sa.Integer, nullable=False, server_default="0"),
     sa.Column("tenant", sa.Text, nullable=False, server_default="default"),  # platform_0004
+    # Retention deletes answered pings by age without walking the table.
+    sa.Index(
+        "ix_pings_complete_time",
+        "complete_time",
+        postgresql_where=sa.text("complete_time IS NOT NULL"),
+    ),
 )
 
 ping_effects = sa.Table(

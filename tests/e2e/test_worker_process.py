@@ -4,6 +4,7 @@ Postgres (the runtime's loop and engines are built after fork, in each pool chil
 from __future__ import annotations
 
 import asyncio
+import re
 
 import pytest
 
@@ -39,3 +40,22 @@ async def test_worker_consumes_only_its_domain_queue(stack):
     )
     stack.worker(queues="platform", concurrency=1)
     await wait_state(stack.client, op["name"], {"SUCCEEDED"}, timeout=60)
+
+
+async def test_pool_child_past_its_memory_bound_is_replaced_and_no_work_is_lost(stack):
+    # 1 MiB: every child is past it after its first task, so each task ends in a recycle.
+    worker = stack.worker(
+        queues="platform",
+        concurrency=1,
+        pool="prefork",
+        env={"CONVEYOR_WORKER_MAX_MEMORY_PER_CHILD_MB": "1"},
+    )
+    for i in range(3):
+        op = (await stack.client.post("/v1/pings", json={"message": f"r{i}"})).json()
+        done = await wait_state(stack.client, op["name"], {"SUCCEEDED", "FAILED"}, timeout=60)
+        assert done["metadata"]["state"] == "SUCCEEDED", done
+    # One pool process at a time, yet each task ran in a new one: the children were recycled.
+    children = set(
+        re.findall(r"(ForkPoolWorker-\d+) celery\.app\.trace: Task platform\.ping", worker.log())
+    )
+    assert len(children) == 3, worker.log()[-3000:]

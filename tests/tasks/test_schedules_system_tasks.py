@@ -92,6 +92,9 @@ async def seed_retention_rows(database_url: str, import_dir: pathlib.Path) -> No
             "INSERT INTO webhooks.inbox (event_id, consumer, event_type, envelope, state,"
             " received_time, dispatch_time, handled_time) VALUES (gen_random_uuid(),"
             f" 'webhooks', 'handled.{tag}', '{{}}', 'HANDLED', {age}, {age}, {age})",
+            "INSERT INTO platform.pings (id, message, sleep_seconds, steps, fail_attempts,"
+            f" operation_id, create_time, complete_time) VALUES (gen_random_uuid(), 'ping-{tag}',"
+            f" 0, 1, 0, gen_random_uuid(), {age}, {age})",
             "INSERT INTO imports.imports (id, dataset_id, tenant, operation_id, state, format,"
             " create_time, file_path, complete_time) VALUES (gen_random_uuid(),"
             f" gen_random_uuid(), 'r', gen_random_uuid(), 'SUCCEEDED', 'csv', {age},"
@@ -144,6 +147,7 @@ async def remaining(database_url: str) -> dict[str, list[str]]:
         "applied": "SELECT type FROM reports.applied_events",
         "inbox": "SELECT event_type FROM webhooks.inbox",
         "import_files": "SELECT file_path FROM imports.imports WHERE file_path IS NOT NULL",
+        "pings": "SELECT message FROM platform.pings",
     }
     return {
         kind: sorted(str(row[0]) for row in await query(database_url, sql))
@@ -172,9 +176,10 @@ async def test_purge_applies_every_retention_setting(
         "applied": ["applied.new"],
         "inbox": ["failed.old", "handled.new"],
         "import_files": ["retention-new.csv"],
+        "pings": ["ping-new"],
     }
     assert not (import_dir / "retention-old.csv").exists()
     assert (import_dir / "retention-new.csv").exists()
     assert outcome["outbox"] >= 1 and outcome["deliveries"] == 1
     assert outcome["received_events"] == 1 and outcome["applied_events"] == 1
-    assert outcome["inbox"] == 1 and outcome["import_files"] == 1
+    assert outcome["inbox"] == 1 and outcome["import_files"] == 1 and outcome["pings"] == 1
