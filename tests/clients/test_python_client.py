@@ -315,3 +315,17 @@ def test_python_client_guide_examples_run(
     assert "SUCCEEDED pong: hello" in out
     assert "NOT_FOUND" in out and "2 1" in out and "A-1 {" in out
     assert "['SUCCEEDED', 'SUCCEEDED', 'SUCCEEDED']" in out
+
+
+def test_report_is_requested_waited_for_and_downloaded_to_a_file(
+    cv: cc.Conveyor, tmp_path: Any
+) -> None:
+    op = cv.reports.create("digest", "today", format="csv").wait(timeout=60)
+    assert op.state == "SUCCEEDED", op
+    report = cv.reports.get(op.metadata.target)
+    assert report.state == "SUCCEEDED" and report.format == "csv"
+    assert report.name in {r.name for r in cv.reports.list('type = "digest"')}
+    out = tmp_path / "digest.csv"
+    written = cv.reports.download(report.name, out)
+    assert written == report.size_bytes == out.stat().st_size
+    assert out.read_text().splitlines()[0].startswith("day")
