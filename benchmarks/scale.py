@@ -93,28 +93,31 @@ def _pct(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
-async def grow(url: str, start: int, count: int) -> float:
+async def grow(url: str, start: int, count: int, only: str | None = None) -> float:
     """Grows the listed tables by ``count`` rows each; returns the seconds it took."""
     began = time.perf_counter()
     engine = create_async_engine(url)
+    tables = {
+        "operations": (
+            "platform.operations",
+            [scale_data.operations_sql("platform", count, start=start)],
+        ),
+        "deliveries": ("webhooks.deliveries", scale_data.deliveries_sql(count, start=start)),
+        "reports": ("reports.reports", [scale_data.reports_sql(count, start=start)]),
+    }
     try:
         async with engine.begin() as conn:
             await scale_data.grow(
-                conn,
-                {
-                    "platform.operations": [
-                        scale_data.operations_sql("platform", count, start=start)
-                    ],
-                    "webhooks.deliveries": scale_data.deliveries_sql(count, start=start),
-                    "reports.reports": [scale_data.reports_sql(count, start=start)],
-                },
+                conn, {name: sql for key, (name, sql) in tables.items() if only in (None, key)}
             )
     finally:
         await engine.dispose()
     return time.perf_counter() - began
 
 
-async def measure_lists(settings: Settings, key: str, samples: int) -> list[dict[str, Any]]:
+async def measure_lists(
+    settings: Settings, key: str, samples: int, only: str | None = None
+) -> list[dict[str, Any]]:
     """p50/p99 of every allowed filter through the in-process API."""
     from app.main import create_app
 
@@ -127,6 +130,8 @@ async def measure_lists(settings: Settings, key: str, samples: int) -> list[dict
             transport=transport, base_url="http://bench", headers=headers
         ) as http:
             for path, filters in _filters().items():
+                if only is not None and not path.endswith(only):
+                    continue
                 for text in filters:
                     params = {"page_size": "50", **({"filter": text} if text else {})}
                     times = []
@@ -323,6 +328,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--rows", type=int, action="append", help="table sizes (ascending)")
     parser.add_argument("--samples", type=int, default=100)
+    parser.add_argument(
+        "--only", choices=("operations", "deliveries", "reports"), help="grow and list one table"
+    )
     parser.add_argument("--jobs", type=int, default=300)
     parser.add_argument(
         "--memtrace-jobs", type=int, default=0, help="tracemalloc diff across this many jobs"
@@ -355,10 +363,10 @@ def main() -> None:
         key = asyncio.run(create_api_key(settings, tenant=scale_data.BIG_TENANT))
         grown = 0
         for size in sizes_wanted:
-            took = asyncio.run(grow(url, grown + 1, size - grown))
+            took = asyncio.run(grow(url, grown + 1, size - grown, args.only))
             grown = size
             print(f"\n== {size:,} rows per table (grown in {took:.0f} s)")
-            rows = asyncio.run(measure_lists(settings, key, args.samples))
+            rows = asyncio.run(measure_lists(settings, key, args.samples, args.only))
             base = rows[0]["p50"]
             print(
                 f"{'list':<12} {'filter':<50} {'p50 ms':>7} {'p99 ms':>7} {'x base':>6}"
