@@ -182,24 +182,105 @@ def chart(results: dict[str, Any], path: pathlib.Path) -> bool:
     return True
 
 
-def targets(results: dict[str, Any]) -> list[str]:
-    """The issues' throughput targets next to this run's ratios, met or not."""
-    rows: list[tuple[str, float | None, float]] = []
+Target = tuple[str, float | None, str, float]
+"""``(figure, value, ">=" or "<=", bound)``; values ending in "ms" are absolute, others ratios."""
+
+
+def target_values(results: dict[str, Any]) -> list[Target]:
+    """The issues' targets (#14 for the hot path) with this run's values, 2 worker processes."""
+    rows: list[Target] = []
     submit = results.get("submit", {}).get(2)
     if submit:
-        row = find(submit_rows(submit), "submit rate")
-        rows.append(("API submit rate vs bare FastAPI + send_task", _ratio(row), 1.0))
+        sr = submit_rows(submit)
+        rows += [
+            (
+                "worker CPU per ping vs raw Celery (same effect, -E)",
+                _ratio(find(sr, "worker CPU per job (ms)")),
+                "<=",
+                1.5,
+            ),
+            (
+                "end-to-end jobs/s vs raw Celery submitted over HTTP",
+                _ratio(find(sr, "e2e throughput (jobs/s)")),
+                ">=",
+                0.8,
+            ),
+            (
+                "API submit rate vs bare FastAPI + send_task",
+                _ratio(find(sr, "submit rate")),
+                ">=",
+                1.5,
+            ),
+            ("API CPU per submit vs bare endpoint", _ratio(find(sr, "API process CPU")), "<=", 1.0),
+            (
+                "burst submit->start p99 vs raw Celery",
+                _ratio(find(sr, "p99 (ms), burst")),
+                "<=",
+                2.0,
+            ),
+        ]
+        paced = find(sr, "p99 (ms), paced")
+        rows.append(
+            ("paced submit->start p99 (ms)", paced["conveyor"] if paced else None, "<=", 10.0)
+        )
     imports = results.get("imports") or {}
     if imports:
-        rows.append(("import of the largest file vs COPY", imports[max(imports)].get("ratio"), 0.5))
+        rows.append(
+            ("import of the largest file vs COPY", imports[max(imports)].get("ratio"), ">=", 0.5)
+        )
     webhooks = results.get("webhooks")
     if webhooks:
-        rows.append(("webhook deliveries vs raw httpx loop", webhooks.get("ratio"), 0.5))
-    lines = ["## Targets", "", "| figure | ratio | target | met |", "|---|---|---|---|"]
-    for name, ratio, target in rows:
-        met = "yes" if ratio is not None and ratio >= target else "**no**"
-        shown = f"{ratio:.2f}x" if ratio is not None else "-"
-        lines.append(f"| {name} | {shown} | >= {target:.1f}x | {met} |")
+        rows.append(("webhook deliveries vs raw httpx loop", webhooks.get("ratio"), ">=", 0.8))
+    return rows
+
+
+def _shown(name: str, value: float | None) -> str:
+    if value is None:
+        return "-"
+    return f"{value:.1f} ms" if name.endswith("(ms)") else f"{value:.2f}x"
+
+
+def _met(value: float | None, op: str, bound: float) -> str:
+    if value is None:
+        return "-"
+    return "yes" if (value >= bound if op == ">=" else value <= bound) else "**no**"
+
+
+def targets(results: dict[str, Any]) -> list[str]:
+    """The issues' targets next to this run's values, met or not."""
+    lines = ["## Targets", "", "| figure | value | target | met |", "|---|---|---|---|"]
+    for name, value, op, bound in target_values(results):
+        unit = " ms" if name.endswith("(ms)") else "x"
+        lines.append(
+            f"| {name} | {_shown(name, value)} | {op} {bound:g}{unit} | {_met(value, op, bound)} |"
+        )
+    return [*lines, ""]
+
+
+def before_after(before: dict[str, Any], after: dict[str, Any], label: str) -> list[str]:
+    """Targets before and after a change, each measured against its own same-run baseline."""
+    old = {name: value for name, value, _, _ in target_values(before)}
+    lines = [
+        f"## Before and after ({label})",
+        "",
+        "Both columns are ratios against the baseline measured in the same run (absolute only"
+        " where the target is in ms); each run shares the 2 cores with whatever else ran then.",
+        "",
+        "| figure | before | after | change | target | met after |",
+        "|---|---|---|---|---|---|",
+    ]
+    for name, value, op, bound in target_values(after):
+        was = old.get(name)
+        change = (
+            f"{was / value:.1f}x better"
+            if was and value and op == "<="
+            else (f"{value / was:.1f}x better" if was and value else "-")
+        )
+        unit = " ms" if name.endswith("(ms)") else "x"
+        lines.append(
+            f"| {name} | {_shown(name, was)} | {_shown(name, value)} | {change} |"
+            f" {op} {bound:g}{unit} | {_met(value, op, bound)} |"
+        )
     return [*lines, ""]
 
 
@@ -209,7 +290,13 @@ def _ratio(row: dict[str, Any] | None) -> float | None:
     return float(row["conveyor"]) / float(row["baseline"])
 
 
-def report(results: dict[str, Any], info: dict[str, str], chart_ok: bool, quick: bool) -> str:
+def report(
+    results: dict[str, Any],
+    info: dict[str, str],
+    chart_ok: bool,
+    quick: bool,
+    before: tuple[dict[str, Any], str] | None = None,
+) -> str:
     lines = [
         "# Benchmarks",
         "",
@@ -228,6 +315,8 @@ def report(results: dict[str, Any], info: dict[str, str], chart_ok: bool, quick:
     if chart_ok:
         lines += ["![throughput, latency and scaling](benchmarks.png)", ""]
     lines += targets(results)
+    if before is not None:
+        lines += before_after(before[0], results, before[1])
     submit = results.get("submit", {})
     if submit:
         lines += ["## API and end-to-end (`submit.py`)", ""]
@@ -282,6 +371,16 @@ def report(results: dict[str, Any], info: dict[str, str], chart_ok: bool, quick:
     return "\n".join(lines)
 
 
+def load(path: pathlib.Path) -> dict[str, Any]:
+    """Reads a run's ``all.json`` (keys back to ints)."""
+    raw = json.loads(path.read_text())
+    return {
+        "submit": {int(k): v for k, v in (raw.get("submit") or {}).items()},
+        "imports": {int(k): v for k, v in (raw.get("imports") or {}).items()},
+        "webhooks": raw.get("webhooks"),
+    }
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="smaller sizes (minutes)")
@@ -289,16 +388,18 @@ def main() -> int:
     parser.add_argument(
         "--from-json", type=pathlib.Path, help="re-render the report from a run's all.json"
     )
+    parser.add_argument(
+        "--before", type=pathlib.Path, help="an earlier run's all.json: adds a before/after table"
+    )
+    parser.add_argument("--before-label", default="before vs after", help="its heading")
     args = parser.parse_args()
+    before = (load(args.before), args.before_label) if args.before else None
     if args.from_json:
-        raw = json.loads(args.from_json.read_text())
-        results = {
-            "submit": {int(k): v for k, v in (raw.get("submit") or {}).items()},
-            "imports": {int(k): v for k, v in (raw.get("imports") or {}).items()},
-            "webhooks": raw.get("webhooks"),
-        }
+        results = load(args.from_json)
         chart_ok = chart(results, args.out.parent / "benchmarks.png")
-        args.out.write_text(report(results, machine(), chart_ok, quick=False) + "\n")
+        args.out.write_text(
+            report(results, machine(), chart_ok, quick=args.quick, before=before) + "\n"
+        )
         print(f"wrote {args.out}")
         return 0
     tmp = pathlib.Path(tempfile.mkdtemp(prefix="conveyor-bench-all-"))
@@ -325,7 +426,7 @@ def main() -> int:
     )
     info = machine()
     chart_ok = chart(results, args.out.parent / "benchmarks.png")
-    args.out.write_text(report(results, info, chart_ok, args.quick) + "\n")
+    args.out.write_text(report(results, info, chart_ok, args.quick, before=before) + "\n")
     (tmp / "all.json").write_text(json.dumps(results, indent=2, default=str))
     print(f"wrote {args.out} (raw figures: {tmp / 'all.json'})")
     return 0

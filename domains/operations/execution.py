@@ -292,6 +292,8 @@ class OperationRunner:
         response: dict[str, Any],
         effects: Sequence[Callable[[sa.ColumnElement[bool]], Any]] = (),
         requires: sa.ColumnElement[bool] | None = None,
+        shape: str | None = None,
+        params: dict[str, Any] | None = None,
     ) -> Operation | None:
         """The hot path's finish: effects, SUCCEEDED and outbox rows in one statement.
 
@@ -303,6 +305,9 @@ class OperationRunner:
             response: The operation's response.
             effects: ``owned -> DML statement`` builders for the effect rows.
             requires: A condition the effects need (their target exists).
+            shape: Names a statement built from bind parameters only, built once and reused
+                (see :meth:`SqlOperationRepository.finish`).
+            params: Values of the effects' bind parameters.
 
         Returns:
             The SUCCEEDED operation, or ``None`` if nothing was written: then call
@@ -315,7 +320,15 @@ class OperationRunner:
         now = utcnow()
         return await self.uow_factory().autocommit(
             lambda uow: uow.operations.finish(
-                execution.id, execution.attempt, now, response, progress, effects, requires
+                execution.id,
+                execution.attempt,
+                now,
+                response,
+                progress,
+                effects,
+                requires,
+                shape=shape,
+                params=params,
             )
         )
 

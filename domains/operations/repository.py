@@ -5,7 +5,7 @@ from __future__ import annotations
 import builtins
 import datetime as dt
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Protocol
 
 import sqlalchemy as sa
@@ -34,6 +34,11 @@ FILTER_COLUMNS: dict[str, str] = {
     "metadata.update_time": "update_time",
 }
 """API filter field -> column."""
+
+
+_STATEMENTS: dict[tuple[Any, ...], Any] = {}
+"""Hot-path statements built once per table (and shape) and reused: SQLAlchemy then finds
+them in its compiled cache without rebuilding the tree or recomputing its cache key."""
 
 
 class DuplicateRequestId(Conflict):
@@ -226,11 +231,26 @@ class SqlOperationRepository:
             The RUNNING operation with its new attempt, or ``None`` if it is not claimable as is
             (done, CANCELLING, running elsewhere, capped, missing): the caller then looks closer.
         """
+        query = _STATEMENTS.get((self._t, "claim"))
+        if query is None:
+            query = _STATEMENTS[(self._t, "claim")] = self._claim_statement()
+        row = (
+            (
+                await self._session.execute(
+                    query, {"op_id": operation_id, "now": now, "cap": max_attempts}
+                )
+            )
+            .mappings()
+            .first()
+        )
+        return from_row(row) if row else None
+
+    def _claim_statement(self) -> Any:
         t = self._t
         seconds = sa.func.make_interval(0, 0, 0, 0, 0, 0, 1)
         last_sign = sa.func.coalesce(t.c.heartbeat_time, t.c.start_time, t.c.update_time)
         now_param = sa.bindparam("now", type_=t.c.update_time.type)
-        query = (
+        return (
             sa.update(t)
             .where(
                 t.c.id == sa.bindparam("op_id", type_=t.c.id.type),
@@ -257,16 +277,6 @@ class SqlOperationRepository:
             )
             .returning(*t.c)
         )
-        row = (
-            (
-                await self._session.execute(
-                    query, {"op_id": operation_id, "now": now, "cap": max_attempts}
-                )
-            )
-            .mappings()
-            .first()
-        )
-        return from_row(row) if row else None
 
     async def finish(
         self,
@@ -277,6 +287,8 @@ class SqlOperationRepository:
         progress: Progress | None,
         effects: Sequence[Callable[[sa.ColumnElement[bool]], Any]] = (),
         requires: sa.ColumnElement[bool] | None = None,
+        shape: str | None = None,
+        params: Mapping[str, Any] | None = None,
     ) -> Operation | None:
         """Settles an attempt as SUCCEEDED and writes its effects in one statement (a CTE).
 
@@ -294,27 +306,55 @@ class SqlOperationRepository:
                 ``.where(owned)``, inserts ``from_select(...).where(owned)``).
             requires: A condition the effect needs (its target row exists): if false, nothing is
                 written.
+            shape: Names a statement whose effects and condition take every value from bind
+                parameters (``params``): it is built once per table and shape and reused, so
+                SQLAlchemy neither rebuilds nor re-keys it on the hot path.
+            params: Values of the effects' bind parameters.
 
         Returns:
             The SUCCEEDED operation, or ``None`` if nothing was written (the token no longer
             owns it, it is done, or ``requires`` failed): the caller then looks closer.
         """
+        key = (self._t, "finish", shape, progress is None)
+        query = _STATEMENTS.get(key) if shape is not None else None
+        if query is None:
+            query = self._finish_statement(progress is None, effects, requires)
+            if shape is not None:
+                _STATEMENTS[key] = query
+        values = {
+            "f_op_id": operation_id,
+            "f_attempt": attempt,
+            "f_now": now,
+            "f_response": response,
+            **({} if progress is None else {"f_progress": progress.to_dict()}),
+            **(params or {}),
+        }
+        row = (await self._session.execute(query, values)).mappings().first()
+        return from_row(row) if row else None
+
+    def _finish_statement(
+        self,
+        keep_progress: bool,
+        effects: Sequence[Callable[[sa.ColumnElement[bool]], Any]],
+        requires: sa.ColumnElement[bool] | None,
+    ) -> Any:
         t = self._t
+        now = sa.bindparam("f_now", type_=t.c.update_time.type)
         values: dict[str, Any] = {
             "state": State.SUCCEEDED.value,
             "done": True,
-            "response": response,
+            "response": sa.bindparam("f_response", type_=t.c.response.type),
             "error": None,
             "end_time": now,
             "update_time": now,
         }
-        if progress is not None:
-            values["progress"] = progress.to_dict()
+        if not keep_progress:
+            values["progress"] = sa.bindparam("f_progress", type_=t.c.progress.type)
         settle = (
             sa.update(t)
             .where(
-                t.c.id == operation_id,
-                t.c.attempt == attempt,
+                t.c.id == sa.bindparam("f_op_id", type_=t.c.id.type),
+                t.c.attempt == sa.bindparam("f_attempt", type_=sa.Integer),
                 t.c.state.in_([State.RUNNING.value, State.CANCELLING.value]),
             )
             .values(**values)
@@ -327,8 +367,7 @@ class SqlOperationRepository:
         query = sa.select(op_cte)
         for index, effect in enumerate(effects):
             query = query.add_cte(effect(owned).cte(f"effect_{index}"))
-        row = (await self._session.execute(query)).mappings().first()
-        return from_row(row) if row else None
+        return query
 
     async def heartbeat(
         self, operation_id: uuid.UUID, attempt: int, progress: Progress, now: dt.datetime
@@ -347,17 +386,30 @@ class SqlOperationRepository:
             The state after the write, or ``None`` if the attempt no longer owns the operation.
         """
         t = self._t
-        query = (
-            sa.update(t)
-            .where(
-                t.c.id == operation_id,
-                t.c.attempt == attempt,
-                t.c.state.in_([State.RUNNING.value, State.CANCELLING.value]),
+        query = _STATEMENTS.get((t, "heartbeat"))
+        if query is None:
+            at = sa.bindparam("hb_now", type_=t.c.update_time.type)
+            query = _STATEMENTS[(t, "heartbeat")] = (
+                sa.update(t)
+                .where(
+                    t.c.id == sa.bindparam("hb_op_id", type_=t.c.id.type),
+                    t.c.attempt == sa.bindparam("hb_attempt", type_=sa.Integer),
+                    t.c.state.in_([State.RUNNING.value, State.CANCELLING.value]),
+                )
+                .values(
+                    progress=sa.bindparam("hb_progress", type_=t.c.progress.type),
+                    heartbeat_time=at,
+                    update_time=at,
+                )
+                .returning(t.c.state)
             )
-            .values(progress=progress.to_dict(), heartbeat_time=now, update_time=now)
-            .returning(t.c.state)
-        )
-        row = (await self._session.execute(query)).first()
+        params = {
+            "hb_op_id": operation_id,
+            "hb_attempt": attempt,
+            "hb_progress": progress.to_dict(),
+            "hb_now": now,
+        }
+        row = (await self._session.execute(query, params)).first()
         return State(row[0]) if row else None
 
     async def list(

@@ -120,41 +120,40 @@ class SqlPingRepository:
         return await delete_batch(self._session, t, t.c.complete_time < completed_before, limit)
 
 
-def ping_exists(ping_id: uuid.UUID) -> sa.ColumnElement[bool]:
-    """The fused finish's precondition: the ping row still exists.
-
-    Args:
-        ping_id: The ping.
+def ping_exists() -> sa.ColumnElement[bool]:
+    """The fused finish's precondition: the ping row (bind parameter ``p_ping_id``) exists.
 
     Returns:
         An ``EXISTS`` condition.
     """
-    return sa.exists(sa.select(tables.pings.c.id).where(tables.pings.c.id == ping_id))
+    pings = tables.pings
+    return sa.exists(
+        sa.select(pings.c.id).where(pings.c.id == sa.bindparam("p_ping_id", type_=pings.c.id.type))
+    )
 
 
-def answer_effects(
-    ping_id: uuid.UUID, operation_id: uuid.UUID, attempt: int, worker: str, now: dt.datetime
-) -> list[Callable[[sa.ColumnElement[bool]], Any]]:
+ANSWER_SHAPE = "platform.ping.answer"
+"""Shape name of the ping's fused finish (its statement is built once and reused)."""
+
+
+def answer_effects() -> list[Callable[[sa.ColumnElement[bool]], Any]]:
     """A ping's answer as statements for the fused finish (see ``OperationRunner.finish_fused``).
 
-    The same writes as ``answer`` + :meth:`SqlPingRepository.save` +
+    The same writes as ``Ping.answer`` + :meth:`SqlPingRepository.save` +
     :meth:`SqlPingRepository.log_effect`, each guarded by ``owned`` (the fencing-token check).
-
-    Args:
-        ping_id: The ping.
-        operation_id: Its operation.
-        attempt: The attempt applying the effect.
-        worker: The answering worker.
-        now: Current time.
+    Every value is a bind parameter (:func:`answer_params`, and the finish's own ``f_now``,
+    ``f_op_id``, ``f_attempt``), so the statement is built once.
 
     Returns:
         ``owned -> statement`` builders: the ping's reply and the effect-log row.
     """
     pings, effects = tables.pings, tables.ping_effects
+    now = sa.bindparam("f_now", type_=effects.c.applied_time.type)
+    worker = sa.bindparam("p_worker", type_=sa.Text)
     return [
         lambda owned: (
             sa.update(pings)
-            .where(pings.c.id == ping_id, owned)
+            .where(pings.c.id == sa.bindparam("p_ping_id", type_=pings.c.id.type), owned)
             .values(
                 reply=sa.literal("pong: ") + pings.c.message,
                 worker=worker,
@@ -165,11 +164,24 @@ def answer_effects(
         lambda owned: sa.insert(effects).from_select(
             ["id", "operation_id", "attempt", "worker", "applied_time"],
             sa.select(
-                sa.literal(new_id(), effects.c.id.type),
-                sa.literal(operation_id, effects.c.operation_id.type),
-                sa.literal(attempt, sa.Integer),
-                sa.literal(worker, sa.Text),
-                sa.literal(now, effects.c.applied_time.type),
+                sa.bindparam("p_effect_id", type_=effects.c.id.type),
+                sa.bindparam("f_op_id", type_=effects.c.operation_id.type),
+                sa.bindparam("f_attempt", type_=sa.Integer),
+                worker,
+                now,
             ).where(owned),
         ),
     ]
+
+
+def answer_params(ping_id: uuid.UUID, worker: str) -> dict[str, Any]:
+    """Values of :func:`answer_effects`' own bind parameters.
+
+    Args:
+        ping_id: The ping.
+        worker: The answering worker.
+
+    Returns:
+        The parameters.
+    """
+    return {"p_ping_id": ping_id, "p_worker": worker, "p_effect_id": new_id()}

@@ -14,7 +14,12 @@ from domains.operations.execution import Cancelled, Execution, OperationRunner, 
 from domains.operations.model import DispatchSpec, Operation, OperationError
 from domains.operations.unit_of_work import SqlUnitOfWork
 from domains.platform.model import Ping
-from domains.platform.repository import answer_effects, ping_exists
+from domains.platform.repository import (
+    ANSWER_SHAPE,
+    answer_effects,
+    answer_params,
+    ping_exists,
+)
 from domains.platform.unit_of_work import PlatformUnitOfWork
 from domains.shared.clock import utcnow
 from domains.shared.errors import NotFound, TransientError
@@ -201,12 +206,13 @@ class PingService:
             "worker": worker,
             "attempt": execution.attempt,
         }
-        now = utcnow()
         fused = await self._runner.finish_fused(
             execution,
             response,
-            effects=answer_effects(ping_id, execution.id, execution.attempt, worker, now),
-            requires=ping_exists(ping_id),
+            effects=answer_effects(),
+            requires=ping_exists(),
+            shape=ANSWER_SHAPE,
+            params=answer_params(ping_id, worker),
         )
         if fused is not None:
             return fused.response or {}

@@ -14,6 +14,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from domains.shared.clock import utcnow
 from domains.shared.ids import new_id
+from domains.shared.query import any_of
 from domains.shared.retention import delete_batch
 
 
@@ -126,7 +127,7 @@ class SqlOutboxRepository:
         # Delayed rows (available_time in the future) wait for the relay, even on the fast path.
         query = sa.select(t).where(t.c.sent_time.is_(None), t.c.available_time <= now)
         if ids is not None:
-            query = query.where(t.c.id.in_(list(ids)))
+            query = query.where(any_of(t.c.id, ids))
         else:
             if grace:
                 query = query.where(t.c.created_time <= now - grace)
@@ -144,7 +145,7 @@ class SqlOutboxRepository:
         if ids:
             t = self._table
             await self._session.execute(
-                sa.update(t).where(t.c.id.in_(list(ids))).values(sent_time=when, last_error=None)
+                sa.update(t).where(any_of(t.c.id, ids)).values(sent_time=when, last_error=None)
             )
 
     async def mark_failed(self, message_id: uuid.UUID, error: str, retry_at: dt.datetime) -> None:

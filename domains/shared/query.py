@@ -5,9 +5,11 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import uuid
+from collections.abc import Sequence
 from typing import Any, Literal
 
 import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql as pg
 
 Operator = Literal["=", "!=", "<", "<=", ">", ">="]
 Value = str | int | float | bool | None
@@ -66,3 +68,19 @@ def after_keyset(
         sa.literal(after[0], table.c.create_time.type), sa.literal(after[1], table.c.id.type)
     )
     return row < position if descending else row > position
+
+
+def any_of(column: sa.ColumnElement[Any], values: Sequence[Any]) -> sa.ColumnElement[bool]:
+    """``column = ANY($1)``: one array parameter, whatever the number of values.
+
+    ``IN ($1, $2, ...)`` renders a different statement for every list length, so each new
+    length is parsed and prepared again; one array keeps one prepared statement.
+
+    Args:
+        column: The column compared.
+        values: The values it may take.
+
+    Returns:
+        The condition.
+    """
+    return column == sa.any_(sa.literal(list(values), pg.ARRAY(column.type)))

@@ -13,7 +13,7 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from domains.shared.outbox import OutboxMessage
-from domains.shared.query import Condition, Keyset, after_keyset
+from domains.shared.query import Condition, Keyset, after_keyset, any_of
 from domains.shared.retention import delete_batch
 from domains.webhooks import tables
 from domains.webhooks.model import Attempt, Delivery, DeliveryState, Endpoint
@@ -98,7 +98,7 @@ class SqlWebhooksRepository:
         if not ids:
             return {}
         t = tables.endpoints
-        query = sa.select(t).where(t.c.id.in_(sorted(set(ids)))).order_by(t.c.id)
+        query = sa.select(t).where(any_of(t.c.id, sorted(set(ids)))).order_by(t.c.id)
         if for_update:
             query = query.with_for_update()
         rows = (await self._session.execute(query)).mappings().all()
@@ -216,7 +216,7 @@ class SqlWebhooksRepository:
         t = tables.deliveries
         query = (
             sa.select(t)
-            .where(t.c.id.in_(list(ids)), t.c.state.in_(["PENDING", "SENDING"]))
+            .where(any_of(t.c.id, ids), t.c.state.in_(["PENDING", "SENDING"]))
             .order_by(t.c.id)
             .with_for_update(skip_locked=skip_locked)
         )
