@@ -126,9 +126,12 @@ class OutboxPublisher:
         is gone or was replaced), and re-declares the queues if so (their bindings went too,
         and publishes to an unbound exchange are dropped).
 
-        The first call only remembers the epoch; a broker without one (wiped while no
-        publisher ran) counts as wiped. RabbitMQ keeps durable queues across restarts: it is
-        not watched (the pending deadline covers it).
+        The first call only arms the watch: it remembers the epoch, or sets one on a broker
+        that has none. A broker found without an epoch at start is not counted as wiped:
+        another relay may be publishing its first rows at that very moment (re-dispatching
+        them would send each twice), and whatever a wipe before this process started lost is
+        recovered by the pending deadline. RabbitMQ keeps durable queues across restarts: it
+        is not watched (the pending deadline covers it).
 
         Returns:
             ``True`` if the messages published before now may be gone.
@@ -157,8 +160,8 @@ class OutboxPublisher:
             self._epoch = raw.decode() if isinstance(raw, bytes) else raw
         if seen is None:
             log.info("broker watch armed (the broker had no epoch: set %s)", self._epoch)
-        else:
-            log.warning("the broker lost its state (epoch %s -> %s)", seen, epoch)
+            return False
+        log.warning("the broker lost its state (epoch %s -> %s)", seen, epoch)
         return True
 
     def _send(self, message: OutboxMessage) -> None:

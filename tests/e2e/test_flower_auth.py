@@ -57,8 +57,15 @@ def test_flower_without_credentials_refuses_to_start(
 
 
 # `ops` is an HTTP client of the API and `new-domain` writes source files: neither reads the
-# broker or database settings.
-@pytest.mark.parametrize("command", sorted(set(main.commands) - {"ops", "new-domain"}))
+# broker or database settings. Hidden commands are `up`'s internals, not run by users.
+@pytest.mark.parametrize(
+    "command",
+    sorted(
+        name
+        for name, command in main.commands.items()
+        if not command.hidden and name not in {"ops", "new-domain"}
+    ),
+)
 def test_invalid_broker_url_fails_every_command_with_one_line(
     command: str, tmp_path: pathlib.Path
 ) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from typing import Any
 
 from app.embedded import find_free_port
@@ -15,11 +16,18 @@ def start_api(stack: Any, env: dict[str, str] | None = None) -> tuple[Any, str]:
     return proc, f"http://127.0.0.1:{port}"
 
 
+_UP_PREFIX = re.compile(r"^[\w.-]+\s*\|\s?")
+
+
 def json_lines(text: str) -> list[dict[str, Any]]:
-    """The lines of a log that are JSON objects (a worker also prints its banner as plain text)."""
+    """The lines of a log that are JSON objects (a worker also prints its banner as plain text).
+
+    Lines relayed by `conveyor up` carry its process prefix (``imports  | {...}``): it is
+    dropped.
+    """
     out = []
     for line in text.splitlines():
-        line = line.strip()
+        line = _UP_PREFIX.sub("", line.strip())
         if line.startswith("{"):
             try:
                 value = json.loads(line)
