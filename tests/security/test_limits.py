@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import socket
+import time
 import uuid
 
 import redis
@@ -152,6 +153,16 @@ def test_conveyor_api_refuses_endless_headers_and_hides_its_server_name(spawn):
     port = find_free_port()
     api_proc = spawn("api", "--port", str(port), name="api-limits")
     api_proc.wait_for_log("Application startup complete", timeout=30)
+    # Lifespan startup is logged before uvicorn binds its socket: wait until it accepts.
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            break
+        except ConnectionRefusedError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.1)
     with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
         # Headers that never end: buffered up to the cap, then refused (not held in memory).
         sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Slow: " + b"a" * 20000)
