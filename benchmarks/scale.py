@@ -350,7 +350,11 @@ def main() -> None:
     name = f"conveyor_bench_scale_{secrets.token_hex(4)}"
     url = services.create_database(admin, name)
     try:
-        overrides: dict[str, Any] = {"fast_path_publish": False}
+        # No rate limit: the reads come as fast as one client can send them.
+        overrides: dict[str, Any] = {
+            "fast_path_publish": False,
+            "security": {"rate_limit_enabled": False},
+        }
         if args.soak_seconds:
             # Retention shrunk to seconds, so a short soak reaches the steady state.
             keep = args.purge_every
