@@ -334,6 +334,8 @@ def report(
                     f" {ratio:.2f}x | {row['better']} |"
                 )
             lines.append("")
+            lines += [f"- {note}" for note in submit[count].get("notes", [])]
+            lines.append("")
         lines += [
             "### How cost grows with workers",
             "",

@@ -805,6 +805,11 @@ async def run(
             percentile(inproc["burst_latencies"], pct) * 1000,
             "lower",
         )
+    per_submit, per_job = await count_round_trips(database_url)
+    results.notes.append(
+        f"PostgreSQL round trips (counted on the wire): {per_submit} per submit, {per_job} per"
+        " ping job in the worker"
+    )
     results.notes.append(f"broker {broker}; {os.cpu_count()} CPUs shared with everything else")
     results.notes.append(
         "CPU rows count the benchmark's own processes (conveyor worker row: worker + its pool"
@@ -818,6 +823,39 @@ async def run(
 
 
 # -------------------------------------------------------------------------------- main
+
+
+async def count_round_trips(database_url: str, jobs: int = 5) -> tuple[int, int]:
+    """PostgreSQL round trips per submit and per ping job, counted on the wire.
+
+    The same count as ``tests/perf/test_round_trips.py`` (a TCP proxy in front of PostgreSQL,
+    tests/support/roundtrips.py), in-process: ``PingService.create_ping`` and ``run_ping``.
+
+    Returns:
+        ``(per submit, per job)``, the most seen over ``jobs`` warm jobs.
+    """
+    from app.container import Container
+    from app.db import EngineRegistry
+    from tests.support.roundtrips import RoundTripCounter
+
+    parts = urllib.parse.urlsplit(database_url)
+    async with RoundTripCounter(parts.hostname or "127.0.0.1", parts.port or 5432) as proxy:
+        settings = load_settings(database_url=proxy.url(database_url), broker_url="redis://unused")
+        registry = EngineRegistry(settings)
+        try:
+            pings = Container(settings, registry).pings
+            submits, runs = [], []
+            for i in range(jobs + 2):
+                before = proxy.turns
+                op = await pings.create_ping(message="count")
+                submitted = proxy.turns
+                await pings.run_ping(op.id, worker="bench")
+                if i >= 2:  # connections and prepared statements warm
+                    submits.append(submitted - before)
+                    runs.append(proxy.turns - submitted)
+            return max(submits), max(runs)
+        finally:
+            await registry.dispose()
 
 
 def print_table(results: Results, args: argparse.Namespace) -> None:

@@ -334,6 +334,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         settings = load_settings(
             database_url=database_url,
             broker_url=broker,
+            # The workers' data dir: the same generated key encrypts the endpoints' secrets.
+            data_dir=str(logdir / "data"),
             webhooks={"ssrf_allowlist": ["127.0.0.1"], "dispatch_batch_size": args.batch},
         )
         print(
