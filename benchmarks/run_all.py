@@ -271,11 +271,10 @@ def before_after(before: dict[str, Any], after: dict[str, Any], label: str) -> l
     ]
     for name, value, op, bound in target_values(after):
         was = old.get(name)
-        change = (
-            f"{was / value:.1f}x better"
-            if was and value and op == "<="
-            else (f"{value / was:.1f}x better" if was and value else "-")
-        )
+        change = "-"
+        if was and value:
+            gain = was / value if op == "<=" else value / was
+            change = f"{gain:.1f}x better" if gain >= 1 else f"{1 / gain:.1f}x worse"
         unit = " ms" if name.endswith("(ms)") else "x"
         lines.append(
             f"| {name} | {_shown(name, was)} | {_shown(name, value)} | {change} |"
