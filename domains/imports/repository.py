@@ -10,6 +10,7 @@ from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any, cast
 
 import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql as pg
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from domains.imports import tables
@@ -177,7 +178,9 @@ class SqlImportsRepository:
             {"s": tables.SCHEMA, "n": names},
         )
         for name in left.scalars():
-            await self._session.execute(sa.text(f'DROP TABLE IF EXISTS {tables.SCHEMA}."{name}"'))
+            await self._session.execute(
+                sa.schema.DropTable(staging_table_for(name), if_exists=True)
+            )
         for table in (tables.staged_records, tables.row_errors, tables.import_chunks):
             await self._session.execute(sa.delete(table).where(table.c.import_id.in_(import_ids)))
         await self._session.execute(
@@ -442,7 +445,13 @@ class SqlImportsRepository:
         return f"staged_{import_id.hex}"
 
     def _staging_sql(self, import_id: uuid.UUID) -> str:
+        # The regclass text for to_regclass() (a bound value, not SQL).
         return f'{tables.SCHEMA}."{self.staging_table(import_id)}"'
+
+    @classmethod
+    def _staging(cls, import_id: uuid.UUID) -> sa.Table:
+        # A throwaway Table: SQLAlchemy quotes the identifiers, no SQL is formatted by hand.
+        return staging_table_for(cls.staging_table(import_id))
 
     async def create_staging(self, import_id: uuid.UUID) -> None:
         """Creates an import's staging table if it does not exist.
@@ -464,11 +473,7 @@ class SqlImportsRepository:
             sa.text("SELECT pg_advisory_xact_lock(hashtextextended(:n, 0))"), {"n": name}
         )
         await self._session.execute(
-            sa.text(
-                f"CREATE UNLOGGED TABLE IF NOT EXISTS {self._staging_sql(import_id)}"
-                " (chunk_no integer NOT NULL, line bigint NOT NULL, key text NOT NULL,"
-                " data jsonb NOT NULL)"
-            )
+            sa.schema.CreateTable(self._staging(import_id), if_not_exists=True)
         )
 
     async def drop_staging(self, import_id: uuid.UUID) -> None:
@@ -478,7 +483,7 @@ class SqlImportsRepository:
         Args:
             import_id: The import.
         """
-        await self._session.execute(sa.text(f"DROP TABLE IF EXISTS {self._staging_sql(import_id)}"))
+        await self._session.execute(sa.schema.DropTable(self._staging(import_id), if_exists=True))
         t = tables.staged_records
         await self._session.execute(sa.delete(t).where(t.c.import_id == import_id))
 
@@ -499,7 +504,7 @@ class SqlImportsRepository:
             sa.text("SELECT to_regclass(:n) IS NOT NULL"), {"n": name}
         )
         if exists.scalar():
-            query = sa.text(f"SELECT count(*) FROM {self._staging_sql(import_id)}")  # noqa: S608
+            query = sa.select(sa.func.count()).select_from(self._staging(import_id))
             count += int((await self._session.execute(query)).scalar() or 0)
         return count
 
@@ -589,35 +594,55 @@ class SqlImportsRepository:
         Returns:
             Records inserted (not updated): what ``record_count`` grows by.
         """
-        # Identifiers come from constants and the import id's hex digits; values are bound.
         staging = self._staging_sql(import_id)
         exists = await self._session.execute(
             sa.text("SELECT to_regclass(:n) IS NOT NULL"),
             {"n": staging},
         )
-        sources = [f"SELECT key, line, data FROM {staging}"] if exists.scalar() else []  # noqa: S608
+        legacy = tables.staged_records
+        sources: list[sa.Select[Any]] = []
+        if exists.scalar():
+            table = self._staging(import_id)
+            sources.append(sa.select(table.c.key, table.c.line, table.c.data))
         sources.append(
-            f"SELECT key, line, data FROM {tables.SCHEMA}.staged_records WHERE import_id = :i"  # noqa: S608
+            sa.select(legacy.c.key, legacy.c.line, legacy.c.data).where(
+                legacy.c.import_id == import_id
+            )
         )
-        conflict = (
-            ""
-            if empty
-            else " ON CONFLICT (dataset_id, key) DO UPDATE SET data = excluded.data,"
-            " import_id = excluded.import_id, update_time = excluded.update_time"
+        staged = (sa.union_all(*sources) if len(sources) > 1 else sources[0]).cte("staged")
+        latest = (
+            sa.select(staged.c.key, staged.c.data)
+            .distinct(staged.c.key)
+            .order_by(staged.c.key, staged.c.line.desc())
+            .cte("latest")
         )
+        records = tables.records
+        insert = pg.insert(records).from_select(
+            ["dataset_id", "key", "data", "import_id", "update_time"],
+            sa.select(
+                sa.literal(dataset_id, records.c.dataset_id.type),
+                latest.c.key,
+                latest.c.data,
+                sa.literal(import_id, records.c.import_id.type),
+                sa.literal(now, records.c.update_time.type),
+            ),
+        )
+        if not empty:
+            insert = insert.on_conflict_do_update(
+                index_elements=[records.c.dataset_id, records.c.key],
+                set_={
+                    "data": insert.excluded.data,
+                    "import_id": insert.excluded.import_id,
+                    "update_time": insert.excluded.update_time,
+                },
+            )
+        # xmax = 0 on a returned row: inserted, not updated.
+        merged = insert.returning((sa.literal_column("xmax") == 0).label("inserted")).cte("merged")
+        query = sa.select(sa.func.count().filter(merged.c.inserted))
         # A bigger sort budget for this transaction only: the DISTINCT ON sort of a large
         # import otherwise spills to disk in many small runs.
         await self._session.execute(sa.text("SET LOCAL work_mem = '64MB'"))
-        query = sa.text(
-            f"WITH staged AS ({' UNION ALL '.join(sources)}),"  # noqa: S608
-            " latest AS (SELECT DISTINCT ON (key) key, data FROM staged ORDER BY key, line DESC),"
-            f" merged AS (INSERT INTO {tables.SCHEMA}.records"
-            " (dataset_id, key, data, import_id, update_time)"
-            f" SELECT :d, key, data, :i, :now FROM latest{conflict}"
-            " RETURNING (xmax = 0) AS inserted)"
-            " SELECT count(*) FILTER (WHERE inserted) FROM merged"
-        )
-        result = await self._session.execute(query, {"i": import_id, "d": dataset_id, "now": now})
+        result = await self._session.execute(query)
         return int(result.scalar() or 0)
 
     async def add_record_count(self, dataset_id: uuid.UUID, inserted: int) -> int:
@@ -836,3 +861,24 @@ class SqlImportsRepository:
         await self._session.execute(
             sa.update(t).where(t.c.id.in_(list(import_ids))).values(file_path=None, plain_path=None)
         )
+
+
+def staging_table_for(name: str) -> sa.Table:
+    """Describes one import's UNLOGGED staging table (no index: COPY maintains nothing).
+
+    Args:
+        name: Its name (``staged_<32 hex digits>``).
+
+    Returns:
+        A Table on its own MetaData, in the ``imports`` schema.
+    """
+    return sa.Table(
+        name,
+        sa.MetaData(),
+        sa.Column("chunk_no", sa.Integer, nullable=False),
+        sa.Column("line", sa.BigInteger, nullable=False),
+        sa.Column("key", sa.Text, nullable=False),
+        sa.Column("data", pg.JSONB, nullable=False),
+        schema=tables.SCHEMA,
+        prefixes=["UNLOGGED"],
+    )

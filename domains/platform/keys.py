@@ -16,6 +16,7 @@ import dataclasses
 import datetime as dt
 import hashlib
 import hmac
+import logging
 import re
 import secrets
 import time
@@ -25,7 +26,7 @@ from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql as pg
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import DBAPIError, IntegrityError, InterfaceError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from domains.operations.unit_of_work import SqlUnitOfWork
@@ -309,6 +310,20 @@ class SqlApiKeyRepository:
         return result.first() is not None
 
 
+log = logging.getLogger(__name__)
+
+# While the platform database is unreachable, a key verified within this many seconds keeps
+# working: an outage of the primary must not log every caller out (revoking needs the database
+# too, so nothing revoked meanwhile is missed).
+STALE_IF_UNREACHABLE_SECONDS = 300.0
+
+
+def _unreachable(exc: BaseException) -> bool:
+    if isinstance(exc, (OSError, TimeoutError, OperationalError, InterfaceError)):
+        return True
+    return isinstance(exc, DBAPIError) and bool(exc.connection_invalidated)
+
+
 class ApiKeyService:
     """Creates, lists, revokes and verifies API keys."""
 
@@ -465,8 +480,23 @@ class ApiKeyService:
         cached = self._cache.get(prefix)
         if cached is not None and now - cached[0] < self._cache_seconds:
             return cached[1]
-        async with self._uow() as uow:
-            key = await SqlApiKeyRepository(uow.session).by_prefix(prefix)
+        try:
+            async with self._uow() as uow:
+                key = await SqlApiKeyRepository(uow.session).by_prefix(prefix)
+        except Exception as exc:
+            if (
+                cached is None
+                or not _unreachable(exc)
+                or now - cached[0] >= self._cache_seconds + STALE_IF_UNREACHABLE_SECONDS
+            ):
+                raise
+            log.warning(
+                "platform database unreachable (%s); key %s verified %.0f s ago is reused",
+                type(exc).__name__,
+                prefix,
+                now - cached[0],
+            )
+            return cached[1]
         if self._cache_seconds > 0:
             if len(self._cache) > 10_000:  # unknown prefixes must not grow it forever
                 self._cache.clear()

@@ -131,8 +131,30 @@ async def test_gzip_jsonl_import(client, small_chunks):
 @pytest.mark.parametrize(
     ("data", "message"),
     [
-        (b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR\xff\xfe", "not valid UTF-8"),
-        ("id,amount\nk1,1\n".encode("utf-16"), "UTF-8"),
+        (b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR\xff\xfe", "looks like a PNG image"),
+        ("id,amount\nk1,1\n".encode("utf-16"), "save it as UTF-8"),
+    ],
+)
+async def test_file_that_is_not_text_is_refused_at_upload_with_what_to_fix(
+    client, database_url, data, message
+):
+    dataset = await create_dataset(client)
+    response = await upload(client, dataset["id"], data)
+    assert response.status_code == 400, response.text
+    error = response.json()["error"]
+    assert error["status"] == "INVALID_ARGUMENT"
+    assert message in error["message"], error
+    imports = await query(
+        database_url,
+        "SELECT count(*) FROM imports.imports WHERE dataset_id = CAST(:d AS uuid)",
+        d=dataset["id"],
+    )
+    assert imports[0][0] == 0
+
+
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [
         (b"k1,1.5,3\nk2,2.5,4\n", "line 1 must be a header"),
         (b"id,amount,colour\nk1,1,red\n", "does not declare: 'colour'"),
         (b"qty,country\n1,DE\n", "lacks required columns id, amount"),
@@ -143,7 +165,9 @@ async def test_unreadable_file_fails_the_operation_with_what_to_fix(
     client, small_chunks, database_url, data, message
 ):
     dataset = await create_dataset(client)
-    op = (await upload(client, dataset["id"], data)).json()
+    response = await upload(client, dataset["id"], data)
+    assert response.status_code == 200, response.text
+    op = response.json()
     done = await wait_done(client, op["name"], timeout=60)
     assert done["metadata"]["state"] == "FAILED"
     assert message in done["error"]["message"], done["error"]
@@ -214,7 +238,9 @@ async def test_completion_and_failure_emit_integration_events_through_the_outbox
     )
     found = {row[0]["event"]["type"]: row[0]["event"] for row in rows}
     completed = found["imports.ImportCompleted"]["data"]
+    assert completed["dataset_display_name"] == "Orders"
     assert set(completed) == {
+        "dataset_display_name",
         "dataset_id",
         "dataset",
         "import_id",
@@ -232,7 +258,14 @@ async def test_completion_and_failure_emit_integration_events_through_the_outbox
         1,
     )
     failed = found["imports.ImportFailed"]["data"]
-    assert set(failed) == {"dataset_id", "dataset", "import_id", "import", "operation", "error"}
+    assert set(failed) - {"dataset_display_name"} == {
+        "dataset_id",
+        "dataset",
+        "import_id",
+        "import",
+        "operation",
+        "error",
+    }
     assert failed["operation"] == bad["name"]
     assert "header" in failed["error"]
 
