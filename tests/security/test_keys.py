@@ -183,3 +183,41 @@ async def test_service_refuses_bad_tokens_with_unauthenticated_only(settings):
             await service.revoke("nope")
     finally:
         await registry.dispose()
+
+
+async def test_a_recently_verified_key_keeps_working_while_the_database_is_unreachable(
+    settings, api_key
+):
+    """The cache is stale-if-unreachable: an outage of the platform primary does not log every
+    caller out, but only for keys verified before it; an unknown key still fails (503)."""
+    from sqlalchemy.ext.asyncio import async_sessionmaker, create_async_engine
+
+    from app.container import Container
+    from app.db import EngineRegistry
+
+    registry = EngineRegistry(settings)
+    dead = create_async_engine(
+        "postgresql+asyncpg://postgres@127.0.0.1:1/nowhere", connect_args={"timeout": 2}
+    )
+    now = [0.0]
+    try:
+        container = Container(settings, registry)
+        service = keys_module.ApiKeyService(
+            container.uow_factory("platform"), cache_seconds=1, clock=lambda: now[0]
+        )
+        verified = await service.authenticate(api_key)
+        live_factory = service._uow
+        tables = live_factory().tables  # the platform tables the live unit of work uses
+        service._uow = lambda: keys_module.SqlUnitOfWork(tables, async_sessionmaker(dead))
+        now[0] = 60.0  # the cache entry is old: the service must read the database again
+        again = await service.authenticate(api_key)
+        assert again.prefix == verified.prefix
+        other = await new_key(settings, name="never verified")
+        with pytest.raises(OSError):  # positive control: the database really is unreachable
+            await service.authenticate(other)
+        now[0] = 60.0 + keys_module.STALE_IF_UNREACHABLE_SECONDS + 1
+        with pytest.raises(OSError):  # not forever
+            await service.authenticate(api_key)
+    finally:
+        await dead.dispose()
+        await registry.dispose()
