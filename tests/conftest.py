@@ -378,9 +378,80 @@ async def stack(
 
 
 def pytest_runtest_setup(item: pytest.Item) -> None:
-    """A test marked ``missing_service`` is skipped, or fails when ``CI`` is set."""
+    """A test marked ``missing_service`` is skipped, or fails when ``CI`` is set; the conveyor
+    processes alive before a test directory starts are remembered (see the leak check)."""
+    module = _test_directory(item)
+    if module not in _MODULE_PROCESSES:
+        _MODULE_PROCESSES[module] = _conveyor_processes()
     marker = item.get_closest_marker("missing_service")
     if marker is not None:
         from tests.support.services import missing_service
 
         missing_service(str(marker.args[0]))
+
+
+# Marks this session's subprocesses (inherited through the environment) so the leak check
+# below never touches another test session's processes on the same machine.
+SESSION_MARK = f"{os.getpid()}-{secrets.token_hex(4)}"
+os.environ["PYTEST_CONVEYOR_SESSION"] = SESSION_MARK
+
+
+def _conveyor_processes() -> dict[int, str]:
+    """This session's live ``conveyor`` processes (pid -> command line): descendants of this
+    process, and orphans that carry its session mark."""
+    import psutil
+
+    me = psutil.Process()
+    descendants = {p.pid for p in me.children(recursive=True)}
+    found: dict[int, str] = {}
+    for proc in psutil.process_iter(["pid", "cmdline", "status"]):
+        try:
+            cmdline = " ".join(proc.info["cmdline"] or [])
+            if proc.info["status"] == psutil.STATUS_ZOMBIE:
+                continue
+            if not ("app.cli" in cmdline or "bin/conveyor " in cmdline):
+                continue
+            if proc.pid not in descendants and (
+                proc.environ().get("PYTEST_CONVEYOR_SESSION") != SESSION_MARK
+            ):
+                continue
+        except psutil.Error:
+            continue
+        found[proc.pid] = cmdline
+    return found
+
+
+_MODULE_PROCESSES: dict[str, dict[int, str]] = {}
+
+
+def _test_directory(item: pytest.Item) -> str:
+    # Package-scoped fixtures (the console's processes) live as long as their directory.
+    return item.nodeid.split("::", 1)[0].rsplit("/", 1)[0]
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_teardown(item: pytest.Item, nextitem: pytest.Item | None) -> Iterator[None]:
+    """After a test directory's last test (and its fixtures' teardown), no conveyor process it
+    started may still run: a leaked relay or worker on the session's database and broker
+    publishes or swallows what later tests count. A leak is killed, then fails the test."""
+    yield
+    module = _test_directory(item)
+    if nextitem is not None and _test_directory(nextitem) == module:
+        return
+    import psutil
+
+    before = _MODULE_PROCESSES.get(module, {})
+    deadline = time.monotonic() + 10
+    leaked = {p: c for p, c in _conveyor_processes().items() if p not in before}
+    while leaked and time.monotonic() < deadline:  # a stopping process gets a moment
+        time.sleep(0.2)
+        leaked = {p: c for p, c in _conveyor_processes().items() if p not in before}
+    if not leaked:
+        return
+    for pid in leaked:
+        try:
+            psutil.Process(pid).kill()
+        except psutil.Error:
+            pass
+    lines = "\n".join(f"  {pid} {cmdline}" for pid, cmdline in leaked.items())
+    pytest.fail(f"{module} left conveyor processes running (killed now):\n{lines}")

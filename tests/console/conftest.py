@@ -1,18 +1,26 @@
-"""A live API (uvicorn thread) on a broker database of its own, a subprocess worker for every
-domain queue and a relay, and one headless Debian chromium driven by Playwright."""
+"""A live API (uvicorn thread) on a PostgreSQL database and a broker database of its own, a
+subprocess worker for every domain queue and a relay, and one headless Debian chromium driven by
+Playwright.
+
+The database is the console's own because its relay runs for the rest of the session: on the
+session's database it would publish every other test's outbox rows to the console's broker."""
 
 from __future__ import annotations
 
 import os
 import pathlib
+import secrets
 import shutil
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
 
+from app import migrate
 from app.celery_app import create_celery
+from app.config import load_settings
 from tests.conftest import Proc, claim_redis_db, create_api_key, run_async
+from tests.support import services
 from tests.support.live import live_api
 
 CHROMIUM = "/usr/bin/chromium"
@@ -53,18 +61,26 @@ class Console:
             shutil.copy(path, pathlib.Path(keep) / path.name)
 
 
-@pytest.fixture(scope="session")
-def console(settings: Any, service_env: dict[str, str], tmp_path_factory: Any) -> Iterator[Console]:
+@pytest.fixture(scope="package")  # its processes end with tests/console (the leak check)
+def console(
+    settings: Any, service_env: dict[str, str], admin_url: str, tmp_path_factory: Any
+) -> Iterator[Console]:
     if not os.path.exists(CHROMIUM):
         pytest.fail(f"{CHROMIUM} is missing: install Debian's chromium (apt-get install chromium)")
     logs = tmp_path_factory.mktemp("console")
+    db_name = f"conveyor_console_{secrets.token_hex(4)}"
+    database_url = services.create_database(admin_url, db_name)
+    migrate.upgrade(load_settings(database_url=database_url, broker_url="redis://unused"))
     url, release = claim_redis_db(str(settings.broker_url))
     hooks = settings.webhooks.model_copy(
         update={"retry_schedule_seconds": [], "ssrf_allowlist": ["127.0.0.1"]}
     )
-    isolated = settings.model_copy(update={"broker_url": url, "webhooks": hooks})
+    isolated = settings.model_copy(
+        update={"database_url": database_url, "broker_url": url, "webhooks": hooks}
+    )
     env = {
         **service_env,
+        "CONVEYOR_DATABASE_URL": database_url,
         "CONVEYOR_BROKER_URL": url,
         # One attempt, then DEAD; the receiver is on 127.0.0.1.
         "CONVEYOR_WEBHOOKS__RETRY_SCHEDULE_SECONDS": "[]",
@@ -80,15 +96,16 @@ def console(settings: Any, service_env: dict[str, str], tmp_path_factory: Any) -
     try:
         worker.wait_for_log(" ready.", timeout=60)
         celery = create_celery(isolated)
-        key = str(run_async(create_api_key(settings, tenant="acme")))
+        key = str(run_async(create_api_key(isolated, tenant="acme")))
         with live_api(isolated, celery) as base:
-            yield Console(base, settings, key, logs)
+            yield Console(base, isolated, key, logs)
     finally:
         # Killed, not stopped: a warm shutdown would wait for whatever the tests left running.
         for proc in (worker, relay):
             proc.popen.kill()
             proc.stop()
         release()
+        services.drop_database(admin_url, db_name)
 
 
 @pytest.fixture(scope="module")  # not session: sync Playwright holds the main thread's loop
