@@ -382,17 +382,25 @@ class ReplicaSessionSource:
                 return session
         assert reason is not None
         metrics.REPLICA_FALLBACKS.labels(self.domain, reason).inc()
-        session = self._replica.primary_session()
-        try:
-            await session.begin()
-            await session.connection()
-        except Exception as exc:
-            await session.close()
-            if not _unreachable(exc):
-                raise
-            raise self._primary_down(reason, exc) from exc
-        metrics.REPLICA_READS.labels(self.domain, "primary").inc()
-        return session
+        # Primaries' pools do not pre-ping (the hot path's round trips): on this rare path a
+        # pooled connection is checked with one SELECT, so a primary that restarted (its old
+        # connections dropped) or is down is told here, not by the read, and a dropped
+        # connection is replaced once.
+        for last_try in (False, True):
+            session = self._replica.primary_session()
+            try:
+                await session.begin()
+                await session.execute(sqlalchemy.text("SELECT 1"))
+            except Exception as exc:
+                await session.close()
+                if not _unreachable(exc):
+                    raise
+                if last_try:
+                    raise self._primary_down(reason, exc) from exc
+            else:
+                metrics.REPLICA_READS.labels(self.domain, "primary").inc()
+                return session
+        raise AssertionError("unreachable")  # pragma: no cover
 
     def _primary_down(self, reason: Reason, exc: BaseException) -> Unavailable:
         why = {
