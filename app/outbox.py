@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
 import logging
 import os
@@ -12,6 +13,7 @@ import threading
 import time
 import uuid
 from collections.abc import Sequence
+from typing import Any
 
 from celery import Celery
 
@@ -33,6 +35,10 @@ BROKER_EPOCH_KEY = "conveyor:broker-epoch"
 """Redis key every publisher sets when it declares the queues. A broker that loses it (FLUSHALL,
 a restart without persistence) lost every message too: the relay then re-dispatches the pending
 operations at once instead of after their deadline."""
+# RabbitMQ's counterpart of the epoch key: a durable queue that nothing consumes. A restart keeps
+# it (and the durable task queues with their persistent messages); a reset or a lost node
+# deletes it with everything else.
+BROKER_EPOCH_QUEUE = "conveyor.broker-epoch"
 
 
 _commits_seen = 0
@@ -100,6 +106,7 @@ class OutboxPublisher:
         self._pending: dict[str, list[uuid.UUID]] = {}
         self._drainer: asyncio.Task[None] | None = None
         self._declare_lock = threading.Lock()
+        self._amqp_armed = False  # set by the first RabbitMQ broker watch
 
     def _declare_once(self) -> None:
         # Declare every queue before the first publish: with Redis, a message published to the
@@ -119,7 +126,37 @@ class OutboxPublisher:
                     queue(channel).declare()
                 if conn.transport.driver_type == "redis":
                     channel.client.set(BROKER_EPOCH_KEY, uuid.uuid4().hex, nx=True)
+                elif conn.transport.driver_type == "amqp":
+                    channel.queue_declare(queue=BROKER_EPOCH_QUEUE, durable=True, auto_delete=False)
             self._declared = True
+
+    @staticmethod
+    def _amqp_epoch_missing(conn: Any) -> bool:
+        # A passive declare of a missing queue closes its channel: use a channel of its own.
+        channel = conn.channel()
+        try:
+            channel.queue_declare(queue=BROKER_EPOCH_QUEUE, passive=True)
+            return False
+        except conn.channel_errors:
+            return True
+        finally:
+            with contextlib.suppress(Exception):
+                channel.close()
+
+    def _amqp_broker_wiped(self, conn: Any) -> bool:
+        missing = self._amqp_epoch_missing(conn)
+        armed, self._amqp_armed = self._amqp_armed, True
+        if not armed:
+            log.info("broker watch armed (RabbitMQ epoch queue %s)", BROKER_EPOCH_QUEUE)
+        if not missing:
+            return False
+        with self._declare_lock:
+            self._declared = False
+        self._declare_once()
+        if not armed:
+            return False  # see broker_wiped: a wipe before this process started is not ours
+        log.warning("the broker lost its state (queue %s is gone)", BROKER_EPOCH_QUEUE)
+        return True
 
     def broker_wiped(self) -> bool:
         """Tells whether the broker lost its state since the last call (Redis: the epoch key
@@ -130,8 +167,9 @@ class OutboxPublisher:
         that has none. A broker found without an epoch at start is not counted as wiped:
         another relay may be publishing its first rows at that very moment (re-dispatching
         them would send each twice), and whatever a wipe before this process started lost is
-        recovered by the pending deadline. RabbitMQ keeps durable queues across restarts: it
-        is not watched (the pending deadline covers it).
+        recovered by the pending deadline. RabbitMQ keeps durable queues and persistent
+        messages across restarts; a reset deletes them, and the durable ``conveyor.broker-epoch``
+        queue with them, which is what is watched there.
 
         Returns:
             ``True`` if the messages published before now may be gone.
@@ -140,6 +178,8 @@ class OutboxPublisher:
             conn.ensure_connection(
                 max_retries=1, timeout=self._settings.broker_connect_timeout_seconds
             )
+            if conn.transport.driver_type == "amqp":
+                return self._amqp_broker_wiped(conn)
             if conn.transport.driver_type != "redis":
                 return False
             client = conn.default_channel.client

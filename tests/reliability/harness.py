@@ -347,10 +347,13 @@ class System:
 class JobStream:
     """Submits pings with request ids, retrying unanswered/503 requests with the same id."""
 
-    def __init__(self, system: System, tally: Tally, *, sleep_seconds: float = 0.02) -> None:
+    def __init__(
+        self, system: System, tally: Tally, *, sleep_seconds: float = 0.02, steps: int = 1
+    ) -> None:
         self.system = system
         self.tally = tally
         self.sleep_seconds = sleep_seconds
+        self.steps = steps  # checkpoints (heartbeats) spread over the sleep
         self.accepted: dict[str, str] = {}  # request_id -> operation id
         self.run_id = uuid.uuid4().hex[:8]
 
@@ -359,6 +362,7 @@ class JobStream:
         body = {
             "message": f"job {index}",
             "sleep_seconds": self.sleep_seconds,
+            "steps": self.steps,
             "request_id": request_id,
         }
         self.tally.submitted += 1

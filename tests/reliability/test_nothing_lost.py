@@ -160,6 +160,10 @@ async def test_cancel_long_task_stops_within_one_unit_of_work(stack):
 
 async def test_cancel_pending_operation_skips_its_queued_task(stack, database_url):
     op = await _ping(stack.client, message="never")
+    # The fast path publishes from a task on this event loop; the blocking waits below would
+    # stall it, so let it finish first (otherwise the task reaches the broker only later).
+    await stack.app.state.publisher.drain()
+    assert stack.redis.llen("platform") == 1
     response = await stack.client.post(f"/v1/operations/{op_path(op['name'])}:cancel")
     assert response.json()["metadata"]["state"] == "CANCELLED"
     worker = stack.worker(concurrency=1)
