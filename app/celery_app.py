@@ -12,6 +12,16 @@ from app.config import DOMAINS, Settings, get_settings
 from app.wiring import task_modules
 
 TASK_MODULES = [*task_modules(), "monitoring.worker_metrics"]
+
+MIRRORED_TASKS = (
+    "platform.ping",
+    "webhooks.deliver",
+    "webhooks.handle_event",
+    "reports.generate",
+    "reports.handle_event",
+)
+"""Per-job operation tasks whose outcome and progress reach the result backend only with
+``CONVEYOR_RESULT_MIRROR`` (imports keep theirs: their chord is counted there)."""
 """Modules holding task adapters (imported by every worker): each domain's, from its wiring."""
 
 
@@ -52,6 +62,11 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         for name, limits in settings.task_time_limits.items()
         if name != "default"
     }
+    if not settings.result_mirror:
+        # PostgreSQL is the record of these tasks' outcome: no SETEX + PUBLISH per job, no
+        # key per job kept a day in Redis. Task events still carry state and result to Flower.
+        for name in MIRRORED_TASKS:
+            annotations.setdefault(name, {})["ignore_result"] = True
     transport: dict[str, Any] = {"visibility_timeout": settings.visibility_timeout_seconds}
     if settings.broker().startswith(("redis", "rediss")):
         transport["socket_connect_timeout"] = settings.broker_connect_timeout_seconds

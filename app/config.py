@@ -135,6 +135,13 @@ class Settings(BaseSettings):
         default=False, description="Keep Flower's state in data_dir/flower.db."
     )
     task_events: bool = True
+    result_mirror: bool = Field(
+        default=False,
+        description="Also write the outcome and progress of the per-job operation tasks (pings,"
+        " webhook deliveries, reports, event handlers) to the result backend, for"
+        " AsyncResult(<operation id>). PostgreSQL holds both either way; Flower shows them"
+        " from task events.",
+    )
     data_dir: str = ".conveyor"
     db_pool_size: int = Field(default=5, ge=1, le=200)
     db_echo: bool = False

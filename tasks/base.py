@@ -41,7 +41,8 @@ def progress_sink(task: Task, task_id: str | None = None) -> ProgressSink:
 
     Two best-effort mirrors (the operation row in PostgreSQL is the truth):
 
-    - the result backend: ``update_state(state="PROGRESS", meta=...)`` (``AsyncResult.info``);
+    - the result backend: ``update_state(state="PROGRESS", meta=...)`` (``AsyncResult.info``),
+      for tasks that store results (imports; the others with ``CONVEYOR_RESULT_MIRROR``);
     - a ``task-progress`` event, because Flower builds its tasks from worker events only and
       ``update_state`` sends none. Celery's event state turns an unknown ``task-<x>`` event into
       the custom state ``X`` and copies the event's fields onto the task, so Flower shows state
@@ -67,6 +68,8 @@ def progress_sink(task: Task, task_id: str | None = None) -> ProgressSink:
     task_id = task_id or task.request.id
     hostname = task.request.hostname
     send_events = bool(task.app.conf.worker_send_task_events)
+    # A task that ignores its result (CONVEYOR_RESULT_MIRROR off) has no PROGRESS mirror either.
+    store = not task.ignore_result and task.app.conf.result_backend is not None
 
     def sink(meta: dict[str, Any]) -> None:
         if not task_id:
@@ -75,10 +78,11 @@ def progress_sink(task: Task, task_id: str | None = None) -> ProgressSink:
         if "progress" not in meta:
             # First, so Flower's result column reads "120/400 (30%)" before the raw figures.
             meta = {"progress": readable_progress(meta), **meta}
-        try:
-            task.update_state(task_id=task_id, state="PROGRESS", meta=meta)
-        except Exception:
-            log.debug("progress of %s not stored in the result backend", task_id, exc_info=True)
+        if store:
+            try:
+                task.update_state(task_id=task_id, state="PROGRESS", meta=meta)
+            except Exception:
+                log.debug("progress of %s not stored in the result backend", task_id, exc_info=True)
         if send_events:
             try:
                 with task.app.events.default_dispatcher(hostname=hostname) as dispatcher:

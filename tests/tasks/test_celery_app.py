@@ -77,3 +77,15 @@ def test_event_handlers_leave_a_worker_killing_event_to_the_capped_inbox_sweeper
     # Redelivering at once on worker loss would loop forever on a poison event.
     for name in ("webhooks.handle_event", "reports.handle_event"):
         assert celery_app.tasks[name].reject_on_worker_lost is False
+
+
+def test_per_job_tasks_store_results_only_with_the_result_mirror(settings):
+    from app.celery_app import MIRRORED_TASKS, create_celery
+
+    quiet = create_celery(settings)
+    mirrored = create_celery(settings.model_copy(update={"result_mirror": True}))
+    for name in MIRRORED_TASKS:
+        assert quiet.tasks[name].ignore_result is True, name
+        assert mirrored.tasks[name].ignore_result is False, name
+    # Imports keep their results: their chord is counted in the result backend.
+    assert quiet.tasks["imports.process_chunk"].ignore_result is False

@@ -10,7 +10,7 @@ from celery.result import AsyncResult
 from tests.support.ops import op_path, query, wait_state
 
 
-async def test_task_id_is_the_operation_id(client, celery_worker, celery_app):
+async def test_task_id_is_the_operation_id(client, celery_worker, celery_app, result_mirror):
     op = (await client.post("/v1/pings", json={"message": "id"})).json()
     op_id = op_path(op["name"]).split(".", 1)[1]
     await wait_state(client, op["name"], {"SUCCEEDED"})
@@ -18,7 +18,38 @@ async def test_task_id_is_the_operation_id(client, celery_worker, celery_app):
     assert result.get(timeout=10)["reply"] == "pong: id"
 
 
-async def test_progress_is_mirrored_in_celery_state_for_flower(client, celery_worker, celery_app):
+async def test_a_ping_writes_to_the_result_backend_only_with_the_mirror(
+    client, celery_worker, celery_app, monkeypatch
+):
+    backend = celery_app.backend
+
+    async def ping(message: str) -> tuple[str, dict]:
+        op = (await client.post("/v1/pings", json={"message": message, "steps": 2})).json()
+        done = await wait_state(client, op["name"], {"SUCCEEDED"})
+        return op_path(op["name"]).split(".", 1)[1], done
+
+    async def stored(op_id: str, timeout: float) -> bool:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if backend.get(backend.get_key_for_task(op_id)) is not None:
+                return True
+            await asyncio.sleep(0.05)
+        return False
+
+    quiet_id, done = await ping("quiet")  # the default: CONVEYOR_RESULT_MIRROR off
+    assert done["response"]["reply"] == "pong: quiet"  # PostgreSQL holds the outcome
+    monkeypatch.setattr(celery_app.tasks["platform.ping"], "ignore_result", False)
+    kept_id, _ = await ping("kept")
+    # Positive control: the same worker and backend do store a result when the task keeps one
+    # (and the quiet ping finished a whole job earlier, so its store would be there by now).
+    assert await stored(kept_id, timeout=10)
+    assert not await stored(quiet_id, timeout=0.5)
+    assert AsyncResult(quiet_id, app=celery_app).state == "PENDING"  # Celery's "unknown"
+
+
+async def test_progress_is_mirrored_in_celery_state_for_flower(
+    client, celery_worker, celery_app, result_mirror
+):
     op = (
         await client.post("/v1/pings", json={"message": "slow", "sleep_seconds": 3, "steps": 6})
     ).json()
@@ -71,7 +102,7 @@ async def test_exhausted_retries_fail_the_operation_and_retry_starts_again(clien
 
 
 async def test_redelivered_task_for_done_operation_does_nothing(
-    client, celery_worker, celery_app, database_url
+    client, celery_worker, celery_app, database_url, result_mirror
 ):
     op = (await client.post("/v1/pings", json={"message": "twice"})).json()
     await wait_state(client, op["name"], {"SUCCEEDED"})

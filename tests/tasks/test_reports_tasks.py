@@ -141,7 +141,7 @@ async def test_events_through_outbox_and_worker_make_totals_equal_to_events_sent
 
 
 async def test_an_event_delivered_several_times_counts_once(
-    container, publisher, reports, celery_worker, celery_app, database_url
+    container, publisher, reports, celery_worker, celery_app, database_url, result_mirror
 ):
     tenant = new_tenant()
     events = mixed_events(tenant, random.Random(11))
@@ -181,7 +181,7 @@ async def _wait_for_reports_queue_to_drain(celery_app, timeout: float = 20) -> N
 
 
 async def test_unknown_and_malformed_events_do_not_break_the_consumer(
-    celery_worker, celery_app, database_url
+    celery_worker, celery_app, database_url, result_mirror
 ):
     unknown = {
         "id": str(uuid.uuid4()),
@@ -209,7 +209,7 @@ async def test_unknown_and_malformed_events_do_not_break_the_consumer(
 
 
 async def test_report_generated_by_the_worker_matches_the_events(
-    container, publisher, reports, celery_worker, celery_app, database_url
+    container, publisher, reports, celery_worker, celery_app, database_url, result_mirror
 ):
     tenant = new_tenant()
     events = mixed_events(tenant, random.Random(3))
