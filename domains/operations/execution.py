@@ -71,11 +71,14 @@ class Execution:
     Attributes:
         operation: The operation as claimed.
         attempt: Fencing token.
+        target_row: The target's row, read with the claim (``claim(target=...)``), if asked
+            for and read on the fused path.
     """
 
     operation: Operation
     attempt: int
     _runner: OperationRunner
+    target_row: dict[str, Any] | None = None
     _sink: ProgressSink | None = None
     _last_write: float = dataclasses.field(default_factory=time.monotonic)
     _progress: Progress = dataclasses.field(default_factory=Progress)
@@ -173,13 +176,19 @@ class OperationRunner:
         self.progress_interval = progress_interval
 
     async def claim(
-        self, operation_id: uuid.UUID, *, sink: ProgressSink | None = None
+        self,
+        operation_id: uuid.UUID,
+        *,
+        sink: ProgressSink | None = None,
+        target: sa.Table | None = None,
     ) -> Execution:
         """Starts an attempt: PENDING (or RUNNING with an expired lease) -> RUNNING.
 
         Args:
             operation_id: The operation.
             sink: Progress mirror.
+            target: The table of the operation's target: its row comes back with the fused
+                claim as ``Execution.target_row`` (``None`` on the slow path, or if missing).
 
         Returns:
             The execution, with its fencing token.
@@ -193,14 +202,24 @@ class OperationRunner:
         # does not match (done, CANCELLING, running elsewhere, capped, missing) does the slow
         # path below lock the row and decide what to do with it.
         factory = self.uow_factory()
-        claimed = await factory.autocommit(
-            lambda uow: uow.operations.claim(operation_id, utcnow(), uow.max_attempts)
-        )
+        target_row: dict[str, Any] | None = None
+        if target is None:
+            claimed = await factory.autocommit(
+                lambda uow: uow.operations.claim(operation_id, utcnow(), uow.max_attempts)
+            )
+        else:
+            fused = await factory.autocommit(
+                lambda uow: uow.operations.claim_with_target(
+                    operation_id, utcnow(), uow.max_attempts, target
+                )
+            )
+            claimed, target_row = fused if fused is not None else (None, None)
         if claimed is not None:
             return Execution(
                 operation=claimed,
                 attempt=claimed.attempt,
                 _runner=self,
+                target_row=target_row,
                 _sink=sink,
                 _progress=claimed.progress,
             )

@@ -95,6 +95,9 @@ def _to_row(op: Operation) -> dict[str, Any]:
     }
 
 
+_TARGET_PREFIX = "target__"  # labels of the target's columns next to the operation's
+
+
 def from_row(row: Any) -> Operation:
     """Builds an Operation from a table row.
 
@@ -244,6 +247,52 @@ class SqlOperationRepository:
             .first()
         )
         return from_row(row) if row else None
+
+    async def claim_with_target(
+        self,
+        operation_id: uuid.UUID,
+        now: dt.datetime,
+        max_attempts: int | None,
+        target: sa.Table,
+    ) -> tuple[Operation, dict[str, Any] | None] | None:
+        """The fused claim that also reads the operation's target row, in one statement.
+
+        The target is ``<collection>/<id>``; ``target`` is the table whose primary key ``id``
+        holds it. The claim (``UPDATE ... RETURNING``) runs in a CTE that the read joins, so a
+        worker starts an attempt and loads what it works on in one round trip instead of two.
+
+        Args:
+            operation_id: The operation.
+            now: Current time.
+            max_attempts: Attempt cap (``None``: none).
+            target: The target's table.
+
+        Returns:
+            The RUNNING operation and its target row (``None`` if the row is gone), or ``None``
+            if the operation is not claimable as is (see :meth:`claim`).
+        """
+        key = (self._t, "claim", target)
+        query = _STATEMENTS.get(key)
+        if query is None:
+            claimed = self._claim_statement().cte("claimed")
+            target_id = sa.cast(sa.func.split_part(claimed.c.target, "/", 2), target.c.id.type)
+            query = _STATEMENTS[key] = sa.select(
+                claimed, *[c.label(_TARGET_PREFIX + c.name) for c in target.c]
+            ).select_from(claimed.outerjoin(target, target.c.id == target_id))
+        row = (
+            (
+                await self._session.execute(
+                    query, {"op_id": operation_id, "now": now, "cap": max_attempts}
+                )
+            )
+            .mappings()
+            .first()
+        )
+        if row is None:
+            return None
+        found = row[_TARGET_PREFIX + "id"] is not None
+        values = {c.name: row[_TARGET_PREFIX + c.name] for c in target.c} if found else None
+        return from_row(row), values
 
     def _claim_statement(self) -> Any:
         t = self._t

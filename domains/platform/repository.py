@@ -71,7 +71,7 @@ class SqlPingRepository:
         if for_update:
             query = query.with_for_update()
         row = (await self._session.execute(query)).mappings().first()
-        return Ping(**dict(row)) if row else None
+        return ping_from_row(dict(row)) if row else None
 
     async def save(self, ping: Ping) -> None:
         """Writes back ``ping``.
@@ -118,6 +118,23 @@ class SqlPingRepository:
         """
         t = tables.pings
         return await delete_batch(self._session, t, t.c.complete_time < completed_before, limit)
+
+
+def ping_target() -> sa.Table:
+    """The table a ping operation's target lives in (read with the claim)."""
+    return tables.pings
+
+
+def ping_from_row(row: dict[str, Any]) -> Ping:
+    """Builds a ping from its row.
+
+    Args:
+        row: A ``pings`` row.
+
+    Returns:
+        The ping.
+    """
+    return Ping(**row)
 
 
 def ping_exists() -> sa.ColumnElement[bool]:

@@ -19,6 +19,8 @@ from domains.platform.repository import (
     answer_effects,
     answer_params,
     ping_exists,
+    ping_from_row,
+    ping_target,
 )
 from domains.platform.unit_of_work import PlatformUnitOfWork
 from domains.shared.clock import utcnow
@@ -182,9 +184,13 @@ class PingService:
             TransientError: On a deliberate failure (``fail_attempts``), after releasing the
                 operation for the retry.
         """
-        execution = await self._runner.claim(operation_id, sink=sink)
+        # The claim reads the ping too (one round trip); the slow path reads it after.
+        execution = await self._runner.claim(operation_id, sink=sink, target=ping_target())
         ping_id = uuid.UUID(execution.operation.target.removeprefix("pings/"))
-        ping = await self._load(ping_id, None)  # the worker acts for the ping's own tenant
+        if execution.target_row is not None:
+            ping = ping_from_row(execution.target_row)
+        else:
+            ping = await self._load(ping_id, None)  # the worker acts for the ping's own tenant
         try:
             if execution.attempt <= ping.fail_attempts:
                 raise TransientError(

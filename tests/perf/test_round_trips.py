@@ -18,8 +18,8 @@ from app.db import EngineRegistry
 from domains.operations.model import State
 from tests.support.roundtrips import RoundTripCounter
 
-WORKER_ROUND_TRIPS_PER_PING = 3
-"""Fused claim (UPDATE ... RETURNING), load of the ping, fused finish (one CTE)."""
+WORKER_ROUND_TRIPS_PER_PING = 2
+"""Fused claim that also reads the ping (UPDATE ... RETURNING in a CTE), fused finish (one CTE)."""
 
 SUBMIT_ROUND_TRIPS_PER_PING = 1
 """create_ping: one statement inserting the ping, the operation and the outbox row (autocommit)."""
