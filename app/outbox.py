@@ -204,9 +204,9 @@ class OutboxPublisher:
         log.warning("the broker lost its state (epoch %s -> %s)", seen, epoch)
         return True
 
-    def _send(self, message: OutboxMessage) -> None:
+    def _send(self, message: OutboxMessage, producer: Any = None) -> None:
         if message.task_name == EVENT_TASK:
-            self._fan_out(message)
+            self._fan_out(message, producer)
             return
         # Flower, task events and worker logs show these reprs instead of the real arguments.
         argsrepr, kwargsrepr = workflow_reprs(message) or task_reprs(message.args, message.kwargs)
@@ -221,9 +221,10 @@ class OutboxPublisher:
             argsrepr=argsrepr,
             kwargsrepr=kwargsrepr,
             retry=False,
+            producer=producer,
         )
 
-    def _fan_out(self, message: OutboxMessage) -> None:
+    def _fan_out(self, message: OutboxMessage, producer: Any = None) -> None:
         # One integration event -> one handle_event task per subscribing domain. If a send
         # fails midway the row stays unsent and the whole fan-out repeats: consumers dedupe
         # by event id, and the task id per (event, domain) is stable.
@@ -239,6 +240,7 @@ class OutboxPublisher:
                 argsrepr="()",
                 kwargsrepr=f"{{'event': {event['type']} {event['id']}}}",
                 retry=False,
+                producer=producer,
             )
 
     def _send_all(
@@ -250,6 +252,19 @@ class OutboxPublisher:
             self._declare_once()
         except Exception as exc:
             return sent, [(m.id, f"{type(exc).__name__}: {exc}") for m in messages]
+        if len(messages) > 1:
+            # One pipeline for the batch (kombu's Producer.batch: Redis sends the LPUSHes in one
+            # write; other transports publish each at once). A failure anywhere leaves the whole
+            # batch unsent: the relay publishes it again, and a repeat is harmless (task ids
+            # are operation ids, and every write is fenced).
+            try:
+                with self._celery.producer_or_acquire() as producer, producer.batch():
+                    for message in messages:
+                        self._send(message, producer)
+            except Exception as exc:
+                error = f"{type(exc).__name__}: {exc}"
+                return [], [(m.id, error) for m in messages]
+            return [m.id for m in messages], []
         for index, message in enumerate(messages):
             try:
                 self._send(message)

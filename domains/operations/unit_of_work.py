@@ -92,10 +92,15 @@ class NotFusable(Exception):
 class _InsertRecorder:
     """Stands in for the session while a submit is built: collects plain INSERTs so that they
     go to the database as one statement (see :meth:`SqlUnitOfWork.insert_fused`).
+
+    ``insert(table)`` with a row of parameters (what the repositories send) is kept as the
+    table, the row's columns and the values, so the fused statement is built once per shape
+    with bind parameters and reused; SQLAlchemy then neither rebuilds nor re-keys it per
+    request. Any other INSERT is kept as a statement.
     """
 
     def __init__(self) -> None:
-        self.inserts: list[sa.Insert] = []
+        self.inserts: list[tuple[sa.Table, tuple[str, ...], dict[str, Any]] | sa.Insert] = []
 
     async def execute(self, statement: Any, params: Any = None) -> None:
         if (
@@ -103,9 +108,58 @@ class _InsertRecorder:
             and not statement._returning
             and (params is None or isinstance(params, dict))
         ):
-            self.inserts.append(statement.values(**params) if params else statement)
+            table = statement.table
+            if (
+                params
+                and statement._values is None
+                and not statement._multi_values
+                and statement.select is None
+                and isinstance(table, sa.Table)
+            ):
+                self.inserts.append((table, tuple(params), params))
+            else:
+                self.inserts.append(statement.values(**params) if params else statement)
             return
         raise NotFusable(type(statement).__name__)
+
+    def statement(self) -> tuple[Any, dict[str, Any]]:
+        """The fused statement and its parameters.
+
+        Returns:
+            ``(statement, params)``: ``WITH w0 AS (INSERT ...), ... INSERT ...``.
+        """
+        shape = tuple(
+            (part[0], part[1]) if isinstance(part, tuple) else part for part in self.inserts
+        )
+        cacheable = all(isinstance(part, tuple) for part in self.inserts)
+        statement = _FUSED_INSERTS.get(shape) if cacheable else None
+        if statement is None:
+            inserts = [
+                sa.insert(part[0]).values(
+                    {
+                        column: sa.bindparam(f"p{i}_{column}", type_=part[0].c[column].type)
+                        for column in part[1]
+                    }
+                )
+                if isinstance(part, tuple)
+                else part
+                for i, part in enumerate(self.inserts)
+            ]
+            *first, last = inserts
+            statement = last.add_cte(*(ins.cte(f"w{i}") for i, ins in enumerate(first)))
+            if cacheable and len(_FUSED_INSERTS) < 256:
+                _FUSED_INSERTS[shape] = statement
+        params = {
+            f"p{i}_{column}": value
+            for i, part in enumerate(self.inserts)
+            if isinstance(part, tuple)
+            for column, value in part[2].items()
+        }
+        return statement, params
+
+
+_FUSED_INSERTS: dict[tuple[Any, ...], Any] = {}
+"""Fused submit statements by shape (tables and columns), built once per process."""
 
 
 class _TrackingOutbox(SqlOutboxRepository):
@@ -261,14 +315,13 @@ class SqlUnitOfWork:
         result = await work(self)
         if not recorder.inserts:
             raise NotFusable("nothing to insert")
-        *first, last = recorder.inserts
-        statement = last.add_cte(*(ins.cte(f"w{i}") for i, ins in enumerate(first)))
+        statement, params = recorder.statement()
         engine = cast(AsyncEngine, self._sessionmaker.kw["bind"])
         for attempt in (1, 2):
             try:
                 async with engine.connect() as conn:
                     await conn.execution_options(isolation_level="AUTOCOMMIT")
-                    await conn.execute(statement)
+                    await conn.execute(statement, params)
                 break
             except IntegrityError as exc:
                 if "request_id" in str(exc.orig):
