@@ -106,4 +106,6 @@ def purge_done() -> dict[str, Any]:
         counts["import_files"] = runtime.run(
             services["imports"].purge_files(now - keep.import_files_days * days, limit=batch)
         )
+    if keep.vacuum_after_purge:
+        counts["vacuumed"] = runtime.run(container.registry.vacuum_churned())
     return counts

@@ -44,6 +44,12 @@ class RetentionSettings(BaseModel):
         " the import ended (the records, counts and row errors stay; a :retry then needs a"
         " source_uri).",
     )
+    vacuum_after_purge: bool = Field(
+        default=True,
+        description="After a purge, VACUUM (ANALYZE) the tables whose dead rows reached 1,000"
+        " and a fifth of their live rows, as autovacuum would: on a server where it is off or"
+        " lags, the space of purged and updated rows is otherwise never reused.",
+    )
     batch_rows: int = Field(
         default=5000,
         ge=1,

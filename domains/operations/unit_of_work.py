@@ -279,14 +279,7 @@ class SqlUnitOfWork:
                 if attempt == 2 or not exc.connection_invalidated:
                     raise
                 log.warning("database connection dropped; retrying once on a new one")
-        added = list(getattr(self.outbox, "added", []))
-        if added and self._after_commit is not None:
-            try:
-                await self._after_commit(self.domain, added)
-            except Exception:
-                log.warning(
-                    "fast-path publish failed; the outbox relay will publish", exc_info=True
-                )
+        await self._publish_added()
         return result
 
     async def insert_fused(self, work: Callable[[Self], Awaitable[T]]) -> T:
@@ -333,6 +326,13 @@ class SqlUnitOfWork:
                 if attempt == 2 or not exc.connection_invalidated:
                     raise
                 log.warning("database connection dropped; retrying once on a new one")
+        await self._publish_added()
+        return result
+
+    async def _publish_added(self) -> None:
+        # Hands the outbox rows this unit of work committed to the fast-path publisher. A
+        # failing publisher is logged, not raised: the rows are committed and the relay
+        # publishes them later.
         added = list(getattr(self.outbox, "added", []))
         if added and self._after_commit is not None:
             try:
@@ -341,7 +341,6 @@ class SqlUnitOfWork:
                 log.warning(
                     "fast-path publish failed; the outbox relay will publish", exc_info=True
                 )
-        return result
 
     async def commit(self) -> None:
         """Commits, then hands the outbox rows written to the fast-path publisher.
@@ -351,11 +350,4 @@ class SqlUnitOfWork:
         """
         await self.session.commit()
         self._committed = True
-        added = list(getattr(self.outbox, "added", []))
-        if added and self._after_commit is not None:
-            try:
-                await self._after_commit(self.domain, added)
-            except Exception:
-                log.warning(
-                    "fast-path publish failed; the outbox relay will publish", exc_info=True
-                )
+        await self._publish_added()

@@ -107,17 +107,22 @@ class SqlPingRepository:
         )
 
     async def purge(self, completed_before: dt.datetime, limit: int) -> int:
-        """Deletes pings answered before ``completed_before`` (one batch).
+        """Deletes pings answered before ``completed_before``, and the effect log's rows
+        written before it (one batch of each).
 
         Args:
-            completed_before: Cut-off on ``complete_time``.
-            limit: Most rows deleted.
+            completed_before: Cut-off on ``complete_time`` and ``applied_time``.
+            limit: Most rows deleted per table.
 
         Returns:
-            Rows deleted.
+            The larger of the two tables' deleted rows (a full batch means: run again).
         """
-        t = tables.pings
-        return await delete_batch(self._session, t, t.c.complete_time < completed_before, limit)
+        t, effects = tables.pings, tables.ping_effects
+        pings = await delete_batch(self._session, t, t.c.complete_time < completed_before, limit)
+        logged = await delete_batch(
+            self._session, effects, effects.c.applied_time < completed_before, limit
+        )
+        return max(pings, logged)
 
 
 def ping_target() -> sa.Table:

@@ -95,6 +95,8 @@ async def seed_retention_rows(database_url: str, import_dir: pathlib.Path) -> No
             "INSERT INTO platform.pings (id, message, sleep_seconds, steps, fail_attempts,"
             f" operation_id, create_time, complete_time) VALUES (gen_random_uuid(), 'ping-{tag}',"
             f" 0, 1, 0, gen_random_uuid(), {age}, {age})",
+            "INSERT INTO platform.ping_effects (id, operation_id, attempt, worker, applied_time)"
+            f" VALUES (gen_random_uuid(), gen_random_uuid(), 1, 'effect-{tag}', {age})",
             "INSERT INTO imports.imports (id, dataset_id, tenant, operation_id, state, format,"
             " create_time, file_path, complete_time) VALUES (gen_random_uuid(),"
             f" gen_random_uuid(), 'r', gen_random_uuid(), 'SUCCEEDED', 'csv', {age},"
@@ -148,6 +150,7 @@ async def remaining(database_url: str) -> dict[str, list[str]]:
         "inbox": "SELECT event_type FROM webhooks.inbox",
         "import_files": "SELECT file_path FROM imports.imports WHERE file_path IS NOT NULL",
         "pings": "SELECT message FROM platform.pings",
+        "effects": "SELECT worker FROM platform.ping_effects WHERE worker LIKE 'effect-%'",
     }
     return {
         kind: sorted(str(row[0]) for row in await query(database_url, sql))
@@ -177,6 +180,7 @@ async def test_purge_applies_every_retention_setting(
         "inbox": ["failed.old", "handled.new"],
         "import_files": ["retention-new.csv"],
         "pings": ["ping-new"],
+        "effects": ["effect-new"],
     }
     assert not (import_dir / "retention-old.csv").exists()
     assert (import_dir / "retention-new.csv").exists()
