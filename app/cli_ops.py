@@ -201,6 +201,12 @@ def ops(ctx: click.Context, api_url: str, http_timeout: float) -> None:
 )
 @click.option("--page-size", default=None, type=int, help="at most 1000 (API default 50)")
 @click.option("--page-token", default=None, help="next_page_token of the previous page")
+@click.option(
+    "--order-by",
+    default="create_time desc",
+    show_default=True,
+    help="AIP-132 order: 'create_time desc' (newest first) or 'create_time' (oldest first)",
+)
 @click.option("--json", "as_json", is_flag=True, help="print the API's JSON instead of a table")
 @click.pass_context
 def list_operations(
@@ -208,12 +214,15 @@ def list_operations(
     filter_: str | None,
     page_size: int | None,
     page_token: str | None,
+    order_by: str,
     as_json: bool,
 ) -> None:
-    """List operations (newest last), as a table."""
+    """List operations (newest first unless --order-by says otherwise), as a table."""
     client = _client(ctx)
     with api_errors(client):
-        page = client.operations.page(filter_, page_size=page_size, page_token=page_token)
+        page = client.operations.page(
+            filter_, page_size=page_size, page_token=page_token, order_by=order_by
+        )
     if as_json:
         body = {
             "operations": [_dump(op) for op in page.items],

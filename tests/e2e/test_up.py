@@ -355,6 +355,12 @@ def test_up_serves_a_ping_shows_it_in_flower_and_stops_on_ctrl_c(up: Up) -> None
 
         operation = _poll("operation SUCCEEDED", succeeded, 45, up.log)
         assert operation["response"]["reply"] == "pong: e2e", operation
+        # Quiet output: no Celery banners nor root warnings, and the :wait long polls above
+        # leave no access line (the submit's line shows access lines do reach this output).
+        log = up.log()
+        assert ".> transport:" not in log and "superuser privileges" not in log, log
+        assert '"POST /v1/pings HTTP/1.1" 200' in log, log
+        assert ":wait" not in log, log
 
         def flower_task() -> dict[str, Any] | None:
             result = http.get(f"{up.flower}/api/tasks", auth=auth)
@@ -406,6 +412,9 @@ def test_up_restarts_a_dead_child_and_stops_everything_on_sigterm_sighup_and_han
     terminal = how == "terminal closed"
     with _running_up(service_env, admin_url, tmp_path, args, terminal=terminal) as up:
         _wait_summary(up)
+        # Each process's lines carry its name, coloured on a terminal only.
+        coloured = re.search(r"\x1b\[[0-9;]*m(api|relay|beat|worker)[\w-]* *\|\x1b\[0m", up.log())
+        assert bool(coloured) == terminal, up.log()[-3000:]
 
         def relay_pid() -> int | None:
             found = [p for p in _descendants(up.proc.pid) if p.cmd.endswith("app.cli relay")]

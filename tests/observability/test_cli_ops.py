@@ -88,6 +88,16 @@ async def test_ops_and_status_commands_against_a_running_api_and_worker(
     assert failing in result.stdout
     result = await cli(ops, "--api-url", url, "list", "--filter", 'metadata.state = "FAILED"')
     assert failing in result.stdout and ok not in result.stdout
+    # Newest first by default (the three were created in the order ok, failing, slow);
+    # --order-by create_time turns it around.
+    newest = await cli(ops, "--api-url", url, "list", "--page-size", "10")
+    lines = [ln for ln in newest.stdout.splitlines() if any(n in ln for n in (ok, failing, slow))]
+    assert [n for ln in lines for n in (ok, failing, slow) if n in ln] == [slow, failing, ok]
+    oldest = await cli(ops, "--api-url", url, "list", "--order-by", "create_time")
+    lines = [ln for ln in oldest.stdout.splitlines() if any(n in ln for n in (ok, failing, slow))]
+    assert [n for ln in lines for n in (ok, failing, slow) if n in ln] == [ok, failing, slow]
+    bad = await cli(ops, "--api-url", url, "list", "--order-by", "state")
+    assert bad.exit_code == 2 and "400 INVALID_ARGUMENT" in bad.stderr, bad.output
 
     # get: the operation as JSON, by its full name or by platform.<id>.
     result = await cli(ops, "--api-url", url, "get", ok.removeprefix("operations/"))
