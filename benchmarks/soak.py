@@ -15,9 +15,8 @@ the HTTP API to real processes (``conveyor api``, one ``conveyor worker`` for ev
 
 Every ``--report-every`` seconds it prints the size of the four schemas (tables and indexes),
 the rows of the tables that grow per job, the data directory (import files), Redis'
-``used_memory`` and the RSS of the API and the worker's processes. The verdict compares the
-second half of the run with the first sample after warm-up (one retention window plus one
-purge)::
+``used_memory`` and the RSS of the API and the worker's processes. The verdict gives each
+figure's range and least-squares slope over the second half of the run::
 
     .venv/bin/python benchmarks/soak.py --minutes 10
 
@@ -211,18 +210,23 @@ async def _load(
     return samples
 
 
-def _verdict(samples: list[dict[str, Any]], warm_index: int) -> list[str]:
-    lines = []
-    if len(samples) <= warm_index + 1:
-        return ["too few samples for a verdict"]
-    base = samples[warm_index]
+def _verdict(samples: list[dict[str, Any]]) -> list[str]:
+    """Per figure: the range over the second half of the run and its least-squares slope."""
     tail = samples[len(samples) // 2 :]
-    hours = (samples[-1]["t"] - base["t"]) / 3600 or 1
+    if len(tail) < 3:
+        return ["too few samples for a verdict"]
+    lines = []
+    ts = [s["t"] for s in tail]
+    mean_t = sum(ts) / len(ts)
     for key in ("db_mib", "files_mib", "redis_mib", "api_rss_mib", "worker_rss_mib"):
-        peak = max(s[key] for s in tail)
+        ys = [float(s[key]) for s in tail]
+        mean_y = sum(ys) / len(ys)
+        slope = sum((t - mean_t) * (y - mean_y) for t, y in zip(ts, ys, strict=True)) / sum(
+            (t - mean_t) ** 2 for t in ts
+        )
         lines.append(
-            f"{key:<15} after warm-up {base[key]:8.2f}, second half max {peak:8.2f},"
-            f" end {samples[-1][key]:8.2f} ({(samples[-1][key] - base[key]) / hours:+.1f} per hour)"
+            f"{key:<15} second half {min(ys):8.2f} .. {max(ys):8.2f}"
+            f"  slope {slope * 3600:+8.1f} per hour (first sample {samples[0][key]})"
         )
     return lines
 
@@ -299,11 +303,8 @@ def main() -> int:
         services.drop_database(admin, name)
         if redis_proc is not None:
             redis_proc.terminate()
-    warm = next(
-        (i for i, s in enumerate(samples) if s["t"] >= keep + args.purge_every), len(samples) - 1
-    )
-    print("\nverdict (first sample after one retention window and one purge vs the rest):")
-    for line in _verdict(samples, warm):
+    print("\nverdict (second half of the run):")
+    for line in _verdict(samples):
         print("  " + line)
     if args.json_path:
         pathlib.Path(args.json_path).write_text(json.dumps(samples, indent=1))
