@@ -329,3 +329,30 @@ def test_report_is_requested_waited_for_and_downloaded_to_a_file(
     written = cv.reports.download(report.name, out)
     assert written == report.size_bytes == out.stat().st_size
     assert out.read_text().splitlines()[0].startswith("day")
+
+
+async def test_a_server_bug_is_internal_and_never_retried(
+    settings: Any, celery_app: Any, api_key: str
+) -> None:
+    from app.main import create_app
+
+    app = create_app(settings, celery=celery_app)
+    calls: list[str] = []
+
+    async def boom() -> None:
+        calls.append("boom")
+        raise RuntimeError("secret internals")
+
+    app.add_api_route("/v1/boom", boom, methods=["GET"])
+    try:
+        transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
+        async with cc.AsyncConveyor("http://t", api_key, transport=transport) as cv:
+            from conveyor_client._core import Call
+
+            with pytest.raises(cc.Internal) as exc:
+                await cv._core.json(Call("GET", "/v1/boom"))
+        assert exc.value.http_status == 500 and exc.value.status == "INTERNAL"
+        assert "secret" not in exc.value.message
+        assert calls == ["boom"]  # a bug answers the same way again: not retried
+    finally:
+        await app.state.container.registry.dispose()
