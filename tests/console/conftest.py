@@ -36,13 +36,16 @@ SHOTS_ENV = "CONVEYOR_CONSOLE_SCREENSHOTS"
 
 
 class Console:
-    """What the browser tests share: the URL, keys and a client."""
+    """What the browser tests share: the URL, keys, a client and the subprocesses' environment."""
 
-    def __init__(self, url: str, settings: Any, key: str, shots: pathlib.Path) -> None:
+    def __init__(
+        self, url: str, settings: Any, key: str, shots: pathlib.Path, env: dict[str, str]
+    ) -> None:
         self.url = url
         self.settings = settings
         self.key = key
         self.shots = shots
+        self.env = env  # for extra subprocesses (a beat) on the console's database and broker
 
     def new_key(self, **kw: Any) -> str:
         return str(run_async(create_api_key(self.settings, **kw)))
@@ -98,7 +101,7 @@ def console(
         celery = create_celery(isolated)
         key = str(run_async(create_api_key(isolated, tenant="acme")))
         with live_api(isolated, celery) as base:
-            yield Console(base, isolated, key, logs)
+            yield Console(base, isolated, key, logs, env)
     finally:
         # Killed, not stopped: a warm shutdown would wait for whatever the tests left running.
         for proc in (worker, relay):

@@ -134,3 +134,63 @@ def test_retry_a_failed_operation_from_its_page(browser: Any, console: Any) -> N
     assert page.locator("#state").inner_text() == "SUCCEEDED"
     assert int(page.locator("#attempts").inner_text()) == 5
     page.context.close()
+
+
+def test_list_is_newest_first_and_filters_by_domain_and_type(browser: Any, console: Any) -> None:
+    cv = console.client()
+    first = cv.pings.create("oldest of three")
+    ep = cv.endpoints.create("http://127.0.0.1:9/ops-filter", ["ops.filter"])
+    replay = cv.endpoints.replay(ep.name, "2020-01-01T00:00:00Z")  # webhooks.replay
+    last = cv.pings.create("newest of three")
+    for op in (first, replay, last):
+        assert op.wait(timeout=60).state == "SUCCEEDED", op
+    mine = {first.name, replay.name, last.name}
+
+    page = sign_in(browser, console)
+
+    def rows() -> list[tuple[str, str, str]]:
+        """(name, "domain.type", created) of each row shown, top to bottom."""
+        cells = page.locator("#operations tbody tr[data-name]").evaluate_all(
+            "rs => rs.map(r => [r.dataset.name, r.cells[1].textContent, r.cells[5].textContent])"
+        )
+        return [(name, kind.strip(), created.strip()) for name, kind, created in cells]
+
+    def filter_by(domain: str, type_: str) -> list[tuple[str, str, str]]:
+        page.fill("form.filters input[name=domain]", domain)
+        page.fill("form.filters input[name=type]", type_)
+        page.click("form.filters:not(#ping-form) button")
+        page.wait_for_load_state()
+        assert page.locator("input[name=domain]").input_value() == domain  # the filter is kept
+        assert page.locator("input[name=type]").input_value() == type_
+        return rows()
+
+    # Newest first: these three are the newest operations, in reverse order of creation, and the
+    # Created column never goes up down the page.
+    shown = rows()
+    assert [name for name, _, _ in shown[:3]] == [last.name, replay.name, first.name], shown
+    created = [c for _, _, c in shown]
+    assert created == sorted(created, reverse=True), created
+    kinds = {kind for _, kind, _ in shown}
+    assert {"platform.ping", "webhooks.replay"} <= kinds  # unfiltered: both domains and types
+
+    by_domain = filter_by("webhooks", "")
+    assert by_domain and {kind.split(".")[0] for _, kind, _ in by_domain} == {"webhooks"}
+    assert {name for name, _, _ in by_domain} & mine == {replay.name}
+    assert page.url.endswith("domain=webhooks&type=&state=")
+
+    by_domain = filter_by("platform", "")
+    assert by_domain and {kind.split(".")[0] for _, kind, _ in by_domain} == {"platform"}
+    assert {name for name, _, _ in by_domain} & mine == {first.name, last.name}
+    assert [n for n, _, _ in by_domain if n in mine] == [last.name, first.name]  # newest first
+
+    by_type = filter_by("", "replay")
+    assert by_type and {kind for _, kind, _ in by_type} == {"webhooks.replay"}
+    assert {name for name, _, _ in by_type} & mine == {replay.name}
+
+    by_type = filter_by("", "ping")
+    assert by_type and {kind for _, kind, _ in by_type} == {"platform.ping"}
+    assert {name for name, _, _ in by_type} & mine == {first.name, last.name}
+
+    assert filter_by("platform", "replay") == []  # both filters apply together
+    assert "match the filter" in page.locator("#operations td.empty").inner_text()
+    page.context.close()

@@ -76,3 +76,82 @@ def test_retry_a_dead_delivery_and_rotate_the_secret(browser: Any, console: Any)
         page.goto(console.url + "/console/endpoints")
         console.shot(page, "endpoints")
         page.context.close()
+
+
+def test_replay_sends_a_dead_delivery_again(browser: Any, console: Any) -> None:
+    cv = console.client()
+    with Receiver() as receiver:
+        receiver.set_default("/replay", ERROR)
+        ep = cv.endpoints.create(receiver.url("/replay"), ["order.refunded"])
+        cv.events.publish("order.refunded", {"order": 7})
+        [dead] = wait_state(cv, ep.name, "DEAD")
+        [sent] = receiver.received("/replay")
+
+        receiver.set_default("/replay", OK)
+        page = sign_in(browser, console)
+        page.goto(f"{console.url}/console/endpoints/{ep.id}")
+        page.fill("#replay input[name=since]", "2020-01-01T00:00")
+        page.click("#replay button")
+        page.wait_for_url("**/console/operations/webhooks.*")
+        assert "webhooks.replay" in page.locator("h1").inner_text()
+        page.wait_for_selector("#response", timeout=30000)  # reloads once the replay ended
+        assert page.locator("#state").inner_text() == "SUCCEEDED"
+        assert '"replayed": 1' in page.locator("#response").inner_text()
+
+        # The receiver got the same event a second time, and the delivery ended SUCCEEDED.
+        again = receiver.wait_for("/replay", 2)[1]
+        assert again.body == sent.body
+        [done] = wait_state(cv, ep.name, "SUCCEEDED")
+        assert done.id == dead.id and done.attempts == 2
+        assert receiver.count("/replay") == 2
+
+        page.goto(f"{console.url}/console/endpoints/{ep.id}?state=SUCCEEDED")
+        row = page.locator(f"#deliveries tr[data-id='{dead.id}']")
+        assert row.count() == 1
+        assert row.locator("td").nth(3).inner_text().strip() == "2"  # Attempts
+        assert row.locator("td").nth(4).inner_text().strip() == "200"  # Last status
+        row.locator("a").click()
+        assert page.locator("#state").inner_text() == "SUCCEEDED"
+        attempts = page.locator("#attempts tbody tr")
+        assert attempts.count() == 2
+        assert "500" in attempts.nth(0).inner_text()
+        assert "200" in attempts.nth(1).inner_text()
+        page.context.close()
+
+
+def test_endpoint_pages_show_the_breaker_state(browser: Any, console: Any) -> None:
+    import time
+
+    cv = console.client()
+    threshold = console.settings.webhooks.breaker_failure_threshold
+    with Receiver() as receiver:
+        receiver.set_default("/breaker", ERROR)
+        ep = cv.endpoints.create(receiver.url("/breaker"), ["stock.low"], description="breaker")
+        page = sign_in(browser, console)
+
+        def shown() -> tuple[str, str, str]:
+            """The breaker as the list page and the endpoint page show it."""
+            page.goto(console.url + "/console/endpoints")
+            row = page.locator("#endpoints tbody tr", has_text=ep.url)
+            listed = row.locator("[data-breaker]").inner_text().strip()
+            failures = row.locator("td").nth(4).inner_text().strip()
+            page.goto(f"{console.url}/console/endpoints/{ep.id}")
+            return listed, failures, page.locator("#breaker").inner_text().strip()
+
+        assert shown() == ("CLOSED", "0", "CLOSED")
+        assert "open until" not in page.locator("#breaker").locator("..").inner_text()
+
+        for n in range(threshold):  # one attempt each (no retries): `threshold` failures in a row
+            cv.events.publish("stock.low", {"n": n})
+        deadline = time.monotonic() + 60
+        while cv.endpoints.get(ep.name).breaker.state != "OPEN":
+            assert time.monotonic() < deadline, cv.endpoints.get(ep.name)
+            time.sleep(0.3)
+        assert receiver.count("/breaker") == threshold
+
+        assert shown() == ("OPEN", str(threshold), "OPEN")
+        cell = page.locator("#breaker").locator("..").inner_text()
+        assert f"{threshold} failures in a row" in cell
+        assert "open until 20" in cell
+        assert "open" in (page.locator("#breaker").get_attribute("class") or "").split()
+        page.context.close()

@@ -209,6 +209,36 @@ def test_quickstart_on_embedded_servers_then_kill_restart_and_stop(project_dir) 
         assert third.returncode == 2, third.stdout + third.stderr
         assert f"already running (pid {again.proc.pid})" in third.stderr, third.stderr
 
+        # The other commands find the running stack too, with nothing configured.
+        for argv, expected in (
+            (["conveyor", "status"], "platform"),
+            (["conveyor", "migrate"], "migrated schemas"),
+        ):
+            done = subprocess.run(
+                argv, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=120
+            )
+            assert done.returncode == 0, done.stdout + done.stderr
+            assert expected in done.stdout + done.stderr, done.stdout + done.stderr
+        metrics_port = find_free_port()
+        exporter = subprocess.Popen(
+            ["conveyor", "metrics", "--port", str(metrics_port)],
+            env=env,
+            cwd=tmp_path,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        try:
+            scraped = ""
+            deadline = time.monotonic() + 60
+            while "conveyor_queue_depth" not in scraped and time.monotonic() < deadline:
+                with contextlib.suppress(httpx.HTTPError):
+                    scraped = httpx.get(f"http://127.0.0.1:{metrics_port}/metrics").text
+                time.sleep(0.3)
+            assert 'conveyor_queue_depth{queue="platform"}' in scraped, scraped[:2000]
+        finally:
+            exporter.terminate()
+            exporter.wait(20)
+
         children = {p.pid for p in _descendants(again.proc.pid)}
         again.proc.send_signal(signal.SIGINT)
         assert again.proc.wait(60) == 0, again.log()

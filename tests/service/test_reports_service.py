@@ -94,6 +94,16 @@ async def test_import_events_are_tallied_per_dataset_and_day(reports):
     ]
 
 
+async def test_datasets_are_named_by_their_display_name_when_the_event_carries_it(reports):
+    tenant = new_tenant()
+    named = import_completed(tenant, "ds-named", 5, 0, display_name="Quarterly orders")
+    older = import_completed(tenant, "ds-older", 2, 0)  # an event from before the field
+    for event in (named, older):
+        assert (await reports.handle_event(event.to_dict())).outcome == "applied"
+    rows = {r["dataset_id"]: r["dataset"] for r in await reports.dataset_days(tenant, ONE_DAY)}
+    assert rows == {"ds-named": "Quarterly orders", "ds-older": "datasets/ds-older"}
+
+
 async def test_an_event_applied_twice_counts_once(reports, database_url):
     tenant = new_tenant()
     event = import_completed(tenant, "ds", 10, 2)

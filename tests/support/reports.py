@@ -32,13 +32,16 @@ def import_completed(
     *,
     time: dt.datetime = NOON,
     dataset: str | None = None,
+    display_name: str | None = None,
 ) -> IntegrationEvent:
+    extra = {"dataset_display_name": display_name} if display_name else {}
     return IntegrationEvent(
         type="imports.ImportCompleted",
         source="imports",
         tenant=tenant,
         time=time,
         data={
+            **extra,
             "dataset_id": dataset_id,
             "dataset": dataset or f"datasets/{dataset_id}",
             "import_id": str(uuid.uuid4()),
