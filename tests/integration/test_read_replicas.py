@@ -381,7 +381,15 @@ async def test_reads_fall_back_to_the_primary_while_the_standby_is_down(
             )
             as_csv = await ok(http.get(errors_uri, headers=headers))
             names = await dataset_names(http, headers)
+            operations = await ok(
+                http.get(
+                    "/v1/operations",
+                    params={"filter": 'metadata.domain = "imports"', "page_size": 100},
+                    headers=headers,
+                )
+            )
             return {
+                "operations": sorted(o["name"] for o in operations.json()["operations"]),
                 "records": [r["key"] for r in listed.json()["records"]],
                 "record": one.json()["key"],
                 "errors": [e["line"] for e in as_json.json()["errors"]],
@@ -393,6 +401,7 @@ async def test_reads_fall_back_to_the_primary_while_the_standby_is_down(
         replica_before = replica_reads("replica")
         healthy = await read_everything(reader)
         assert replica_reads("replica") > replica_before  # positive control: the standby served
+        assert done["name"] in healthy["operations"]  # the operations list, from the standby too
         assert healthy["errors"] == healthy["csv"] == [11, 21, 31]
         assert len(healthy["records"]) == 27
 
