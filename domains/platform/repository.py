@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import functools
 import uuid
 from collections.abc import Callable
 from typing import Any, Protocol
@@ -142,6 +143,7 @@ def ping_from_row(row: dict[str, Any]) -> Ping:
     return Ping(**row)
 
 
+@functools.cache
 def ping_exists() -> sa.ColumnElement[bool]:
     """The fused finish's precondition: the ping row (bind parameter ``p_ping_id``) exists.
 
@@ -158,7 +160,8 @@ ANSWER_SHAPE = "platform.ping.answer"
 """Shape name of the ping's fused finish (its statement is built once and reused)."""
 
 
-def answer_effects() -> list[Callable[[sa.ColumnElement[bool]], Any]]:
+@functools.cache
+def answer_effects() -> tuple[Callable[[sa.ColumnElement[bool]], Any], ...]:
     """A ping's answer as statements for the fused finish (see ``OperationRunner.finish_fused``).
 
     The same writes as ``Ping.answer`` + :meth:`SqlPingRepository.save` +
@@ -167,12 +170,13 @@ def answer_effects() -> list[Callable[[sa.ColumnElement[bool]], Any]]:
     ``f_op_id``, ``f_attempt``), so the statement is built once.
 
     Returns:
-        ``owned -> statement`` builders: the ping's reply and the effect-log row.
+        ``owned -> statement`` builders: the ping's reply and the effect-log row (built once per
+        process: SQLAlchemy expressions are immutable).
     """
     pings, effects = tables.pings, tables.ping_effects
     now = sa.bindparam("f_now", type_=effects.c.applied_time.type)
     worker = sa.bindparam("p_worker", type_=sa.Text)
-    return [
+    return (
         lambda owned: (
             sa.update(pings)
             .where(pings.c.id == sa.bindparam("p_ping_id", type_=pings.c.id.type), owned)
@@ -193,7 +197,7 @@ def answer_effects() -> list[Callable[[sa.ColumnElement[bool]], Any]]:
                 now,
             ).where(owned),
         ),
-    ]
+    )
 
 
 def answer_params(ping_id: uuid.UUID, worker: str) -> dict[str, Any]:
