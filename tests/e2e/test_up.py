@@ -359,6 +359,7 @@ def test_up_serves_a_ping_shows_it_in_flower_and_stops_on_ctrl_c(up: Up) -> None
         # leave no access line (the submit's line shows access lines do reach this output).
         log = up.log()
         assert ".> transport:" not in log and "superuser privileges" not in log, log
+        assert "Inspect method" not in log and "inspection failed" not in log, log
         assert '"POST /v1/pings HTTP/1.1" 200' in log, log
         assert ":wait" not in log, log
 
