@@ -36,6 +36,7 @@ import os
 import pathlib
 import secrets
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -299,6 +300,7 @@ def main() -> int:
         )
         samples = asyncio.run(_load(system, args, celery, work / "data"))
     finally:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not skip the cleanup
         system.stop()
         services.drop_database(admin, name)
         if redis_proc is not None:
