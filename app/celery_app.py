@@ -12,6 +12,7 @@ from app.config import DOMAINS, Settings, get_settings
 from app.wiring import task_modules
 
 TASK_MODULES = [*task_modules(), "monitoring.worker_metrics"]
+"""Modules holding task adapters (imported by every worker): each domain's, from its wiring."""
 
 MIRRORED_TASKS = (
     "platform.ping",
@@ -22,7 +23,6 @@ MIRRORED_TASKS = (
 )
 """Per-job operation tasks whose outcome and progress reach the result backend only with
 ``CONVEYOR_RESULT_MIRROR`` (imports keep theirs: their chord is counted there)."""
-"""Modules holding task adapters (imported by every worker): each domain's, from its wiring."""
 
 
 def route_task(

@@ -130,6 +130,12 @@ class OutboxPublisher:
                     channel.queue_declare(queue=BROKER_EPOCH_QUEUE, durable=True, auto_delete=False)
             self._declared = True
 
+    def _redeclare(self) -> None:
+        # The broker lost its queues (and bindings): declare everything again.
+        with self._declare_lock:
+            self._declared = False
+        self._declare_once()
+
     @staticmethod
     def _amqp_epoch_missing(conn: Any) -> bool:
         # A passive declare of a missing queue closes its channel: use a channel of its own.
@@ -150,9 +156,7 @@ class OutboxPublisher:
             log.info("broker watch armed (RabbitMQ epoch queue %s)", BROKER_EPOCH_QUEUE)
         if not missing:
             return False
-        with self._declare_lock:
-            self._declared = False
-        self._declare_once()
+        self._redeclare()
         if not armed:
             return False  # see broker_wiped: a wipe before this process started is not ours
         log.warning("the broker lost its state (queue %s is gone)", BROKER_EPOCH_QUEUE)
@@ -192,9 +196,7 @@ class OutboxPublisher:
             if epoch is not None and seen == epoch:
                 return False
         # Gone (or replaced by another relay that saw the wipe first): declare again.
-        with self._declare_lock:
-            self._declared = False
-        self._declare_once()
+        self._redeclare()
         with self._celery.connection_for_write() as conn:
             raw = conn.default_channel.client.get(BROKER_EPOCH_KEY)
             self._epoch = raw.decode() if isinstance(raw, bytes) else raw
@@ -246,35 +248,22 @@ class OutboxPublisher:
     def _send_all(
         self, messages: Sequence[OutboxMessage]
     ) -> tuple[list[uuid.UUID], list[tuple[uuid.UUID, str]]]:
-        sent: list[uuid.UUID] = []
-        failed: list[tuple[uuid.UUID, str]] = []
         try:
             self._declare_once()
         except Exception as exc:
-            return sent, [(m.id, f"{type(exc).__name__}: {exc}") for m in messages]
-        if len(messages) > 1:
-            # One pipeline for the batch (kombu's Producer.batch: Redis sends the LPUSHes in one
-            # write; other transports publish each at once). A failure anywhere leaves the whole
-            # batch unsent: the relay publishes it again, and a repeat is harmless (task ids
-            # are operation ids, and every write is fenced).
-            try:
-                with self._celery.producer_or_acquire() as producer, producer.batch():
-                    for message in messages:
-                        self._send(message, producer)
-            except Exception as exc:
-                error = f"{type(exc).__name__}: {exc}"
-                return [], [(m.id, error) for m in messages]
-            return [m.id for m in messages], []
-        for index, message in enumerate(messages):
-            try:
-                self._send(message)
-                sent.append(message.id)
-            except Exception as exc:
-                # The broker is down: the rest would fail the same way.
-                error = f"{type(exc).__name__}: {exc}"
-                failed.extend((m.id, error) for m in messages[index:])
-                break
-        return sent, failed
+            return [], [(m.id, f"{type(exc).__name__}: {exc}") for m in messages]
+        # One pipeline for the batch (kombu's Producer.batch: Redis sends the LPUSHes in one
+        # write; other transports publish each at once). A failure anywhere leaves the whole
+        # batch unsent: the relay publishes it again, and a repeat is harmless (task ids are
+        # operation ids, and every write is fenced).
+        try:
+            with self._celery.producer_or_acquire() as producer, producer.batch():
+                for message in messages:
+                    self._send(message, producer)
+        except Exception as exc:
+            error = f"{type(exc).__name__}: {exc}"
+            return [], [(m.id, error) for m in messages]
+        return [m.id for m in messages], []
 
     async def _receive_events(
         self, messages: Sequence[OutboxMessage]

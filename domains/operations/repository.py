@@ -237,15 +237,7 @@ class SqlOperationRepository:
         query = _STATEMENTS.get((self._t, "claim"))
         if query is None:
             query = _STATEMENTS[(self._t, "claim")] = self._claim_statement()
-        row = (
-            (
-                await self._session.execute(
-                    query, {"op_id": operation_id, "now": now, "cap": max_attempts}
-                )
-            )
-            .mappings()
-            .first()
-        )
+        row = await self._claimed_row(query, operation_id, now, max_attempts)
         return from_row(row) if row else None
 
     async def claim_with_target(
@@ -279,20 +271,19 @@ class SqlOperationRepository:
             query = _STATEMENTS[key] = sa.select(
                 claimed, *[c.label(_TARGET_PREFIX + c.name) for c in target.c]
             ).select_from(claimed.outerjoin(target, target.c.id == target_id))
-        row = (
-            (
-                await self._session.execute(
-                    query, {"op_id": operation_id, "now": now, "cap": max_attempts}
-                )
-            )
-            .mappings()
-            .first()
-        )
+        row = await self._claimed_row(query, operation_id, now, max_attempts)
         if row is None:
             return None
         found = row[_TARGET_PREFIX + "id"] is not None
         values = {c.name: row[_TARGET_PREFIX + c.name] for c in target.c} if found else None
         return from_row(row), values
+
+    async def _claimed_row(
+        self, query: Any, operation_id: uuid.UUID, now: dt.datetime, max_attempts: int | None
+    ) -> Any:
+        # Runs a claim statement (plain or joined with its target); the row, or None.
+        params = {"op_id": operation_id, "now": now, "cap": max_attempts}
+        return (await self._session.execute(query, params)).mappings().first()
 
     def _claim_statement(self) -> Any:
         t = self._t
