@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import os
 import time
+from typing import Any
 
 import pytest
 import redis as redis_lib
@@ -23,6 +24,21 @@ pytestmark = pytest.mark.reliability
 BACKLOG = int(os.environ.get("CONVEYOR_FAULT_BACKLOG", "150"))
 
 
+async def _wait_redispatched(
+    system: Any, database_url: str, ids: list[str], within: float
+) -> list[int]:
+    """Waits until every job was dispatched a second time because the relay saw the broker
+    lose its state; returns the dispatch counts."""
+    deadline = time.monotonic() + within
+    counts = await _dispatch_counts(database_url, ids)
+    while min(counts) < 2 and time.monotonic() < deadline:
+        await asyncio.sleep(0.5)
+        counts = await _dispatch_counts(database_url, ids)
+    assert min(counts) == 2, f"{sum(c < 2 for c in counts)} jobs not re-dispatched"
+    assert "the broker lost its state" in system.relay.log()
+    return counts
+
+
 async def _dispatch_counts(database_url: str, ids: list[str]) -> list[int]:
     rows = await query(
         database_url,
@@ -33,8 +49,10 @@ async def _dispatch_counts(database_url: str, ids: list[str]) -> list[int]:
 
 
 async def test_flushed_backlog_is_redispatched_at_once_and_a_healthy_one_never(
-    make_system, database_url
+    clean_db, make_system, database_url
 ):
+    # clean_db: this system's sweeper would also re-dispatch other tests' PENDING operations
+    # from the session database into the queue this test counts.
     system = make_system(database_url=database_url, workers=1)
     _production_defaults(system)
     system.create_api_key()
@@ -63,13 +81,7 @@ async def test_flushed_backlog_is_redispatched_at_once_and_a_healthy_one_never(
     broker.flushdb()
     flushed = time.time()
     tally.faults = 1
-    deadline = time.monotonic() + 120  # far below the 300 s pending deadline
-    counts = await _dispatch_counts(database_url, ids)
-    while min(counts) < 2 and time.monotonic() < deadline:
-        await asyncio.sleep(0.5)
-        counts = await _dispatch_counts(database_url, ids)
-    assert min(counts) == 2, f"{sum(c < 2 for c in counts)} jobs not re-dispatched"
-    assert "the broker lost its state" in system.relay.log()
+    await _wait_redispatched(system, database_url, ids, within=120)  # far below 300 s
     rows = await query(
         database_url,
         "SELECT extract(epoch FROM dispatch_time) FROM platform.operations"
@@ -91,10 +103,12 @@ async def test_flushed_backlog_is_redispatched_at_once_and_a_healthy_one_never(
 
 @services.needs_service(_amqp_up(), "no RabbitMQ on 127.0.0.1:5672")
 async def test_reset_rabbitmq_backlog_is_redispatched_at_once_and_a_healthy_one_never(
-    make_system, database_url
+    clean_db, make_system, database_url
 ):
     """RabbitMQ keeps durable queues over a restart; a reset (or a lost node) deletes them with
     their messages. The relay watches its durable epoch queue and re-dispatches at once."""
+    # clean_db: this system's sweeper would also re-dispatch other tests' PENDING operations
+    # from the session database into the queue this test counts.
     from app.celery_app import create_celery
     from app.config import load_settings
     from app.outbox import BROKER_EPOCH_QUEUE
@@ -136,13 +150,7 @@ async def test_reset_rabbitmq_backlog_is_redispatched_at_once_and_a_healthy_one_
         for name in [q.name for q in celery.conf.task_queues] + [BROKER_EPOCH_QUEUE]:
             conn.default_channel.queue_delete(queue=name)
     tally.faults = 1
-    deadline = time.monotonic() + 60  # far below the 300 s pending deadline
-    counts = await _dispatch_counts(database_url, ids)
-    while min(counts) < 2 and time.monotonic() < deadline:
-        await asyncio.sleep(0.5)
-        counts = await _dispatch_counts(database_url, ids)
-    assert min(counts) == 2, f"{sum(c < 2 for c in counts)} jobs not re-dispatched"
-    assert "the broker lost its state" in system.relay.log()
+    counts = await _wait_redispatched(system, database_url, ids, within=60)
     assert max(counts) == 2, "re-dispatched more than once"
     worker.start()
     await stream.verify(timeout=120)
