@@ -339,6 +339,30 @@ class System:
         for service in running:
             service.stop()
 
+    @contextlib.asynccontextmanager
+    async def supervising_workers(self) -> AsyncIterator[list[str]]:
+        """Restarts a worker that exited, as the deployment's supervisor does (`up`, systemd
+        ``Restart=on-failure``, Compose ``restart:``): after a broker loss kombu's
+        ``restore_unacked_once`` AttributeError makes a worker exit 1 by design. Yields the
+        names of the workers restarted."""
+        restarted: list[str] = []
+
+        async def watch() -> None:
+            while True:
+                for worker in self.workers:
+                    if worker.popen is not None and not worker.alive():
+                        restarted.append(worker.name)
+                        worker.start()
+                await asyncio.sleep(0.5)
+
+        task = asyncio.create_task(watch())
+        try:
+            yield restarted
+        finally:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
     def client(self) -> httpx.AsyncClient:
         headers = {"Authorization": f"Bearer {self.api_key}"} if self.api_key else {}
         return httpx.AsyncClient(base_url=self.base_url, headers=headers, timeout=10)

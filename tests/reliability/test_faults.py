@@ -108,14 +108,16 @@ async def test_redis_restart_mid_run_loses_nothing(make_system, database_url, tm
         submit = asyncio.create_task(stream.run(JOBS, concurrency=6, rate=60))
         await asyncio.sleep(2.5)
         # Redis keeps nothing on disk: every queued message and result vanishes.
-        redis.kill()
-        tally.faults = 1
-        await asyncio.sleep(1.5)
-        redis.start()
-        back = time.monotonic()
-        await submit
-        await stream.verify(timeout=240)
+        async with system.supervising_workers() as restarted:
+            redis.kill()
+            tally.faults = 1
+            await asyncio.sleep(1.5)
+            redis.start()
+            back = time.monotonic()
+            await submit
+            await stream.verify(timeout=240)
         tally.recover_seconds = time.monotonic() - back
+        print(f"workers restarted by the supervisor: {restarted}")
         _check(tally)
     finally:
         redis.kill()
