@@ -135,6 +135,12 @@ def from_row(row: Any) -> Operation:
     )
 
 
+def _live(t: sa.Table) -> sa.ColumnElement[bool]:
+    # RUNNING or CANCELLING as two comparisons, not an IN list: an IN list is an "expanding"
+    # parameter that SQLAlchemy re-renders on every execution.
+    return sa.or_(t.c.state == State.RUNNING.value, t.c.state == State.CANCELLING.value)
+
+
 class SqlOperationRepository:
     """Operations in one domain schema, through SQLAlchemy Core."""
 
@@ -147,8 +153,14 @@ class SqlOperationRepository:
         """
         self._session = session
         self._t = table
-        # One statement per table, values as parameters: compiled once, cached afterwards.
-        self._update = sa.update(table).where(table.c.id == sa.bindparam("_id"))
+        # One statement per table, values as parameters: built and compiled once (a repository
+        # is made per unit of work: building it here cost more than the statement's execution).
+        update = _STATEMENTS.get((table, "update"))
+        if update is None:
+            update = _STATEMENTS[(table, "update")] = sa.update(table).where(
+                table.c.id == sa.bindparam("_id")
+            )
+        self._update = update
 
     async def add(self, operation: Operation) -> None:
         """Inserts ``operation``.
@@ -395,7 +407,7 @@ class SqlOperationRepository:
             .where(
                 t.c.id == sa.bindparam("f_op_id", type_=t.c.id.type),
                 t.c.attempt == sa.bindparam("f_attempt", type_=sa.Integer),
-                t.c.state.in_([State.RUNNING.value, State.CANCELLING.value]),
+                _live(t),
             )
             .values(**values)
             .returning(*t.c)
@@ -434,7 +446,7 @@ class SqlOperationRepository:
                 .where(
                     t.c.id == sa.bindparam("hb_op_id", type_=t.c.id.type),
                     t.c.attempt == sa.bindparam("hb_attempt", type_=sa.Integer),
-                    t.c.state.in_([State.RUNNING.value, State.CANCELLING.value]),
+                    _live(t),
                 )
                 .values(
                     progress=sa.bindparam("hb_progress", type_=t.c.progress.type),
@@ -560,7 +572,7 @@ class SqlOperationRepository:
             - seconds * t.c.pending_deadline_seconds * sa.func.greatest(t.c.dispatch_count, 1),
         )
         running_stale = sa.and_(
-            t.c.state.in_([State.RUNNING.value, State.CANCELLING.value]),
+            _live(t),
             last_sign < sa.literal(now) - seconds * t.c.lease_seconds,
         )
         query = (

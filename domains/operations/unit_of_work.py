@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from types import TracebackType
 from typing import Any, Protocol, Self, TypeVar, cast
 
@@ -14,6 +15,7 @@ from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from domains.operations.repository import DuplicateRequestId, SqlOperationRepository
+from domains.shared.driver import DriverConnection, driver_supported
 from domains.shared.inbox import SqlInboxRepository
 from domains.shared.outbox import OutboxMessage, SqlOutboxRepository
 
@@ -83,6 +85,19 @@ class SessionSource(Protocol):
             exc: The error.
         """
         ...
+
+
+@contextlib.asynccontextmanager
+async def _autocommit_connection(engine: AsyncEngine) -> AsyncIterator[Any]:
+    # The hot path's connection: statements on the driver (domains.shared.driver) where the
+    # engine allows it, else an ordinary SQLAlchemy connection in autocommit.
+    if driver_supported(engine):
+        async with DriverConnection(engine) as driver:
+            yield driver
+        return
+    async with engine.connect() as conn:
+        await conn.execution_options(isolation_level="AUTOCOMMIT")
+        yield conn
 
 
 class NotFusable(Exception):
@@ -269,8 +284,7 @@ class SqlUnitOfWork:
         engine = cast(AsyncEngine, self._sessionmaker.kw["bind"])
         for attempt in (1, 2):
             try:
-                async with engine.connect() as conn:
-                    await conn.execution_options(isolation_level="AUTOCOMMIT")
+                async with _autocommit_connection(engine) as conn:
                     # Connection and session share execute(): the repositories work on either.
                     self._bind(cast(Any, conn))
                     result = await work(self)
@@ -312,8 +326,7 @@ class SqlUnitOfWork:
         engine = cast(AsyncEngine, self._sessionmaker.kw["bind"])
         for attempt in (1, 2):
             try:
-                async with engine.connect() as conn:
-                    await conn.execution_options(isolation_level="AUTOCOMMIT")
+                async with _autocommit_connection(engine) as conn:
                     await conn.execute(statement, params)
                 break
             except IntegrityError as exc:
