@@ -20,7 +20,7 @@ from api.auth import Principal, require_scope
 from api.deps import request_id
 from api.errors import ERROR_RESPONSES, error_body
 from api.v1 import imports_upload
-from api.v1.schemas import OperationOut, operation_response
+from api.v1.schemas import OperationOut, RequestIdQuery, operation_response, request_id_field
 from domains.imports.model import Dataset, FieldDef, Import
 from domains.imports.service import ImportsService
 from domains.imports.storage import FileTooLarge
@@ -98,6 +98,7 @@ class CreateDatasetRequest(BaseModel):
     source_uri: str | None = Field(
         default=None, max_length=2048, description="Default http(s) source for scheduled imports."
     )
+    request_id: str | None = request_id_field()
 
 
 class UpdateDatasetRequest(BaseModel):
@@ -420,14 +421,19 @@ PageToken = Annotated[
 
 
 @router.post("", response_model=DatasetOut, summary="Create a dataset")
-async def create_dataset(body: CreateDatasetRequest, svc: Svc, caller: Writer) -> Any:
-    """Creates a dataset with its declared schema: typed fields and the key field for upserts."""
+async def create_dataset(
+    body: CreateDatasetRequest, svc: Svc, caller: Writer, request_id_param: RequestIdQuery = None
+) -> Any:
+    """Creates a dataset with its declared schema: typed fields and the key field for upserts.
+    The same `request_id` with the same body returns the dataset the first call created.
+    """
     dataset = await svc.create_dataset(
         tenant=caller.tenant,
         display_name=body.display_name,
         fields=[f.to_def() for f in body.fields],
         key_field=body.key_field,
         source_uri=body.source_uri,
+        request_id=body.request_id or request_id_param,
     )
     return JSONResponse(dataset_out(dataset))
 

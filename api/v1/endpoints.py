@@ -23,7 +23,7 @@ from api.v1.deliveries import (
     delivery_out,
     webhooks_service,
 )
-from api.v1.schemas import OperationOut, operation_response
+from api.v1.schemas import OperationOut, RequestIdQuery, operation_response, request_id_field
 from domains.shared.ids import parse_id
 from domains.webhooks.model import DeliveryState, Endpoint
 from domains.webhooks.service import UNSET, WebhooksService
@@ -98,6 +98,7 @@ class CreateEndpointRequest(BaseModel):
     rate_limit: float | None = Field(
         default=None, gt=0, le=10000, description="Requests per second at most; null: no limit."
     )
+    request_id: str | None = request_id_field()
 
 
 class UpdateEndpointRequest(BaseModel):
@@ -251,8 +252,16 @@ def _endpoint_id(text: str) -> uuid.UUID:
 
 
 @router.post("", response_model=EndpointWithSecretOut, summary="Create an endpoint")
-async def create_endpoint(body: CreateEndpointRequest, svc: ServiceDep, caller: Writer) -> Any:
-    """Creates an endpoint and returns it with its signing secret (shown only this once)."""
+async def create_endpoint(
+    body: CreateEndpointRequest,
+    svc: ServiceDep,
+    caller: Writer,
+    request_id_param: RequestIdQuery = None,
+) -> Any:
+    """Creates an endpoint and returns it with its signing secret (shown on create only). The
+    same `request_id` with the same body returns the endpoint the first call created, with its
+    secret (the first answer may have been lost).
+    """
     endpoint, secret = await svc.create_endpoint(
         caller.tenant,
         url=body.url,
@@ -260,6 +269,7 @@ async def create_endpoint(body: CreateEndpointRequest, svc: ServiceDep, caller: 
         description=body.description,
         enabled=body.enabled,
         rate_limit=body.rate_limit,
+        request_id=body.request_id or request_id_param,
     )
     return endpoint_out(endpoint, secret)
 

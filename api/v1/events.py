@@ -12,6 +12,7 @@ from api.auth import Principal, require_scope
 from api.deps import request_id
 from api.errors import ERROR_RESPONSES
 from api.v1.deliveries import webhooks_service
+from api.v1.schemas import RequestIdQuery, request_id_field
 from domains.webhooks.service import WebhooksService
 
 router = APIRouter(prefix="/v1/events", tags=["webhooks"], responses=ERROR_RESPONSES)
@@ -33,6 +34,7 @@ class PublishEventRequest(BaseModel):
     data: dict[str, Any] = Field(
         default_factory=dict, description="JSON payload, sent as `data` (at most 256 KB)."
     )
+    request_id: str | None = request_id_field()
 
 
 class EventOut(BaseModel):
@@ -63,12 +65,19 @@ async def publish_event(
     svc: Annotated[WebhooksService, Depends(webhooks_service)],
     caller: Annotated[Principal, Depends(require_scope("webhooks:write"))],
     correlation: Annotated[str | None, Depends(request_id)],
+    request_id_param: RequestIdQuery = None,
 ) -> Any:
     """Publishes a custom event: one delivery per matching endpoint of the caller's tenant,
-    written with the event in one transaction and sent by the `webhooks` workers.
+    written with the event in one transaction and sent by the `webhooks` workers. The same
+    `request_id` with the same type and data returns the first event (its id is derived from
+    the request id) and makes no second set of deliveries.
     """
     event = await svc.publish_event(
-        caller.tenant, event_type=body.type, data=body.data, correlation_id=correlation
+        caller.tenant,
+        event_type=body.type,
+        data=body.data,
+        correlation_id=correlation,
+        request_id=body.request_id or request_id_param,
     )
     return {
         "name": f"events/{event.id}",

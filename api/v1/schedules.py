@@ -15,6 +15,7 @@ from api import pagination
 from api.auth import Principal, require_scope
 from api.deps import services
 from api.errors import ERROR_RESPONSES
+from api.v1.schemas import RequestIdQuery, request_id_field
 from domains.platform.schedule_model import Schedule, ScheduleRun
 from domains.platform.schedules import ScheduleService
 from domains.shared.errors import DomainError
@@ -107,6 +108,7 @@ class CreateScheduleRequest(BaseModel):
         description="After downtime fire every missed slot (bounded) instead of only the latest.",
     )
     display_name: str = Field(default="", max_length=200, description="Free text.")
+    request_id: str | None = request_id_field()
 
 
 class UpdateScheduleRequest(BaseModel):
@@ -244,9 +246,15 @@ def run_out(run: ScheduleRun) -> dict[str, Any]:
 
 
 @router.post("", response_model=ScheduleOut, summary="Create a schedule")
-async def create_schedule(body: CreateScheduleRequest, svc: Service, caller: Writer) -> Any:
+async def create_schedule(
+    body: CreateScheduleRequest,
+    svc: Service,
+    caller: Writer,
+    request_id_param: RequestIdQuery = None,
+) -> Any:
     """Creates a schedule. The workflow must exist and `args` must fit its input model; `cron`
-    (evaluated in `time_zone`) or `interval_seconds` says when it fires.
+    (evaluated in `time_zone`) or `interval_seconds` says when it fires. The same `request_id`
+    with the same body returns the schedule the first call created.
     """
     schedule = await svc.create_schedule(
         caller.tenant,
@@ -258,6 +266,7 @@ async def create_schedule(body: CreateScheduleRequest, svc: Service, caller: Wri
         enabled=body.enabled,
         catch_up=body.catch_up,
         display_name=body.display_name,
+        request_id=body.request_id or request_id_param,
     )
     return schedule_out(schedule)
 

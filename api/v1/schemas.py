@@ -1,16 +1,39 @@
-"""HTTP models shared by routers: the Operation resource (AIP-151)."""
+"""HTTP models shared by routers: the Operation resource (AIP-151), AIP-155 request ids."""
 
 from __future__ import annotations
 
 import datetime as dt
-from typing import Any
+from typing import Annotated, Any
 
+from fastapi import Query
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 
 from domains.operations.model import Operation
 
 METADATA_TYPE = "type.googleapis.com/conveyor.v1.OperationMetadata"
+
+REQUEST_ID_DESCRIPTION = (
+    "AIP-155: a retried create with the same request_id and body returns the resource the"
+    " first call created (no duplicate); the same request_id with another body is 409"
+    " ALREADY_EXISTS (REQUEST_ID_REUSED). A UUID is recommended."
+)
+
+RequestIdQuery = Annotated[
+    str | None,
+    Query(
+        alias="request_id",
+        min_length=1,
+        max_length=128,
+        description=REQUEST_ID_DESCRIPTION + " The body field wins over this parameter.",
+    ),
+]
+"""``?request_id=`` of a create (the body's ``request_id`` field, when sent, wins)."""
+
+
+def request_id_field() -> Any:
+    """Returns the ``request_id`` body field of a create request model."""
+    return Field(default=None, min_length=1, max_length=128, description=REQUEST_ID_DESCRIPTION)
 
 
 class ProgressOut(BaseModel):

@@ -197,6 +197,8 @@ class Dataset:
         create_time: Creation time.
         update_time: Last change.
         record_count: Records stored (kept up to date at each import's finalize).
+        request_id: AIP-155 request id of the create call, if it sent one.
+        request_hash: Fingerprint of that create request (a replay must match it).
     """
 
     id: uuid.UUID
@@ -208,6 +210,8 @@ class Dataset:
     update_time: dt.datetime
     source_uri: str | None = None
     record_count: int = 0
+    request_id: str | None = None
+    request_hash: str | None = None
 
     @property
     def name(self) -> str:

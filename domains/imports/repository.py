@@ -86,13 +86,41 @@ class SqlImportsRepository:
 
     # ---- datasets ----------------------------------------------------------------------
 
-    async def add_dataset(self, dataset: Dataset) -> None:
-        """Inserts a dataset.
+    async def add_dataset(self, dataset: Dataset) -> bool:
+        """Inserts a dataset unless its tenant already used its request id.
 
         Args:
             dataset: The new dataset.
+
+        Returns:
+            False if a dataset of the tenant holds the same ``request_id`` (nothing written);
+            a concurrent insert of that id is waited for, so its winner is then readable.
         """
-        await self._session.execute(sa.insert(tables.datasets), _dataset_row(dataset))
+        t = tables.datasets
+        query = (
+            pg.insert(t)
+            .values(_dataset_row(dataset))
+            .on_conflict_do_nothing(
+                index_elements=["tenant", "request_id"], index_where=t.c.request_id.is_not(None)
+            )
+            .returning(t.c.id)
+        )
+        return (await self._session.execute(query)).first() is not None
+
+    async def get_dataset_by_request_id(self, tenant: str, request_id: str) -> Dataset | None:
+        """Loads the dataset a create with ``request_id`` made for ``tenant``.
+
+        Args:
+            tenant: Caller's tenant.
+            request_id: AIP-155 request id of the create.
+
+        Returns:
+            The dataset or ``None``.
+        """
+        t = tables.datasets
+        query = sa.select(t).where(t.c.tenant == tenant, t.c.request_id == request_id)
+        row = (await self._session.execute(query)).mappings().first()
+        return _dataset(row) if row else None
 
     async def get_dataset(
         self, tenant: str, dataset_id: uuid.UUID, *, for_update: bool = False

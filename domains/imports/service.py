@@ -53,6 +53,7 @@ from domains.operations import service as operations_service
 from domains.operations.execution import Cancelled, Execution, OperationRunner, ProgressSink
 from domains.operations.model import DispatchSpec, Operation, OperationError, Progress, State
 from domains.operations.unit_of_work import SqlUnitOfWork
+from domains.shared import idempotency
 from domains.shared.clock import utcnow
 from domains.shared.errors import (
     FailedPrecondition,
@@ -146,8 +147,9 @@ class ImportsService:
         fields: Sequence[FieldDef],
         key_field: str,
         source_uri: str | None = None,
+        request_id: str | None = None,
     ) -> Dataset:
-        """Creates a dataset.
+        """Creates a dataset (once per AIP-155 ``request_id``).
 
         Args:
             tenant: Caller's tenant.
@@ -155,17 +157,29 @@ class ImportsService:
             fields: Declared fields.
             key_field: Upsert key field (required).
             source_uri: Default http(s) source for scheduled imports.
+            request_id: AIP-155 request id: a retry with the same body returns the dataset
+                the first call created.
 
         Returns:
-            The dataset.
+            The dataset (new, or the first one of ``request_id``).
 
         Raises:
-            InvalidArgument: If the schema or a name is malformed.
+            InvalidArgument: If the schema, a name or the request id is malformed.
+            AlreadyExists: If ``request_id`` was used with a different body.
         """
+        idempotency.check_request_id(request_id)
         Dataset.check_display_name(display_name)
         validate_schema(fields, key_field)
         if source_uri:
             self._guard.parse(source_uri)
+        fingerprint = idempotency.request_fingerprint(
+            {
+                "display_name": display_name,
+                "fields": [f.to_dict() for f in fields],
+                "key_field": key_field,
+                "source_uri": source_uri or None,
+            }
+        )
         now = utcnow()
         dataset = Dataset(
             id=new_id(),
@@ -176,11 +190,25 @@ class ImportsService:
             create_time=now,
             update_time=now,
             source_uri=source_uri or None,
+            request_id=request_id,
+            request_hash=fingerprint if request_id else None,
         )
         async with self._uow() as uow:
-            await uow.imports.add_dataset(dataset)
-            await uow.commit()
-        return dataset
+            if await uow.imports.add_dataset(dataset):
+                await uow.commit()
+                return dataset
+        # The request id is taken (a retry, or a concurrent twin that committed first).
+        async with self._uow() as uow:
+            first = await uow.imports.get_dataset_by_request_id(tenant, str(request_id))
+        if first is None:  # pragma: no cover - the first one was deleted in between
+            raise idempotency.vanished(str(request_id))
+        idempotency.ensure_same_request(
+            request_id=str(request_id),
+            resource=first.name,
+            stored_hash=first.request_hash,
+            request_hash=fingerprint,
+        )
+        return first
 
     async def get_dataset(self, tenant: str, dataset_id: uuid.UUID) -> Dataset:
         """Returns a dataset of ``tenant``.

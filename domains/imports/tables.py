@@ -27,7 +27,17 @@ datasets = sa.Table(
     sa.Column("record_count", sa.BigInteger, nullable=False, server_default="0"),
     sa.Column("create_time", sa.DateTime(timezone=True), nullable=False),
     sa.Column("update_time", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("request_id", sa.Text),
+    sa.Column("request_hash", sa.Text),
     sa.Index("ix_datasets_tenant_id", "tenant", "id"),
+    # AIP-155: one dataset per (tenant, request_id); concurrent twins meet here.
+    sa.Index(
+        "uq_datasets_tenant_request_id",
+        "tenant",
+        "request_id",
+        unique=True,
+        postgresql_where=sa.text("request_id IS NOT NULL"),
+    ),
 )
 
 imports = sa.Table(

@@ -6,9 +6,7 @@ import asyncio
 import builtins
 import dataclasses
 import datetime as dt
-import hashlib
 import heapq
-import json
 import logging
 import uuid
 from collections.abc import Awaitable, Callable, Mapping, Sequence
@@ -17,6 +15,7 @@ from typing import Any
 from domains.operations.model import DispatchSpec, Operation, OperationError, State
 from domains.operations.repository import DuplicateRequestId
 from domains.operations.unit_of_work import NotFusable, SqlUnitOfWork
+from domains.shared import idempotency
 from domains.shared.clock import utcnow
 from domains.shared.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
 from domains.shared.events import handler_task_name
@@ -40,8 +39,7 @@ def request_fingerprint(body: Mapping[str, Any]) -> str:
     Returns:
         A hex SHA-256 of the canonical JSON.
     """
-    canonical = json.dumps(body, sort_keys=True, separators=(",", ":"), default=str)
-    return hashlib.sha256(canonical.encode()).hexdigest()
+    return idempotency.request_fingerprint(body)
 
 
 def parse_operation_name(name: str) -> tuple[str, uuid.UUID]:
@@ -189,13 +187,7 @@ async def create_idempotently(
     Raises:
         AlreadyExists: If the request id was used with another body.
     """
-    if request_id is not None and (
-        not (1 <= len(request_id) <= 128) or not request_id.isprintable()
-    ):
-        raise InvalidArgument(
-            "request_id must be 1 to 128 printable characters (a UUID is recommended)",
-            reason="INVALID_REQUEST_ID",
-        )
+    idempotency.check_request_id(request_id)
 
     async def write(uow: SqlUnitOfWork) -> Operation:
         operation = await build(uow)

@@ -160,6 +160,8 @@ class Schedule:
         next_run_time: Next slot to fire (UTC), ``None`` while disabled.
         last_run_time: Last slot fired.
         last_operation: Operation started by the last fire.
+        request_id: AIP-155 request id of the create call, if it sent one.
+        request_hash: Fingerprint of that create request (a replay must match it).
     """
 
     id: str
@@ -179,6 +181,8 @@ class Schedule:
     next_run_time: dt.datetime | None = None
     last_run_time: dt.datetime | None = None
     last_operation: str | None = None
+    request_id: str | None = None
+    request_hash: str | None = None
 
     @property
     def name(self) -> str:

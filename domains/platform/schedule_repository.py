@@ -38,13 +38,41 @@ class SqlScheduleRepository:
         """
         self._session = session
 
-    async def add(self, schedule: Schedule) -> None:
-        """Inserts ``schedule``.
+    async def add(self, schedule: Schedule) -> bool:
+        """Inserts ``schedule`` unless its tenant already used its request id.
 
         Args:
             schedule: A new schedule.
+
+        Returns:
+            False if a schedule of the tenant holds the same ``request_id`` (nothing written);
+            a concurrent insert of that id is waited for, so its winner is then readable.
         """
-        await self._session.execute(sa.insert(tables.schedules), dataclasses.asdict(schedule))
+        t = tables.schedules
+        query = (
+            pg.insert(t)
+            .values(dataclasses.asdict(schedule))
+            .on_conflict_do_nothing(
+                index_elements=["tenant", "request_id"], index_where=t.c.request_id.is_not(None)
+            )
+            .returning(t.c.id)
+        )
+        return (await self._session.execute(query)).first() is not None
+
+    async def get_by_request_id(self, tenant: str, request_id: str) -> Schedule | None:
+        """Loads the schedule a create with ``request_id`` made for ``tenant``.
+
+        Args:
+            tenant: Caller's tenant.
+            request_id: AIP-155 request id of the create.
+
+        Returns:
+            The schedule or ``None``.
+        """
+        t = tables.schedules
+        query = sa.select(t).where(t.c.tenant == tenant, t.c.request_id == request_id)
+        row = (await self._session.execute(query)).mappings().first()
+        return Schedule(**dict(row)) if row else None
 
     async def add_if_absent(self, schedule: Schedule) -> bool:
         """Inserts ``schedule`` unless its id exists (built-in schedules keep their edits).

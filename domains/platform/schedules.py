@@ -33,6 +33,7 @@ from domains.platform.schedule_model import (
     validate_timing,
 )
 from domains.platform.unit_of_work import PlatformUnitOfWork
+from domains.shared import idempotency
 from domains.shared.clock import utcnow
 from domains.shared.errors import (
     DomainError,
@@ -291,8 +292,9 @@ class ScheduleService:
         enabled: bool = True,
         catch_up: bool = False,
         display_name: str = "",
+        request_id: str | None = None,
     ) -> Schedule:
-        """Creates a schedule of ``workflow``.
+        """Creates a schedule of ``workflow`` (once per AIP-155 ``request_id``).
 
         Args:
             tenant: Caller's tenant.
@@ -304,13 +306,29 @@ class ScheduleService:
             enabled: Whether it fires.
             catch_up: Fire every missed slot after downtime instead of one.
             display_name: Free text.
+            request_id: AIP-155 request id: a retry with the same body returns the schedule
+                the first call created.
 
         Returns:
             The schedule, with its ``next_run_time``.
 
         Raises:
             InvalidArgument: Unknown workflow, bad arguments, bad cron or interval, saying why.
+            AlreadyExists: If ``request_id`` was used with a different body.
         """
+        idempotency.check_request_id(request_id)
+        fingerprint = idempotency.request_fingerprint(
+            {
+                "workflow": workflow,
+                "args": dict(args or {}),
+                "cron": cron,
+                "interval_seconds": interval_seconds,
+                "time_zone": time_zone,
+                "enabled": enabled,
+                "catch_up": catch_up,
+                "display_name": display_name,
+            }
+        )
         cron, interval_seconds = validate_timing(
             cron, interval_seconds, min_interval_seconds=self.policy.min_interval_seconds
         )
@@ -332,12 +350,26 @@ class ScheduleService:
             system=False,
             create_time=now,
             update_time=now,
+            request_id=request_id,
+            request_hash=fingerprint if request_id else None,
         )
         schedule.reschedule(now)
         async with self._uow() as uow:
-            await uow.schedules.add(schedule)
-            await uow.commit()
-        return schedule
+            if await uow.schedules.add(schedule):
+                await uow.commit()
+                return schedule
+        # The request id is taken (a retry, or a concurrent twin that committed first).
+        async with self._uow() as uow:
+            first = await uow.schedules.get_by_request_id(tenant, str(request_id))
+        if first is None:  # pragma: no cover - the first one was deleted in between
+            raise idempotency.vanished(str(request_id))
+        idempotency.ensure_same_request(
+            request_id=str(request_id),
+            resource=first.name,
+            stored_hash=first.request_hash,
+            request_hash=fingerprint,
+        )
+        return first
 
     async def get_schedule(self, tenant: str, schedule_id: str) -> Schedule:
         """Returns a schedule the tenant sees.

@@ -72,10 +72,20 @@ schedules = sa.Table(
     sa.Column("next_run_time", sa.DateTime(timezone=True)),
     sa.Column("last_run_time", sa.DateTime(timezone=True)),
     sa.Column("last_operation", sa.Text),
+    sa.Column("request_id", sa.Text),
+    sa.Column("request_hash", sa.Text),
     sa.CheckConstraint("(cron IS NULL) <> (interval_seconds IS NULL)", name="timing"),
     sa.CheckConstraint("(workflow IS NULL) <> (task IS NULL)", name="target"),
     sa.Index("ix_schedules_due", "next_run_time", postgresql_where=sa.text("enabled")),
     sa.Index("ix_schedules_tenant_id", "tenant", "id"),
+    # AIP-155: one schedule per (tenant, request_id); concurrent twins meet here.
+    sa.Index(
+        "uq_schedules_tenant_request_id",
+        "tenant",
+        "request_id",
+        unique=True,
+        postgresql_where=sa.text("request_id IS NOT NULL"),
+    ),
 )
 
 schedule_runs = sa.Table(

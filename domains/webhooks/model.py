@@ -263,6 +263,8 @@ class Endpoint:
         breaker_until: OPEN: end of the cool-down; HALF_OPEN: end of the probe's lease.
         create_time: Creation time.
         update_time: Last change.
+        request_id: AIP-155 request id of the create call, if it sent one.
+        request_hash: Fingerprint of that create request (a replay must match it).
     """
 
     id: uuid.UUID
@@ -282,6 +284,8 @@ class Endpoint:
     failing_since: dt.datetime | None = None
     breaker_state: str = BreakerState.CLOSED
     breaker_until: dt.datetime | None = None
+    request_id: str | None = None
+    request_hash: str | None = None
 
     @property
     def name(self) -> str:

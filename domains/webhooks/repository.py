@@ -53,13 +53,41 @@ class SqlWebhooksRepository:
 
     # ---- endpoints ---------------------------------------------------------------------
 
-    async def add_endpoint(self, endpoint: Endpoint) -> None:
-        """Inserts an endpoint.
+    async def add_endpoint(self, endpoint: Endpoint) -> bool:
+        """Inserts an endpoint unless its tenant already used its request id.
 
         Args:
             endpoint: The new endpoint.
+
+        Returns:
+            False if an endpoint of the tenant holds the same ``request_id`` (nothing written);
+            a concurrent insert of that id is waited for, so its winner is then readable.
         """
-        await self._session.execute(sa.insert(tables.endpoints), _row(endpoint))
+        t = tables.endpoints
+        query = (
+            pg_insert(t)
+            .values(_row(endpoint))
+            .on_conflict_do_nothing(
+                index_elements=["tenant", "request_id"], index_where=t.c.request_id.is_not(None)
+            )
+            .returning(t.c.id)
+        )
+        return (await self._session.execute(query)).first() is not None
+
+    async def get_endpoint_by_request_id(self, tenant: str, request_id: str) -> Endpoint | None:
+        """Loads the endpoint a create with ``request_id`` made for ``tenant``.
+
+        Args:
+            tenant: Caller's tenant.
+            request_id: AIP-155 request id of the create.
+
+        Returns:
+            The endpoint or ``None``.
+        """
+        t = tables.endpoints
+        query = sa.select(t).where(t.c.tenant == tenant, t.c.request_id == request_id)
+        row = (await self._session.execute(query)).mappings().first()
+        return Endpoint(**dict(row)) if row else None
 
     async def get_endpoint(
         self, endpoint_id: uuid.UUID, *, tenant: str | None = None, for_update: bool = False
@@ -193,9 +221,12 @@ class SqlWebhooksRepository:
         if not deliveries:
             return []
         t = tables.deliveries
+        # One order for every writer: two publishes of one event id (concurrent retries) lock
+        # the same (event, endpoint) keys in the same order, so they wait instead of deadlock.
+        ordered = sorted(deliveries, key=lambda d: (d.event_id, d.endpoint_id))
         query = (
             pg_insert(t)
-            .values([_row(d) for d in deliveries])
+            .values([_row(d) for d in ordered])
             .on_conflict_do_nothing(index_elements=["event_id", "endpoint_id"])
             .returning(t.c.id)
         )
@@ -472,7 +503,13 @@ class SqlWebhooksRepository:
     # ---- received events ---------------------------------------------------------------
 
     async def mark_received(
-        self, event_id: uuid.UUID, event_type: str, tenant: str, now: dt.datetime, count: int
+        self,
+        event_id: uuid.UUID,
+        event_type: str,
+        tenant: str,
+        now: dt.datetime,
+        count: int,
+        request_hash: str | None = None,
     ) -> bool:
         """Records that an event was fanned out (once per event id).
 
@@ -482,6 +519,7 @@ class SqlWebhooksRepository:
             tenant: Its tenant.
             now: Current time.
             count: Deliveries created.
+            request_hash: Fingerprint of the publish request that carried a request id.
 
         Returns:
             True the first time, False for a duplicate.
@@ -495,6 +533,7 @@ class SqlWebhooksRepository:
                 tenant=tenant,
                 receive_time=now,
                 deliveries=count,
+                request_hash=request_hash,
             )
             .on_conflict_do_nothing(index_elements=["event_id"])
             .returning(t.c.event_id)
@@ -514,6 +553,24 @@ class SqlWebhooksRepository:
         """
         t = tables.deliveries
         return await delete_batch(self._session, t, t.c.end_time < ended_before, limit)
+
+    async def get_received(self, event_id: uuid.UUID) -> dict[str, Any] | None:
+        """Loads the record of a fanned-out event.
+
+        Args:
+            event_id: The event.
+
+        Returns:
+            Its ``type``, ``tenant``, ``receive_time``, ``deliveries`` and ``request_hash``,
+            or ``None`` if it was never received (or was purged).
+        """
+        t = tables.received_events
+        row = (
+            (await self._session.execute(sa.select(t).where(t.c.event_id == event_id)))
+            .mappings()
+            .first()
+        )
+        return dict(row) if row else None
 
     async def purge_received_events(self, received_before: dt.datetime, limit: int) -> int:
         """Deletes received-event records older than ``received_before`` (one batch).

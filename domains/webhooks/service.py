@@ -22,6 +22,7 @@ from domains.operations import service as operations_service
 from domains.operations.execution import Cancelled, OperationRunner, ProgressSink
 from domains.operations.model import DispatchSpec, Operation, OperationError
 from domains.operations.unit_of_work import SqlUnitOfWork
+from domains.shared import idempotency
 from domains.shared.clock import utcnow
 from domains.shared.errors import DomainError, FailedPrecondition, InvalidArgument, NotFound
 from domains.shared.events import IntegrationEvent, event_message
@@ -219,8 +220,9 @@ class WebhooksService:
         description: str = "",
         enabled: bool = True,
         rate_limit: float | None = None,
+        request_id: str | None = None,
     ) -> tuple[Endpoint, str]:
-        """Creates an endpoint with a new signing secret.
+        """Creates an endpoint with a new signing secret (once per AIP-155 ``request_id``).
 
         Args:
             tenant: Owner.
@@ -229,16 +231,30 @@ class WebhooksService:
             description: Free text.
             enabled: Whether deliveries are sent.
             rate_limit: Requests per second, ``None`` for no limit.
+            request_id: AIP-155 request id: a retry with the same body returns the endpoint
+                the first call created, with its current secret (the first answer, which
+                carried the secret, may have been lost; the caller could rotate it anyway).
 
         Returns:
-            The endpoint and its secret in clear (shown once).
+            The endpoint and its secret in clear (shown on create only).
 
         Raises:
             InvalidArgument: A bad field, or an unsafe URL (``UNSAFE_URL``).
+            AlreadyExists: If ``request_id`` was used with a different body.
         """
+        idempotency.check_request_id(request_id)
         patterns = validate_event_types(event_types)
         self._check_fields(description, rate_limit)
         await self._check_url(url)
+        fingerprint = idempotency.request_fingerprint(
+            {
+                "url": url,
+                "event_types": list(event_types),
+                "description": description,
+                "enabled": enabled,
+                "rate_limit": rate_limit,
+            }
+        )
         secret = signing.new_secret()
         now = utcnow()
         endpoint = Endpoint(
@@ -253,11 +269,25 @@ class WebhooksService:
             rate_limit=rate_limit,
             create_time=now,
             update_time=now,
+            request_id=request_id,
+            request_hash=fingerprint if request_id else None,
         )
         async with self._uow() as uow:
-            await uow.webhooks.add_endpoint(endpoint)
-            await uow.commit()
-        return endpoint, secret
+            if await uow.webhooks.add_endpoint(endpoint):
+                await uow.commit()
+                return endpoint, secret
+        # The request id is taken (a retry, or a concurrent twin that committed first).
+        async with self._uow() as uow:
+            first = await uow.webhooks.get_endpoint_by_request_id(tenant, str(request_id))
+        if first is None:  # pragma: no cover - the first one was deleted in between
+            raise idempotency.vanished(str(request_id))
+        idempotency.ensure_same_request(
+            request_id=str(request_id),
+            resource=first.name,
+            stored_hash=first.request_hash,
+            request_hash=fingerprint,
+        )
+        return first, self._box.open(first.secret)
 
     async def get_endpoint(self, tenant: str, endpoint_id: uuid.UUID) -> Endpoint:
         """Returns a tenant's endpoint.
@@ -451,9 +481,11 @@ class WebhooksService:
         data: Mapping[str, Any],
         tenant: str,
         correlation_id: str | None,
+        request_hash: str | None = None,
+        now: dt.datetime | None = None,
     ) -> int | None:
         """Writes one delivery per matching endpoint; ``None`` if the event was seen before."""
-        now = utcnow()
+        now = now or utcnow()
         endpoints = [
             e for e in await uow.webhooks.matching_endpoints(tenant) if e.matches(event_type)
         ]
@@ -475,7 +507,9 @@ class WebhooksService:
                 delivery.pause(now)  # kept, resumed when the breaker closes or it is enabled
             deliveries.append(delivery)
         inserted = set(await uow.webhooks.add_deliveries(deliveries))
-        if not await uow.webhooks.mark_received(event_id, event_type, tenant, now, len(inserted)):
+        if not await uow.webhooks.mark_received(
+            event_id, event_type, tenant, now, len(inserted), request_hash
+        ):
             return None
         due = [d.id for d in deliveries if d.id in inserted and d.state == DeliveryState.PENDING]
         await self._enqueue(uow, due, correlation_id)
@@ -488,21 +522,30 @@ class WebhooksService:
         event_type: str,
         data: Mapping[str, Any],
         correlation_id: str | None = None,
+        request_id: str | None = None,
     ) -> PublishedEvent:
         """Publishes a custom event to every matching endpoint of the tenant.
+
+        With a ``request_id`` the event id is derived from the tenant and the request id, so
+        the fan-out's once-per-event-id record (``received_events``) makes a retried publish
+        one event with one set of deliveries.
 
         Args:
             tenant: Caller's tenant.
             event_type: E.g. ``orders.Created`` (``webhooks.*`` is reserved).
             data: JSON payload.
             correlation_id: Request id for logs.
+            request_id: AIP-155 request id: a retry with the same type and data returns the
+                first event (remembered as long as received events are retained).
 
         Returns:
             The event and how many deliveries it made.
 
         Raises:
-            InvalidArgument: If the type is malformed or the payload too large.
+            InvalidArgument: If the type, the request id is malformed or the payload too large.
+            AlreadyExists: If ``request_id`` was used with a different type or data.
         """
+        idempotency.check_request_id(request_id)
         validate_event_type(event_type)
         size = len(json.dumps(data, separators=(",", ":"), default=str))
         if size > self.config.max_event_bytes:
@@ -510,7 +553,12 @@ class WebhooksService:
                 f"data is {size} bytes of JSON; the maximum is {self.config.max_event_bytes}",
                 metadata={"field": "data"},
             )
-        event_id, now = new_id(), utcnow()
+        fingerprint = None
+        event_id = new_id()
+        if request_id is not None:
+            fingerprint = idempotency.request_fingerprint({"type": event_type, "data": data})
+            event_id = idempotency.derived_id(tenant, request_id)
+        now = utcnow()
         async with self._uow() as uow:
             count = await self._fan_out(
                 uow,
@@ -520,9 +568,31 @@ class WebhooksService:
                 data=data,
                 tenant=tenant,
                 correlation_id=correlation_id,
+                request_hash=fingerprint,
+                now=now,  # the receive time is the event's time: a replay answers with it
             )
-            await uow.commit()
-        return PublishedEvent(id=event_id, type=event_type, time=now, deliveries=count or 0)
+            if count is not None or request_id is None:
+                await uow.commit()
+                return PublishedEvent(id=event_id, type=event_type, time=now, deliveries=count or 0)
+        # Seen before: a retry, or a concurrent twin that committed first. Nothing of this
+        # attempt is committed (deliveries to endpoints created since would be a second
+        # fan-out); the answer is the first event.
+        async with self._uow() as uow:
+            first = await uow.webhooks.get_received(event_id)
+        if first is None:  # pragma: no cover - purged in between
+            raise idempotency.vanished(request_id)
+        idempotency.ensure_same_request(
+            request_id=request_id,
+            resource=f"events/{event_id}",
+            stored_hash=first["request_hash"],
+            request_hash=str(fingerprint),
+        )
+        return PublishedEvent(
+            id=event_id,
+            type=first["type"],
+            time=first["receive_time"],
+            deliveries=first["deliveries"],
+        )
 
     async def handle_event(
         self, envelope: Mapping[str, Any], correlation_id: str | None = None

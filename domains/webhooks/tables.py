@@ -41,8 +41,18 @@ endpoints = sa.Table(
     sa.Column("breaker_until", _TS),
     sa.Column("create_time", _TS, nullable=False),
     sa.Column("update_time", _TS, nullable=False),
+    sa.Column("request_id", sa.Text),
+    sa.Column("request_hash", sa.Text),
     sa.CheckConstraint("breaker_state IN ('CLOSED','OPEN','HALF_OPEN')", name="breaker_state"),
     sa.Index("ix_endpoints_tenant_id", "tenant", "id"),
+    # AIP-155: one endpoint per (tenant, request_id); concurrent twins meet here.
+    sa.Index(
+        "uq_endpoints_tenant_request_id",
+        "tenant",
+        "request_id",
+        unique=True,
+        postgresql_where=sa.text("request_id IS NOT NULL"),
+    ),
     sa.Index(
         "ix_endpoints_breaker_until",
         "breaker_until",
@@ -129,5 +139,7 @@ received_events = sa.Table(
     sa.Column("tenant", sa.Text, nullable=False),
     sa.Column("receive_time", _TS, nullable=False),
     sa.Column("deliveries", sa.Integer, nullable=False),
+    # Published events with an AIP-155 request id: fingerprint of the publish request.
+    sa.Column("request_hash", sa.Text),
     sa.Index("ix_received_events_receive_time", "receive_time"),
 )

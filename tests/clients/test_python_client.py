@@ -5,6 +5,7 @@ from __future__ import annotations
 import inspect
 import io
 import json
+import uuid
 from collections.abc import Iterator
 from typing import Any
 
@@ -88,6 +89,51 @@ def test_retried_create_with_lost_answer_returns_the_same_operation(
     assert op.name.startswith("operations/platform.")
 
 
+PUBLIC_HOOK = "https://93.184.216.34/hook"
+
+
+def _create_once(cv: cc.Conveyor, resource: str, marker: str) -> Any:
+    """Creates one ``resource`` labelled ``marker`` through the client's own create method."""
+    if resource == "datasets":
+        fields = [{"name": "id", "type": "string", "required": True}]
+        return cv.datasets.create(marker, fields, "id")
+    if resource == "endpoints":
+        return cv.endpoints.create(PUBLIC_HOOK, ["rid.*"], description=marker, enabled=False)
+    if resource == "schedules":
+        return cv.schedules.create("platform.ping", interval_seconds=60, display_name=marker)
+    return cv.events.publish(f"rid{marker}.Created", {"order": 1})
+
+
+def _made(cv: cc.Conveyor, resource: str, marker: str, hook: str | None) -> list[str]:
+    """Ids of the ``resource`` items labelled ``marker`` (events: of their deliveries)."""
+    if resource == "datasets":
+        return [d.id for d in cv.datasets.list() if d.display_name == marker]
+    if resource == "endpoints":
+        return [e.id for e in cv.endpoints.list() if e.description == marker]
+    if resource == "schedules":
+        return [s.id for s in cv.schedules.list() if s.display_name == marker]
+    assert hook is not None
+    return [d.event_id for d in cv.deliveries.list(hook)]
+
+
+@pytest.mark.parametrize("resource", ["datasets", "endpoints", "schedules", "events"])
+def test_retried_resource_create_with_lost_answer_makes_one_resource(
+    cv: cc.Conveyor, base_url: str, api_key: str, resource: str
+) -> None:
+    marker = uuid.uuid4().hex[:12]
+    hook = None
+    if resource == "events":  # a subscriber, so the event's fan-out can be counted
+        hook = cv.endpoints.create(PUBLIC_HOOK, [f"rid{marker}.*"], enabled=False).name
+    transport = LoseFirstAnswer()
+    with cc.Conveyor(base_url, api_key, transport=transport) as lossy:
+        created = _create_once(lossy, resource, marker)
+    assert len(transport.posts) == 2  # the first answer really was lost, the create resent...
+    assert len({json.loads(body)["request_id"] for body in transport.posts}) == 1  # ...as one
+    assert _made(cv, resource, marker, hook) == [created.id]  # ...and made exactly one
+    if resource == "endpoints":
+        assert created.secret and created.secret.startswith("whsec_")
+
+
 def test_unavailable_and_rate_limited_answers_are_retried_after_retry_after(
     base_url: str, api_key: str
 ) -> None:
@@ -116,15 +162,24 @@ def test_unavailable_and_rate_limited_answers_are_retried_after_retry_after(
         op = cv.pings.create("after outage")
         assert op.metadata.type == "ping"
         assert sleeps == [0.3, 0.2]
-        # A create without request_id support is not resent after a 503 (it may have been done).
+        # A POST without a request_id is not resent after a 503 (it may have been done).
         answers.append(
             httpx.Response(
                 503, json={"error": {"code": 503, "status": "UNAVAILABLE", "message": "x"}}
             )
         )
         with pytest.raises(cc.Unavailable):
-            cv.events.publish("order.paid", {"id": 1})
+            cv.operations.retry(MISSING)
         assert sleeps == [0.3, 0.2]
+        # The resource creates carry one: a 503 then a 429 are retried, and it is one event.
+        answers.extend(
+            httpx.Response(
+                code, headers={"retry-after": "0.1"}, json={"error": {"code": code, "message": "x"}}
+            )
+            for code in (503, 429)
+        )
+        event = cv.events.publish("order.paid", {"id": 1})
+        assert event.type == "order.paid" and sleeps == [0.3, 0.2, 0.1, 0.1]
 
 
 def test_connection_refused_is_a_typed_error_after_retries() -> None:

@@ -113,6 +113,85 @@ def operations_wait(name: str, timeout: float) -> Call:
     )
 
 
+# -- idempotent creates (AIP-155) ------------------------------------------------------------
+
+
+def create(path: str, fields: dict[str, Any], request_id: str | None) -> Call:
+    """POST ``path`` with ``fields`` (``None`` dropped) and a request_id (generated when not
+    given), so the create is resent safely after a lost answer, a 503 or a 429.
+
+    Args:
+        path: Collection path, e.g. ``/v1/datasets``.
+        fields: The request fields.
+        request_id: AIP-155 request id, or ``None`` for a fresh one.
+
+    Returns:
+        The repeatable call.
+    """
+    body = clean({**fields, "request_id": request_id or new_request_id()})
+    return Call("POST", path, json=body, repeatable=True)
+
+
+def datasets_create(
+    display_name: str,
+    fields: list[dict[str, Any]],
+    key_field: str,
+    source_uri: str | None,
+    request_id: str | None,
+) -> Call:
+    """POST /v1/datasets with a request_id."""
+    return create(
+        "/v1/datasets",
+        {
+            "display_name": display_name,
+            "fields": fields,
+            "key_field": key_field,
+            "source_uri": source_uri,
+        },
+        request_id,
+    )
+
+
+def endpoints_create(
+    url: str,
+    event_types: list[str],
+    description: str | None,
+    enabled: bool | None,
+    rate_limit: float | None,
+    request_id: str | None,
+) -> Call:
+    """POST /v1/endpoints with a request_id."""
+    return create(
+        "/v1/endpoints",
+        {
+            "url": url,
+            "event_types": event_types,
+            "description": description,
+            "enabled": enabled,
+            "rate_limit": rate_limit,
+        },
+        request_id,
+    )
+
+
+def events_publish(type_: str, data: dict[str, Any] | None, request_id: str | None) -> Call:
+    """POST /v1/events with a request_id."""
+    return create("/v1/events", {"type": type_, "data": data or {}}, request_id)
+
+
+def schedules_create(fields: dict[str, Any], request_id: str | None) -> Call:
+    """POST /v1/schedules with a request_id.
+
+    Args:
+        fields: ``workflow``, ``cron``, ``interval_seconds``, ``args``... (``None`` dropped).
+        request_id: AIP-155 request id, or ``None`` for a fresh one.
+
+    Returns:
+        The repeatable call.
+    """
+    return create("/v1/schedules", fields, request_id)
+
+
 # -- pings -----------------------------------------------------------------------------------
 
 
@@ -124,16 +203,16 @@ def pings_create(
     request_id: str | None,
 ) -> Call:
     """POST /v1/pings with a request_id (generated when not given)."""
-    body = clean(
+    return create(
+        "/v1/pings",
         {
             "message": message,
             "sleep_seconds": sleep_seconds,
             "steps": steps,
             "fail_attempts": fail_attempts,
-            "request_id": request_id or new_request_id(),
-        }
+        },
+        request_id,
     )
-    return Call("POST", "/v1/pings", json=body, repeatable=True)
 
 
 # -- imports ---------------------------------------------------------------------------------
@@ -185,12 +264,4 @@ def reports_create(
     request_id: str | None,
 ) -> Call:
     """POST /v1/reports with a request_id."""
-    body = clean(
-        {
-            "type": type_,
-            "period": period,
-            "format": format,
-            "request_id": request_id or new_request_id(),
-        }
-    )
-    return Call("POST", "/v1/reports", json=body, repeatable=True)
+    return create("/v1/reports", {"type": type_, "period": period, "format": format}, request_id)

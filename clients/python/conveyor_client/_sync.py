@@ -246,27 +246,22 @@ class Datasets(_Resource):
         key_field: str,
         *,
         source_uri: str | None = None,
+        request_id: str | None = None,
     ) -> models.Dataset:
-        """Creates a dataset.
+        """Creates a dataset; retried safely with one request_id (generated when not given).
 
         Args:
             display_name: Name shown to people.
             fields: Schema: ``[{"name", "type", "required", "values"}]``.
             key_field: Field whose value identifies a record (upsert key).
             source_uri: Default file location for imports.
+            request_id: AIP-155 idempotency key.
 
         Returns:
-            The dataset.
+            The dataset (the first one made with ``request_id``).
         """
-        body = calls.clean(
-            {
-                "display_name": display_name,
-                "fields": fields,
-                "key_field": key_field,
-                "source_uri": source_uri,
-            }
-        )
-        return models.Dataset.model_validate(self._c.json(Call("POST", "/v1/datasets", json=body)))
+        call = calls.datasets_create(display_name, fields, key_field, source_uri, request_id)
+        return models.Dataset.model_validate(self._c.json(call))
 
     def get(self, name: str) -> models.Dataset:
         """Gets a dataset.
@@ -488,8 +483,11 @@ class Endpoints(_Resource):
         description: str | None = None,
         enabled: bool | None = None,
         rate_limit: float | None = None,
+        request_id: str | None = None,
     ) -> models.Endpoint:
-        """Creates an endpoint; the answer carries its signing ``secret`` (shown once).
+        """Creates an endpoint; the answer carries its signing ``secret`` (shown on create
+        only). Retried safely with one request_id (generated when not given): a retry after a
+        lost answer gets the same endpoint and its secret.
 
         Args:
             url: Where deliveries are POSTed.
@@ -497,22 +495,15 @@ class Endpoints(_Resource):
             description: Free text.
             enabled: Whether deliveries are sent.
             rate_limit: Deliveries per second, at most.
+            request_id: AIP-155 idempotency key.
 
         Returns:
             The endpoint with its secret.
         """
-        body = calls.clean(
-            {
-                "url": url,
-                "event_types": event_types,
-                "description": description,
-                "enabled": enabled,
-                "rate_limit": rate_limit,
-            }
+        call = calls.endpoints_create(
+            url, event_types, description, enabled, rate_limit, request_id
         )
-        return models.Endpoint.model_validate(
-            self._c.json(Call("POST", "/v1/endpoints", json=body))
-        )
+        return models.Endpoint.model_validate(self._c.json(call))
 
     def get(self, name: str) -> models.Endpoint:
         """Gets an endpoint (with its breaker state).
@@ -593,18 +584,22 @@ class Endpoints(_Resource):
 class Events(_Resource):
     """Events published to webhook endpoints (``/v1/events``)."""
 
-    def publish(self, type: str, data: dict[str, Any] | None = None) -> models.Event:
-        """Publishes an event: one delivery per subscribed endpoint.
+    def publish(
+        self, type: str, data: dict[str, Any] | None = None, *, request_id: str | None = None
+    ) -> models.Event:
+        """Publishes an event: one delivery per subscribed endpoint. Retried safely with one
+        request_id (generated when not given): a retry is the same event, delivered once.
 
         Args:
             type: Event type, e.g. ``order.paid``.
             data: Payload.
+            request_id: AIP-155 idempotency key.
 
         Returns:
             The event with its delivery count.
         """
-        body = {"type": type, "data": data or {}}
-        return models.Event.model_validate(self._c.json(Call("POST", "/v1/events", json=body)))
+        call = calls.events_publish(type, data, request_id)
+        return models.Event.model_validate(self._c.json(call))
 
 
 class Deliveries(_Resource):
@@ -708,8 +703,10 @@ class Schedules(_Resource):
         enabled: bool | None = None,
         catch_up: bool | None = None,
         display_name: str | None = None,
+        request_id: str | None = None,
     ) -> models.Schedule:
-        """Creates a schedule (give ``cron`` or ``interval_seconds``).
+        """Creates a schedule (give ``cron`` or ``interval_seconds``); retried safely with one
+        request_id (generated when not given).
 
         Args:
             workflow: Workflow to start, e.g. ``platform.ping``.
@@ -720,25 +717,23 @@ class Schedules(_Resource):
             enabled: Whether it fires.
             catch_up: Fire missed runs after downtime.
             display_name: Name shown to people.
+            request_id: AIP-155 idempotency key.
 
         Returns:
-            The schedule.
+            The schedule (the first one made with ``request_id``).
         """
-        body = calls.clean(
-            {
-                "workflow": workflow,
-                "cron": cron,
-                "interval_seconds": interval_seconds,
-                "args": args,
-                "time_zone": time_zone,
-                "enabled": enabled,
-                "catch_up": catch_up,
-                "display_name": display_name,
-            }
-        )
-        return models.Schedule.model_validate(
-            self._c.json(Call("POST", "/v1/schedules", json=body))
-        )
+        fields = {
+            "workflow": workflow,
+            "cron": cron,
+            "interval_seconds": interval_seconds,
+            "args": args,
+            "time_zone": time_zone,
+            "enabled": enabled,
+            "catch_up": catch_up,
+            "display_name": display_name,
+        }
+        call = calls.schedules_create(fields, request_id)
+        return models.Schedule.model_validate(self._c.json(call))
 
     def get(self, name: str) -> models.Schedule:
         """Gets a schedule.
