@@ -24,6 +24,7 @@ from app.db import EngineRegistry
 from app.wiring import subscribers
 from domains.operations.service import OperationsService
 from domains.shared.clock import utcnow
+from domains.shared.driver import autocommit_connection
 from domains.shared.events import EVENT_TASK, handler_task_name
 from domains.shared.inbox import InboxEntry, SqlInboxRepository
 from domains.shared.outbox import OutboxMessage, SqlOutboxRepository
@@ -81,8 +82,12 @@ def workflow_reprs(message: OutboxMessage) -> tuple[str, str] | None:
 
 
 class OutboxPublisher:
-    """Claims outbox rows (``FOR UPDATE SKIP LOCKED``), publishes them, marks them sent, in one
-    transaction per batch: a crash before the commit leaves them unsent for the next relay.
+    """Publishes outbox rows and marks them sent.
+
+    The relay claims due rows (``FOR UPDATE SKIP LOCKED``), publishes them and marks them sent in
+    one transaction per batch. The fast path publishes the rows a commit just wrote from memory
+    and marks them sent in one statement. Either way a crash before the mark leaves them unsent
+    for the next relay, and a repeat is harmless (task ids are operation ids, writes are fenced).
     """
 
     def __init__(
@@ -103,7 +108,7 @@ class OutboxPublisher:
         # backlog), so an outage does not add a connect timeout to every request.
         self._fast_path_paused_until = 0.0
         self._declared = False
-        self._pending: dict[str, list[uuid.UUID]] = {}
+        self._pending: dict[str, list[OutboxMessage]] = {}
         self._drainer: asyncio.Task[None] | None = None
         self._declare_lock = threading.Lock()
         self._amqp_armed = False  # set by the first RabbitMQ broker watch
@@ -314,19 +319,15 @@ class OutboxPublisher:
                 keep.append(message)
         return keep, failed
 
-    async def _publish(
-        self, domain: str, ids: Sequence[uuid.UUID] | None, limit: int
-    ) -> tuple[int, int]:
+    async def _publish(self, domain: str, limit: int) -> tuple[int, int]:
+        # The relay: claims due rows older than the grace period (younger ones are the fast
+        # path's), publishes them and marks them sent in one transaction.
         tables = DOMAIN_TABLES[domain]
         maker = self._registry.sessionmaker(domain)
         async with maker() as session, session.begin():
             repo = SqlOutboxRepository(session, tables.outbox)
-            grace = (
-                None
-                if ids is not None
-                else dt.timedelta(seconds=self._settings.relay_grace_seconds)
-            )
-            claimed = await repo.claim(ids=ids, limit=limit, grace=grace)
+            grace = dt.timedelta(seconds=self._settings.relay_grace_seconds)
+            claimed = await repo.claim(limit=limit, grace=grace)
             if not claimed:
                 return 0, 0
             messages, unreceived = await self._receive_events(claimed)
@@ -343,37 +344,66 @@ class OutboxPublisher:
                 )
         return len(sent), len(failed)
 
-    async def publish_now(self, domain: str, ids: list[uuid.UUID]) -> None:
+    async def publish_now(self, domain: str, messages: list[OutboxMessage]) -> None:
         """The fast path: hands rows a commit just wrote to the background publisher.
 
         The caller does not wait for the broker: the commit already made the work durable, and
-        rows that concurrent requests commit meanwhile go out in the same batch (one
-        transaction, one thread hop). Rows not published (crash, broker down) stay unsent for
-        the relay.
+        rows that concurrent requests commit meanwhile go out in the same batch (one thread hop,
+        one broker pipeline, one UPDATE marking them sent). Rows not published (crash, broker
+        down) stay unsent for the relay.
 
         Args:
             domain: The domain whose outbox holds the rows.
-            ids: Row ids.
+            messages: The rows, as written.
         """
         _fault_hook_after_commit()
         if not self.enabled or time.monotonic() < self._fast_path_paused_until:
             return
-        self._pending.setdefault(domain, []).extend(ids)
+        self._pending.setdefault(domain, []).extend(messages)
         if self._drainer is None or self._drainer.done():
             self._drainer = asyncio.get_running_loop().create_task(self._drain_pending())
 
     async def _drain_pending(self) -> None:
         await asyncio.sleep(0)  # let requests committing right now join this batch
         while self._pending:
-            domain, ids = self._pending.popitem()
+            domain, messages = self._pending.popitem()
+            # Delayed rows (available_time in the future) wait for the relay.
+            now = utcnow()
+            due = [m for m in messages if m.available_time <= now]
             try:
-                for start in range(0, len(ids), self._settings.relay_batch_size):
-                    chunk = ids[start : start + self._settings.relay_batch_size]
-                    _, failed = await self._publish(domain, chunk, len(chunk))
-                    if failed:
+                for start in range(0, len(due), self._settings.relay_batch_size):
+                    chunk = due[start : start + self._settings.relay_batch_size]
+                    if await self._publish_written(domain, chunk):
                         self._fast_path_paused_until = time.monotonic() + 5.0
             except Exception:
                 log.warning("fast-path publish failed; the relay will publish", exc_info=True)
+
+    async def _publish_written(self, domain: str, written: Sequence[OutboxMessage]) -> int:
+        """Publishes rows a commit just wrote, from memory (no claim), and marks them sent.
+
+        Returns:
+            How many failed (left unsent, with a retry time, for the relay).
+        """
+        messages, unreceived = await self._receive_events(written)
+        sent, failed = await asyncio.to_thread(self._send_all, messages)
+        failed += unreceived
+        tables = DOMAIN_TABLES[domain]
+        if sent:
+            # One statement in autocommit: no claim, no transaction around the publish.
+            engine = self._registry.sessionmaker(domain).kw["bind"]
+            async with autocommit_connection(engine) as conn:
+                await SqlOutboxRepository(conn, tables.outbox).mark_sent(sent, utcnow())
+        if failed:
+            attempts = {m.id: m.publish_attempts for m in written}
+            async with self._registry.sessionmaker(domain)() as session, session.begin():
+                repo = SqlOutboxRepository(session, tables.outbox)
+                for message_id, error in failed:
+                    delay = min(60.0, 0.5 * 2 ** attempts[message_id]) * random.uniform(0.5, 1.0)
+                    await repo.mark_failed(
+                        message_id, error, utcnow() + dt.timedelta(seconds=delay)
+                    )
+            log.warning("outbox %s: %d rows not published: %s", domain, len(failed), failed[0][1])
+        return len(failed)
 
     async def drain(self) -> None:
         """Waits until the fast path has published what it was handed (shutdown, tests)."""
@@ -392,7 +422,7 @@ class OutboxPublisher:
         total = 0
         for domain in domains:
             while True:
-                count, failed = await self._publish(domain, None, self._settings.relay_batch_size)
+                count, failed = await self._publish(domain, self._settings.relay_batch_size)
                 total += count
                 if failed or count < self._settings.relay_batch_size:
                     break

@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import logging
-import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from types import TracebackType
 from typing import Any, Protocol, Self, TypeVar, cast
 
@@ -15,7 +13,7 @@ from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from domains.operations.repository import DuplicateRequestId, SqlOperationRepository
-from domains.shared.driver import DriverConnection, driver_supported
+from domains.shared.driver import autocommit_connection
 from domains.shared.inbox import SqlInboxRepository
 from domains.shared.outbox import OutboxMessage, SqlOutboxRepository
 
@@ -23,8 +21,9 @@ log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
-AfterCommit = Callable[[str, list[uuid.UUID]], Awaitable[None]]
-"""Called after a commit that wrote outbox rows: ``(domain, outbox_ids)`` (the fast path)."""
+AfterCommit = Callable[[str, list[OutboxMessage]], Awaitable[None]]
+"""Called after a commit that wrote outbox rows: ``(domain, messages)`` (the fast path publishes
+them from memory)."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -85,19 +84,6 @@ class SessionSource(Protocol):
             exc: The error.
         """
         ...
-
-
-@contextlib.asynccontextmanager
-async def _autocommit_connection(engine: AsyncEngine) -> AsyncIterator[Any]:
-    # The hot path's connection: statements on the driver (domains.shared.driver) where the
-    # engine allows it, else an ordinary SQLAlchemy connection in autocommit.
-    if driver_supported(engine):
-        async with DriverConnection(engine) as driver:
-            yield driver
-        return
-    async with engine.connect() as conn:
-        await conn.execution_options(isolation_level="AUTOCOMMIT")
-        yield conn
 
 
 class NotFusable(Exception):
@@ -182,11 +168,11 @@ class _TrackingOutbox(SqlOutboxRepository):
 
     def __init__(self, session: AsyncSession, table: sa.Table) -> None:
         super().__init__(session, table)
-        self.added: list[uuid.UUID] = []
+        self.added: list[OutboxMessage] = []
 
     async def add(self, message: OutboxMessage) -> None:
         await super().add(message)
-        self.added.append(message.id)
+        self.added.append(message)
 
 
 class SqlUnitOfWork:
@@ -284,7 +270,7 @@ class SqlUnitOfWork:
         engine = cast(AsyncEngine, self._sessionmaker.kw["bind"])
         for attempt in (1, 2):
             try:
-                async with _autocommit_connection(engine) as conn:
+                async with autocommit_connection(engine) as conn:
                     # Connection and session share execute(): the repositories work on either.
                     self._bind(cast(Any, conn))
                     result = await work(self)
@@ -326,7 +312,7 @@ class SqlUnitOfWork:
         engine = cast(AsyncEngine, self._sessionmaker.kw["bind"])
         for attempt in (1, 2):
             try:
-                async with _autocommit_connection(engine) as conn:
+                async with autocommit_connection(engine) as conn:
                     await conn.execute(statement, params)
                 break
             except IntegrityError as exc:

@@ -24,9 +24,10 @@ connection runs it makes no difference.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
 from typing import Any
 
 import sqlalchemy as sa
@@ -395,3 +396,25 @@ def driver_supported(engine: AsyncEngine) -> bool:
         and hasattr(dialect, "_invalidate_schema_cache_asof")
         and getattr(dialect, "paramstyle", None) == "numeric_dollar"
     )
+
+
+@contextlib.asynccontextmanager
+async def autocommit_connection(engine: AsyncEngine) -> AsyncIterator[Any]:
+    """A connection in autocommit for one-statement work (the hot path).
+
+    Statements run on the driver (:class:`DriverConnection`) where the engine allows it, else on
+    an ordinary SQLAlchemy connection in autocommit; both have ``execute(statement, params)``.
+
+    Args:
+        engine: The domain's primary engine.
+
+    Yields:
+        The connection.
+    """
+    if driver_supported(engine):
+        async with DriverConnection(engine) as driver:
+            yield driver
+        return
+    async with engine.connect() as conn:
+        await conn.execution_options(isolation_level="AUTOCOMMIT")
+        yield conn
