@@ -171,7 +171,13 @@ async def grow(conn: Any, statements: dict[str, list[str]]) -> None:
         )
         for (child,) in referencing.all():
             await conn.exec_driver_sql(f"ALTER TABLE {child} SET UNLOGGED")
-        await conn.exec_driver_sql(f'ALTER TABLE "{schema}"."{name}" SET UNLOGGED')
+        # A partitioned table (operations) has no storage of its own: its partitions do.
+        parts = await conn.exec_driver_sql(
+            "SELECT c.relname FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid"
+            f" WHERE i.inhparent = '{schema}.{name}'::regclass"
+        )
+        for part in [row[0] for row in parts.all()] or [name]:
+            await conn.exec_driver_sql(f'ALTER TABLE "{schema}"."{part}" SET UNLOGGED')
         rows = await conn.exec_driver_sql(
             "SELECT i.indexname, i.indexdef FROM pg_indexes i"
             " LEFT JOIN pg_constraint c ON c.conname = i.indexname"
@@ -184,5 +190,6 @@ async def grow(conn: Any, statements: dict[str, list[str]]) -> None:
         for sql in sqls:
             await conn.exec_driver_sql(sql)
         for _, definition in indexes:
-            await conn.exec_driver_sql(definition)
+            # A partitioned index prints as "ON ONLY": that would skip the partitions.
+            await conn.exec_driver_sql(definition.replace(" ON ONLY ", " ON "))
         await conn.exec_driver_sql(f'ANALYZE "{schema}"."{name}"')

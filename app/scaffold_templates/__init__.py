@@ -778,6 +778,7 @@ from app.migrations.baseline import (
     create_common,
     drop_common,
 )
+from app.migrations.partitioning import partition_common, unpartition_common
 
 revision = "${name}_0001"
 down_revision = None
@@ -794,6 +795,7 @@ def upgrade() -> None:
     add_attempt_base(SCHEMA)  # the attempt cap's base (revision 0004/0005 of the others)
     # And their list and retention indexes (issue #22).
     add_scale_indexes(SCHEMA)
+    partition_common(SCHEMA)  # operations and outbox by day (issue #22)
     op.create_table(
         "${name}_items",
         sa.Column("id", pg.UUID(as_uuid=True), nullable=False),
@@ -811,6 +813,7 @@ def upgrade() -> None:
 
 def downgrade() -> None:
     op.drop_table("${name}_items", schema=SCHEMA)
+    unpartition_common(SCHEMA)
     drop_common(SCHEMA)  # operations goes with its tenant column and index
 '''
 

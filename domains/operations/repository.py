@@ -19,6 +19,7 @@ from domains.operations.model import (
     Progress,
     State,
 )
+from domains.shared import partitions
 from domains.shared.errors import Conflict, InvalidArgument
 from domains.shared.query import COMPARE, Condition, Keyset, after_keyset
 
@@ -45,6 +46,14 @@ class DuplicateRequestId(Conflict):
     """Another operation was created with the same request id at the same time."""
 
     default_reason = "DUPLICATE_REQUEST_ID"
+
+
+def is_request_id_conflict(exc: IntegrityError) -> bool:
+    """Whether ``exc`` is a taken request id (``operation_requests``' key, or a domain
+    table's request id index).
+    """
+    text = str(exc.orig)
+    return "request_id" in text or "operation_requests" in text
 
 
 class OperationRepository(Protocol):
@@ -153,6 +162,7 @@ class SqlOperationRepository:
         """
         self._session = session
         self._t = table
+        self._requests = table.metadata.tables[f"{table.schema}.operation_requests"]
         # One statement per table, values as parameters: built and compiled once (a repository
         # is made per unit of work: building it here cost more than the statement's execution).
         update = _STATEMENTS.get((table, "update"))
@@ -174,8 +184,19 @@ class SqlOperationRepository:
         # No savepoint: a duplicate aborts the whole transaction, and the caller starts anew.
         try:
             await self._session.execute(sa.insert(self._t), _to_row(operation))
+            if operation.request_id is not None:
+                # The request id's uniqueness lives here (see operation_requests_table).
+                await self._session.execute(
+                    sa.insert(self._requests),
+                    {
+                        "tenant": operation.tenant,
+                        "request_id": operation.request_id,
+                        "operation_id": operation.id,
+                        "create_time": operation.create_time,
+                    },
+                )
         except IntegrityError as exc:
-            if "request_id" in str(exc.orig):
+            if is_request_id_conflict(exc):
                 raise DuplicateRequestId(
                     f"request_id {operation.request_id!r} is being used"
                 ) from None
@@ -212,8 +233,13 @@ class SqlOperationRepository:
         Returns:
             The operation or ``None``.
         """
+        r = self._requests
         query = sa.select(self._t).where(
-            self._t.c.request_id == request_id, self._t.c.tenant == tenant
+            self._t.c.id
+            == sa.select(r.c.operation_id)
+            .where(r.c.tenant == tenant, r.c.request_id == request_id)
+            .scalar_subquery(),
+            self._t.c.tenant == tenant,
         )
         row = (await self._session.execute(query)).mappings().first()
         return from_row(row) if row else None
@@ -629,4 +655,60 @@ class SqlOperationRepository:
             .scalar_subquery()
         )
         result = await self._session.execute(sa.delete(t).where(t.c.id.in_(ids)))
+        deleted = int(result.rowcount or 0)  # type: ignore[attr-defined]
+        return max(deleted, await self.purge_requests(older_than, limit))
+
+    async def purge_requests(self, older_than: dt.datetime, limit: int) -> int:
+        """Deletes request ids of operations that are gone (purged, or their partition
+        dropped), written before ``older_than``.
+
+        Args:
+            older_than: Cut-off on the request's ``create_time``.
+            limit: Maximum rows per call.
+
+        Returns:
+            Rows deleted.
+        """
+        r, t = self._requests, self._t
+        orphans = (
+            sa.select(r.c.tenant, r.c.request_id)
+            .where(
+                r.c.create_time < older_than,
+                ~sa.exists().where(t.c.id == r.c.operation_id),
+            )
+            .limit(limit)
+        )
+        result = await self._session.execute(
+            sa.delete(r).where(sa.tuple_(r.c.tenant, r.c.request_id).in_(orphans))
+        )
         return int(result.rowcount or 0)  # type: ignore[attr-defined]
+
+    async def ensure_partitions(self, today: dt.date) -> builtins.list[str]:
+        """Makes the day partitions of ``operations`` ahead of time.
+
+        Args:
+            today: The current UTC day.
+
+        Returns:
+            The partitions made.
+        """
+        return await partitions.ensure_partitions(
+            self._session, str(self._t.schema), self._t.name, today
+        )
+
+    async def drop_expired_partitions(self, older_than: dt.datetime) -> tuple[int, int]:
+        """Drops day partitions whose operations are all done and ended before ``older_than``.
+
+        Args:
+            older_than: Cut-off on ``end_time``.
+
+        Returns:
+            ``(partitions dropped, rows they held)``.
+        """
+        return await partitions.drop_expired_partitions(
+            self._session,
+            str(self._t.schema),
+            self._t.name,
+            older_than,
+            keep="NOT done OR end_time IS NULL OR end_time >= :cutoff",
+        )

@@ -655,6 +655,12 @@ class OperationsService:
         """
         total = 0
         for domain in self.domains:
+            # Whole days first: a dropped partition leaves no dead rows (issue #22).
+            async with self._uow(domain) as uow:
+                await uow.operations.ensure_partitions(utcnow().date())
+                _, dropped = await uow.operations.drop_expired_partitions(older_than)
+                await uow.commit()
+            total += dropped
 
             async def batch(domain: str = domain) -> int:
                 async with self._uow(domain) as uow:
@@ -681,6 +687,11 @@ class OperationsService:
         """
         counts = {"outbox": 0, "inbox": 0}
         for domain in self.domains:
+            async with self._uow(domain) as uow:
+                await uow.outbox.ensure_partitions(utcnow().date())
+                _, dropped = await uow.outbox.drop_expired_partitions(sent_before)
+                await uow.commit()
+            counts["outbox"] += dropped
 
             async def outbox_batch(domain: str = domain) -> int:
                 async with self._uow(domain) as uow:

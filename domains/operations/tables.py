@@ -5,6 +5,8 @@ from __future__ import annotations
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql as pg
 
+from domains.shared.partitions import PARTITION_BY, partitioned
+
 LIST_INDEXES: dict[str, tuple[str, ...]] = {
     "create_time": (),
     "state": ("state",),
@@ -25,7 +27,7 @@ def operations_table(metadata: sa.MetaData) -> sa.Table:
     Returns:
         The table.
     """
-    return sa.Table(
+    table = sa.Table(
         "operations",
         metadata,
         sa.Column("id", pg.UUID(as_uuid=True), primary_key=True),
@@ -57,7 +59,8 @@ def operations_table(metadata: sa.MetaData) -> sa.Table:
             "state IN ('PENDING','RUNNING','SUCCEEDED','FAILED','CANCELLING','CANCELLED')",
             name="state",
         ),
-        sa.Index("uq_operations_tenant_request_id", "tenant", "request_id", unique=True),
+        # Request ids are unique per tenant in ``operation_requests`` (a unique index of a
+        # partitioned table must hold the partition key).
         sa.Index(
             "ix_operations_active",
             "state",
@@ -72,4 +75,33 @@ def operations_table(metadata: sa.MetaData) -> sa.Table:
         ),
         # Retention (purge_done) finds old done operations without walking the table.
         sa.Index("ix_operations_end_time", "end_time", postgresql_where=sa.text("done")),
+        # Time partitions by id (UUIDv7): retention drops whole days (domains/shared/partitions).
+        postgresql_partition_by=PARTITION_BY,
+    )
+    if f"{metadata.schema}.operation_requests" not in metadata.tables:
+        operation_requests_table(metadata)
+    return partitioned(table)
+
+
+def operation_requests_table(metadata: sa.MetaData) -> sa.Table:
+    """Defines ``operation_requests``: AIP-155 request ids, unique per tenant.
+
+    The unique index ``operations`` had: a partitioned table cannot enforce uniqueness on
+    columns that do not hold its partition key. A create carrying a request id writes its row
+    here in the same statement as the operation, so a concurrent twin fails on this key.
+
+    Args:
+        metadata: The domain's metadata.
+
+    Returns:
+        The table.
+    """
+    return sa.Table(
+        "operation_requests",
+        metadata,
+        sa.Column("tenant", sa.Text, primary_key=True),
+        sa.Column("request_id", sa.Text, primary_key=True),
+        sa.Column("operation_id", pg.UUID(as_uuid=True), nullable=False),
+        sa.Column("create_time", sa.DateTime(timezone=True), nullable=False),
+        sa.Index("ix_operation_requests_create_time", "create_time"),
     )

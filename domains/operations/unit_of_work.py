@@ -12,7 +12,11 @@ import sqlalchemy as sa
 from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
-from domains.operations.repository import DuplicateRequestId, SqlOperationRepository
+from domains.operations.repository import (
+    DuplicateRequestId,
+    SqlOperationRepository,
+    is_request_id_conflict,
+)
 from domains.shared.driver import autocommit_connection
 from domains.shared.inbox import SqlInboxRepository
 from domains.shared.outbox import OutboxMessage, SqlOutboxRepository
@@ -316,7 +320,7 @@ class SqlUnitOfWork:
                     await conn.execute(statement, params)
                 break
             except IntegrityError as exc:
-                if "request_id" in str(exc.orig):
+                if is_request_id_conflict(exc):
                     raise DuplicateRequestId("request_id is being used") from None
                 raise
             except DBAPIError as exc:

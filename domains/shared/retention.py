@@ -17,8 +17,9 @@ async def delete_batch(
 ) -> int:
     """Deletes at most ``limit`` rows of ``table`` matching ``condition``.
 
-    The rows are picked by physical address (``ctid``) from an index-served subquery, so one
-    batch is one short statement whatever the table's size.
+    The rows are picked by physical address (``ctid``; by primary key in a partitioned table)
+    from an index-served subquery, so one batch is one short statement whatever the table's
+    size.
 
     Args:
         session: The unit of work's session.
@@ -29,9 +30,12 @@ async def delete_batch(
     Returns:
         Rows deleted.
     """
-    ctid: sa.ColumnClause[Any] = sa.literal_column("ctid")
-    picked = sa.select(ctid).select_from(table).where(condition).limit(limit)
-    statement = sa.delete(table).where(ctid == sa.func.any(sa.func.array(picked.scalar_subquery())))
+    key: sa.ColumnElement[Any] = sa.literal_column("ctid")
+    if table.dialect_options["postgresql"].get("partition_by"):
+        # A row address is unique within one partition only: pick partitioned rows by key.
+        [key] = table.primary_key.columns
+    picked = sa.select(key).select_from(table).where(condition).limit(limit)
+    statement = sa.delete(table).where(key == sa.func.any(sa.func.array(picked.scalar_subquery())))
     result = await session.execute(statement)
     return int(result.rowcount or 0)  # type: ignore[attr-defined]
 

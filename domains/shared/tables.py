@@ -5,6 +5,8 @@ from __future__ import annotations
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql as pg
 
+from domains.shared.partitions import PARTITION_BY, partitioned
+
 NAMING_CONVENTION: dict[str, str] = {
     "ix": "ix_%(table_name)s_%(column_0_N_name)s",
     "uq": "uq_%(table_name)s_%(column_0_N_name)s",
@@ -38,7 +40,7 @@ def outbox_table(metadata: sa.MetaData) -> sa.Table:
     Returns:
         The ``outbox`` table.
     """
-    return sa.Table(
+    table = sa.Table(
         "outbox",
         metadata,
         sa.Column("id", pg.UUID(as_uuid=True), primary_key=True),
@@ -64,4 +66,7 @@ def outbox_table(metadata: sa.MetaData) -> sa.Table:
         sa.Index(
             "ix_outbox_sent_time", "sent_time", postgresql_where=sa.text("sent_time IS NOT NULL")
         ),
+        # Time partitions by id (UUIDv7): retention drops whole days (domains/shared/partitions).
+        postgresql_partition_by=PARTITION_BY,
     )
+    return partitioned(table)

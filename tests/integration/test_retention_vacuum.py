@@ -4,12 +4,22 @@ test server runs without it, as the soak that found the growth did)."""
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import time
 
 from app.db import EngineRegistry
 from tests.support.ops import query
 
-DEAD = "SELECT n_dead_tup, vacuum_count FROM pg_stat_user_tables WHERE relid = 'platform.outbox'::regclass"
+# The outbox is partitioned by day (UUIDv7 ids): today's rows churn in today's partition.
+TODAY = f"outbox_p{dt.datetime.now(dt.UTC).date():%Y%m%d}"
+DEAD = (
+    "SELECT n_dead_tup, vacuum_count FROM pg_stat_user_tables"
+    f" WHERE relid = 'platform.{TODAY}'::regclass"
+)
+UUID7 = (
+    "(lpad(to_hex((extract(epoch FROM now()) * 1000)::bigint), 12, '0') || '7'"
+    " || substr(md5(i::text), 1, 3) || '8' || substr(md5(i::text), 4, 15))::uuid"
+)
 
 
 async def _stats(database_url: str) -> tuple[int, int]:
@@ -21,7 +31,7 @@ async def test_tables_left_with_many_dead_rows_are_vacuumed(settings, database_u
     await query(
         database_url,
         "INSERT INTO platform.outbox (id, task_name, queue, task_id, created_time, available_time,"
-        " sent_time) SELECT gen_random_uuid(), 'platform.sweep', 'platform', 'churn-' || i,"
+        f" sent_time) SELECT {UUID7}, 'platform.sweep', 'platform', 'churn-' || i,"
         " now(), now(), now() FROM generate_series(1, 3000) AS i",
     )
     await query(database_url, "DELETE FROM platform.outbox WHERE task_id LIKE 'churn-%'")
@@ -39,7 +49,7 @@ async def test_tables_left_with_many_dead_rows_are_vacuumed(settings, database_u
     finally:
         await registry.dispose()
 
-    assert "platform.outbox" in vacuumed
+    assert f"platform.{TODAY}" in vacuumed
     deadline = time.monotonic() + 20
     after = await _stats(database_url)
     while after[1] == vacuums and time.monotonic() < deadline:
