@@ -172,6 +172,15 @@ class SqlOperationRepository:
             )
         self._update = update
 
+    @property
+    def partitions(self) -> partitions.DayPartitions:
+        """The table's day partitions: retention drops a day once every operation in it is
+        done and ended before the cut-off.
+        """
+        return partitions.DayPartitions(
+            self._session, self._t, keep="NOT done OR end_time IS NULL OR end_time >= :cutoff"
+        )
+
     async def add(self, operation: Operation) -> None:
         """Inserts ``operation``.
 
@@ -682,33 +691,3 @@ class SqlOperationRepository:
             sa.delete(r).where(sa.tuple_(r.c.tenant, r.c.request_id).in_(orphans))
         )
         return int(result.rowcount or 0)  # type: ignore[attr-defined]
-
-    async def ensure_partitions(self, today: dt.date) -> builtins.list[str]:
-        """Makes the day partitions of ``operations`` ahead of time.
-
-        Args:
-            today: The current UTC day.
-
-        Returns:
-            The partitions made.
-        """
-        return await partitions.ensure_partitions(
-            self._session, str(self._t.schema), self._t.name, today
-        )
-
-    async def drop_expired_partitions(self, older_than: dt.datetime) -> tuple[int, int]:
-        """Drops day partitions whose operations are all done and ended before ``older_than``.
-
-        Args:
-            older_than: Cut-off on ``end_time``.
-
-        Returns:
-            ``(partitions dropped, rows they held)``.
-        """
-        return await partitions.drop_expired_partitions(
-            self._session,
-            str(self._t.schema),
-            self._t.name,
-            older_than,
-            keep="NOT done OR end_time IS NULL OR end_time >= :cutoff",
-        )

@@ -657,8 +657,8 @@ class OperationsService:
         for domain in self.domains:
             # Whole days first: a dropped partition leaves no dead rows (issue #22).
             async with self._uow(domain) as uow:
-                await uow.operations.ensure_partitions(utcnow().date())
-                _, dropped = await uow.operations.drop_expired_partitions(older_than)
+                await uow.operations.partitions.ensure(utcnow().date())
+                _, dropped = await uow.operations.partitions.drop_expired(older_than)
                 await uow.commit()
             total += dropped
 
@@ -688,8 +688,8 @@ class OperationsService:
         counts = {"outbox": 0, "inbox": 0}
         for domain in self.domains:
             async with self._uow(domain) as uow:
-                await uow.outbox.ensure_partitions(utcnow().date())
-                _, dropped = await uow.outbox.drop_expired_partitions(sent_before)
+                await uow.outbox.partitions.ensure(utcnow().date())
+                _, dropped = await uow.outbox.partitions.drop_expired(sent_before)
                 await uow.commit()
             counts["outbox"] += dropped
 

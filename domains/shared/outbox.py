@@ -96,6 +96,15 @@ class SqlOutboxRepository:
         self._session = session
         self._table = table
 
+    @property
+    def partitions(self) -> partitions.DayPartitions:
+        """The table's day partitions: retention drops a day once all its rows were published
+        before the cut-off.
+        """
+        return partitions.DayPartitions(
+            self._session, self._table, keep="sent_time IS NULL OR sent_time >= :cutoff"
+        )
+
     async def add(self, message: OutboxMessage) -> None:
         """Inserts ``message`` in the current transaction.
 
@@ -230,33 +239,3 @@ class SqlOutboxRepository:
         """
         t = self._table
         return await delete_batch(self._session, t, t.c.sent_time < older_than, limit)
-
-    async def ensure_partitions(self, today: dt.date) -> list[str]:
-        """Makes the day partitions of the outbox ahead of time.
-
-        Args:
-            today: The current UTC day.
-
-        Returns:
-            The partitions made.
-        """
-        return await partitions.ensure_partitions(
-            self._session, str(self._table.schema), self._table.name, today
-        )
-
-    async def drop_expired_partitions(self, older_than: dt.datetime) -> tuple[int, int]:
-        """Drops day partitions whose rows were all published before ``older_than``.
-
-        Args:
-            older_than: Cut-off on ``sent_time``.
-
-        Returns:
-            ``(partitions dropped, rows they held)``.
-        """
-        return await partitions.drop_expired_partitions(
-            self._session,
-            str(self._table.schema),
-            self._table.name,
-            older_than,
-            keep="sent_time IS NULL OR sent_time >= :cutoff",
-        )

@@ -323,3 +323,45 @@ async def _legacy_bound(session: AsyncSession, schema: str, name: str) -> dt.dat
         return None
     millis = uuid.UUID(match.group(1)).int >> 80
     return dt.datetime.fromtimestamp(millis / 1000, dt.UTC)
+
+
+class DayPartitions:
+    """The day partitions of one table, as a repository offers them to retention."""
+
+    def __init__(self, session: AsyncSession, table: sa.Table, *, keep: str) -> None:
+        """Binds the table.
+
+        Args:
+            session: The unit of work's session (on the domain's primary).
+            table: ``operations`` or ``outbox`` of a domain schema.
+            keep: SQL condition (with ``:cutoff``) true for a row retention must keep.
+        """
+        self._session = session
+        self._schema = str(table.schema)
+        self._name = table.name
+        self._keep = keep
+
+    async def ensure(self, today: dt.date) -> list[str]:
+        """Makes the day partitions ahead of time (see :func:`ensure_partitions`).
+
+        Args:
+            today: The current UTC day.
+
+        Returns:
+            The partitions made.
+        """
+        return await ensure_partitions(self._session, self._schema, self._name, today)
+
+    async def drop_expired(self, older_than: dt.datetime) -> tuple[int, int]:
+        """Drops the days wholly before ``older_than`` with no row to keep (see
+        :func:`drop_expired_partitions`).
+
+        Args:
+            older_than: The retention cut-off.
+
+        Returns:
+            ``(partitions dropped, rows they held)``.
+        """
+        return await drop_expired_partitions(
+            self._session, self._schema, self._name, older_than, self._keep
+        )
