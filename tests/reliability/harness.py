@@ -58,6 +58,7 @@ class Tally:
     max_attempt: int = 0
     recover_seconds: float | None = None
     statuses: dict[int, int] = dataclasses.field(default_factory=dict)
+    lost_rows: list[str] = dataclasses.field(default_factory=list)
 
     def line(self) -> str:
         seen = ", ".join(f"{code}x{n}" for code, n in sorted(self.statuses.items()))
@@ -70,6 +71,7 @@ class Tally:
             f"(submitted {self.submitted}, faults {self.faults}, ops retried {self.retried},"
             f" max attempt {self.max_attempt}{recover}; HTTP {seen or 'none'};"
             f" 503 answers {self.unavailable_answers}, 5xx other than 503: {self.server_errors})"
+            + (f"; lost: {'; '.join(self.lost_rows)}" if self.lost_rows else "")
         )
 
 
@@ -452,6 +454,22 @@ class JobStream:
         self.tally.lost = sum(
             1 for i in ids if states.get(i) != "SUCCEEDED" or effects.get(i, 0) == 0
         )
+        lost = [i for i in ids if states.get(i) != "SUCCEEDED" or effects.get(i, 0) == 0][:5]
+        if lost:  # what a lost job looked like, for the failure message
+            rows = await query(
+                self.system.database_url,
+                "SELECT o.id, o.state, o.attempt, o.dispatch_count, o.create_time,"
+                " o.dispatch_time, o.start_time, o.heartbeat_time,"
+                " (SELECT count(*) FROM platform.outbox b WHERE b.operation_id = o.id),"
+                " (SELECT count(*) FROM platform.outbox b WHERE b.operation_id = o.id"
+                "  AND b.sent_time IS NULL)"
+                " FROM platform.operations o WHERE o.id = ANY(CAST(:ids AS uuid[]))",
+                ids=lost,
+            )
+            found = {str(row[0]): row for row in rows}
+            self.tally.lost_rows = [
+                repr(tuple(found[i][1:])) if i in found else f"{i}: no operation row" for i in lost
+            ]
         self.tally.duplicated = sum(1 for c in effects.values() if c > 1)
         self.tally.retried = sum(1 for (a,) in attempts if a >= 2)
         self.tally.max_attempt = max((a for (a,) in attempts), default=0)
