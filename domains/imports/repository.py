@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import decimal
+import math
 import operator
 import uuid
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from typing import Any, cast
 
 import sqlalchemy as sa
@@ -26,13 +28,69 @@ _OPERATORS: dict[str, Callable[[Any, Any], Any]] = {
     ">": operator.gt,
     ">=": operator.ge,
 }
-_CASTS: dict[str, Any] = {
-    "integer": sa.Numeric,
-    "number": sa.Numeric,
-    "boolean": sa.Boolean,
-    "date": sa.Date,
-    "timestamp": sa.DateTime(timezone=True),
-}
+_INT_MIN = -(2**63)
+_INT_MAX = 2**63 - 1
+_EXACT_INT = 2**53
+
+
+def json_number(value: float) -> int | float:
+    """Returns a stored number as the JSON value the records API has always shown.
+
+    Records were jsonb: a number was stored as the decimal text of the converter's value
+    (Python's ``repr``) and read back by ``json.loads``, giving an int where that text had no
+    fraction digits (``1e+20`` is 100000000000000000000, ``1.5`` stays a float).
+
+    Args:
+        value: The double read from the records table.
+
+    Returns:
+        The same int or float a jsonb record gave.
+    """
+    if value.is_integer() and abs(value) < _EXACT_INT:
+        return int(value)
+    exact = decimal.Decimal(repr(value))
+    exponent = exact.as_tuple().exponent
+    return int(exact) if isinstance(exponent, int) and exponent >= 0 else value
+
+
+def _json_value(field_type: str, value: Any) -> Any:
+    if field_type == "number":
+        return json_number(value)
+    if field_type == "date":
+        return value.isoformat()
+    if field_type == "timestamp":
+        return value.astimezone(dt.UTC).isoformat()
+    return value
+
+
+def record_data(dataset: Dataset, row: Mapping[str, Any]) -> dict[str, Any]:
+    """Builds a record's JSON object from its typed columns.
+
+    Missing values (NULL) are left out, and keys come in jsonb's order (shorter names first,
+    then bytewise), so a record reads exactly as it did when records were stored as jsonb.
+
+    Args:
+        dataset: The dataset.
+        row: A row holding a column per declared field.
+
+    Returns:
+        The record's ``data``.
+    """
+    data: dict[str, Any] = {}
+    for f in sorted(dataset.fields, key=lambda f: (len(f.name.encode()), f.name.encode())):
+        value = row[f.name]
+        if value is not None:
+            data[f.name] = _json_value(f.type, value)
+    return data
+
+
+def _record_row(dataset: Dataset, row: Any) -> dict[str, Any]:
+    return {
+        "key": row[tables.KEY],
+        "data": record_data(dataset, row),
+        "import_id": row[tables.IMPORT_ID],
+        "update_time": row[tables.UPDATE_TIME],
+    }
 
 
 def _dataset(row: Any) -> Dataset:
@@ -105,7 +163,80 @@ class SqlImportsRepository:
             )
             .returning(t.c.id)
         )
-        return (await self._session.execute(query)).first() is not None
+        if (await self._session.execute(query)).first() is None:
+            return False
+        await self._create_records_table(dataset.id, dataset.fields)
+        return True
+
+    # ---- typed records tables ----------------------------------------------------------
+
+    async def _create_records_table(
+        self, dataset_id: uuid.UUID, fields: Sequence[FieldDef]
+    ) -> None:
+        table = tables.records_table(dataset_id, fields)
+        await self._session.execute(sa.schema.CreateTable(table))
+        for index in sorted(table.indexes, key=lambda i: str(i.name)):
+            await self._session.execute(sa.schema.CreateIndex(index))
+
+    async def sync_records_table(
+        self,
+        dataset_id: uuid.UUID,
+        old: Sequence[FieldDef],
+        new: Sequence[FieldDef],
+        *,
+        has_records: bool,
+    ) -> None:
+        """Brings a dataset's records table in line with a changed schema.
+
+        Without records the table is simply made anew. With records, the domain only allows
+        safe changes (see :func:`model.breaking_changes`): new fields become new (nullable)
+        columns; fields declared ``indexed`` get their index, fields no longer indexed lose
+        it. Identifiers are quoted by the dialect, never pasted.
+
+        Args:
+            dataset_id: The dataset (its row is locked by the caller).
+            old: Fields before the change.
+            new: Fields after it.
+            has_records: Whether records are stored.
+        """
+        if not has_records:
+            await self._session.execute(
+                sa.schema.DropTable(tables.records_table(dataset_id, old), if_exists=True)
+            )
+            await self._create_records_table(dataset_id, new)
+            return
+        table = tables.records_table(dataset_id, new)
+        dialect = (await self._session.connection()).dialect
+        preparer = dialect.identifier_preparer
+        old_by_name = {f.name: f for f in old}
+        for f in new:
+            if f.name in old_by_name:
+                continue
+            column_type = table.c[f.name].type.compile(dialect=dialect)
+            await self._session.execute(
+                sa.text(
+                    f"ALTER TABLE {preparer.format_table(table)}"
+                    f" ADD COLUMN {preparer.quote(f.name)} {column_type}"
+                )
+            )
+        for f in new:
+            was = old_by_name.get(f.name)
+            was_indexed = was is not None and was.indexed
+            name = tables.field_index_name(dataset_id, f.name)
+            if f.indexed and not was_indexed:
+                index = next(i for i in table.indexes if i.name == name)
+                await self._session.execute(sa.schema.CreateIndex(index, if_not_exists=True))
+            elif was_indexed and not f.indexed:
+                await self._session.execute(
+                    sa.text(
+                        "DROP INDEX IF EXISTS "
+                        f"{preparer.quote_schema(tables.SCHEMA)}.{preparer.quote(name)}"
+                    )
+                )
+
+    @staticmethod
+    def _records(dataset: Dataset) -> sa.Table:
+        return tables.records_table(dataset.id, dataset.fields)
 
     async def get_dataset_by_request_id(self, tenant: str, request_id: str) -> Dataset | None:
         """Loads the dataset a create with ``request_id`` made for ``tenant``.
@@ -212,7 +343,7 @@ class SqlImportsRepository:
         for table in (tables.staged_records, tables.row_errors, tables.import_chunks):
             await self._session.execute(sa.delete(table).where(table.c.import_id.in_(import_ids)))
         await self._session.execute(
-            sa.delete(tables.records).where(tables.records.c.dataset_id == dataset_id)
+            sa.schema.DropTable(tables.records_table(dataset_id, ()), if_exists=True)
         )
         await self._session.execute(
             sa.delete(tables.imports).where(tables.imports.c.dataset_id == dataset_id)
@@ -230,8 +361,8 @@ class SqlImportsRepository:
         Returns:
             True if at least one.
         """
-        t = tables.records
-        query = sa.select(sa.exists().where(t.c.dataset_id == dataset_id))
+        t = tables.records_table(dataset_id, ())
+        query = sa.select(sa.exists().select_from(t))
         return bool((await self._session.execute(query)).scalar())
 
     async def active_imports(self, dataset_id: uuid.UUID) -> int:
@@ -605,17 +736,19 @@ class SqlImportsRepository:
         await self.drop_staging(import_id)
 
     async def merge_staged(
-        self, import_id: uuid.UUID, dataset_id: uuid.UUID, now: dt.datetime, *, empty: bool
+        self, import_id: uuid.UUID, dataset: Dataset, now: dt.datetime, *, empty: bool
     ) -> int:
-        """Upserts an import's staged rows into records by key (the last line of a key wins).
+        """Upserts an import's staged rows into the dataset's records table by key.
 
-        Reads the import's staging table (and legacy rows of ``staged_records``). Into an
-        empty dataset the rows are plainly inserted (no speculative insertion per row); the
-        caller holds the dataset's row lock, so no other merge can fill it meanwhile.
+        The last line of a key wins: within the import by ``DISTINCT ON`` (key, line
+        descending), and against a stored version of the same import by the line-order guard
+        ``WHERE stored.line < new.line`` (a version of an earlier import is always replaced).
+        Into an empty dataset the rows are plainly inserted (no speculative insertion per
+        row); the caller holds the dataset's row lock, so no other merge can fill it meanwhile.
 
         Args:
             import_id: The import.
-            dataset_id: Its dataset.
+            dataset: Its dataset (the schema types the columns).
             now: Update time.
             empty: The dataset has no record (under its row lock).
 
@@ -639,31 +772,28 @@ class SqlImportsRepository:
         )
         staged = (sa.union_all(*sources) if len(sources) > 1 else sources[0]).cte("staged")
         latest = (
-            sa.select(staged.c.key, staged.c.data)
+            sa.select(staged.c.key, staged.c.line, staged.c.data)
             .distinct(staged.c.key)
             .order_by(staged.c.key, staged.c.line.desc())
             .cte("latest")
         )
-        records = tables.records
+        records = self._records(dataset)
+        names = [f.name for f in dataset.fields]
         insert = pg.insert(records).from_select(
-            ["dataset_id", "key", "data", "import_id", "update_time"],
+            [tables.KEY, tables.LINE, tables.IMPORT_ID, tables.UPDATE_TIME, *names],
             sa.select(
-                sa.literal(dataset_id, records.c.dataset_id.type),
                 latest.c.key,
-                latest.c.data,
-                sa.literal(import_id, records.c.import_id.type),
-                sa.literal(now, records.c.update_time.type),
+                latest.c.line,
+                sa.literal(import_id, records.c[tables.IMPORT_ID].type),
+                sa.literal(now, records.c[tables.UPDATE_TIME].type),
+                *(
+                    sa.cast(latest.c.data[f.name].astext, records.c[f.name].type)
+                    for f in dataset.fields
+                ),
             ),
         )
         if not empty:
-            insert = insert.on_conflict_do_update(
-                index_elements=[records.c.dataset_id, records.c.key],
-                set_={
-                    "data": insert.excluded.data,
-                    "import_id": insert.excluded.import_id,
-                    "update_time": insert.excluded.update_time,
-                },
-            )
+            insert = self._upsert(insert, records)
         # xmax = 0 on a returned row: inserted, not updated.
         merged = insert.returning((sa.literal_column("xmax") == 0).label("inserted")).cte("merged")
         query = sa.select(sa.func.count().filter(merged.c.inserted))
@@ -672,6 +802,20 @@ class SqlImportsRepository:
         await self._session.execute(sa.text("SET LOCAL work_mem = '64MB'"))
         result = await self._session.execute(query)
         return int(result.scalar() or 0)
+
+    @staticmethod
+    def _upsert(insert: Any, records: sa.Table) -> Any:
+        """Adds the key upsert with the line-order guard to an INSERT into ``records``."""
+        excluded = insert.excluded
+        return insert.on_conflict_do_update(
+            index_elements=[records.c[tables.KEY]],
+            set_={c.name: excluded[c.name] for c in records.columns if c.name != tables.KEY},
+            # Another import's version is replaced; the same import's only by a later line.
+            where=sa.or_(
+                records.c[tables.IMPORT_ID] != excluded[tables.IMPORT_ID],
+                records.c[tables.LINE] < excluded[tables.LINE],
+            ),
+        )
 
     async def add_record_count(self, dataset_id: uuid.UUID, inserted: int) -> int:
         """Grows a dataset's ``record_count`` by the records a merge inserted.
@@ -701,8 +845,8 @@ class SqlImportsRepository:
         Returns:
             The count.
         """
-        t = tables.records
-        query = sa.select(sa.func.count()).where(t.c.dataset_id == dataset_id)
+        t = tables.records_table(dataset_id, ())
+        query = sa.select(sa.func.count()).select_from(t)
         return int((await self._session.execute(query)).scalar() or 0)
 
     # ---- row errors --------------------------------------------------------------------
@@ -735,23 +879,44 @@ class SqlImportsRepository:
     # ---- records -----------------------------------------------------------------------
 
     @staticmethod
-    def _condition(dataset: Dataset, cond: Condition) -> sa.ColumnElement[bool]:
+    def _condition(dataset: Dataset, records: sa.Table, cond: Condition) -> sa.ColumnElement[bool]:
         field = dataset.field(cond.field)
         if field is None:  # pragma: no cover - the filter parser only knows declared fields
             raise InvalidArgument(f"filter: unknown field {cond.field!r}", reason="INVALID_FILTER")
-        t = tables.records
-        text = t.c.data[field.name].astext
         value: Any = cond.value
-        column: Any
+        column: Any = records.c[field.name]
         if field.name == dataset.key_field and field.type in ("string", "enum"):
-            column = t.c.key
-        elif field.type in _CASTS:
-            column = sa.cast(text, _CASTS[field.type])
-        else:
-            column = text
+            # The same text as the field, and the unique index is on it.
+            column = records.c[tables.KEY]
         if field.type == "boolean":
             value = bool(value)
+        elif field.type == "integer":
+            if not isinstance(value, int) or not _INT_MIN <= value <= _INT_MAX:
+                raise InvalidArgument(
+                    f"filter: {field.name} is a 64-bit integer field; {value!r} is out of its"
+                    f" range ({_INT_MIN} to {_INT_MAX})",
+                    reason="INVALID_FILTER",
+                    metadata={"field": "filter"},
+                )
+        elif field.type == "number":
+            if not isinstance(value, (int, float)) or not math.isfinite(float(value)):
+                raise InvalidArgument(
+                    f"filter: {field.name} must be compared with a finite number",
+                    reason="INVALID_FILTER",
+                    metadata={"field": "filter"},
+                )
+            value = float(value)
         return cast(sa.ColumnElement[bool], _OPERATORS[cond.op](column, value))
+
+    @staticmethod
+    def _record_columns(records: sa.Table, dataset: Dataset) -> list[Any]:
+        return [
+            # "$" names: a field may well be called "key" or "update_time".
+            records.c[tables.KEY],
+            records.c[tables.IMPORT_ID],
+            records.c[tables.UPDATE_TIME],
+            *(records.c[f.name] for f in dataset.fields),
+        ]
 
     async def list_records(
         self,
@@ -763,7 +928,7 @@ class SqlImportsRepository:
     ) -> list[dict[str, Any]]:
         """Lists a dataset's records in key order, filtered on declared fields.
 
-        Filters cast the JSONB value to the field's type; values are bound parameters.
+        Filters compare the field's typed column with a bound value of its type.
 
         Args:
             dataset: The dataset (its schema types the filter).
@@ -772,37 +937,36 @@ class SqlImportsRepository:
             limit: Rows to return.
 
         Returns:
-            ``{"key", "data", "import_id", "update_time"}`` rows.
-        """
-        t = tables.records
-        query = (
-            sa.select(t.c.key, t.c.data, t.c.import_id, t.c.update_time)
-            .where(t.c.dataset_id == dataset.id)
-            .order_by(t.c.key)
-            .limit(limit)
-        )
-        for cond in conditions:
-            query = query.where(self._condition(dataset, cond))
-        if after_key is not None:
-            query = query.where(t.c.key > after_key)
-        return [dict(r) for r in (await self._session.execute(query)).mappings()]
+            ``{"key", "data", "import_id", "update_time"}`` rows; ``data`` is the record as
+            JSON values (see :func:`record_data`).
 
-    async def get_record(self, dataset_id: uuid.UUID, key: str) -> dict[str, Any] | None:
+        Raises:
+            InvalidArgument: If a filter value does not fit its field's column.
+        """
+        t = self._records(dataset)
+        key = t.c[tables.KEY]
+        query = sa.select(*self._record_columns(t, dataset)).order_by(key).limit(limit)
+        for cond in conditions:
+            query = query.where(self._condition(dataset, t, cond))
+        if after_key is not None:
+            query = query.where(key > after_key)
+        rows = (await self._session.execute(query)).mappings()
+        return [_record_row(dataset, r) for r in rows]
+
+    async def get_record(self, dataset: Dataset, key: str) -> dict[str, Any] | None:
         """Loads one record.
 
         Args:
-            dataset_id: The dataset.
+            dataset: The dataset.
             key: Its key.
 
         Returns:
-            The record row or ``None``.
+            The record row (as :meth:`list_records` gives) or ``None``.
         """
-        t = tables.records
-        query = sa.select(t.c.key, t.c.data, t.c.import_id, t.c.update_time).where(
-            t.c.dataset_id == dataset_id, t.c.key == key
-        )
+        t = self._records(dataset)
+        query = sa.select(*self._record_columns(t, dataset)).where(t.c[tables.KEY] == key)
         row = (await self._session.execute(query)).mappings().first()
-        return dict(row) if row else None
+        return _record_row(dataset, row) if row else None
 
     # ---- the operation row, seen from chunk tasks --------------------------------------
 

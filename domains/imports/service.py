@@ -293,11 +293,17 @@ class ImportsService:
                         " ends (or cancel it)",
                         reason="IMPORT_IN_PROGRESS",
                     )
+                old_fields = list(dataset.fields)
+                has_records = await uow.imports.has_records(dataset_id)
                 dataset.change_schema(
                     list(fields if fields is not None else dataset.fields),
                     key_field or dataset.key_field,
-                    has_records=await uow.imports.has_records(dataset_id),
+                    has_records=has_records,
                     now=now,
+                )
+                # The typed records table follows the schema in the same transaction.
+                await uow.imports.sync_records_table(
+                    dataset_id, old_fields, dataset.fields, has_records=has_records
                 )
             if source_uri:
                 self._guard.parse(source_uri)
@@ -618,7 +624,7 @@ class ImportsService:
             NotFound: If there is no record with this key.
         """
         async with self._uow() as uow:
-            row = await uow.imports.get_record(dataset.id, key)
+            row = await uow.imports.get_record(dataset, key)
         if row is None:
             raise NotFound(
                 f"{dataset.name}/records/{key} does not exist", reason="RECORD_NOT_FOUND"
@@ -1046,7 +1052,7 @@ class ImportsService:
                 raise PermanentError("the dataset was deleted while the import ran")
             inserted = await repo.merge_staged(
                 item.id,
-                item.dataset_id,
+                dataset,
                 now,
                 empty=dataset.record_count == 0 and not await repo.has_records(item.dataset_id),
             )

@@ -15,7 +15,13 @@ from typing import Any
 
 import pytest
 
-from tests.support.imports import create_dataset, generate_csv, staging_table, upload
+from tests.support.imports import (
+    count_records_sql,
+    create_dataset,
+    generate_csv,
+    staging_table,
+    upload,
+)
 from tests.support.ops import get_op, op_path, query, wait_done
 
 pytestmark = pytest.mark.e2e
@@ -69,8 +75,7 @@ async def test_100k_row_csv_with_1_percent_bad_rows(stack, database_url):
     )
     assert await _count(
         database_url,
-        "SELECT count(*) FROM imports.records WHERE dataset_id = CAST(:d AS uuid)",
-        d=dataset["id"],
+        count_records_sql(dataset["id"]),
     ) == len(generated.expected)
 
     errors = await stack.client.get(result["errors_uri"])
@@ -127,8 +132,7 @@ async def test_sigkill_of_a_worker_mid_import_still_completes_with_exact_counts(
     )
     assert await _count(
         database_url,
-        "SELECT count(*) FROM imports.records WHERE dataset_id = CAST(:d AS uuid)",
-        d=dataset["id"],
+        count_records_sql(dataset["id"]),
     ) == len(generated.expected)
     import_id = result["import"].rsplit("/", 1)[1]
     assert (
@@ -189,8 +193,7 @@ async def test_cancel_mid_import_leaves_no_records(stack, database_url):
     assert (
         await _count(
             database_url,
-            "SELECT count(*) FROM imports.records WHERE dataset_id = CAST(:d AS uuid)",
-            d=dataset["id"],
+            count_records_sql(dataset["id"]),
         )
         == 0
     )

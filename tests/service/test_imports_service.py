@@ -28,7 +28,7 @@ from domains.imports.service import ImportsService
 from domains.imports.storage import FileWriter
 from domains.operations.model import State
 from domains.shared.errors import FailedPrecondition, InvalidArgument, NotFound, PermanentError
-from tests.support.imports import generate_csv, staging_table
+from tests.support.imports import count_records_sql, generate_csv, staging_table
 
 FIELDS = [
     FieldDef("id", "string", required=True),
@@ -75,9 +75,7 @@ async def new_import(
 
 
 async def count_records(container: Container, dataset_id: uuid.UUID) -> int:
-    rows = await execute(
-        container, "SELECT count(*) FROM imports.records WHERE dataset_id = :d", d=dataset_id
-    )
+    rows = await execute(container, count_records_sql(dataset_id))
     return int(rows[0][0])
 
 
@@ -392,10 +390,9 @@ async def _errors_and_records(
     item = next(i for i in listed if i.operation_id == op_id)
     async with imports.row_errors("t1", dataset_id, item.id) as rows:
         errors = [row async for row in rows]
-    records = await execute(
-        container, "SELECT key, data FROM imports.records WHERE dataset_id = :d", d=dataset_id
-    )
-    return errors, {key: data for key, data in records}
+    dataset = await imports.get_dataset("t1", dataset_id)
+    records, _ = await imports.list_records(dataset, [], page_size=1000, after_key=None)
+    return errors, {r["key"]: r["data"] for r in records}
 
 
 BAD_UTF8 = b'id,amount,country\na,1,DE\nb\xff,2,FR\n"c\n\xfe",3,US\nd,4,GB\n'
@@ -473,12 +470,8 @@ async def test_last_line_of_a_key_wins_across_chunks_and_record_count_follows_up
     rows[10], rows[70], rows[110] = "dup,1", "dup,2", "dup,3"
     dataset_id, op_id = await new_import(imports, ("id,amount\n" + "\n".join(rows)).encode())
     await run_all(imports, op_id)
-    stored_ = await execute(
-        container,
-        "SELECT data FROM imports.records WHERE dataset_id = :d AND key = 'dup'",
-        d=dataset_id,
-    )
-    assert stored_[0][0]["amount"] == 3
+    dataset = await imports.get_dataset("t1", dataset_id)
+    assert (await imports.get_record(dataset, "dup"))["data"]["amount"] == 3
     assert (await imports.get_dataset("t1", dataset_id)).record_count == 118
     # A second import into the non-empty dataset: 2 updates, 1 new key.
     op = await imports.create_import(

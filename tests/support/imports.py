@@ -182,3 +182,28 @@ def staging_table(import_id: Any) -> str:
     import uuid
 
     return f"staged_{uuid.UUID(str(import_id)).hex}"
+
+
+def records_table_sql(dataset_id: Any) -> str:
+    """Returns the quoted name of a dataset's typed records table (hex digits only)."""
+    import uuid as _uuid
+
+    return f'imports."records_{_uuid.UUID(str(dataset_id)).hex}"'
+
+
+def count_records_sql(dataset_id: Any) -> str:
+    """Returns ``SELECT count(*)`` over a dataset's records table."""
+    return f"SELECT count(*) FROM {records_table_sql(dataset_id)}"
+
+
+def insert_record_sql(dataset_id: Any) -> str:
+    """Returns an INSERT of one record given as ``:k``, ``:data`` (jsonb text), ``:i``.
+
+    The JSON object's values are cast to the typed columns by ``jsonb_populate_record``.
+    """
+    table = records_table_sql(dataset_id)
+    return (
+        f"INSERT INTO {table} SELECT (jsonb_populate_record(NULL::{table},"
+        " CAST(:data AS jsonb) || jsonb_build_object('$key', CAST(:k AS text), '$line', 0,"
+        " '$import_id', CAST(:i AS uuid), '$update_time', now()))).*"
+    )

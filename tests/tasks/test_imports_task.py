@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 from celery.result import AsyncResult
 
-from tests.support.imports import create_dataset, generate_csv, upload
+from tests.support.imports import count_records_sql, create_dataset, generate_csv, upload
 from tests.support.ops import op_path, query, wait_done
 
 
@@ -175,11 +175,7 @@ async def test_unreadable_file_fails_the_operation_with_what_to_fix(
     item = (await client.get(f"/v1/{target}")).json()
     assert item["state"] == "FAILED"
     assert message in item["error"]
-    records = await query(
-        database_url,
-        "SELECT count(*) FROM imports.records WHERE dataset_id = CAST(:d AS uuid)",
-        d=dataset["id"],
-    )
+    records = await query(database_url, count_records_sql(dataset["id"]))
     assert records[0][0] == 0
 
 
