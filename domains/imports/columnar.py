@@ -2,7 +2,9 @@ r"""Vectorized validation of CSV chunks (pyarrow): the same results as :class:`R
 
 Why pyarrow (not polars): its compute kernels (regex masks, casts, string joins) do all the
 per-cell work in C++ without numpy, its wheel is one dependency with no runtime of its own, and
-``binary_join_element_wise`` builds each record's JSON and each COPY line without a Python loop.
+``binary_join_element_wise`` builds each typed COPY line without a Python loop. Valid rows are
+COPYed as typed values (no JSON on the hot path) into the import's staging table, which has the
+records table's columns.
 
 Exactness comes first: a value takes the vectorized path only when it has a canonical shape on
 which pyarrow and the Python converters provably agree (``-?\d{1,18}`` for integers, an
@@ -35,7 +37,6 @@ _TIMESTAMP = (
     rf"^{_YEAR}-[0-9]{{2}}-[0-9]{{2}}T([01][0-9]|2[0-3]):[0-5][0-9]:[0-5][0-9](\.[0-9]{{1,6}})?"
     r"(Z|[+-]([01][0-9]|2[0-3]):[0-5][0-9])$"
 )
-_NEEDS_JSON_ESCAPE = r'["\\\x00-\x1f]'
 _NEEDS_COPY_ESCAPE = r"[\\\t\n\r]"
 _MAX_EXACT_INT = float(2**53)
 SLICE_ROWS = 10_000
@@ -55,8 +56,10 @@ class ChunkResult:
     Attributes:
         accepted: Valid rows.
         rejected: Invalid rows.
-        staged_copy: COPY text-format payload of the valid rows for the import's staging
-            table (columns ``chunk_no, line, key, data``); empty if none.
+        staged_copy: COPY text-format payload of the valid rows for the import's typed
+            staging table (columns ``chunk_no, line, $key`` and then the CSV's columns in file
+            order, each value in its column type's input form, NULL for a missing one);
+            empty if none.
         errors: ``(line, field, reason, raw_value)`` of each problem.
     """
 
@@ -68,8 +71,7 @@ class ChunkResult:
 
 @dataclasses.dataclass
 class _Column:
-    value: Any  # key text (strings unquoted), null where missing or invalid
-    json: Any  # JSON text of the value, null where missing or invalid
+    value: Any  # text form (strings unquoted; a typed column's input), null if missing/invalid
     bad: Any  # bool array: the cell makes its row invalid
 
 
@@ -77,20 +79,8 @@ def _bool(values: Iterable[bool]) -> Any:
     return pa.array(list(values), type=pa.bool_())
 
 
-def _quote(values: Any) -> Any:
-    """JSON string literals of ``values`` (escaping only what needs it, in Python)."""
-    quoted = pc.binary_join_element_wise('"', values, '"', "")
-    escape = pc.fill_null(pc.match_substring_regex(values, _NEEDS_JSON_ESCAPE), False)
-    if not pc.any(escape).as_py():
-        return quoted
-    py = values.to_pylist()
-    flags = escape.to_pylist()
-    fixed = [parsing.encode_json(v) if f else None for v, f in zip(py, flags, strict=True)]
-    return pc.if_else(escape, pa.array(fixed, pa.string()), quoted)
-
-
 def _fast(field: FieldDef, arr: Any) -> tuple[Any, Any, Any]:
-    """Returns ``(fast mask, value text, json text)`` for the values of canonical shape."""
+    """Returns ``(fast mask, value text, json text or None)`` for values of canonical shape."""
     n = len(arr)
     if field.type == "string":
         return _bool([True] * n), arr, None
@@ -241,15 +231,12 @@ class ColumnarValidator:
             errors.extend(_tuples(self._row.csv_row(lines[i], cells)))
 
         key_value = None
-        fragments = []
+        values = []
         bad_any = row_too_big
         for field, arr, size, raw in zip(self._fields, arrays, sizes, raw_columns, strict=True):
             column = self._column(field, arr, size, raw, lines, big_rows, errors)
             bad_any = pc.or_(bad_any, column.bad)
-            # ',"name":value', or "" for a missing value (null_handling="skip" would be the
-            # obvious tool, but pyarrow 26 drops rows whose inputs are all null with it).
-            fragment = pc.binary_join_element_wise(f',"{field.name}":', column.json, "")
-            fragments.append(pc.fill_null(fragment, ""))
+            values.append(column.value)
             if field.name == self._key:
                 key_value = column.value
         assert key_value is not None
@@ -258,19 +245,15 @@ class ColumnarValidator:
         rejected = len(lines) - accepted + shape_errors
         if not accepted:
             return ChunkResult(0, rejected, b"", errors)
-        data = pc.filter(pc.binary_join_element_wise(*fragments, "}", ""), ok)
-        # Accepted rows have their key, so each starts with ',': it becomes the '{'.
-        data = pc.utf8_replace_slice(data, start=0, stop=1, replacement="{")
-        key = pc.filter(key_value, ok)
         line_text = pc.filter(pc.cast(pa.array(lines, pa.int64()), pa.string()), ok)
-        payload = pc.binary_join_element_wise(
-            str(chunk_no),
-            line_text,
-            _copy_escape(key),
-            # JSON text has no raw tab/newline: only its backslashes need doubling.
-            pc.replace_substring(data, "\\", "\\\\"),
-            "\t",
-        )
+        # Typed COPY text: each value in its column type's input form, NULL as \N.
+        cells = [_copy_escape(pc.filter(key_value, ok))]
+        for field, value in zip(self._fields, values, strict=True):
+            kept = pc.filter(value, ok)
+            if field.type in ("string", "enum"):
+                kept = _copy_escape(kept)
+            cells.append(pc.fill_null(kept, "\\N"))
+        payload = pc.binary_join_element_wise(str(chunk_no), line_text, *cells, "\t")
         joined = pc.binary_join(pa.ListArray.from_arrays([0, len(payload)], payload), "\n")
         return ChunkResult(accepted, rejected, joined[0].as_buffer().to_pybytes() + b"\n", errors)
 
@@ -287,20 +270,15 @@ class ColumnarValidator:
         n = len(arr)
         missing = pc.equal(size, 0)
         too_big = pc.greater(size, self._max_cell)
-        fast, value, json = _fast(field, arr)
+        fast, value, _ = _fast(field, arr)
         fast = pc.and_(pc.and_(fast, pc.invert(missing)), pc.invert(too_big))
         slow = pc.and_(pc.invert(pc.or_(fast, missing)), pc.invert(too_big))
         bad = pc.and_(missing, pa.scalar(field.required))
         value = pc.if_else(fast, value, pa.scalar(None, pa.string()))
-        # String-like fields: JSON is the quoted value (null stays null).
-        json = (
-            _quote(value) if json is None else pc.if_else(fast, json, pa.scalar(None, pa.string()))
-        )
         slow_idx = pc.indices_nonzero(slow).to_pylist()
         if slow_idx:
             convert = self._converters[field.name]
             values: list[str | None] = [None] * n
-            jsons: list[str | None] = [None] * n
             bad_flags = [False] * n
             for i in slow_idx:
                 try:
@@ -310,10 +288,9 @@ class ColumnarValidator:
                     if i not in big_rows:
                         errors.append((lines[i], field.name, str(exc), parsing.cut(raw[i])))
                     continue
+                # The text form is also the column type's input form (see key_text).
                 values[i] = parsing.key_text(converted)
-                jsons[i] = parsing.encode_json(converted)
             value = pc.if_else(slow, pa.array(values, pa.string()), value)
-            json = pc.if_else(slow, pa.array(jsons, pa.string()), json)
             bad = pc.or_(bad, _bool(bad_flags))
         if pc.any(too_big).as_py():
             for i in pc.indices_nonzero(too_big).to_pylist():
@@ -331,7 +308,7 @@ class ColumnarValidator:
             for i in pc.indices_nonzero(missing).to_pylist():
                 if i not in big_rows:
                     errors.append((lines[i], field.name, "required value is missing", ""))
-        return _Column(value=value, json=json, bad=bad)
+        return _Column(value=value, bad=bad)
 
 
 def _slices(rows: Iterable[tuple[int, list[str]]]) -> Iterator[list[tuple[int, list[str]]]]:

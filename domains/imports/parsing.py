@@ -684,6 +684,40 @@ def converter(field: FieldDef) -> Converter:
     return _enum(field.values) if field.type == "enum" else simple[field.type]
 
 
+def _identity(value: Any) -> Any:
+    return value
+
+
+def _float(value: Any) -> Any:
+    return None if value is None else float(value)
+
+
+def _date_value(value: Any) -> Any:
+    return None if value is None else dt.date.fromisoformat(value)
+
+
+def _timestamp_value(value: Any) -> Any:
+    return None if value is None else dt.datetime.fromisoformat(value)
+
+
+def column_value_of(field: FieldDef) -> Converter:
+    """Returns the function turning a converted value into its typed column's Python value.
+
+    Args:
+        field: The field.
+
+    Returns:
+        ``to_column(value)``: a float for numbers, a ``date``/aware ``datetime`` for dates and
+        timestamps (the converters give ISO text), the value itself otherwise; ``None`` stays.
+    """
+    special: dict[str, Converter] = {
+        "number": _float,
+        "date": _date_value,
+        "timestamp": _timestamp_value,
+    }
+    return special.get(field.type, _identity)
+
+
 def key_text(value: Any) -> str:
     """Returns the text form of a key value (the records table's ``key``).
 
@@ -746,8 +780,36 @@ class RowValidator:
             cells: Its cells.
 
         Returns:
-            ``(key text, JSON text of the record)`` or the row's errors. Empty cells are
-            missing values.
+            ``(key text, JSON text of the record)`` or the row's errors.
+        """
+        result = self.csv_record(line, cells)
+        return result if isinstance(result, list) else (result[0], _ENCODE(result[1]))
+
+    def json_row(self, line: int, text: str) -> tuple[str, str] | list[RowError]:
+        """Validates one JSONL row.
+
+        Args:
+            line: Its line number.
+            text: The line.
+
+        Returns:
+            ``(key text, JSON text of the record)`` or the row's errors.
+        """
+        result = self.json_record(line, text)
+        return result if isinstance(result, list) else (result[0], _ENCODE(result[1]))
+
+    def csv_record(
+        self, line: int, cells: Sequence[str]
+    ) -> tuple[str, dict[str, Any]] | list[RowError]:
+        """Validates one CSV row into its converted values.
+
+        Args:
+            line: Its line number.
+            cells: Its cells.
+
+        Returns:
+            ``(key text, {field: converted value})`` or the row's errors. Empty cells are
+            missing values (left out).
         """
         if len(cells) != len(self._plan):
             return [
@@ -789,18 +851,18 @@ class RowValidator:
                 errors.append(RowError(line, name, str(exc), _cut(raw)))
         if errors:
             return errors
-        return key_text(record[self._key]), _ENCODE(record)
+        return key_text(record[self._key]), record
 
-    def json_row(self, line: int, text: str) -> tuple[str, str] | list[RowError]:
-        """Validates one JSONL row.
+    def json_record(self, line: int, text: str) -> tuple[str, dict[str, Any]] | list[RowError]:
+        """Validates one JSONL row into its converted values.
 
         Args:
             line: Its line number.
             text: The line.
 
         Returns:
-            ``(key text, JSON text of the record)`` or the row's errors. ``null`` is a
-            missing value; undeclared keys are errors.
+            ``(key text, {field: converted value})`` or the row's errors. ``null`` is a
+            missing value (left out); undeclared keys are errors.
         """
         if len(text) * 4 > self.max_row_bytes:
             size = utf8_size(text)
@@ -855,7 +917,20 @@ class RowValidator:
                 errors.append(RowError(line, field.name, "required value is missing", ""))
         if errors:
             return errors
-        return key_text(record[self._key]), _ENCODE(record)
+        return key_text(record[self._key]), record
+
+    def record(self, fmt: str, line: int, raw: Any) -> tuple[str, dict[str, Any]] | list[RowError]:
+        """Validates one row of ``fmt`` into its converted values (missing ones left out).
+
+        Args:
+            fmt: ``csv`` or ``jsonl``.
+            line: Line number.
+            raw: Cells (CSV) or line text (JSONL).
+
+        Returns:
+            ``(key, {field: converted value})`` or errors.
+        """
+        return self.csv_record(line, raw) if fmt == "csv" else self.json_record(line, raw)
 
     def row(self, fmt: str, line: int, raw: Any) -> tuple[str, str] | list[RowError]:
         """Validates one row of ``fmt``.

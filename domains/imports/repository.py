@@ -608,19 +608,22 @@ class SqlImportsRepository:
         return f'{tables.SCHEMA}."{self.staging_table(import_id)}"'
 
     @classmethod
-    def _staging(cls, import_id: uuid.UUID) -> sa.Table:
+    def _staging(cls, import_id: uuid.UUID, fields: Sequence[FieldDef] = ()) -> sa.Table:
         # A throwaway Table: SQLAlchemy quotes the identifiers, no SQL is formatted by hand.
-        return staging_table_for(cls.staging_table(import_id))
+        return staging_table_for(cls.staging_table(import_id), fields)
 
-    async def create_staging(self, import_id: uuid.UUID) -> None:
+    async def create_staging(self, import_id: uuid.UUID, fields: Sequence[FieldDef]) -> None:
         """Creates an import's staging table if it does not exist.
 
-        One UNLOGGED table per import, without an index: COPY writes no WAL and maintains
-        nothing, and the import's end drops the table instead of deleting its rows. Concurrent
-        creators are serialized by an advisory lock (``IF NOT EXISTS`` alone can race).
+        One UNLOGGED table per import, without an index, shaped like the dataset's records
+        table (typed columns) plus the chunk and line of each row: COPY writes no WAL and
+        maintains nothing, and the import's end drops the table instead of deleting its rows.
+        Concurrent creators are serialized by an advisory lock (``IF NOT EXISTS`` alone can
+        race).
 
         Args:
             import_id: The import.
+            fields: The dataset's declared fields (the typed columns).
         """
         name = self.staging_table(import_id)
         exists = await self._session.execute(
@@ -632,7 +635,7 @@ class SqlImportsRepository:
             sa.text("SELECT pg_advisory_xact_lock(hashtextextended(:n, 0))"), {"n": name}
         )
         await self._session.execute(
-            sa.schema.CreateTable(self._staging(import_id), if_not_exists=True)
+            sa.schema.CreateTable(self._staging(import_id, fields), if_not_exists=True)
         )
 
     async def drop_staging(self, import_id: uuid.UUID) -> None:
@@ -667,36 +670,42 @@ class SqlImportsRepository:
             count += int((await self._session.execute(query)).scalar() or 0)
         return count
 
-    async def copy_staged(self, import_id: uuid.UUID, rows: Sequence[tuple[Any, ...]]) -> None:
-        """Bulk-loads staged rows with COPY (in the session's transaction).
+    async def copy_staged(
+        self, import_id: uuid.UUID, columns: Sequence[str], rows: Sequence[tuple[Any, ...]]
+    ) -> None:
+        """Bulk-loads typed staged rows with COPY (in the session's transaction).
 
         Args:
             import_id: The import (its staging table must exist).
-            rows: ``(chunk_no, line, key, data_json)`` tuples.
+            columns: Column names of the tuples (``chunk_no``, ``line``, ``$key``, fields).
+            rows: Tuples of Python values of the column types.
         """
         if rows:
             driver = await self._driver()
             await driver.copy_records_to_table(
                 self.staging_table(import_id),
                 schema_name=tables.SCHEMA,
-                columns=["chunk_no", "line", "key", "data"],
+                columns=list(columns),
                 records=rows,
             )
 
-    async def copy_staged_text(self, import_id: uuid.UUID, payload: Any) -> None:
-        """Bulk-loads staged rows from a COPY text-format payload (built column-wise).
+    async def copy_staged_text(
+        self, import_id: uuid.UUID, columns: Sequence[str], payload: Any
+    ) -> None:
+        """Bulk-loads typed staged rows from a COPY text-format payload (built column-wise).
 
         Args:
             import_id: The import (its staging table must exist).
-            payload: Bytes of ``chunk_no, line, key, data`` lines, tab-separated, COPY text
-                escaping applied.
+            columns: Column names of the payload's fields, in order.
+            payload: Bytes of tab-separated lines, COPY text escaping applied, NULL as
+                backslash-N.
         """
         if len(payload):
             driver = await self._driver()
             await driver.copy_to_table(
                 self.staging_table(import_id),
                 schema_name=tables.SCHEMA,
-                columns=["chunk_no", "line", "key", "data"],
+                columns=list(columns),
                 # A memoryview: asyncpg would take bytes for a file path.
                 source=memoryview(payload),
                 format="text",
@@ -760,25 +769,44 @@ class SqlImportsRepository:
             sa.text("SELECT to_regclass(:n) IS NOT NULL"),
             {"n": staging},
         )
+        records = self._records(dataset)
+        names = [f.name for f in dataset.fields]
         legacy = tables.staged_records
-        sources: list[sa.Select[Any]] = []
+        # Rows staged as jsonb by an older version (shared table, or an import split before
+        # staging became typed) are cast to the column types.
+        sources: list[sa.Select[Any]] = [
+            sa.select(
+                legacy.c.key,
+                legacy.c.line,
+                *(sa.cast(legacy.c.data[n].astext, records.c[n].type).label(n) for n in names),
+            ).where(legacy.c.import_id == import_id)
+        ]
         if exists.scalar():
-            table = self._staging(import_id)
-            sources.append(sa.select(table.c.key, table.c.line, table.c.data))
-        sources.append(
-            sa.select(legacy.c.key, legacy.c.line, legacy.c.data).where(
-                legacy.c.import_id == import_id
-            )
-        )
-        staged = (sa.union_all(*sources) if len(sources) > 1 else sources[0]).cte("staged")
+            if await self._legacy_staging(import_id):
+                old = self._legacy_staging_table(import_id)
+                sources.append(
+                    sa.select(
+                        old.c.key,
+                        old.c.line,
+                        *(sa.cast(old.c.data[n].astext, records.c[n].type).label(n) for n in names),
+                    )
+                )
+            else:
+                table = self._staging(import_id, dataset.fields)
+                sources.append(
+                    sa.select(
+                        table.c[tables.KEY].label("key"),
+                        table.c.line,
+                        *(table.c[n] for n in names),
+                    )
+                )
+        staged = sa.union_all(*sources).cte("staged")
         latest = (
-            sa.select(staged.c.key, staged.c.line, staged.c.data)
+            sa.select(staged)
             .distinct(staged.c.key)
             .order_by(staged.c.key, staged.c.line.desc())
             .cte("latest")
         )
-        records = self._records(dataset)
-        names = [f.name for f in dataset.fields]
         insert = pg.insert(records).from_select(
             [tables.KEY, tables.LINE, tables.IMPORT_ID, tables.UPDATE_TIME, *names],
             sa.select(
@@ -786,10 +814,7 @@ class SqlImportsRepository:
                 latest.c.line,
                 sa.literal(import_id, records.c[tables.IMPORT_ID].type),
                 sa.literal(now, records.c[tables.UPDATE_TIME].type),
-                *(
-                    sa.cast(latest.c.data[f.name].astext, records.c[f.name].type)
-                    for f in dataset.fields
-                ),
+                *(latest.c[n] for n in names),
             ),
         )
         if not empty:
@@ -802,6 +827,27 @@ class SqlImportsRepository:
         await self._session.execute(sa.text("SET LOCAL work_mem = '64MB'"))
         result = await self._session.execute(query)
         return int(result.scalar() or 0)
+
+    async def _legacy_staging(self, import_id: uuid.UUID) -> bool:
+        """Whether the import's staging table holds jsonb rows (made by an older version)."""
+        query = sa.text(
+            "SELECT EXISTS (SELECT 1 FROM pg_attribute WHERE attrelid = to_regclass(:n)"
+            " AND attname = 'data' AND NOT attisdropped)"
+        )
+        return bool(
+            (await self._session.execute(query, {"n": self._staging_sql(import_id)})).scalar()
+        )
+
+    @classmethod
+    def _legacy_staging_table(cls, import_id: uuid.UUID) -> sa.Table:
+        return sa.Table(
+            cls.staging_table(import_id),
+            sa.MetaData(),
+            sa.Column("line", sa.BigInteger),
+            sa.Column("key", sa.Text),
+            sa.Column("data", pg.JSONB),
+            schema=tables.SCHEMA,
+        )
 
     @staticmethod
     def _upsert(insert: Any, records: sa.Table) -> Any:
@@ -1055,11 +1101,15 @@ class SqlImportsRepository:
         )
 
 
-def staging_table_for(name: str) -> sa.Table:
+def staging_table_for(name: str, fields: Sequence[FieldDef] = ()) -> sa.Table:
     """Describes one import's UNLOGGED staging table (no index: COPY maintains nothing).
+
+    Shaped like the dataset's records table: the chunk and source line of each row, the key
+    text and a typed column per declared field.
 
     Args:
         name: Its name (``staged_<32 hex digits>``).
+        fields: The dataset's declared fields (none: enough to count or drop it).
 
     Returns:
         A Table on its own MetaData, in the ``imports`` schema.
@@ -1069,8 +1119,8 @@ def staging_table_for(name: str) -> sa.Table:
         sa.MetaData(),
         sa.Column("chunk_no", sa.Integer, nullable=False),
         sa.Column("line", sa.BigInteger, nullable=False),
-        sa.Column("key", sa.Text, nullable=False),
-        sa.Column("data", pg.JSONB, nullable=False),
+        sa.Column(tables.KEY, sa.Text, nullable=False),
+        *(sa.Column(f.name, tables.SQL_TYPES[f.type]) for f in fields),
         schema=tables.SCHEMA,
         prefixes=["UNLOGGED"],
     )

@@ -48,6 +48,7 @@ from domains.imports.model import (
     validate_schema,
 )
 from domains.imports.storage import FileStore, SourceFetcher, StoredFile
+from domains.imports.tables import KEY
 from domains.imports.unit_of_work import ImportsUnitOfWork
 from domains.operations import service as operations_service
 from domains.operations.execution import Cancelled, Execution, OperationRunner, ProgressSink
@@ -744,7 +745,7 @@ class ImportsService:
                 raise PermanentError("the import was deleted while it ran", reason="IMPORT_GONE")
             if locked.chunks_total is not None:
                 return locked
-            await uow.imports.create_staging(item.id)
+            await uow.imports.create_staging(item.id, dataset.fields)
             await uow.imports.add_chunks(
                 [
                     Chunk(
@@ -882,7 +883,7 @@ class ImportsService:
                     dataset.fields, dataset.key_field, columns, **limits
                 )
                 outcome = await self._validate_rows(
-                    operation_id, item, chunk_no, validator, rows, staged, errors
+                    operation_id, item, chunk_no, validator, dataset.fields, rows, staged, errors
                 )
         finally:
             if gc_was_enabled:
@@ -903,9 +904,12 @@ class ImportsService:
                 if locked is None or locked.state == "DONE":
                     return {"skipped": f"chunk {chunk_no} already done"}
                 # Normally made by the split; an import split by an older version has none.
-                await uow.imports.create_staging(item.id)
-                await uow.imports.copy_staged(item.id, staged)
-                await uow.imports.copy_staged_text(item.id, staged_copy)
+                await uow.imports.create_staging(item.id, dataset.fields)
+                head = ["chunk_no", "line", KEY]
+                await uow.imports.copy_staged(
+                    item.id, [*head, *(f.name for f in dataset.fields)], staged
+                )
+                await uow.imports.copy_staged_text(item.id, [*head, *columns], staged_copy)
                 await uow.imports.copy_row_errors(errors)
                 locked.rows_accepted, locked.rows_rejected = accepted, rejected
                 await uow.imports.mark_chunk_done(locked)
@@ -936,21 +940,34 @@ class ImportsService:
         item: Import,
         chunk_no: int,
         validator: parsing.RowValidator,
+        fields: Sequence[FieldDef],
         rows: Iterator[tuple[int, Any]],
         staged: list[tuple[Any, ...]],
         errors: list[tuple[Any, ...]],
     ) -> tuple[int, int] | dict[str, Any]:
         """Validates a chunk's rows into ``staged``/``errors``; heartbeats between batches.
 
+        ``staged`` gets ``(chunk_no, line, key, value of each field)`` tuples, the values in
+        their column's Python type (COPYed into the typed staging table).
+
         Returns:
             ``(accepted, rejected)``, or a note if the operation was cancelled or taken away.
         """
         accepted = rejected = 0
         last_beat = time.monotonic()
+        typed = [(f.name, parsing.column_value_of(f)) for f in fields]
         for count, (line, raw) in enumerate(rows, 1):
-            result = validator.row(item.format, line, raw)
+            result = validator.record(item.format, line, raw)
             if isinstance(result, tuple):
-                staged.append((chunk_no, line, result[0], result[1]))
+                record = result[1]
+                staged.append(
+                    (
+                        chunk_no,
+                        line,
+                        result[0],
+                        *(to_column(record.get(name)) for name, to_column in typed),
+                    )
+                )
                 accepted += 1
             else:
                 rejected += 1

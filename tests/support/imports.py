@@ -132,8 +132,11 @@ def columnar_matches_row_validator(
     **limits: Any,
 ) -> Any:
     """Validates ``rows`` with both validators and asserts the same outcome: counts, row errors
-    (line, field, reason, raw value), and for every accepted row the same line, key and record
-    (as JSON values: jsonb stores numbers by value, so ``1e-07`` and ``1e-7`` are one number).
+    (line, field, reason, raw value), and for every accepted row the same line, key and record.
+
+    The columnar payload is typed COPY text (``chunk_no, line, $key`` then the CSV columns,
+    ``\\N`` for NULL): each cell is read back as its column type would (numbers by value, so
+    ``1e-07`` and ``1e-7`` are one number) and compared with the row validator's JSON record.
 
     Returns:
         The columnar result.
@@ -155,13 +158,36 @@ def columnar_matches_row_validator(
     got = ColumnarValidator(fields, key_field, columns, **limits).validate(rows, chunk_no=7)
     assert (got.accepted, got.rejected) == (len(expected_staged), rejected)
     assert sorted(got.errors) == sorted(expected_errors)
+    types = {f.name: f.type for f in fields}
     staged = []
     for text in bytes(got.staged_copy).decode().split("\n")[:-1]:
-        chunk_no, line, key, data = (_copy_unescape(v) for v in text.split("\t"))
+        chunk_no, line, key, *cells = text.split("\t")
         assert chunk_no == "7"
-        staged.append((int(line), key, json.loads(data)))
-    assert staged == expected_staged
+        assert len(cells) == len(columns)
+        record = {
+            name: _typed_cell(types[name], _copy_unescape(cell))
+            for name, cell in zip(columns, cells, strict=True)
+            if cell != "\\N"
+        }
+        staged.append((int(line), _copy_unescape(key), record))
+    assert staged == [
+        (line, key, {k: _typed_cell(types[k], v) for k, v in record.items()})
+        for line, key, record in expected_staged
+    ]
     return got
+
+
+def _typed_cell(field_type: str, value: Any) -> Any:
+    """A value as its typed column holds it (text from COPY, or the JSON value)."""
+    if field_type == "number":
+        return float(value)
+    if field_type == "integer":
+        return int(value)
+    if field_type == "boolean":
+        return value if isinstance(value, bool) else value == "true"
+    if field_type == "timestamp":
+        return dt.datetime.fromisoformat(value)
+    return value
 
 
 def _copy_unescape(value: str) -> str:
