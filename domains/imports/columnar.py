@@ -57,7 +57,7 @@ class ChunkResult:
         accepted: Valid rows.
         rejected: Invalid rows.
         staged_copy: COPY text-format payload of the valid rows for the import's typed
-            staging table (columns ``chunk_no, line, $key`` and then the CSV's columns in file
+            staging table (columns ``line, $key`` and then the CSV's columns in file
             order, each value in its column type's input form, NULL for a missing one);
             empty if none.
         errors: ``(line, field, reason, raw_value)`` of each problem.
@@ -181,7 +181,7 @@ class ColumnarValidator:
 
         Args:
             rows: ``(line, cells)`` from :func:`parsing.iter_chunk_rows` (read lazily).
-            chunk_no: The chunk (first COPY column).
+            chunk_no: The chunk (kept for callers; the payload no longer carries it).
 
         Returns:
             Counts, the COPY payload of the valid rows and the row errors.
@@ -253,7 +253,7 @@ class ColumnarValidator:
             if field.type in ("string", "enum"):
                 kept = _copy_escape(kept)
             cells.append(pc.fill_null(kept, "\\N"))
-        payload = pc.binary_join_element_wise(str(chunk_no), line_text, *cells, "\t")
+        payload = pc.binary_join_element_wise(line_text, *cells, "\t")
         joined = pc.binary_join(pa.ListArray.from_arrays([0, len(payload)], payload), "\n")
         return ChunkResult(accepted, rejected, joined[0].as_buffer().to_pybytes() + b"\n", errors)
 

@@ -349,9 +349,11 @@ class Chunk:
         end_offset: Byte offset just after its last row.
         first_line: Physical line number of its first row (the header is line 1 in CSV).
         rows: Rows in the chunk.
-        state: ``PENDING`` or ``DONE``.
+        state: ``PENDING``, ``DONE`` (validated and staged) or ``MERGED`` (its rows are in
+            the records table).
         rows_accepted: Valid rows staged.
         rows_rejected: Invalid rows.
+        rows_inserted: Records its merge inserted (not updated).
     """
 
     import_id: uuid.UUID
@@ -363,3 +365,4 @@ class Chunk:
     state: str = "PENDING"
     rows_accepted: int = 0
     rows_rejected: int = 0
+    rows_inserted: int = 0

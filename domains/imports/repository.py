@@ -118,10 +118,12 @@ class ChunkTotals:
 
     Attributes:
         chunks: Chunks in all.
-        done: Chunks DONE.
-        rows_done: Rows of DONE chunks.
-        rows_accepted: Accepted rows of DONE chunks.
-        rows_rejected: Rejected rows of DONE chunks.
+        done: Chunks DONE or MERGED (validated).
+        rows_done: Rows of those chunks.
+        rows_accepted: Accepted rows of those chunks.
+        rows_rejected: Rejected rows of those chunks.
+        merged: Chunks MERGED.
+        rows_inserted: Records inserted by the merged chunks.
     """
 
     chunks: int
@@ -129,6 +131,8 @@ class ChunkTotals:
     rows_done: int
     rows_accepted: int
     rows_rejected: int
+    merged: int = 0
+    rows_inserted: int = 0
 
 
 class SqlImportsRepository:
@@ -327,19 +331,8 @@ class SqlImportsRepository:
             dataset_id: Its id.
         """
         import_ids = sa.select(tables.imports.c.id).where(tables.imports.c.dataset_id == dataset_id)
-        names = [self.staging_table(i) for i in (await self._session.execute(import_ids)).scalars()]
-        left = await self._session.execute(
-            sa.text(
-                "SELECT relname FROM pg_class WHERE relnamespace ="
-                " (SELECT oid FROM pg_namespace WHERE nspname = :s)"
-                " AND relname = ANY(:n)"
-            ),
-            {"s": tables.SCHEMA, "n": names},
-        )
-        for name in left.scalars():
-            await self._session.execute(
-                sa.schema.DropTable(staging_table_for(name), if_exists=True)
-            )
+        for import_id in list((await self._session.execute(import_ids)).scalars()):
+            await self.drop_staging(import_id)
         for table in (tables.staged_records, tables.row_errors, tables.import_chunks):
             await self._session.execute(sa.delete(table).where(table.c.import_id.in_(import_ids)))
         await self._session.execute(
@@ -532,7 +525,7 @@ class SqlImportsRepository:
         return Chunk(**dict(row)) if row else None
 
     async def pending_chunks(self, import_id: uuid.UUID) -> list[int]:
-        """Returns the numbers of the chunks not DONE.
+        """Returns the numbers of the chunks not validated yet (neither DONE nor MERGED).
 
         Args:
             import_id: The import.
@@ -543,10 +536,41 @@ class SqlImportsRepository:
         t = tables.import_chunks
         query = (
             sa.select(t.c.chunk_no)
-            .where(t.c.import_id == import_id, t.c.state != "DONE")
+            .where(t.c.import_id == import_id, t.c.state.not_in(["DONE", "MERGED"]))
             .order_by(t.c.chunk_no)
         )
         return list((await self._session.execute(query)).scalars())
+
+    async def chunks_to_merge(self, import_id: uuid.UUID) -> list[int]:
+        """Returns the numbers of the DONE chunks (validated, not merged yet).
+
+        Args:
+            import_id: The import.
+
+        Returns:
+            Chunk numbers.
+        """
+        t = tables.import_chunks
+        query = (
+            sa.select(t.c.chunk_no)
+            .where(t.c.import_id == import_id, t.c.state == "DONE")
+            .order_by(t.c.chunk_no)
+        )
+        return list((await self._session.execute(query)).scalars())
+
+    async def mark_chunk_merged(self, chunk: Chunk, inserted: int) -> None:
+        """Marks a chunk MERGED with the records its merge inserted.
+
+        Args:
+            chunk: The chunk.
+            inserted: Records inserted (not updated).
+        """
+        t = tables.import_chunks
+        await self._session.execute(
+            sa.update(t)
+            .where(t.c.import_id == chunk.import_id, t.c.chunk_no == chunk.chunk_no)
+            .values(state="MERGED", rows_inserted=inserted)
+        )
 
     async def mark_chunk_done(self, chunk: Chunk) -> None:
         """Marks a chunk DONE with its counts.
@@ -573,13 +597,16 @@ class SqlImportsRepository:
             The totals.
         """
         t = tables.import_chunks
-        done = t.c.state == "DONE"
+        merged = t.c.state == "MERGED"
+        done = sa.or_(t.c.state == "DONE", merged)
         query = sa.select(
             sa.func.count(),
             sa.func.count().filter(done),
             sa.func.coalesce(sa.func.sum(t.c.rows).filter(done), 0),
             sa.func.coalesce(sa.func.sum(t.c.rows_accepted).filter(done), 0),
             sa.func.coalesce(sa.func.sum(t.c.rows_rejected).filter(done), 0),
+            sa.func.count().filter(merged),
+            sa.func.coalesce(sa.func.sum(t.c.rows_inserted).filter(merged), 0),
         ).where(t.c.import_id == import_id)
         row = (await self._session.execute(query)).one()
         return ChunkTotals(*(int(v) for v in row))
@@ -592,110 +619,156 @@ class SqlImportsRepository:
         return raw.driver_connection
 
     @staticmethod
-    def staging_table(import_id: uuid.UUID) -> str:
-        """Returns the name of an import's staging table (hex digits only: safe to quote).
+    def staging_table(import_id: uuid.UUID, chunk_no: int | None = None) -> str:
+        """Returns the name of a chunk's staging table (hex digits only: safe to quote).
 
         Args:
             import_id: The import.
+            chunk_no: The chunk; ``None`` names the one table per import of older versions.
 
         Returns:
-            ``staged_<32 hex digits>`` (in the ``imports`` schema).
+            ``staged_<32 hex digits>_<chunk_no>`` (in the ``imports`` schema).
         """
-        return f"staged_{import_id.hex}"
+        prefix = f"staged_{import_id.hex}"
+        return prefix if chunk_no is None else f"{prefix}_{chunk_no}"
 
-    def _staging_sql(self, import_id: uuid.UUID) -> str:
+    def _staging_sql(self, import_id: uuid.UUID, chunk_no: int | None = None) -> str:
         # The regclass text for to_regclass() (a bound value, not SQL).
-        return f'{tables.SCHEMA}."{self.staging_table(import_id)}"'
+        return f'{tables.SCHEMA}."{self.staging_table(import_id, chunk_no)}"'
 
     @classmethod
-    def _staging(cls, import_id: uuid.UUID, fields: Sequence[FieldDef] = ()) -> sa.Table:
+    def _staging(
+        cls, import_id: uuid.UUID, chunk_no: int | None, fields: Sequence[FieldDef] = ()
+    ) -> sa.Table:
         # A throwaway Table: SQLAlchemy quotes the identifiers, no SQL is formatted by hand.
-        return staging_table_for(cls.staging_table(import_id), fields)
+        return staging_table_for(cls.staging_table(import_id, chunk_no), fields)
 
-    async def create_staging(self, import_id: uuid.UUID, fields: Sequence[FieldDef]) -> None:
-        """Creates an import's staging table if it does not exist.
+    async def create_staging(
+        self, import_id: uuid.UUID, chunk_no: int, fields: Sequence[FieldDef]
+    ) -> None:
+        """Creates a chunk's staging table (in the chunk task's transaction).
 
-        One UNLOGGED table per import, without an index, shaped like the dataset's records
-        table (typed columns) plus the chunk and line of each row: COPY writes no WAL and
-        maintains nothing, and the import's end drops the table instead of deleting its rows.
-        Concurrent creators are serialized by an advisory lock (``IF NOT EXISTS`` alone can
-        race).
+        One UNLOGGED table per chunk, without an index, shaped like the dataset's records
+        table (typed columns) plus the source line of each row: COPY writes no WAL and
+        maintains nothing, the chunk's merge reads only its own rows, and the merge drops the
+        table instead of deleting its rows. The caller holds the chunk's row lock, so no
+        duplicate chunk task creates it concurrently; a task that died before its commit
+        took its table with it.
 
         Args:
             import_id: The import.
+            chunk_no: The chunk.
             fields: The dataset's declared fields (the typed columns).
         """
-        name = self.staging_table(import_id)
-        exists = await self._session.execute(
-            sa.text("SELECT to_regclass(:n) IS NOT NULL"), {"n": f'{tables.SCHEMA}."{name}"'}
-        )
-        if exists.scalar():
-            return
         await self._session.execute(
-            sa.text("SELECT pg_advisory_xact_lock(hashtextextended(:n, 0))"), {"n": name}
-        )
-        await self._session.execute(
-            sa.schema.CreateTable(self._staging(import_id, fields), if_not_exists=True)
+            sa.schema.CreateTable(self._staging(import_id, chunk_no, fields), if_not_exists=True)
         )
 
+    async def _staging_tables(self, import_id: uuid.UUID) -> list[str]:
+        """Names of the import's staging tables that exist (per chunk, or an older one)."""
+        prefix = self.staging_table(import_id)
+        query = sa.text(
+            "SELECT relname FROM pg_class WHERE relnamespace ="
+            " (SELECT oid FROM pg_namespace WHERE nspname = :s)"
+            " AND relkind = 'r' AND left(relname, :n) = :p"
+        )
+        params = {"s": tables.SCHEMA, "n": len(prefix), "p": prefix}
+        return sorted((await self._session.execute(query, params)).scalars())
+
     async def drop_staging(self, import_id: uuid.UUID) -> None:
-        """Drops an import's staged rows: its staging table, and rows an older version left in
-        the shared ``staged_records`` table (normally none).
+        """Drops an import's staged rows: its chunks' staging tables, and rows an older
+        version left in its own staging table or the shared ``staged_records`` table.
 
         Args:
             import_id: The import.
         """
-        await self._session.execute(sa.schema.DropTable(self._staging(import_id), if_exists=True))
+        for name in await self._staging_tables(import_id):
+            await self._session.execute(
+                sa.schema.DropTable(staging_table_for(name), if_exists=True)
+            )
         t = tables.staged_records
         await self._session.execute(sa.delete(t).where(t.c.import_id == import_id))
 
-    async def staged_count(self, import_id: uuid.UUID) -> int:
-        """Counts an import's staged rows (the finalize check that none was lost).
+    async def drop_chunk_staging(self, import_id: uuid.UUID, chunk_no: int) -> None:
+        """Drops one chunk's staging table (after its merge, in the same transaction).
+
+        Args:
+            import_id: The import.
+            chunk_no: The chunk.
+        """
+        await self._session.execute(
+            sa.schema.DropTable(self._staging(import_id, chunk_no), if_exists=True)
+        )
+
+    async def has_legacy_staging(self, import_id: uuid.UUID) -> bool:
+        """Whether rows of the import were staged by an older version (as jsonb).
 
         Args:
             import_id: The import.
 
         Returns:
-            Rows in its staging table plus legacy rows in ``staged_records``.
+            True if its one-table-per-import staging table or ``staged_records`` rows exist.
         """
-        t = tables.staged_records
-        legacy = sa.select(sa.func.count()).where(t.c.import_id == import_id)
-        count = int((await self._session.execute(legacy)).scalar() or 0)
-        name = f'{tables.SCHEMA}."{self.staging_table(import_id)}"'
         exists = await self._session.execute(
-            sa.text("SELECT to_regclass(:n) IS NOT NULL"), {"n": name}
+            sa.text("SELECT to_regclass(:n) IS NOT NULL"), {"n": self._staging_sql(import_id)}
         )
         if exists.scalar():
-            query = sa.select(sa.func.count()).select_from(self._staging(import_id))
-            count += int((await self._session.execute(query)).scalar() or 0)
-        return count
+            return True
+        t = tables.staged_records
+        query = sa.select(sa.exists().where(t.c.import_id == import_id))
+        return bool((await self._session.execute(query)).scalar())
+
+    async def staged_count(self, import_id: uuid.UUID, chunk_no: int) -> int:
+        """Counts a chunk's staged rows (the merge's check that none was lost).
+
+        Args:
+            import_id: The import.
+            chunk_no: The chunk.
+
+        Returns:
+            Rows in its staging table (0 if the table is gone).
+        """
+        exists = await self._session.execute(
+            sa.text("SELECT to_regclass(:n) IS NOT NULL"),
+            {"n": self._staging_sql(import_id, chunk_no)},
+        )
+        if not exists.scalar():
+            return 0
+        query = sa.select(sa.func.count()).select_from(self._staging(import_id, chunk_no))
+        return int((await self._session.execute(query)).scalar() or 0)
 
     async def copy_staged(
-        self, import_id: uuid.UUID, columns: Sequence[str], rows: Sequence[tuple[Any, ...]]
+        self,
+        import_id: uuid.UUID,
+        chunk_no: int,
+        columns: Sequence[str],
+        rows: Sequence[tuple[Any, ...]],
     ) -> None:
         """Bulk-loads typed staged rows with COPY (in the session's transaction).
 
         Args:
-            import_id: The import (its staging table must exist).
-            columns: Column names of the tuples (``chunk_no``, ``line``, ``$key``, fields).
+            import_id: The import.
+            chunk_no: The chunk (its staging table must exist).
+            columns: Column names of the tuples (``line``, ``$key``, fields).
             rows: Tuples of Python values of the column types.
         """
         if rows:
             driver = await self._driver()
             await driver.copy_records_to_table(
-                self.staging_table(import_id),
+                self.staging_table(import_id, chunk_no),
                 schema_name=tables.SCHEMA,
                 columns=list(columns),
                 records=rows,
             )
 
     async def copy_staged_text(
-        self, import_id: uuid.UUID, columns: Sequence[str], payload: Any
+        self, import_id: uuid.UUID, chunk_no: int, columns: Sequence[str], payload: Any
     ) -> None:
         """Bulk-loads typed staged rows from a COPY text-format payload (built column-wise).
 
         Args:
-            import_id: The import (its staging table must exist).
+            import_id: The import.
+            chunk_no: The chunk (its staging table must exist).
             columns: Column names of the payload's fields, in order.
             payload: Bytes of tab-separated lines, COPY text escaping applied, NULL as
                 backslash-N.
@@ -703,7 +776,7 @@ class SqlImportsRepository:
         if len(payload):
             driver = await self._driver()
             await driver.copy_to_table(
-                self.staging_table(import_id),
+                self.staging_table(import_id, chunk_no),
                 schema_name=tables.SCHEMA,
                 columns=list(columns),
                 # A memoryview: asyncpg would take bytes for a file path.
@@ -744,123 +817,83 @@ class SqlImportsRepository:
         """
         await self.drop_staging(import_id)
 
-    async def merge_staged(
-        self, import_id: uuid.UUID, dataset: Dataset, now: dt.datetime, *, empty: bool
+    async def merge_chunk(
+        self,
+        import_id: uuid.UUID,
+        chunk_no: int,
+        dataset: Dataset,
+        now: dt.datetime,
+        *,
+        plain: bool,
     ) -> int:
-        """Upserts an import's staged rows into the dataset's records table by key.
+        """Merges one chunk's staged rows into the dataset's records table by key.
 
-        The last line of a key wins: within the import by ``DISTINCT ON`` (key, line
-        descending), and against a stored version of the same import by the line-order guard
-        ``WHERE stored.line < new.line`` (a version of an earlier import is always replaced).
-        Into an empty dataset the rows are plainly inserted (no speculative insertion per
-        row); the caller holds the dataset's row lock, so no other merge can fill it meanwhile.
+        Chunks of an import merge concurrently, each in its own transaction, in any order;
+        the last line of a key still wins: within the chunk by ``DISTINCT ON`` (key, line
+        descending), across chunks and imports by the guard of :meth:`_upsert`. Rows go in
+        key order, so concurrent merges take their key locks in one order.
+
+        With ``plain``, the rows are first inserted without ``ON CONFLICT`` (no speculative
+        insertion per row) under a savepoint; if a key is already stored (another chunk or
+        import got there first) that is rolled back and the upsert runs instead.
 
         Args:
             import_id: The import.
-            dataset: Its dataset (the schema types the columns).
+            chunk_no: The chunk (its staging table must exist).
+            dataset: The dataset (the schema types the columns).
             now: Update time.
-            empty: The dataset has no record (under its row lock).
+            plain: Try the plain INSERT first (the dataset was empty when the merge began).
 
         Returns:
             Records inserted (not updated): what ``record_count`` grows by.
         """
-        staging = self._staging_sql(import_id)
-        exists = await self._session.execute(
-            sa.text("SELECT to_regclass(:n) IS NOT NULL"),
-            {"n": staging},
-        )
         records = self._records(dataset)
         names = [f.name for f in dataset.fields]
-        legacy = tables.staged_records
-        # Rows staged as jsonb by an older version (shared table, or an import split before
-        # staging became typed) are cast to the column types.
-        sources: list[sa.Select[Any]] = [
-            sa.select(
-                legacy.c.key,
-                legacy.c.line,
-                *(sa.cast(legacy.c.data[n].astext, records.c[n].type).label(n) for n in names),
-            ).where(legacy.c.import_id == import_id)
-        ]
-        if exists.scalar():
-            if await self._legacy_staging(import_id):
-                old = self._legacy_staging_table(import_id)
-                sources.append(
-                    sa.select(
-                        old.c.key,
-                        old.c.line,
-                        *(sa.cast(old.c.data[n].astext, records.c[n].type).label(n) for n in names),
-                    )
-                )
-            else:
-                table = self._staging(import_id, dataset.fields)
-                sources.append(
-                    sa.select(
-                        table.c[tables.KEY].label("key"),
-                        table.c.line,
-                        *(table.c[n] for n in names),
-                    )
-                )
-        staged = sa.union_all(*sources).cte("staged")
+        staged = self._staging(import_id, chunk_no, dataset.fields)
         latest = (
-            sa.select(staged)
-            .distinct(staged.c.key)
-            .order_by(staged.c.key, staged.c.line.desc())
-            .cte("latest")
-        )
-        insert = pg.insert(records).from_select(
-            [tables.KEY, tables.LINE, tables.IMPORT_ID, tables.UPDATE_TIME, *names],
             sa.select(
-                latest.c.key,
-                latest.c.line,
+                staged.c[tables.KEY],
+                staged.c.line,
                 sa.literal(import_id, records.c[tables.IMPORT_ID].type),
                 sa.literal(now, records.c[tables.UPDATE_TIME].type),
-                *(latest.c[n] for n in names),
-            ),
+                *(staged.c[n] for n in names),
+            )
+            .distinct(staged.c[tables.KEY])
+            .order_by(staged.c[tables.KEY], staged.c.line.desc())
         )
-        if not empty:
-            insert = self._upsert(insert, records)
-        # xmax = 0 on a returned row: inserted, not updated.
-        merged = insert.returning((sa.literal_column("xmax") == 0).label("inserted")).cte("merged")
-        query = sa.select(sa.func.count().filter(merged.c.inserted))
+        columns = [tables.KEY, tables.LINE, tables.IMPORT_ID, tables.UPDATE_TIME, *names]
         # A bigger sort budget for this transaction only: the DISTINCT ON sort of a large
-        # import otherwise spills to disk in many small runs.
+        # chunk otherwise spills to disk.
         await self._session.execute(sa.text("SET LOCAL work_mem = '64MB'"))
-        result = await self._session.execute(query)
+        if plain:
+            insert = pg.insert(records).from_select(columns, latest)
+            try:
+                async with self._session.begin_nested():
+                    result = await self._session.execute(insert)
+                return int(cast(Any, result).rowcount or 0)
+            except sa.exc.IntegrityError as exc:
+                if getattr(exc.orig, "sqlstate", None) != "23505":
+                    raise
+        upsert = self._upsert(pg.insert(records).from_select(columns, latest), records)
+        # xmax = 0 on a returned row: inserted, not updated.
+        merged = upsert.returning((sa.literal_column("xmax") == 0).label("inserted")).cte("merged")
+        result = await self._session.execute(sa.select(sa.func.count().filter(merged.c.inserted)))
         return int(result.scalar() or 0)
-
-    async def _legacy_staging(self, import_id: uuid.UUID) -> bool:
-        """Whether the import's staging table holds jsonb rows (made by an older version)."""
-        query = sa.text(
-            "SELECT EXISTS (SELECT 1 FROM pg_attribute WHERE attrelid = to_regclass(:n)"
-            " AND attname = 'data' AND NOT attisdropped)"
-        )
-        return bool(
-            (await self._session.execute(query, {"n": self._staging_sql(import_id)})).scalar()
-        )
-
-    @classmethod
-    def _legacy_staging_table(cls, import_id: uuid.UUID) -> sa.Table:
-        return sa.Table(
-            cls.staging_table(import_id),
-            sa.MetaData(),
-            sa.Column("line", sa.BigInteger),
-            sa.Column("key", sa.Text),
-            sa.Column("data", pg.JSONB),
-            schema=tables.SCHEMA,
-        )
 
     @staticmethod
     def _upsert(insert: Any, records: sa.Table) -> Any:
-        """Adds the key upsert with the line-order guard to an INSERT into ``records``."""
+        """Adds the key upsert with the line-order guard to an INSERT into ``records``.
+
+        A stored version is replaced only by a later one: ``(import id, line)`` compared as a
+        row. Import ids are UUIDv7 (creation order), so a later import's row wins whatever
+        order imports and chunks merge in, and within an import the later line wins.
+        """
         excluded = insert.excluded
         return insert.on_conflict_do_update(
             index_elements=[records.c[tables.KEY]],
             set_={c.name: excluded[c.name] for c in records.columns if c.name != tables.KEY},
-            # Another import's version is replaced; the same import's only by a later line.
-            where=sa.or_(
-                records.c[tables.IMPORT_ID] != excluded[tables.IMPORT_ID],
-                records.c[tables.LINE] < excluded[tables.LINE],
-            ),
+            where=sa.tuple_(records.c[tables.IMPORT_ID], records.c[tables.LINE])
+            < sa.tuple_(excluded[tables.IMPORT_ID], excluded[tables.LINE]),
         )
 
     async def add_record_count(self, dataset_id: uuid.UUID, inserted: int) -> int:
@@ -1104,11 +1137,11 @@ class SqlImportsRepository:
 def staging_table_for(name: str, fields: Sequence[FieldDef] = ()) -> sa.Table:
     """Describes one import's UNLOGGED staging table (no index: COPY maintains nothing).
 
-    Shaped like the dataset's records table: the chunk and source line of each row, the key
-    text and a typed column per declared field.
+    Shaped like the dataset's records table: the source line of each row, the key text and a
+    typed column per declared field.
 
     Args:
-        name: Its name (``staged_<32 hex digits>``).
+        name: Its name (``staged_<32 hex digits>_<chunk_no>``).
         fields: The dataset's declared fields (none: enough to count or drop it).
 
     Returns:
@@ -1117,7 +1150,6 @@ def staging_table_for(name: str, fields: Sequence[FieldDef] = ()) -> sa.Table:
     return sa.Table(
         name,
         sa.MetaData(),
-        sa.Column("chunk_no", sa.Integer, nullable=False),
         sa.Column("line", sa.BigInteger, nullable=False),
         sa.Column(tables.KEY, sa.Text, nullable=False),
         *(sa.Column(f.name, tables.SQL_TYPES[f.type]) for f in fields),

@@ -51,7 +51,13 @@ from domains.imports.storage import FileStore, SourceFetcher, StoredFile
 from domains.imports.tables import KEY
 from domains.imports.unit_of_work import ImportsUnitOfWork
 from domains.operations import service as operations_service
-from domains.operations.execution import Cancelled, Execution, OperationRunner, ProgressSink
+from domains.operations.execution import (
+    Cancelled,
+    Execution,
+    LeaseLost,
+    OperationRunner,
+    ProgressSink,
+)
 from domains.operations.model import DispatchSpec, Operation, OperationError, Progress, State
 from domains.operations.unit_of_work import SqlUnitOfWork
 from domains.shared import idempotency
@@ -73,6 +79,8 @@ log = logging.getLogger(__name__)
 
 DOMAIN = "imports"
 RUN_TASK = "imports.run"
+CHUNK_VALIDATED = frozenset({"DONE", "MERGED"})
+"""Chunk states after validation: DONE (staged), MERGED (its rows are in the records table)."""
 HEARTBEAT_ROWS = 2000
 """Rows validated between two heartbeat/cancel checks of a chunk task."""
 
@@ -83,6 +91,8 @@ class ImportsPolicy:
 
     Attributes:
         chunk_rows: Rows per chunk.
+        merge_concurrency: Chunks merged into the records table at once by a finalize (each
+            on its own connection, so on its own PostgreSQL backend).
         lease_seconds: Heartbeat lease of the operation.
         pending_deadline_seconds: Re-dispatch deadline while pending.
         max_file_bytes: Largest (decompressed) file.
@@ -91,6 +101,7 @@ class ImportsPolicy:
     """
 
     chunk_rows: int = 50_000
+    merge_concurrency: int = 2
     lease_seconds: float = 30.0
     pending_deadline_seconds: float = 300.0
     max_file_bytes: int = 1024**3
@@ -745,7 +756,6 @@ class ImportsService:
                 raise PermanentError("the import was deleted while it ran", reason="IMPORT_GONE")
             if locked.chunks_total is not None:
                 return locked
-            await uow.imports.create_staging(item.id, dataset.fields)
             await uow.imports.add_chunks(
                 [
                     Chunk(
@@ -837,7 +847,7 @@ class ImportsService:
         if op.state == State.CANCELLING:
             await self._settle_cancel(operation_id)
             return {"cancelled": True}
-        if chunk.state == "DONE":
+        if chunk.state in CHUNK_VALIDATED:
             return {"skipped": f"chunk {chunk_no} already done"}
 
         limits = {
@@ -901,15 +911,16 @@ class ImportsService:
             else:
                 cancel = False
                 locked = await uow.imports.get_chunk(item.id, chunk_no, for_update=True)
-                if locked is None or locked.state == "DONE":
+                if locked is None or locked.state in CHUNK_VALIDATED:
                     return {"skipped": f"chunk {chunk_no} already done"}
-                # Normally made by the split; an import split by an older version has none.
-                await uow.imports.create_staging(item.id, dataset.fields)
-                head = ["chunk_no", "line", KEY]
+                await uow.imports.create_staging(item.id, chunk_no, dataset.fields)
+                head = ["line", KEY]
                 await uow.imports.copy_staged(
-                    item.id, [*head, *(f.name for f in dataset.fields)], staged
+                    item.id, chunk_no, [*head, *(f.name for f in dataset.fields)], staged
                 )
-                await uow.imports.copy_staged_text(item.id, [*head, *columns], staged_copy)
+                await uow.imports.copy_staged_text(
+                    item.id, chunk_no, [*head, *columns], staged_copy
+                )
                 await uow.imports.copy_row_errors(errors)
                 locked.rows_accepted, locked.rows_rejected = accepted, rejected
                 await uow.imports.mark_chunk_done(locked)
@@ -947,7 +958,7 @@ class ImportsService:
     ) -> tuple[int, int] | dict[str, Any]:
         """Validates a chunk's rows into ``staged``/``errors``; heartbeats between batches.
 
-        ``staged`` gets ``(chunk_no, line, key, value of each field)`` tuples, the values in
+        ``staged`` gets ``(line, key, value of each field)`` tuples, the values in
         their column's Python type (COPYed into the typed staging table).
 
         Returns:
@@ -962,7 +973,6 @@ class ImportsService:
                 record = result[1]
                 staged.append(
                     (
-                        chunk_no,
                         line,
                         result[0],
                         *(to_column(record.get(name)) for name, to_column in typed),
@@ -1015,8 +1025,8 @@ class ImportsService:
                 await self._discard_staged(item.id)
             return {"skipped": f"operation is {op.state}"}
         if op.state == State.CANCELLING:
-            await self._settle_cancel(operation_id)
-            return {"cancelled": True}
+            # Once a chunk is merged the import completes (cancel is best effort).
+            return await self._settle_cancel(operation_id) or {"cancelled": True}
         if op.attempt != attempt:
             return {"skipped": f"attempt {attempt} was superseded by {op.attempt}"}
         if pending:
@@ -1027,7 +1037,12 @@ class ImportsService:
     async def _finalize(self, execution: Execution) -> dict[str, Any]:
         op_id = execution.id
         totals = await self._totals_by_operation(op_id)
-        if totals is not None and totals.rows_accepted == 0 and totals.done == totals.chunks:
+        if (
+            totals is not None
+            and totals.rows_accepted == 0
+            and totals.done == totals.chunks
+            and totals.merged == 0
+        ):
             await self._fail(
                 op_id,
                 OperationError(
@@ -1042,6 +1057,9 @@ class ImportsService:
             )
             return {"failed": "no valid row"}
 
+        async with self._keepalive(op_id, "merging"):
+            await self._merge_chunks(execution)
+
         async def apply(uow: SqlUnitOfWork, op: Operation) -> dict[str, Any]:
             repo = cast(ImportsUnitOfWork, uow).imports
             item = await repo.get_import_by_operation(op.id)
@@ -1050,31 +1068,15 @@ class ImportsService:
             item = await repo.get_import(item.id, for_update=True)
             assert item is not None
             sums = await repo.chunk_totals(item.id)
-            if sums.done != sums.chunks:
-                raise TransientError(f"{sums.chunks - sums.done} chunks are not done yet")
+            if sums.merged != sums.chunks:
+                raise TransientError(f"{sums.chunks - sums.merged} chunks are not merged yet")
             now = utcnow()
-            # The staging table is UNLOGGED: a PostgreSQL crash empties it while the chunks
-            # stay DONE. Never merge a partial import: fail it (a :retry starts over).
-            staged = await repo.staged_count(item.id)
-            if staged != sums.rows_accepted:
-                raise PermanentError(
-                    f"{sums.rows_accepted - staged} of the import's validated rows were lost"
-                    " (PostgreSQL restarted while it ran?); retry the import",
-                    reason="STAGED_ROWS_LOST",
-                )
-            # The dataset's row lock serializes merges into one dataset: the empty check
-            # and the record_count increment stay true.
+            # The dataset's row lock serializes the record_count increments.
             dataset = await repo.get_dataset(item.tenant, item.dataset_id, for_update=True)
             if dataset is None:
                 raise PermanentError("the dataset was deleted while the import ran")
-            inserted = await repo.merge_staged(
-                item.id,
-                dataset,
-                now,
-                empty=dataset.record_count == 0 and not await repo.has_records(item.dataset_id),
-            )
-            await repo.delete_staged(item.id)
-            await repo.add_record_count(item.dataset_id, inserted)
+            await repo.drop_staging(item.id)
+            await repo.add_record_count(item.dataset_id, sums.rows_inserted)
             item.state = ImportState.SUCCEEDED
             item.rows_total = sums.rows_done
             item.rows_accepted = sums.rows_accepted
@@ -1099,6 +1101,91 @@ class ImportsService:
         op = await self._runner.finish(execution, apply)
         await self._drop_plain_copy(op_id)
         return op.response or {}
+
+    async def _merge_chunks(self, execution: Execution) -> None:
+        """Merges the DONE chunks into the records table, several at a time.
+
+        Each chunk merges in its own transaction on its own connection (so on its own
+        PostgreSQL backend), fenced by the operation's attempt and the chunk's row lock, and
+        is marked MERGED with what it inserted in that same transaction: a merge is applied
+        once, and a resumed finalize merges only the chunks left. The line-order guard of the
+        upsert keeps "last line wins" whatever order the chunks commit in.
+
+        Raises:
+            PermanentError: If rows of the import were lost or staged by an older version.
+            LeaseLost: If another attempt owns the operation.
+        """
+        async with self._uow() as uow:
+            item = await uow.imports.get_import_by_operation(execution.id)
+            if item is None:
+                raise PermanentError("the import was deleted while it ran", reason="IMPORT_GONE")
+            dataset = await uow.imports.get_dataset_by_id(item.dataset_id)
+            if dataset is None:
+                raise PermanentError("the dataset was deleted while the import ran")
+            if await uow.imports.has_legacy_staging(item.id):
+                raise PermanentError(
+                    "rows of this import were staged by an older version of Conveyor; retry"
+                    " the import",
+                    reason="STAGED_BY_OLDER_VERSION",
+                )
+            todo = await uow.imports.chunks_to_merge(item.id)
+            # Worth trying plain INSERTs only into an empty dataset (a conflict falls back).
+            plain = dataset.record_count == 0 and not await uow.imports.has_records(dataset.id)
+        if not todo:
+            return
+        gate = asyncio.Semaphore(max(1, self.policy.merge_concurrency))
+        now = utcnow()
+
+        async def merge(chunk_no: int) -> None:
+            async with gate:
+                await self._merge_chunk(execution, item, dataset, chunk_no, now, plain=plain)
+
+        results = await asyncio.gather(*(merge(n) for n in todo), return_exceptions=True)
+        for result in results:
+            if isinstance(result, BaseException):
+                raise result
+
+    async def _merge_chunk(
+        self,
+        execution: Execution,
+        item: Import,
+        dataset: Dataset,
+        chunk_no: int,
+        now: dt.datetime,
+        *,
+        plain: bool,
+    ) -> None:
+        """Merges one chunk in one transaction (see :meth:`_merge_chunks`)."""
+        async with self._uow() as uow:
+            repo = uow.imports
+            # FOR KEY SHARE: a cancel or another attempt's finish waits for this merge.
+            shared = await repo.share_operation(execution.id)
+            if shared is None or shared[1] != execution.attempt:
+                raise LeaseLost(
+                    f"operation {execution.id}: attempt {execution.attempt} no longer owns it"
+                )
+            if shared[0] not in (State.RUNNING, State.CANCELLING):
+                raise LeaseLost(f"operation {execution.id} is {shared[0]}")
+            chunk = await repo.get_chunk(item.id, chunk_no, for_update=True)
+            if chunk is None or chunk.state != "DONE":
+                return
+            # UNLOGGED: a PostgreSQL crash empties the table while the chunk stays DONE.
+            # Never merge part of a chunk: fail the import (a :retry starts over).
+            staged = await repo.staged_count(item.id, chunk_no)
+            if staged != chunk.rows_accepted:
+                raise PermanentError(
+                    f"{chunk.rows_accepted - staged} of the import's validated rows were lost"
+                    " (PostgreSQL restarted while it ran?); retry the import",
+                    reason="STAGED_ROWS_LOST",
+                )
+            inserted = (
+                await repo.merge_chunk(item.id, chunk_no, dataset, now, plain=plain)
+                if staged
+                else 0
+            )
+            await repo.mark_chunk_merged(chunk, inserted)
+            await repo.drop_chunk_staging(item.id, chunk_no)
+            await uow.commit()
 
     async def _drop_plain_copy(self, operation_id: uuid.UUID) -> None:
         """Removes the decompressed copy of a gzip upload once the import succeeded (the
@@ -1160,12 +1247,35 @@ class ImportsService:
                 await uow.outbox.add(event_message(event, correlation_id=op.correlation_id))
             await uow.commit()
 
-    async def _settle_cancel(self, operation_id: uuid.UUID) -> None:
-        """Ends a cancel request: staged rows deleted, import and operation CANCELLED."""
+    async def _settle_cancel(self, operation_id: uuid.UUID) -> dict[str, Any] | None:
+        """Ends a cancel request: staged rows deleted, import and operation CANCELLED.
+
+        Once a chunk of the import is merged (its rows are in the records table) the cancel
+        comes too late: the import completes instead (AIP-151 cancellation is best effort).
+
+        Returns:
+            The operation's response if the import completed instead, else ``None``.
+        """
         async with self._uow() as uow:
             op = await uow.operations.get(operation_id, for_update=True)
             if op is None:
-                return
+                return None
+            item = await uow.imports.get_import_by_operation(operation_id)
+            merging = (
+                op.state == State.CANCELLING
+                and item is not None
+                and (await uow.imports.chunk_totals(item.id)).merged > 0
+            )
+        if merging and op is not None:
+            execution = Execution(operation=op, attempt=op.attempt, _runner=self._runner)
+            try:
+                return await self._finalize(execution)
+            except LeaseLost as exc:  # another finalize completed it
+                return {"skipped": str(exc)}
+        async with self._uow() as uow:
+            op = await uow.operations.get(operation_id, for_update=True)
+            if op is None:
+                return None
             if op.state == State.CANCELLING:
                 op.mark_cancelled(utcnow())
                 await uow.operations.save(op)
@@ -1177,6 +1287,7 @@ class ImportsService:
                     item.complete_time = utcnow()
                     await uow.imports.save_import(item)
             await uow.commit()
+        return None
 
     async def _discard_staged(self, import_id: uuid.UUID) -> None:
         """Drops staged rows of an import that ended without success (late chunk writes)."""

@@ -91,6 +91,8 @@ import_chunks = sa.Table(
     sa.Column("state", sa.Text, nullable=False),
     sa.Column("rows_accepted", sa.Integer, nullable=False, server_default="0"),
     sa.Column("rows_rejected", sa.Integer, nullable=False, server_default="0"),
+    # Records the chunk's merge inserted (not updated): what record_count grows by.
+    sa.Column("rows_inserted", sa.Integer, nullable=False, server_default="0"),
 )
 
 # Rows of running imports: invisible until finalize merges them into records in one transaction.

@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 
 from tests.support.imports import (
+    STAGING_TABLES_SQL,
     count_records_sql,
     create_dataset,
     generate_csv,
@@ -154,7 +155,7 @@ async def test_sigkill_of_a_worker_mid_import_still_completes_with_exact_counts(
     assert (
         await _count(
             database_url,
-            "SELECT count(*) FROM pg_class WHERE relname = :n",
+            STAGING_TABLES_SQL,
             n=staging_table(import_id),
         )
         == 0
@@ -208,7 +209,7 @@ async def test_cancel_mid_import_leaves_no_records(stack, database_url):
     assert (
         await _count(
             database_url,
-            "SELECT count(*) FROM pg_class WHERE relname = :n",
+            STAGING_TABLES_SQL,
             n=staging_table(import_id),
         )
         == 0

@@ -134,7 +134,7 @@ def columnar_matches_row_validator(
     """Validates ``rows`` with both validators and asserts the same outcome: counts, row errors
     (line, field, reason, raw value), and for every accepted row the same line, key and record.
 
-    The columnar payload is typed COPY text (``chunk_no, line, $key`` then the CSV columns,
+    The columnar payload is typed COPY text (``line, $key`` then the CSV columns,
     ``\\N`` for NULL): each cell is read back as its column type would (numbers by value, so
     ``1e-07`` and ``1e-7`` are one number) and compared with the row validator's JSON record.
 
@@ -161,8 +161,7 @@ def columnar_matches_row_validator(
     types = {f.name: f.type for f in fields}
     staged = []
     for text in bytes(got.staged_copy).decode().split("\n")[:-1]:
-        chunk_no, line, key, *cells = text.split("\t")
-        assert chunk_no == "7"
+        line, key, *cells = text.split("\t")
         assert len(cells) == len(columns)
         record = {
             name: _typed_cell(types[name], _copy_unescape(cell))
@@ -202,12 +201,18 @@ def _copy_unescape(value: str) -> str:
     return "".join(out)
 
 
-def staging_table(import_id: Any) -> str:
-    """Returns the name of an import's staging table (``imports."staged_<hex>"``, dropped when
-    the import ends), for ``SELECT count(*) FROM pg_class WHERE relname = :n``."""
+def staging_table(import_id: Any, chunk_no: int | None = None) -> str:
+    """Returns the name of a chunk's staging table (``imports."staged_<hex>_<chunk>"``, dropped
+    by its merge), or without ``chunk_no`` the common prefix of an import's staging tables
+    (see :data:`STAGING_TABLES_SQL`)."""
     import uuid
 
-    return f"staged_{uuid.UUID(str(import_id)).hex}"
+    prefix = f"staged_{uuid.UUID(str(import_id)).hex}"
+    return prefix if chunk_no is None else f"{prefix}_{chunk_no}"
+
+
+STAGING_TABLES_SQL = "SELECT count(*) FROM pg_class WHERE left(relname, 39) = :n"
+"""Counts an import's staging tables; ``n`` = :func:`staging_table` of the import."""
 
 
 def records_table_sql(dataset_id: Any) -> str:

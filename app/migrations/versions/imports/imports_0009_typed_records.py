@@ -4,6 +4,8 @@ Each dataset's records move to ``imports."records_<dataset hex>"``: bookkeeping 
 ``$key`` (unique), ``$line``, ``$import_id``, ``$update_time`` and one column per declared
 field of its type (string/enum text, integer bigint, number double precision, boolean, date,
 timestamp timestamptz); fields declared ``indexed`` get an index. Then ``records`` is dropped.
+``import_chunks.rows_inserted`` counts the records each chunk's merge inserted (chunks merge
+concurrently, each in its own transaction).
 The downgrade rebuilds ``records`` with the same jsonb objects (missing values left out) and
 drops the typed tables. ``datasets.request_id`` (0008) is untouched.
 
@@ -80,6 +82,11 @@ def _datasets() -> list[tuple[uuid.UUID, list[dict[str, Any]]]]:
 
 
 def upgrade() -> None:
+    op.add_column(
+        "import_chunks",
+        sa.Column("rows_inserted", sa.Integer, nullable=False, server_default="0"),
+        schema=SCHEMA,
+    )
     bind = op.get_bind()
     for dataset_id, fields in _datasets():
         table = _typed(dataset_id, fields)
@@ -144,3 +151,4 @@ def downgrade() -> None:
             )
         )
         table.drop(bind)
+    op.drop_column("import_chunks", "rows_inserted", schema=SCHEMA)
