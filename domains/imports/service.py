@@ -782,8 +782,14 @@ class ImportsService:
         return locked
 
     @contextlib.asynccontextmanager
-    async def _keepalive(self, operation_id: uuid.UUID, message: str) -> AsyncIterator[None]:
-        """Heartbeats the operation while a long step (fetch, split) runs in a thread."""
+    async def _keepalive(self, operation_id: uuid.UUID, message: str | None) -> AsyncIterator[None]:
+        """Heartbeats the operation while a long step (fetch, split, merge) runs.
+
+        Args:
+            operation_id: The operation.
+            message: Progress message at ``done=0`` (fetch, split), or ``None`` to keep the
+                progress as it is (merge: the rows are all validated by then).
+        """
         interval = max(0.2, min(self.policy.lease_seconds / 3, 5.0))
 
         async def beat() -> None:
@@ -791,9 +797,12 @@ class ImportsService:
                 await asyncio.sleep(interval)
                 try:
                     async with self._uow() as uow:
-                        await uow.imports.touch_operation(
-                            operation_id, {"done": 0, "total": None, "message": message}, utcnow()
+                        progress = (
+                            None
+                            if message is None
+                            else {"done": 0, "total": None, "message": message}
                         )
+                        await uow.imports.touch_operation(operation_id, progress, utcnow())
                         await uow.commit()
                 except Exception:
                     log.debug("keepalive of %s failed", operation_id, exc_info=True)
@@ -1057,7 +1066,7 @@ class ImportsService:
             )
             return {"failed": "no valid row"}
 
-        async with self._keepalive(op_id, "merging"):
+        async with self._keepalive(op_id, None):
             await self._merge_chunks(execution)
 
         async def apply(uow: SqlUnitOfWork, op: Operation) -> dict[str, Any]:
