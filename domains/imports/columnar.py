@@ -17,12 +17,15 @@ multi-line cells keep their physical line numbers.
 
 from __future__ import annotations
 
+import csv
 import dataclasses
+import io
 from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
+from pyarrow import csv as pa_csv
 
 from domains.imports import parsing
 from domains.imports.model import FieldDef
@@ -219,6 +222,44 @@ class ColumnarValidator:
         raw_columns = list(zip(*good, strict=True))
         del good
         arrays = [pa.array(col, type=pa.string()) for col in raw_columns]
+        return self._validate_arrays(lines, arrays, raw_columns, shape_errors, errors)
+
+    def validate_arrays(self, columns: Sequence[Any], first_line: int) -> ChunkResult:
+        """Validates a chunk already parsed into string columns, one row per physical line.
+
+        Args:
+            columns: One string array per CSV column (file order), from
+                :func:`read_one_row_per_line`.
+            first_line: Line number of the first row (row ``i`` is on ``first_line + i``).
+
+        Returns:
+            As :meth:`validate`.
+        """
+        accepted = rejected = 0
+        payloads: list[bytes] = []
+        errors: list[tuple[int, str, str, str]] = []
+        total = len(columns[0]) if columns else 0
+        for offset in range(0, total, SLICE_ROWS):
+            arrays = [c.slice(offset, SLICE_ROWS) for c in columns]
+            lines = list(range(first_line + offset, first_line + offset + len(arrays[0])))
+            raw = [_Cells(a) for a in arrays]
+            part = self._validate_arrays(lines, arrays, raw, 0, [])
+            accepted += part.accepted
+            rejected += part.rejected
+            errors += part.errors
+            if part.staged_copy:
+                payloads.append(part.staged_copy)
+        return ChunkResult(accepted, rejected, b"".join(payloads), errors)
+
+    def _validate_arrays(
+        self,
+        lines: list[int],
+        arrays: list[Any],
+        raw_columns: Sequence[Sequence[str]],
+        shape_errors: int,
+        errors: list[tuple[int, str, str, str]],
+    ) -> ChunkResult:
+        width = len(self._fields)
         sizes = [pc.binary_length(a) for a in arrays]
         row_size = sizes[0]
         for size in sizes[1:]:
@@ -309,6 +350,72 @@ class ColumnarValidator:
                 if i not in big_rows:
                     errors.append((lines[i], field.name, "required value is missing", ""))
         return _Column(value=value, bad=bad)
+
+
+class _Cells(Sequence[str]):
+    """The Python strings of a string array, made only for the cells looked at (errors)."""
+
+    def __init__(self, array: Any) -> None:
+        self._array = array
+
+    def __len__(self) -> int:
+        return len(self._array)
+
+    def __getitem__(self, index: Any) -> Any:
+        if isinstance(index, slice):  # pragma: no cover - not used by the validator
+            return self._array[index].to_pylist()
+        return self._array[index].as_py()
+
+
+def read_one_row_per_line(data: bytes, columns: Sequence[str]) -> list[Any] | None:
+    """Parses a CSV chunk with pyarrow's reader when each physical line is one row.
+
+    Exactness first: ``None`` (parse it with ``csv.reader`` instead) unless every line holds
+    one row (no newline inside quotes, no blank line, no lone carriage return), pyarrow
+    accepts it with the header's column count on every line, and each line holding a quote
+    gives exactly the cells ``csv.reader`` gives (those lines are checked against it).
+
+    Args:
+        data: The chunk's bytes (whole lines).
+        columns: The CSV header's columns.
+
+    Returns:
+        One string array per column (empty cells are empty strings), or ``None``.
+    """
+    if not data or data.count(b"\r") != data.count(b"\r\n"):
+        return None
+    lines = data.split(b"\n")
+    if not lines[-1]:
+        lines.pop()
+    if not parsing.one_record_per_line(data, lines):
+        return None
+    try:
+        table = pa_csv.read_csv(
+            io.BytesIO(data),
+            read_options=pa_csv.ReadOptions(column_names=list(columns), use_threads=False),
+            parse_options=pa_csv.ParseOptions(newlines_in_values=False, ignore_empty_lines=False),
+            convert_options=pa_csv.ConvertOptions(
+                column_types={c: pa.string() for c in columns},
+                strings_can_be_null=False,
+                quoted_strings_can_be_null=False,
+            ),
+        )
+    except (pa.ArrowInvalid, ValueError):
+        return None
+    if table.num_rows != len(lines):
+        return None
+    arrays = [table.column(i).combine_chunks() for i in range(table.num_columns)]
+    quoted = [i for i, line in enumerate(lines) if b'"' in line]
+    if quoted:
+        text = b"\n".join(lines[i] for i in quoted).decode("utf-8")
+        expected = list(csv.reader(io.StringIO(text, newline=""), strict=False))
+        if len(expected) != len(quoted):
+            return None
+        picked = pa.array(quoted, pa.int64())
+        got = list(zip(*(a.take(picked).to_pylist() for a in arrays), strict=True))
+        if [tuple(cells) for cells in expected] != got:
+            return None
+    return arrays
 
 
 def _slices(rows: Iterable[tuple[int, list[str]]]) -> Iterator[list[tuple[int, list[str]]]]:

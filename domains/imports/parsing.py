@@ -582,7 +582,7 @@ def _plan_csv_body(
         terminated = len(lines)
         if last:
             lines.append(last)
-        if not in_quotes and _one_record_per_line(block, lines):
+        if not in_quotes and one_record_per_line(block, lines):
             # Every line is a row: cut at the k-th newline without looking at each line.
             rows = len(lines)
             pos = first = 0
@@ -643,7 +643,7 @@ def _plan_csv_body(
     return chunks, rows_total
 
 
-def _one_record_per_line(block: bytes, lines: Sequence[bytes]) -> bool:
+def one_record_per_line(block: bytes, lines: Sequence[bytes]) -> bool:
     """Whether each line of a block (starting outside quotes) is one non-blank CSV row.
 
     True when no newline is inside a quoted field (each pair of quotes closes on its line)
@@ -670,6 +670,23 @@ def _one_record_per_line(block: bytes, lines: Sequence[bytes]) -> bool:
 def _has_text(line: bytes) -> bool:
     """Whether a line is more than (Unicode) whitespace, as ``str.strip`` sees it."""
     return bool(line.decode("utf-8", errors="replace").strip())
+
+
+def read_range(path: str, start: int, end: int) -> bytes:
+    """Reads the bytes ``[start, end)`` of a file (a chunk).
+
+    Args:
+        path: Plain file.
+        start: First byte.
+        end: Byte after the last.
+
+    Returns:
+        The bytes.
+    """
+    with open(path, "rb") as f:
+        f.seek(start)
+        data: bytes = f.read(end - start)
+    return data
 
 
 def iter_chunk_rows(

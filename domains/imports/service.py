@@ -37,7 +37,7 @@ from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from typing import Any, cast
 
 from domains.imports import events, parsing
-from domains.imports.columnar import ColumnarValidator
+from domains.imports.columnar import ColumnarValidator, read_one_row_per_line
 from domains.imports.model import (
     TERMINAL,
     Chunk,
@@ -893,7 +893,19 @@ class ImportsService:
                 # Column by column (pyarrow): same results as RowValidator, a fraction of the
                 # CPU. One pass over the chunk; the heartbeat before it keeps the lease.
                 columnar = ColumnarValidator(dataset.fields, dataset.key_field, columns, **limits)
-                result = columnar.validate(rows, chunk_no=chunk_no)
+                # pyarrow's CSV reader when each line is one row (checked, else csv.reader):
+                # no Python object per cell.
+                arrays = (
+                    None
+                    if encoding_rejects
+                    else read_one_row_per_line(
+                        parsing.read_range(plain, chunk.start_offset, chunk.end_offset), columns
+                    )
+                )
+                if arrays is not None:
+                    result = columnar.validate_arrays(arrays, chunk.first_line)
+                else:
+                    result = columnar.validate(rows, chunk_no=chunk_no)
                 staged_copy = result.staged_copy
                 errors.extend((item.id, chunk_no, *e) for e in result.errors)
                 outcome: tuple[int, int] | dict[str, Any] = (result.accepted, result.rejected)
