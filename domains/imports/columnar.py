@@ -405,7 +405,7 @@ def read_one_row_per_line(data: bytes, columns: Sequence[str]) -> list[Any] | No
     if table.num_rows != len(lines):
         return None
     arrays = [table.column(i).combine_chunks() for i in range(table.num_columns)]
-    quoted = [i for i, line in enumerate(lines) if b'"' in line]
+    quoted = _quoted_lines(data)
     if quoted:
         text = b"\n".join(lines[i] for i in quoted).decode("utf-8")
         expected = list(csv.reader(io.StringIO(text, newline=""), strict=False))
@@ -416,6 +416,21 @@ def read_one_row_per_line(data: bytes, columns: Sequence[str]) -> list[Any] | No
         if [tuple(cells) for cells in expected] != got:
             return None
     return arrays
+
+
+def _quoted_lines(data: bytes) -> list[int]:
+    """Indexes of the lines of ``data`` holding a quote (by newlines counted between quotes)."""
+    found: list[int] = []
+    line = 0
+    previous = 0
+    position = data.find(b'"')
+    while position != -1:
+        line += data.count(b"\n", previous, position)
+        if not found or found[-1] != line:
+            found.append(line)
+        previous = position
+        position = data.find(b'"', position + 1)
+    return found
 
 
 def _slices(rows: Iterable[tuple[int, list[str]]]) -> Iterator[list[tuple[int, list[str]]]]:
