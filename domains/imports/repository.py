@@ -858,8 +858,11 @@ class SqlImportsRepository:
                 sa.literal(now, records.c[tables.UPDATE_TIME].type),
                 *(staged.c[n] for n in names),
             )
-            .distinct(staged.c[tables.KEY])
-            .order_by(staged.c[tables.KEY], staged.c.line.desc())
+            # Bytewise order (COLLATE "C": abbreviated sort keys, half the sort time); keys
+            # are equal under it exactly when they are under the column's (deterministic)
+            # collation, and every merge inserts in this one order.
+            .distinct(staged.c[tables.KEY].collate("C"))
+            .order_by(staged.c[tables.KEY].collate("C"), staged.c.line.desc())
         )
         columns = [tables.KEY, tables.LINE, tables.IMPORT_ID, tables.UPDATE_TIME, *names]
         # A bigger sort budget for this transaction only: the DISTINCT ON sort of a large
