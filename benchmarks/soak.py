@@ -70,7 +70,6 @@ COUNTED = (
     "webhooks.received_events",
     "imports.operations",
     "imports.outbox",
-    "imports.records",
 )
 
 
@@ -117,6 +116,11 @@ async def _sample(url: str) -> tuple[dict[str, float], dict[str, int]]:
         for table in COUNTED:
             with contextlib.suppress(asyncpg.UndefinedTableError):
                 counts[table] = await conn.fetchval(f"SELECT count(*) FROM {table}")
+        # Records live in one typed table per dataset; each dataset keeps its count.
+        with contextlib.suppress(asyncpg.UndefinedTableError):
+            counts["imports.records"] = await conn.fetchval(
+                "SELECT coalesce(sum(record_count), 0) FROM imports.datasets"
+            )
         return sizes, counts
     finally:
         await conn.close()

@@ -70,10 +70,17 @@ class FieldIn(BaseModel):
     values: list[Annotated[str, Field(max_length=200)]] = Field(
         default_factory=list, max_length=1000, description="Allowed values of an enum field."
     )
+    indexed: bool = Field(
+        default=False,
+        description="Index this field's column: filters on it stay fast on large datasets"
+        " (the key is always indexed).",
+    )
 
     def to_def(self) -> FieldDef:
         """Returns the domain field."""
-        return FieldDef(self.name, self.type, self.required, tuple(self.values))
+        return FieldDef(
+            self.name, self.type, self.required, tuple(self.values), indexed=self.indexed
+        )
 
 
 class CreateDatasetRequest(BaseModel):
@@ -129,6 +136,7 @@ class FieldOut(BaseModel):
     type: str
     required: bool
     values: list[str] = []
+    indexed: bool = Field(default=False, description="Present (true) if the field is indexed.")
 
 
 class DatasetOut(BaseModel):

@@ -2,7 +2,9 @@ r"""Vectorized validation of CSV chunks (pyarrow): the same results as :class:`R
 
 Why pyarrow (not polars): its compute kernels (regex masks, casts, string joins) do all the
 per-cell work in C++ without numpy, its wheel is one dependency with no runtime of its own, and
-``binary_join_element_wise`` builds each record's JSON and each COPY line without a Python loop.
+``binary_join_element_wise`` builds each typed COPY line without a Python loop. Valid rows are
+COPYed as typed values (no JSON on the hot path) into the import's staging table, which has the
+records table's columns.
 
 Exactness comes first: a value takes the vectorized path only when it has a canonical shape on
 which pyarrow and the Python converters provably agree (``-?\d{1,18}`` for integers, an
@@ -15,12 +17,15 @@ multi-line cells keep their physical line numbers.
 
 from __future__ import annotations
 
+import csv
 import dataclasses
+import io
 from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
+from pyarrow import csv as pa_csv
 
 from domains.imports import parsing
 from domains.imports.model import FieldDef
@@ -35,7 +40,6 @@ _TIMESTAMP = (
     rf"^{_YEAR}-[0-9]{{2}}-[0-9]{{2}}T([01][0-9]|2[0-3]):[0-5][0-9]:[0-5][0-9](\.[0-9]{{1,6}})?"
     r"(Z|[+-]([01][0-9]|2[0-3]):[0-5][0-9])$"
 )
-_NEEDS_JSON_ESCAPE = r'["\\\x00-\x1f]'
 _NEEDS_COPY_ESCAPE = r"[\\\t\n\r]"
 _MAX_EXACT_INT = float(2**53)
 SLICE_ROWS = 10_000
@@ -55,8 +59,10 @@ class ChunkResult:
     Attributes:
         accepted: Valid rows.
         rejected: Invalid rows.
-        staged_copy: COPY text-format payload of the valid rows for the import's staging
-            table (columns ``chunk_no, line, key, data``); empty if none.
+        staged_copy: COPY text-format payload of the valid rows for the import's typed
+            staging table (columns ``line, $key`` and then the CSV's columns in file
+            order, each value in its column type's input form, NULL for a missing one);
+            empty if none.
         errors: ``(line, field, reason, raw_value)`` of each problem.
     """
 
@@ -68,8 +74,7 @@ class ChunkResult:
 
 @dataclasses.dataclass
 class _Column:
-    value: Any  # key text (strings unquoted), null where missing or invalid
-    json: Any  # JSON text of the value, null where missing or invalid
+    value: Any  # text form (strings unquoted; a typed column's input), null if missing/invalid
     bad: Any  # bool array: the cell makes its row invalid
 
 
@@ -77,20 +82,8 @@ def _bool(values: Iterable[bool]) -> Any:
     return pa.array(list(values), type=pa.bool_())
 
 
-def _quote(values: Any) -> Any:
-    """JSON string literals of ``values`` (escaping only what needs it, in Python)."""
-    quoted = pc.binary_join_element_wise('"', values, '"', "")
-    escape = pc.fill_null(pc.match_substring_regex(values, _NEEDS_JSON_ESCAPE), False)
-    if not pc.any(escape).as_py():
-        return quoted
-    py = values.to_pylist()
-    flags = escape.to_pylist()
-    fixed = [parsing.encode_json(v) if f else None for v, f in zip(py, flags, strict=True)]
-    return pc.if_else(escape, pa.array(fixed, pa.string()), quoted)
-
-
 def _fast(field: FieldDef, arr: Any) -> tuple[Any, Any, Any]:
-    """Returns ``(fast mask, value text, json text)`` for the values of canonical shape."""
+    """Returns ``(fast mask, value text, json text or None)`` for values of canonical shape."""
     n = len(arr)
     if field.type == "string":
         return _bool([True] * n), arr, None
@@ -191,7 +184,7 @@ class ColumnarValidator:
 
         Args:
             rows: ``(line, cells)`` from :func:`parsing.iter_chunk_rows` (read lazily).
-            chunk_no: The chunk (first COPY column).
+            chunk_no: The chunk (kept for callers; the payload no longer carries it).
 
         Returns:
             Counts, the COPY payload of the valid rows and the row errors.
@@ -229,6 +222,44 @@ class ColumnarValidator:
         raw_columns = list(zip(*good, strict=True))
         del good
         arrays = [pa.array(col, type=pa.string()) for col in raw_columns]
+        return self._validate_arrays(lines, arrays, raw_columns, shape_errors, errors)
+
+    def validate_arrays(self, columns: Sequence[Any], first_line: int) -> ChunkResult:
+        """Validates a chunk already parsed into string columns, one row per physical line.
+
+        Args:
+            columns: One string array per CSV column (file order), from
+                :func:`read_one_row_per_line`.
+            first_line: Line number of the first row (row ``i`` is on ``first_line + i``).
+
+        Returns:
+            As :meth:`validate`.
+        """
+        accepted = rejected = 0
+        payloads: list[bytes] = []
+        errors: list[tuple[int, str, str, str]] = []
+        total = len(columns[0]) if columns else 0
+        for offset in range(0, total, SLICE_ROWS):
+            arrays = [c.slice(offset, SLICE_ROWS) for c in columns]
+            lines = list(range(first_line + offset, first_line + offset + len(arrays[0])))
+            raw = [_Cells(a) for a in arrays]
+            part = self._validate_arrays(lines, arrays, raw, 0, [])
+            accepted += part.accepted
+            rejected += part.rejected
+            errors += part.errors
+            if part.staged_copy:
+                payloads.append(part.staged_copy)
+        return ChunkResult(accepted, rejected, b"".join(payloads), errors)
+
+    def _validate_arrays(
+        self,
+        lines: list[int],
+        arrays: list[Any],
+        raw_columns: Sequence[Sequence[str]],
+        shape_errors: int,
+        errors: list[tuple[int, str, str, str]],
+    ) -> ChunkResult:
+        width = len(self._fields)
         sizes = [pc.binary_length(a) for a in arrays]
         row_size = sizes[0]
         for size in sizes[1:]:
@@ -241,15 +272,12 @@ class ColumnarValidator:
             errors.extend(_tuples(self._row.csv_row(lines[i], cells)))
 
         key_value = None
-        fragments = []
+        values = []
         bad_any = row_too_big
         for field, arr, size, raw in zip(self._fields, arrays, sizes, raw_columns, strict=True):
             column = self._column(field, arr, size, raw, lines, big_rows, errors)
             bad_any = pc.or_(bad_any, column.bad)
-            # ',"name":value', or "" for a missing value (null_handling="skip" would be the
-            # obvious tool, but pyarrow 26 drops rows whose inputs are all null with it).
-            fragment = pc.binary_join_element_wise(f',"{field.name}":', column.json, "")
-            fragments.append(pc.fill_null(fragment, ""))
+            values.append(column.value)
             if field.name == self._key:
                 key_value = column.value
         assert key_value is not None
@@ -258,19 +286,15 @@ class ColumnarValidator:
         rejected = len(lines) - accepted + shape_errors
         if not accepted:
             return ChunkResult(0, rejected, b"", errors)
-        data = pc.filter(pc.binary_join_element_wise(*fragments, "}", ""), ok)
-        # Accepted rows have their key, so each starts with ',': it becomes the '{'.
-        data = pc.utf8_replace_slice(data, start=0, stop=1, replacement="{")
-        key = pc.filter(key_value, ok)
         line_text = pc.filter(pc.cast(pa.array(lines, pa.int64()), pa.string()), ok)
-        payload = pc.binary_join_element_wise(
-            str(chunk_no),
-            line_text,
-            _copy_escape(key),
-            # JSON text has no raw tab/newline: only its backslashes need doubling.
-            pc.replace_substring(data, "\\", "\\\\"),
-            "\t",
-        )
+        # Typed COPY text: each value in its column type's input form, NULL as \N.
+        cells = [_copy_escape(pc.filter(key_value, ok))]
+        for field, value in zip(self._fields, values, strict=True):
+            kept = pc.filter(value, ok)
+            if field.type in ("string", "enum"):
+                kept = _copy_escape(kept)
+            cells.append(pc.fill_null(kept, "\\N"))
+        payload = pc.binary_join_element_wise(line_text, *cells, "\t")
         joined = pc.binary_join(pa.ListArray.from_arrays([0, len(payload)], payload), "\n")
         return ChunkResult(accepted, rejected, joined[0].as_buffer().to_pybytes() + b"\n", errors)
 
@@ -287,20 +311,15 @@ class ColumnarValidator:
         n = len(arr)
         missing = pc.equal(size, 0)
         too_big = pc.greater(size, self._max_cell)
-        fast, value, json = _fast(field, arr)
+        fast, value, _ = _fast(field, arr)
         fast = pc.and_(pc.and_(fast, pc.invert(missing)), pc.invert(too_big))
         slow = pc.and_(pc.invert(pc.or_(fast, missing)), pc.invert(too_big))
         bad = pc.and_(missing, pa.scalar(field.required))
         value = pc.if_else(fast, value, pa.scalar(None, pa.string()))
-        # String-like fields: JSON is the quoted value (null stays null).
-        json = (
-            _quote(value) if json is None else pc.if_else(fast, json, pa.scalar(None, pa.string()))
-        )
         slow_idx = pc.indices_nonzero(slow).to_pylist()
         if slow_idx:
             convert = self._converters[field.name]
             values: list[str | None] = [None] * n
-            jsons: list[str | None] = [None] * n
             bad_flags = [False] * n
             for i in slow_idx:
                 try:
@@ -310,10 +329,9 @@ class ColumnarValidator:
                     if i not in big_rows:
                         errors.append((lines[i], field.name, str(exc), parsing.cut(raw[i])))
                     continue
+                # The text form is also the column type's input form (see key_text).
                 values[i] = parsing.key_text(converted)
-                jsons[i] = parsing.encode_json(converted)
             value = pc.if_else(slow, pa.array(values, pa.string()), value)
-            json = pc.if_else(slow, pa.array(jsons, pa.string()), json)
             bad = pc.or_(bad, _bool(bad_flags))
         if pc.any(too_big).as_py():
             for i in pc.indices_nonzero(too_big).to_pylist():
@@ -331,7 +349,88 @@ class ColumnarValidator:
             for i in pc.indices_nonzero(missing).to_pylist():
                 if i not in big_rows:
                     errors.append((lines[i], field.name, "required value is missing", ""))
-        return _Column(value=value, json=json, bad=bad)
+        return _Column(value=value, bad=bad)
+
+
+class _Cells(Sequence[str]):
+    """The Python strings of a string array, made only for the cells looked at (errors)."""
+
+    def __init__(self, array: Any) -> None:
+        self._array = array
+
+    def __len__(self) -> int:
+        return len(self._array)
+
+    def __getitem__(self, index: Any) -> Any:
+        if isinstance(index, slice):  # pragma: no cover - not used by the validator
+            return self._array[index].to_pylist()
+        return self._array[index].as_py()
+
+
+def read_one_row_per_line(data: bytes, columns: Sequence[str]) -> list[Any] | None:
+    """Parses a CSV chunk with pyarrow's reader when each physical line is one row.
+
+    Exactness first: ``None`` (parse it with ``csv.reader`` instead) unless every line holds
+    one row (no newline inside quotes, no blank line, no lone carriage return), pyarrow
+    accepts it with the header's column count on every line, and each line holding a quote
+    gives exactly the cells ``csv.reader`` gives (those lines are checked against it).
+
+    Args:
+        data: The chunk's bytes (whole lines).
+        columns: The CSV header's columns.
+
+    Returns:
+        One string array per column (empty cells are empty strings), or ``None``.
+    """
+    if not data or data.count(b"\r") != data.count(b"\r\n"):
+        return None
+    lines = data.split(b"\n")
+    if not lines[-1]:
+        lines.pop()
+    if not parsing.one_record_per_line(data, lines):
+        return None
+    try:
+        table = pa_csv.read_csv(
+            io.BytesIO(data),
+            read_options=pa_csv.ReadOptions(column_names=list(columns), use_threads=False),
+            parse_options=pa_csv.ParseOptions(newlines_in_values=False, ignore_empty_lines=False),
+            convert_options=pa_csv.ConvertOptions(
+                column_types={c: pa.string() for c in columns},
+                strings_can_be_null=False,
+                quoted_strings_can_be_null=False,
+            ),
+        )
+    except (pa.ArrowInvalid, ValueError):
+        return None
+    if table.num_rows != len(lines):
+        return None
+    arrays = [table.column(i).combine_chunks() for i in range(table.num_columns)]
+    quoted = _quoted_lines(data)
+    if quoted:
+        text = b"\n".join(lines[i] for i in quoted).decode("utf-8")
+        expected = list(csv.reader(io.StringIO(text, newline=""), strict=False))
+        if len(expected) != len(quoted):
+            return None
+        picked = pa.array(quoted, pa.int64())
+        got = list(zip(*(a.take(picked).to_pylist() for a in arrays), strict=True))
+        if [tuple(cells) for cells in expected] != got:
+            return None
+    return arrays
+
+
+def _quoted_lines(data: bytes) -> list[int]:
+    """Indexes of the lines of ``data`` holding a quote (by newlines counted between quotes)."""
+    found: list[int] = []
+    line = 0
+    previous = 0
+    position = data.find(b'"')
+    while position != -1:
+        line += data.count(b"\n", previous, position)
+        if not found or found[-1] != line:
+            found.append(line)
+        previous = position
+        position = data.find(b'"', position + 1)
+    return found
 
 
 def _slices(rows: Iterable[tuple[int, list[str]]]) -> Iterator[list[tuple[int, list[str]]]]:

@@ -43,32 +43,38 @@ class FieldDef:
         type: One of :data:`FIELD_TYPES`.
         required: A row without a value for it is rejected.
         values: Allowed values of an ``enum`` field.
+        indexed: Its column in the records table gets an index (faster filters on it).
     """
 
     name: str
     type: str
     required: bool = False
     values: tuple[str, ...] = ()
+    indexed: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         """Returns the JSON form.
 
         Returns:
-            ``{"name", "type", "required", "values"}``.
+            ``{"name", "type", "required", "values"}``, with ``"indexed": true`` if indexed
+            (absent otherwise, so unindexed fields keep their JSON form).
         """
-        return {
+        data: dict[str, Any] = {
             "name": self.name,
             "type": self.type,
             "required": self.required,
             "values": list(self.values),
         }
+        if self.indexed:
+            data["indexed"] = True
+        return data
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> FieldDef:
         """Builds a field from its JSON form.
 
         Args:
-            data: ``{"name", "type", "required", "values"}``.
+            data: ``{"name", "type", "required", "values"}`` and optionally ``"indexed"``.
 
         Returns:
             The field.
@@ -78,6 +84,7 @@ class FieldDef:
             type=str(data["type"]),
             required=bool(data.get("required", False)),
             values=tuple(str(v) for v in data.get("values") or ()),
+            indexed=bool(data.get("indexed", False)),
         )
 
 
@@ -342,9 +349,11 @@ class Chunk:
         end_offset: Byte offset just after its last row.
         first_line: Physical line number of its first row (the header is line 1 in CSV).
         rows: Rows in the chunk.
-        state: ``PENDING`` or ``DONE``.
+        state: ``PENDING``, ``DONE`` (validated and staged) or ``MERGED`` (its rows are in
+            the records table).
         rows_accepted: Valid rows staged.
         rows_rejected: Invalid rows.
+        rows_inserted: Records its merge inserted (not updated).
     """
 
     import_id: uuid.UUID
@@ -356,3 +365,4 @@ class Chunk:
     state: str = "PENDING"
     rows_accepted: int = 0
     rows_rejected: int = 0
+    rows_inserted: int = 0

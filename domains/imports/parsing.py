@@ -447,6 +447,16 @@ def plan_chunks(
             parsed = next(csv.reader(io.StringIO(header_text, newline="")), [])
             columns = [c.strip() for c in parsed]
             check_header(columns, fields)
+        if fmt == "csv":
+            fast = _plan_csv_body(f, offset, number, chunk_rows, encoding_errors, on_progress)
+            if fast is not None:
+                chunks, rows_total = fast
+                if rows_total == 0:
+                    raise ImportFileError("the file has no data rows; add rows after the header")
+                return FilePlan(format=fmt, columns=columns, rows_total=rows_total, chunks=chunks)
+            # Something to report exactly (bad bytes, NUL, an endless quoted field...): the
+            # line-by-line pass below finds it and says where.
+            f.seek(offset)
         chunk_start, chunk_first_line, chunk_count = offset, number + 1, 0
         in_quotes = False
         record_bytes = 0
@@ -512,6 +522,171 @@ def plan_chunks(
     if rows_total == 0:
         raise ImportFileError("the file has no data rows; add rows after the header")
     return FilePlan(format=fmt, columns=columns, rows_total=rows_total, chunks=chunks)
+
+
+_BLOCK_BYTES = 8 * 1024 * 1024
+
+
+def _plan_csv_body(
+    f: Any,
+    offset: int,
+    number: int,
+    chunk_rows: int,
+    encoding_errors: str,
+    on_progress: Callable[[int], None] | None,
+) -> tuple[list[ChunkPlan], int] | None:
+    """Cuts the CSV body (after the header) into chunks, a block of bytes at a time.
+
+    The same cuts as the line-by-line pass of :func:`plan_chunks` (rows end at a newline
+    outside quotes, blank lines are skipped, physical line numbers), but the per-line work is a
+    quote count and a strip of bytes: NUL bytes, UTF-8 and line lengths are checked per block
+    of about :data:`_BLOCK_BYTES` (whole lines). Anything such a check finds, or a quoted
+    field longer than a line may be, returns ``None``: the caller then runs the line-by-line
+    pass, which reports it exactly.
+
+    Args:
+        f: The file, positioned after the header.
+        offset: Byte offset of that position.
+        number: Line number of the header's last line.
+        chunk_rows: Rows per chunk.
+        encoding_errors: As for :func:`plan_chunks`.
+        on_progress: As for :func:`plan_chunks`.
+
+    Returns:
+        ``(chunks, rows_total)``, or ``None`` to fall back.
+    """
+    chunks: list[ChunkPlan] = []
+    rows_total = 0
+    chunk_start, chunk_first_line, chunk_count = offset, number + 1, 0
+    in_quotes = False
+    record_bytes = 0
+    while True:
+        block = f.read(_BLOCK_BYTES)
+        if not block:
+            break
+        if not block.endswith(b"\n"):
+            block += f.readline(MAX_LINE_BYTES + 1)
+        if b"\x00" in block:
+            return None
+        if encoding_errors == "fail":
+            try:
+                block.decode("utf-8")
+            except UnicodeDecodeError:
+                return None
+        lines = block.split(b"\n")
+        last = lines.pop()  # b"" after a final newline, else the file's unterminated last line
+        # The line-by-line pass refuses a line (newline included) over MAX_LINE_BYTES.
+        if max(map(len, lines), default=0) >= MAX_LINE_BYTES or len(last) > MAX_LINE_BYTES:
+            return None
+        base = offset
+        terminated = len(lines)
+        if last:
+            lines.append(last)
+        if not in_quotes and one_record_per_line(block, lines):
+            # Every line is a row: cut at the k-th newline without looking at each line.
+            rows = len(lines)
+            pos = first = 0
+            while rows:
+                need = chunk_rows - chunk_count
+                if rows < need:
+                    chunk_count += rows
+                    rows_total += rows
+                    number += rows
+                    break
+                taken = first + need
+                newlines = min(taken, terminated) - first
+                end = pos + sum(map(len, lines[first:taken])) + newlines
+                first = taken
+                number += need
+                rows_total += need
+                chunk_count += need
+                chunks.append(
+                    ChunkPlan(len(chunks), chunk_start, base + end, chunk_first_line, chunk_count)
+                )
+                chunk_start, chunk_first_line, chunk_count = base + end, number + 1, 0
+                if on_progress is not None:
+                    on_progress(rows_total)
+                pos = end
+                rows -= need
+            offset = base + len(block)
+            continue
+        for index, line in enumerate(lines):
+            number += 1
+            size = len(line) + (1 if index < terminated else 0)
+            offset += size
+            if b'"' in line and line.count(b'"') % 2:
+                in_quotes = not in_quotes
+            record_bytes += size
+            if in_quotes:
+                if record_bytes > MAX_LINE_BYTES:
+                    return None
+                continue
+            record_bytes = 0
+            stripped = line.strip()
+            if not stripped or (stripped[0] >= 0x80 and not _has_text(line)):
+                if chunk_count == 0:
+                    chunk_start, chunk_first_line = offset, number + 1
+                continue
+            chunk_count += 1
+            rows_total += 1
+            if chunk_count >= chunk_rows:
+                chunks.append(
+                    ChunkPlan(len(chunks), chunk_start, offset, chunk_first_line, chunk_count)
+                )
+                chunk_start, chunk_first_line, chunk_count = offset, number + 1, 0
+                if on_progress is not None:
+                    on_progress(rows_total)
+    if in_quotes:
+        return None
+    if chunk_count:
+        chunks.append(ChunkPlan(len(chunks), chunk_start, offset, chunk_first_line, chunk_count))
+    return chunks, rows_total
+
+
+def one_record_per_line(block: bytes, lines: Sequence[bytes]) -> bool:
+    """Whether each line of a block (starting outside quotes) is one non-blank CSV row.
+
+    True when no newline is inside a quoted field (each pair of quotes closes on its line)
+    and no line can be blank to ``str.strip``: the smallest line starts above the space (no
+    empty line, none starting with whitespace or a control character) and the largest below
+    0x80 (none starting with a non-ASCII character, some of which are whitespace). False
+    means "look line by line".
+
+    Args:
+        block: Whole lines of the file.
+        lines: ``block`` split at its newlines (without the empty piece after the last).
+    """
+    if lines and (min(lines)[:1] <= b" " or max(lines)[:1] >= b"\x80"):
+        return False
+    opening = block.find(b'"')
+    while opening != -1:
+        closing = block.find(b'"', opening + 1)
+        if closing == -1 or block.find(b"\n", opening, closing) != -1:
+            return False
+        opening = block.find(b'"', closing + 1)
+    return True
+
+
+def _has_text(line: bytes) -> bool:
+    """Whether a line is more than (Unicode) whitespace, as ``str.strip`` sees it."""
+    return bool(line.decode("utf-8", errors="replace").strip())
+
+
+def read_range(path: str, start: int, end: int) -> bytes:
+    """Reads the bytes ``[start, end)`` of a file (a chunk).
+
+    Args:
+        path: Plain file.
+        start: First byte.
+        end: Byte after the last.
+
+    Returns:
+        The bytes.
+    """
+    with open(path, "rb") as f:
+        f.seek(start)
+        data: bytes = f.read(end - start)
+    return data
 
 
 def iter_chunk_rows(
@@ -684,6 +859,40 @@ def converter(field: FieldDef) -> Converter:
     return _enum(field.values) if field.type == "enum" else simple[field.type]
 
 
+def _identity(value: Any) -> Any:
+    return value
+
+
+def _float(value: Any) -> Any:
+    return None if value is None else float(value)
+
+
+def _date_value(value: Any) -> Any:
+    return None if value is None else dt.date.fromisoformat(value)
+
+
+def _timestamp_value(value: Any) -> Any:
+    return None if value is None else dt.datetime.fromisoformat(value)
+
+
+def column_value_of(field: FieldDef) -> Converter:
+    """Returns the function turning a converted value into its typed column's Python value.
+
+    Args:
+        field: The field.
+
+    Returns:
+        ``to_column(value)``: a float for numbers, a ``date``/aware ``datetime`` for dates and
+        timestamps (the converters give ISO text), the value itself otherwise; ``None`` stays.
+    """
+    special: dict[str, Converter] = {
+        "number": _float,
+        "date": _date_value,
+        "timestamp": _timestamp_value,
+    }
+    return special.get(field.type, _identity)
+
+
 def key_text(value: Any) -> str:
     """Returns the text form of a key value (the records table's ``key``).
 
@@ -746,8 +955,36 @@ class RowValidator:
             cells: Its cells.
 
         Returns:
-            ``(key text, JSON text of the record)`` or the row's errors. Empty cells are
-            missing values.
+            ``(key text, JSON text of the record)`` or the row's errors.
+        """
+        result = self.csv_record(line, cells)
+        return result if isinstance(result, list) else (result[0], _ENCODE(result[1]))
+
+    def json_row(self, line: int, text: str) -> tuple[str, str] | list[RowError]:
+        """Validates one JSONL row.
+
+        Args:
+            line: Its line number.
+            text: The line.
+
+        Returns:
+            ``(key text, JSON text of the record)`` or the row's errors.
+        """
+        result = self.json_record(line, text)
+        return result if isinstance(result, list) else (result[0], _ENCODE(result[1]))
+
+    def csv_record(
+        self, line: int, cells: Sequence[str]
+    ) -> tuple[str, dict[str, Any]] | list[RowError]:
+        """Validates one CSV row into its converted values.
+
+        Args:
+            line: Its line number.
+            cells: Its cells.
+
+        Returns:
+            ``(key text, {field: converted value})`` or the row's errors. Empty cells are
+            missing values (left out).
         """
         if len(cells) != len(self._plan):
             return [
@@ -789,18 +1026,18 @@ class RowValidator:
                 errors.append(RowError(line, name, str(exc), _cut(raw)))
         if errors:
             return errors
-        return key_text(record[self._key]), _ENCODE(record)
+        return key_text(record[self._key]), record
 
-    def json_row(self, line: int, text: str) -> tuple[str, str] | list[RowError]:
-        """Validates one JSONL row.
+    def json_record(self, line: int, text: str) -> tuple[str, dict[str, Any]] | list[RowError]:
+        """Validates one JSONL row into its converted values.
 
         Args:
             line: Its line number.
             text: The line.
 
         Returns:
-            ``(key text, JSON text of the record)`` or the row's errors. ``null`` is a
-            missing value; undeclared keys are errors.
+            ``(key text, {field: converted value})`` or the row's errors. ``null`` is a
+            missing value (left out); undeclared keys are errors.
         """
         if len(text) * 4 > self.max_row_bytes:
             size = utf8_size(text)
@@ -855,7 +1092,20 @@ class RowValidator:
                 errors.append(RowError(line, field.name, "required value is missing", ""))
         if errors:
             return errors
-        return key_text(record[self._key]), _ENCODE(record)
+        return key_text(record[self._key]), record
+
+    def record(self, fmt: str, line: int, raw: Any) -> tuple[str, dict[str, Any]] | list[RowError]:
+        """Validates one row of ``fmt`` into its converted values (missing ones left out).
+
+        Args:
+            fmt: ``csv`` or ``jsonl``.
+            line: Line number.
+            raw: Cells (CSV) or line text (JSONL).
+
+        Returns:
+            ``(key, {field: converted value})`` or errors.
+        """
+        return self.csv_record(line, raw) if fmt == "csv" else self.json_record(line, raw)
 
     def row(self, fmt: str, line: int, raw: Any) -> tuple[str, str] | list[RowError]:
         """Validates one row of ``fmt``.

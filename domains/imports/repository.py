@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import decimal
+import math
 import operator
 import uuid
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from typing import Any, cast
 
 import sqlalchemy as sa
@@ -26,13 +28,69 @@ _OPERATORS: dict[str, Callable[[Any, Any], Any]] = {
     ">": operator.gt,
     ">=": operator.ge,
 }
-_CASTS: dict[str, Any] = {
-    "integer": sa.Numeric,
-    "number": sa.Numeric,
-    "boolean": sa.Boolean,
-    "date": sa.Date,
-    "timestamp": sa.DateTime(timezone=True),
-}
+_INT_MIN = -(2**63)
+_INT_MAX = 2**63 - 1
+_EXACT_INT = 2**53
+
+
+def json_number(value: float) -> int | float:
+    """Returns a stored number as the JSON value the records API has always shown.
+
+    Records were jsonb: a number was stored as the decimal text of the converter's value
+    (Python's ``repr``) and read back by ``json.loads``, giving an int where that text had no
+    fraction digits (``1e+20`` is 100000000000000000000, ``1.5`` stays a float).
+
+    Args:
+        value: The double read from the records table.
+
+    Returns:
+        The same int or float a jsonb record gave.
+    """
+    if value.is_integer() and abs(value) < _EXACT_INT:
+        return int(value)
+    exact = decimal.Decimal(repr(value))
+    exponent = exact.as_tuple().exponent
+    return int(exact) if isinstance(exponent, int) and exponent >= 0 else value
+
+
+def _json_value(field_type: str, value: Any) -> Any:
+    if field_type == "number":
+        return json_number(value)
+    if field_type == "date":
+        return value.isoformat()
+    if field_type == "timestamp":
+        return value.astimezone(dt.UTC).isoformat()
+    return value
+
+
+def record_data(dataset: Dataset, row: Mapping[str, Any]) -> dict[str, Any]:
+    """Builds a record's JSON object from its typed columns.
+
+    Missing values (NULL) are left out, and keys come in jsonb's order (shorter names first,
+    then bytewise), so a record reads exactly as it did when records were stored as jsonb.
+
+    Args:
+        dataset: The dataset.
+        row: A row holding a column per declared field.
+
+    Returns:
+        The record's ``data``.
+    """
+    data: dict[str, Any] = {}
+    for f in sorted(dataset.fields, key=lambda f: (len(f.name.encode()), f.name.encode())):
+        value = row[f.name]
+        if value is not None:
+            data[f.name] = _json_value(f.type, value)
+    return data
+
+
+def _record_row(dataset: Dataset, row: Any) -> dict[str, Any]:
+    return {
+        "key": row[tables.KEY],
+        "data": record_data(dataset, row),
+        "import_id": row[tables.IMPORT_ID],
+        "update_time": row[tables.UPDATE_TIME],
+    }
 
 
 def _dataset(row: Any) -> Dataset:
@@ -60,10 +118,12 @@ class ChunkTotals:
 
     Attributes:
         chunks: Chunks in all.
-        done: Chunks DONE.
-        rows_done: Rows of DONE chunks.
-        rows_accepted: Accepted rows of DONE chunks.
-        rows_rejected: Rejected rows of DONE chunks.
+        done: Chunks DONE or MERGED (validated).
+        rows_done: Rows of those chunks.
+        rows_accepted: Accepted rows of those chunks.
+        rows_rejected: Rejected rows of those chunks.
+        merged: Chunks MERGED.
+        rows_inserted: Records inserted by the merged chunks.
     """
 
     chunks: int
@@ -71,6 +131,8 @@ class ChunkTotals:
     rows_done: int
     rows_accepted: int
     rows_rejected: int
+    merged: int = 0
+    rows_inserted: int = 0
 
 
 class SqlImportsRepository:
@@ -105,7 +167,80 @@ class SqlImportsRepository:
             )
             .returning(t.c.id)
         )
-        return (await self._session.execute(query)).first() is not None
+        if (await self._session.execute(query)).first() is None:
+            return False
+        await self._create_records_table(dataset.id, dataset.fields)
+        return True
+
+    # ---- typed records tables ----------------------------------------------------------
+
+    async def _create_records_table(
+        self, dataset_id: uuid.UUID, fields: Sequence[FieldDef]
+    ) -> None:
+        table = tables.records_table(dataset_id, fields)
+        await self._session.execute(sa.schema.CreateTable(table))
+        for index in sorted(table.indexes, key=lambda i: str(i.name)):
+            await self._session.execute(sa.schema.CreateIndex(index))
+
+    async def sync_records_table(
+        self,
+        dataset_id: uuid.UUID,
+        old: Sequence[FieldDef],
+        new: Sequence[FieldDef],
+        *,
+        has_records: bool,
+    ) -> None:
+        """Brings a dataset's records table in line with a changed schema.
+
+        Without records the table is simply made anew. With records, the domain only allows
+        safe changes (see :func:`model.breaking_changes`): new fields become new (nullable)
+        columns; fields declared ``indexed`` get their index, fields no longer indexed lose
+        it. Identifiers are quoted by the dialect, never pasted.
+
+        Args:
+            dataset_id: The dataset (its row is locked by the caller).
+            old: Fields before the change.
+            new: Fields after it.
+            has_records: Whether records are stored.
+        """
+        if not has_records:
+            await self._session.execute(
+                sa.schema.DropTable(tables.records_table(dataset_id, old), if_exists=True)
+            )
+            await self._create_records_table(dataset_id, new)
+            return
+        table = tables.records_table(dataset_id, new)
+        dialect = (await self._session.connection()).dialect
+        preparer = dialect.identifier_preparer
+        old_by_name = {f.name: f for f in old}
+        for f in new:
+            if f.name in old_by_name:
+                continue
+            column_type = table.c[f.name].type.compile(dialect=dialect)
+            await self._session.execute(
+                sa.text(
+                    f"ALTER TABLE {preparer.format_table(table)}"
+                    f" ADD COLUMN {preparer.quote(f.name)} {column_type}"
+                )
+            )
+        for f in new:
+            was = old_by_name.get(f.name)
+            was_indexed = was is not None and was.indexed
+            name = tables.field_index_name(dataset_id, f.name)
+            if f.indexed and not was_indexed:
+                index = next(i for i in table.indexes if i.name == name)
+                await self._session.execute(sa.schema.CreateIndex(index, if_not_exists=True))
+            elif was_indexed and not f.indexed:
+                await self._session.execute(
+                    sa.text(
+                        "DROP INDEX IF EXISTS "
+                        f"{preparer.quote_schema(tables.SCHEMA)}.{preparer.quote(name)}"
+                    )
+                )
+
+    @staticmethod
+    def _records(dataset: Dataset) -> sa.Table:
+        return tables.records_table(dataset.id, dataset.fields)
 
     async def get_dataset_by_request_id(self, tenant: str, request_id: str) -> Dataset | None:
         """Loads the dataset a create with ``request_id`` made for ``tenant``.
@@ -196,23 +331,12 @@ class SqlImportsRepository:
             dataset_id: Its id.
         """
         import_ids = sa.select(tables.imports.c.id).where(tables.imports.c.dataset_id == dataset_id)
-        names = [self.staging_table(i) for i in (await self._session.execute(import_ids)).scalars()]
-        left = await self._session.execute(
-            sa.text(
-                "SELECT relname FROM pg_class WHERE relnamespace ="
-                " (SELECT oid FROM pg_namespace WHERE nspname = :s)"
-                " AND relname = ANY(:n)"
-            ),
-            {"s": tables.SCHEMA, "n": names},
-        )
-        for name in left.scalars():
-            await self._session.execute(
-                sa.schema.DropTable(staging_table_for(name), if_exists=True)
-            )
+        for import_id in list((await self._session.execute(import_ids)).scalars()):
+            await self.drop_staging(import_id)
         for table in (tables.staged_records, tables.row_errors, tables.import_chunks):
             await self._session.execute(sa.delete(table).where(table.c.import_id.in_(import_ids)))
         await self._session.execute(
-            sa.delete(tables.records).where(tables.records.c.dataset_id == dataset_id)
+            sa.schema.DropTable(tables.records_table(dataset_id, ()), if_exists=True)
         )
         await self._session.execute(
             sa.delete(tables.imports).where(tables.imports.c.dataset_id == dataset_id)
@@ -230,8 +354,8 @@ class SqlImportsRepository:
         Returns:
             True if at least one.
         """
-        t = tables.records
-        query = sa.select(sa.exists().where(t.c.dataset_id == dataset_id))
+        t = tables.records_table(dataset_id, ())
+        query = sa.select(sa.exists().select_from(t))
         return bool((await self._session.execute(query)).scalar())
 
     async def active_imports(self, dataset_id: uuid.UUID) -> int:
@@ -401,7 +525,7 @@ class SqlImportsRepository:
         return Chunk(**dict(row)) if row else None
 
     async def pending_chunks(self, import_id: uuid.UUID) -> list[int]:
-        """Returns the numbers of the chunks not DONE.
+        """Returns the numbers of the chunks not validated yet (neither DONE nor MERGED).
 
         Args:
             import_id: The import.
@@ -412,10 +536,41 @@ class SqlImportsRepository:
         t = tables.import_chunks
         query = (
             sa.select(t.c.chunk_no)
-            .where(t.c.import_id == import_id, t.c.state != "DONE")
+            .where(t.c.import_id == import_id, t.c.state.not_in(["DONE", "MERGED"]))
             .order_by(t.c.chunk_no)
         )
         return list((await self._session.execute(query)).scalars())
+
+    async def chunks_to_merge(self, import_id: uuid.UUID) -> list[int]:
+        """Returns the numbers of the DONE chunks (validated, not merged yet).
+
+        Args:
+            import_id: The import.
+
+        Returns:
+            Chunk numbers.
+        """
+        t = tables.import_chunks
+        query = (
+            sa.select(t.c.chunk_no)
+            .where(t.c.import_id == import_id, t.c.state == "DONE")
+            .order_by(t.c.chunk_no)
+        )
+        return list((await self._session.execute(query)).scalars())
+
+    async def mark_chunk_merged(self, chunk: Chunk, inserted: int) -> None:
+        """Marks a chunk MERGED with the records its merge inserted.
+
+        Args:
+            chunk: The chunk.
+            inserted: Records inserted (not updated).
+        """
+        t = tables.import_chunks
+        await self._session.execute(
+            sa.update(t)
+            .where(t.c.import_id == chunk.import_id, t.c.chunk_no == chunk.chunk_no)
+            .values(state="MERGED", rows_inserted=inserted)
+        )
 
     async def mark_chunk_done(self, chunk: Chunk) -> None:
         """Marks a chunk DONE with its counts.
@@ -442,13 +597,16 @@ class SqlImportsRepository:
             The totals.
         """
         t = tables.import_chunks
-        done = t.c.state == "DONE"
+        merged = t.c.state == "MERGED"
+        done = sa.or_(t.c.state == "DONE", merged)
         query = sa.select(
             sa.func.count(),
             sa.func.count().filter(done),
             sa.func.coalesce(sa.func.sum(t.c.rows).filter(done), 0),
             sa.func.coalesce(sa.func.sum(t.c.rows_accepted).filter(done), 0),
             sa.func.coalesce(sa.func.sum(t.c.rows_rejected).filter(done), 0),
+            sa.func.count().filter(merged),
+            sa.func.coalesce(sa.func.sum(t.c.rows_inserted).filter(merged), 0),
         ).where(t.c.import_id == import_id)
         row = (await self._session.execute(query)).one()
         return ChunkTotals(*(int(v) for v in row))
@@ -461,111 +619,166 @@ class SqlImportsRepository:
         return raw.driver_connection
 
     @staticmethod
-    def staging_table(import_id: uuid.UUID) -> str:
-        """Returns the name of an import's staging table (hex digits only: safe to quote).
+    def staging_table(import_id: uuid.UUID, chunk_no: int | None = None) -> str:
+        """Returns the name of a chunk's staging table (hex digits only: safe to quote).
 
         Args:
             import_id: The import.
+            chunk_no: The chunk; ``None`` names the one table per import of older versions.
 
         Returns:
-            ``staged_<32 hex digits>`` (in the ``imports`` schema).
+            ``staged_<32 hex digits>_<chunk_no>`` (in the ``imports`` schema).
         """
-        return f"staged_{import_id.hex}"
+        prefix = f"staged_{import_id.hex}"
+        return prefix if chunk_no is None else f"{prefix}_{chunk_no}"
 
-    def _staging_sql(self, import_id: uuid.UUID) -> str:
+    def _staging_sql(self, import_id: uuid.UUID, chunk_no: int | None = None) -> str:
         # The regclass text for to_regclass() (a bound value, not SQL).
-        return f'{tables.SCHEMA}."{self.staging_table(import_id)}"'
+        return f'{tables.SCHEMA}."{self.staging_table(import_id, chunk_no)}"'
 
     @classmethod
-    def _staging(cls, import_id: uuid.UUID) -> sa.Table:
+    def _staging(
+        cls, import_id: uuid.UUID, chunk_no: int | None, fields: Sequence[FieldDef] = ()
+    ) -> sa.Table:
         # A throwaway Table: SQLAlchemy quotes the identifiers, no SQL is formatted by hand.
-        return staging_table_for(cls.staging_table(import_id))
+        return staging_table_for(cls.staging_table(import_id, chunk_no), fields)
 
-    async def create_staging(self, import_id: uuid.UUID) -> None:
-        """Creates an import's staging table if it does not exist.
+    async def create_staging(
+        self, import_id: uuid.UUID, chunk_no: int, fields: Sequence[FieldDef]
+    ) -> None:
+        """Creates a chunk's staging table (in the chunk task's transaction).
 
-        One UNLOGGED table per import, without an index: COPY writes no WAL and maintains
-        nothing, and the import's end drops the table instead of deleting its rows. Concurrent
-        creators are serialized by an advisory lock (``IF NOT EXISTS`` alone can race).
+        One UNLOGGED table per chunk, without an index, shaped like the dataset's records
+        table (typed columns) plus the source line of each row: COPY writes no WAL and
+        maintains nothing, the chunk's merge reads only its own rows, and the merge drops the
+        table instead of deleting its rows. The caller holds the chunk's row lock, so no
+        duplicate chunk task creates it concurrently; a task that died before its commit
+        took its table with it.
 
         Args:
             import_id: The import.
+            chunk_no: The chunk.
+            fields: The dataset's declared fields (the typed columns).
         """
-        name = self.staging_table(import_id)
-        exists = await self._session.execute(
-            sa.text("SELECT to_regclass(:n) IS NOT NULL"), {"n": f'{tables.SCHEMA}."{name}"'}
-        )
-        if exists.scalar():
-            return
         await self._session.execute(
-            sa.text("SELECT pg_advisory_xact_lock(hashtextextended(:n, 0))"), {"n": name}
+            sa.schema.CreateTable(self._staging(import_id, chunk_no, fields), if_not_exists=True)
         )
-        await self._session.execute(
-            sa.schema.CreateTable(self._staging(import_id), if_not_exists=True)
+
+    async def _staging_tables(self, import_id: uuid.UUID) -> list[str]:
+        """Names of the import's staging tables that exist (per chunk, or an older one)."""
+        prefix = self.staging_table(import_id)
+        query = sa.text(
+            "SELECT relname FROM pg_class WHERE relnamespace ="
+            " (SELECT oid FROM pg_namespace WHERE nspname = :s)"
+            " AND relkind = 'r' AND left(relname, :n) = :p"
         )
+        params = {"s": tables.SCHEMA, "n": len(prefix), "p": prefix}
+        return sorted((await self._session.execute(query, params)).scalars())
 
     async def drop_staging(self, import_id: uuid.UUID) -> None:
-        """Drops an import's staged rows: its staging table, and rows an older version left in
-        the shared ``staged_records`` table (normally none).
+        """Drops an import's staged rows: its chunks' staging tables, and rows an older
+        version left in its own staging table or the shared ``staged_records`` table.
 
         Args:
             import_id: The import.
         """
-        await self._session.execute(sa.schema.DropTable(self._staging(import_id), if_exists=True))
+        for name in await self._staging_tables(import_id):
+            await self._session.execute(
+                sa.schema.DropTable(staging_table_for(name), if_exists=True)
+            )
         t = tables.staged_records
         await self._session.execute(sa.delete(t).where(t.c.import_id == import_id))
 
-    async def staged_count(self, import_id: uuid.UUID) -> int:
-        """Counts an import's staged rows (the finalize check that none was lost).
+    async def drop_chunk_staging(self, import_id: uuid.UUID, chunk_no: int) -> None:
+        """Drops one chunk's staging table (after its merge, in the same transaction).
+
+        Args:
+            import_id: The import.
+            chunk_no: The chunk.
+        """
+        await self._session.execute(
+            sa.schema.DropTable(self._staging(import_id, chunk_no), if_exists=True)
+        )
+
+    async def has_legacy_staging(self, import_id: uuid.UUID) -> bool:
+        """Whether rows of the import were staged by an older version (as jsonb).
 
         Args:
             import_id: The import.
 
         Returns:
-            Rows in its staging table plus legacy rows in ``staged_records``.
+            True if its one-table-per-import staging table or ``staged_records`` rows exist.
         """
-        t = tables.staged_records
-        legacy = sa.select(sa.func.count()).where(t.c.import_id == import_id)
-        count = int((await self._session.execute(legacy)).scalar() or 0)
-        name = f'{tables.SCHEMA}."{self.staging_table(import_id)}"'
         exists = await self._session.execute(
-            sa.text("SELECT to_regclass(:n) IS NOT NULL"), {"n": name}
+            sa.text("SELECT to_regclass(:n) IS NOT NULL"), {"n": self._staging_sql(import_id)}
         )
         if exists.scalar():
-            query = sa.select(sa.func.count()).select_from(self._staging(import_id))
-            count += int((await self._session.execute(query)).scalar() or 0)
-        return count
+            return True
+        t = tables.staged_records
+        query = sa.select(sa.exists().where(t.c.import_id == import_id))
+        return bool((await self._session.execute(query)).scalar())
 
-    async def copy_staged(self, import_id: uuid.UUID, rows: Sequence[tuple[Any, ...]]) -> None:
-        """Bulk-loads staged rows with COPY (in the session's transaction).
+    async def staged_count(self, import_id: uuid.UUID, chunk_no: int) -> int:
+        """Counts a chunk's staged rows (the merge's check that none was lost).
 
         Args:
-            import_id: The import (its staging table must exist).
-            rows: ``(chunk_no, line, key, data_json)`` tuples.
+            import_id: The import.
+            chunk_no: The chunk.
+
+        Returns:
+            Rows in its staging table (0 if the table is gone).
+        """
+        exists = await self._session.execute(
+            sa.text("SELECT to_regclass(:n) IS NOT NULL"),
+            {"n": self._staging_sql(import_id, chunk_no)},
+        )
+        if not exists.scalar():
+            return 0
+        query = sa.select(sa.func.count()).select_from(self._staging(import_id, chunk_no))
+        return int((await self._session.execute(query)).scalar() or 0)
+
+    async def copy_staged(
+        self,
+        import_id: uuid.UUID,
+        chunk_no: int,
+        columns: Sequence[str],
+        rows: Sequence[tuple[Any, ...]],
+    ) -> None:
+        """Bulk-loads typed staged rows with COPY (in the session's transaction).
+
+        Args:
+            import_id: The import.
+            chunk_no: The chunk (its staging table must exist).
+            columns: Column names of the tuples (``line``, ``$key``, fields).
+            rows: Tuples of Python values of the column types.
         """
         if rows:
             driver = await self._driver()
             await driver.copy_records_to_table(
-                self.staging_table(import_id),
+                self.staging_table(import_id, chunk_no),
                 schema_name=tables.SCHEMA,
-                columns=["chunk_no", "line", "key", "data"],
+                columns=list(columns),
                 records=rows,
             )
 
-    async def copy_staged_text(self, import_id: uuid.UUID, payload: Any) -> None:
-        """Bulk-loads staged rows from a COPY text-format payload (built column-wise).
+    async def copy_staged_text(
+        self, import_id: uuid.UUID, chunk_no: int, columns: Sequence[str], payload: Any
+    ) -> None:
+        """Bulk-loads typed staged rows from a COPY text-format payload (built column-wise).
 
         Args:
-            import_id: The import (its staging table must exist).
-            payload: Bytes of ``chunk_no, line, key, data`` lines, tab-separated, COPY text
-                escaping applied.
+            import_id: The import.
+            chunk_no: The chunk (its staging table must exist).
+            columns: Column names of the payload's fields, in order.
+            payload: Bytes of tab-separated lines, COPY text escaping applied, NULL as
+                backslash-N.
         """
         if len(payload):
             driver = await self._driver()
             await driver.copy_to_table(
-                self.staging_table(import_id),
+                self.staging_table(import_id, chunk_no),
                 schema_name=tables.SCHEMA,
-                columns=["chunk_no", "line", "key", "data"],
+                columns=list(columns),
                 # A memoryview: asyncpg would take bytes for a file path.
                 source=memoryview(payload),
                 format="text",
@@ -604,74 +817,87 @@ class SqlImportsRepository:
         """
         await self.drop_staging(import_id)
 
-    async def merge_staged(
-        self, import_id: uuid.UUID, dataset_id: uuid.UUID, now: dt.datetime, *, empty: bool
+    async def merge_chunk(
+        self,
+        import_id: uuid.UUID,
+        chunk_no: int,
+        dataset: Dataset,
+        now: dt.datetime,
+        *,
+        plain: bool,
     ) -> int:
-        """Upserts an import's staged rows into records by key (the last line of a key wins).
+        """Merges one chunk's staged rows into the dataset's records table by key.
 
-        Reads the import's staging table (and legacy rows of ``staged_records``). Into an
-        empty dataset the rows are plainly inserted (no speculative insertion per row); the
-        caller holds the dataset's row lock, so no other merge can fill it meanwhile.
+        Chunks of an import merge concurrently, each in its own transaction, in any order;
+        the last line of a key still wins: within the chunk by ``DISTINCT ON`` (key, line
+        descending), across chunks and imports by the guard of :meth:`_upsert`. Rows go in
+        key order, so concurrent merges take their key locks in one order.
+
+        With ``plain``, the rows are first inserted without ``ON CONFLICT`` (no speculative
+        insertion per row) under a savepoint; if a key is already stored (another chunk or
+        import got there first) that is rolled back and the upsert runs instead.
 
         Args:
             import_id: The import.
-            dataset_id: Its dataset.
+            chunk_no: The chunk (its staging table must exist).
+            dataset: The dataset (the schema types the columns).
             now: Update time.
-            empty: The dataset has no record (under its row lock).
+            plain: Try the plain INSERT first (the dataset was empty when the merge began).
 
         Returns:
             Records inserted (not updated): what ``record_count`` grows by.
         """
-        staging = self._staging_sql(import_id)
-        exists = await self._session.execute(
-            sa.text("SELECT to_regclass(:n) IS NOT NULL"),
-            {"n": staging},
-        )
-        legacy = tables.staged_records
-        sources: list[sa.Select[Any]] = []
-        if exists.scalar():
-            table = self._staging(import_id)
-            sources.append(sa.select(table.c.key, table.c.line, table.c.data))
-        sources.append(
-            sa.select(legacy.c.key, legacy.c.line, legacy.c.data).where(
-                legacy.c.import_id == import_id
-            )
-        )
-        staged = (sa.union_all(*sources) if len(sources) > 1 else sources[0]).cte("staged")
+        records = self._records(dataset)
+        names = [f.name for f in dataset.fields]
+        staged = self._staging(import_id, chunk_no, dataset.fields)
         latest = (
-            sa.select(staged.c.key, staged.c.data)
-            .distinct(staged.c.key)
-            .order_by(staged.c.key, staged.c.line.desc())
-            .cte("latest")
-        )
-        records = tables.records
-        insert = pg.insert(records).from_select(
-            ["dataset_id", "key", "data", "import_id", "update_time"],
             sa.select(
-                sa.literal(dataset_id, records.c.dataset_id.type),
-                latest.c.key,
-                latest.c.data,
-                sa.literal(import_id, records.c.import_id.type),
-                sa.literal(now, records.c.update_time.type),
-            ),
-        )
-        if not empty:
-            insert = insert.on_conflict_do_update(
-                index_elements=[records.c.dataset_id, records.c.key],
-                set_={
-                    "data": insert.excluded.data,
-                    "import_id": insert.excluded.import_id,
-                    "update_time": insert.excluded.update_time,
-                },
+                staged.c[tables.KEY],
+                staged.c.line,
+                sa.literal(import_id, records.c[tables.IMPORT_ID].type),
+                sa.literal(now, records.c[tables.UPDATE_TIME].type),
+                *(staged.c[n] for n in names),
             )
-        # xmax = 0 on a returned row: inserted, not updated.
-        merged = insert.returning((sa.literal_column("xmax") == 0).label("inserted")).cte("merged")
-        query = sa.select(sa.func.count().filter(merged.c.inserted))
+            # Bytewise order (COLLATE "C": abbreviated sort keys, half the sort time); keys
+            # are equal under it exactly when they are under the column's (deterministic)
+            # collation, and every merge inserts in this one order.
+            .distinct(staged.c[tables.KEY].collate("C"))
+            .order_by(staged.c[tables.KEY].collate("C"), staged.c.line.desc())
+        )
+        columns = [tables.KEY, tables.LINE, tables.IMPORT_ID, tables.UPDATE_TIME, *names]
         # A bigger sort budget for this transaction only: the DISTINCT ON sort of a large
-        # import otherwise spills to disk in many small runs.
+        # chunk otherwise spills to disk.
         await self._session.execute(sa.text("SET LOCAL work_mem = '64MB'"))
-        result = await self._session.execute(query)
+        if plain:
+            insert = pg.insert(records).from_select(columns, latest)
+            try:
+                async with self._session.begin_nested():
+                    result = await self._session.execute(insert)
+                return int(cast(Any, result).rowcount or 0)
+            except sa.exc.IntegrityError as exc:
+                if getattr(exc.orig, "sqlstate", None) != "23505":
+                    raise
+        upsert = self._upsert(pg.insert(records).from_select(columns, latest), records)
+        # xmax = 0 on a returned row: inserted, not updated.
+        merged = upsert.returning((sa.literal_column("xmax") == 0).label("inserted")).cte("merged")
+        result = await self._session.execute(sa.select(sa.func.count().filter(merged.c.inserted)))
         return int(result.scalar() or 0)
+
+    @staticmethod
+    def _upsert(insert: Any, records: sa.Table) -> Any:
+        """Adds the key upsert with the line-order guard to an INSERT into ``records``.
+
+        A stored version is replaced only by a later one: ``(import id, line)`` compared as a
+        row. Import ids are UUIDv7 (creation order), so a later import's row wins whatever
+        order imports and chunks merge in, and within an import the later line wins.
+        """
+        excluded = insert.excluded
+        return insert.on_conflict_do_update(
+            index_elements=[records.c[tables.KEY]],
+            set_={c.name: excluded[c.name] for c in records.columns if c.name != tables.KEY},
+            where=sa.tuple_(records.c[tables.IMPORT_ID], records.c[tables.LINE])
+            < sa.tuple_(excluded[tables.IMPORT_ID], excluded[tables.LINE]),
+        )
 
     async def add_record_count(self, dataset_id: uuid.UUID, inserted: int) -> int:
         """Grows a dataset's ``record_count`` by the records a merge inserted.
@@ -701,8 +927,8 @@ class SqlImportsRepository:
         Returns:
             The count.
         """
-        t = tables.records
-        query = sa.select(sa.func.count()).where(t.c.dataset_id == dataset_id)
+        t = tables.records_table(dataset_id, ())
+        query = sa.select(sa.func.count()).select_from(t)
         return int((await self._session.execute(query)).scalar() or 0)
 
     # ---- row errors --------------------------------------------------------------------
@@ -735,23 +961,44 @@ class SqlImportsRepository:
     # ---- records -----------------------------------------------------------------------
 
     @staticmethod
-    def _condition(dataset: Dataset, cond: Condition) -> sa.ColumnElement[bool]:
+    def _condition(dataset: Dataset, records: sa.Table, cond: Condition) -> sa.ColumnElement[bool]:
         field = dataset.field(cond.field)
         if field is None:  # pragma: no cover - the filter parser only knows declared fields
             raise InvalidArgument(f"filter: unknown field {cond.field!r}", reason="INVALID_FILTER")
-        t = tables.records
-        text = t.c.data[field.name].astext
         value: Any = cond.value
-        column: Any
+        column: Any = records.c[field.name]
         if field.name == dataset.key_field and field.type in ("string", "enum"):
-            column = t.c.key
-        elif field.type in _CASTS:
-            column = sa.cast(text, _CASTS[field.type])
-        else:
-            column = text
+            # The same text as the field, and the unique index is on it.
+            column = records.c[tables.KEY]
         if field.type == "boolean":
             value = bool(value)
+        elif field.type == "integer":
+            if not isinstance(value, int) or not _INT_MIN <= value <= _INT_MAX:
+                raise InvalidArgument(
+                    f"filter: {field.name} is a 64-bit integer field; {value!r} is out of its"
+                    f" range ({_INT_MIN} to {_INT_MAX})",
+                    reason="INVALID_FILTER",
+                    metadata={"field": "filter"},
+                )
+        elif field.type == "number":
+            if not isinstance(value, (int, float)) or not math.isfinite(float(value)):
+                raise InvalidArgument(
+                    f"filter: {field.name} must be compared with a finite number",
+                    reason="INVALID_FILTER",
+                    metadata={"field": "filter"},
+                )
+            value = float(value)
         return cast(sa.ColumnElement[bool], _OPERATORS[cond.op](column, value))
+
+    @staticmethod
+    def _record_columns(records: sa.Table, dataset: Dataset) -> list[Any]:
+        return [
+            # "$" names: a field may well be called "key" or "update_time".
+            records.c[tables.KEY],
+            records.c[tables.IMPORT_ID],
+            records.c[tables.UPDATE_TIME],
+            *(records.c[f.name] for f in dataset.fields),
+        ]
 
     async def list_records(
         self,
@@ -763,7 +1010,7 @@ class SqlImportsRepository:
     ) -> list[dict[str, Any]]:
         """Lists a dataset's records in key order, filtered on declared fields.
 
-        Filters cast the JSONB value to the field's type; values are bound parameters.
+        Filters compare the field's typed column with a bound value of its type.
 
         Args:
             dataset: The dataset (its schema types the filter).
@@ -772,37 +1019,36 @@ class SqlImportsRepository:
             limit: Rows to return.
 
         Returns:
-            ``{"key", "data", "import_id", "update_time"}`` rows.
-        """
-        t = tables.records
-        query = (
-            sa.select(t.c.key, t.c.data, t.c.import_id, t.c.update_time)
-            .where(t.c.dataset_id == dataset.id)
-            .order_by(t.c.key)
-            .limit(limit)
-        )
-        for cond in conditions:
-            query = query.where(self._condition(dataset, cond))
-        if after_key is not None:
-            query = query.where(t.c.key > after_key)
-        return [dict(r) for r in (await self._session.execute(query)).mappings()]
+            ``{"key", "data", "import_id", "update_time"}`` rows; ``data`` is the record as
+            JSON values (see :func:`record_data`).
 
-    async def get_record(self, dataset_id: uuid.UUID, key: str) -> dict[str, Any] | None:
+        Raises:
+            InvalidArgument: If a filter value does not fit its field's column.
+        """
+        t = self._records(dataset)
+        key = t.c[tables.KEY]
+        query = sa.select(*self._record_columns(t, dataset)).order_by(key).limit(limit)
+        for cond in conditions:
+            query = query.where(self._condition(dataset, t, cond))
+        if after_key is not None:
+            query = query.where(key > after_key)
+        rows = (await self._session.execute(query)).mappings()
+        return [_record_row(dataset, r) for r in rows]
+
+    async def get_record(self, dataset: Dataset, key: str) -> dict[str, Any] | None:
         """Loads one record.
 
         Args:
-            dataset_id: The dataset.
+            dataset: The dataset.
             key: Its key.
 
         Returns:
-            The record row or ``None``.
+            The record row (as :meth:`list_records` gives) or ``None``.
         """
-        t = tables.records
-        query = sa.select(t.c.key, t.c.data, t.c.import_id, t.c.update_time).where(
-            t.c.dataset_id == dataset_id, t.c.key == key
-        )
+        t = self._records(dataset)
+        query = sa.select(*self._record_columns(t, dataset)).where(t.c[tables.KEY] == key)
         row = (await self._session.execute(query)).mappings().first()
-        return dict(row) if row else None
+        return _record_row(dataset, row) if row else None
 
     # ---- the operation row, seen from chunk tasks --------------------------------------
 
@@ -891,11 +1137,15 @@ class SqlImportsRepository:
         )
 
 
-def staging_table_for(name: str) -> sa.Table:
+def staging_table_for(name: str, fields: Sequence[FieldDef] = ()) -> sa.Table:
     """Describes one import's UNLOGGED staging table (no index: COPY maintains nothing).
 
+    Shaped like the dataset's records table: the source line of each row, the key text and a
+    typed column per declared field.
+
     Args:
-        name: Its name (``staged_<32 hex digits>``).
+        name: Its name (``staged_<32 hex digits>_<chunk_no>``).
+        fields: The dataset's declared fields (none: enough to count or drop it).
 
     Returns:
         A Table on its own MetaData, in the ``imports`` schema.
@@ -903,10 +1153,9 @@ def staging_table_for(name: str) -> sa.Table:
     return sa.Table(
         name,
         sa.MetaData(),
-        sa.Column("chunk_no", sa.Integer, nullable=False),
         sa.Column("line", sa.BigInteger, nullable=False),
-        sa.Column("key", sa.Text, nullable=False),
-        sa.Column("data", pg.JSONB, nullable=False),
+        sa.Column(tables.KEY, sa.Text, nullable=False),
+        *(sa.Column(f.name, tables.SQL_TYPES[f.type]) for f in fields),
         schema=tables.SCHEMA,
         prefixes=["UNLOGGED"],
     )

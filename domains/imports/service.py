@@ -37,7 +37,7 @@ from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from typing import Any, cast
 
 from domains.imports import events, parsing
-from domains.imports.columnar import ColumnarValidator
+from domains.imports.columnar import ColumnarValidator, read_one_row_per_line
 from domains.imports.model import (
     TERMINAL,
     Chunk,
@@ -48,9 +48,16 @@ from domains.imports.model import (
     validate_schema,
 )
 from domains.imports.storage import FileStore, SourceFetcher, StoredFile
+from domains.imports.tables import KEY
 from domains.imports.unit_of_work import ImportsUnitOfWork
 from domains.operations import service as operations_service
-from domains.operations.execution import Cancelled, Execution, OperationRunner, ProgressSink
+from domains.operations.execution import (
+    Cancelled,
+    Execution,
+    LeaseLost,
+    OperationRunner,
+    ProgressSink,
+)
 from domains.operations.model import DispatchSpec, Operation, OperationError, Progress, State
 from domains.operations.unit_of_work import SqlUnitOfWork
 from domains.shared import idempotency
@@ -72,6 +79,8 @@ log = logging.getLogger(__name__)
 
 DOMAIN = "imports"
 RUN_TASK = "imports.run"
+CHUNK_VALIDATED = frozenset({"DONE", "MERGED"})
+"""Chunk states after validation: DONE (staged), MERGED (its rows are in the records table)."""
 HEARTBEAT_ROWS = 2000
 """Rows validated between two heartbeat/cancel checks of a chunk task."""
 
@@ -82,6 +91,8 @@ class ImportsPolicy:
 
     Attributes:
         chunk_rows: Rows per chunk.
+        merge_concurrency: Chunks merged into the records table at once by a finalize (each
+            on its own connection, so on its own PostgreSQL backend).
         lease_seconds: Heartbeat lease of the operation.
         pending_deadline_seconds: Re-dispatch deadline while pending.
         max_file_bytes: Largest (decompressed) file.
@@ -90,6 +101,7 @@ class ImportsPolicy:
     """
 
     chunk_rows: int = 50_000
+    merge_concurrency: int = 2
     lease_seconds: float = 30.0
     pending_deadline_seconds: float = 300.0
     max_file_bytes: int = 1024**3
@@ -293,11 +305,17 @@ class ImportsService:
                         " ends (or cancel it)",
                         reason="IMPORT_IN_PROGRESS",
                     )
+                old_fields = list(dataset.fields)
+                has_records = await uow.imports.has_records(dataset_id)
                 dataset.change_schema(
                     list(fields if fields is not None else dataset.fields),
                     key_field or dataset.key_field,
-                    has_records=await uow.imports.has_records(dataset_id),
+                    has_records=has_records,
                     now=now,
+                )
+                # The typed records table follows the schema in the same transaction.
+                await uow.imports.sync_records_table(
+                    dataset_id, old_fields, dataset.fields, has_records=has_records
                 )
             if source_uri:
                 self._guard.parse(source_uri)
@@ -618,7 +636,7 @@ class ImportsService:
             NotFound: If there is no record with this key.
         """
         async with self._uow() as uow:
-            row = await uow.imports.get_record(dataset.id, key)
+            row = await uow.imports.get_record(dataset, key)
         if row is None:
             raise NotFound(
                 f"{dataset.name}/records/{key} does not exist", reason="RECORD_NOT_FOUND"
@@ -738,7 +756,6 @@ class ImportsService:
                 raise PermanentError("the import was deleted while it ran", reason="IMPORT_GONE")
             if locked.chunks_total is not None:
                 return locked
-            await uow.imports.create_staging(item.id)
             await uow.imports.add_chunks(
                 [
                     Chunk(
@@ -765,8 +782,14 @@ class ImportsService:
         return locked
 
     @contextlib.asynccontextmanager
-    async def _keepalive(self, operation_id: uuid.UUID, message: str) -> AsyncIterator[None]:
-        """Heartbeats the operation while a long step (fetch, split) runs in a thread."""
+    async def _keepalive(self, operation_id: uuid.UUID, message: str | None) -> AsyncIterator[None]:
+        """Heartbeats the operation while a long step (fetch, split, merge) runs.
+
+        Args:
+            operation_id: The operation.
+            message: Progress message at ``done=0`` (fetch, split), or ``None`` to keep the
+                progress as it is (merge: the rows are all validated by then).
+        """
         interval = max(0.2, min(self.policy.lease_seconds / 3, 5.0))
 
         async def beat() -> None:
@@ -774,9 +797,12 @@ class ImportsService:
                 await asyncio.sleep(interval)
                 try:
                     async with self._uow() as uow:
-                        await uow.imports.touch_operation(
-                            operation_id, {"done": 0, "total": None, "message": message}, utcnow()
+                        progress = (
+                            None
+                            if message is None
+                            else {"done": 0, "total": None, "message": message}
                         )
+                        await uow.imports.touch_operation(operation_id, progress, utcnow())
                         await uow.commit()
                 except Exception:
                     log.debug("keepalive of %s failed", operation_id, exc_info=True)
@@ -830,7 +856,7 @@ class ImportsService:
         if op.state == State.CANCELLING:
             await self._settle_cancel(operation_id)
             return {"cancelled": True}
-        if chunk.state == "DONE":
+        if chunk.state in CHUNK_VALIDATED:
             return {"skipped": f"chunk {chunk_no} already done"}
 
         limits = {
@@ -867,7 +893,19 @@ class ImportsService:
                 # Column by column (pyarrow): same results as RowValidator, a fraction of the
                 # CPU. One pass over the chunk; the heartbeat before it keeps the lease.
                 columnar = ColumnarValidator(dataset.fields, dataset.key_field, columns, **limits)
-                result = columnar.validate(rows, chunk_no=chunk_no)
+                # pyarrow's CSV reader when each line is one row (checked, else csv.reader):
+                # no Python object per cell.
+                arrays = (
+                    None
+                    if encoding_rejects
+                    else read_one_row_per_line(
+                        parsing.read_range(plain, chunk.start_offset, chunk.end_offset), columns
+                    )
+                )
+                if arrays is not None:
+                    result = columnar.validate_arrays(arrays, chunk.first_line)
+                else:
+                    result = columnar.validate(rows, chunk_no=chunk_no)
                 staged_copy = result.staged_copy
                 errors.extend((item.id, chunk_no, *e) for e in result.errors)
                 outcome: tuple[int, int] | dict[str, Any] = (result.accepted, result.rejected)
@@ -876,7 +914,7 @@ class ImportsService:
                     dataset.fields, dataset.key_field, columns, **limits
                 )
                 outcome = await self._validate_rows(
-                    operation_id, item, chunk_no, validator, rows, staged, errors
+                    operation_id, item, chunk_no, validator, dataset.fields, rows, staged, errors
                 )
         finally:
             if gc_was_enabled:
@@ -894,12 +932,16 @@ class ImportsService:
             else:
                 cancel = False
                 locked = await uow.imports.get_chunk(item.id, chunk_no, for_update=True)
-                if locked is None or locked.state == "DONE":
+                if locked is None or locked.state in CHUNK_VALIDATED:
                     return {"skipped": f"chunk {chunk_no} already done"}
-                # Normally made by the split; an import split by an older version has none.
-                await uow.imports.create_staging(item.id)
-                await uow.imports.copy_staged(item.id, staged)
-                await uow.imports.copy_staged_text(item.id, staged_copy)
+                await uow.imports.create_staging(item.id, chunk_no, dataset.fields)
+                head = ["line", KEY]
+                await uow.imports.copy_staged(
+                    item.id, chunk_no, [*head, *(f.name for f in dataset.fields)], staged
+                )
+                await uow.imports.copy_staged_text(
+                    item.id, chunk_no, [*head, *columns], staged_copy
+                )
                 await uow.imports.copy_row_errors(errors)
                 locked.rows_accepted, locked.rows_rejected = accepted, rejected
                 await uow.imports.mark_chunk_done(locked)
@@ -930,21 +972,33 @@ class ImportsService:
         item: Import,
         chunk_no: int,
         validator: parsing.RowValidator,
+        fields: Sequence[FieldDef],
         rows: Iterator[tuple[int, Any]],
         staged: list[tuple[Any, ...]],
         errors: list[tuple[Any, ...]],
     ) -> tuple[int, int] | dict[str, Any]:
         """Validates a chunk's rows into ``staged``/``errors``; heartbeats between batches.
 
+        ``staged`` gets ``(line, key, value of each field)`` tuples, the values in
+        their column's Python type (COPYed into the typed staging table).
+
         Returns:
             ``(accepted, rejected)``, or a note if the operation was cancelled or taken away.
         """
         accepted = rejected = 0
         last_beat = time.monotonic()
+        typed = [(f.name, parsing.column_value_of(f)) for f in fields]
         for count, (line, raw) in enumerate(rows, 1):
-            result = validator.row(item.format, line, raw)
+            result = validator.record(item.format, line, raw)
             if isinstance(result, tuple):
-                staged.append((chunk_no, line, result[0], result[1]))
+                record = result[1]
+                staged.append(
+                    (
+                        line,
+                        result[0],
+                        *(to_column(record.get(name)) for name, to_column in typed),
+                    )
+                )
                 accepted += 1
             else:
                 rejected += 1
@@ -992,8 +1046,8 @@ class ImportsService:
                 await self._discard_staged(item.id)
             return {"skipped": f"operation is {op.state}"}
         if op.state == State.CANCELLING:
-            await self._settle_cancel(operation_id)
-            return {"cancelled": True}
+            # Once a chunk is merged the import completes (cancel is best effort).
+            return await self._settle_cancel(operation_id) or {"cancelled": True}
         if op.attempt != attempt:
             return {"skipped": f"attempt {attempt} was superseded by {op.attempt}"}
         if pending:
@@ -1004,7 +1058,12 @@ class ImportsService:
     async def _finalize(self, execution: Execution) -> dict[str, Any]:
         op_id = execution.id
         totals = await self._totals_by_operation(op_id)
-        if totals is not None and totals.rows_accepted == 0 and totals.done == totals.chunks:
+        if (
+            totals is not None
+            and totals.rows_accepted == 0
+            and totals.done == totals.chunks
+            and totals.merged == 0
+        ):
             await self._fail(
                 op_id,
                 OperationError(
@@ -1019,6 +1078,9 @@ class ImportsService:
             )
             return {"failed": "no valid row"}
 
+        async with self._keepalive(op_id, None):
+            await self._merge_chunks(execution)
+
         async def apply(uow: SqlUnitOfWork, op: Operation) -> dict[str, Any]:
             repo = cast(ImportsUnitOfWork, uow).imports
             item = await repo.get_import_by_operation(op.id)
@@ -1027,31 +1089,15 @@ class ImportsService:
             item = await repo.get_import(item.id, for_update=True)
             assert item is not None
             sums = await repo.chunk_totals(item.id)
-            if sums.done != sums.chunks:
-                raise TransientError(f"{sums.chunks - sums.done} chunks are not done yet")
+            if sums.merged != sums.chunks:
+                raise TransientError(f"{sums.chunks - sums.merged} chunks are not merged yet")
             now = utcnow()
-            # The staging table is UNLOGGED: a PostgreSQL crash empties it while the chunks
-            # stay DONE. Never merge a partial import: fail it (a :retry starts over).
-            staged = await repo.staged_count(item.id)
-            if staged != sums.rows_accepted:
-                raise PermanentError(
-                    f"{sums.rows_accepted - staged} of the import's validated rows were lost"
-                    " (PostgreSQL restarted while it ran?); retry the import",
-                    reason="STAGED_ROWS_LOST",
-                )
-            # The dataset's row lock serializes merges into one dataset: the empty check
-            # and the record_count increment stay true.
+            # The dataset's row lock serializes the record_count increments.
             dataset = await repo.get_dataset(item.tenant, item.dataset_id, for_update=True)
             if dataset is None:
                 raise PermanentError("the dataset was deleted while the import ran")
-            inserted = await repo.merge_staged(
-                item.id,
-                item.dataset_id,
-                now,
-                empty=dataset.record_count == 0 and not await repo.has_records(item.dataset_id),
-            )
-            await repo.delete_staged(item.id)
-            await repo.add_record_count(item.dataset_id, inserted)
+            await repo.drop_staging(item.id)
+            await repo.add_record_count(item.dataset_id, sums.rows_inserted)
             item.state = ImportState.SUCCEEDED
             item.rows_total = sums.rows_done
             item.rows_accepted = sums.rows_accepted
@@ -1076,6 +1122,91 @@ class ImportsService:
         op = await self._runner.finish(execution, apply)
         await self._drop_plain_copy(op_id)
         return op.response or {}
+
+    async def _merge_chunks(self, execution: Execution) -> None:
+        """Merges the DONE chunks into the records table, several at a time.
+
+        Each chunk merges in its own transaction on its own connection (so on its own
+        PostgreSQL backend), fenced by the operation's attempt and the chunk's row lock, and
+        is marked MERGED with what it inserted in that same transaction: a merge is applied
+        once, and a resumed finalize merges only the chunks left. The line-order guard of the
+        upsert keeps "last line wins" whatever order the chunks commit in.
+
+        Raises:
+            PermanentError: If rows of the import were lost or staged by an older version.
+            LeaseLost: If another attempt owns the operation.
+        """
+        async with self._uow() as uow:
+            item = await uow.imports.get_import_by_operation(execution.id)
+            if item is None:
+                raise PermanentError("the import was deleted while it ran", reason="IMPORT_GONE")
+            dataset = await uow.imports.get_dataset_by_id(item.dataset_id)
+            if dataset is None:
+                raise PermanentError("the dataset was deleted while the import ran")
+            if await uow.imports.has_legacy_staging(item.id):
+                raise PermanentError(
+                    "rows of this import were staged by an older version of Conveyor; retry"
+                    " the import",
+                    reason="STAGED_BY_OLDER_VERSION",
+                )
+            todo = await uow.imports.chunks_to_merge(item.id)
+            # Worth trying plain INSERTs only into an empty dataset (a conflict falls back).
+            plain = dataset.record_count == 0 and not await uow.imports.has_records(dataset.id)
+        if not todo:
+            return
+        gate = asyncio.Semaphore(max(1, self.policy.merge_concurrency))
+        now = utcnow()
+
+        async def merge(chunk_no: int) -> None:
+            async with gate:
+                await self._merge_chunk(execution, item, dataset, chunk_no, now, plain=plain)
+
+        results = await asyncio.gather(*(merge(n) for n in todo), return_exceptions=True)
+        for result in results:
+            if isinstance(result, BaseException):
+                raise result
+
+    async def _merge_chunk(
+        self,
+        execution: Execution,
+        item: Import,
+        dataset: Dataset,
+        chunk_no: int,
+        now: dt.datetime,
+        *,
+        plain: bool,
+    ) -> None:
+        """Merges one chunk in one transaction (see :meth:`_merge_chunks`)."""
+        async with self._uow() as uow:
+            repo = uow.imports
+            # FOR KEY SHARE: a cancel or another attempt's finish waits for this merge.
+            shared = await repo.share_operation(execution.id)
+            if shared is None or shared[1] != execution.attempt:
+                raise LeaseLost(
+                    f"operation {execution.id}: attempt {execution.attempt} no longer owns it"
+                )
+            if shared[0] not in (State.RUNNING, State.CANCELLING):
+                raise LeaseLost(f"operation {execution.id} is {shared[0]}")
+            chunk = await repo.get_chunk(item.id, chunk_no, for_update=True)
+            if chunk is None or chunk.state != "DONE":
+                return
+            # UNLOGGED: a PostgreSQL crash empties the table while the chunk stays DONE.
+            # Never merge part of a chunk: fail the import (a :retry starts over).
+            staged = await repo.staged_count(item.id, chunk_no)
+            if staged != chunk.rows_accepted:
+                raise PermanentError(
+                    f"{chunk.rows_accepted - staged} of the import's validated rows were lost"
+                    " (PostgreSQL restarted while it ran?); retry the import",
+                    reason="STAGED_ROWS_LOST",
+                )
+            inserted = (
+                await repo.merge_chunk(item.id, chunk_no, dataset, now, plain=plain)
+                if staged
+                else 0
+            )
+            await repo.mark_chunk_merged(chunk, inserted)
+            await repo.drop_chunk_staging(item.id, chunk_no)
+            await uow.commit()
 
     async def _drop_plain_copy(self, operation_id: uuid.UUID) -> None:
         """Removes the decompressed copy of a gzip upload once the import succeeded (the
@@ -1137,12 +1268,35 @@ class ImportsService:
                 await uow.outbox.add(event_message(event, correlation_id=op.correlation_id))
             await uow.commit()
 
-    async def _settle_cancel(self, operation_id: uuid.UUID) -> None:
-        """Ends a cancel request: staged rows deleted, import and operation CANCELLED."""
+    async def _settle_cancel(self, operation_id: uuid.UUID) -> dict[str, Any] | None:
+        """Ends a cancel request: staged rows deleted, import and operation CANCELLED.
+
+        Once a chunk of the import is merged (its rows are in the records table) the cancel
+        comes too late: the import completes instead (AIP-151 cancellation is best effort).
+
+        Returns:
+            The operation's response if the import completed instead, else ``None``.
+        """
         async with self._uow() as uow:
             op = await uow.operations.get(operation_id, for_update=True)
             if op is None:
-                return
+                return None
+            item = await uow.imports.get_import_by_operation(operation_id)
+            merging = (
+                op.state == State.CANCELLING
+                and item is not None
+                and (await uow.imports.chunk_totals(item.id)).merged > 0
+            )
+        if merging and op is not None:
+            execution = Execution(operation=op, attempt=op.attempt, _runner=self._runner)
+            try:
+                return await self._finalize(execution)
+            except LeaseLost as exc:  # another finalize completed it
+                return {"skipped": str(exc)}
+        async with self._uow() as uow:
+            op = await uow.operations.get(operation_id, for_update=True)
+            if op is None:
+                return None
             if op.state == State.CANCELLING:
                 op.mark_cancelled(utcnow())
                 await uow.operations.save(op)
@@ -1154,6 +1308,7 @@ class ImportsService:
                     item.complete_time = utcnow()
                     await uow.imports.save_import(item)
             await uow.commit()
+        return None
 
     async def _discard_staged(self, import_id: uuid.UUID) -> None:
         """Drops staged rows of an import that ended without success (late chunk writes)."""

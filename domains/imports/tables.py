@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
+import hashlib
+import uuid
+from collections.abc import Sequence
+from typing import Any
+
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql as pg
 
+from domains.imports.model import FieldDef
 from domains.operations.tables import operations_table
 from domains.operations.unit_of_work import DomainTables
 from domains.shared.tables import make_metadata, outbox_table
@@ -85,6 +91,8 @@ import_chunks = sa.Table(
     sa.Column("state", sa.Text, nullable=False),
     sa.Column("rows_accepted", sa.Integer, nullable=False, server_default="0"),
     sa.Column("rows_rejected", sa.Integer, nullable=False, server_default="0"),
+    # Records the chunk's merge inserted (not updated): what record_count grows by.
+    sa.Column("rows_inserted", sa.Integer, nullable=False, server_default="0"),
 )
 
 # Rows of running imports: invisible until finalize merges them into records in one transaction.
@@ -112,12 +120,87 @@ row_errors = sa.Table(
     sa.Index("ix_row_errors_import_id_line", "import_id", "line"),
 )
 
-records = sa.Table(
-    "records",
-    metadata,
-    sa.Column("dataset_id", pg.UUID(as_uuid=True), primary_key=True),
-    sa.Column("key", sa.Text, primary_key=True),
-    sa.Column("data", pg.JSONB, nullable=False),
-    sa.Column("import_id", pg.UUID(as_uuid=True), nullable=False),
-    sa.Column("update_time", sa.DateTime(timezone=True), nullable=False),
-)
+# Records live in one typed table per dataset (``records_<hex>``, see :func:`records_table`):
+# real columns of the declared types, so imports COPY typed rows and filters hit real columns.
+
+KEY = "$key"
+"""Bookkeeping column: the record key as text (unique; the API's key and page order)."""
+LINE = "$line"
+"""Bookkeeping column: source line of the stored version (the merge's line-order guard)."""
+IMPORT_ID = "$import_id"
+"""Bookkeeping column: the import that wrote the stored version."""
+UPDATE_TIME = "$update_time"
+"""Bookkeeping column: when it was written."""
+# Field names match ``[A-Za-z_][A-Za-z0-9_]*``: a ``$`` name never collides with a field.
+
+SQL_TYPES: dict[str, Any] = {
+    "string": sa.Text,
+    "enum": sa.Text,
+    "integer": sa.BigInteger,
+    # The converters turn every number into a Python float (or an int below 2**53, which a
+    # double holds exactly): a double keeps every value the jsonb records held.
+    "number": sa.Float(precision=53),
+    "boolean": sa.Boolean,
+    "date": sa.Date,
+    "timestamp": sa.DateTime(timezone=True),
+}
+"""Column type of each declared field type."""
+
+
+def records_table_name(dataset_id: uuid.UUID) -> str:
+    """Returns the name of a dataset's records table (hex digits only).
+
+    Args:
+        dataset_id: The dataset.
+
+    Returns:
+        ``records_<32 hex digits>`` (in the ``imports`` schema).
+    """
+    return f"records_{dataset_id.hex}"
+
+
+def field_index_name(dataset_id: uuid.UUID, field: str) -> str:
+    """Returns the name of the index on one field's column (at most 63 characters).
+
+    Args:
+        dataset_id: The dataset.
+        field: The field name.
+
+    Returns:
+        ``ix_<dataset hex>_<16 hex digits of the field name's digest>``.
+    """
+    digest = hashlib.sha256(field.encode()).hexdigest()[:16]
+    return f"ix_{dataset_id.hex}_{digest}"
+
+
+def records_table(dataset_id: uuid.UUID, fields: Sequence[FieldDef]) -> sa.Table:
+    """Describes a dataset's typed records table (its own MetaData: never in migrations).
+
+    Columns: the bookkeeping columns (:data:`KEY`, :data:`LINE`, :data:`IMPORT_ID`,
+    :data:`UPDATE_TIME`) and one nullable column per declared field, of its
+    :data:`SQL_TYPES` type. The key is unique; fields declared ``indexed`` get an index.
+    SQLAlchemy quotes every identifier.
+
+    Args:
+        dataset_id: The dataset.
+        fields: Its declared fields.
+
+    Returns:
+        The table, in the ``imports`` schema.
+    """
+    name = records_table_name(dataset_id)
+    table = sa.Table(
+        name,
+        sa.MetaData(),
+        sa.Column(KEY, sa.Text, nullable=False),
+        sa.Column(LINE, sa.BigInteger, nullable=False),
+        sa.Column(IMPORT_ID, pg.UUID(as_uuid=True), nullable=False),
+        sa.Column(UPDATE_TIME, sa.DateTime(timezone=True), nullable=False),
+        *(sa.Column(f.name, SQL_TYPES[f.type]) for f in fields),
+        schema=SCHEMA,
+    )
+    sa.Index(f"{name}_key", table.c[KEY], unique=True)
+    for f in fields:
+        if f.indexed:
+            sa.Index(field_index_name(dataset_id, f.name), table.c[f.name])
+    return table

@@ -14,7 +14,13 @@ import httpx
 import pytest
 
 from app.settings_sections.imports import ImportsSettings
-from tests.support.imports import FIELDS, create_dataset, upload
+from tests.support.imports import (
+    FIELDS,
+    create_dataset,
+    insert_record_sql,
+    records_table_sql,
+    upload,
+)
 from tests.support.ops import query
 
 
@@ -95,9 +101,7 @@ async def _insert_record(
 ) -> None:
     await query(
         database_url,
-        "INSERT INTO imports.records (dataset_id, key, data, import_id, update_time)"
-        " VALUES (CAST(:d AS uuid), :k, CAST(:data AS jsonb), CAST(:i AS uuid), now())",
-        d=dataset_id,
+        insert_record_sql(dataset_id),
         k=key,
         data=json.dumps(data),
         i=str(uuid.uuid4()),
@@ -347,3 +351,86 @@ async def test_an_import_task_carries_its_dataset_and_file_name_for_flower(clien
     assert rows, "no outbox row for the import"
     display = rows[0][0]["display"]
     assert display["dataset"] == dataset["display_name"] and display["file"] == "q3.csv", display
+
+
+async def test_records_filter_hits_real_typed_columns_and_out_of_range_values_are_400(
+    client, database_url
+):
+    dataset = await create_dataset(client)
+    for i, qty in enumerate([2**62, -5, 9]):
+        await _insert_record(
+            database_url, dataset["id"], f"k{i}", {"id": f"k{i}", "amount": 1, "qty": qty}
+        )
+    url = f"/v1/datasets/{dataset['id']}/records"
+    # A bigint compared as a number, not as text ("9" > "4611..." as text).
+    response = await client.get(url, params={"filter": "qty > 100"})
+    assert response.status_code == 200, response.text
+    assert [r["key"] for r in response.json()["records"]] == ["k0"]
+    assert response.json()["records"][0]["data"]["qty"] == 2**62
+    columns = await query(
+        database_url,
+        "SELECT attname, format_type(atttypid, atttypmod) FROM pg_attribute"
+        " WHERE attrelid = CAST(:t AS regclass) AND attnum > 0 AND NOT attisdropped",
+        t=records_table_sql(dataset["id"]),
+    )
+    types = dict(columns)
+    assert types["qty"] == "bigint" and types["amount"] == "double precision"
+    assert types["ordered_on"] == "date" and types["created"] == "timestamp with time zone"
+    for value in (2**63, -(2**63) - 1, 10**30):
+        beyond = await client.get(url, params={"filter": f"qty = {value}"})
+        assert beyond.status_code == 400, (value, beyond.text)
+        assert beyond.json()["error"]["status"] == "INVALID_ARGUMENT"
+        assert "out of its range" in beyond.json()["error"]["message"]
+    edge = await client.get(url, params={"filter": f"qty < {2**63 - 1}"})
+    assert edge.status_code == 200 and len(edge.json()["records"]) == 3
+
+
+async def test_record_json_is_the_same_as_when_records_were_jsonb(client, database_url):
+    dataset = await create_dataset(client)
+    data = {
+        "id": "k1",
+        "amount": 1e20,
+        "qty": -3,
+        "paid": False,
+        "score": 0.1,
+        "ordered_on": "0999-01-31",
+        "created": "2026-01-02T10:00:00.000100+00:00",
+    }
+    await _insert_record(database_url, dataset["id"], "k1", data)
+    record = (await client.get(f"/v1/datasets/{dataset['id']}/records/k1")).json()
+    # jsonb gave 1e20 back as the integer 100000000000000000000, and its own key order.
+    assert record["data"] == {**data, "amount": 10**20}
+    assert list(record["data"]) == ["id", "qty", "paid", "score", "amount", "created", "ordered_on"]
+    assert isinstance(record["data"]["score"], float)
+
+
+async def test_indexed_fields_get_an_index_and_the_key_always_has_one(client, database_url):
+    fields = [dict(f, indexed=True) if f["name"] == "country" else f for f in FIELDS]
+    response = await client.post(
+        "/v1/datasets", json={"display_name": "Indexed", "fields": fields, "key_field": "id"}
+    )
+    assert response.status_code == 200, response.text
+    dataset = response.json()
+    assert next(f for f in dataset["fields"] if f["name"] == "country")["indexed"] is True
+
+    async def indexed_columns() -> list[tuple[str, bool]]:
+        rows = await query(
+            database_url,
+            "SELECT a.attname, i.indisunique FROM pg_index i JOIN pg_attribute a"
+            " ON a.attrelid = i.indrelid AND a.attnum = ANY(i.indkey)"
+            " WHERE i.indrelid = CAST(:t AS regclass) ORDER BY 1",
+            t=records_table_sql(dataset["id"]),
+        )
+        return [(r[0], r[1]) for r in rows]
+
+    assert await indexed_columns() == [("$key", True), ("country", False)]
+    await _insert_record(database_url, dataset["id"], "k1", {"id": "k1", "amount": 1})
+    # With records stored: a new optional indexed field becomes a column with an index, and
+    # country stops being indexed.
+    changed = [{k: v for k, v in f.items() if k != "indexed"} for f in fields]
+    changed.append({"name": "region", "type": "string", "indexed": True})
+    patched = await client.patch(f"/v1/datasets/{dataset['id']}", json={"fields": changed})
+    assert patched.status_code == 200, patched.text
+    assert await indexed_columns() == [("$key", True), ("region", False)]
+    record = (await client.get(f"/v1/datasets/{dataset['id']}/records/k1")).json()
+    assert record["data"] == {"id": "k1", "amount": 1}

@@ -15,7 +15,14 @@ from typing import Any
 
 import pytest
 
-from tests.support.imports import create_dataset, generate_csv, staging_table, upload
+from tests.support.imports import (
+    STAGING_TABLES_SQL,
+    count_records_sql,
+    create_dataset,
+    generate_csv,
+    staging_table,
+    upload,
+)
 from tests.support.ops import get_op, op_path, query, wait_done
 
 pytestmark = pytest.mark.e2e
@@ -69,8 +76,7 @@ async def test_100k_row_csv_with_1_percent_bad_rows(stack, database_url):
     )
     assert await _count(
         database_url,
-        "SELECT count(*) FROM imports.records WHERE dataset_id = CAST(:d AS uuid)",
-        d=dataset["id"],
+        count_records_sql(dataset["id"]),
     ) == len(generated.expected)
 
     errors = await stack.client.get(result["errors_uri"])
@@ -127,8 +133,7 @@ async def test_sigkill_of_a_worker_mid_import_still_completes_with_exact_counts(
     )
     assert await _count(
         database_url,
-        "SELECT count(*) FROM imports.records WHERE dataset_id = CAST(:d AS uuid)",
-        d=dataset["id"],
+        count_records_sql(dataset["id"]),
     ) == len(generated.expected)
     import_id = result["import"].rsplit("/", 1)[1]
     assert (
@@ -150,7 +155,7 @@ async def test_sigkill_of_a_worker_mid_import_still_completes_with_exact_counts(
     assert (
         await _count(
             database_url,
-            "SELECT count(*) FROM pg_class WHERE relname = :n",
+            STAGING_TABLES_SQL,
             n=staging_table(import_id),
         )
         == 0
@@ -189,8 +194,7 @@ async def test_cancel_mid_import_leaves_no_records(stack, database_url):
     assert (
         await _count(
             database_url,
-            "SELECT count(*) FROM imports.records WHERE dataset_id = CAST(:d AS uuid)",
-            d=dataset["id"],
+            count_records_sql(dataset["id"]),
         )
         == 0
     )
@@ -205,7 +209,7 @@ async def test_cancel_mid_import_leaves_no_records(stack, database_url):
     assert (
         await _count(
             database_url,
-            "SELECT count(*) FROM pg_class WHERE relname = :n",
+            STAGING_TABLES_SQL,
             n=staging_table(import_id),
         )
         == 0

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import json
 import secrets
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -196,3 +197,87 @@ def test_migrated_schema_matches_the_table_definitions(fresh_settings: Settings)
         return found
 
     assert run_sync(str(fresh_settings.database_url), diff) == {}
+
+
+def test_typed_records_migration_keeps_existing_jsonb_records_up_and_down(
+    fresh_settings: Settings,
+):
+    url = str(fresh_settings.database_url)
+    migrate.upgrade(fresh_settings, domains=["imports"], revision="imports_0008")
+    dataset_id = "01900000-0000-7000-8000-000000000001"
+    import_id = "01900000-0000-7000-8000-0000000000aa"
+    fields = [
+        {"name": "id", "type": "string", "required": True, "values": []},
+        {"name": "n", "type": "number", "required": False, "values": []},
+        {"name": "q", "type": "integer", "required": False, "values": []},
+        {"name": "ok", "type": "boolean", "required": False, "values": []},
+        {"name": "day", "type": "date", "required": False, "values": []},
+        {"name": "at", "type": "timestamp", "required": False, "values": []},
+        {"name": "c", "type": "enum", "required": False, "values": ["A", "B"], "indexed": True},
+    ]
+    stored = {
+        "r1": {
+            "id": "r1",
+            "n": 2.5,
+            "q": 2**62,
+            "ok": True,
+            "day": "2026-01-31",
+            "at": "2026-01-31T12:00:00+00:00",
+            "c": "A",
+        },
+        "r2": {"id": "r2", "n": 7, "at": "2026-02-01T00:00:00.123400+00:00"},
+    }
+
+    def seed(conn: sa.Connection) -> None:
+        conn.execute(
+            sa.text(
+                "INSERT INTO imports.datasets (id, tenant, display_name, fields, key_field,"
+                " record_count, create_time, update_time, request_id)"
+                " VALUES (CAST(:d AS uuid), 't1', 'Old', CAST(:f AS jsonb), 'id', 2, now(),"
+                " now(), 'req-1')"
+            ),
+            {"d": dataset_id, "f": json.dumps(fields)},
+        )
+        for key, data in stored.items():
+            conn.execute(
+                sa.text(
+                    "INSERT INTO imports.records (dataset_id, key, data, import_id, update_time)"
+                    " VALUES (CAST(:d AS uuid), :k, CAST(:data AS jsonb), CAST(:i AS uuid),"
+                    " now())"
+                ),
+                {"d": dataset_id, "k": key, "data": json.dumps(data), "i": import_id},
+            )
+        conn.commit()
+
+    run_sync(url, seed)
+    migrate.upgrade(fresh_settings, domains=["imports"])
+    table = f'imports."records_{dataset_id.replace("-", "")}"'
+
+    def typed(conn: sa.Connection) -> list[Any]:
+        rows = conn.execute(
+            sa.text(
+                f'SELECT "$key", "$import_id"::text, n, q, ok, day::text, c FROM {table} ORDER BY 1'
+            )
+        )
+        return [tuple(r) for r in rows]
+
+    assert run_sync(url, typed) == [
+        ("r1", import_id, 2.5, 2**62, True, "2026-01-31", "A"),
+        ("r2", import_id, 7.0, None, None, None, None),
+    ]
+    assert "records" not in snapshot(url)["imports"]["tables"]
+
+    def request_id(conn: sa.Connection) -> Any:
+        return conn.execute(sa.text("SELECT request_id FROM imports.datasets")).scalar()
+
+    assert run_sync(url, request_id) == "req-1"
+    migrate.downgrade(fresh_settings, "imports", "imports_0008")
+
+    def jsonb(conn: sa.Connection) -> dict[str, Any]:
+        rows = conn.execute(sa.text("SELECT key, data FROM imports.records"))
+        return {r[0]: r[1] for r in rows}
+
+    assert run_sync(url, jsonb) == stored
+    assert run_sync(url, request_id) == "req-1"
+    migrate.upgrade(fresh_settings, domains=["imports"])
+    assert len(run_sync(url, typed)) == 2

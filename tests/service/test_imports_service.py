@@ -7,6 +7,7 @@ The container has no fast-path publisher: outbox rows stay unsent, nothing reach
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import datetime as dt
 import http.server
 import pathlib
@@ -24,11 +25,23 @@ from app.db import EngineRegistry
 from app.settings_sections.imports import ImportsSettings
 from app.workflows import StartContext, registry
 from domains.imports.model import FieldDef
+from domains.imports.repository import SqlImportsRepository
 from domains.imports.service import ImportsService
 from domains.imports.storage import FileWriter
 from domains.operations.model import State
-from domains.shared.errors import FailedPrecondition, InvalidArgument, NotFound, PermanentError
-from tests.support.imports import generate_csv, staging_table
+from domains.shared.errors import (
+    FailedPrecondition,
+    InvalidArgument,
+    NotFound,
+    PermanentError,
+    TransientError,
+)
+from tests.support.imports import (
+    STAGING_TABLES_SQL,
+    count_records_sql,
+    generate_csv,
+    staging_table,
+)
 
 FIELDS = [
     FieldDef("id", "string", required=True),
@@ -75,9 +88,7 @@ async def new_import(
 
 
 async def count_records(container: Container, dataset_id: uuid.UUID) -> int:
-    rows = await execute(
-        container, "SELECT count(*) FROM imports.records WHERE dataset_id = :d", d=dataset_id
-    )
+    rows = await execute(container, count_records_sql(dataset_id))
     return int(rows[0][0])
 
 
@@ -173,8 +184,13 @@ async def test_each_chunk_applies_once_and_records_appear_only_at_finalize(
         assert "rows_accepted" in first
         assert again == {"skipped": f"chunk {chunk} already done"}
     item = (await imports.list_imports("t1", dataset_id, page_size=1, after_id=None))[0][0]
-    staged = await execute(container, f'SELECT count(*) FROM imports."{staging_table(item.id)}"')
-    assert staged[0][0] >= 207
+    staged = 0
+    for chunk in launched["launch"]:
+        rows = await execute(
+            container, f'SELECT count(*) FROM imports."{staging_table(item.id, chunk)}"'
+        )
+        staged += rows[0][0]
+    assert staged == 207
     assert await count_records(container, dataset_id) == 0, "nothing visible before finalize"
     assert await imports.finalize(op_id, launched["attempt"] + 1) == {
         "skipped": f"attempt {launched['attempt'] + 1} was superseded by {launched['attempt']}"
@@ -194,9 +210,7 @@ async def test_each_chunk_applies_once_and_records_appear_only_at_finalize(
         o=op_id,
     )
     assert left[0][0] == 0
-    tables_left = await execute(
-        container, "SELECT count(*) FROM pg_class WHERE relname = :n", n=staging_table(item.id)
-    )
+    tables_left = await execute(container, STAGING_TABLES_SQL, n=staging_table(item.id))
     assert tables_left[0][0] == 0, "the staging table is dropped with the merge"
 
 
@@ -273,9 +287,7 @@ async def test_cancel_stops_chunks_and_deletes_staged_rows(
     assert await count_records(container, dataset_id) == 0
     item = (await imports.list_imports("t1", dataset_id, page_size=5, after_id=None))[0][0]
     assert item.state == "CANCELLED"
-    tables_left = await execute(
-        container, "SELECT count(*) FROM pg_class WHERE relname = :n", n=staging_table(item.id)
-    )
+    tables_left = await execute(container, STAGING_TABLES_SQL, n=staging_table(item.id))
     assert tables_left[0][0] == 0, "cancel drops the staging table"
 
 
@@ -392,10 +404,9 @@ async def _errors_and_records(
     item = next(i for i in listed if i.operation_id == op_id)
     async with imports.row_errors("t1", dataset_id, item.id) as rows:
         errors = [row async for row in rows]
-    records = await execute(
-        container, "SELECT key, data FROM imports.records WHERE dataset_id = :d", d=dataset_id
-    )
-    return errors, {key: data for key, data in records}
+    dataset = await imports.get_dataset("t1", dataset_id)
+    records, _ = await imports.list_records(dataset, [], page_size=1000, after_key=None)
+    return errors, {r["key"]: r["data"] for r in records}
 
 
 BAD_UTF8 = b'id,amount,country\na,1,DE\nb\xff,2,FR\n"c\n\xfe",3,US\nd,4,GB\n'
@@ -473,12 +484,8 @@ async def test_last_line_of_a_key_wins_across_chunks_and_record_count_follows_up
     rows[10], rows[70], rows[110] = "dup,1", "dup,2", "dup,3"
     dataset_id, op_id = await new_import(imports, ("id,amount\n" + "\n".join(rows)).encode())
     await run_all(imports, op_id)
-    stored_ = await execute(
-        container,
-        "SELECT data FROM imports.records WHERE dataset_id = :d AND key = 'dup'",
-        d=dataset_id,
-    )
-    assert stored_[0][0]["amount"] == 3
+    dataset = await imports.get_dataset("t1", dataset_id)
+    assert (await imports.get_record(dataset, "dup"))["data"]["amount"] == 3
     assert (await imports.get_dataset("t1", dataset_id)).record_count == 118
     # A second import into the non-empty dataset: 2 updates, 1 new key.
     op = await imports.create_import(
@@ -500,7 +507,89 @@ async def test_staged_rows_lost_with_the_unlogged_table_fail_the_import_not_merg
         await imports.process_chunk(op_id, launched["attempt"], chunk)
     item = (await imports.list_imports("t1", dataset_id, page_size=1, after_id=None))[0][0]
     # What crash recovery does to an UNLOGGED table.
-    await execute(container, f'TRUNCATE imports."{staging_table(item.id)}"')
+    await execute(container, f'TRUNCATE imports."{staging_table(item.id, 0)}"')
     with pytest.raises(PermanentError, match="validated rows were lost"):
         await imports.finalize(op_id, launched["attempt"])
     assert await count_records(container, dataset_id) == 0
+
+
+def _merge_order(monkeypatch: pytest.MonkeyPatch, imports: ImportsService, reverse: bool) -> None:
+    """One chunk merge at a time, in chunk order or in reverse order."""
+    imports.policy = dataclasses.replace(imports.policy, merge_concurrency=1)
+    original = SqlImportsRepository.chunks_to_merge
+
+    async def ordered(self: SqlImportsRepository, import_id: uuid.UUID) -> list[int]:
+        found = await original(self, import_id)
+        return sorted(found, reverse=reverse)
+
+    monkeypatch.setattr(SqlImportsRepository, "chunks_to_merge", ordered)
+
+
+@pytest.mark.parametrize("reverse", [False, True])
+async def test_duplicate_key_split_across_chunks_keeps_the_later_line_in_any_merge_order(
+    imports: ImportsService, monkeypatch: pytest.MonkeyPatch, reverse: bool
+):
+    _merge_order(monkeypatch, imports, reverse)
+    # chunk_rows=50: "dup" is on line 12 (chunk 0) and line 92 (chunk 1).
+    rows = [f"k{i},{i}" for i in range(100)]
+    rows[10], rows[90] = "dup,1.5", "dup,2.5"
+    dataset_id, op_id = await new_import(imports, ("id,amount\n" + "\n".join(rows)).encode())
+    response = await run_all(imports, op_id)
+    assert response["rows_accepted"] == 100
+    dataset = await imports.get_dataset("t1", dataset_id)
+    assert (await imports.get_record(dataset, "dup"))["data"]["amount"] == 2.5
+    assert dataset.record_count == 99
+    # Into the now non-empty dataset (upserts, not plain INSERTs): a later import wins over
+    # every stored line, and within it the later line wins again.
+    second = await imports.create_import(
+        tenant="t1",
+        dataset_id=dataset_id,
+        stored=await stored(
+            imports,
+            ("id,amount\n" + "\n".join([*rows[:10], "dup,9", *rows[11:90], "dup,8"])).encode(),
+        ),
+    )
+    await run_all(imports, second.id)
+    dataset = await imports.get_dataset("t1", dataset_id)
+    assert (await imports.get_record(dataset, "dup"))["data"]["amount"] == 8
+    assert dataset.record_count == 99
+
+
+async def test_merged_chunks_are_applied_once_and_a_cancel_after_the_first_merge_completes(
+    imports: ImportsService, container: Container, monkeypatch: pytest.MonkeyPatch
+):
+    _merge_order(monkeypatch, imports, reverse=False)
+    rows = "".join(f"k{i},{i}\n" for i in range(150))
+    dataset_id, op_id = await new_import(imports, ("id,amount\n" + rows).encode())
+    launched = await imports.run_import(op_id)
+    for chunk in launched["launch"]:
+        await imports.process_chunk(op_id, launched["attempt"], chunk)
+    original = SqlImportsRepository.merge_chunk
+    calls = 0
+
+    async def dies_on_the_second(self: SqlImportsRepository, *args: Any, **kwargs: Any) -> int:
+        nonlocal calls
+        calls += 1
+        if calls == 2:
+            raise TransientError("the backend went away")
+        return await original(self, *args, **kwargs)
+
+    monkeypatch.setattr(SqlImportsRepository, "merge_chunk", dies_on_the_second)
+    with pytest.raises(TransientError):
+        await imports.finalize(op_id, launched["attempt"])
+    # Chunks 0 and 2 merged and committed, chunk 1 failed (nothing of it is stored).
+    assert await count_records(container, dataset_id) == 100
+    item = (await imports.list_imports("t1", dataset_id, page_size=1, after_id=None))[0][0]
+    tables_left = await execute(container, STAGING_TABLES_SQL, n=staging_table(item.id))
+    assert tables_left[0][0] == 1, "a merged chunk's staging table goes with its merge"
+    # Too late to cancel: the import completes, merged chunks are not merged twice.
+    await container.operations.cancel(f"imports.{op_id}", tenant="t1")
+    response = await imports.finalize(op_id, launched["attempt"])
+    assert response["rows_accepted"] == 150
+    op = await container.operations.get(f"imports.{op_id}", tenant="t1")
+    assert op.state == State.SUCCEEDED
+    assert calls == 4
+    assert await count_records(container, dataset_id) == 150
+    assert (await imports.get_dataset("t1", dataset_id)).record_count == 150
+    tables_left = await execute(container, STAGING_TABLES_SQL, n=staging_table(item.id))
+    assert tables_left[0][0] == 0

@@ -132,8 +132,11 @@ def columnar_matches_row_validator(
     **limits: Any,
 ) -> Any:
     """Validates ``rows`` with both validators and asserts the same outcome: counts, row errors
-    (line, field, reason, raw value), and for every accepted row the same line, key and record
-    (as JSON values: jsonb stores numbers by value, so ``1e-07`` and ``1e-7`` are one number).
+    (line, field, reason, raw value), and for every accepted row the same line, key and record.
+
+    The columnar payload is typed COPY text (``line, $key`` then the CSV columns,
+    ``\\N`` for NULL): each cell is read back as its column type would (numbers by value, so
+    ``1e-07`` and ``1e-7`` are one number) and compared with the row validator's JSON record.
 
     Returns:
         The columnar result.
@@ -155,13 +158,35 @@ def columnar_matches_row_validator(
     got = ColumnarValidator(fields, key_field, columns, **limits).validate(rows, chunk_no=7)
     assert (got.accepted, got.rejected) == (len(expected_staged), rejected)
     assert sorted(got.errors) == sorted(expected_errors)
+    types = {f.name: f.type for f in fields}
     staged = []
     for text in bytes(got.staged_copy).decode().split("\n")[:-1]:
-        chunk_no, line, key, data = (_copy_unescape(v) for v in text.split("\t"))
-        assert chunk_no == "7"
-        staged.append((int(line), key, json.loads(data)))
-    assert staged == expected_staged
+        line, key, *cells = text.split("\t")
+        assert len(cells) == len(columns)
+        record = {
+            name: _typed_cell(types[name], _copy_unescape(cell))
+            for name, cell in zip(columns, cells, strict=True)
+            if cell != "\\N"
+        }
+        staged.append((int(line), _copy_unescape(key), record))
+    assert staged == [
+        (line, key, {k: _typed_cell(types[k], v) for k, v in record.items()})
+        for line, key, record in expected_staged
+    ]
     return got
+
+
+def _typed_cell(field_type: str, value: Any) -> Any:
+    """A value as its typed column holds it (text from COPY, or the JSON value)."""
+    if field_type == "number":
+        return float(value)
+    if field_type == "integer":
+        return int(value)
+    if field_type == "boolean":
+        return value if isinstance(value, bool) else value == "true"
+    if field_type == "timestamp":
+        return dt.datetime.fromisoformat(value)
+    return value
 
 
 def _copy_unescape(value: str) -> str:
@@ -176,9 +201,40 @@ def _copy_unescape(value: str) -> str:
     return "".join(out)
 
 
-def staging_table(import_id: Any) -> str:
-    """Returns the name of an import's staging table (``imports."staged_<hex>"``, dropped when
-    the import ends), for ``SELECT count(*) FROM pg_class WHERE relname = :n``."""
+def staging_table(import_id: Any, chunk_no: int | None = None) -> str:
+    """Returns the name of a chunk's staging table (``imports."staged_<hex>_<chunk>"``, dropped
+    by its merge), or without ``chunk_no`` the common prefix of an import's staging tables
+    (see :data:`STAGING_TABLES_SQL`)."""
     import uuid
 
-    return f"staged_{uuid.UUID(str(import_id)).hex}"
+    prefix = f"staged_{uuid.UUID(str(import_id)).hex}"
+    return prefix if chunk_no is None else f"{prefix}_{chunk_no}"
+
+
+STAGING_TABLES_SQL = "SELECT count(*) FROM pg_class WHERE left(relname, 39) = :n"
+"""Counts an import's staging tables; ``n`` = :func:`staging_table` of the import."""
+
+
+def records_table_sql(dataset_id: Any) -> str:
+    """Returns the quoted name of a dataset's typed records table (hex digits only)."""
+    import uuid as _uuid
+
+    return f'imports."records_{_uuid.UUID(str(dataset_id)).hex}"'
+
+
+def count_records_sql(dataset_id: Any) -> str:
+    """Returns ``SELECT count(*)`` over a dataset's records table."""
+    return f"SELECT count(*) FROM {records_table_sql(dataset_id)}"
+
+
+def insert_record_sql(dataset_id: Any) -> str:
+    """Returns an INSERT of one record given as ``:k``, ``:data`` (jsonb text), ``:i``.
+
+    The JSON object's values are cast to the typed columns by ``jsonb_populate_record``.
+    """
+    table = records_table_sql(dataset_id)
+    return (
+        f"INSERT INTO {table} SELECT (jsonb_populate_record(NULL::{table},"
+        " CAST(:data AS jsonb) || jsonb_build_object('$key', CAST(:k AS text), '$line', 0,"
+        " '$import_id', CAST(:i AS uuid), '$update_time', now()))).*"
+    )

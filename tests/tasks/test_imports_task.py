@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 from celery.result import AsyncResult
 
-from tests.support.imports import create_dataset, generate_csv, upload
+from tests.support.imports import count_records_sql, create_dataset, generate_csv, upload
 from tests.support.ops import op_path, query, wait_done
 
 
@@ -175,11 +175,7 @@ async def test_unreadable_file_fails_the_operation_with_what_to_fix(
     item = (await client.get(f"/v1/{target}")).json()
     assert item["state"] == "FAILED"
     assert message in item["error"]
-    records = await query(
-        database_url,
-        "SELECT count(*) FROM imports.records WHERE dataset_id = CAST(:d AS uuid)",
-        d=dataset["id"],
-    )
+    records = await query(database_url, count_records_sql(dataset["id"]))
     assert records[0][0] == 0
 
 
@@ -298,3 +294,34 @@ async def test_jsonl_nested_100000_deep_is_an_input_error_not_a_retry_loop(clien
     assert done["metadata"]["state"] == "FAILED", done
     assert "line 1 is nested too deeply" in done["error"]["message"]
     assert done["metadata"]["attempt"] == 1
+
+
+async def test_duplicate_keys_across_chunks_merged_concurrently_keep_the_last_line(
+    client, small_chunks
+):
+    # 100-row chunks merged two at a time by the finalize: "dup" is in chunks 0, 2 and 4,
+    # "twin" in chunks 1 and 3; the last line of each must win, counted once each.
+    dataset = await create_dataset(client)
+    lines = ["id,amount,qty,country"]
+    for i in range(500):
+        key, qty = f"k{i}", i
+        if i in (5, 250, 470):
+            key = "dup"
+        elif i in (150, 350):
+            key = "twin"
+        lines.append(f"{key},{i}.5,{qty},DE")
+    op = (await upload(client, dataset["id"], ("\n".join(lines) + "\n").encode())).json()
+    done = await wait_done(client, op["name"], timeout=60)
+    assert done["metadata"]["state"] == "SUCCEEDED", done
+    records = f"/v1/datasets/{dataset['id']}/records"
+    assert (await client.get(f"{records}/dup")).json()["data"]["qty"] == 470
+    assert (await client.get(f"{records}/twin")).json()["data"]["qty"] == 350
+    assert (await client.get(f"/v1/datasets/{dataset['id']}")).json()["record_count"] == 497
+    # The filter compares the bigint column: 470 > 99 (as text "470" < "99").
+    listed = await client.get(records, params={"filter": "qty > 465", "page_size": 100})
+    assert sorted(r["key"] for r in listed.json()["records"]) == [
+        "dup", "k466", "k467", "k468", "k469", "k471", "k472", "k473", "k474", "k475",
+        "k476", "k477", "k478", "k479", "k480", "k481", "k482", "k483", "k484", "k485",
+        "k486", "k487", "k488", "k489", "k490", "k491", "k492", "k493", "k494", "k495",
+        "k496", "k497", "k498", "k499",
+    ]  # fmt: skip

@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import csv
+import io
+from typing import Any
+
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -160,3 +165,59 @@ def test_slices_by_rows_and_by_characters_give_the_same_result(monkeypatch):
     by_chars = columnar_matches_row_validator(FIELDS, "id", COLUMNS, rows)
     assert whole.staged_copy == by_rows.staged_copy == by_chars.staged_copy
     assert whole.accepted == 25
+
+
+def _both_readers(data: bytes, first_line: int = 2) -> tuple[Any, Any, bool]:
+    """Validates ``data`` via pyarrow's reader (if it takes it) and via ``csv.reader``."""
+    from domains.imports import columnar
+
+    validator = columnar.ColumnarValidator(FIELDS, "id", COLUMNS)
+    text = data.decode("utf-8", errors="replace")
+    rows = []
+    reader = csv.reader(io.StringIO(text, newline=""), strict=False)
+    before = 0
+    for cells in reader:
+        line = first_line + before
+        before = reader.line_num
+        if cells and not (len(cells) == 1 and not cells[0].strip()):
+            rows.append((line, cells))
+    by_rows = validator.validate(rows, chunk_no=0)
+    arrays = columnar.read_one_row_per_line(data, COLUMNS)
+    if arrays is None:
+        return by_rows, by_rows, False
+    return validator.validate_arrays(arrays, first_line), by_rows, True
+
+
+def _same(got: Any, want: Any) -> None:
+    assert (got.accepted, got.rejected) == (want.accepted, want.rejected)
+    assert sorted(got.errors) == sorted(want.errors)
+    assert bytes(got.staged_copy) == bytes(want.staged_copy)
+
+
+@FUZZ
+@given(st.lists(st.one_of(ROW, ROW.map(lambda r: r[:-1])), min_size=1, max_size=30))
+def test_pyarrow_reader_gives_what_csv_reader_gives(rows):
+    out = io.StringIO()
+    csv.writer(out, lineterminator="\n").writerows(rows)
+    got, want, _ = _both_readers(out.getvalue().encode())
+    _same(got, want)
+
+
+@pytest.mark.parametrize(
+    ("data", "taken"),
+    [
+        (b'k1,1,2,true,2026-01-31,,A,x\nk2,2.5,,,,,,"a, b"\n', True),
+        (b'k1,1,,,,,,"q ""x"" y"\r\nk2,2,,,,,,z\r\n', True),
+        (b'k1,1,,,,,,a"b"c\nk2,2,,,,,,"ab"c\n', None),  # odd quoting: checked against csv
+        (b'k1,1,,,,,,"two\nlines"\nk2,2,,,,,,z\n', False),
+        (b"k1,1,,,,,,x\n\nk2,2,,,,,,z\n", False),
+        (b"k1,1,,,,,,x\rk2,2,,,,,,z\n", False),
+        (b"k1,1,,,,,,x\nk2,2\n", False),
+        (b"k1,1,,,,,,\xff\n", False),
+    ],
+)
+def test_pyarrow_reader_is_used_only_when_it_is_exact(data, taken):
+    got, want, used = _both_readers(data)
+    _same(got, want)
+    if taken is not None:
+        assert used is taken

@@ -182,3 +182,48 @@ def test_breaking_changes_lists_each_problem():
         "field 'id' changes type from string to integer",
         "enum field 'e' loses values ['B']",
     ]
+
+
+TRICKY_BODIES = [
+    # One row per line (the block path), with quoted commas, with and without a final newline.
+    b"".join(
+        b'k%d,"a, ""b"" %d"\n' % (i, i) if i % 3 == 0 else b"k%d,%d\n" % (i, i) for i in range(200)
+    ),
+    b"".join(b"k%d,%d\n" % (i, i) for i in range(199)) + b"last,row",
+    "k1,\u201cquoted\u201d\nk2,x\n".encode(),
+    b'a,plain\r\n"b","two\r\nlines"\r\n\r\nc,"quote "" inside"\r\nd,"x\n\ny"\n',
+    b"a,1\n\n   \n\t\r\nb,2\n" + "\u00a0\u2003\n".encode() + b"c,3",
+    "\u00e9,caf\u00e9\n\u00a0x,1\n".encode() + b'e,"multi\n\n\nline"\nf,2\n',
+    b"a,1\nb,\xff bad\nc,3\n",
+    b'a,"never closed\nb,2\n',
+    b"a,1\nb\x00,2\n",
+    b"".join(
+        b'k%d,"v %d\nsecond"\n' % (i, i) if i % 7 == 0 else b"k%d,%d\n" % (i, i) for i in range(300)
+    ),
+]
+
+
+@pytest.mark.parametrize("body", TRICKY_BODIES)
+@pytest.mark.parametrize("chunk_rows", [1, 2, 3, 50])
+@pytest.mark.parametrize("encoding_errors", ["fail", "replace"])
+def test_block_cutting_gives_the_line_by_line_plan(
+    tmp_path, monkeypatch, body, chunk_rows, encoding_errors
+):
+    path = write(tmp_path, b"id,s\n" + body)
+
+    def plan() -> Any:
+        try:
+            return parsing.plan_chunks(
+                path, "csv", FIELDS, chunk_rows, encoding_errors=encoding_errors
+            )
+        except parsing.ImportFileError as exc:
+            return str(exc)
+
+    # Blocks of a few bytes: many block ends fall inside rows and quoted fields.
+    monkeypatch.setattr(parsing, "_BLOCK_BYTES", 5)
+    by_blocks = plan()
+    monkeypatch.setattr(parsing, "_BLOCK_BYTES", 1 << 20)
+    one_block = plan()
+    monkeypatch.setattr(parsing, "_plan_csv_body", lambda *args: None)
+    line_by_line = plan()
+    assert by_blocks == one_block == line_by_line
