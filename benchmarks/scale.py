@@ -221,9 +221,9 @@ async def dead_tuples(url: str) -> dict[str, int]:
         async with engine.connect() as conn:
             await conn.exec_driver_sql("SELECT pg_stat_force_next_flush()")
             rows = await conn.exec_driver_sql(
-                "SELECT relname, n_tup_ins, n_tup_upd, n_tup_hot_upd, n_tup_del FROM"
-                " pg_stat_user_tables WHERE schemaname = 'platform'"
-                " AND relname IN ('operations', 'outbox')"
+                f"SELECT {_TABLE}, sum(n_tup_ins), sum(n_tup_upd), sum(n_tup_hot_upd),"
+                f" sum(n_tup_del) FROM {_PLATFORM_STATS} AND {_TABLE} IN ('operations', 'outbox')"
+                " GROUP BY 1"
             )
             return {
                 f"{r[0]}.{k}": int(v)
@@ -253,14 +253,23 @@ def run_jobs(settings: Settings, count: int) -> float:
     return count / (time.perf_counter() - began)
 
 
+# operations and outbox are partitioned by day: their statistics and storage are the
+# partitions', counted under the parent's name.
+_TABLE = "coalesce(p.relname, s.relname)"
+_PLATFORM_STATS = (
+    "pg_stat_user_tables s LEFT JOIN pg_inherits i ON i.inhrelid = s.relid"
+    " LEFT JOIN pg_class p ON p.oid = i.inhparent WHERE s.schemaname = 'platform'"
+)
+
+
 async def sizes(url: str) -> dict[str, int]:
     engine = create_async_engine(url)
     try:
         async with engine.connect() as conn:
             rows = await conn.exec_driver_sql(
-                "SELECT schemaname || '.' || relname, pg_total_relation_size(relid)"
-                " FROM pg_stat_user_tables WHERE relname IN ('operations', 'outbox', 'pings')"
-                " AND schemaname = 'platform'"
+                f"SELECT 'platform.' || {_TABLE}, sum(pg_total_relation_size(s.relid))"
+                f" FROM {_PLATFORM_STATS} AND {_TABLE} IN ('operations', 'outbox', 'pings')"
+                " GROUP BY 1"
             )
             return {r[0]: int(r[1]) for r in rows}
     finally:
