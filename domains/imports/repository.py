@@ -210,19 +210,11 @@ class SqlImportsRepository:
             await self._create_records_table(dataset_id, new)
             return
         table = tables.records_table(dataset_id, new)
-        dialect = (await self._session.connection()).dialect
-        preparer = dialect.identifier_preparer
+        before = tables.records_table(dataset_id, old)
         old_by_name = {f.name: f for f in old}
         for f in new:
-            if f.name in old_by_name:
-                continue
-            column_type = table.c[f.name].type.compile(dialect=dialect)
-            await self._session.execute(
-                sa.text(
-                    f"ALTER TABLE {preparer.format_table(table)}"
-                    f" ADD COLUMN {preparer.quote(f.name)} {column_type}"
-                )
-            )
+            if f.name not in old_by_name:
+                await self._session.execute(tables.AddColumn(table, table.c[f.name]))
         for f in new:
             was = old_by_name.get(f.name)
             was_indexed = was is not None and was.indexed
@@ -231,12 +223,8 @@ class SqlImportsRepository:
                 index = next(i for i in table.indexes if i.name == name)
                 await self._session.execute(sa.schema.CreateIndex(index, if_not_exists=True))
             elif was_indexed and not f.indexed:
-                await self._session.execute(
-                    sa.text(
-                        "DROP INDEX IF EXISTS "
-                        f"{preparer.quote_schema(tables.SCHEMA)}.{preparer.quote(name)}"
-                    )
-                )
+                index = next(i for i in before.indexes if i.name == name)
+                await self._session.execute(sa.schema.DropIndex(index, if_exists=True))
 
     @staticmethod
     def _records(dataset: Dataset) -> sa.Table:

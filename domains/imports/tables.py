@@ -9,6 +9,7 @@ from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql as pg
+from sqlalchemy.ext.compiler import compiles
 
 from domains.imports.model import FieldDef
 from domains.operations.tables import operations_table
@@ -204,3 +205,28 @@ def records_table(dataset_id: uuid.UUID, fields: Sequence[FieldDef]) -> sa.Table
         if f.indexed:
             sa.Index(field_index_name(dataset_id, f.name), table.c[f.name])
     return table
+
+
+class AddColumn(sa.schema.ExecutableDDLElement):
+    """``ALTER TABLE ... ADD COLUMN`` for one column of a records table.
+
+    SQLAlchemy core has no construct for it; this one is compiled by the dialect, so the
+    table and column names are quoted by its identifier preparer and the type is its own.
+    """
+
+    inherit_cache = False
+
+    def __init__(self, table: sa.Table, column: sa.Column[Any]) -> None:
+        """Args: table: The table altered. column: One of its columns."""
+        self.table = table
+        self.column = column
+
+
+@compiles(AddColumn)
+def _compile_add_column(element: AddColumn, compiler: Any, **kw: Any) -> str:
+    preparer = compiler.preparer
+    column_type = compiler.dialect.type_compiler_instance.process(element.column.type)
+    return (
+        f"ALTER TABLE {preparer.format_table(element.table)}"
+        f" ADD COLUMN {preparer.format_column(element.column)} {column_type}"
+    )

@@ -31,6 +31,7 @@ import uuid
 from typing import Any
 
 import sqlalchemy as sa
+from sqlalchemy.dialects.postgresql import UUID as PG_UUID
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -92,6 +93,11 @@ def is_partition_name(table: str, name: str) -> bool:
 
 def _q(name: str) -> str:
     return '"' + name.replace('"', '""') + '"'
+
+
+def _table(schema: str, name: str) -> sa.TableClause:
+    """A lightweight table (``id`` only) for statements on one partition."""
+    return sa.table(name, sa.column("id", PG_UUID(as_uuid=True)), schema=schema)
 
 
 def create_day_partition_sql(schema: str, table: str, day: dt.date) -> str:
@@ -218,15 +224,15 @@ async def ensure_partitions(
         if name in existing:
             continue
         if default in existing:
+            rows = _table(schema, default)
             taken = await session.execute(
-                sa.text(
-                    f"SELECT 1 FROM {_q(schema)}.{_q(default)}"  # noqa: S608 - quoted identifiers
-                    " WHERE id >= CAST(:low AS uuid) AND id < CAST(:high AS uuid) LIMIT 1"
-                ),
-                {
-                    "low": str(id_at(day_start(day))),
-                    "high": str(id_at(day_start(day + dt.timedelta(days=1)))),
-                },
+                sa.select(sa.literal(1))
+                .select_from(rows)
+                .where(
+                    rows.c.id >= id_at(day_start(day)),
+                    rows.c.id < id_at(day_start(day + dt.timedelta(days=1))),
+                )
+                .limit(1)
             )
             if taken.first() is not None:
                 continue
@@ -275,22 +281,24 @@ async def drop_expired_partitions(
             bound = await _legacy_bound(session, schema, partition.name)
             if bound is None or bound > cutoff:
                 continue
-        qualified = f"{_q(schema)}.{_q(partition.name)}"
-        # Identifiers quoted from the catalog; ``keep`` is the repositories' constant.
-        probe = sa.text(f"SELECT 1 FROM {qualified} WHERE {keep} LIMIT 1")  # noqa: S608
+        qualified = f"{schema}.{partition.name}"
+        part = _table(schema, partition.name)
+        # ``keep`` is the repositories' constant condition, never request data.
+        probe = sa.select(sa.literal(1)).select_from(part).where(sa.text(keep)).limit(1)
         if (await session.execute(probe, {"cutoff": cutoff})).first() is not None:
             continue
         held = 0
 
-        async def drop(qualified: str = qualified, probe: sa.TextClause = probe) -> None:
+        async def drop(part: sa.TableClause = part, probe: sa.Select[Any] = probe) -> None:
             nonlocal held
             await session.execute(sa.text(f"LOCK TABLE {_q(schema)}.{_q(table)}"))
             if (await session.execute(probe, {"cutoff": cutoff})).first() is not None:
                 return
-            count = f"SELECT count(*) FROM {qualified}"  # noqa: S608 - a quoted identifier
-            counted = await session.execute(sa.text(count))
+            counted = await session.execute(sa.select(sa.func.count()).select_from(part))
             held = int(counted.scalar_one())
-            await session.execute(sa.text(f"DROP TABLE {qualified}"))
+            await session.execute(
+                sa.schema.DropTable(sa.Table(part.name, sa.MetaData(), schema=schema))
+            )
 
         if not await _with_short_lock(session, drop):
             log.info("%s: partition not dropped (table busy); next run", qualified)
