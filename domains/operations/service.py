@@ -313,8 +313,10 @@ class OperationsService:
             NotFound: If it does not exist for this tenant.
         """
         domain, op_id = parse_operation_name(name)
-        async with self._uow(domain) as uow:
-            op = await uow.operations.get(op_id, tenant=tenant)
+        # One statement, so autocommit: one round trip instead of BEGIN, SELECT, ROLLBACK.
+        op = await self._uow(domain).autocommit(
+            lambda uow: uow.operations.get(op_id, tenant=tenant)
+        )
         if op is None:
             raise NotFound(
                 f"operations/{domain}.{op_id} does not exist", reason="OPERATION_NOT_FOUND"
@@ -356,9 +358,11 @@ class OperationsService:
                 rest.append(cond)
         per_domain: builtins.list[builtins.list[Operation]] = []
         for domain in domains:
-            async with self._uow(domain, read=True) as uow:
-                per_domain.append(
-                    await uow.operations.list(
+            # One statement per domain, so autocommit: one round trip each, not three (a
+            # replica-routed source still opens an ordinary transaction).
+            per_domain.append(
+                await self._uow(domain, read=True).autocommit(
+                    lambda uow: uow.operations.list(
                         rest,
                         after=after,
                         limit=page_size + 1,
@@ -366,6 +370,7 @@ class OperationsService:
                         newest_first=newest_first,
                     )
                 )
+            )
         merged = list(
             heapq.merge(*per_domain, key=lambda op: (op.create_time, op.id), reverse=newest_first)
         )

@@ -68,3 +68,25 @@ async def test_round_trips_per_ping_job_and_submit(
 
     assert jobs == [WORKER_ROUND_TRIPS_PER_PING] * 3, f"worker round trips per ping: {jobs}"
     assert submits == [SUBMIT_ROUND_TRIPS_PER_PING] * 3, f"round trips per submit: {submits}"
+
+
+async def test_round_trips_per_operation_read(counted: tuple[Container, RoundTripCounter]) -> None:
+    """GET of an operation is one statement; the list is one statement per domain schema
+    (no BEGIN/ROLLBACK around single-statement reads)."""
+    container, proxy = counted
+    operations = container.operations
+    op = await container.pings.create_ping(message="read me")
+    for _ in range(2):  # warm up
+        await operations.get(op.name)
+        await operations.list([], page_size=50, after=None)
+
+    before = proxy.turns
+    assert (await operations.get(op.name)).id == op.id
+    got = proxy.turns - before
+    before = proxy.turns
+    page = await operations.list([], page_size=50, after=None)
+    listed = proxy.turns - before
+
+    assert op.id in {o.id for o in page.operations}
+    assert got == 1, f"round trips per operation GET: {got}"
+    assert listed == len(operations.domains), f"round trips per list: {listed}"
