@@ -93,11 +93,6 @@ SCOPE_AREAS: dict[str, str] = {
 """First path segment after ``/v1/`` -> scope area. A ``/v1`` path missing here needs ``*``
 (fail closed: a new router is reachable only by all-scope keys until it is mapped)."""
 
-PUBLIC_PATHS: frozenset[str] = frozenset(
-    {"/healthz", "/readyz", "/metrics", "/docs", "/docs/oauth2-redirect", "/redoc", "/openapi.json"}
-)
-"""Paths served without a key (every other non-``/v1`` path is not an API route anyway)."""
-
 _READ_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 _MAX_AUTHORIZATION_LENGTH = 512
 

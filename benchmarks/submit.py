@@ -43,7 +43,6 @@ import random
 import secrets
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -59,6 +58,7 @@ import redis
 
 from app import migrate
 from app.config import load_settings
+from app.embedded import find_free_port as free_port
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 DEFAULT_ADMIN_URL = "postgresql://postgres@127.0.0.1:5432/test"
@@ -102,12 +102,6 @@ def cpu_seconds(session_id: int) -> float:
         if len(fields) > 14 and int(fields[3]) == session_id:
             total += sum(int(f) for f in fields[11:15])
     return total / CLOCK_TICKS
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def plain_pg_url(url: str) -> str:

@@ -52,6 +52,7 @@ from benchmarks.submit import (  # noqa: E402
     create_database,
     drop_database,
     flush_redis,
+    free_port,
     pick_redis_db,
     plain_pg_url,
     with_database,
@@ -131,14 +132,6 @@ def _claim_shared(base_url: str) -> tuple[str, Any]:
             return url, release
         tried.add(url)
     raise SystemExit("webhooks.py: no idle, unlocked Redis database index in 1..15")
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 async def received(base: str) -> int:

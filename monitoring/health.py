@@ -51,28 +51,6 @@ async def _check_database(
     return "ok", migrations
 
 
-async def check_databases(registry: EngineRegistry, timeout: float = 2.0) -> dict[str, str]:
-    """Runs ``SELECT 1`` on each distinct primary database.
-
-    Args:
-        registry: Engines.
-        timeout: Seconds per check.
-
-    Returns:
-        ``{url-label: "ok" | error}``.
-    """
-    results: dict[str, str] = {}
-    for label, domains in _domains_by_database(registry).items():
-        try:
-            async with asyncio.timeout(timeout):
-                async with registry.engine(domains[0]).connect() as conn:
-                    await conn.execute(sa.text("SELECT 1"))
-            results[label] = "ok"
-        except Exception as exc:
-            results[label] = f"{type(exc).__name__}: {exc}"[:300]
-    return results
-
-
 def _check_broker(celery: Celery, timeout: float) -> str:
     with celery.connection_for_write() as conn:
         conn.ensure_connection(max_retries=1, timeout=timeout)
