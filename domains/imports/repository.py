@@ -723,7 +723,7 @@ class SqlImportsRepository:
         if not exists.scalar():
             return 0
         query = sa.select(sa.func.count()).select_from(self._staging(import_id, chunk_no))
-        return int((await self._session.execute(query)).scalar() or 0)
+        return int((await self._session.execute(query, execution_options=_ONE_OFF)).scalar() or 0)
 
     async def copy_staged(
         self,
@@ -860,7 +860,7 @@ class SqlImportsRepository:
             insert = pg.insert(records).from_select(columns, latest)
             try:
                 async with self._session.begin_nested():
-                    result = await self._session.execute(insert)
+                    result = await self._session.execute(insert, execution_options=_ONE_OFF)
                 return int(cast(Any, result).rowcount or 0)
             except sa.exc.IntegrityError as exc:
                 if getattr(exc.orig, "sqlstate", None) != "23505":
@@ -868,7 +868,9 @@ class SqlImportsRepository:
         upsert = self._upsert(pg.insert(records).from_select(columns, latest), records)
         # xmax = 0 on a returned row: inserted, not updated.
         merged = upsert.returning((sa.literal_column("xmax") == 0).label("inserted")).cte("merged")
-        result = await self._session.execute(sa.select(sa.func.count().filter(merged.c.inserted)))
+        result = await self._session.execute(
+            sa.select(sa.func.count().filter(merged.c.inserted)), execution_options=_ONE_OFF
+        )
         return int(result.scalar() or 0)
 
     @staticmethod
@@ -1123,6 +1125,11 @@ class SqlImportsRepository:
         await self._session.execute(
             sa.update(t).where(t.c.id.in_(list(import_ids))).values(file_path=None, plain_path=None)
         )
+
+
+_ONE_OFF = {"compiled_cache": None}
+"""Execution options of statements on one chunk's staging table: not kept in SQLAlchemy's
+compiled cache (its key is the Table object, used for a few statements and dropped)."""
 
 
 def staging_table_for(name: str, fields: Sequence[FieldDef] = ()) -> sa.Table:

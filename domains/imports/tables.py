@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import uuid
 from collections.abc import Sequence
@@ -177,6 +178,11 @@ def field_index_name(dataset_id: uuid.UUID, field: str) -> str:
 def records_table(dataset_id: uuid.UUID, fields: Sequence[FieldDef]) -> sa.Table:
     """Describes a dataset's typed records table (its own MetaData: never in migrations).
 
+    Memoized per ``(dataset, fields)``: SQLAlchemy keys its compiled-statement cache on the
+    Table object, so a new object per call would add a cache entry per statement run (the
+    engine's LRU then fills with one-off entries, evicting the hot path's, and each holds a
+    Table: worker memory grew with every import).
+
     Columns: the bookkeeping columns (:data:`KEY`, :data:`LINE`, :data:`IMPORT_ID`,
     :data:`UPDATE_TIME`) and one nullable column per declared field, of its
     :data:`SQL_TYPES` type. The key is unique; fields declared ``indexed`` get an index.
@@ -189,6 +195,11 @@ def records_table(dataset_id: uuid.UUID, fields: Sequence[FieldDef]) -> sa.Table
     Returns:
         The table, in the ``imports`` schema.
     """
+    return _records_table(dataset_id, tuple(fields))
+
+
+@functools.lru_cache(maxsize=256)
+def _records_table(dataset_id: uuid.UUID, fields: tuple[FieldDef, ...]) -> sa.Table:
     name = records_table_name(dataset_id)
     table = sa.Table(
         name,

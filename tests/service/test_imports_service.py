@@ -593,3 +593,33 @@ async def test_merged_chunks_are_applied_once_and_a_cancel_after_the_first_merge
     assert (await imports.get_dataset("t1", dataset_id)).record_count == 150
     tables_left = await execute(container, STAGING_TABLES_SQL, n=staging_table(item.id))
     assert tables_left[0][0] == 0
+
+
+async def test_imports_and_record_reads_add_no_compiled_cache_entries_once_warm(
+    imports: ImportsService, container: Container
+):
+    """Statements on a dataset's records table reuse one Table object, and statements on a
+    chunk's staging table skip the cache: a steady stream of imports and reads must not fill
+    SQLAlchemy's compiled cache (a new Table object per call is a new cache key: the cache
+    churned, evicting the hot path's entries, and worker memory grew with every import)."""
+    cache = container.registry.engine("imports").sync_engine._compiled_cache
+    assert cache is not None
+    body = ("id,amount\n" + "\n".join(f"k{i},{i}" for i in range(120))).encode()
+    dataset_id, op_id = await new_import(imports, body)
+    await run_all(imports, op_id)  # warm: every statement shape compiled once
+
+    async def one_round() -> None:
+        op = await imports.create_import(
+            tenant="t1", dataset_id=dataset_id, stored=await stored(imports, body)
+        )
+        await run_all(imports, op.id)
+        dataset = await imports.get_dataset("t1", dataset_id)
+        for i in range(5):
+            assert (await imports.get_record(dataset, f"k{i}"))["data"]["amount"] == i
+
+    await one_round()
+    warm = len(cache)
+    for _ in range(3):
+        await one_round()
+    # Three more imports of three chunks each and 15 reads: the same shapes, no new entries.
+    assert len(cache) == warm, f"compiled cache grew from {warm} to {len(cache)} entries"
