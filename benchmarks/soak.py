@@ -313,7 +313,8 @@ def main() -> int:
     for line in _verdict(samples):
         print("  " + line)
     if args.json_path:
-        pathlib.Path(args.json_path).write_text(json.dumps(samples, indent=1))
+        # PostgreSQL sizes come back as Decimal.
+        pathlib.Path(args.json_path).write_text(json.dumps(samples, indent=1, default=float))
     shutil.rmtree(work / "data" / "imports", ignore_errors=True)
     return 0
 
