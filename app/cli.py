@@ -122,7 +122,7 @@ def api(host: str, port: int, workers: int) -> None:
     settings = _settings()
     _require(settings)
     uvicorn.run(
-        "app.main:create_app",
+        "app.main:server_app",
         factory=True,
         host=host,
         port=port,

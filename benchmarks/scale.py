@@ -119,9 +119,10 @@ async def measure_lists(
     settings: Settings, key: str, samples: int, only: str | None = None
 ) -> list[dict[str, Any]]:
     """p50/p99 of every allowed filter through the in-process API."""
-    from app.main import create_app
+    from app.main import create_app, freeze_heap
 
     app = create_app(settings)
+    freeze_heap()  # as `conveyor api` does (app.main.server_app)
     rows = []
     transport = httpx.ASGITransport(app=app)
     headers = {"authorization": f"Bearer {key}"}

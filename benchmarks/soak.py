@@ -61,6 +61,11 @@ FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
 WHERE n.nspname IN ('platform', 'imports', 'webhooks', 'reports') AND c.relkind IN ('r', 'p')
 GROUP BY 1
 """
+RELATIONS_SQL = """
+SELECT n.nspname || '.' || c.relname, pg_total_relation_size(c.oid)
+FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+WHERE n.nspname IN ('platform', 'imports', 'webhooks', 'reports') AND c.relkind = 'r'
+"""
 COUNTED = (
     "platform.operations",
     "platform.outbox",
@@ -93,6 +98,29 @@ def _dir_mib(path: pathlib.Path) -> float:
             with contextlib.suppress(OSError):
                 total += (pathlib.Path(root) / name).stat().st_size
     return total / 2**20
+
+
+async def _relation_sizes(url: str) -> dict[str, int]:
+    """Bytes of every table (partitions included) with its indexes and TOAST."""
+    import asyncpg  # type: ignore[import-untyped,unused-ignore]
+
+    conn = await asyncpg.connect(services.to_plain_url(url))
+    try:
+        return {r[0]: int(r[1]) for r in await conn.fetch(RELATIONS_SQL)}
+    finally:
+        await conn.close()
+
+
+def _growth(half: dict[str, int], end: dict[str, int], top: int = 8) -> list[str]:
+    """The tables that grew most over the second half of the run."""
+    grown = sorted(
+        ((end.get(k, 0) - half.get(k, 0), k) for k in set(half) | set(end)), reverse=True
+    )
+    return [
+        f"{name:<45} {half.get(name, 0) / 2**20:8.2f} -> {end.get(name, 0) / 2**20:8.2f} MiB"
+        for delta, name in grown[:top]
+        if delta > 0
+    ]
 
 
 def _rss_mib(pid: int | None) -> float:
@@ -155,6 +183,7 @@ async def _load(
 
         began = time.monotonic()
         last_import = last_purge = next_report = began
+        half_way: dict[str, int] | None = None
         second = 0
         while time.monotonic() - began < args.minutes * 60:
             tick = time.monotonic()
@@ -177,6 +206,8 @@ async def _load(
             if tick - last_purge >= args.purge_every:
                 last_purge = tick
                 celery.send_task("platform.purge_done", queue="platform", routing_key="platform")
+            if half_way is None and tick - began >= args.minutes * 30:
+                half_way = await _relation_sizes(system.database_url)
             if tick >= next_report:
                 next_report += args.report_every
                 sizes, counts = await _sample(system.database_url)
@@ -212,6 +243,10 @@ async def _load(
                 )
             await asyncio.sleep(max(0.0, 1.0 - (time.monotonic() - tick)))
     receiver.shutdown()
+    if half_way is not None:
+        print("\ntables that grew most over the second half:")
+        for line in _growth(half_way, await _relation_sizes(system.database_url)):
+            print("  " + line)
     return samples
 
 
