@@ -57,7 +57,8 @@ def purge_done() -> dict[str, Any]:
     """Retention: deletes done operations, schedule runs and answered pings older than
     ``schedules.retention_days``, and what ``CONVEYOR_RETENTION__*`` says has expired:
     published outbox rows, handled inbox rows, finished webhook deliveries with their
-    attempts, received and applied event records, and finished imports' files.
+    attempts, received and applied event records, finished imports' files, and latency
+    samples (folded into frozen day percentiles first).
 
     Returns:
         Rows (files) deleted, by kind.
@@ -101,6 +102,9 @@ def purge_done() -> dict[str, Any]:
     if "reports" in services:
         counts["applied_events"] = runtime.run(
             services["reports"].purge_applied(now - keep.events_days * days, limit=batch)
+        )
+        counts["latency_samples"] = runtime.run(
+            services["reports"].compact_latencies((now - keep.latency_samples_days * days).date())
         )
     if "imports" in services:
         counts["import_files"] = runtime.run(

@@ -36,6 +36,14 @@ class RetentionSettings(BaseModel):
         description="Received events (webhooks), applied event ids (reports) and handled inbox"
         " rows are deleted after this long; keep it longer than any redelivery of an event.",
     )
+    latency_samples_days: float = Field(
+        default=2.0,
+        gt=0,
+        le=3650,
+        description="Latency samples of successful webhook deliveries (reports) are kept this"
+        " long: the days before it are folded into frozen p50/p95 figures per endpoint-day and"
+        " tenant-day, then their samples are deleted (reports show the same figures).",
+    )
     import_files_days: float = Field(
         default=7.0,
         gt=0,

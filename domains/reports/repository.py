@@ -478,8 +478,9 @@ class SqlProjectionRepository:
                 t.c.deliveries_succeeded,
                 t.c.deliveries_failed,
                 t.c.deliveries_dead,
-                percentiles.c.p50.label("latency_p50_ms"),
-                percentiles.c.p95.label("latency_p95_ms"),
+                # A compacted day's frozen figures win over samples that arrived after it.
+                sa.func.coalesce(t.c.latency_p50_ms, percentiles.c.p50).label("latency_p50_ms"),
+                sa.func.coalesce(t.c.latency_p95_ms, percentiles.c.p95).label("latency_p95_ms"),
             )
             .select_from(
                 t.outerjoin(
@@ -510,6 +511,7 @@ class SqlProjectionRepository:
             Rows keyed like :data:`~domains.reports.model.DIGEST_COLUMNS`, by day.
         """
         d, e, lat = tables.dataset_daily, tables.endpoint_daily, tables.delivery_latencies
+        frozen = tables.tenant_daily_latency
         days = (
             sa.select(
                 sa.func.generate_series(
@@ -565,13 +567,14 @@ class SqlProjectionRepository:
                 zero(deliveries.c.deliveries_succeeded).label("deliveries_succeeded"),
                 zero(deliveries.c.deliveries_failed).label("deliveries_failed"),
                 zero(deliveries.c.deliveries_dead).label("deliveries_dead"),
-                latency.c.p50.label("latency_p50_ms"),
-                latency.c.p95.label("latency_p95_ms"),
+                sa.func.coalesce(frozen.c.latency_p50_ms, latency.c.p50).label("latency_p50_ms"),
+                sa.func.coalesce(frozen.c.latency_p95_ms, latency.c.p95).label("latency_p95_ms"),
             )
             .select_from(
                 days.outerjoin(imports, imports.c.day == day)
                 .outerjoin(deliveries, deliveries.c.day == day)
                 .outerjoin(latency, latency.c.day == day)
+                .outerjoin(frozen, sa.and_(frozen.c.tenant == tenant, frozen.c.day == day))
             )
             .order_by(day)
         )
@@ -590,3 +593,61 @@ class SqlProjectionRepository:
         """
         t = tables.applied_events
         return await delete_batch(self._session, t, t.c.applied_time < applied_before, limit)
+
+    async def compact_latencies(self, before: dt.date) -> int:
+        """Folds one tenant-day of latency samples older than ``before`` into frozen
+        percentiles and deletes the samples (one batch of retention).
+
+        The day's p50/p95 per endpoint go to ``endpoint_daily`` and over all endpoints to
+        ``tenant_daily_latency``, computed as the reports compute them, so a report reads the
+        same figures before and after. Figures already frozen stay (samples of a compacted day
+        that arrive late are dropped).
+
+        Args:
+            before: Days before this one are compacted.
+
+        Returns:
+            Samples deleted (0 once no day before ``before`` has samples).
+        """
+        lat = tables.delivery_latencies
+        due = (
+            await self._session.execute(
+                sa.select(lat.c.tenant, lat.c.day).where(lat.c.day < before).limit(1)
+            )
+        ).first()
+        if due is None:
+            return 0
+        tenant, day = due
+        of_day = sa.and_(lat.c.tenant == tenant, lat.c.day == day)
+
+        def p(fraction: float) -> Any:
+            return sa.func.percentile_cont(fraction).within_group(lat.c.latency_ms)
+
+        per_endpoint = (
+            sa.select(lat.c.endpoint_id, p(0.5).label("p50"), p(0.95).label("p95"))
+            .where(of_day)
+            .group_by(lat.c.endpoint_id)
+            .subquery()
+        )
+        e = tables.endpoint_daily
+        await self._session.execute(
+            sa.update(e)
+            .where(
+                e.c.tenant == tenant,
+                e.c.day == day,
+                e.c.endpoint_id == per_endpoint.c.endpoint_id,
+                e.c.latency_p50_ms.is_(None),
+            )
+            .values(latency_p50_ms=per_endpoint.c.p50, latency_p95_ms=per_endpoint.c.p95)
+        )
+        frozen = tables.tenant_daily_latency
+        await self._session.execute(
+            pg.insert(frozen)
+            .from_select(
+                ["tenant", "day", "latency_p50_ms", "latency_p95_ms"],
+                sa.select(sa.literal(tenant), sa.literal(day), p(0.5), p(0.95)).where(of_day),
+            )
+            .on_conflict_do_nothing(index_elements=[frozen.c.tenant, frozen.c.day])
+        )
+        result = await self._session.execute(sa.delete(lat).where(of_day))
+        return int(result.rowcount or 0)  # type: ignore[attr-defined]

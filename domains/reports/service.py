@@ -45,7 +45,7 @@ from domains.shared.clock import utcnow
 from domains.shared.errors import DomainError, NotFound, PermanentError, TransientError
 from domains.shared.ids import new_id
 from domains.shared.query import Condition, Keyset
-from domains.shared.retention import purge_batches
+from domains.shared.retention import MAX_BATCHES, purge_batches
 
 log = logging.getLogger(__name__)
 
@@ -382,6 +382,26 @@ class ReportsService:
             return deleted
 
         return await purge_batches(batch, limit)
+
+    async def compact_latencies(self, before: dt.date) -> int:
+        """Folds the latency samples of days before ``before`` into frozen p50/p95 figures and
+        deletes them (retention: one transaction per tenant-day).
+
+        Args:
+            before: Days before this one are compacted.
+
+        Returns:
+            Samples deleted.
+        """
+        total = 0
+        for _ in range(MAX_BATCHES):
+            async with self._uow() as uow:
+                deleted = await uow.projections.compact_latencies(before)
+                await uow.commit()
+            if not deleted:
+                break
+            total += deleted
+        return total
 
     async def download(self, report_id: uuid.UUID, *, tenant: str) -> tuple[Report, ReportFile]:
         """Returns a tenant's generated report file.

@@ -108,6 +108,9 @@ endpoint_daily = sa.Table(
     sa.Column("deliveries_failed", sa.Integer, nullable=False, server_default="0"),
     sa.Column("deliveries_dead", sa.Integer, nullable=False, server_default="0"),
     sa.Column("update_time", sa.DateTime(timezone=True), nullable=False),
+    # Frozen when the day's latency samples are compacted (retention); NULL while they exist.
+    sa.Column("latency_p50_ms", sa.Float, nullable=True),
+    sa.Column("latency_p95_ms", sa.Float, nullable=True),
     sa.Index("ix_endpoint_daily_tenant_day", "tenant", "day"),
 )
 """Projection: per tenant, webhook endpoint and UTC day, delivery outcomes."""
@@ -121,6 +124,20 @@ delivery_latencies = sa.Table(
     sa.Column("day", sa.Date, nullable=False),
     sa.Column("latency_ms", sa.Float, nullable=False),
     sa.Index("ix_delivery_latencies_tenant_day_endpoint_id", "tenant", "day", "endpoint_id"),
+    # Retention finds the days due for compaction without walking the table.
+    sa.Index("ix_delivery_latencies_day", "day"),
 )
 """Latency samples of successful deliveries (p50/p95 computed with percentile_cont at report
-time)."""
+time). Retention compacts a day's samples into the frozen percentiles of ``endpoint_daily``
+and ``tenant_daily_latency`` and deletes them, so the table holds a few days at most."""
+
+tenant_daily_latency = sa.Table(
+    "tenant_daily_latency",
+    metadata,
+    sa.Column("tenant", sa.Text, primary_key=True),
+    sa.Column("day", sa.Date, primary_key=True),
+    sa.Column("latency_p50_ms", sa.Float, nullable=False),
+    sa.Column("latency_p95_ms", sa.Float, nullable=False),
+)
+"""A tenant's p50/p95 delivery latency over all its endpoints for one compacted day (the digest
+report's figures once the day's samples are gone)."""

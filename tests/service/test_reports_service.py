@@ -151,6 +151,46 @@ async def test_delivery_outcomes_and_latency_percentiles_per_endpoint_and_day(re
     assert (ep2["deliveries_dead"], ep2["latency_p50_ms"]) == (1, None)
 
 
+async def test_retention_folds_old_latency_samples_into_the_same_percentiles(reports, database_url):
+    tenant = new_tenant()
+    next_noon = NOON + dt.timedelta(days=1)
+    events = [delivery(tenant, "ep1", latency_ms=float(ms)) for ms in range(10, 101, 10)]
+    events += [delivery(tenant, "ep2", latency_ms=7.0), delivery(tenant, "ep2", "Dead")]
+    # The next day is not due yet: the positive control that compaction is by day.
+    events += [delivery(tenant, "ep1", latency_ms=5.0, time=next_noon)]
+    for event in events:
+        await reports.handle_event(event.to_dict())
+    two_days = Period(DAY, DAY + dt.timedelta(days=1))
+    endpoints = await reports.endpoint_days(tenant, two_days)
+    digest = await reports.digest_days(tenant, two_days)
+    assert endpoints[0]["latency_p50_ms"] == pytest.approx(55.0)
+
+    deleted = await reports.compact_latencies(DAY + dt.timedelta(days=1))
+
+    assert deleted >= 11  # other tests' tenants may have samples on that day too
+    samples = "SELECT day, count(*) FROM reports.delivery_latencies WHERE tenant = :t GROUP BY day"
+    assert await query(database_url, samples, t=tenant) == [(DAY + dt.timedelta(days=1), 1)]
+    assert await reports.endpoint_days(tenant, two_days) == endpoints
+    assert await reports.digest_days(tenant, two_days) == digest
+    frozen = await query(
+        database_url,
+        "SELECT latency_p50_ms FROM reports.tenant_daily_latency WHERE tenant = :t",
+        t=tenant,
+    )
+    assert frozen == [(pytest.approx(digest[0]["latency_p50_ms"]),)]
+    # A late sample of a compacted day does not change its frozen figures.
+    await reports.handle_event(delivery(tenant, "ep1", latency_ms=1000.0).to_dict())
+    assert await reports.endpoint_days(tenant, two_days) == [
+        {**endpoints[0], "deliveries_succeeded": 11},
+        *endpoints[1:],
+    ]
+    assert await reports.compact_latencies(DAY + dt.timedelta(days=1)) >= 1
+    assert await reports.digest_days(tenant, two_days) == [
+        {**digest[0], "deliveries_succeeded": digest[0]["deliveries_succeeded"] + 1},
+        digest[1],
+    ]
+
+
 async def test_events_count_on_the_utc_day_of_their_time(reports):
     tenant = new_tenant()
     late = dt.datetime(2026, 11, 24, 23, 30, tzinfo=dt.timezone(dt.timedelta(hours=-5)))

@@ -97,6 +97,8 @@ async def seed_retention_rows(database_url: str, import_dir: pathlib.Path) -> No
             f" 0, 1, 0, gen_random_uuid(), {age}, {age})",
             "INSERT INTO platform.ping_effects (id, operation_id, attempt, worker, applied_time)"
             f" VALUES (gen_random_uuid(), gen_random_uuid(), 1, 'effect-{tag}', {age})",
+            "INSERT INTO reports.delivery_latencies (event_id, tenant, endpoint_id, day,"
+            f" latency_ms) VALUES (gen_random_uuid(), 'r', 'latency-{tag}', ({age})::date, 5)",
             "INSERT INTO imports.imports (id, dataset_id, tenant, operation_id, state, format,"
             " create_time, file_path, complete_time) VALUES (gen_random_uuid(),"
             f" gen_random_uuid(), 'r', gen_random_uuid(), 'SUCCEEDED', 'csv', {age},"
@@ -151,6 +153,10 @@ async def remaining(database_url: str) -> dict[str, list[str]]:
         "import_files": "SELECT file_path FROM imports.imports WHERE file_path IS NOT NULL",
         "pings": "SELECT message FROM platform.pings",
         "effects": "SELECT worker FROM platform.ping_effects WHERE worker LIKE 'effect-%'",
+        "latency_samples": "SELECT endpoint_id FROM reports.delivery_latencies"
+        " WHERE endpoint_id LIKE 'latency-%'",
+        "frozen_latency": "SELECT latency_p50_ms FROM reports.tenant_daily_latency"
+        " WHERE tenant = 'r'",
     }
     return {
         kind: sorted(str(row[0]) for row in await query(database_url, sql))
@@ -165,6 +171,7 @@ async def test_purge_applies_every_retention_setting(
     await seed_retention_rows(database_url, import_dir)
     before = await remaining(database_url)
     assert before["deliveries"] == ["ended.new", "ended.old", "pending.old"]  # control
+    assert before["latency_samples"] == ["latency-new", "latency-old"]
 
     task_id = await fire(client, database_url, "system.purge-done", operator_headers)
     outcome = await result(celery_app, task_id)
@@ -181,9 +188,12 @@ async def test_purge_applies_every_retention_setting(
         "import_files": ["retention-new.csv"],
         "pings": ["ping-new"],
         "effects": ["effect-new"],
+        "latency_samples": ["latency-new"],
+        "frozen_latency": ["5.0"],
     }
     assert not (import_dir / "retention-old.csv").exists()
     assert (import_dir / "retention-new.csv").exists()
     assert outcome["outbox"] >= 1 and outcome["deliveries"] == 1
     assert outcome["received_events"] == 1 and outcome["applied_events"] == 1
     assert outcome["inbox"] == 1 and outcome["import_files"] == 1 and outcome["pings"] == 1
+    assert outcome["latency_samples"] == 1
