@@ -204,3 +204,16 @@ def to_delta(event: IntegrationEvent) -> Delta | None:
             return dataclasses.replace(delivery, failed=1)
         return dataclasses.replace(delivery, dead=1)
     return None
+
+
+def latency_bucket(ms: float) -> float:
+    """Rounds a latency sample to 3 significant digits (within 0.5%), the resolution the
+    reports keep: it bounds the distinct values of an endpoint-day to a few thousand.
+
+    Args:
+        ms: The sample in milliseconds (>= 0).
+
+    Returns:
+        The rounded sample.
+    """
+    return float(f"{ms:.3g}")

@@ -15,7 +15,7 @@ from sqlalchemy.dialects import postgresql as pg
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from domains.reports import tables
-from domains.reports.events import DatasetDelta, EndpointDelta
+from domains.reports.events import DatasetDelta, EndpointDelta, latency_bucket
 from domains.reports.model import Report, ReportFile, ReportFormat, ReportStatus, ReportType
 from domains.shared.errors import InvalidArgument
 from domains.shared.events import IntegrationEvent
@@ -117,6 +117,42 @@ def _report_values(report: Report) -> dict[str, Any]:
         "row_count": report.row_count,
         "error": report.error,
     }
+
+
+def _percentiles(counts: sa.Subquery, keys: Sequence[str]) -> sa.Subquery:
+    """p50 and p95 per group of a latency histogram, exactly as ``percentile_cont`` over the
+    samples it counts (linear interpolation between the two samples around the position).
+
+    Args:
+        counts: Rows of the group ``keys``, ``latency_ms`` (unique within a group) and
+            ``samples`` (how many samples had it).
+        keys: The group's columns.
+
+    Returns:
+        A subquery of ``keys``, ``p50`` and ``p95``.
+    """
+    group = [counts.c[k] for k in keys]
+    running = sa.func.sum(counts.c.samples).over(partition_by=group, order_by=counts.c.latency_ms)
+    ranked = sa.select(
+        *group,
+        counts.c.latency_ms,
+        (running - counts.c.samples).label("first"),  # 0-based index of its first sample
+        running.label("after"),
+        sa.func.sum(counts.c.samples).over(partition_by=group).label("n"),
+    ).subquery()
+    r = ranked.c
+
+    def at(index: Any) -> Any:
+        return sa.func.max(r.latency_ms).filter(r.first <= index, index < r.after)
+
+    columns = []
+    for name, fraction in (("p50", 0.5), ("p95", 0.95)):
+        position = fraction * (r.n - 1)
+        low, high = sa.func.floor(position), sa.func.ceil(position)
+        weight = sa.cast(sa.func.max(position - low), sa.Float)
+        columns.append((at(low) + weight * (at(high) - at(low))).label(name))
+    by = [r[k] for k in keys]
+    return sa.select(*by, *columns).group_by(*by).subquery()
 
 
 class SqlReportRepository:
@@ -402,16 +438,20 @@ class SqlProjectionRepository:
             )
         )
         if delta.latency_ms is not None:
+            # Counted once per event: the caller recorded the event id in this transaction.
+            lat = tables.delivery_latencies
+            sample = pg.insert(lat).values(
+                tenant=delta.tenant,
+                day=delta.day,
+                endpoint_id=delta.endpoint_id,
+                latency_ms=latency_bucket(delta.latency_ms),
+                samples=1,
+            )
             await self._session.execute(
-                pg.insert(tables.delivery_latencies)
-                .values(
-                    event_id=event_id,
-                    tenant=delta.tenant,
-                    endpoint_id=delta.endpoint_id,
-                    day=delta.day,
-                    latency_ms=delta.latency_ms,
+                sample.on_conflict_do_update(
+                    index_elements=[lat.c.tenant, lat.c.day, lat.c.endpoint_id, lat.c.latency_ms],
+                    set_={"samples": lat.c.samples + 1},
                 )
-                .on_conflict_do_nothing(index_elements=[tables.delivery_latencies.c.event_id])
             )
 
     async def dataset_days(
@@ -459,16 +499,11 @@ class SqlProjectionRepository:
             Rows keyed like :data:`~domains.reports.model.ENDPOINT_COLUMNS`, by day then endpoint.
         """
         t, lat = tables.endpoint_daily, tables.delivery_latencies
-        percentiles = (
-            sa.select(
-                lat.c.endpoint_id,
-                lat.c.day,
-                sa.func.percentile_cont(0.5).within_group(lat.c.latency_ms).label("p50"),
-                sa.func.percentile_cont(0.95).within_group(lat.c.latency_ms).label("p95"),
-            )
+        percentiles = _percentiles(
+            sa.select(lat.c.endpoint_id, lat.c.day, lat.c.latency_ms, lat.c.samples)
             .where(lat.c.tenant == tenant, lat.c.day >= start, lat.c.day <= end)
-            .group_by(lat.c.endpoint_id, lat.c.day)
-            .subquery()
+            .subquery(),
+            ["endpoint_id", "day"],
         )
         query = (
             sa.select(
@@ -542,15 +577,12 @@ class SqlProjectionRepository:
             .group_by(e.c.day)
             .subquery()
         )
-        latency = (
-            sa.select(
-                lat.c.day,
-                sa.func.percentile_cont(0.5).within_group(lat.c.latency_ms).label("p50"),
-                sa.func.percentile_cont(0.95).within_group(lat.c.latency_ms).label("p95"),
-            )
+        latency = _percentiles(
+            sa.select(lat.c.day, lat.c.latency_ms, sa.func.sum(lat.c.samples).label("samples"))
             .where(lat.c.tenant == tenant, lat.c.day >= start, lat.c.day <= end)
-            .group_by(lat.c.day)
-            .subquery()
+            .group_by(lat.c.day, lat.c.latency_ms)
+            .subquery(),
+            ["day"],
         )
         day = sa.cast(days.c.day, sa.Date)
 
@@ -607,7 +639,7 @@ class SqlProjectionRepository:
             before: Days before this one are compacted.
 
         Returns:
-            Samples deleted (0 once no day before ``before`` has samples).
+            Histogram rows deleted (0 once no day before ``before`` has samples).
         """
         lat = tables.delivery_latencies
         due = (
@@ -619,15 +651,9 @@ class SqlProjectionRepository:
             return 0
         tenant, day = due
         of_day = sa.and_(lat.c.tenant == tenant, lat.c.day == day)
-
-        def p(fraction: float) -> Any:
-            return sa.func.percentile_cont(fraction).within_group(lat.c.latency_ms)
-
-        per_endpoint = (
-            sa.select(lat.c.endpoint_id, p(0.5).label("p50"), p(0.95).label("p95"))
-            .where(of_day)
-            .group_by(lat.c.endpoint_id)
-            .subquery()
+        per_endpoint = _percentiles(
+            sa.select(lat.c.endpoint_id, lat.c.latency_ms, lat.c.samples).where(of_day).subquery(),
+            ["endpoint_id"],
         )
         e = tables.endpoint_daily
         await self._session.execute(
@@ -640,12 +666,23 @@ class SqlProjectionRepository:
             )
             .values(latency_p50_ms=per_endpoint.c.p50, latency_p95_ms=per_endpoint.c.p95)
         )
+        overall = _percentiles(
+            sa.select(
+                sa.literal(tenant).label("tenant"),
+                lat.c.latency_ms,
+                sa.func.sum(lat.c.samples).label("samples"),
+            )
+            .where(of_day)
+            .group_by(lat.c.latency_ms)
+            .subquery(),
+            ["tenant"],
+        )
         frozen = tables.tenant_daily_latency
         await self._session.execute(
             pg.insert(frozen)
             .from_select(
                 ["tenant", "day", "latency_p50_ms", "latency_p95_ms"],
-                sa.select(sa.literal(tenant), sa.literal(day), p(0.5), p(0.95)).where(of_day),
+                sa.select(overall.c.tenant, sa.literal(day, sa.Date), overall.c.p50, overall.c.p95),
             )
             .on_conflict_do_nothing(index_elements=[frozen.c.tenant, frozen.c.day])
         )

@@ -116,20 +116,22 @@ endpoint_daily = sa.Table(
 """Projection: per tenant, webhook endpoint and UTC day, delivery outcomes."""
 
 delivery_latencies = sa.Table(
-    "delivery_latencies",
+    "delivery_latency_counts",
     metadata,
-    sa.Column("event_id", pg.UUID(as_uuid=True), primary_key=True),
-    sa.Column("tenant", sa.Text, nullable=False),
-    sa.Column("endpoint_id", sa.Text, nullable=False),
-    sa.Column("day", sa.Date, nullable=False),
-    sa.Column("latency_ms", sa.Float, nullable=False),
-    sa.Index("ix_delivery_latencies_tenant_day_endpoint_id", "tenant", "day", "endpoint_id"),
+    sa.Column("tenant", sa.Text, primary_key=True),
+    sa.Column("day", sa.Date, primary_key=True),
+    sa.Column("endpoint_id", sa.Text, primary_key=True),
+    # Rounded to 3 significant digits (events.latency_bucket): a few thousand values at most.
+    sa.Column("latency_ms", sa.Float, primary_key=True),
+    sa.Column("samples", sa.BigInteger, nullable=False),
     # Retention finds the days due for compaction without walking the table.
-    sa.Index("ix_delivery_latencies_day", "day"),
+    sa.Index("ix_delivery_latency_counts_day", "day"),
 )
-"""Latency samples of successful deliveries (p50/p95 computed with percentile_cont at report
-time). Retention compacts a day's samples into the frozen percentiles of ``endpoint_daily``
-and ``tenant_daily_latency`` and deletes them, so the table holds a few days at most."""
+"""Latency samples of successful deliveries as a histogram: how many deliveries of an
+endpoint-day took each (rounded) latency. p50/p95 are computed at report time exactly as
+``percentile_cont`` over the samples would; the table stops growing once a day's distinct
+values are seen. Retention folds a day's figures into ``endpoint_daily`` and
+``tenant_daily_latency`` and deletes its rows, so the table holds a few days at most."""
 
 tenant_daily_latency = sa.Table(
     "tenant_daily_latency",

@@ -281,3 +281,40 @@ def test_typed_records_migration_keeps_existing_jsonb_records_up_and_down(
     assert run_sync(url, request_id) == "req-1"
     migrate.upgrade(fresh_settings, domains=["imports"])
     assert len(run_sync(url, typed)) == 2
+
+
+def test_latency_histogram_migration_keeps_every_sample_up_and_down(fresh_settings: Settings):
+    url = str(fresh_settings.database_url)
+    migrate.upgrade(fresh_settings, domains=["reports"], revision="reports_0008")
+    samples = [12.34, 12.3, 12.31, 0.0, 1234.5, 7.0]
+
+    def seed(conn: sa.Connection) -> None:
+        for ms in samples:
+            conn.execute(
+                sa.text(
+                    "INSERT INTO reports.delivery_latencies (event_id, tenant, endpoint_id, day,"
+                    " latency_ms) VALUES (gen_random_uuid(), 't1', 'ep', DATE '2026-11-24', :ms)"
+                ),
+                {"ms": ms},
+            )
+        conn.commit()
+
+    def counts(conn: sa.Connection) -> list[Any]:
+        rows = conn.execute(
+            sa.text(
+                "SELECT latency_ms, samples FROM reports.delivery_latency_counts"
+                " WHERE tenant = 't1' ORDER BY 1"
+            )
+        )
+        return [tuple(r) for r in rows]
+
+    def old_samples(conn: sa.Connection) -> list[float]:
+        rows = conn.execute(sa.text("SELECT latency_ms FROM reports.delivery_latencies"))
+        return sorted(r[0] for r in rows)
+
+    run_sync(url, seed)
+    migrate.upgrade(fresh_settings, domains=["reports"])
+    # Rounded to 3 significant digits, as new samples are (domains.reports.events).
+    assert run_sync(url, counts) == [(0.0, 1), (7.0, 1), (12.3, 3), (1230.0, 1)]
+    migrate.downgrade(fresh_settings, "reports", "reports_0008")
+    assert run_sync(url, old_samples) == [0.0, 7.0, 12.3, 12.3, 12.3, 1230.0]

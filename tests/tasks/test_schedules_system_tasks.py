@@ -97,8 +97,8 @@ async def seed_retention_rows(database_url: str, import_dir: pathlib.Path) -> No
             f" 0, 1, 0, gen_random_uuid(), {age}, {age})",
             "INSERT INTO platform.ping_effects (id, operation_id, attempt, worker, applied_time)"
             f" VALUES (gen_random_uuid(), gen_random_uuid(), 1, 'effect-{tag}', {age})",
-            "INSERT INTO reports.delivery_latencies (event_id, tenant, endpoint_id, day,"
-            f" latency_ms) VALUES (gen_random_uuid(), 'r', 'latency-{tag}', ({age})::date, 5)",
+            "INSERT INTO reports.delivery_latency_counts (tenant, day, endpoint_id,"
+            f" latency_ms, samples) VALUES ('r', ({age})::date, 'latency-{tag}', 5, 2)",
             "INSERT INTO imports.imports (id, dataset_id, tenant, operation_id, state, format,"
             " create_time, file_path, complete_time) VALUES (gen_random_uuid(),"
             f" gen_random_uuid(), 'r', gen_random_uuid(), 'SUCCEEDED', 'csv', {age},"
@@ -153,7 +153,7 @@ async def remaining(database_url: str) -> dict[str, list[str]]:
         "import_files": "SELECT file_path FROM imports.imports WHERE file_path IS NOT NULL",
         "pings": "SELECT message FROM platform.pings",
         "effects": "SELECT worker FROM platform.ping_effects WHERE worker LIKE 'effect-%'",
-        "latency_samples": "SELECT endpoint_id FROM reports.delivery_latencies"
+        "latency_samples": "SELECT endpoint_id FROM reports.delivery_latency_counts"
         " WHERE endpoint_id LIKE 'latency-%'",
         "frozen_latency": "SELECT latency_p50_ms FROM reports.tenant_daily_latency"
         " WHERE tenant = 'r'",
