@@ -2,7 +2,8 @@
 
 Signed content is ``"{webhook-id}.{webhook-timestamp}.{body}"``; the key is the base64-decoded
 part of the secret after ``whsec_``; the header value is ``v1,<base64 HMAC-SHA256>``, several
-signatures separated by a space (during a secret rotation both secrets sign).
+signatures separated by a space (during a secret rotation both secrets sign). Signing is the
+reference ``standardwebhooks`` package's, so receivers verifying with it agree byte for byte.
 
 Signing secrets must be usable for signing, so they cannot be hashed: they are encrypted with
 a key from settings (HMAC-SHA256 in counter mode as the key stream, then HMAC-SHA256 over nonce
@@ -12,9 +13,12 @@ and ciphertext; standard library only). A database dump without the key reveals 
 from __future__ import annotations
 
 import base64
+import datetime as dt
 import hashlib
 import hmac
 import secrets
+
+import standardwebhooks
 
 from domains.shared.errors import Internal
 
@@ -58,9 +62,9 @@ def sign(secret: str, msg_id: str, timestamp: int, body: bytes) -> str:
     Returns:
         ``v1,<base64 signature>``.
     """
-    content = f"{msg_id}.{timestamp}.".encode() + body
-    digest = hmac.new(secret_key(secret), content, hashlib.sha256).digest()
-    return "v1," + base64.b64encode(digest).decode()
+    # The reference implementation signs (and its users verify); it reads the whsec_ prefix.
+    when = dt.datetime.fromtimestamp(timestamp, dt.UTC)
+    return standardwebhooks.Webhook(secret).sign(msg_id, when, body)
 
 
 def signature_header(secrets_: list[str], msg_id: str, timestamp: int, body: bytes) -> str:
