@@ -354,6 +354,8 @@ class Chunk:
         rows_accepted: Valid rows staged.
         rows_rejected: Invalid rows.
         rows_inserted: Records its merge inserted (not updated).
+        keys_sorted: Its staged rows were written in bytewise key order with no key twice
+            (the merge then neither sorts nor de-duplicates them).
     """
 
     import_id: uuid.UUID
@@ -366,3 +368,4 @@ class Chunk:
     rows_accepted: int = 0
     rows_rejected: int = 0
     rows_inserted: int = 0
+    keys_sorted: bool = False

@@ -571,7 +571,10 @@ class SqlImportsRepository:
             sa.update(t)
             .where(t.c.import_id == chunk.import_id, t.c.chunk_no == chunk.chunk_no)
             .values(
-                state="DONE", rows_accepted=chunk.rows_accepted, rows_rejected=chunk.rows_rejected
+                state="DONE",
+                rows_accepted=chunk.rows_accepted,
+                rows_rejected=chunk.rows_rejected,
+                keys_sorted=chunk.keys_sorted,
             )
         )
 
@@ -813,6 +816,7 @@ class SqlImportsRepository:
         now: dt.datetime,
         *,
         plain: bool,
+        keys_sorted: bool = False,
     ) -> int:
         """Merges one chunk's staged rows into the dataset's records table by key.
 
@@ -831,6 +835,12 @@ class SqlImportsRepository:
             dataset: The dataset (the schema types the columns).
             now: Update time.
             plain: Try the plain INSERT first (the dataset was empty when the merge began).
+            keys_sorted: The chunk task staged the rows in bytewise key order with no key
+                twice (checked column-wise before its COPY): the rows are read as written,
+                without the sort and ``DISTINCT ON`` (about a third of the merge's time). A
+                fresh staging table written by one COPY and scanned by nothing else reads
+                back in that order; the order only spares concurrent merges lock waits, the
+                guard keeps the outcome right in any order.
 
         Returns:
             Records inserted (not updated): what ``record_count`` grows by.
@@ -838,24 +848,26 @@ class SqlImportsRepository:
         records = self._records(dataset)
         names = [f.name for f in dataset.fields]
         staged = self._staging(import_id, chunk_no, dataset.fields)
-        latest = (
-            sa.select(
-                staged.c[tables.KEY],
-                staged.c.line,
-                sa.literal(import_id, records.c[tables.IMPORT_ID].type),
-                sa.literal(now, records.c[tables.UPDATE_TIME].type),
-                *(staged.c[n] for n in names),
-            )
-            # Bytewise order (COLLATE "C": abbreviated sort keys, half the sort time); keys
-            # are equal under it exactly when they are under the column's (deterministic)
-            # collation, and every merge inserts in this one order.
-            .distinct(staged.c[tables.KEY].collate("C"))
-            .order_by(staged.c[tables.KEY].collate("C"), staged.c.line.desc())
+        latest = sa.select(
+            staged.c[tables.KEY],
+            staged.c.line,
+            sa.literal(import_id, records.c[tables.IMPORT_ID].type),
+            sa.literal(now, records.c[tables.UPDATE_TIME].type),
+            *(staged.c[n] for n in names),
         )
+        if not keys_sorted:
+            latest = (
+                # Bytewise order (COLLATE "C": abbreviated sort keys, half the sort time);
+                # keys are equal under it exactly when they are under the column's
+                # (deterministic) collation, and every merge inserts in this one order.
+                latest.distinct(staged.c[tables.KEY].collate("C")).order_by(
+                    staged.c[tables.KEY].collate("C"), staged.c.line.desc()
+                )
+            )
+            # A bigger sort budget for this transaction only: the DISTINCT ON sort of a large
+            # chunk otherwise spills to disk.
+            await self._session.execute(sa.text("SET LOCAL work_mem = '64MB'"))
         columns = [tables.KEY, tables.LINE, tables.IMPORT_ID, tables.UPDATE_TIME, *names]
-        # A bigger sort budget for this transaction only: the DISTINCT ON sort of a large
-        # chunk otherwise spills to disk.
-        await self._session.execute(sa.text("SET LOCAL work_mem = '64MB'"))
         if plain:
             insert = pg.insert(records).from_select(columns, latest)
             try:

@@ -865,6 +865,7 @@ class ImportsService:
         }
         staged: list[tuple[Any, ...]] = []
         staged_copy: Any = b""
+        keys_sorted = False  # the row-by-row (JSONL) path stages in file order
         errors: list[tuple[Any, ...]] = []
         rows: Any = parsing.iter_chunk_rows(
             plain, item.format, chunk.start_offset, chunk.end_offset, chunk.first_line
@@ -907,6 +908,7 @@ class ImportsService:
                 else:
                     result = columnar.validate(rows, chunk_no=chunk_no)
                 staged_copy = result.staged_copy
+                keys_sorted = result.keys_sorted
                 errors.extend((item.id, chunk_no, *e) for e in result.errors)
                 outcome: tuple[int, int] | dict[str, Any] = (result.accepted, result.rejected)
             else:
@@ -944,6 +946,7 @@ class ImportsService:
                 )
                 await uow.imports.copy_row_errors(errors)
                 locked.rows_accepted, locked.rows_rejected = accepted, rejected
+                locked.keys_sorted = keys_sorted
                 await uow.imports.mark_chunk_done(locked)
                 now = utcnow()
                 # Take the operation row lock first, so the totals below see every chunk
@@ -1200,7 +1203,9 @@ class ImportsService:
                     reason="STAGED_ROWS_LOST",
                 )
             inserted = (
-                await repo.merge_chunk(item.id, chunk_no, dataset, now, plain=plain)
+                await repo.merge_chunk(
+                    item.id, chunk_no, dataset, now, plain=plain, keys_sorted=chunk.keys_sorted
+                )
                 if staged
                 else 0
             )

@@ -95,6 +95,8 @@ import_chunks = sa.Table(
     sa.Column("rows_rejected", sa.Integer, nullable=False, server_default="0"),
     # Records the chunk's merge inserted (not updated): what record_count grows by.
     sa.Column("rows_inserted", sa.Integer, nullable=False, server_default="0"),
+    # Staged in key order (bytewise) with no key twice: the merge needs no sort nor DISTINCT.
+    sa.Column("keys_sorted", sa.Boolean, nullable=False, server_default=sa.false()),
 )
 
 # Rows of running imports: invisible until finalize merges them into records in one transaction.

@@ -623,3 +623,60 @@ async def test_imports_and_record_reads_add_no_compiled_cache_entries_once_warm(
         await one_round()
     # Three more imports of three chunks each and 15 reads: the same shapes, no new entries.
     assert len(cache) == warm, f"compiled cache grew from {warm} to {len(cache)} entries"
+
+
+async def test_cells_passed_as_text_to_typed_columns_store_the_converters_values(
+    imports: ImportsService, container: Container
+):
+    """The columnar path hands some cells to their typed column as they are (numbers,
+    integers and timestamps that are not the key): PostgreSQL must store exactly what the
+    row-by-row converters give, and refuse none of them (a refused cell fails the chunk's COPY).
+    """
+    import json
+
+    from domains.imports import parsing
+
+    fields = [
+        FieldDef("id", "string", required=True),
+        FieldDef("n", "number"),
+        FieldDef("i", "integer"),
+        FieldDef("t", "timestamp"),
+    ]
+    numbers = ["0", "0.0", "-0", "-0.0", "12.50", "-3.25", "0.30000000000000001", "1.5e3"]
+    numbers += ["123456789012345.123456789012345", "9007199254740993", "007", "-0.5"]
+    ints = ["007", "-0", "42", "-9223372036854775808", "9223372036854775807"]
+    stamps = [
+        "2026-01-31T12:00:00Z",
+        "2026-01-31T12:00:00.5+15:59",
+        "2026-01-31T12:00:00+16:00",
+        "2026-01-31T23:30:00-23:59",
+        "1100-01-01T00:30:00+01:00",
+        "2026-01-31T12:00:00.123456-05:30",
+        "2026-01-31T12:00:00.000000Z",
+    ]
+    rows = [
+        [f"k{j:02d}", numbers[j % len(numbers)], ints[j % len(ints)], stamps[j % len(stamps)]]
+        for j in range(len(numbers) * len(stamps))
+    ]
+    data = ("id,n,i,t\n" + "".join(",".join(r) + "\n" for r in rows)).encode()
+    dataset = await imports.create_dataset(
+        tenant="t1", display_name="typed", fields=fields, key_field="id"
+    )
+    op = await imports.create_import(
+        tenant="t1", dataset_id=dataset.id, stored=await stored(imports, data)
+    )
+    response = await run_all(imports, op.id)
+    assert (response["rows_accepted"], response["rows_rejected"]) == (len(rows), 0)
+    _, records = await _errors_and_records(imports, container, dataset.id, op.id)
+    validator = parsing.RowValidator(fields, "id", ["id", "n", "i", "t"])
+    for line, cells in enumerate(rows, start=2):
+        result = validator.csv_row(line, cells)
+        assert isinstance(result, tuple)
+        assert records[result[0]] == json.loads(result[1]), cells
+    flags = await execute(
+        container,
+        "SELECT c.keys_sorted FROM imports.import_chunks c JOIN imports.imports i"
+        " ON i.id = c.import_id WHERE i.operation_id = :o",
+        o=op.id,
+    )
+    assert flags and all(f[0] for f in flags), "distinct keys: merged without a sort"

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import io
+import itertools
 import random
 from typing import Any
 
@@ -169,10 +170,21 @@ def columnar_matches_row_validator(
             if cell != "\\N"
         }
         staged.append((int(line), _copy_unescape(key), record))
-    assert staged == [
-        (line, key, {k: _typed_cell(types[k], v) for k, v in record.items()})
-        for line, key, record in expected_staged
-    ]
+    # The payload may be in key order rather than file order (see keys_sorted).
+    by_line = sorted(staged, key=lambda s: s[0])
+    assert by_line == sorted(
+        (
+            (line, key, {k: _typed_cell(types[k], v) for k, v in record.items()})
+            for line, key, record in expected_staged
+        ),
+        key=lambda s: s[0],
+    )
+    keys = [key.encode() for _, key, _ in staged]
+    if got.keys_sorted:
+        assert all(a < b for a, b in itertools.pairwise(keys)), "keys_sorted: bytewise, distinct"
+    elif keys:
+        assert len(set(keys)) < len(keys), "distinct keys are always staged in key order"
+        assert [s[0] for s in staged] == [s[0] for s in expected_staged], "file order"
     return got
 
 
