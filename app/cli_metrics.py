@@ -32,13 +32,14 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Coroutine, Iterable, Sequence
+from collections.abc import Coroutine, Iterable
 from typing import Any, TypeVar
 
 import click
 import sqlalchemy as sa
 
 from app.config import DOMAINS, ConfigError, Settings, load_settings
+from app.status_sources import queue_depths, read_beat_leadership
 
 log = logging.getLogger("conveyor.metrics")
 T = TypeVar("T")
@@ -137,75 +138,6 @@ class WorkerFilesCollector:
         return []
 
 
-def queue_depths(broker_url: str, queues: Sequence[str], timeout: float = 5.0) -> dict[str, int]:
-    """Counts the messages waiting in each queue (not those already delivered to a worker).
-
-    Redis: ``LLEN`` of the queue's list and of its priority lists (kombu's layout). RabbitMQ: the
-    ``message_count`` of a passive ``queue.declare``; a queue that does not exist is left out.
-
-    Args:
-        broker_url: ``redis://``, ``rediss://`` or ``amqp://`` URL.
-        queues: Queue names.
-        timeout: Connect/socket timeout in seconds.
-
-    Returns:
-        ``{queue: depth}``.
-
-    Raises:
-        ValueError: For another kind of broker.
-    """
-    if broker_url.startswith(("redis://", "rediss://")):
-        return _redis_depths(broker_url, queues, timeout)
-    if broker_url.startswith(("amqp://", "amqps://", "pyamqp://")):
-        return _amqp_depths(broker_url, queues, timeout)
-    raise ValueError(f"queue depth: unsupported broker {broker_url.split(':', 1)[0]}://")
-
-
-def _redis_depths(broker_url: str, queues: Sequence[str], timeout: float) -> dict[str, int]:
-    import redis
-    from kombu.transport.redis import PRIORITY_STEPS, Channel
-
-    def names(queue: str) -> list[str]:
-        return [queue if not pri else f"{queue}{Channel.sep}{pri}" for pri in PRIORITY_STEPS]
-
-    client = redis.Redis.from_url(
-        broker_url, socket_timeout=timeout, socket_connect_timeout=timeout
-    )
-    try:
-        with client.pipeline(transaction=False) as pipe:
-            for queue in queues:
-                for name in names(queue):
-                    pipe.llen(name)
-            sizes = pipe.execute()
-    finally:
-        client.close()
-    steps = len(PRIORITY_STEPS)
-    return {q: int(sum(sizes[i * steps : (i + 1) * steps])) for i, q in enumerate(queues)}
-
-
-def _amqp_depths(broker_url: str, queues: Sequence[str], timeout: float) -> dict[str, int]:
-    from amqp.exceptions import NotFound
-    from kombu import Connection
-
-    depths: dict[str, int] = {}
-    with Connection(broker_url, connect_timeout=timeout) as conn:
-        conn.ensure_connection(max_retries=1, timeout=timeout)
-        for queue in queues:
-            # A failed passive declare closes the channel: one channel per queue.
-            channel = conn.channel()
-            try:
-                _, count, _ = channel.queue_declare(queue=queue, passive=True)
-                depths[queue] = int(count)
-            except NotFound:
-                log.debug("queue %s does not exist", queue)
-            finally:
-                try:
-                    channel.close()
-                except Exception:
-                    log.debug("closing channel failed", exc_info=True)
-    return depths
-
-
 class _LoopThread:
     """An asyncio loop in a daemon thread (the engines live on it)."""
 
@@ -272,17 +204,10 @@ class PlatformCollector:
         return result
 
     async def _beat(self) -> dict[str, float]:
-        from domains.platform.schedule_repository import SqlBeatRepository
-
-        lease_seconds = self._settings.schedules.lease_seconds
-        async with self._registry.sessionmaker("platform")() as session:
-            repo = SqlBeatRepository(session)
-            lease = await repo.lease(self._settings.schedules.leader_name)
-            nodes = await repo.nodes(seen_within=lease_seconds * 2)
-        holder = lease.holder if lease is not None and lease.valid else None
-        result = {node.node: 0.0 for node in nodes}
-        for node in nodes:
-            if node.holder == holder:
+        beat = await read_beat_leadership(self._registry, self._settings)
+        result = {node.node: 0.0 for node in beat.nodes}
+        for node in beat.nodes:
+            if beat.leads(node):
                 result[node.node] = 1.0
         return result
 

@@ -24,6 +24,14 @@ import click
 import httpx
 from conveyor_client import ApiError, ConnectionFailed, Conveyor, Operation, RetryPolicy
 
+from app.status_sources import (
+    REDIS_SCHEMES,
+    BeatLeadership,
+    amqp_queue_depths,
+    read_beat_leadership,
+    redis_queue_depths,
+)
+
 DEFAULT_API_URL = "http://127.0.0.1:8000"
 TERMINAL_STATES = ("SUCCEEDED", "FAILED", "CANCELLED")
 
@@ -363,53 +371,17 @@ def _queue_depths(broker_url: str, queues: list[str], timeout: float) -> dict[st
     """Messages waiting per queue (Redis LLEN over kombu's priority lists; AMQP passive
     declare). Returns ``{queue: count}``, plus ``"_unacked"`` on Redis (delivered, not acked).
     """
-    if broker_url.startswith(("redis://", "rediss://")):
-        import redis
-
-        client = redis.Redis.from_url(
-            broker_url, socket_connect_timeout=timeout, socket_timeout=timeout
-        )
-        try:
-            depths: dict[str, Any] = {}
-            pipe = client.pipeline()
-            # kombu keeps one list per priority step: "<queue>", "<queue>\x06\x163", ...
-            suffixes = ["", "\x06\x163", "\x06\x166", "\x06\x169"]
-            for queue in queues:
-                for suffix in suffixes:
-                    pipe.llen(queue + suffix)
-            pipe.hlen("unacked")
-            counts = pipe.execute()
-            for index, queue in enumerate(queues):
-                depths[queue] = sum(counts[index * len(suffixes) : (index + 1) * len(suffixes)])
-            depths["_unacked"] = counts[-1]
-            return depths
-        finally:
-            client.close()
-    import kombu
+    if broker_url.startswith(REDIS_SCHEMES):
+        waiting, unacked = redis_queue_depths(broker_url, queues, timeout, unacked=True)
+        return {**waiting, "_unacked": unacked}
     from kombu.exceptions import OperationalError
 
-    connection_cls: Any = getattr(kombu, "Connection")  # noqa: B009 - kombu is untyped
-    connection = connection_cls(broker_url, connect_timeout=timeout)
-
-    depths = {}
-    with connection as conn:
-        try:
-            conn.ensure_connection(max_retries=1, timeout=timeout)
-        except OperationalError as exc:
-            raise ConnectionError(str(exc)) from None
-        for queue in queues:
-            channel = conn.channel()
-            try:
-                _, count, _ = channel.queue_declare(queue=queue, passive=True)
-                depths[queue] = count
-            except Exception:  # NOT_FOUND closes the channel: not declared yet
-                depths[queue] = "not declared"
-            finally:
-                try:
-                    channel.close()
-                except Exception:  # noqa: S110 - closing a channel the broker closed
-                    pass
-    return depths
+    try:
+        # Any error of a queue's passive declare (NOT_FOUND closes the channel): not declared yet.
+        counts = amqp_queue_depths(broker_url, queues, timeout, absent=(Exception,))
+    except OperationalError as exc:
+        raise ConnectionError(str(exc)) from None
+    return {queue: "not declared" if count is None else count for queue, count in counts.items()}
 
 
 def _workers(celery: Any, timeout: float) -> dict[str, list[str]]:
@@ -447,18 +419,13 @@ async def _outbox_backlog(settings: Any) -> dict[str, tuple[int, dt.datetime | N
     return out
 
 
-async def _beat_leader(settings: Any) -> tuple[Any, list[Any]] | str:
+async def _beat_leader(settings: Any) -> BeatLeadership | str:
     # The lease row and the beats' heartbeats (platform schema), as `conveyor beat` writes them.
     from app.db import EngineRegistry
-    from domains.platform.schedule_repository import SqlBeatRepository
 
     registry = EngineRegistry(settings)
     try:
-        async with registry.sessionmaker("platform")() as session:
-            repo = SqlBeatRepository(session)
-            lease = await asyncio.wait_for(repo.lease(settings.schedules.leader_name), timeout=5)
-            nodes = await repo.nodes(seen_within=settings.schedules.lease_seconds * 2)
-        return lease, nodes
+        return await read_beat_leadership(registry, settings, lease_timeout=5)
     except Exception as exc:
         return f"unreachable: {_reason(exc)}"
     finally:
@@ -570,8 +537,8 @@ def status(timeout: float) -> None:
         problems.append(f"platform database {beat}")
         console.print(f"[bold]Beat leader[/bold]: ? ({beat})", highlight=False)
     else:
-        lease, nodes = beat
-        if lease is not None and lease.valid:
+        lease = beat.leader
+        if lease is not None:
             left = (lease.expires_at - lease.now).total_seconds()
             console.print(
                 f"[bold]Beat leader[/bold]: {lease.node} (lease expires in {left:.0f}s unless"
@@ -584,12 +551,12 @@ def status(timeout: float) -> None:
                 " start `conveyor beat`)",
                 highlight=False,
             )
-        if nodes:
+        if beat.nodes:
             table = Table(box=None)
             for column in ("BEAT", "LEADER", "LAST SEEN"):
                 table.add_column(column, no_wrap=True)
-            for node in nodes:
-                held = lease is not None and lease.valid and node.holder == lease.holder
+            for node in beat.nodes:
+                held = beat.leads(node)
                 table.add_row(node.node, "yes" if held else "no", f"{_age(node.last_seen)} ago")
             console.print(table)
     if problems:

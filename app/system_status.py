@@ -14,6 +14,7 @@ from typing import Any
 from app import cli_ops
 from app.config import DOMAINS, Settings
 from app.db import EngineRegistry
+from app.status_sources import read_beat_leadership
 
 
 def _iso(value: dt.datetime | None) -> str | None:
@@ -58,7 +59,6 @@ class SystemStatus:
             The status document (see ``api.v1.system.SystemStatusOut``).
         """
         from app.container import DOMAIN_TABLES
-        from domains.platform.schedule_repository import SqlBeatRepository
         from domains.shared.outbox import SqlOutboxRepository
 
         problems: list[str] = []
@@ -102,22 +102,19 @@ class SystemStatus:
 
         beat: dict[str, Any] = {"leader": None, "lease_expire_time": None, "nodes": []}
         try:
-            async with self._registry.sessionmaker("platform")() as session:
-                repo = SqlBeatRepository(session)
-                lease = await repo.lease(self._settings.schedules.leader_name)
-                nodes = await repo.nodes(seen_within=self._settings.schedules.lease_seconds * 2)
-            valid = lease is not None and lease.valid
-            if valid:
+            leadership = await read_beat_leadership(self._registry, self._settings)
+            lease = leadership.leader
+            if lease is not None:
                 beat["leader"] = lease.node
                 beat["lease_expire_time"] = _iso(lease.expires_at)
                 beat["leader_since_time"] = _iso(lease.acquired_at)
             beat["nodes"] = [
                 {
                     "node": node.node,
-                    "leader": bool(valid and node.holder == lease.holder),
+                    "leader": leadership.leads(node),
                     "last_seen_time": _iso(node.last_seen),
                 }
-                for node in nodes
+                for node in leadership.nodes
             ]
         except Exception as exc:
             problems.append(f"platform database unreachable: {cli_ops._reason(exc)}")

@@ -165,7 +165,7 @@ async def _sql_times(settings: Settings, path: str, text: str, samples: int) -> 
     work alone, apart from the HTTP, serialization and loaded-machine overhead."""
     from sqlalchemy.ext.asyncio import AsyncSession
 
-    from api import pagination
+    from api import filtering
     from api.v1 import endpoints as endpoints_api
     from api.v1 import operations as operations_api
     from api.v1 import reports as reports_api
@@ -175,13 +175,13 @@ async def _sql_times(settings: Settings, path: str, text: str, samples: int) -> 
     from domains.reports.repository import SqlReportRepository
     from domains.webhooks.repository import SqlWebhooksRepository
 
-    parsed = pagination.parse_filter
+    parsed = filtering.parse_filter
     engine = create_async_engine(str(settings.database_url))
     times = []
     try:
         async with AsyncSession(engine) as session:
             if path == "/v1/operations":
-                conds = pagination.require_indexed(
+                conds = filtering.require_indexed(
                     parsed(text, operations_api.FILTER_FIELDS),
                     text,
                     equality=operations_api.INDEXED_EQUALITY,
@@ -190,7 +190,7 @@ async def _sql_times(settings: Settings, path: str, text: str, samples: int) -> 
                 repo = SqlOperationRepository(session, DOMAIN_TABLES["platform"].operations)
                 query = repo.list_query(conds, after=None, limit=51, tenant=scale_data.BIG_TENANT)
             elif path == "/v1/reports":
-                conds = pagination.require_indexed(
+                conds = filtering.require_indexed(
                     parsed(text, reports_api.FILTER_FIELDS),
                     text,
                     equality=reports_api.INDEXED_EQUALITY,
@@ -200,7 +200,7 @@ async def _sql_times(settings: Settings, path: str, text: str, samples: int) -> 
                     scale_data.BIG_TENANT, conds, after=None, limit=51
                 )
             else:
-                conds = pagination.require_indexed(
+                conds = filtering.require_indexed(
                     parsed(text, endpoints_api.DELIVERY_FILTER_FIELDS),
                     text,
                     equality=endpoints_api.DELIVERY_INDEXED_EQUALITY,

@@ -175,6 +175,31 @@ def backoff(retries: int) -> float:
     return random.uniform(0, cap)
 
 
+def retry_with_backoff(task: Task, max_retries: int | None = None) -> int:
+    """Retries ``task`` after :func:`backoff` while it has retries left.
+
+    The one retry policy of the tasks: exponential backoff with full jitter, up to
+    ``max_retries`` retries; what to do once they are exhausted (fail the operation, log and
+    give up, re-raise) is the caller's.
+
+    Args:
+        task: The bound Celery task.
+        max_retries: Retries allowed (default: ``task_max_retries``).
+
+    Returns:
+        The retries so far, once they are exhausted.
+
+    Raises:
+        celery.exceptions.Retry: While retries are left (``task.retry`` raises it).
+    """
+    retries: int = task.request.retries
+    if max_retries is None:
+        max_retries = runtime.container.settings.task_max_retries
+    if retries >= max_retries:
+        return retries
+    raise task.retry(countdown=backoff(retries), max_retries=None)
+
+
 def run_operation_task(
     task: Task,
     operation_id: str,
@@ -224,25 +249,22 @@ def run_operation_task(
             runtime.run(fail(op_id, permanent))
             return {"failed": permanent.message}
         error = f"{type(exc).__name__}: {exc}"
-    retries = task.request.retries
-    max_retries = runtime.container.settings.task_max_retries
-    if retries >= max_retries:
-        runtime.run(
-            fail(
-                op_id,
-                OperationError(
-                    status="UNAVAILABLE",
-                    message=f"gave up after {retries + 1} attempts; last error: {error}",
-                    details=[
-                        {
-                            "@type": "type.googleapis.com/google.rpc.ErrorInfo",
-                            "reason": "RETRIES_EXHAUSTED",
-                            "domain": "conveyor",
-                            "metadata": {"task": task.name},
-                        }
-                    ],
-                ),
-            )
+    retries = retry_with_backoff(task)
+    runtime.run(
+        fail(
+            op_id,
+            OperationError(
+                status="UNAVAILABLE",
+                message=f"gave up after {retries + 1} attempts; last error: {error}",
+                details=[
+                    {
+                        "@type": "type.googleapis.com/google.rpc.ErrorInfo",
+                        "reason": "RETRIES_EXHAUSTED",
+                        "domain": "conveyor",
+                        "metadata": {"task": task.name},
+                    }
+                ],
+            ),
         )
-        return {"failed": error}
-    raise task.retry(countdown=backoff(retries), max_retries=None) from None
+    )
+    return {"failed": error}

@@ -13,7 +13,7 @@ from domains.operations.execution import ProgressSink
 from domains.operations.model import OperationError
 from domains.reports.events import MalformedEvent
 from domains.reports.service import ReportsService
-from tasks.base import backoff, run_operation_task
+from tasks.base import retry_with_backoff, run_operation_task
 from tasks.runtime import runtime
 
 log = logging.getLogger(__name__)
@@ -49,12 +49,12 @@ def handle_event(self: Task, event: dict[str, Any]) -> dict[str, Any]:
         log.error("reports: dropped malformed event %s: %s", event_id, exc.message)
         return {"outcome": "malformed", "error": exc.message}
     except Exception:
-        retries = self.request.retries
-        if retries >= runtime.container.settings.reports.event_max_retries:
-            log.exception("reports: event %s not applied after %d tries", event.get("id"), retries)
-            raise
-        log.warning("reports: event %s not applied; retrying", event.get("id"), exc_info=True)
-        raise self.retry(countdown=backoff(retries), max_retries=None) from None
+        max_retries = runtime.container.settings.reports.event_max_retries
+        if self.request.retries < max_retries:
+            log.warning("reports: event %s not applied; retrying", event.get("id"), exc_info=True)
+        retries = retry_with_backoff(self, max_retries)
+        log.exception("reports: event %s not applied after %d tries", event.get("id"), retries)
+        raise
     return {"outcome": result.outcome, "event": str(result.event_id), "type": result.type}
 
 

@@ -16,7 +16,7 @@ from domains.operations.execution import ProgressSink
 from domains.operations.model import OperationError
 from domains.webhooks.service import WebhooksService
 from monitoring import logging as log_context
-from tasks.base import backoff, run_operation_task
+from tasks.base import retry_with_backoff, run_operation_task
 from tasks.runtime import runtime
 
 log = logging.getLogger(__name__)
@@ -35,11 +35,9 @@ def _correlation(task: Task) -> str | None:
 def _retry(task: Task, exc: Exception) -> Any:
     # Infrastructure trouble (database down...): the deliveries stay PENDING/SENDING in
     # PostgreSQL, so giving up here loses nothing: probe_breakers recovers them.
-    retries = task.request.retries
-    if retries >= runtime.container.settings.task_max_retries:
-        log.error("%s gave up after %d retries: %s", task.name, retries, exc)
-        return {"failed": f"{type(exc).__name__}: {exc}"}
-    raise task.retry(countdown=backoff(retries), max_retries=None) from exc
+    retries = retry_with_backoff(task)
+    log.error("%s gave up after %d retries: %s", task.name, retries, exc)
+    return {"failed": f"{type(exc).__name__}: {exc}"}
 
 
 @shared_task(name="webhooks.deliver", bind=True, acks_late=True, reject_on_worker_lost=True)

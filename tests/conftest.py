@@ -16,8 +16,6 @@ import asyncio
 import concurrent.futures
 import os
 import secrets
-import subprocess
-import sys
 import time
 import urllib.parse
 from collections.abc import AsyncIterator, Iterator
@@ -34,6 +32,7 @@ from app import migrate
 from app.celery_app import create_celery
 from app.config import DOMAINS, Settings, load_settings
 from tests.support import services
+from tests.support.procs import Proc
 
 TEST_OVERRIDES: dict[str, Any] = {
     "env": "test",
@@ -238,48 +237,6 @@ async def clean_db(database_url: str) -> None:
 def redis_client(broker_url: str) -> redis.Redis:
     """Redis client on the test broker database."""
     return redis.Redis.from_url(broker_url)
-
-
-class Proc:
-    """A conveyor subprocess with its log file."""
-
-    def __init__(
-        self, args: list[str], env: dict[str, str], log_path: Any, *, argv: list[str] | None = None
-    ) -> None:
-        self.log_path = log_path
-        self._log = open(log_path, "wb")
-        self.popen = subprocess.Popen(
-            argv or [sys.executable, "-m", "app.cli", *args],
-            env=env,
-            stdout=self._log,
-            stderr=subprocess.STDOUT,
-        )
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace")
-
-    def wait_for_log(self, text: str, timeout: float = 30) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if text in self.log():
-                return
-            if self.popen.poll() is not None:
-                raise AssertionError(
-                    f"process exited ({self.popen.returncode}):\n{self.log()[-3000:]}"
-                )
-            time.sleep(0.1)
-        raise AssertionError(f"{text!r} not seen in log within {timeout}s:\n{self.log()[-3000:]}")
-
-    def stop(self, timeout: float = 20) -> int:
-        if self.popen.poll() is None:
-            self.popen.terminate()
-            try:
-                self.popen.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.popen.kill()
-                self.popen.wait()
-        self._log.close()
-        return self.popen.returncode
 
 
 @pytest.fixture

@@ -15,7 +15,7 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.background import BackgroundTask
 
-from api import pagination
+from api import filtering, pagination
 from api.auth import Principal, require_scope
 from api.deps import request_id
 from api.errors import ERROR_RESPONSES, error_body
@@ -899,7 +899,7 @@ async def get_import_errors(
 
 # ---- records -----------------------------------------------------------------------------
 
-_SPEC_TYPES: dict[str, pagination.FieldType] = {
+_SPEC_TYPES: dict[str, filtering.FieldType] = {
     "string": "string",
     "integer": "int",
     "number": "number",
@@ -910,7 +910,7 @@ _SPEC_TYPES: dict[str, pagination.FieldType] = {
 }
 
 
-def filter_fields(dataset: Dataset) -> dict[str, pagination.FieldSpec]:
+def filter_fields(dataset: Dataset) -> dict[str, filtering.FieldSpec]:
     """Returns the AIP-160 filterable fields of a dataset: its declared fields, typed.
 
     Args:
@@ -920,7 +920,7 @@ def filter_fields(dataset: Dataset) -> dict[str, pagination.FieldSpec]:
         Field specs by name.
     """
     return {
-        f.name: pagination.FieldSpec(_SPEC_TYPES[f.type], tuple(f.values)) for f in dataset.fields
+        f.name: filtering.FieldSpec(_SPEC_TYPES[f.type], tuple(f.values)) for f in dataset.fields
     }
 
 
@@ -944,7 +944,7 @@ async def list_records(
     replica).
     """
     dataset = await svc.get_dataset(caller.tenant, _id(dataset_id, "dataset id"))
-    conditions = pagination.parse_filter(filter_, filter_fields(dataset))
+    conditions = filtering.parse_filter(filter_, filter_fields(dataset))
     fingerprint = pagination.query_fingerprint("records", caller.tenant, str(dataset.id), filter_)
     after = pagination.decode_after(page_token, query_fingerprint=fingerprint)
     rows, last = await svc.list_records(

@@ -12,7 +12,7 @@ from fastapi import APIRouter, Body, Depends, Query
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 
-from api import pagination
+from api import filtering, pagination
 from api.auth import Principal, require_scope
 from api.deps import request_id
 from api.errors import ERROR_RESPONSES
@@ -31,11 +31,11 @@ from domains.webhooks.service import UNSET, WebhooksService
 router = APIRouter(prefix="/v1/endpoints", tags=["webhooks"], responses=ERROR_RESPONSES)
 
 _ID = "019a8f0e-7d1c-7b3e-9c55-3f1f9e0a1b2d"
-DELIVERY_FILTER_FIELDS: dict[str, pagination.FieldSpec] = {
-    "state": pagination.FieldSpec("enum", tuple(s.value for s in DeliveryState)),
-    "event_type": pagination.FieldSpec("string"),
-    "create_time": pagination.FieldSpec("timestamp"),
-    "attempts": pagination.FieldSpec("int"),
+DELIVERY_FILTER_FIELDS: dict[str, filtering.FieldSpec] = {
+    "state": filtering.FieldSpec("enum", tuple(s.value for s in DeliveryState)),
+    "event_type": filtering.FieldSpec("string"),
+    "create_time": filtering.FieldSpec("timestamp"),
+    "attempts": filtering.FieldSpec("int"),
 }
 # Served by the indexes (endpoint_id, [state|event_type,] create_time, id); attempts would walk
 # every delivery of the endpoint, so it is refused (AIP-160 allows it).
@@ -392,8 +392,8 @@ async def list_deliveries(
 ) -> Any:
     """Lists the endpoint's deliveries in creation order, filtered and paged."""
     endpoint = _endpoint_id(endpoint_id)
-    conditions = pagination.require_indexed(
-        pagination.parse_filter(filter_, DELIVERY_FILTER_FIELDS),
+    conditions = filtering.require_indexed(
+        filtering.parse_filter(filter_, DELIVERY_FILTER_FIELDS),
         filter_,
         equality=DELIVERY_INDEXED_EQUALITY,
     )

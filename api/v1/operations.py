@@ -10,7 +10,7 @@ from fastapi import APIRouter, Body, Depends, Path, Query, Response
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 
-from api import pagination
+from api import filtering, pagination
 from api.auth import Principal, require_scope
 from api.deps import Services, services
 from api.errors import ERROR_RESPONSES
@@ -24,14 +24,14 @@ router = APIRouter(prefix="/v1/operations", tags=["operations"], responses=ERROR
 Reader = Annotated[Principal, Depends(require_scope("operations:read"))]
 Writer = Annotated[Principal, Depends(require_scope("operations:write"))]
 
-FILTER_FIELDS: dict[str, pagination.FieldSpec] = {
-    "done": pagination.FieldSpec("bool"),
-    "metadata.state": pagination.FieldSpec("enum", tuple(s.value for s in State)),
-    "metadata.domain": pagination.FieldSpec("string"),
-    "metadata.type": pagination.FieldSpec("string"),
-    "metadata.target": pagination.FieldSpec("string"),
-    "create_time": pagination.FieldSpec("timestamp"),
-    "update_time": pagination.FieldSpec("timestamp"),
+FILTER_FIELDS: dict[str, filtering.FieldSpec] = {
+    "done": filtering.FieldSpec("bool"),
+    "metadata.state": filtering.FieldSpec("enum", tuple(s.value for s in State)),
+    "metadata.domain": filtering.FieldSpec("string"),
+    "metadata.type": filtering.FieldSpec("string"),
+    "metadata.target": filtering.FieldSpec("string"),
+    "create_time": filtering.FieldSpec("timestamp"),
+    "update_time": filtering.FieldSpec("timestamp"),
 }
 
 # What the indexes (tenant, <field>, create_time, id) of every domain schema serve: one
@@ -165,8 +165,8 @@ async def list_operations(
     ] = None,
 ) -> Any:
     """Lists operations of every domain in creation order (or newest first), filtered and paged."""
-    folded = _fold_done(pagination.parse_filter(filter_, FILTER_FIELDS))
-    conditions = pagination.require_indexed(
+    folded = _fold_done(filtering.parse_filter(filter_, FILTER_FIELDS))
+    conditions = filtering.require_indexed(
         folded or [],
         filter_,
         equality=INDEXED_EQUALITY,

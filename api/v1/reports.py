@@ -8,7 +8,7 @@ from typing import Annotated, Any, Literal
 from fastapi import APIRouter, Depends, Query, Request, Response
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from api import pagination
+from api import filtering, pagination
 from api.auth import Principal, require_scope
 from api.deps import request_id
 from api.errors import ERROR_RESPONSES
@@ -19,10 +19,10 @@ from domains.shared.ids import parse_id
 
 router = APIRouter(prefix="/v1/reports", tags=["reports"], responses=ERROR_RESPONSES)
 
-FILTER_FIELDS: dict[str, pagination.FieldSpec] = {
-    "type": pagination.FieldSpec("enum", tuple(t.value for t in ReportType)),
-    "format": pagination.FieldSpec("enum", tuple(f.value for f in ReportFormat)),
-    "create_time": pagination.FieldSpec("timestamp"),
+FILTER_FIELDS: dict[str, filtering.FieldSpec] = {
+    "type": filtering.FieldSpec("enum", tuple(t.value for t in ReportType)),
+    "format": filtering.FieldSpec("enum", tuple(f.value for f in ReportFormat)),
+    "create_time": filtering.FieldSpec("timestamp"),
 }
 # Served by the indexes (tenant, [type|format|type, format,] create_time, id).
 INDEXED_EQUALITY = frozenset({"type", "format"})
@@ -309,7 +309,7 @@ async def list_reports(
         str | None,
         Query(
             alias="filter",
-            max_length=pagination.MAX_FILTER_LENGTH,
+            max_length=filtering.MAX_FILTER_LENGTH,
             description='AIP-160 filter, e.g. `type = "digest" AND create_time >'
             ' "2026-11-01T00:00:00Z"`; fields: ' + ", ".join(FILTER_FIELDS),
         ),
@@ -320,8 +320,8 @@ async def list_reports(
     ] = None,
 ) -> Any:
     """Lists the caller's reports in creation order, filtered and paged (AIP-158)."""
-    conditions = pagination.require_indexed(
-        pagination.parse_filter(filter_, FILTER_FIELDS),
+    conditions = filtering.require_indexed(
+        filtering.parse_filter(filter_, FILTER_FIELDS),
         filter_,
         equality=INDEXED_EQUALITY,
         combined=INDEXED_TOGETHER,

@@ -22,7 +22,7 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncSession, create_async_engine
 
-from api import pagination
+from api import filtering
 from api.v1 import endpoints as endpoints_api
 from api.v1 import operations as operations_api
 from api.v1 import reports as reports_api
@@ -129,7 +129,7 @@ async def explain(session: AsyncSession, query: sa.Select[Any]) -> dict[str, Any
 
 def conditions(text: str, fields: Any, **rules: Any) -> Any:
     """The route's own parsing and index check."""
-    return pagination.require_indexed(pagination.parse_filter(text, fields), text, **rules)
+    return filtering.require_indexed(filtering.parse_filter(text, fields), text, **rules)
 
 
 def _recent(hours: float) -> str:

@@ -13,8 +13,6 @@ import datetime as dt
 import itertools
 import json
 import os
-import subprocess
-import sys
 import time
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
@@ -27,6 +25,7 @@ from app.config import Settings
 from app.settings_sections.webhooks import WebhooksSettings
 from tests.conftest import claim_redis_db
 from tests.support.ops import query, wait_done
+from tests.support.procs import Proc
 from tests.support.webhooks import (
     ERROR,
     OK,
@@ -48,41 +47,6 @@ HOOKS = WebhooksSettings(
     max_retry_after_seconds=10.0,
     dispatch_batch_size=10,
 )
-
-
-class _Proc:
-    def __init__(self, args: list[str], env: dict[str, str], log_path: Any) -> None:
-        self.log_path = log_path
-        self._log = open(log_path, "wb")
-        self.popen = subprocess.Popen(
-            [sys.executable, "-m", "app.cli", *args],
-            env=env,
-            stdout=self._log,
-            stderr=subprocess.STDOUT,
-        )
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace")
-
-    def wait_for_log(self, text: str, timeout: float = 60) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if text in self.log():
-                return
-            if self.popen.poll() is not None:
-                raise AssertionError(f"process exited:\n{self.log()[-3000:]}")
-            time.sleep(0.1)
-        raise AssertionError(f"{text!r} not in log:\n{self.log()[-3000:]}")
-
-    def stop(self) -> None:
-        if self.popen.poll() is None:
-            self.popen.terminate()
-            try:
-                self.popen.wait(20)
-            except subprocess.TimeoutExpired:
-                self.popen.kill()
-                self.popen.wait()
-        self._log.close()
 
 
 class Hooks:
@@ -180,7 +144,7 @@ async def hooks(
             )
     logs = tmp_path_factory.mktemp("webhooks")
     procs = [
-        _Proc(
+        Proc(
             [
                 "worker",
                 "--queues",
@@ -195,11 +159,11 @@ async def hooks(
             env,
             logs / "worker.log",
         ),
-        _Proc(["relay"], env, logs / "relay.log"),
+        Proc(["relay"], env, logs / "relay.log"),
     ]
     try:
-        procs[0].wait_for_log(" ready.")
-        procs[1].wait_for_log("relay started")
+        procs[0].wait_for_log(" ready.", timeout=60)
+        procs[1].wait_for_log("relay started", timeout=60)
         app = create_app(mine, celery=create_celery(mine))
         key = env.get("CONVEYOR_API_KEY")
         headers = {"authorization": f"Bearer {key}"} if key else {}

@@ -13,9 +13,9 @@ import pytest
 from celery import Celery
 
 from app.embedded import find_free_port
-from tests.conftest import Proc
 from tests.monitoring.scrape import scrape, scrape_until, value
 from tests.support.ops import wait_state
+from tests.support.procs import Proc
 
 
 @pytest.fixture

@@ -12,7 +12,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from api import pagination
+from api import filtering, pagination
 from api.v1.operations import FILTER_FIELDS
 from domains.shared.errors import InvalidArgument
 from domains.shared.query import Condition
@@ -45,7 +45,7 @@ VALUES = [
 
 def _check_filter(text: str) -> None:
     try:
-        conditions = pagination.parse_filter(text, FILTER_FIELDS)
+        conditions = filtering.parse_filter(text, FILTER_FIELDS)
     except InvalidArgument as exc:
         assert exc.reason == "INVALID_FILTER"
         assert exc.message.startswith("filter: ")
@@ -78,7 +78,7 @@ def test_filter_parser_on_near_valid_filters(parts):
 
 def test_filter_parser_rejects_oversized_input():
     with pytest.raises(InvalidArgument):
-        pagination.parse_filter("done = true AND " * 1000, FILTER_FIELDS)
+        filtering.parse_filter("done = true AND " * 1000, FILTER_FIELDS)
 
 
 @FUZZ

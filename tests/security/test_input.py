@@ -114,7 +114,8 @@ def test_every_path_and_query_string_parameter_is_capped(spec):
                 strings = [s for s in options if s.get("type") == "string"]
                 if param["in"] == "path" or param["name"] in ("filter", "page_token"):
                     # Path segments are bounded by uvicorn's request-line cap and parsed as ids;
-                    # filter and page_token are capped by api.pagination with their own message.
+                    # filter and page_token are capped by api.filtering and api.pagination with
+                    # their own message.
                     continue
                 for s in strings:
                     if not ("maxLength" in s or "enum" in s or s.get("format") == "date-time"):
