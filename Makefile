@@ -19,7 +19,7 @@ run: install
 lint: install
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
-	$(BIN)/mypy domains
+	$(BIN)/mypy domains app api tasks
 	$(BIN)/mypy --strict clients/python/conveyor_client
 	$(BIN)/lint-imports
 

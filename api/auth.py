@@ -24,7 +24,7 @@ from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from api.errors import error_body
-from domains.platform.keys import OPERATOR_SCOPE
+from domains.platform.keys.model import OPERATOR_SCOPE
 from domains.shared.errors import DomainError, PermissionDenied, Unauthenticated
 
 log = logging.getLogger(__name__)
@@ -169,7 +169,7 @@ def _missing_scope(scope: str) -> PermissionDenied:
 
 
 class KeyVerifier(Protocol):
-    """Verifies a presented key (``domains.platform.keys.ApiKeyService``)."""
+    """Verifies a presented key (``domains.platform.keys.service.ApiKeyService``)."""
 
     async def authenticate(self, token: str) -> Any:
         """Returns the active key (``tenant``, ``prefix``, ``scopes``) or raises Unauthenticated."""
@@ -295,9 +295,9 @@ class AuthMiddleware:
                 return JSONResponse(body, status_code=429, headers={"retry-after": retry_after})
         needed = route_scope(scope.get("method", "GET"), path)
         if not caller.allows(needed):
-            exc = _missing_scope(needed)
+            denied = _missing_scope(needed)
             body = error_body(
-                "PERMISSION_DENIED", exc.message, reason=exc.reason, metadata=exc.metadata
+                "PERMISSION_DENIED", denied.message, reason=denied.reason, metadata=denied.metadata
             )
             return JSONResponse(body, status_code=403)
         return None

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import gc
+import importlib
 import logging
 from collections.abc import AsyncIterator
 from typing import Any
@@ -19,14 +19,12 @@ from api.auth import AuthMiddleware
 from api.errors import ERROR_RESPONSES, ErrorMiddleware, error_body, install_error_handlers
 from api.limits import UPLOAD_ROUTE, BodyLimitMiddleware, TokenBucketLimiter
 from api.middleware import ReadYourWritesMiddleware, RequestIdMiddleware, request_id_var
-from app.celery_app import create_celery
+from app.adapters.celery_app import create_celery
 from app.config import Settings, get_settings
 from app.container import Container
 from app.db import EngineRegistry
-from app.outbox import OutboxPublisher
-from app.wiring import wirings
-from domains.operations.service import OperationsService
-from domains.platform.service import PingService
+from app.runtime.outbox import OutboxPublisher
+from app.wiring import modules
 from monitoring import health
 from monitoring import logging as conveyor_logging
 from monitoring import metrics as http_metrics
@@ -52,15 +50,6 @@ class CeleryControl:
             task_id: Task id (the operation id).
         """
         self._celery.control.revoke(task_id)
-
-
-@dataclasses.dataclass
-class AppServices:
-    """The services routers use (see ``api.deps.Services``)."""
-
-    operations: OperationsService
-    pings: PingService
-    control: CeleryControl
 
 
 DOCS_ASSETS_URL = "/docs/assets"
@@ -218,9 +207,8 @@ def create_app(settings: Settings | None = None, *, celery: Celery | None = None
     app.state.container = container
     app.state.publisher = publisher
     app.state.celery = celery
-    app.state.services = AppServices(
-        operations=container.operations, pings=container.pings, control=CeleryControl(celery)
-    )
+    # Routes reach the services through api.deps (one dependency per container attribute).
+    app.state.control = CeleryControl(celery)
     # Outermost last: metrics -> request id -> errors -> authentication/rate limit -> body caps
     # -> read-your-writes -> app. Errors sits inside metrics and request id, so a mapped error
     # is counted under its real status and carries the id, and outside auth, whose key lookup
@@ -240,7 +228,7 @@ def create_app(settings: Settings | None = None, *, celery: Celery | None = None
     )
     app.add_middleware(
         AuthMiddleware,
-        keys=container.services["api_keys"],
+        keys=container.api_keys,
         required=security.auth_required,
         rate_limit=limiter,
     )
@@ -249,11 +237,11 @@ def create_app(settings: Settings | None = None, *, celery: Celery | None = None
     app.add_middleware(http_metrics.MetricsMiddleware)
     conveyor_logging.add_correlation_source(request_id_var)  # request lines carry the id
     install_error_handlers(app)
-    for wiring in wirings():
-        for router in wiring.routers():
-            app.include_router(router)
+    for domain in modules():
+        for path in domain.routers:
+            app.include_router(importlib.import_module(path).router)
     from api.v1 import system as system_api
-    from app.system_status import SystemStatus
+    from app.status.system import SystemStatus
 
     app.state.system_status = SystemStatus(settings, registry, celery)
     app.include_router(system_api.router)

@@ -1,6 +1,6 @@
 """Workflows by name: what schedules (and operators) can start without an HTTP call.
 
-Each domain's wiring module lists its workflows in ``workflows()``; a workflow has an input
+Each domain's wiring module lists its workflows (``DomainModule.workflows``); a workflow has an input
 model (validated when a schedule is created) and a ``start`` coroutine that creates the
 Operation through the domain's service (so the outbox path and AIP-155 idempotency apply: a
 scheduler passes ``request_id = "schedule:<id>:<fire time>"`` and a slot can never run twice).
@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel
 
-from app.wiring import wirings
+from app.wiring import modules
 
 if TYPE_CHECKING:
     from app.container import Container
@@ -60,7 +60,7 @@ def registry() -> dict[str, Workflow]:
         Workflows by name.
     """
     found: dict[str, Workflow] = {}
-    for wiring in wirings():
-        for workflow in wiring.workflows():
+    for domain in modules():
+        for workflow in domain.workflows():
             found[workflow.name] = workflow
     return found

@@ -23,7 +23,7 @@ from typing import Any
 from fastapi import FastAPI
 from pydantic import BaseModel, ConfigDict, Field
 
-from app.celery_app import create_celery
+from app.adapters.celery_app import create_celery
 from app.config import load_settings
 
 PING_TASK = "bench.ping"

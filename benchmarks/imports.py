@@ -44,8 +44,8 @@ import httpx
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent))
 
-from app import migrate
 from app.config import load_settings
+from app.db import migrate
 from benchmarks.submit import (
     DEFAULT_ADMIN_URL,
     DEFAULT_BROKER_URL,

@@ -44,8 +44,8 @@ from sqlalchemy.ext.asyncio import create_async_engine
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from app import migrate
 from app.config import Settings, load_settings
+from app.db import migrate
 from benchmarks import scale_data
 
 TARGET_P99_MS = 20.0
@@ -237,7 +237,7 @@ async def dead_tuples(url: str) -> dict[str, int]:
 
 def run_jobs(settings: Settings, count: int) -> float:
     """Creates and runs ``count`` pings in this process; returns jobs per second."""
-    from app.celery_app import create_celery
+    from app.adapters.celery_app import create_celery
     from tasks.platform import ping
     from tasks.runtime import runtime
 

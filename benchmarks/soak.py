@@ -50,7 +50,7 @@ import psutil
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from app.embedded import find_free_port  # noqa: E402
+from app.runtime.embedded import find_free_port  # noqa: E402
 from tests.reliability.harness import System  # noqa: E402
 from tests.support import services  # noqa: E402
 from tests.support.imports import create_dataset, upload  # noqa: E402
@@ -327,7 +327,7 @@ def main() -> int:
         system.migrate()
         system.create_api_key()
         system.start()
-        from app.celery_app import create_celery
+        from app.adapters.celery_app import create_celery
         from app.config import load_settings
 
         celery = create_celery(load_settings(database_url=url, broker_url=broker), results=False)

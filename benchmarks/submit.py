@@ -56,9 +56,9 @@ import asyncpg  # type: ignore[import-untyped,unused-ignore]
 import httpx
 import redis
 
-from app import migrate
 from app.config import load_settings
-from app.embedded import find_free_port as free_port
+from app.db import migrate
+from app.runtime.embedded import find_free_port as free_port
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 DEFAULT_ADMIN_URL = "postgresql://postgres@127.0.0.1:5432/test"
@@ -953,7 +953,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     created = False
     failed = True
     tried: set[str] = set()
-    private: Any = None  # embedded Redis (app.embedded), started on demand
+    private: Any = None  # embedded Redis (app.runtime.embedded), started on demand
     if args.redis == "private":
         plan = ["private"]
     elif args.redis == "shared":
@@ -972,7 +972,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 broker = pick_redis_db(broker_base, args.redis_db, exclude=tried)
             else:
                 if private is None:
-                    from app.embedded import start_embedded
+                    from app.runtime.embedded import start_embedded
 
                     private = start_embedded(logdir / "redis", postgres=False, redis=True)
                 broker = with_redis_db(private.broker_url, args.redis_db or 1)

@@ -43,8 +43,8 @@ if str(ROOT) not in sys.path:
 
 import httpx  # noqa: E402
 
-from app import migrate  # noqa: E402
 from app.config import load_settings  # noqa: E402
+from app.db import migrate  # noqa: E402
 from benchmarks.submit import (  # noqa: E402
     DEFAULT_ADMIN_URL,
     DEFAULT_BROKER_URL,
@@ -100,7 +100,7 @@ def claim_broker(base_url: str, logdir: pathlib.Path, mode: str) -> tuple[str, A
         except SystemExit:
             if mode == "shared":
                 raise
-    from app.embedded import start_embedded
+    from app.runtime.embedded import start_embedded
 
     private = start_embedded(logdir / "redis", postgres=False, redis=True)
     url = urllib.parse.urlunsplit(
@@ -184,12 +184,12 @@ async def conveyor_run(
 
     from app.container import Container
     from app.db import EngineRegistry
-    from app.outbox import OutboxPublisher
+    from app.runtime.outbox import OutboxPublisher
 
     registry = EngineRegistry(settings)
     publisher = OutboxPublisher(registry, settings)
     container = Container(settings, registry, after_commit=publisher.publish_now)
-    service = container.services["webhooks"]
+    service = container.webhooks
     try:
         for url in urls:
             await service.create_endpoint("bench", url=url, event_types=["bench.*"])

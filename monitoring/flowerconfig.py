@@ -2,7 +2,7 @@
 
 Flower (``tornado.options``) executes this file and takes each global whose name is a Flower
 option; options given on the command line (``--address``, ``--port``) still win. Running Flower
-by hand works the same: ``celery -A app.celery_app flower --conf=monitoring/flowerconfig.py``.
+by hand works the same: ``celery -A app.adapters.celery_app flower --conf=monitoring/flowerconfig.py``.
 
 What it sets, from the Conveyor settings (``CONVEYOR_*`` environment and ``.env``):
 

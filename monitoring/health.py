@@ -9,9 +9,8 @@ from typing import Any
 import sqlalchemy as sa
 from celery import Celery
 
-from app import migrate
 from app.config import DOMAINS
-from app.db import EngineRegistry
+from app.db import EngineRegistry, migrate
 
 
 def _domains_by_database(registry: EngineRegistry) -> dict[str, list[str]]:

@@ -47,7 +47,7 @@ HTTP_REQUEST_DURATION = Histogram(
     buckets=LATENCY_BUCKETS,
 )
 
-# Read replicas (app/replicas.py): which database served the reads meant for a replica, and why
+# Read replicas (app/db/replicas.py): which database served the reads meant for a replica, and why
 # the primary did when it did; the replica's measured lag and whether it answers.
 REPLICA_READS = Counter(
     "conveyor_replica_reads_total",
@@ -156,7 +156,7 @@ def exposition_registry() -> CollectorRegistry:
     """
     if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         registry = CollectorRegistry()
-        MultiProcessCollector(registry)
+        MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
         return registry
     return REGISTRY
 

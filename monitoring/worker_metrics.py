@@ -1,11 +1,11 @@
 """Worker-side Prometheus metrics, recorded from Celery signals.
 
-Importing this module connects the handlers (``app.celery_app.TASK_MODULES`` lists it, so every
+Importing this module connects the handlers (``app.adapters.celery_app.TASK_MODULES`` lists it, so every
 worker imports it with the tasks). Under the prefork pool, tasks run in pool children: metrics are
 written to per-process files in ``PROMETHEUS_MULTIPROC_DIR`` (prometheus_client multiprocess
 mode), which ``conveyor metrics`` merges and serves. That variable must be set before
 prometheus_client is first imported in the worker process:
-:func:`app.cli_metrics.setup_worker_metrics` does it in ``conveyor worker``.
+:func:`app.cli.metrics.setup_worker_metrics` does it in ``conveyor worker``.
 
 Metrics:
     ``conveyor_tasks_total{task,queue,state}``: state is ``started``, ``succeeded``, ``failed``

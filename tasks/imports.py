@@ -22,14 +22,14 @@ from domains.imports.service import ImportsService
 from domains.operations.execution import LeaseLost, ProgressSink
 from domains.operations.model import OperationError
 from domains.shared.errors import DomainError, TransientError
-from tasks.base import backoff, permanent_error, progress_sink, run_operation_task
+from tasks.base import permanent_error, progress_sink, retry_with_backoff, run_operation_task
 from tasks.runtime import runtime
 
 log = logging.getLogger(__name__)
 
 
 def _service() -> ImportsService:
-    service: ImportsService = runtime.container.services["imports"]
+    service: ImportsService = runtime.container.imports
     return service
 
 
@@ -150,20 +150,19 @@ def _fail_permanent_or_retry(task: Task, operation_id: str, exc: Exception) -> d
 
 
 def _retry_or_fail(task: Task, operation_id: str, error: str) -> dict[str, Any]:
-    retries = task.request.retries
-    if retries >= runtime.container.settings.task_max_retries:
-        runtime.run(
-            _service().fail_import(
-                uuid.UUID(operation_id),
-                OperationError(
-                    status="UNAVAILABLE",
-                    message=f"{task.name} gave up after {retries + 1} attempts; last error: {error}",
-                ),
-            )
+    # Retries while any are left (raises Retry); once exhausted, the import fails.
+    retries = retry_with_backoff(task)
+    runtime.run(
+        _service().fail_import(
+            uuid.UUID(operation_id),
+            OperationError(
+                status="UNAVAILABLE",
+                message=f"{task.name} gave up after {retries + 1} attempts; last error: {error}",
+            ),
         )
-        announce_outcome(task, operation_id, {"failed": error})
-        return {"failed": error}
-    raise task.retry(countdown=backoff(retries), max_retries=None)
+    )
+    announce_outcome(task, operation_id, {"failed": error})
+    return {"failed": error}
 
 
 @shared_task(name="imports.process_chunk", bind=True, acks_late=True, reject_on_worker_lost=True)

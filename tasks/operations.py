@@ -29,7 +29,7 @@ def _publisher() -> Any:
     # One publish-only Celery app per worker process (built after fork, like the runtime).
     import os
 
-    from app.outbox import OutboxPublisher
+    from app.runtime.outbox import OutboxPublisher
 
     pid = os.getpid()
     if pid not in _publishers:
@@ -76,7 +76,7 @@ def purge_done() -> dict[str, Any]:
     cutoff = now - settings.schedules.retention_days * days
     counts: dict[str, Any] = {
         "operations": runtime.run(container.operations.purge_done(cutoff, limit=batch)),
-        "schedule_runs": runtime.run(container.services["schedules"].purge_runs(cutoff)),
+        "schedule_runs": runtime.run(container.schedules.purge_runs(cutoff)),
         "pings": runtime.run(container.pings.purge(cutoff, limit=batch)),
     }
     counts.update(
@@ -88,28 +88,24 @@ def purge_done() -> dict[str, Any]:
             )
         )
     )
-    services = container.services
-    if "webhooks" in services:
-        counts.update(
-            runtime.run(
-                services["webhooks"].purge(
-                    ended_before=now - keep.webhook_deliveries_days * days,
-                    received_before=now - keep.events_days * days,
-                    limit=batch,
-                )
+    counts.update(
+        runtime.run(
+            container.webhooks.purge(
+                ended_before=now - keep.webhook_deliveries_days * days,
+                received_before=now - keep.events_days * days,
+                limit=batch,
             )
         )
-    if "reports" in services:
-        counts["applied_events"] = runtime.run(
-            services["reports"].purge_applied(now - keep.events_days * days, limit=batch)
-        )
-        counts["latency_samples"] = runtime.run(
-            services["reports"].compact_latencies((now - keep.latency_samples_days * days).date())
-        )
-    if "imports" in services:
-        counts["import_files"] = runtime.run(
-            services["imports"].purge_files(now - keep.import_files_days * days, limit=batch)
-        )
+    )
+    counts["applied_events"] = runtime.run(
+        container.reports.purge_applied(now - keep.events_days * days, limit=batch)
+    )
+    counts["latency_samples"] = runtime.run(
+        container.reports.compact_latencies((now - keep.latency_samples_days * days).date())
+    )
+    counts["import_files"] = runtime.run(
+        container.imports.purge_files(now - keep.import_files_days * days, limit=batch)
+    )
     if keep.vacuum_after_purge:
         counts["vacuumed"] = runtime.run(container.registry.vacuum_churned())
     return counts

@@ -20,7 +20,7 @@ log = logging.getLogger(__name__)
 
 
 def _service() -> ReportsService:
-    service: ReportsService = runtime.container.services["reports"]
+    service: ReportsService = runtime.container.reports
     return service
 
 

@@ -19,7 +19,7 @@ from celery import signals
 from app.config import Settings, get_settings
 from app.container import Container
 from app.db import EngineRegistry
-from app.outbox import OutboxPublisher
+from app.runtime.outbox import OutboxPublisher
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -121,12 +121,6 @@ runtime = Runtime()
 
 @signals.worker_process_init.connect
 def _on_process_init(**_: Any) -> None:
-    import os
-
-    # Fault injection for the reliability suite: the pool child dies while the worker starts
-    # (the worker must then exit non-zero). Unset in production.
-    if os.environ.get("CONVEYOR_FAULT_CHILD_EXIT_ON_INIT"):
-        os._exit(3)
     # A forked pool child: drop anything inherited from the parent, then start fresh.
     runtime._loop = None
     runtime._container = None

@@ -23,7 +23,7 @@ log = logging.getLogger(__name__)
 
 
 def _service() -> WebhooksService:
-    service: WebhooksService = runtime.container.services["webhooks"]
+    service: WebhooksService = runtime.container.webhooks
     return service
 
 
@@ -32,7 +32,7 @@ def _correlation(task: Task) -> str | None:
     return log_context.current().get("correlation_id")
 
 
-def _retry(task: Task, exc: Exception) -> Any:
+def _retry(task: Task, exc: Exception) -> dict[str, Any]:
     # Infrastructure trouble (database down...): the deliveries stay PENDING/SENDING in
     # PostgreSQL, so giving up here loses nothing: probe_breakers recovers them.
     retries = retry_with_backoff(task)

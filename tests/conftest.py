@@ -3,8 +3,9 @@
 - A fresh PostgreSQL database per test run (created, migrated with the real migrations,
   dropped at the end) on ``CONVEYOR_TEST_DATABASE_URL`` (default local server, else embedded).
 - A Redis database index of its own on ``CONVEYOR_TEST_BROKER_URL`` (default local, else embedded).
-- ``celery_app`` / ``celery_worker``: the real Conveyor Celery app and an in-process worker
-  (celery.contrib.testing, as pytest-celery's fixtures do) consuming every domain queue.
+- ``celery_app`` / ``celery_worker``: pytest-celery's session app and in-process worker
+  (``celery_session_app`` / ``celery_session_worker``), configured as Conveyor's own app (queues,
+  routes, serializers, task modules) and consuming every domain queue.
 - ``client``: the API through httpx ``ASGITransport``, authenticated with the session's API key.
 - ``api_key``: one all-scopes key of tenant ``default`` per test run; ``clean_db`` keeps it, the
   ``client``/``stack.client`` send it, subprocesses get it as ``CONVEYOR_API_KEY``.
@@ -14,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import importlib
 import os
 import secrets
 import time
@@ -25,12 +27,12 @@ import httpx
 import pytest
 import redis
 import sqlalchemy as sa
-from celery.contrib.testing.worker import start_worker
 from sqlalchemy.ext.asyncio import create_async_engine
 
-from app import migrate
-from app.celery_app import create_celery
+from app.adapters.celery_app import TASK_MODULES, create_celery
+from app.adapters.celery_app import celery_config as conveyor_celery_config
 from app.config import DOMAINS, Settings, load_settings
+from app.db import migrate
 from tests.support import services
 from tests.support.procs import Proc
 
@@ -74,7 +76,7 @@ async def create_api_key(
 
     registry = EngineRegistry(settings)
     try:
-        service = Container(settings, registry).services["api_keys"]
+        service = Container(settings, registry).api_keys
         kw.setdefault("name", "pytest")
         new = await service.create(tenant=tenant, scopes=list(scopes), **kw)
         return str(new.plaintext)
@@ -176,23 +178,67 @@ def service_env(settings: Settings, api_key: str) -> dict[str, str]:
     return env
 
 
+# pytest-celery (its ``celery.contrib.pytest`` fixtures) builds the app and the in-process
+# worker; these fixtures make them Conveyor's. Session-scoped: one worker for the whole run,
+# as a worker per test would add its start and stop to every task test.
+
+
 @pytest.fixture(scope="session")
-def celery_app(settings: Settings) -> Any:
-    """The real Conveyor Celery app bound to the test broker."""
+def celery_config(settings: Settings) -> dict[str, Any]:
+    """pytest-celery's app configuration: exactly what ``create_celery(settings)`` applies."""
+    return {**conveyor_celery_config(settings), "include": TASK_MODULES}
+
+
+@pytest.fixture(scope="session")
+def celery_parameters() -> dict[str, Any]:
+    """pytest-celery's app constructor arguments: the app's name, as ``create_celery``'s."""
+    return {"name": "conveyor"}
+
+
+@pytest.fixture(scope="session")
+def celery_enable_logging() -> bool:
+    """Celery's own logging setup, so the worker's ``setup_logging`` receivers run as live."""
+    return True
+
+
+@pytest.fixture(scope="session")
+def celery_includes() -> list[str]:
+    """Modules the worker imports: every domain's task adapters."""
+    return list(TASK_MODULES)
+
+
+@pytest.fixture(scope="session")
+def celery_worker_pool() -> str:
+    """The in-process worker's pool: threads (the tasks share the test's runtime)."""
+    return "threads"
+
+
+@pytest.fixture(scope="session")
+def celery_worker_parameters() -> dict[str, Any]:
+    """The in-process worker's options: four threads, no ``celery.ping`` round trip."""
+    return {"concurrency": 4, "perform_ping_check": False, "shutdown_timeout": 20}
+
+
+@pytest.fixture(scope="session")
+def celery_app(celery_session_app: Any, settings: Settings) -> Any:
+    """The Conveyor Celery app bound to the test broker (pytest-celery's session app)."""
     from tasks.runtime import runtime
 
-    app = create_celery(settings)
+    # As create_celery does: the task modules register their tasks (shared tasks) on the app.
+    for module in TASK_MODULES:
+        importlib.import_module(module)
+    celery_session_app.conveyor_settings = settings
     runtime.configure(settings)
-    return app
+    return celery_session_app
 
 
 @pytest.fixture(scope="session")
-def celery_worker(celery_app: Any) -> Iterator[Any]:
-    """An in-process worker (threads pool) consuming every domain queue."""
-    with start_worker(
-        celery_app, pool="threads", concurrency=4, perform_ping_check=False, shutdown_timeout=20
-    ) as worker:
-        yield worker
+def celery_worker(celery_app: Any, celery_session_worker: Any) -> Any:
+    """pytest-celery's in-process session worker (threads pool) consuming every domain queue.
+
+    Shadows pytest-celery's own ``celery_worker`` (a Docker-container worker).
+    """
+    return celery_session_worker
 
 
 @pytest.fixture

@@ -23,6 +23,7 @@ from fastapi.responses import JSONResponse, RedirectResponse, StreamingResponse
 from fastapi.routing import APIRoute
 from fastapi.templating import Jinja2Templates
 
+from api import deps
 from api.console import session as sessions
 from domains.shared.errors import DomainError
 
@@ -98,7 +99,7 @@ def _session(request: Request) -> sessions.Session:
 
 async def _me(request: Request, session: sessions.Session) -> Any:
     """The key's tenant and scopes, verified now (a revoked key ends the session)."""
-    keys = request.app.state.container.services["api_keys"]
+    keys = await deps.api_keys(request)
     try:
         return await keys.authenticate(session.api_key)
     except DomainError as exc:
@@ -207,7 +208,7 @@ async def login(request: Request) -> Response:
     body = (await request.body())[:_MAX_FORM_BYTES]
     fields = {k: v[-1] for k, v in urllib.parse.parse_qs(body.decode(errors="replace")).items()}
     token = fields.get("api_key", "").strip()
-    keys = request.app.state.container.services["api_keys"]
+    keys = await deps.api_keys(request)
     try:
         await keys.authenticate(token)
     except DomainError as exc:
@@ -417,7 +418,7 @@ async def import_errors(request: Request, dataset_id: str, import_id: str) -> Re
     async with _api(request, session) as api:
         await api.imports.download_errors(
             f"datasets/{dataset_id}/imports/{import_id}",
-            spool,  # type: ignore[arg-type]
+            spool,
         )
     spool.seek(0)
 

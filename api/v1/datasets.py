@@ -17,12 +17,11 @@ from starlette.background import BackgroundTask
 
 from api import filtering, pagination
 from api.auth import Principal, require_scope
-from api.deps import request_id
+from api.deps import ImportsDep, request_id
 from api.errors import ERROR_RESPONSES, error_body
 from api.v1 import imports_upload
 from api.v1.schemas import OperationOut, RequestIdQuery, operation_response, request_id_field
 from domains.imports.model import Dataset, FieldDef, Import
-from domains.imports.service import ImportsService
 from domains.imports.storage import FileTooLarge
 from domains.shared.errors import InvalidArgument
 from domains.shared.ids import parse_id
@@ -34,29 +33,13 @@ Writer = Annotated[Principal, Depends(require_scope("imports:write"))]
 
 _DATASET_ID = "019a8f0e-7d1c-7b3e-9c55-3f1f9e0a1b2d"
 _IMPORT_ID = "019a8f0e-8a00-7b3e-9c55-3f1f9e0a1b2e"
-_FIELDS_EXAMPLE = [
+_FIELDS_EXAMPLE: list[Any] = [
     {"name": "order_id", "type": "string", "required": True},
     {"name": "amount", "type": "number", "required": True},
     {"name": "country", "type": "enum", "values": ["DE", "FR", "US"]},
     {"name": "paid", "type": "boolean"},
     {"name": "ordered_on", "type": "date"},
 ]
-
-
-async def service(request: Request) -> ImportsService:
-    """Returns the imports service of the running app.
-
-    Args:
-        request: The current request.
-
-    Returns:
-        The service.
-    """
-    value: ImportsService = request.app.state.container.services["imports"]
-    return value
-
-
-Svc = Annotated[ImportsService, Depends(service)]
 
 
 class FieldIn(BaseModel):
@@ -430,7 +413,10 @@ PageToken = Annotated[
 
 @router.post("", response_model=DatasetOut, summary="Create a dataset")
 async def create_dataset(
-    body: CreateDatasetRequest, svc: Svc, caller: Writer, request_id_param: RequestIdQuery = None
+    body: CreateDatasetRequest,
+    svc: ImportsDep,
+    caller: Writer,
+    request_id_param: RequestIdQuery = None,
 ) -> Any:
     """Creates a dataset with its declared schema: typed fields and the key field for upserts.
     The same `request_id` with the same body returns the dataset the first call created.
@@ -448,7 +434,7 @@ async def create_dataset(
 
 @router.get("", response_model=ListDatasetsResponse, summary="List datasets")
 async def list_datasets(
-    svc: Svc, caller: Reader, page_size: PageSize = None, page_token: PageToken = None
+    svc: ImportsDep, caller: Reader, page_size: PageSize = None, page_token: PageToken = None
 ) -> Any:
     """Lists the caller's datasets in creation order (AIP-158 paging)."""
     fingerprint = pagination.query_fingerprint("datasets", caller.tenant)
@@ -467,7 +453,7 @@ async def list_datasets(
 
 
 @router.get("/{dataset_id}", response_model=DatasetOut, summary="Get a dataset")
-async def get_dataset(dataset_id: str, svc: Svc, caller: Reader) -> Any:
+async def get_dataset(dataset_id: str, svc: ImportsDep, caller: Reader) -> Any:
     """Returns a dataset with its schema and record count."""
     return JSONResponse(
         dataset_out(await svc.get_dataset(caller.tenant, _id(dataset_id, "dataset id")))
@@ -476,7 +462,7 @@ async def get_dataset(dataset_id: str, svc: Svc, caller: Reader) -> Any:
 
 @router.patch("/{dataset_id}", response_model=DatasetOut, summary="Update a dataset")
 async def update_dataset(
-    dataset_id: str, body: UpdateDatasetRequest, svc: Svc, caller: Writer
+    dataset_id: str, body: UpdateDatasetRequest, svc: ImportsDep, caller: Writer
 ) -> Any:
     """Changes the fields sent. A schema change that would break stored records (removing or
     retyping a field, making one required, changing the key, removing enum values) is refused
@@ -500,7 +486,7 @@ async def update_dataset(
     summary="Delete a dataset",
     responses={200: {"description": "Deleted", "content": {"application/json": {"example": {}}}}},
 )
-async def delete_dataset(dataset_id: str, svc: Svc, caller: Writer) -> Any:
+async def delete_dataset(dataset_id: str, svc: ImportsDep, caller: Writer) -> Any:
     """Deletes a dataset with its records, imports and files (not while an import runs)."""
     await svc.delete_dataset(caller.tenant, _id(dataset_id, "dataset id"))
     return JSONResponse({})
@@ -556,7 +542,7 @@ _UPLOAD_BODY = {
     },
 }
 
-_TOO_LARGE = {
+_TOO_LARGE: dict[int | str, dict[str, Any]] = {
     413: {
         "model": ERROR_RESPONSES[400]["model"],
         "description": "RESOURCE_EXHAUSTED: the file is larger than CONVEYOR_IMPORTS__MAX_UPLOAD_BYTES",
@@ -593,7 +579,7 @@ def _too_large(exc: FileTooLarge) -> JSONResponse:
 async def create_import(
     dataset_id: str,
     request: Request,
-    svc: Svc,
+    svc: ImportsDep,
     caller: Writer,
     correlation: Annotated[str | None, Depends(request_id)],
     format_param: Annotated[Literal["auto", "csv", "jsonl"] | None, Query(alias="format")] = None,
@@ -797,7 +783,7 @@ async def _small_body(request: Request, limit: int = 64 * 1024) -> bytes:
 @router.get("/{dataset_id}/imports", response_model=ListImportsResponse, summary="List imports")
 async def list_imports(
     dataset_id: str,
-    svc: Svc,
+    svc: ImportsDep,
     caller: Reader,
     page_size: PageSize = None,
     page_token: PageToken = None,
@@ -821,7 +807,7 @@ async def list_imports(
 
 
 @router.get("/{dataset_id}/imports/{import_id}", response_model=ImportOut, summary="Get an import")
-async def get_import(dataset_id: str, import_id: str, svc: Svc, caller: Reader) -> Any:
+async def get_import(dataset_id: str, import_id: str, svc: ImportsDep, caller: Reader) -> Any:
     """Returns an import: state, counts and where its row errors are."""
     item = await svc.get_import(
         caller.tenant, _id(dataset_id, "dataset id"), _id(import_id, "import id")
@@ -845,7 +831,7 @@ async def get_import(dataset_id: str, import_id: str, svc: Svc, caller: Reader) 
     },
 )
 async def get_import_errors(
-    dataset_id: str, import_id: str, request: Request, svc: Svc, caller: Reader
+    dataset_id: str, import_id: str, request: Request, svc: ImportsDep, caller: Reader
 ) -> Any:
     """Returns the rejected rows' problems (line, field, reason, raw value) in line order: a
     CSV download by default, or JSON (first `max_errors_listed`) with `Accept: application/json`.
@@ -927,7 +913,7 @@ def filter_fields(dataset: Dataset) -> dict[str, filtering.FieldSpec]:
 @router.get("/{dataset_id}/records", response_model=ListRecordsResponse, summary="List records")
 async def list_records(
     dataset_id: str,
-    svc: Svc,
+    svc: ImportsDep,
     caller: Reader,
     filter_: Annotated[
         str | None,
@@ -959,7 +945,7 @@ async def list_records(
 
 
 @router.get("/{dataset_id}/records/{key:path}", response_model=RecordOut, summary="Get a record")
-async def get_record(dataset_id: str, key: str, svc: Svc, caller: Reader) -> Any:
+async def get_record(dataset_id: str, key: str, svc: ImportsDep, caller: Reader) -> Any:
     """Returns the record with this key (read from the primary: a record a finished import
     wrote is there, whatever the replica's lag).
     """

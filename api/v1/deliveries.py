@@ -5,33 +5,19 @@ from __future__ import annotations
 import datetime as dt
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, Depends
 from pydantic import BaseModel, ConfigDict, Field
 
 from api.auth import Principal, require_scope
-from api.deps import request_id
+from api.deps import WebhooksDep, request_id
 from api.errors import ERROR_RESPONSES
 from domains.shared.ids import parse_id
 from domains.webhooks.model import Attempt, Delivery
-from domains.webhooks.service import WebhooksService
 
 router = APIRouter(prefix="/v1/deliveries", tags=["webhooks"], responses=ERROR_RESPONSES)
 
 _ENDPOINT = "019a8f0e-7d1c-7b3e-9c55-3f1f9e0a1b2d"
 _DELIVERY = "019a8f0e-9a00-7c3e-8c55-3f1f9e0a1b2e"
-
-
-async def webhooks_service(request: Request) -> WebhooksService:
-    """Returns the webhooks service of the running app.
-
-    Args:
-        request: The current request.
-
-    Returns:
-        The service.
-    """
-    service: WebhooksService = request.app.state.container.services["webhooks"]
-    return service
 
 
 class DeliveryOut(BaseModel):
@@ -144,7 +130,7 @@ def attempt_out(attempt: Attempt) -> dict[str, Any]:
 @router.get("/{delivery_id}", response_model=DeliveryOut, summary="Get a delivery")
 async def get_delivery(
     delivery_id: str,
-    svc: Annotated[WebhooksService, Depends(webhooks_service)],
+    svc: WebhooksDep,
     caller: Annotated[Principal, Depends(require_scope("webhooks:read"))],
 ) -> Any:
     """Returns a delivery by id (its `webhook-id`)."""
@@ -155,7 +141,7 @@ async def get_delivery(
 @router.post("/{delivery_id}:retry", response_model=DeliveryOut, summary="Retry a delivery")
 async def retry_delivery(
     delivery_id: str,
-    svc: Annotated[WebhooksService, Depends(webhooks_service)],
+    svc: WebhooksDep,
     caller: Annotated[Principal, Depends(require_scope("webhooks:write"))],
     correlation: Annotated[str | None, Depends(request_id)],
 ) -> Any:

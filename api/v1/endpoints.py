@@ -14,19 +14,18 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from api import filtering, pagination
 from api.auth import Principal, require_scope
-from api.deps import request_id
+from api.deps import WebhooksDep, request_id
 from api.errors import ERROR_RESPONSES
 from api.v1.deliveries import (
     AttemptOut,
     DeliveryOut,
     attempt_out,
     delivery_out,
-    webhooks_service,
 )
 from api.v1.schemas import OperationOut, RequestIdQuery, operation_response, request_id_field
 from domains.shared.ids import parse_id
 from domains.webhooks.model import DeliveryState, Endpoint
-from domains.webhooks.service import UNSET, WebhooksService
+from domains.webhooks.service import UNSET
 
 router = APIRouter(prefix="/v1/endpoints", tags=["webhooks"], responses=ERROR_RESPONSES)
 
@@ -41,7 +40,6 @@ DELIVERY_FILTER_FIELDS: dict[str, filtering.FieldSpec] = {
 # every delivery of the endpoint, so it is refused (AIP-160 allows it).
 DELIVERY_INDEXED_EQUALITY = frozenset({"state", "event_type"})
 
-ServiceDep = Annotated[WebhooksService, Depends(webhooks_service)]
 Reader = Annotated[Principal, Depends(require_scope("webhooks:read"))]
 Writer = Annotated[Principal, Depends(require_scope("webhooks:write"))]
 Correlation = Annotated[str | None, Depends(request_id)]
@@ -254,7 +252,7 @@ def _endpoint_id(text: str) -> uuid.UUID:
 @router.post("", response_model=EndpointWithSecretOut, summary="Create an endpoint")
 async def create_endpoint(
     body: CreateEndpointRequest,
-    svc: ServiceDep,
+    svc: WebhooksDep,
     caller: Writer,
     request_id_param: RequestIdQuery = None,
 ) -> Any:
@@ -276,7 +274,7 @@ async def create_endpoint(
 
 @router.get("", response_model=ListEndpointsResponse, summary="List endpoints")
 async def list_endpoints(
-    svc: ServiceDep,
+    svc: WebhooksDep,
     caller: Reader,
     page_size: Annotated[int | None, Query(description="At most 1000; default 50.")] = None,
     page_token: Annotated[str | None, Query(max_length=2000)] = None,
@@ -291,7 +289,7 @@ async def list_endpoints(
 
 
 @router.get("/{endpoint_id}", response_model=EndpointOut, summary="Get an endpoint")
-async def get_endpoint(endpoint_id: str, svc: ServiceDep, caller: Reader) -> Any:
+async def get_endpoint(endpoint_id: str, svc: WebhooksDep, caller: Reader) -> Any:
     """Returns an endpoint with its breaker state (never its secret)."""
     return endpoint_out(await svc.get_endpoint(caller.tenant, _endpoint_id(endpoint_id)))
 
@@ -300,7 +298,7 @@ async def get_endpoint(endpoint_id: str, svc: ServiceDep, caller: Reader) -> Any
 async def update_endpoint(
     endpoint_id: str,
     body: UpdateEndpointRequest,
-    svc: ServiceDep,
+    svc: WebhooksDep,
     caller: Writer,
     correlation: Correlation,
 ) -> Any:
@@ -327,7 +325,7 @@ async def update_endpoint(
     summary="Delete an endpoint",
     responses={200: {"description": "Deleted", "content": {"application/json": {"example": {}}}}},
 )
-async def delete_endpoint(endpoint_id: str, svc: ServiceDep, caller: Writer) -> Any:
+async def delete_endpoint(endpoint_id: str, svc: WebhooksDep, caller: Writer) -> Any:
     """Deletes an endpoint with its deliveries and attempts."""
     await svc.delete_endpoint(caller.tenant, _endpoint_id(endpoint_id))
     return JSONResponse({})
@@ -338,7 +336,7 @@ async def delete_endpoint(endpoint_id: str, svc: ServiceDep, caller: Writer) -> 
     response_model=EndpointWithSecretOut,
     summary="Rotate the signing secret",
 )
-async def rotate_secret(endpoint_id: str, svc: ServiceDep, caller: Writer) -> Any:
+async def rotate_secret(endpoint_id: str, svc: WebhooksDep, caller: Writer) -> Any:
     """Gives the endpoint a new secret (returned once). Until `previous_secret_expire_time`
     every request carries signatures by both secrets, so receivers can switch without loss.
     """
@@ -351,7 +349,7 @@ async def rotate_secret(endpoint_id: str, svc: ServiceDep, caller: Writer) -> An
 )
 async def replay_endpoint(
     endpoint_id: str,
-    svc: ServiceDep,
+    svc: WebhooksDep,
     caller: Writer,
     correlation: Correlation,
     body: Annotated[ReplayRequest, Body()],
@@ -376,7 +374,7 @@ async def replay_endpoint(
 )
 async def list_deliveries(
     endpoint_id: str,
-    svc: ServiceDep,
+    svc: WebhooksDep,
     caller: Reader,
     filter_: Annotated[
         str | None,
@@ -413,7 +411,7 @@ async def list_deliveries(
     summary="Get a delivery",
 )
 async def get_endpoint_delivery(
-    endpoint_id: str, delivery_id: str, svc: ServiceDep, caller: Reader
+    endpoint_id: str, delivery_id: str, svc: WebhooksDep, caller: Reader
 ) -> Any:
     """Returns one delivery of the endpoint."""
     delivery = await svc.get_delivery(
@@ -427,7 +425,9 @@ async def get_endpoint_delivery(
     response_model=ListAttemptsResponse,
     summary="List a delivery's attempts",
 )
-async def list_attempts(endpoint_id: str, delivery_id: str, svc: ServiceDep, caller: Reader) -> Any:
+async def list_attempts(
+    endpoint_id: str, delivery_id: str, svc: WebhooksDep, caller: Reader
+) -> Any:
     """Lists every HTTP attempt of the delivery: time, status, duration, first 4 KB of the
     response body, error.
     """

@@ -9,11 +9,9 @@ from fastapi import APIRouter, Depends
 from pydantic import BaseModel, ConfigDict, Field
 
 from api.auth import Principal, require_scope
-from api.deps import request_id
+from api.deps import WebhooksDep, request_id
 from api.errors import ERROR_RESPONSES
-from api.v1.deliveries import webhooks_service
 from api.v1.schemas import RequestIdQuery, request_id_field
-from domains.webhooks.service import WebhooksService
 
 router = APIRouter(prefix="/v1/events", tags=["webhooks"], responses=ERROR_RESPONSES)
 
@@ -62,7 +60,7 @@ class EventOut(BaseModel):
 @router.post("", response_model=EventOut, summary="Publish an event")
 async def publish_event(
     body: PublishEventRequest,
-    svc: Annotated[WebhooksService, Depends(webhooks_service)],
+    svc: WebhooksDep,
     caller: Annotated[Principal, Depends(require_scope("webhooks:write"))],
     correlation: Annotated[str | None, Depends(request_id)],
     request_id_param: RequestIdQuery = None,

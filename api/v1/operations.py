@@ -12,7 +12,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from api import filtering, pagination
 from api.auth import Principal, require_scope
-from api.deps import Services, services
+from api.deps import OperationsDep, TaskControlDep
 from api.errors import ERROR_RESPONSES
 from api.v1.schemas import OperationOut, operation_out, operation_response
 from domains.operations.model import TERMINAL_STATES, State
@@ -124,16 +124,16 @@ def _timeout_seconds(value: float | str | None) -> float:
 @router.get("/{operation_id}", response_model=OperationOut, summary="Get an operation")
 async def get_operation(
     operation_id: Annotated[str, Path(max_length=200)],
-    svc: Annotated[Services, Depends(services)],
+    operations: OperationsDep,
     caller: Reader,
 ) -> Any:
     """Returns the latest state of an operation (`{domain}.{id}`, as in its name)."""
-    return operation_response(await svc.operations.get(operation_id, tenant=caller.tenant))
+    return operation_response(await operations.get(operation_id, tenant=caller.tenant))
 
 
 @router.get("", response_model=ListOperationsResponse, summary="List operations")
 async def list_operations(
-    svc: Annotated[Services, Depends(services)],
+    operations: OperationsDep,
     caller: Reader,
     filter_: Annotated[
         str | None,
@@ -182,7 +182,7 @@ async def list_operations(
         "operations", caller.tenant, filter_, "desc" if newest_first else None
     )
     after = pagination.decode_after_keyset(page_token, query_fingerprint=fingerprint)
-    page = await svc.operations.list(
+    page = await operations.list(
         conditions, page_size=size, after=after, tenant=caller.tenant, newest_first=newest_first
     )
     token = pagination.next_keyset_token(page.last, query_fingerprint=fingerprint)
@@ -192,15 +192,16 @@ async def list_operations(
 @router.post("/{operation_id}:cancel", response_model=OperationOut, summary="Cancel an operation")
 async def cancel_operation(
     operation_id: Annotated[str, Path(max_length=200)],
-    svc: Annotated[Services, Depends(services)],
+    operations: OperationsDep,
+    control: TaskControlDep,
     caller: Writer,
 ) -> Any:
     """Starts cancellation: a pending operation ends CANCELLED at once; a running one becomes
     CANCELLING and stops at its next unit of work. The queued task is also revoked.
     """
-    op = await svc.operations.cancel(operation_id, tenant=caller.tenant)
+    op = await operations.cancel(operation_id, tenant=caller.tenant)
     try:
-        await asyncio.to_thread(svc.control.revoke, str(op.id))
+        await asyncio.to_thread(control.revoke, str(op.id))
     except Exception:  # noqa: S110 - revoke is best effort; the state check stops the task anyway
         pass
     return operation_response(op)
@@ -209,15 +210,13 @@ async def cancel_operation(
 @router.post("/{operation_id}:wait", response_model=OperationOut, summary="Wait for an operation")
 async def wait_operation(
     operation_id: Annotated[str, Path(max_length=200)],
-    svc: Annotated[Services, Depends(services)],
+    operations: OperationsDep,
     caller: Reader,
     body: Annotated[WaitRequest | None, Body()] = None,
 ) -> Any:
     """Long-polls until the operation is done or the timeout (≤ 60 s) passes; returns it either way."""
     timeout = _timeout_seconds(body.timeout if body else None)
-    return operation_response(
-        await svc.operations.wait(operation_id, timeout, tenant=caller.tenant)
-    )
+    return operation_response(await operations.wait(operation_id, timeout, tenant=caller.tenant))
 
 
 @router.post(
@@ -225,11 +224,11 @@ async def wait_operation(
 )
 async def retry_operation(
     operation_id: Annotated[str, Path(max_length=200)],
-    svc: Annotated[Services, Depends(services)],
+    operations: OperationsDep,
     caller: Writer,
 ) -> Any:
     """Starts a new attempt of a FAILED operation; its task is dispatched again."""
-    return operation_response(await svc.operations.retry(operation_id, tenant=caller.tenant))
+    return operation_response(await operations.retry(operation_id, tenant=caller.tenant))
 
 
 @router.delete(
@@ -240,9 +239,9 @@ async def retry_operation(
 )
 async def delete_operation(
     operation_id: Annotated[str, Path(max_length=200)],
-    svc: Annotated[Services, Depends(services)],
+    operations: OperationsDep,
     caller: Writer,
 ) -> Response:
     """Deletes an operation that is done (FAILED_PRECONDITION otherwise)."""
-    await svc.operations.delete(operation_id, tenant=caller.tenant)
+    await operations.delete(operation_id, tenant=caller.tenant)
     return JSONResponse({})

@@ -9,7 +9,7 @@ from fastapi import APIRouter, Depends, Path, Query
 from pydantic import BaseModel, ConfigDict, Field
 
 from api.auth import Principal, require_scope
-from api.deps import Services, request_id, services
+from api.deps import OperationsDep, PingsDep, request_id
 from api.errors import ERROR_RESPONSES
 from api.v1.schemas import OperationOut, operation_response
 from domains.shared.errors import NotFound
@@ -79,13 +79,13 @@ class PingOut(BaseModel):
 @router.post("", response_model=OperationOut, summary="Send a ping")
 async def create_ping(
     body: CreatePingRequest,
-    svc: Annotated[Services, Depends(services)],
+    pings: PingsDep,
     correlation: Annotated[str | None, Depends(request_id)],
     caller: Annotated[Principal, Depends(require_scope("operations:write"))],
     request_id_param: Annotated[str | None, Query(alias="request_id", max_length=128)] = None,
 ) -> Any:
     """Creates a ping and returns its operation; a worker on queue `platform` answers it."""
-    op = await svc.pings.create_ping(
+    op = await pings.create_ping(
         message=body.message,
         sleep_seconds=body.sleep_seconds,
         steps=body.steps,
@@ -100,13 +100,14 @@ async def create_ping(
 @router.get("/{ping_id}", response_model=PingOut, summary="Get a ping")
 async def get_ping(
     ping_id: Annotated[str, Path(max_length=100)],
-    svc: Annotated[Services, Depends(services)],
+    pings: PingsDep,
+    operations: OperationsDep,
     caller: Annotated[Principal, Depends(require_scope("operations:read"))],
 ) -> Any:
     """Returns a ping with its reply and its operation's state."""
-    ping = await svc.pings.get_ping(parse_id(ping_id, what="ping id"), tenant=caller.tenant)
+    ping = await pings.get_ping(parse_id(ping_id, what="ping id"), tenant=caller.tenant)
     try:
-        op = await svc.operations.get(f"platform.{ping.operation_id}", tenant=caller.tenant)
+        op = await operations.get(f"platform.{ping.operation_id}", tenant=caller.tenant)
         state, done = str(op.state), op.done
     except NotFound:
         # The operation was deleted or purged: the ping itself still tells how it ended.

@@ -5,16 +5,15 @@ from __future__ import annotations
 import datetime as dt
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Depends, Query, Request, Response
+from fastapi import APIRouter, Depends, Query, Response
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from api import filtering, pagination
 from api.auth import Principal, require_scope
-from api.deps import request_id
+from api.deps import ReportsDep, request_id
 from api.errors import ERROR_RESPONSES
 from api.v1.schemas import OperationOut, operation_response
 from domains.reports.model import Report, ReportFormat, ReportType
-from domains.reports.service import ReportsService
 from domains.shared.ids import parse_id
 
 router = APIRouter(prefix="/v1/reports", tags=["reports"], responses=ERROR_RESPONSES)
@@ -27,19 +26,6 @@ FILTER_FIELDS: dict[str, filtering.FieldSpec] = {
 # Served by the indexes (tenant, [type|format|type, format,] create_time, id).
 INDEXED_EQUALITY = frozenset({"type", "format"})
 INDEXED_TOGETHER = frozenset({INDEXED_EQUALITY})
-
-
-async def reports_service(request: Request) -> ReportsService:
-    """Returns the reports service of the running app.
-
-    Args:
-        request: The current request.
-
-    Returns:
-        The service.
-    """
-    service: ReportsService = request.app.state.container.services["reports"]
-    return service
 
 
 class DateRange(BaseModel):
@@ -213,7 +199,7 @@ def report_out(report: Report) -> dict[str, Any]:
 @router.post("", response_model=OperationOut, summary="Request a report")
 async def create_report(
     body: CreateReportRequest,
-    svc: Annotated[ReportsService, Depends(reports_service)],
+    svc: ReportsDep,
     caller: Annotated[Principal, Depends(require_scope("reports:write"))],
     correlation: Annotated[str | None, Depends(request_id)],
     request_id_param: Annotated[str | None, Query(alias="request_id", max_length=128)] = None,
@@ -272,7 +258,7 @@ _CSV_EXAMPLE = (
 )
 async def download_report(
     report_id: str,
-    svc: Annotated[ReportsService, Depends(reports_service)],
+    svc: ReportsDep,
     caller: Annotated[Principal, Depends(require_scope("reports:read"))],
 ) -> Response:
     """Returns the generated file: CSV (`text/csv`) or JSON (`application/json`).
@@ -293,7 +279,7 @@ async def download_report(
 @router.get("/{report_id}", response_model=ReportOut, summary="Get a report")
 async def get_report(
     report_id: str,
-    svc: Annotated[ReportsService, Depends(reports_service)],
+    svc: ReportsDep,
     caller: Annotated[Principal, Depends(require_scope("reports:read"))],
 ) -> Any:
     """Returns a report: type, period, format, state, its operation and, once generated, size."""
@@ -303,7 +289,7 @@ async def get_report(
 
 @router.get("", response_model=ListReportsResponse, summary="List reports")
 async def list_reports(
-    svc: Annotated[ReportsService, Depends(reports_service)],
+    svc: ReportsDep,
     caller: Annotated[Principal, Depends(require_scope("reports:read"))],
     filter_: Annotated[
         str | None,

@@ -7,17 +7,16 @@ from __future__ import annotations
 import datetime as dt
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Query, Request
+from fastapi import APIRouter, Depends, Query
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 
 from api import pagination
 from api.auth import Principal, require_scope
-from api.deps import services
+from api.deps import OperationsDep, SchedulesDep
 from api.errors import ERROR_RESPONSES
 from api.v1.schemas import RequestIdQuery, request_id_field
-from domains.platform.schedule_model import Schedule, ScheduleRun
-from domains.platform.schedules import ScheduleService
+from domains.platform.schedules.model import Schedule, ScheduleRun
 from domains.shared.errors import DomainError
 
 router = APIRouter(prefix="/v1/schedules", tags=["schedules"], responses=ERROR_RESPONSES)
@@ -54,14 +53,6 @@ _RUN_EXAMPLE: dict[str, Any] = {
     "attempts": 0,
     "error": None,
 }
-
-
-async def _service(request: Request) -> ScheduleService:
-    service: ScheduleService = request.app.state.container.services["schedules"]
-    return service
-
-
-Service = Annotated[ScheduleService, Depends(_service)]
 
 
 class CreateScheduleRequest(BaseModel):
@@ -248,7 +239,7 @@ def run_out(run: ScheduleRun) -> dict[str, Any]:
 @router.post("", response_model=ScheduleOut, summary="Create a schedule")
 async def create_schedule(
     body: CreateScheduleRequest,
-    svc: Service,
+    svc: SchedulesDep,
     caller: Writer,
     request_id_param: RequestIdQuery = None,
 ) -> Any:
@@ -273,7 +264,7 @@ async def create_schedule(
 
 @router.get("", response_model=ListSchedulesResponse, summary="List schedules")
 async def list_schedules(
-    svc: Service,
+    svc: SchedulesDep,
     caller: Reader,
     page_size: Annotated[int | None, Query(description="At most 1000; default 50.")] = None,
     page_token: Annotated[
@@ -290,14 +281,14 @@ async def list_schedules(
 
 
 @router.get("/{schedule_id}", response_model=ScheduleOut, summary="Get a schedule")
-async def get_schedule(schedule_id: str, svc: Service, caller: Reader) -> Any:
+async def get_schedule(schedule_id: str, svc: SchedulesDep, caller: Reader) -> Any:
     """Returns a schedule with its next and last run times and last operation."""
     return schedule_out(await svc.get_schedule(caller.tenant, schedule_id))
 
 
 @router.patch("/{schedule_id}", response_model=ScheduleOut, summary="Update a schedule")
 async def update_schedule(
-    schedule_id: str, body: UpdateScheduleRequest, svc: Service, caller: Writer
+    schedule_id: str, body: UpdateScheduleRequest, svc: SchedulesDep, caller: Writer
 ) -> Any:
     """Changes the fields given; the running beat applies it within seconds. A system schedule
     accepts only `interval_seconds`, and only from an operator key (`platform:admin`).
@@ -314,14 +305,14 @@ async def update_schedule(
     summary="Delete a schedule",
     responses={200: {"description": "Deleted", "content": {"application/json": {"example": {}}}}},
 )
-async def delete_schedule(schedule_id: str, svc: Service, caller: Writer) -> Any:
+async def delete_schedule(schedule_id: str, svc: SchedulesDep, caller: Writer) -> Any:
     """Deletes a schedule and its run history (FAILED_PRECONDITION for a system schedule)."""
     await svc.delete_schedule(caller.tenant, schedule_id, operator=caller.operator)
     return JSONResponse({})
 
 
 @router.post("/{schedule_id}:run", response_model=ScheduleRunOut, summary="Run a schedule now")
-async def run_schedule(schedule_id: str, svc: Service, caller: Writer) -> Any:
+async def run_schedule(schedule_id: str, svc: SchedulesDep, caller: Writer) -> Any:
     """Fires the schedule now, outside its timing; returns the run with its operation. A system
     schedule only for an operator key (`platform:admin`).
     """
@@ -332,9 +323,9 @@ async def run_schedule(schedule_id: str, svc: Service, caller: Writer) -> Any:
     "/{schedule_id}/runs", response_model=ListScheduleRunsResponse, summary="List recent runs"
 )
 async def list_runs(
-    request: Request,
     schedule_id: str,
-    svc: Service,
+    svc: SchedulesDep,
+    operations: OperationsDep,
     caller: Reader,
     page_size: Annotated[int | None, Query(description="At most 1000; default 50.")] = None,
 ) -> Any:
@@ -346,7 +337,6 @@ async def list_runs(
         caller.tenant, schedule_id, limit=pagination.clamp_page_size(page_size)
     )
     outs = [run_out(r) for r in runs]
-    operations = (await services(request)).operations
     for out in outs:
         name = out["operation"]
         if not name:

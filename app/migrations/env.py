@@ -1,6 +1,6 @@
 """Alembic environment shared by every domain: migrates one schema per run.
 
-The domain and URL come from ``config.attributes`` (set by :mod:`app.migrate`); the version
+The domain and URL come from ``config.attributes`` (set by :mod:`app.db.migrate`); the version
 table lives in the domain's schema, so each schema has its own history.
 """
 

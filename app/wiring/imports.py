@@ -2,29 +2,32 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from pydantic import BaseModel, ConfigDict, Field
 
-if TYPE_CHECKING:
-    from fastapi import APIRouter
+from app.wiring.module import DomainModule
+from domains.imports.service import ImportsService
+from domains.imports.tables import tables
+from domains.imports.unit_of_work import ImportsUnitOfWork
 
+if TYPE_CHECKING:
     from app.container import Container
     from app.workflows import StartContext, Workflow
     from domains.operations.model import Operation
-    from domains.operations.unit_of_work import SqlUnitOfWork
-
-DOMAIN = "imports"
-TASK_MODULES: list[str] = ["tasks.imports"]
-SUBSCRIPTIONS: list[str] = []
 
 
-def uow_class() -> type[SqlUnitOfWork]:
-    """Returns the imports unit of work class."""
-    from domains.imports.unit_of_work import ImportsUnitOfWork
+@dataclasses.dataclass(frozen=True)
+class ImportsServices:
+    """The imports services (each is a container attribute of the same name).
 
-    return ImportsUnitOfWork
+    Attributes:
+        imports: Datasets, their imports and records.
+    """
+
+    imports: ImportsService
 
 
 def storage_dir(container: Container) -> str:
@@ -42,25 +45,25 @@ def storage_dir(container: Container) -> str:
     )
 
 
-def build(container: Container) -> dict[str, Any]:
+def build(container: Container) -> ImportsServices:
     """Builds the imports services.
 
     Args:
         container: The container (settings, registry, unit of work factories).
 
     Returns:
-        Services by name: ``imports``.
+        The services.
     """
-    from app.imports_fetcher import HttpSourceFetcher, source_guard
-    from domains.imports.service import ImportsPolicy, ImportsService
+    from app.adapters.imports_fetcher import HttpSourceFetcher, source_guard
+    from domains.imports.service import ImportsPolicy
     from domains.imports.storage import FileStore
 
     settings = container.settings
     section = settings.imports
     guard = source_guard(section.source_allowlist, allow_private=section.allow_private_sources)
     service = ImportsService(
-        container.uow_factory(DOMAIN),  # type: ignore[arg-type]
-        read_uow_factory=container.uow_factory(DOMAIN, role="replica"),  # type: ignore[arg-type]
+        container.unit_of_work(MODULE),
+        read_uow_factory=container.unit_of_work(MODULE, role="replica"),
         # One cap for the upload, the fetched source and the decompressed file (the smaller of
         # the security and imports settings): a small gzip cannot expand past it on disk.
         store=FileStore(storage_dir(container), max_bytes=settings.upload_limit_bytes()),
@@ -76,14 +79,7 @@ def build(container: Container) -> dict[str, Any]:
         ),
         progress_interval=settings.progress_interval_seconds,
     )
-    return {"imports": service}
-
-
-def routers() -> list[APIRouter]:
-    """Returns the imports routers (datasets, their imports and records)."""
-    from api.v1 import datasets
-
-    return [datasets.router]
+    return ImportsServices(imports=service)
 
 
 class FromSourceInput(BaseModel):
@@ -106,7 +102,7 @@ async def _start_from_source(
     from domains.shared.errors import FailedPrecondition
     from domains.shared.ids import parse_id
 
-    service = container.services["imports"]
+    service = container.imports
     dataset_id = parse_id(args.dataset.removeprefix("datasets/"), what="dataset id")
     dataset = await service.get_dataset(context.tenant, dataset_id)
     source = args.source_uri or dataset.source_uri
@@ -137,3 +133,15 @@ def workflows() -> list[Workflow]:
             description="Import a dataset's source_uri (http/https, SSRF-guarded) into it.",
         )
     ]
+
+
+MODULE = DomainModule(
+    name="imports",
+    tables=tables,
+    unit_of_work=ImportsUnitOfWork,
+    services=build,
+    routers=("api.v1.datasets",),
+    task_modules=("tasks.imports",),
+    workflows=workflows,
+)
+"""The imports domain."""

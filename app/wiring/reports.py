@@ -5,43 +5,46 @@ workflow (which the default daily digest schedule starts).
 
 from __future__ import annotations
 
+import dataclasses
 from typing import TYPE_CHECKING, Any
 
-if TYPE_CHECKING:
-    from fastapi import APIRouter
+from app.wiring.module import DomainModule
+from domains.reports.service import ReportsService
+from domains.reports.tables import tables
+from domains.reports.unit_of_work import ReportsUnitOfWork
 
+if TYPE_CHECKING:
     from app.container import Container
     from app.workflows import StartContext, Workflow
     from domains.operations.model import Operation
-    from domains.operations.unit_of_work import SqlUnitOfWork
-
-DOMAIN = "reports"
-TASK_MODULES: list[str] = ["tasks.reports"]
-SUBSCRIPTIONS: list[str] = ["imports.*", "webhooks.Delivery*"]
 
 
-def uow_class() -> type[SqlUnitOfWork]:
-    """Returns the reports unit of work class."""
-    from domains.reports.unit_of_work import ReportsUnitOfWork
+@dataclasses.dataclass(frozen=True)
+class ReportsServices:
+    """The reports services (each is a container attribute of the same name).
 
-    return ReportsUnitOfWork
+    Attributes:
+        reports: Projections and report generation.
+    """
+
+    reports: ReportsService
 
 
-def build(container: Container) -> dict[str, Any]:
+def build(container: Container) -> ReportsServices:
     """Builds the reports services.
 
     Args:
         container: The container (settings, registry, unit of work factories).
 
     Returns:
-        Services by name: ``reports``.
+        The services.
     """
-    from domains.reports.service import ReportsPolicy, ReportsService
+    from domains.reports.service import ReportsPolicy
 
     settings = container.settings
     service = ReportsService(
-        container.uow_factory(DOMAIN),  # type: ignore[arg-type]
-        read_uow_factory=container.uow_factory(DOMAIN, role="replica"),  # type: ignore[arg-type]
+        container.unit_of_work(MODULE),
+        read_uow_factory=container.unit_of_work(MODULE, role="replica"),
         policy=ReportsPolicy(
             lease_seconds=settings.operation_lease_seconds,
             pending_deadline_seconds=settings.pending_deadline_seconds,
@@ -50,18 +53,11 @@ def build(container: Container) -> dict[str, Any]:
         ),
         progress_interval=settings.progress_interval_seconds,
     )
-    return {"reports": service}
-
-
-def routers() -> list[APIRouter]:
-    """Returns the reports routers."""
-    from api.v1 import reports
-
-    return [reports.router]
+    return ReportsServices(reports=service)
 
 
 async def _start_generate(container: Container, args: Any, context: StartContext) -> Operation:
-    operation: Operation = await container.services["reports"].create_report(
+    operation: Operation = await container.reports.create_report(
         tenant=context.tenant,
         type=args.type,
         period=args.period_spec(),
@@ -88,3 +84,16 @@ def workflows() -> list[Workflow]:
             " JSON from the reports projections.",
         )
     ]
+
+
+MODULE = DomainModule(
+    name="reports",
+    tables=tables,
+    unit_of_work=ReportsUnitOfWork,
+    services=build,
+    routers=("api.v1.reports",),
+    task_modules=("tasks.reports",),
+    subscriptions=("imports.*", "webhooks.Delivery*"),
+    workflows=workflows,
+)
+"""The reports domain."""

@@ -2,42 +2,45 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+import dataclasses
+from typing import TYPE_CHECKING
+
+from app.wiring.module import DomainModule
+from domains.webhooks.service import WebhooksService
+from domains.webhooks.tables import tables
+from domains.webhooks.unit_of_work import WebhooksUnitOfWork
 
 if TYPE_CHECKING:
-    from fastapi import APIRouter
-
+    from app.config import Settings
     from app.container import Container
-    from app.workflows import Workflow
-    from domains.operations.unit_of_work import SqlUnitOfWork
-
-DOMAIN = "webhooks"
-TASK_MODULES: list[str] = ["tasks.webhooks"]
-# Never webhooks.* (our own delivery outcomes would loop back as deliveries).
-SUBSCRIPTIONS: list[str] = ["imports.*"]
+    from domains.platform.schedules.service import BuiltinSchedule
 
 
-def uow_class() -> type[SqlUnitOfWork]:
-    """Returns the webhooks unit of work class."""
-    from domains.webhooks.unit_of_work import WebhooksUnitOfWork
+@dataclasses.dataclass(frozen=True)
+class WebhooksServices:
+    """The webhooks services (each is a container attribute of the same name).
 
-    return WebhooksUnitOfWork
+    Attributes:
+        webhooks: Endpoints, events and deliveries.
+    """
+
+    webhooks: WebhooksService
 
 
-def build(container: Container) -> dict[str, Any]:
+def build(container: Container) -> WebhooksServices:
     """Builds the webhooks service.
 
     Args:
         container: The container (settings, registry, unit of work factories).
 
     Returns:
-        ``{"webhooks": WebhooksService}``.
+        The services.
     """
-    from app.webhooks_http import HttpxSender, RedisRateLimiter
+    from app.adapters.webhooks_http import HttpxSender, RedisRateLimiter
     from domains.shared.ssrf import UrlGuard
     from domains.webhooks.model import BreakerPolicy, RetryPolicy
     from domains.webhooks.ports import NoRateLimit, RateLimiter
-    from domains.webhooks.service import WebhooksConfig, WebhooksService
+    from domains.webhooks.service import WebhooksConfig
     from domains.webhooks.signing import SecretBox
 
     settings = container.settings
@@ -68,24 +71,48 @@ def build(container: Container) -> dict[str, Any]:
         progress_interval=settings.progress_interval_seconds,
     )
     service = WebhooksService(
-        container.uow_factory(DOMAIN),  # type: ignore[arg-type]
-        read_uow_factory=container.uow_factory(DOMAIN, role="replica"),  # type: ignore[arg-type]
+        container.unit_of_work(MODULE),
+        read_uow_factory=container.unit_of_work(MODULE, role="replica"),
         sender=HttpxSender(hooks),
         guard=UrlGuard.from_allowlist(hooks.ssrf_allowlist, "CONVEYOR_WEBHOOKS__SSRF_ALLOWLIST"),
         box=SecretBox(settings.webhook_secret_key()),
         config=config,
         limiter=limiter,
     )
-    return {"webhooks": service}
+    return WebhooksServices(webhooks=service)
 
 
-def routers() -> list[APIRouter]:
-    """Returns the webhooks routers (endpoints, events, deliveries)."""
-    from api.v1 import deliveries, endpoints, events
+def system_schedules(settings: Settings) -> list[BuiltinSchedule]:
+    """Returns the webhooks system schedules: the circuit-breaker probes.
 
-    return [endpoints.router, events.router, deliveries.router]
+    Args:
+        settings: Their initial intervals.
+
+    Returns:
+        The definitions.
+    """
+    from domains.platform.schedules.service import BuiltinSchedule
+
+    return [
+        BuiltinSchedule(
+            id="system.webhook-breaker-probes",
+            display_name="Webhook circuit-breaker probes",
+            task="webhooks.probe_breakers",
+            interval_seconds=settings.schedules.breaker_probe_interval_seconds,
+        )
+    ]
 
 
-def workflows() -> list[Workflow]:
-    """Returns the webhooks workflows a schedule can start (none: probes are a plain task)."""
-    return []
+MODULE = DomainModule(
+    name="webhooks",
+    tables=tables,
+    unit_of_work=WebhooksUnitOfWork,
+    services=build,
+    routers=("api.v1.endpoints", "api.v1.events", "api.v1.deliveries"),
+    task_modules=("tasks.webhooks",),
+    # Never webhooks.* (our own delivery outcomes would loop back as deliveries).
+    subscriptions=("imports.*",),
+    # No workflows: the breaker probes are a plain task.
+    system_schedules=system_schedules,
+)
+"""The webhooks domain."""

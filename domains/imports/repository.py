@@ -9,7 +9,7 @@ import math
 import operator
 import uuid
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
-from typing import Any, cast
+from typing import Any, Protocol, cast
 
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql as pg
@@ -133,6 +133,240 @@ class ChunkTotals:
     rows_rejected: int
     merged: int = 0
     rows_inserted: int = 0
+
+
+class ImportsRepository(Protocol):
+    """What the imports service needs of its storage: datasets, imports, chunks, records."""
+
+    async def add_dataset(self, dataset: Dataset) -> bool:
+        """Inserts a dataset unless its tenant already used its request id."""
+        ...
+
+    async def sync_records_table(
+        self,
+        dataset_id: uuid.UUID,
+        old: Sequence[FieldDef],
+        new: Sequence[FieldDef],
+        *,
+        has_records: bool,
+    ) -> None:
+        """Brings a dataset's records table in line with a changed schema."""
+        ...
+
+    async def get_dataset_by_request_id(self, tenant: str, request_id: str) -> Dataset | None:
+        """Loads the dataset a create with ``request_id`` made for ``tenant``."""
+        ...
+
+    async def get_dataset(
+        self, tenant: str, dataset_id: uuid.UUID, *, for_update: bool = False
+    ) -> Dataset | None:
+        """Loads a dataset of ``tenant``."""
+        ...
+
+    async def get_dataset_by_id(self, dataset_id: uuid.UUID) -> Dataset | None:
+        """Loads a dataset whatever its tenant (workers acting for an import)."""
+        ...
+
+    async def save_dataset(self, dataset: Dataset) -> None:
+        """Writes back a dataset."""
+        ...
+
+    async def list_datasets(
+        self, tenant: str, *, after_id: uuid.UUID | None, limit: int
+    ) -> list[Dataset]:
+        """Lists a tenant's datasets in creation order."""
+        ...
+
+    async def delete_dataset(self, dataset_id: uuid.UUID) -> None:
+        """Deletes a dataset with its records, imports, chunks, staged rows and row errors."""
+        ...
+
+    async def has_records(self, dataset_id: uuid.UUID) -> bool:
+        """Whether any record is stored in the dataset."""
+        ...
+
+    async def active_imports(self, dataset_id: uuid.UUID) -> int:
+        """Counts imports of the dataset that are not finished."""
+        ...
+
+    async def add_import(self, item: Import) -> None:
+        """Inserts an import."""
+        ...
+
+    async def get_import(
+        self,
+        import_id: uuid.UUID,
+        *,
+        dataset_id: uuid.UUID | None = None,
+        tenant: str | None = None,
+        for_update: bool = False,
+    ) -> Import | None:
+        """Loads an import."""
+        ...
+
+    async def get_import_by_operation(self, operation_id: uuid.UUID) -> Import | None:
+        """Loads the import an operation carries out."""
+        ...
+
+    async def import_plan(self, import_id: uuid.UUID) -> tuple[list[str], str | None]:
+        """Returns the CSV header columns and the plain file path recorded by the split."""
+        ...
+
+    async def save_import(
+        self,
+        item: Import,
+        *,
+        columns: Sequence[str] | None = None,
+        plain_path: str | None = None,
+    ) -> None:
+        """Writes back an import."""
+        ...
+
+    async def list_imports(
+        self, dataset_id: uuid.UUID, *, after_id: uuid.UUID | None, limit: int
+    ) -> list[Import]:
+        """Lists a dataset's imports in creation order."""
+        ...
+
+    async def add_chunks(self, chunks: Sequence[Chunk]) -> None:
+        """Inserts the chunks of a split."""
+        ...
+
+    async def get_chunk(
+        self, import_id: uuid.UUID, chunk_no: int, *, for_update: bool = False
+    ) -> Chunk | None:
+        """Loads a chunk."""
+        ...
+
+    async def pending_chunks(self, import_id: uuid.UUID) -> list[int]:
+        """Returns the numbers of the chunks not validated yet (neither DONE nor MERGED)."""
+        ...
+
+    async def chunks_to_merge(self, import_id: uuid.UUID) -> list[int]:
+        """Returns the numbers of the DONE chunks (validated, not merged yet)."""
+        ...
+
+    async def mark_chunk_merged(self, chunk: Chunk, inserted: int) -> None:
+        """Marks a chunk MERGED with the records its merge inserted."""
+        ...
+
+    async def mark_chunk_done(self, chunk: Chunk) -> None:
+        """Marks a chunk DONE with its counts."""
+        ...
+
+    async def chunk_totals(self, import_id: uuid.UUID) -> ChunkTotals:
+        """Sums an import's chunks."""
+        ...
+
+    async def create_staging(
+        self, import_id: uuid.UUID, chunk_no: int, fields: Sequence[FieldDef]
+    ) -> None:
+        """Creates a chunk's staging table (in the chunk task's transaction)."""
+        ...
+
+    async def drop_staging(self, import_id: uuid.UUID) -> None:
+        """Drops an import's staged rows: its chunks' staging tables, and rows an older version
+        left in its own staging table or the shared ``staged_records`` table.
+        """
+        ...
+
+    async def drop_chunk_staging(self, import_id: uuid.UUID, chunk_no: int) -> None:
+        """Drops one chunk's staging table (after its merge, in the same transaction)."""
+        ...
+
+    async def has_legacy_staging(self, import_id: uuid.UUID) -> bool:
+        """Whether rows of the import were staged by an older version (as jsonb)."""
+        ...
+
+    async def staged_count(self, import_id: uuid.UUID, chunk_no: int) -> int:
+        """Counts a chunk's staged rows (the merge's check that none was lost)."""
+        ...
+
+    async def copy_staged(
+        self,
+        import_id: uuid.UUID,
+        chunk_no: int,
+        columns: Sequence[str],
+        rows: Sequence[tuple[Any, ...]],
+    ) -> None:
+        """Bulk-loads typed staged rows with COPY (in the session's transaction)."""
+        ...
+
+    async def copy_staged_text(
+        self, import_id: uuid.UUID, chunk_no: int, columns: Sequence[str], payload: Any
+    ) -> None:
+        """Bulk-loads typed staged rows from a COPY text-format payload (built column-wise)."""
+        ...
+
+    async def copy_row_errors(self, rows: Sequence[tuple[Any, ...]]) -> None:
+        """Bulk-loads row errors with COPY."""
+        ...
+
+    async def reset_import(self, import_id: uuid.UUID) -> None:
+        """Drops an import's chunks, staged rows and row errors (a retry starts over)."""
+        ...
+
+    async def delete_staged(self, import_id: uuid.UUID) -> None:
+        """Drops an import's staged rows (cancel, failure, after the merge)."""
+        ...
+
+    async def merge_chunk(
+        self,
+        import_id: uuid.UUID,
+        chunk_no: int,
+        dataset: Dataset,
+        now: dt.datetime,
+        *,
+        plain: bool,
+        keys_sorted: bool = False,
+    ) -> int:
+        """Merges one chunk's staged rows into the dataset's records table by key."""
+        ...
+
+    async def add_record_count(self, dataset_id: uuid.UUID, inserted: int) -> int:
+        """Grows a dataset's ``record_count`` by the records a merge inserted."""
+        ...
+
+    def stream_row_errors(
+        self, import_id: uuid.UUID, *, limit: int | None = None
+    ) -> AsyncIterator[tuple[int, str, str, str]]:
+        """Streams an import's row errors in line order (server-side cursor)."""
+        ...
+
+    async def list_records(
+        self,
+        dataset: Dataset,
+        conditions: Sequence[Condition],
+        *,
+        after_key: str | None,
+        limit: int,
+    ) -> list[dict[str, Any]]:
+        """Lists a dataset's records in key order, filtered on declared fields."""
+        ...
+
+    async def get_record(self, dataset: Dataset, key: str) -> dict[str, Any] | None:
+        """Loads one record."""
+        ...
+
+    async def share_operation(self, operation_id: uuid.UUID) -> tuple[str, int] | None:
+        """Reads an operation's state under ``FOR KEY SHARE``."""
+        ...
+
+    async def touch_operation(
+        self, operation_id: uuid.UUID, progress: dict[str, Any] | None, now: dt.datetime
+    ) -> str | None:
+        """Heartbeats a running operation on behalf of its chunk tasks (any attempt)."""
+        ...
+
+    async def expired_files(
+        self, ended_before: dt.datetime, limit: int
+    ) -> list[tuple[uuid.UUID, str, str | None]]:
+        """Finished imports that ended before ``ended_before`` and still hold a file, locked."""
+        ...
+
+    async def forget_files(self, import_ids: Sequence[uuid.UUID]) -> None:
+        """Records that these imports' files are gone (retention)."""
+        ...
 
 
 class SqlImportsRepository:

@@ -49,7 +49,7 @@ from domains.imports.model import (
 )
 from domains.imports.storage import FileStore, SourceFetcher, StoredFile
 from domains.imports.tables import KEY
-from domains.imports.unit_of_work import ImportsUnitOfWork
+from domains.imports.unit_of_work import ImportsUoW
 from domains.operations import service as operations_service
 from domains.operations.execution import (
     Cancelled,
@@ -59,7 +59,7 @@ from domains.operations.execution import (
     ProgressSink,
 )
 from domains.operations.model import DispatchSpec, Operation, OperationError, Progress, State
-from domains.operations.unit_of_work import SqlUnitOfWork
+from domains.operations.unit_of_work import UnitOfWork
 from domains.shared import idempotency
 from domains.shared.clock import utcnow
 from domains.shared.errors import (
@@ -118,9 +118,9 @@ class ImportsService:
 
     def __init__(
         self,
-        uow_factory: Callable[[], ImportsUnitOfWork],
+        uow_factory: Callable[[], ImportsUoW],
         *,
-        read_uow_factory: Callable[[], ImportsUnitOfWork] | None = None,
+        read_uow_factory: Callable[[], ImportsUoW] | None = None,
         store: FileStore,
         fetcher: SourceFetcher | None = None,
         guard: UrlGuard | None = None,
@@ -145,9 +145,7 @@ class ImportsService:
         self._guard = guard or UrlGuard()
         self.policy = policy or ImportsPolicy()
         self._progress_interval = progress_interval
-        self._runner = OperationRunner(
-            cast(Callable[[], SqlUnitOfWork], uow_factory), progress_interval=progress_interval
-        )
+        self._runner = OperationRunner(uow_factory, progress_interval=progress_interval)
 
     # ---- datasets ----------------------------------------------------------------------
 
@@ -452,8 +450,8 @@ class ImportsService:
         fingerprint = operations_service.request_fingerprint(body)
         built: list[uuid.UUID] = []
 
-        async def build(uow: SqlUnitOfWork) -> Operation:
-            repo = cast(ImportsUnitOfWork, uow).imports
+        async def build(uow: UnitOfWork) -> Operation:
+            repo = cast(ImportsUoW, uow).imports
             dataset = await repo.get_dataset(tenant, dataset_id)
             if dataset is None:
                 raise _not_found_dataset(dataset_id)
@@ -497,7 +495,7 @@ class ImportsService:
 
         try:
             op = await operations_service.create_idempotently(
-                cast(Callable[[], SqlUnitOfWork], self._uow),
+                self._uow,
                 request_id=request_id,
                 request_hash=fingerprint,
                 build=build,
@@ -1084,8 +1082,8 @@ class ImportsService:
         async with self._keepalive(op_id, None):
             await self._merge_chunks(execution)
 
-        async def apply(uow: SqlUnitOfWork, op: Operation) -> dict[str, Any]:
-            repo = cast(ImportsUnitOfWork, uow).imports
+        async def apply(uow: UnitOfWork, op: Operation) -> dict[str, Any]:
+            repo = cast(ImportsUoW, uow).imports
             item = await repo.get_import_by_operation(op.id)
             if item is None:
                 raise PermanentError("the import was deleted while it ran", reason="IMPORT_GONE")

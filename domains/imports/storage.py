@@ -154,7 +154,7 @@ class FileStore:
 
 
 class SourceFetcher(Protocol):
-    """Downloads a ``source_uri`` into the store (implemented in ``app/imports_fetcher.py``)."""
+    """Downloads a ``source_uri`` into the store (implemented in ``app/adapters/imports_fetcher.py``)."""
 
     async def fetch(self, url: str, writer: FileWriter) -> None:
         """Streams ``url`` into ``writer`` (after the SSRF check).

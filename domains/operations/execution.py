@@ -13,16 +13,19 @@ import logging
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 import sqlalchemy as sa
 
 from domains.operations.model import IllegalTransition, Operation, OperationError, Progress, State
-from domains.operations.unit_of_work import SqlUnitOfWork
+from domains.operations.unit_of_work import UnitOfWork
 from domains.shared.clock import utcnow
 from domains.shared.errors import NotFound
 
 log = logging.getLogger(__name__)
+
+U = TypeVar("U", bound=UnitOfWork)
+"""The unit of work type of a domain's runner (its ``finish`` callbacks receive one)."""
 
 ProgressSink = Callable[[dict[str, Any]], None]
 """Mirrors progress elsewhere (Celery ``PROGRESS`` state, so Flower shows the same figure)."""
@@ -77,7 +80,7 @@ class Execution:
 
     operation: Operation
     attempt: int
-    _runner: OperationRunner
+    _runner: OperationRunner[Any]
     target_row: dict[str, Any] | None = None
     _sink: ProgressSink | None = None
     _last_write: float = dataclasses.field(default_factory=time.monotonic)
@@ -160,12 +163,10 @@ def attempts_exhausted_error(op: Operation, max_attempts: int) -> OperationError
     )
 
 
-class OperationRunner:
+class OperationRunner(Generic[U]):
     """Claims and settles operations of one domain."""
 
-    def __init__(
-        self, uow_factory: Callable[[], SqlUnitOfWork], *, progress_interval: float = 1.0
-    ) -> None:
+    def __init__(self, uow_factory: Callable[[], U], *, progress_interval: float = 1.0) -> None:
         """Creates the runner.
 
         Args:
@@ -272,7 +273,7 @@ class OperationRunner:
     async def finish(
         self,
         execution: Execution,
-        apply: Callable[[SqlUnitOfWork, Operation], Awaitable[dict[str, Any]]],
+        apply: Callable[[U, Operation], Awaitable[dict[str, Any]]],
     ) -> Operation:
         """Applies the work's effects and marks the operation SUCCEEDED in one transaction.
 

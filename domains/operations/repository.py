@@ -57,7 +57,12 @@ def is_request_id_conflict(exc: IntegrityError) -> bool:
 
 
 class OperationRepository(Protocol):
-    """Storage of operations in one domain schema."""
+    """Storage of operations in one domain schema: what services and the runner need.
+
+    The fused hot-path statements (:meth:`claim`, :meth:`claim_with_target`, :meth:`finish`)
+    may answer ``None`` ("not matched"): callers then take the slow path (a locked
+    :meth:`get` and :meth:`save`), so an in-memory fake can implement only the slow path.
+    """
 
     async def add(self, operation: Operation) -> None:
         """Inserts a new operation."""
@@ -72,6 +77,88 @@ class OperationRepository(Protocol):
 
     async def get_by_request_id(self, request_id: str, tenant: str = "default") -> Operation | None:
         """Loads the operation a tenant created with a request id."""
+
+    @property
+    def partitions(self) -> partitions.DayPartitions:
+        """The table's day partitions (retention; PostgreSQL only)."""
+        ...
+
+    async def claim(
+        self, operation_id: uuid.UUID, now: dt.datetime, max_attempts: int | None
+    ) -> Operation | None:
+        """Starts an attempt in one statement: the fused claim of the hot path."""
+        ...
+
+    async def claim_with_target(
+        self,
+        operation_id: uuid.UUID,
+        now: dt.datetime,
+        max_attempts: int | None,
+        target: sa.Table,
+    ) -> tuple[Operation, dict[str, Any] | None] | None:
+        """The fused claim that also reads the operation's target row, in one statement."""
+        ...
+
+    async def finish(
+        self,
+        operation_id: uuid.UUID,
+        attempt: int,
+        now: dt.datetime,
+        response: dict[str, Any],
+        progress: Progress | None,
+        effects: Sequence[Callable[[sa.ColumnElement[bool]], Any]] = (),
+        requires: sa.ColumnElement[bool] | None = None,
+        shape: str | None = None,
+        params: Mapping[str, Any] | None = None,
+    ) -> Operation | None:
+        """Settles an attempt as SUCCEEDED and writes its effects in one statement (a CTE)."""
+        ...
+
+    async def heartbeat(
+        self, operation_id: uuid.UUID, attempt: int, progress: Progress, now: dt.datetime
+    ) -> State | None:
+        """Writes progress and a heartbeat if ``attempt`` still owns the operation."""
+        ...
+
+    async def list(
+        self,
+        conditions: Sequence[Condition],
+        *,
+        after: Keyset | None,
+        limit: int,
+        tenant: str | None = None,
+        newest_first: bool = False,
+    ) -> builtins.list[Operation]:
+        """Lists operations in creation order, ``(create_time, id)``."""
+        ...
+
+    async def delete(self, operation_id: uuid.UUID) -> None:
+        """Deletes an operation."""
+        ...
+
+    async def find_stale(self, now: dt.datetime, limit: int) -> builtins.list[Operation]:
+        """Locks operations that look lost: PENDING past their deadline, or RUNNING/CANCELLING past
+        their lease without a heartbeat.
+        """
+        ...
+
+    async def find_pending_dispatched_before(
+        self, cutoff: dt.datetime, after_id: uuid.UUID | None, limit: int
+    ) -> builtins.list[Operation]:
+        """Locks PENDING operations last dispatched before ``cutoff`` (their message was in a
+        broker that has since lost everything), in id order from ``after_id``.
+        """
+        ...
+
+    async def purge_done(self, older_than: dt.datetime, limit: int) -> int:
+        """Deletes done operations that ended before ``older_than``."""
+        ...
+
+    async def purge_requests(self, older_than: dt.datetime, limit: int) -> int:
+        """Deletes request ids of operations that are gone (purged, or their partition dropped),
+        written before ``older_than``.
+        """
+        ...
 
 
 def _to_row(op: Operation) -> dict[str, Any]:

@@ -10,11 +10,11 @@ import heapq
 import logging
 import uuid
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from typing import Any
+from typing import Any, TypeVar
 
 from domains.operations.model import DispatchSpec, Operation, OperationError, State
 from domains.operations.repository import DuplicateRequestId
-from domains.operations.unit_of_work import NotFusable, SqlUnitOfWork
+from domains.operations.unit_of_work import NotFusable, UnitOfWork
 from domains.shared import idempotency
 from domains.shared.clock import utcnow
 from domains.shared.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
@@ -26,7 +26,8 @@ from domains.shared.retention import purge_batches
 
 log = logging.getLogger(__name__)
 
-UowFactory = Callable[[], SqlUnitOfWork]
+UowFactory = Callable[[], UnitOfWork]
+U = TypeVar("U", bound=UnitOfWork)
 MAX_WAIT_SECONDS = 60.0
 
 
@@ -118,7 +119,7 @@ def new_operation(
     )
 
 
-async def enqueue(uow: SqlUnitOfWork, operation: Operation) -> OutboxMessage:
+async def enqueue(uow: UnitOfWork, operation: Operation) -> OutboxMessage:
     """Writes the outbox row that dispatches ``operation`` (in the caller's transaction).
 
     The Celery task id is the operation id, so Flower, logs and the API name the same thing.
@@ -161,11 +162,11 @@ def _same_request(existing: Operation, request_hash: str | None) -> Operation:
 
 
 async def create_idempotently(
-    uow_factory: UowFactory,
+    uow_factory: Callable[[], U],
     *,
     request_id: str | None,
     request_hash: str,
-    build: Callable[[SqlUnitOfWork], Awaitable[Operation]],
+    build: Callable[[U], Awaitable[Operation]],
     tenant: str = "default",
 ) -> Operation:
     """Runs a workflow-creating transaction once per AIP-155 request id.
@@ -189,7 +190,7 @@ async def create_idempotently(
     """
     idempotency.check_request_id(request_id)
 
-    async def write(uow: SqlUnitOfWork) -> Operation:
+    async def write(uow: U) -> Operation:
         operation = await build(uow)
         await enqueue(uow, operation)
         await uow.operations.add(operation)
@@ -290,7 +291,7 @@ class OperationsService:
         """Domains served."""
         return list(self._uows)
 
-    def _uow(self, domain: str, *, read: bool = False) -> SqlUnitOfWork:
+    def _uow(self, domain: str, *, read: bool = False) -> UnitOfWork:
         factories = self._read_uows if read else self._uows
         if domain not in factories:
             raise NotFound(
@@ -635,7 +636,7 @@ class OperationsService:
         return total
 
     @staticmethod
-    async def _dispatch_in_flight(uow: SqlUnitOfWork, op: Operation, now: dt.datetime) -> bool:
+    async def _dispatch_in_flight(uow: UnitOfWork, op: Operation, now: dt.datetime) -> bool:
         """A PENDING operation whose message the relay still owes (broker down?) or published
         less than its deadline ago is not lost yet: its deadline counts from the publish.
         """

@@ -14,12 +14,13 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from domains.operations.repository import (
     DuplicateRequestId,
+    OperationRepository,
     SqlOperationRepository,
     is_request_id_conflict,
 )
 from domains.shared.driver import autocommit_connection
-from domains.shared.inbox import SqlInboxRepository
-from domains.shared.outbox import OutboxMessage, SqlOutboxRepository
+from domains.shared.inbox import InboxRepository, SqlInboxRepository
+from domains.shared.outbox import OutboxMessage, OutboxRepository, SqlOutboxRepository
 
 log = logging.getLogger(__name__)
 
@@ -50,7 +51,38 @@ class DomainTables:
 
 
 class UnitOfWork(Protocol):
-    """``async with uow:`` opens a transaction; it rolls back unless ``await uow.commit()``."""
+    """What services and the operation runner need of a domain's unit of work.
+
+    ``async with uow:`` opens a transaction; it rolls back unless ``await uow.commit()``.
+    :class:`SqlUnitOfWork` is the PostgreSQL implementation; tests use in-memory fakes
+    (``tests/fakes/``). Each domain extends it with its own repositories
+    (e.g. ``domains.imports.unit_of_work.ImportsUoW``).
+    """
+
+    @property
+    def domain(self) -> str:
+        """The domain (= schema) name."""
+        ...
+
+    @property
+    def max_attempts(self) -> int | None:
+        """Attempt cap of the domain's operations (``None``: no cap)."""
+        ...
+
+    @property
+    def operations(self) -> OperationRepository:
+        """The domain's operations."""
+        ...
+
+    @property
+    def outbox(self) -> OutboxRepository:
+        """The domain's outbox (tasks and events published after commit)."""
+        ...
+
+    @property
+    def inbox(self) -> InboxRepository | None:
+        """The domain's integration-event inbox (consuming domains only)."""
+        ...
 
     async def __aenter__(self) -> Self: ...
 
@@ -63,6 +95,19 @@ class UnitOfWork(Protocol):
 
     async def commit(self) -> None:
         """Commits the transaction."""
+        ...
+
+    async def autocommit(self, work: Callable[[Self], Awaitable[T]]) -> T:
+        """Runs ``work`` with each statement its own transaction (atomic statements only)."""
+        ...
+
+    async def insert_fused(self, work: Callable[[Self], Awaitable[T]]) -> T:
+        """Runs ``work`` writing its INSERTs as one statement.
+
+        Raises:
+            NotFusable: If ``work`` cannot be fused (callers then open a transaction).
+        """
+        ...
 
 
 class SessionSource(Protocol):
@@ -354,3 +399,6 @@ class SqlUnitOfWork:
         await self.session.commit()
         self._committed = True
         await self._publish_added()
+
+
+_: type[UnitOfWork] = SqlUnitOfWork  # mypy proves the SQL class satisfies the protocol

@@ -1,1 +1,1 @@
-"""The platform domain: diagnostics (pings) and platform-wide workflows; schema and queue ``platform``."""
+"""The platform domain: pings, schedules (with the beat leader) and API keys; schema and queue ``platform``."""

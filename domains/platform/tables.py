@@ -138,3 +138,20 @@ schedule_seeds = sa.Table(
     sa.Column("key", sa.Text, primary_key=True),
     sa.Column("create_time", sa.DateTime(timezone=True), nullable=False),
 )
+
+api_keys = sa.Table(
+    "api_keys",
+    metadata,
+    sa.Column("id", pg.UUID(as_uuid=True), primary_key=True),
+    sa.Column("prefix", sa.Text, nullable=False),
+    sa.Column("secret_hash", sa.Text, nullable=False),
+    sa.Column("tenant", sa.Text, nullable=False),
+    sa.Column("name", sa.Text, nullable=False, server_default=""),
+    sa.Column("scopes", pg.JSONB, nullable=False),
+    sa.Column("create_time", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("expire_time", sa.DateTime(timezone=True)),
+    sa.Column("revoke_time", sa.DateTime(timezone=True)),
+    sa.Index("uq_api_keys_prefix", "prefix", unique=True),
+    sa.Index("ix_api_keys_tenant", "tenant"),
+)
+"""The ``platform.api_keys`` table: prefix and secret digest, never the secret."""

@@ -40,39 +40,88 @@ _OPS = {
 
 
 class ReportRepository(Protocol):
-    """Storage of reports and their files."""
+    """Storage of reports and their files: what the reports service needs."""
 
     async def add(self, report: Report) -> None:
-        """Inserts a report."""
+        """Inserts ``report``."""
+        ...
 
     async def get(
         self, report_id: uuid.UUID, *, tenant: str | None = None, for_update: bool = False
     ) -> Report | None:
-        """Loads a report (of ``tenant`` when given)."""
+        """Loads a report with its operation's state."""
+        ...
 
     async def save(self, report: Report) -> None:
-        """Writes back a report."""
+        """Writes back ``report``."""
+        ...
+
+    async def list(
+        self,
+        tenant: str,
+        conditions: Sequence[Condition],
+        *,
+        after: Keyset | None,
+        limit: int,
+    ) -> builtins.list[Report]:
+        """Lists a tenant's reports in creation ``(create_time, id)`` order."""
+        ...
 
     async def add_file(self, file: ReportFile, now: dt.datetime) -> None:
-        """Stores a report's file."""
+        """Stores ``file`` (once per report: the fencing token guards the caller)."""
+        ...
 
     async def get_file(self, report_id: uuid.UUID, file_name: str = "") -> ReportFile | None:
         """Loads a report's file."""
+        ...
 
 
 class ProjectionRepository(Protocol):
-    """The event-fed projections."""
+    """The event-fed projections: what the reports service needs."""
 
     async def mark_applied(self, event: IntegrationEvent, outcome: str, now: dt.datetime) -> bool:
-        """Records an event id; ``False`` if it was already there."""
+        """Records that ``event`` is applied, in the transaction that applies it."""
+        ...
 
     async def add_dataset(self, delta: DatasetDelta, now: dt.datetime) -> None:
-        """Adds an import event to its dataset-day."""
+        """Adds an import event to its tenant/dataset/day row."""
+        ...
 
     async def add_endpoint(
         self, delta: EndpointDelta, event_id: uuid.UUID, now: dt.datetime
     ) -> None:
-        """Adds a delivery event to its endpoint-day."""
+        """Adds a delivery event to its tenant/endpoint/day row (and its latency sample)."""
+        ...
+
+    async def dataset_days(
+        self, tenant: str, start: dt.date, end: dt.date
+    ) -> builtins.list[dict[str, Any]]:
+        """Returns a tenant's dataset-day rows in ``[start, end]``."""
+        ...
+
+    async def endpoint_days(
+        self, tenant: str, start: dt.date, end: dt.date
+    ) -> builtins.list[dict[str, Any]]:
+        """Returns a tenant's endpoint-day rows in ``[start, end]`` with p50/p95 latency."""
+        ...
+
+    async def digest_days(
+        self, tenant: str, start: dt.date, end: dt.date
+    ) -> builtins.list[dict[str, Any]]:
+        """Returns one row per day in ``[start, end]`` with the tenant's totals (zeros on quiet
+        days) and the latency percentiles over all its endpoints.
+        """
+        ...
+
+    async def purge_applied(self, applied_before: dt.datetime, limit: int) -> int:
+        """Deletes applied-event ids recorded before ``applied_before`` (one batch)."""
+        ...
+
+    async def compact_latencies(self, before: dt.date) -> int:
+        """Folds one tenant-day of latency samples older than ``before`` into frozen percentiles
+        and deletes the samples (one batch of retention).
+        """
+        ...
 
 
 def _report_columns() -> list[Any]:

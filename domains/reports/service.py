@@ -24,7 +24,7 @@ from domains.operations.execution import (
     ProgressSink,
 )
 from domains.operations.model import DispatchSpec, Operation, OperationError
-from domains.operations.unit_of_work import SqlUnitOfWork
+from domains.operations.unit_of_work import UnitOfWork
 from domains.reports import events as report_events
 from domains.reports.model import (
     DATASET_COLUMNS,
@@ -40,7 +40,7 @@ from domains.reports.model import (
     render,
     sum_columns,
 )
-from domains.reports.unit_of_work import ReportsUnitOfWork
+from domains.reports.unit_of_work import ReportsUoW
 from domains.shared.clock import utcnow
 from domains.shared.errors import DomainError, NotFound, PermanentError, TransientError
 from domains.shared.ids import new_id
@@ -120,9 +120,9 @@ class ReportsService:
 
     def __init__(
         self,
-        uow_factory: Callable[[], ReportsUnitOfWork],
+        uow_factory: Callable[[], ReportsUoW],
         *,
-        read_uow_factory: Callable[[], ReportsUnitOfWork] | None = None,
+        read_uow_factory: Callable[[], ReportsUoW] | None = None,
         policy: ReportsPolicy | None = None,
         progress_interval: float = 1.0,
         clock: Callable[[], dt.datetime] = utcnow,
@@ -142,9 +142,7 @@ class ReportsService:
         self._read_uow = read_uow_factory or uow_factory
         self._policy = policy or ReportsPolicy()
         self._clock = clock
-        self._runner = OperationRunner(
-            cast(Callable[[], SqlUnitOfWork], uow_factory), progress_interval=progress_interval
-        )
+        self._runner = OperationRunner(uow_factory, progress_interval=progress_interval)
 
     @property
     def policy(self) -> ReportsPolicy:
@@ -284,7 +282,7 @@ class ReportsService:
         body = {"type": report_type.value, "period": _period_body(period), "format": format}
         request_hash = operations_service.request_fingerprint(body)
 
-        async def build(uow: SqlUnitOfWork) -> Operation:
+        async def build(uow: UnitOfWork) -> Operation:
             report_id = new_id()
             op = operations_service.new_operation(
                 domain=DOMAIN,
@@ -310,11 +308,11 @@ class ReportsService:
                 operation_id=op.id,
                 create_time=op.create_time,
             )
-            await cast(ReportsUnitOfWork, uow).reports.add(report)
+            await cast(ReportsUoW, uow).reports.add(report)
             return op
 
         return await operations_service.create_idempotently(
-            cast(Callable[[], SqlUnitOfWork], self._uow),
+            self._uow,
             request_id=request_id,
             request_hash=request_hash,
             build=build,
@@ -499,8 +497,8 @@ class ReportsService:
 
         digest = hashlib.sha256(content).hexdigest()
 
-        async def apply(uow: SqlUnitOfWork, op: Operation) -> dict[str, Any]:
-            reports = cast(ReportsUnitOfWork, uow).reports
+        async def apply(uow: UnitOfWork, op: Operation) -> dict[str, Any]:
+            reports = cast(ReportsUoW, uow).reports
             locked = await reports.get(report_id, for_update=True)
             if locked is None:
                 raise NotFound(f"reports/{report_id} does not exist", reason="REPORT_NOT_FOUND")

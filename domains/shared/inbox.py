@@ -14,7 +14,7 @@ import dataclasses
 import datetime as dt
 import uuid
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, Protocol
 
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql as pg
@@ -83,6 +83,42 @@ class InboxEntry:
     envelope: Mapping[str, Any]
     dispatch_count: int = 1
     dispatch_time: dt.datetime | None = None
+
+
+class InboxRepository(Protocol):
+    """What services need of a consuming domain's inbox (exactly-once event handling)."""
+
+    async def receive(self, entries: Sequence[InboxEntry], now: dt.datetime) -> None:
+        """Records events about to be dispatched (a row already there is left alone)."""
+        ...
+
+    async def mark_handled(
+        self, event_id: uuid.UUID, consumer: str, envelope: Mapping[str, Any], now: dt.datetime
+    ) -> None:
+        """Records that ``consumer`` applied the event (call it in the effect's transaction)."""
+        ...
+
+    async def find_due(
+        self, now: dt.datetime, deadline_seconds: float, limit: int
+    ) -> list[InboxEntry]:
+        """Locks PENDING rows not handled within their deadline (it grows with each dispatch)."""
+        ...
+
+    async def mark_dispatched(self, entry: InboxEntry, now: dt.datetime) -> None:
+        """Counts one more dispatch of ``entry``."""
+        ...
+
+    async def mark_failed(self, entry: InboxEntry, error: str) -> None:
+        """Ends ``entry`` FAILED (a dead letter: the sweeper stops dispatching it)."""
+        ...
+
+    async def counts(self) -> dict[str, int]:
+        """Returns the number of rows by state."""
+        ...
+
+    async def purge_handled(self, older_than: dt.datetime, limit: int) -> int:
+        """Deletes rows handled before ``older_than`` (one batch); PENDING and FAILED stay."""
+        ...
 
 
 class SqlInboxRepository:

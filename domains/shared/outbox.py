@@ -82,6 +82,27 @@ class OutboxRepository(Protocol):
     async def mark_failed(self, message_id: uuid.UUID, error: str, retry_at: dt.datetime) -> None:
         """Records a failed publish and when to try again."""
 
+    @property
+    def partitions(self) -> partitions.DayPartitions:
+        """The table's day partitions (retention; PostgreSQL only)."""
+        ...
+
+    async def backlog(self) -> tuple[int, dt.datetime | None]:
+        """Returns the number of unsent rows and the creation time of the oldest."""
+        ...
+
+    async def unsent_operations(self, operation_ids: Sequence[uuid.UUID]) -> set[uuid.UUID]:
+        """Returns which of ``operation_ids`` still have an unsent row (the relay owes them)."""
+        ...
+
+    async def dispatch_status(self, operation_id: uuid.UUID) -> tuple[bool, dt.datetime | None]:
+        """Tells whether an operation still has an unsent row, and when it was last published."""
+        ...
+
+    async def purge_sent(self, older_than: dt.datetime, limit: int) -> int:
+        """Deletes rows published before ``older_than`` (one batch)."""
+        ...
+
 
 class SqlOutboxRepository:
     """Outbox rows in one domain schema."""
@@ -144,6 +165,32 @@ class SqlOutboxRepository:
         query = query.order_by(t.c.available_time).limit(limit).with_for_update(skip_locked=True)
         rows = (await self._session.execute(query)).mappings().all()
         return [OutboxMessage(**dict(row)) for row in rows]
+
+    async def has_due(self, grace: dt.timedelta) -> bool:
+        """Tells whether :meth:`claim` (with ``grace``) would find a row, without locking any.
+
+        The relay's idle poll: one cheap indexed probe per domain, in autocommit, instead of a
+        transaction around a locking claim that nearly always finds nothing (the fast path
+        publishes almost every row).
+
+        Args:
+            grace: Rows younger than this are left to the fast path.
+
+        Returns:
+            Whether an unsent row is due and older than ``grace``.
+        """
+        t = self._table
+        now = utcnow()
+        due = (
+            sa.select(t.c.id)
+            .where(
+                t.c.sent_time.is_(None),
+                t.c.available_time <= now,
+                t.c.created_time <= now - grace,
+            )
+            .limit(1)
+        )
+        return (await self._session.execute(sa.select(sa.exists(due)))).scalar() is True
 
     async def mark_sent(self, ids: Sequence[uuid.UUID], when: dt.datetime) -> None:
         """Marks rows published.

@@ -6,7 +6,7 @@ import dataclasses
 import datetime as dt
 import uuid
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, Protocol
 
 import sqlalchemy as sa
 from sqlalchemy.dialects.postgresql import insert as pg_insert
@@ -38,6 +38,148 @@ _OPS: dict[str, Any] = {
 
 def _row(obj: Any) -> dict[str, Any]:
     return {f.name: getattr(obj, f.name) for f in dataclasses.fields(obj)}
+
+
+class WebhooksRepository(Protocol):
+    """What the webhooks service needs of its storage: endpoints, deliveries, attempts, received events."""
+
+    async def add_endpoint(self, endpoint: Endpoint) -> bool:
+        """Inserts an endpoint unless its tenant already used its request id."""
+        ...
+
+    async def get_endpoint_by_request_id(self, tenant: str, request_id: str) -> Endpoint | None:
+        """Loads the endpoint a create with ``request_id`` made for ``tenant``."""
+        ...
+
+    async def get_endpoint(
+        self, endpoint_id: uuid.UUID, *, tenant: str | None = None, for_update: bool = False
+    ) -> Endpoint | None:
+        """Loads an endpoint."""
+        ...
+
+    async def get_endpoints(
+        self, ids: Sequence[uuid.UUID], *, for_update: bool = False
+    ) -> dict[uuid.UUID, Endpoint]:
+        """Loads several endpoints (locked in id order to avoid deadlocks)."""
+        ...
+
+    async def save_endpoint(self, endpoint: Endpoint) -> None:
+        """Writes back an endpoint."""
+        ...
+
+    async def delete_endpoint(self, endpoint_id: uuid.UUID) -> None:
+        """Deletes an endpoint with its deliveries and attempts (cascade)."""
+        ...
+
+    async def list_endpoints(
+        self, tenant: str, *, after_id: uuid.UUID | None, limit: int
+    ) -> list[Endpoint]:
+        """Lists a tenant's endpoints in creation order."""
+        ...
+
+    async def matching_endpoints(self, tenant: str) -> list[Endpoint]:
+        """Returns a tenant's enabled-or-paused endpoints (the caller matches event types)."""
+        ...
+
+    async def due_breakers(self, now: dt.datetime, limit: int) -> list[Endpoint]:
+        """Endpoints whose open breaker's cool-down (or probe lease) has passed."""
+        ...
+
+    async def add_deliveries(self, deliveries: Sequence[Delivery]) -> list[uuid.UUID]:
+        """Inserts deliveries, skipping any (event, endpoint) pair that already exists."""
+        ...
+
+    async def claim_deliveries(
+        self, ids: Sequence[uuid.UUID], *, skip_locked: bool = True
+    ) -> list[Delivery]:
+        """Locks the PENDING and SENDING deliveries among ``ids`` (the caller checks leases)."""
+        ...
+
+    async def get_delivery(
+        self,
+        delivery_id: uuid.UUID,
+        *,
+        tenant: str | None = None,
+        endpoint_id: uuid.UUID | None = None,
+        for_update: bool = False,
+    ) -> Delivery | None:
+        """Loads a delivery."""
+        ...
+
+    async def save_deliveries(self, deliveries: Sequence[Delivery]) -> None:
+        """Writes back deliveries (one statement, executemany)."""
+        ...
+
+    async def list_deliveries(
+        self,
+        endpoint_id: uuid.UUID,
+        conditions: Sequence[Condition],
+        *,
+        after: Keyset | None,
+        limit: int,
+    ) -> list[Delivery]:
+        """Lists an endpoint's deliveries in creation ``(create_time, id)`` order."""
+        ...
+
+    async def replayable(
+        self, endpoint_id: uuid.UUID, since: dt.datetime, *, after_id: uuid.UUID | None, limit: int
+    ) -> list[Delivery]:
+        """FAILED or DEAD deliveries of an endpoint created since ``since``, locked."""
+        ...
+
+    async def count_replayable(self, endpoint_id: uuid.UUID, since: dt.datetime) -> int:
+        """Counts what :meth:`replayable` would return."""
+        ...
+
+    async def paused(self, endpoint_id: uuid.UUID, limit: int) -> list[Delivery]:
+        """PAUSED deliveries of an endpoint, oldest first, locked."""
+        ...
+
+    async def stuck(self, now: dt.datetime, limit: int) -> list[Delivery]:
+        """SENDING deliveries whose lease ended (their worker vanished), locked."""
+        ...
+
+    async def overdue(self, before: dt.datetime, limit: int) -> list[Delivery]:
+        """PENDING deliveries due before ``before`` (their message was lost?), locked."""
+        ...
+
+    async def add_attempts(self, attempts: Sequence[Attempt]) -> None:
+        """Inserts attempts."""
+        ...
+
+    async def list_attempts(self, delivery_id: uuid.UUID) -> list[Attempt]:
+        """Lists a delivery's attempts in order."""
+        ...
+
+    async def add_outbox(self, outbox: Any, messages: Sequence[OutboxMessage]) -> None:
+        """Inserts many outbox rows in one round trip (a batch of deliveries' outcomes)."""
+        ...
+
+    async def mark_received(
+        self,
+        event_id: uuid.UUID,
+        event_type: str,
+        tenant: str,
+        now: dt.datetime,
+        count: int,
+        request_hash: str | None = None,
+    ) -> bool:
+        """Records that an event was fanned out (once per event id)."""
+        ...
+
+    async def purge_deliveries(self, ended_before: dt.datetime, limit: int) -> int:
+        """Deletes finished deliveries that ended before ``ended_before`` (one batch); their
+        attempts go with them (foreign key cascade).
+        """
+        ...
+
+    async def get_received(self, event_id: uuid.UUID) -> dict[str, Any] | None:
+        """Loads the record of a fanned-out event."""
+        ...
+
+    async def purge_received_events(self, received_before: dt.datetime, limit: int) -> int:
+        """Deletes received-event records older than ``received_before`` (one batch)."""
+        ...
 
 
 class SqlWebhooksRepository:
@@ -487,7 +629,7 @@ class SqlWebhooksRepository:
         """Inserts many outbox rows in one round trip (a batch of deliveries' outcomes).
 
         The unit of work's outbox adds one row per statement; a delivery batch writes tens.
-        The ids are handed to the outbox's fast-path list as its own ``add`` does.
+        The messages are handed to the outbox's fast-path list as its own ``add`` does.
 
         Args:
             outbox: The unit of work's outbox repository.
@@ -498,7 +640,7 @@ class SqlWebhooksRepository:
         await self._session.execute(sa.insert(tables.outbox), [_row(m) for m in messages])
         added = getattr(outbox, "added", None)
         if isinstance(added, list):
-            added.extend(m.id for m in messages)
+            added.extend(messages)
 
     # ---- received events ---------------------------------------------------------------
 

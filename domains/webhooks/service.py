@@ -16,12 +16,12 @@ import logging
 import time
 import uuid
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any, cast
+from typing import Any
 
 from domains.operations import service as operations_service
 from domains.operations.execution import Cancelled, OperationRunner, ProgressSink
 from domains.operations.model import DispatchSpec, Operation, OperationError
-from domains.operations.unit_of_work import SqlUnitOfWork
+from domains.operations.unit_of_work import UnitOfWork
 from domains.shared import idempotency
 from domains.shared.clock import utcnow
 from domains.shared.errors import DomainError, FailedPrecondition, InvalidArgument, NotFound
@@ -49,7 +49,7 @@ from domains.webhooks.model import (
     validate_event_types,
 )
 from domains.webhooks.ports import NoRateLimit, RateLimiter, Sender
-from domains.webhooks.unit_of_work import WebhooksUnitOfWork
+from domains.webhooks.unit_of_work import WebhooksUoW
 
 log = logging.getLogger(__name__)
 
@@ -151,14 +151,14 @@ class WebhooksService:
 
     def __init__(
         self,
-        uow_factory: Callable[[], WebhooksUnitOfWork],
+        uow_factory: Callable[[], WebhooksUoW],
         *,
         sender: Sender,
         guard: UrlGuard,
         box: signing.SecretBox,
         config: WebhooksConfig | None = None,
         limiter: RateLimiter | None = None,
-        read_uow_factory: Callable[[], WebhooksUnitOfWork] | None = None,
+        read_uow_factory: Callable[[], WebhooksUoW] | None = None,
     ) -> None:
         """Creates the service.
 
@@ -179,7 +179,7 @@ class WebhooksService:
         self.config = config or WebhooksConfig()
         self._limiter: RateLimiter = limiter or NoRateLimit()
         self._runner = OperationRunner(
-            cast(Callable[[], SqlUnitOfWork], uow_factory),
+            uow_factory,
             progress_interval=self.config.progress_interval,
         )
         self._semaphore: asyncio.Semaphore | None = None
@@ -458,7 +458,7 @@ class WebhooksService:
 
     async def _enqueue(
         self,
-        uow: WebhooksUnitOfWork,
+        uow: WebhooksUoW,
         ids: Sequence[uuid.UUID],
         correlation_id: str | None = None,
     ) -> None:
@@ -473,7 +473,7 @@ class WebhooksService:
 
     async def _fan_out(
         self,
-        uow: WebhooksUnitOfWork,
+        uow: WebhooksUoW,
         *,
         event_id: uuid.UUID,
         event_type: str,
@@ -917,7 +917,7 @@ class WebhooksService:
 
     async def _resume_paused(
         self,
-        uow: WebhooksUnitOfWork,
+        uow: WebhooksUoW,
         endpoint_id: uuid.UUID,
         now: dt.datetime,
         correlation_id: str | None,
@@ -1169,7 +1169,7 @@ class WebhooksService:
         await self.get_endpoint(tenant, endpoint_id)
         body = {"endpoint": str(endpoint_id), "since": since.isoformat()}
 
-        async def build(uow: SqlUnitOfWork) -> Operation:
+        async def build(uow: UnitOfWork) -> Operation:
             op = operations_service.new_operation(
                 domain=DOMAIN,
                 type_="replay",
@@ -1186,7 +1186,7 @@ class WebhooksService:
             return op
 
         return await operations_service.create_idempotently(
-            cast(Callable[[], SqlUnitOfWork], self._uow),
+            self._uow,
             request_id=request_id,
             request_hash=operations_service.request_fingerprint(body),
             build=build,
@@ -1238,7 +1238,7 @@ class WebhooksService:
             await self._runner.cancelled(execution)
             return {"cancelled": True, "replayed": done}
 
-        async def apply(uow: SqlUnitOfWork, op: Operation) -> dict[str, Any]:
+        async def apply(uow: UnitOfWork, op: Operation) -> dict[str, Any]:
             return {"endpoint": f"endpoints/{endpoint_id}", "replayed": done}
 
         op = await self._runner.finish(execution, apply)

@@ -13,7 +13,7 @@ from typing import Any
 import httpx
 import pytest
 
-from app.settings_sections.imports import ImportsSettings
+from app.config.sections.imports import ImportsSettings
 from tests.support.imports import (
     FIELDS,
     create_dataset,
@@ -181,7 +181,7 @@ async def test_raw_csv_body_is_stored_durably_before_the_2xx(client, api_app):
     assert response.status_code == 200, response.text
     op = response.json()
     assert op["metadata"]["state"] == "PENDING" and op["metadata"]["type"] == "import"
-    service = api_app.state.container.services["imports"]
+    service = api_app.state.container.imports
     import_id = uuid.UUID(op["metadata"]["target"].rsplit("/", 1)[1])
     item = await service.get_import("default", uuid.UUID(dataset["id"]), import_id)
     stored = await asyncio.to_thread(pathlib.Path(service.store.path(item.file_path)).read_bytes)

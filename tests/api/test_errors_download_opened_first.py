@@ -7,7 +7,7 @@ import contextlib
 from collections.abc import AsyncIterator
 from typing import Any
 
-from api.v1 import datasets
+from api import deps
 from domains.shared.errors import Unavailable
 from tests.support.imports import create_dataset, upload
 
@@ -35,8 +35,8 @@ async def test_errors_csv_that_cannot_be_read_answers_503_not_a_cut_200(api_app,
     created = await upload(client, dataset["id"], b"id,amount\nk1,1\n")
     assert created.status_code == 200, created.text
     target = created.json()["metadata"]["target"]
-    failing = _RowErrorsUnreadable(api_app.state.container.services["imports"])
-    api_app.dependency_overrides[datasets.service] = lambda: failing
+    failing = _RowErrorsUnreadable(api_app.state.container.imports)
+    api_app.dependency_overrides[deps.imports] = lambda: failing
     try:
         response = await client.get(f"/v1/{target}/errors")
     finally:

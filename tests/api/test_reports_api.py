@@ -19,7 +19,7 @@ def report_id_of(op: dict) -> str:
 
 
 async def seed_today(api_app, events) -> None:
-    service = api_app.state.container.services["reports"]
+    service = api_app.state.container.reports
     for event in events:
         await service.handle_event(event.to_dict())
 
@@ -180,7 +180,7 @@ async def test_download_before_the_file_exists_is_failed_precondition(client, se
 
     registry = EngineRegistry(settings)
     try:
-        service = Container(settings, registry).services["reports"]
+        service = Container(settings, registry).reports
         op = await service.create_report(tenant="default", type="digest", period="today")
     finally:
         await registry.dispose()

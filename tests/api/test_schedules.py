@@ -209,7 +209,7 @@ async def test_daily_digest_schedule_is_created_once_by_default(api_app, client,
     assert (next_run.hour, next_run.minute) == (6, 0)
     # A user may delete it; ensuring the defaults again does not bring it back.
     assert (await client.delete("/v1/schedules/daily-digest")).status_code == 200
-    service = api_app.state.container.services["schedules"]
+    service = api_app.state.container.schedules
     await service.ensure_builtin(service._builtin, service._defaults)
     assert (await client.get("/v1/schedules/daily-digest")).status_code == 404
 

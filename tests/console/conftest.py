@@ -16,9 +16,9 @@ from typing import Any
 
 import pytest
 
-from app import migrate
-from app.celery_app import create_celery
+from app.adapters.celery_app import create_celery
 from app.config import load_settings
+from app.db import migrate
 from tests.conftest import Proc, claim_redis_db, create_api_key, run_async
 from tests.support import services
 from tests.support.live import live_api

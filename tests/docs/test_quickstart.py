@@ -34,7 +34,7 @@ from urllib.parse import urlsplit
 import httpx
 import pytest
 
-from app.embedded import find_free_port
+from app.runtime.embedded import find_free_port
 from tests.e2e.test_up import _alive, _descendants
 
 pytestmark = pytest.mark.e2e

@@ -45,7 +45,7 @@ def start_beat(stack, name: str, env: dict[str, str]):
 
 async def create_schedule(stack, **body: Any) -> dict[str, Any]:
     # The in-process API of the stack allows the beats' sub-second test interval too.
-    service = stack.app.state.container.services["schedules"]
+    service = stack.app.state.container.schedules
     service.policy = dataclasses.replace(service.policy, min_interval_seconds=INTERVAL)
     payload = {"workflow": "platform.ping", "args": {"message": "beat"}}
     payload.update(body)

@@ -21,7 +21,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from app.embedded import find_free_port
+from app.runtime.embedded import find_free_port
 
 pytestmark = pytest.mark.e2e
 

@@ -34,7 +34,7 @@ from typing import Any
 import httpx
 import pytest
 
-from app.embedded import find_free_port
+from app.runtime.embedded import find_free_port
 from tests.conftest import claim_redis_db
 from tests.monitoring.scrape import value
 from tests.observability.support import json_lines

@@ -8,7 +8,7 @@ import socket
 import httpx
 import pytest
 
-from app.celery_app import create_celery
+from app.adapters.celery_app import create_celery
 from app.config import DOMAINS
 from app.main import create_app
 from tests.support.ops import wait_state

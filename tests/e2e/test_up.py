@@ -23,7 +23,7 @@ import httpx
 import pytest
 
 from app.config import DOMAINS
-from app.embedded import find_free_port
+from app.runtime.embedded import find_free_port
 from tests.conftest import claim_redis_db
 from tests.support import services
 

@@ -10,9 +10,8 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy.engine import make_url
 
-from app import migrate
 from app.config import Settings
-from app.db import EngineRegistry
+from app.db import EngineRegistry, migrate
 from tests.support import services
 
 

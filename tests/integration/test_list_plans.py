@@ -26,9 +26,9 @@ from api import filtering
 from api.v1 import endpoints as endpoints_api
 from api.v1 import operations as operations_api
 from api.v1 import reports as reports_api
-from app import migrate
 from app.config import load_settings
 from app.container import DOMAIN_TABLES
+from app.db import migrate
 from benchmarks import scale_data
 from benchmarks.scale_data import Explain
 from domains.operations.repository import SqlOperationRepository

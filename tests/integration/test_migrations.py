@@ -18,10 +18,9 @@ from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from sqlalchemy.ext.asyncio import create_async_engine
 
-from app import migrate
 from app.config import DOMAINS, Settings, load_settings
 from app.container import DOMAIN_TABLES
-from domains.platform import keys as _api_keys  # noqa: F401 - puts api_keys on the platform metadata
+from app.db import migrate
 from domains.shared import partitions
 from tests.support import services
 

@@ -31,8 +31,8 @@ import httpx
 import pytest
 from prometheus_client import REGISTRY
 
-from app import migrate
 from app.config import Settings, load_settings
+from app.db import migrate
 from app.main import create_app
 from tests.conftest import (
     SECURITY_TEST_OVERRIDES,

@@ -20,9 +20,9 @@ from typing import Any
 import httpx
 import pytest
 
-from app.celery_app import create_celery
+from app.adapters.celery_app import create_celery
 from app.config import Settings
-from app.settings_sections.webhooks import WebhooksSettings
+from app.config.sections.webhooks import WebhooksSettings
 from tests.conftest import claim_redis_db
 from tests.support.ops import query, wait_done
 from tests.support.procs import Proc

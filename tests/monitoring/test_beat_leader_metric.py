@@ -9,8 +9,8 @@ from collections.abc import AsyncIterator
 import pytest
 from click.testing import CliRunner
 
-from app.cli_metrics import Exporter
-from app.cli_ops import status
+from app.cli.metrics import Exporter
+from app.cli.ops import status
 from tests.monitoring.scrape import samples, scrape, value
 
 
@@ -34,7 +34,7 @@ async def test_beat_leader_gauge_and_status_follow_the_lease(stack, clean_db, ex
     assert value(text, "conveyor_exporter_source_up", source="beat") == 1
     assert "Beat leader: none" in await asyncio.to_thread(run_status, stack.env)
 
-    service = stack.app.state.container.services["schedules"]
+    service = stack.app.state.container.schedules
     assert await service.acquire_leadership("h1", "beat-one@test", 30)
     assert not await service.acquire_leadership("h2", "beat-two@test", 30)
     text = await scrape(exporter_url)

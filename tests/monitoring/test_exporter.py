@@ -11,9 +11,9 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from app.cli_metrics import Exporter
+from app.cli.metrics import Exporter
 from app.config import DOMAINS
-from app.status_sources import queue_depths
+from app.status.sources import queue_depths
 from tests.monitoring.scrape import scrape, value
 from tests.support.ops import op_path
 from tests.support.services import needs_service

@@ -28,7 +28,7 @@ EXPORTED = {
     # API (monitoring/metrics.py)
     "conveyor_http_requests_total",
     "conveyor_http_request_duration_seconds",
-    # read replicas (monitoring/metrics.py, recorded by app/replicas.py)
+    # read replicas (monitoring/metrics.py, recorded by app/db/replicas.py)
     "conveyor_replica_reads_total",
     "conveyor_replica_fallbacks_total",
     "conveyor_replica_errors_total",
@@ -38,7 +38,7 @@ EXPORTED = {
     # workers (monitoring/worker_metrics.py), served by `conveyor metrics`
     "conveyor_tasks_total",
     "conveyor_task_runtime_seconds",
-    # `conveyor metrics` scrape-time gauges (app/cli_metrics.py)
+    # `conveyor metrics` scrape-time gauges (app/cli/metrics.py)
     "conveyor_queue_depth",
     "conveyor_outbox_backlog",
     "conveyor_outbox_oldest_unsent_age_seconds",
@@ -133,7 +133,7 @@ def test_code_exports_the_metric_names_the_files_rely_on():
         worker_metrics.TASK_RUNTIME._name,
     }
     assert declared <= EXPORTED
-    source = (ROOT / "app" / "cli_metrics.py").read_text()
+    source = (ROOT / "app" / "cli" / "metrics.py").read_text()
     for name in EXPORTED - declared:
         assert f'"{name}"' in source, name
 

@@ -9,8 +9,8 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
-from app import migrate
 from app.config import DOMAINS
+from app.db import migrate
 from app.main import create_app
 from tests.support import services
 from tests.support.ops import query

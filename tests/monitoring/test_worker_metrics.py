@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 from celery import Celery
 
-from app.embedded import find_free_port
+from app.runtime.embedded import find_free_port
 from tests.monitoring.scrape import scrape, scrape_until, value
 from tests.support.ops import wait_state
 from tests.support.procs import Proc
@@ -33,10 +33,10 @@ def children(tmp_path) -> Iterator[Any]:
 
 
 def worker_code(node: str) -> str:
-    # What `conveyor worker` does once app/cli.py calls setup_worker_metrics() and
-    # app/celery_app.py lists monitoring.worker_metrics in TASK_MODULES (both idempotent here).
+    # What `conveyor worker` does once app/cli/__init__.py calls setup_worker_metrics() and
+    # app/adapters/celery_app.py lists monitoring.worker_metrics in TASK_MODULES (both idempotent here).
     return (
-        "from app.cli_metrics import setup_worker_metrics\n"
+        "from app.cli.metrics import setup_worker_metrics\n"
         f"setup_worker_metrics({node!r})\n"
         "import monitoring.worker_metrics\n"
         "from app.cli import main\n"
@@ -52,7 +52,7 @@ async def test_exporter_serves_task_counts_of_every_prefork_child(stack, childre
     worker = children(worker_code(node), env, "worker")
     port = find_free_port()
     exporter = children(
-        f"from app.cli_metrics import metrics\nmetrics(['--port', '{port}'])\n", env, "exporter"
+        f"from app.cli.metrics import metrics\nmetrics(['--port', '{port}'])\n", env, "exporter"
     )
     worker.wait_for_log(" ready.", timeout=60)
     assert "worker metrics: writing to" in worker.log()

@@ -19,8 +19,8 @@ from typing import Any
 import httpx
 import pytest
 
-from app.celery_app import create_celery
-from app.embedded import find_free_port
+from app.adapters.celery_app import create_celery
+from app.runtime.embedded import find_free_port
 from monitoring.redaction import task_reprs
 from tests.support.ops import op_path, wait_state
 

@@ -93,7 +93,7 @@ def test_task_reprs_are_bounded_like_celerys() -> None:
 
 
 def test_a_workflow_task_is_shown_by_name_and_labels_not_a_bare_uuid() -> None:
-    from app.outbox import workflow_reprs
+    from app.runtime.outbox import workflow_reprs
     from domains.shared.outbox import OutboxMessage
 
     op_id = "0192f000-0000-7000-8000-000000000001"

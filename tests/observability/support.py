@@ -6,7 +6,7 @@ import json
 import re
 from typing import Any
 
-from app.embedded import find_free_port
+from app.runtime.embedded import find_free_port
 
 
 def start_api(stack: Any, env: dict[str, str] | None = None) -> tuple[Any, str]:

@@ -12,8 +12,8 @@ import httpx
 import pytest
 from click.testing import CliRunner, Result
 
-from app.cli_ops import api_errors, make_client, ops, status
-from app.embedded import find_free_port
+from app.cli.ops import api_errors, make_client, ops, status
+from app.runtime.embedded import find_free_port
 from tests.observability.support import start_api
 
 pytestmark = pytest.mark.e2e

@@ -37,7 +37,7 @@ from typing import Any
 
 import httpx
 
-from app.embedded import find_free_port
+from app.runtime.embedded import find_free_port
 from tests.support.ops import query
 
 

@@ -75,7 +75,7 @@ async def test_event_lost_by_broker_and_given_up_during_db_outage_is_handled_onc
     container = Container(stack.settings, EngineRegistry(stack.settings))
     try:
         # A webhook endpoint of the tenant (disabled: its delivery is kept PAUSED, never sent).
-        endpoint, _ = await container.services["webhooks"].create_endpoint(
+        endpoint, _ = await container.webhooks.create_endpoint(
             tenant,
             url="https://93.184.216.34/hook",
             event_types=["imports.ImportCompleted"],

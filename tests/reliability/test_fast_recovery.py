@@ -109,9 +109,9 @@ async def test_reset_rabbitmq_backlog_is_redispatched_at_once_and_a_healthy_one_
     their messages. The relay watches its durable epoch queue and re-dispatches at once."""
     # clean_db: this system's sweeper would also re-dispatch other tests' PENDING operations
     # from the session database into the queue this test counts.
-    from app.celery_app import create_celery
+    from app.adapters.celery_app import create_celery
     from app.config import load_settings
-    from app.outbox import BROKER_EPOCH_QUEUE
+    from app.runtime.outbox import BROKER_EPOCH_QUEUE
 
     celery = create_celery(load_settings(database_url=database_url, broker_url=AMQP_URL))
 

@@ -17,10 +17,11 @@ import time
 import httpx
 import pytest
 
-from app.embedded import start_postgres
+from app.runtime.embedded import start_postgres
 from tests.conftest import TEST_OVERRIDES
 from tests.reliability.harness import JobStream, PrivateRedis, System, Tally, scenario_sigkill
 from tests.support import services
+from tests.support.faults import fault_env
 from tests.support.ops import query
 
 pytestmark = pytest.mark.reliability
@@ -74,7 +75,7 @@ def _amqp_up() -> bool:
 
 @services.needs_service(_amqp_up(), "no RabbitMQ on 127.0.0.1:5672")
 async def test_sigkill_workers_with_rabbitmq_broker_loses_nothing(make_system, database_url):
-    from app.celery_app import create_celery
+    from app.adapters.celery_app import create_celery
     from app.config import load_settings
 
     # Start from empty queues (the vhost is shared with other RabbitMQ tests).
@@ -177,8 +178,9 @@ async def test_api_killed_between_commit_and_publish_loses_nothing_with_producti
     _production_defaults(system)  # one scenario runs with the settings a deployment gets
     assert "CONVEYOR_OPERATION_LEASE_SECONDS" not in system.env
     system.create_api_key()
-    # The API SIGKILLs itself right after the 25th commit, before publishing or answering.
-    system.start(api_env={"CONVEYOR_FAULT_KILL_AFTER_COMMITS": "25"})
+    # The API SIGKILLs itself right after the 25th commit, before publishing or answering (the
+    # test-only fault seam wraps its after-commit callback).
+    system.start(api_env=fault_env(system.env, CONVEYOR_FAULT_KILL_AFTER_COMMITS="25"))
     tally = Tally("api-killed-after-commit")
     stream = JobStream(system, tally, sleep_seconds=0.0)
     submit = asyncio.create_task(stream.run(min(JOBS, 150), concurrency=4, give_up=120))

@@ -15,6 +15,7 @@ import time
 import pytest
 
 from tests.reliability.harness import JobStream, PrivateRedis, Tally
+from tests.support.faults import fault_env
 
 pytestmark = pytest.mark.reliability
 
@@ -77,7 +78,7 @@ async def test_worker_whose_pool_cannot_start_exits_non_zero(stack):
         "--concurrency",
         "2",
         env={
-            "CONVEYOR_FAULT_CHILD_EXIT_ON_INIT": "1",
+            **fault_env(stack.env, CONVEYOR_FAULT_CHILD_EXIT_ON_INIT="1"),
             "CONVEYOR_WORKER_SHUTDOWN_TIMEOUT_SECONDS": "5",
         },
         name="worker-nopool",
@@ -145,7 +146,7 @@ def test_shutdown_watchdog_forces_a_stuck_shutdown_out_with_the_failure_code():
     # What a worker stuck in its shutdown after "Unrecoverable error" (main in do_wait) gets.
     script = (
         "import time\n"
-        "from app.worker_health import arm_shutdown_watchdog\n"
+        "from app.runtime.worker_health import arm_shutdown_watchdog\n"
         "arm_shutdown_watchdog(3, 0.5)\n"
         "time.sleep(60)\n"
     )

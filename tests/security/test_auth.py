@@ -10,7 +10,7 @@ from fastapi import Depends
 
 from api.auth import SCOPE_AREAS, Principal, require_scope, route_scope
 from api.limits import flat_routes
-from domains.platform.keys import AREAS
+from domains.platform.keys.model import AREAS
 from tests.security.support import api, bearer, fill_path, new_key
 
 

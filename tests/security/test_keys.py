@@ -12,7 +12,9 @@ import pytest
 from click.testing import CliRunner
 
 from app.cli import main as conveyor
-from domains.platform import keys as keys_module
+from domains.platform.keys import model as key_model
+from domains.platform.keys import service as key_service
+from domains.platform.unit_of_work import PlatformUnitOfWork
 from domains.shared.errors import InvalidArgument, NotFound, Unauthenticated
 from tests.security.support import api, bearer, new_key
 from tests.support.ops import query
@@ -149,21 +151,21 @@ async def test_only_a_key_minted_as_operator_holds_the_operator_scope(service_en
 
 
 def test_scope_tenant_and_duration_validation():
-    assert keys_module.parse_scopes(["operations:read", " *", "operations:read"]) == (
+    assert key_model.parse_scopes(["operations:read", " *", "operations:read"]) == (
         "*",
         "operations:read",
     )
     for bad in ([], ["admin"], ["imports:delete"], ["x" * 500]):
         with pytest.raises(InvalidArgument):
-            keys_module.parse_scopes(bad)
+            key_model.parse_scopes(bad)
     for bad in ("", "-x", "a b", "x" * 65, "ten/ant"):
         with pytest.raises(InvalidArgument):
-            keys_module.validate_tenant(bad)
-    assert keys_module.parse_duration("30d") == dt.timedelta(days=30)
-    assert keys_module.parse_duration("90m") == dt.timedelta(minutes=90)
+            key_model.validate_tenant(bad)
+    assert key_model.parse_duration("30d") == dt.timedelta(days=30)
+    assert key_model.parse_duration("90m") == dt.timedelta(minutes=90)
     for bad in ("0d", "30", "1y", "99999w"):
         with pytest.raises(InvalidArgument):
-            keys_module.parse_duration(bad)
+            key_model.parse_duration(bad)
 
 
 async def test_service_refuses_bad_tokens_with_unauthenticated_only(settings):
@@ -172,7 +174,7 @@ async def test_service_refuses_bad_tokens_with_unauthenticated_only(settings):
 
     registry = EngineRegistry(settings)
     try:
-        service = Container(settings, registry).services["api_keys"]
+        service = Container(settings, registry).api_keys
         for token in ("", "cvk_", "cvk_zz_yy", "cvk_0123456789ab_" + "a" * 43, "Bearer x" * 50):
             with pytest.raises(Unauthenticated) as info:
                 await service.authenticate(token)
@@ -202,20 +204,20 @@ async def test_a_recently_verified_key_keeps_working_while_the_database_is_unrea
     now = [0.0]
     try:
         container = Container(settings, registry)
-        service = keys_module.ApiKeyService(
+        service = key_service.ApiKeyService(
             container.uow_factory("platform"), cache_seconds=1, clock=lambda: now[0]
         )
         verified = await service.authenticate(api_key)
         live_factory = service._uow
         tables = live_factory().tables  # the platform tables the live unit of work uses
-        service._uow = lambda: keys_module.SqlUnitOfWork(tables, async_sessionmaker(dead))
+        service._uow = lambda: PlatformUnitOfWork(tables, async_sessionmaker(dead))
         now[0] = 60.0  # the cache entry is old: the service must read the database again
         again = await service.authenticate(api_key)
         assert again.prefix == verified.prefix
         other = await new_key(settings, name="never verified")
         with pytest.raises(OSError):  # positive control: the database really is unreachable
             await service.authenticate(other)
-        now[0] = 60.0 + keys_module.STALE_IF_UNREACHABLE_SECONDS + 1
+        now[0] = 60.0 + key_service.STALE_IF_UNREACHABLE_SECONDS + 1
         with pytest.raises(OSError):  # not forever
             await service.authenticate(api_key)
     finally:

@@ -12,8 +12,8 @@ import redis
 
 from api import pagination
 from api.limits import BodyLimitMiddleware, TokenBucketLimiter, flat_routes
-from app.embedded import find_free_port
 from app.main import rate_limit_redis, uvicorn_options
+from app.runtime.embedded import find_free_port
 from tests.security.support import api, bearer, new_key
 
 

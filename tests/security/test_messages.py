@@ -11,7 +11,7 @@ import uuid
 
 from kombu import Connection, Exchange, Producer
 
-from app.celery_app import celery_config
+from app.adapters.celery_app import celery_config
 from app.container import Container
 from app.db import EngineRegistry
 from tests.support.ops import query

@@ -22,9 +22,9 @@ from schemathesis.checks import (
     status_code_conformance,
 )
 
-from app import migrate
 from app.config import load_settings
-from app.embedded import find_free_port
+from app.db import migrate
+from app.runtime.embedded import find_free_port
 from tests.conftest import claim_redis_db, create_api_key, run_async
 from tests.support import services
 

@@ -89,7 +89,7 @@ async def test_gzip_decompression_stops_at_the_upload_cap(settings, tmp_path):
     small = capped(settings, security_cap=CAP, imports_cap=1024**3)
     registry = EngineRegistry(small)
     try:
-        service = Container(small, registry).services["imports"]
+        service = Container(small, registry).imports
         assert service.policy.max_file_bytes == CAP and service.store.max_bytes == CAP
     finally:
         await registry.dispose()

@@ -20,9 +20,9 @@ import pytest
 import sqlalchemy as sa
 
 from app.config import Settings
+from app.config.sections.imports import ImportsSettings
 from app.container import Container
 from app.db import EngineRegistry
-from app.settings_sections.imports import ImportsSettings
 from app.workflows import StartContext, registry
 from domains.imports.model import FieldDef
 from domains.imports.repository import SqlImportsRepository
@@ -60,7 +60,7 @@ async def container(settings: Settings, tmp_path: Any) -> AsyncIterator[Containe
 
 @pytest.fixture
 def imports(container: Container) -> ImportsService:
-    return container.services["imports"]
+    return container.imports
 
 
 async def execute(container: Container, sql: str, **params: Any) -> list[Any]:
@@ -337,7 +337,7 @@ async def private_container(settings: Settings, tmp_path: Any) -> AsyncIterator[
 async def test_from_source_workflow_fetches_in_the_worker_when_allowed(
     private_container: Container, http_source: str
 ):
-    imports: ImportsService = private_container.services["imports"]
+    imports: ImportsService = private_container.imports
     dataset = await imports.create_dataset(
         tenant="t1",
         display_name="d",
@@ -458,7 +458,7 @@ async def test_cells_and_rows_past_the_byte_limits_are_row_errors(
     registry_ = EngineRegistry(settings.model_copy(update={"imports": section}))
     container = Container(registry_.settings, registry_)
     try:
-        imports: ImportsService = container.services["imports"]
+        imports: ImportsService = container.imports
         long_cell = "é" * 11  # 22 bytes, 11 characters
         data = (
             f"id,amount,country\nok,1,DE\n{long_cell},2,FR\nrow,{'1' * 19},US\n"

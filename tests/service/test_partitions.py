@@ -13,10 +13,9 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import create_async_engine
 
-from app import migrate
 from app.config import Settings
 from app.container import Container
-from app.db import EngineRegistry
+from app.db import EngineRegistry, migrate
 from domains.shared import partitions
 from domains.shared.clock import utcnow
 from domains.shared.errors import NotFound

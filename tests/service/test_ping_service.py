@@ -20,7 +20,7 @@ from app.db import EngineRegistry
 from domains.operations.execution import Busy, OperationRunner, Skip
 from domains.operations.model import State
 from domains.operations.service import OperationsService
-from domains.platform.service import PingService
+from domains.platform.pings.service import PingService
 from domains.shared.clock import utcnow
 from domains.shared.errors import AlreadyExists, InvalidArgument, NotFound, TransientError
 

@@ -44,7 +44,7 @@ async def container(settings: Settings) -> AsyncIterator[Container]:
 
 @pytest.fixture
 def reports(container: Container) -> ReportsService:
-    return container.services["reports"]
+    return container.reports
 
 
 def fixed_clock_service(container: Container, now: dt.datetime, **policy) -> ReportsService:
@@ -497,7 +497,7 @@ async def test_generate_workflow_accepts_the_default_digest_schedule_args(contai
         {"type": "dataset_daily", "period": {"start_date": "2026-11-01", "end_date": "2026-11-02"}}
     )
     op2 = await workflow.start(container, custom, StartContext(tenant=tenant))
-    report = await container.services["reports"].get_report(
+    report = await container.reports.get_report(
         uuid.UUID(op2.target.removeprefix("reports/")), tenant=tenant
     )
     assert (report.start_date, report.end_date) == (dt.date(2026, 11, 1), dt.date(2026, 11, 2))

@@ -12,8 +12,8 @@ import sqlalchemy as sa
 
 from app.db import EngineRegistry
 from domains.platform import tables
-from domains.platform.schedule_model import RunState
-from domains.platform.schedules import (
+from domains.platform.schedules.model import RunState
+from domains.platform.schedules.service import (
     BuiltinSchedule,
     DefaultSchedule,
     SchedulePolicy,

@@ -8,12 +8,13 @@ from typing import Any
 
 import pytest
 
+from app.adapters.webhooks_http import HttpxSender
+from app.config.sections.webhooks import WebhooksSettings
 from app.container import Container
 from app.db import EngineRegistry
-from app.settings_sections.webhooks import WebhooksSettings
-from app.webhooks_http import HttpxSender
 from domains.shared.errors import FailedPrecondition, NotFound
 from domains.shared.events import IntegrationEvent
+from domains.shared.outbox import OutboxMessage
 from domains.shared.ssrf import UrlGuard
 from domains.webhooks.service import WebhooksService
 from domains.webhooks.signing import SecretBox
@@ -167,7 +168,7 @@ async def test_a_binary_answer_is_recorded_safely(services, receiver):
 
 
 async def test_rate_limit_is_shared_through_redis_and_reschedules(services, receiver, broker_url):
-    from app.webhooks_http import RedisRateLimiter
+    from app.adapters.webhooks_http import RedisRateLimiter
 
     limiter = RedisRateLimiter(broker_url, prefix=f"test-rate-{id(receiver)}")
     waits = [await limiter.acquire("k", 2.0) for _ in range(6)]
@@ -220,3 +221,39 @@ async def test_a_redelivered_message_waits_for_the_lease_then_takes_over(
     assert (await service.deliver([delivery.id]))["succeeded"] == 1
     assert receiver.count("/lease") == 1
     assert (await _one_delivery(service, "t-lease", endpoint.id)).attempts == 2
+
+
+async def test_fan_out_hands_its_deliver_messages_to_the_fast_path(settings, database_url):
+    # The deliver messages a fan-out writes reach the after-commit publisher as messages (a
+    # bug once handed their ids, which the publisher could not send: every delivery then
+    # waited for the relay's grace period).
+    handed: list[tuple[str, list[Any]]] = []
+
+    async def after_commit(domain: str, messages: list[Any]) -> None:
+        handed.append((domain, list(messages)))
+
+    registry = EngineRegistry(settings)
+    sender = HttpxSender(HOOKS)
+    try:
+        container = Container(settings, registry, after_commit=after_commit)
+        service = WebhooksService(
+            container.uow_factory("webhooks"),  # type: ignore[arg-type]
+            sender=sender,
+            guard=UrlGuard.from_allowlist(["127.0.0.1"]),
+            box=SecretBox("test-key"),
+        )
+        await service.create_endpoint(
+            "t-fast", url="http://127.0.0.1:9/h", event_types=["orders.*"]
+        )
+        handed.clear()
+        await service.publish_event("t-fast", event_type="orders.Created", data={})
+        messages = [m for domain, batch in handed if domain == "webhooks" for m in batch]
+        assert messages, "the fan-out handed nothing to the fast path"
+        assert all(isinstance(m, OutboxMessage) for m in messages), messages
+        assert "webhooks.deliver" in {m.task_name for m in messages}
+    finally:
+        await sender.aclose()
+        await registry.dispose()
+        await query(
+            database_url, "UPDATE webhooks.outbox SET sent_time = now() WHERE sent_time IS NULL"
+        )

@@ -11,7 +11,7 @@ from typing import Any
 import httpx
 import uvicorn
 
-from app.embedded import find_free_port
+from app.runtime.embedded import find_free_port
 
 
 @contextlib.asynccontextmanager

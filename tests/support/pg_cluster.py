@@ -22,7 +22,7 @@ from typing import Any
 import asyncpg
 import pytest
 
-from app.embedded import find_free_port
+from app.runtime.embedded import find_free_port
 
 PG_BIN_ENV = "CONVEYOR_TEST_PG_BIN"
 DEFAULT_PG_BIN = "/usr/lib/postgresql/15/bin"

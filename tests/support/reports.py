@@ -12,7 +12,7 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 
 from app.container import Container
-from app.outbox import OutboxPublisher
+from app.runtime.outbox import OutboxPublisher
 from domains.shared.events import IntegrationEvent, event_message
 from tests.support.ops import query
 

@@ -4,7 +4,7 @@ Resolution order for each service:
 
 1. The URL in the environment (``CONVEYOR_TEST_DATABASE_URL`` / ``CONVEYOR_TEST_BROKER_URL``),
    else the conventional local default (``127.0.0.1:5432`` / ``127.0.0.1:6379``).
-2. If nothing answers there within 1 s, an embedded server (``app.embedded``) started once
+2. If nothing answers there within 1 s, an embedded server (``app.runtime.embedded``) started once
    per process in a temporary directory and stopped/deleted at interpreter exit.
 
 Admin work (CREATE/DROP DATABASE) uses asyncpg directly: it is a core dependency, whereas
@@ -28,7 +28,7 @@ import urllib.parse
 from collections.abc import Coroutine
 from typing import Any, TypeVar
 
-from app.embedded import EmbeddedServices, start_embedded
+from app.runtime.embedded import EmbeddedServices, start_embedded
 
 __all__ = [
     "create_database",

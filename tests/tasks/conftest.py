@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from app.celery_app import MIRRORED_TASKS
+from app.adapters.celery_app import MIRRORED_TASKS
 
 
 @pytest.fixture

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import uuid
 
-from app.celery_app import create_celery, route_task
+from app.adapters.celery_app import create_celery, route_task
 from app.config import DOMAINS
 
 
@@ -53,7 +53,7 @@ def test_published_task_lands_in_its_domain_queue_on_redis(stack):
 def test_beat_reads_schedules_from_the_database_not_a_static_table(celery_app):
     # System tasks (sweeper, relay sweep, purge, breaker probes) are rows in
     # platform.schedules, fired by the leader beat like user schedules.
-    assert celery_app.conf.beat_scheduler == "app.beat:DatabaseScheduler"
+    assert celery_app.conf.beat_scheduler == "app.runtime.beat:DatabaseScheduler"
     assert not celery_app.conf.beat_schedule
 
 
@@ -80,7 +80,7 @@ def test_event_handlers_leave_a_worker_killing_event_to_the_capped_inbox_sweeper
 
 
 def test_per_job_tasks_store_results_only_with_the_result_mirror(settings):
-    from app.celery_app import MIRRORED_TASKS, create_celery
+    from app.adapters.celery_app import MIRRORED_TASKS, create_celery
 
     quiet = create_celery(settings)
     mirrored = create_celery(settings.model_copy(update={"result_mirror": True}))

@@ -25,7 +25,7 @@ def small_chunks(celery_worker: Any) -> Iterator[None]:
     """The worker splits files into 100-row chunks (many chunks from small files)."""
     from tasks.runtime import runtime
 
-    service = runtime.container.services["imports"]
+    service = runtime.container.imports
     old = service.policy
     service.policy = dataclasses.replace(old, chunk_rows=100)
     yield

@@ -19,7 +19,7 @@ from celery.result import AsyncResult
 from app.config import Settings
 from app.container import Container
 from app.db import EngineRegistry
-from app.outbox import OutboxPublisher
+from app.runtime.outbox import OutboxPublisher
 from domains.reports.events import latency_bucket
 from domains.reports.model import Period
 from domains.reports.service import ReportsService
@@ -53,7 +53,7 @@ async def container(settings: Settings) -> AsyncIterator[Container]:
 
 @pytest.fixture
 def reports(container: Container) -> ReportsService:
-    return container.services["reports"]
+    return container.reports
 
 
 def mixed_events(tenant: str, rng: random.Random):

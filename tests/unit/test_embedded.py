@@ -1,4 +1,4 @@
-"""Embedded PostgreSQL/Redis (app.embedded) and the test service helpers."""
+"""Embedded PostgreSQL/Redis (app.runtime.embedded) and the test service helpers."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import asyncpg
 import pytest
 import redis
 
-from app.embedded import find_free_port, start_embedded
+from app.runtime.embedded import find_free_port, start_embedded
 from tests.support import services
 
 

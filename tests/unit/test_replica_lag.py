@@ -1,4 +1,4 @@
-"""Replica lag from WAL positions sampled over time (app.replicas.LagTracker): an idle primary is
+"""Replica lag from WAL positions sampled over time (app.db.replicas.LagTracker): an idle primary is
 no lag, a stalled replica's lag grows from the last position it is known to have replayed, and
 the last replayed commit's time tightens the bound after a quiet period."""
 
@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import math
 
-from app.replicas import LagTracker, parse_lsn
+from app.db.replicas import LagTracker, parse_lsn
 
 
 def test_parse_lsn_reads_both_halves():

@@ -6,7 +6,7 @@ import datetime as dt
 
 import pytest
 
-from domains.platform.schedule_model import (
+from domains.platform.schedules.model import (
     Schedule,
     parse_time_zone,
     validate_cron,

@@ -152,7 +152,7 @@ def test_only_globally_routable_unicast_addresses_pass(address: str, allowed: bo
 
 @pytest.mark.parametrize("address", [a for a, allowed, _ in ADDRESS_TABLE if not allowed])
 async def test_webhook_and_source_urls_share_the_guard(address: str):
-    from app.imports_fetcher import source_guard
+    from app.adapters.imports_fetcher import source_guard
 
     host = f"[{address}]" if ":" in address else address
     for guard in (GUARD, source_guard([], allow_private=False)):
@@ -169,7 +169,7 @@ async def test_source_fetch_connects_to_the_address_the_guard_checked(monkeypatc
     from starlette.responses import PlainTextResponse
     from starlette.routing import Route
 
-    from app.imports_fetcher import HttpSourceFetcher
+    from app.adapters.imports_fetcher import HttpSourceFetcher
     from domains.shared import ssrf
     from tests.support.live_api import serve
 

@@ -1,4 +1,4 @@
-"""The lock and state file of a running ``conveyor up`` (app/stack_state.py), and how other
+"""The lock and state file of a running ``conveyor up`` (app/runtime/stack_state.py), and how other
 commands use them."""
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from app import stack_state
+from app.runtime import stack_state
 
 
 def test_a_second_lock_on_the_same_directory_names_the_running_pid(tmp_path) -> None:
@@ -21,7 +21,7 @@ def test_a_second_lock_on_the_same_directory_names_the_running_pid(tmp_path) -> 
             [
                 sys.executable,
                 "-c",
-                "import pathlib, sys; from app import stack_state\n"
+                "import pathlib, sys; from app.runtime import stack_state\n"
                 "try:\n stack_state.StackLock(pathlib.Path(sys.argv[1])).acquire()\n"
                 "except stack_state.AlreadyRunning as exc:\n print(exc)",
                 str(tmp_path),

@@ -9,8 +9,8 @@ import json
 import sys
 import time
 
-from app import supervisor
-from app.worker_health import write_heartbeat
+from app.runtime import supervisor
+from app.runtime.worker_health import write_heartbeat
 
 
 def _child(tmp_path, name: str) -> tuple[supervisor.Supervisor, supervisor.Child]:

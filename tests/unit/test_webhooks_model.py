@@ -8,7 +8,7 @@ import uuid
 
 import pytest
 
-from app.webhooks_http import parse_retry_after, pinned_url
+from app.adapters.webhooks_http import parse_retry_after, pinned_url
 from domains.shared.errors import Internal, InvalidArgument
 from domains.webhooks import signing
 from domains.webhooks.model import (

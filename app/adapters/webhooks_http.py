@@ -1,0 +1,219 @@
+"""Adapters of the webhooks domain: the HTTP sender (one ``httpx.AsyncClient`` per worker
+process, created lazily on the runtime's event loop) and the Redis rate limiter.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import email.utils
+import ipaddress
+import math
+import os
+import time
+import urllib.parse
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import httpx
+
+from app.config.sections.webhooks import WebhooksSettings
+from domains.shared.ssrf import IpAddress
+from domains.webhooks.model import RESPONSE_BODY_LIMIT, SendResult
+
+
+def parse_retry_after(value: str | None, now: float | None = None) -> float | None:
+    """Parses a ``Retry-After`` header (seconds or an HTTP date).
+
+    Args:
+        value: The header value.
+        now: Current Unix time (default: now).
+
+    Returns:
+        Seconds to wait (>= 0), or ``None`` if absent or unparsable.
+    """
+    if not value:
+        return None
+    value = value.strip()
+    try:
+        seconds = float(value)
+        return max(0.0, seconds) if math.isfinite(seconds) else None
+    except ValueError:
+        pass
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, when.timestamp() - (time.time() if now is None else now))
+
+
+def pinned_url(url: str, address: IpAddress) -> tuple[str, str]:
+    """Rewrites ``url`` to connect to ``address`` (checked by the SSRF guard), so that DNS
+    cannot change between the check and the connection (rebinding).
+
+    Args:
+        url: The endpoint URL.
+        address: The address to connect to.
+
+    Returns:
+        ``(url with the address as host, Host header value)``.
+    """
+    parts = urllib.parse.urlsplit(url)
+    host = str(parts.hostname)
+    literal = f"[{address}]" if isinstance(address, ipaddress.IPv6Address) else str(address)
+    port = f":{parts.port}" if parts.port else ""
+    host_header = (f"[{host}]" if ":" in host else host) + port
+    return urllib.parse.urlunsplit(parts._replace(netloc=literal + port)), host_header
+
+
+class HttpxSender:
+    """Sends webhook requests with one ``httpx.AsyncClient`` per process and event loop.
+
+    The client is created on first use inside the runtime loop (after fork in prefork
+    workers), keeps connections alive across tasks, never follows redirects and ignores proxy
+    environment variables.
+    """
+
+    def __init__(self, settings: WebhooksSettings) -> None:
+        """Creates the sender (no client yet).
+
+        Args:
+            settings: Timeouts and concurrency.
+        """
+        self._settings = settings
+        self._client: httpx.AsyncClient | None = None
+        self._owner: tuple[int, int] | None = None
+
+    def client(self) -> httpx.AsyncClient:
+        """Returns this process's client on the running loop (created lazily).
+
+        Returns:
+            The client.
+        """
+        owner = (os.getpid(), id(asyncio.get_running_loop()))
+        if self._client is None or self._owner != owner:
+            s = self._settings
+            self._client = httpx.AsyncClient(
+                timeout=httpx.Timeout(s.timeout_seconds, connect=s.connect_timeout_seconds),
+                follow_redirects=False,
+                trust_env=False,
+                limits=httpx.Limits(
+                    max_connections=s.max_concurrent_requests,
+                    max_keepalive_connections=s.max_concurrent_requests,
+                ),
+            )
+            self._owner = owner
+        return self._client
+
+    async def aclose(self) -> None:
+        """Closes the client (shutdown, tests)."""
+        if self._client is not None:
+            await self._client.aclose()
+            self._client = None
+
+    async def send(
+        self,
+        url: str,
+        addresses: Sequence[IpAddress],
+        headers: Mapping[str, str],
+        body: bytes,
+    ) -> SendResult:
+        """POSTs ``body`` to ``url`` through the first checked address.
+
+        Args:
+            url: Endpoint URL.
+            addresses: Addresses the guard accepted for its host.
+            headers: Request headers (signatures included).
+            body: Request body.
+
+        Returns:
+            Status, duration (until the response headers), first 4 KB of the body, or the error.
+        """
+        target, host_header = pinned_url(url, addresses[0])
+        request_headers = {**headers, "host": host_header}
+        extensions: dict[str, Any] = {}
+        if url.lower().startswith("https:"):
+            extensions["sni_hostname"] = urllib.parse.urlsplit(url).hostname
+        start = time.perf_counter()
+        try:
+            request = self.client().build_request(
+                "POST", target, content=body, headers=request_headers, extensions=extensions
+            )
+            response = await self.client().send(request, stream=True)
+            duration = (time.perf_counter() - start) * 1000
+            try:
+                data = bytearray()
+                async for chunk in response.aiter_bytes():
+                    data += chunk
+                    if len(data) >= RESPONSE_BODY_LIMIT:
+                        break
+            except httpx.HTTPError:
+                pass  # the status is what counts; a broken body is kept as far as it came
+            finally:
+                await response.aclose()
+            return SendResult(
+                status_code=response.status_code,
+                duration_ms=duration,
+                body=bytes(data[:RESPONSE_BODY_LIMIT]).decode("utf-8", "replace"),
+                retry_after=parse_retry_after(response.headers.get("retry-after")),
+            )
+        except httpx.TimeoutException as exc:
+            return SendResult(
+                None,
+                (time.perf_counter() - start) * 1000,
+                error=f"timeout ({type(exc).__name__}) after {time.perf_counter() - start:.1f}s",
+            )
+        except httpx.HTTPError as exc:
+            return SendResult(
+                None,
+                (time.perf_counter() - start) * 1000,
+                error=f"connection error: {type(exc).__name__}: {exc}"[:500],
+            )
+
+
+class RedisRateLimiter:
+    """A global rate limit per key: fixed windows counted in Redis (shared by all workers)."""
+
+    def __init__(self, url: str, prefix: str = "conveyor:webhooks:rate") -> None:
+        """Creates the limiter (the client is made lazily per process and loop).
+
+        Args:
+            url: Redis URL.
+            prefix: Key prefix.
+        """
+        self._url = url
+        self._prefix = prefix
+        self._client: Any = None
+        self._owner: tuple[int, int] | None = None
+
+    def _redis(self) -> Any:
+        import redis.asyncio as aioredis
+
+        owner = (os.getpid(), id(asyncio.get_running_loop()))
+        if self._client is None or self._owner != owner:
+            self._client = aioredis.Redis.from_url(self._url, socket_connect_timeout=2)
+            self._owner = owner
+        return self._client
+
+    async def acquire(self, key: str, per_second: float) -> float:
+        """Takes a slot in the current window.
+
+        Args:
+            key: E.g. the endpoint id.
+            per_second: Allowed rate.
+
+        Returns:
+            0 if granted, else seconds until the next window.
+        """
+        window = max(1.0, 1.0 / per_second)
+        capacity = max(1, int(per_second * window))
+        now = time.time()
+        index = int(now // window)
+        name = f"{self._prefix}:{key}:{index}"
+        client = self._redis()
+        pipe = client.pipeline()
+        pipe.incr(name)
+        pipe.expire(name, int(window) + 2)
+        count, _ = await pipe.execute()
+        if int(count) <= capacity:
+            return 0.0
+        return (index + 1) * window - now + 0.01

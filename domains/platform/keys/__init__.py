@@ -1,0 +1,1 @@
+"""API keys: creation, listing, revocation and verification of the keys that call the API."""

@@ -1,0 +1,1 @@
+"""Pings: a diagnostic workflow through the whole pipeline (API, outbox, broker, worker)."""
