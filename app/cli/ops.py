@@ -25,11 +25,11 @@ import httpx
 from conveyor_client import ApiError, ConnectionFailed, Conveyor, Operation, RetryPolicy
 
 from app.status.sources import (
-    REDIS_SCHEMES,
     BeatLeadership,
-    amqp_queue_depths,
+    live_workers,
+    queue_depths_for_status,
     read_beat_leadership,
-    redis_queue_depths,
+    unreachable_reason,
 )
 
 DEFAULT_API_URL = "http://127.0.0.1:8000"
@@ -98,14 +98,14 @@ def api_errors(client: Conveyor) -> Iterator[None]:
         cause = exc.__cause__
         if isinstance(cause, httpx.ConnectError):
             raise CliError(
-                f"cannot reach the API at {base} ({_reason(cause)}); is `conveyor api`"
+                f"cannot reach the API at {base} ({unreachable_reason(cause)}); is `conveyor api`"
                 " running there? Set --api-url or CONVEYOR_API_URL"
             ) from None
         if isinstance(cause, httpx.TimeoutException):
             raise CliError(
                 f"the API at {base} did not answer within {client._core.timeout:g} s"
             ) from None
-        raise CliError(f"request to {base} failed: {_reason(cause or exc)}") from None
+        raise CliError(f"request to {base} failed: {unreachable_reason(cause or exc)}") from None
     except ApiError as exc:
         raise CliError(error_line(exc)) from None
 
@@ -127,13 +127,6 @@ def error_line(exc: ApiError) -> str:
     if exc.http_status == 401:
         hint = " (set CONVEYOR_API_KEY to a key from `conveyor keys create`)"
     return f"{exc.http_status} {exc.status}: {exc.message}{hint}"
-
-
-def _reason(exc: BaseException) -> str:
-    text = str(exc) or type(exc).__name__
-    if "refused" in text.lower():
-        return "connection refused"
-    return text.splitlines()[0][:200]
 
 
 def operation_path(name: str) -> str:
@@ -367,36 +360,6 @@ def watch_operation(ctx: click.Context, name: str, interval: float) -> None:
 # -- status ----------------------------------------------------------------------------------
 
 
-def _queue_depths(broker_url: str, queues: list[str], timeout: float) -> dict[str, Any]:
-    """Messages waiting per queue (Redis LLEN over kombu's priority lists; AMQP passive
-    declare). Returns ``{queue: count}``, plus ``"_unacked"`` on Redis (delivered, not acked).
-    """
-    if broker_url.startswith(REDIS_SCHEMES):
-        waiting, unacked = redis_queue_depths(broker_url, queues, timeout, unacked=True)
-        return {**waiting, "_unacked": unacked}
-    from kombu.exceptions import OperationalError
-
-    try:
-        # Any error of a queue's passive declare (NOT_FOUND closes the channel): not declared yet.
-        counts = amqp_queue_depths(broker_url, queues, timeout, absent=(Exception,))
-    except OperationalError as exc:
-        raise ConnectionError(str(exc)) from None
-    return {queue: "not declared" if count is None else count for queue, count in counts.items()}
-
-
-def _workers(celery: Any, timeout: float) -> dict[str, list[str]]:
-    """``{worker: [queues]}`` for the workers answering a ping within ``timeout``."""
-    pongs = celery.control.inspect(timeout=timeout).ping() or {}
-    if not pongs:
-        return {}
-    names = sorted(pongs)
-    queues = (
-        celery.control.inspect(destination=names, timeout=timeout, limit=len(names)).active_queues()
-        or {}
-    )
-    return {name: sorted(q.get("name", "?") for q in queues.get(name) or []) for name in names}
-
-
 async def _outbox_backlog(settings: Any) -> dict[str, tuple[int, dt.datetime | None] | str]:
     from app.config import DOMAINS
     from app.container import DOMAIN_TABLES
@@ -413,7 +376,7 @@ async def _outbox_backlog(settings: Any) -> dict[str, tuple[int, dt.datetime | N
                     repo = SqlOutboxRepository(session, DOMAIN_TABLES[domain].outbox)
                     out[domain] = await asyncio.wait_for(repo.backlog(), timeout=5)
             except Exception as exc:
-                out[domain] = f"unreachable: {_reason(exc)}"
+                out[domain] = f"unreachable: {unreachable_reason(exc)}"
     finally:
         await registry.dispose()
     return out
@@ -427,7 +390,7 @@ async def _beat_leader(settings: Any) -> BeatLeadership | str:
     try:
         return await read_beat_leadership(registry, settings, lease_timeout=5)
     except Exception as exc:
-        return f"unreachable: {_reason(exc)}"
+        return f"unreachable: {unreachable_reason(exc)}"
     finally:
         await registry.dispose()
 
@@ -470,17 +433,17 @@ def status(timeout: float) -> None:
     queues = list(DOMAINS)
 
     try:
-        depths = _queue_depths(broker_url, queues, max(timeout, 1.0))
+        depths = queue_depths_for_status(broker_url, queues, max(timeout, 1.0))
     except Exception as exc:
         depths = {}
-        problems.append(f"broker unreachable: {_reason(exc)}")
+        problems.append(f"broker unreachable: {unreachable_reason(exc)}")
 
     celery = create_celery(settings, results=False)
     try:
-        workers = _workers(celery, timeout) if depths else {}
+        workers = live_workers(celery, timeout) if depths else {}
     except Exception as exc:
         workers = {}
-        problems.append(f"worker inspection failed: {_reason(exc)}")
+        problems.append(f"worker inspection failed: {unreachable_reason(exc)}")
     finally:
         celery.close()
 

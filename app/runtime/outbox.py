@@ -17,9 +17,8 @@ from celery import Celery
 
 from app.adapters.celery_app import create_celery
 from app.config import DOMAINS, Settings
-from app.container import DOMAIN_TABLES
 from app.db import EngineRegistry
-from app.wiring import subscribers
+from app.wiring import domain_tables, subscribers
 from domains.operations.service import OperationsService
 from domains.shared.clock import utcnow
 from domains.shared.driver import autocommit_connection
@@ -29,6 +28,8 @@ from domains.shared.outbox import OutboxMessage, SqlOutboxRepository
 from monitoring.redaction import task_reprs
 
 log = logging.getLogger(__name__)
+_TABLES = domain_tables()
+"""Each domain's tables (outbox, inbox), from the one list of domains."""
 
 BROKER_EPOCH_KEY = "conveyor:broker-epoch"
 """Redis key every publisher sets when it declares the queues. A broker that loses it (FLUSHALL,
@@ -267,7 +268,7 @@ class OutboxPublisher:
                 continue
             event = message.kwargs["event"]
             for consumer in subscribers(str(event["type"])):
-                if DOMAIN_TABLES[consumer].inbox is None:
+                if _TABLES[consumer].inbox is None:
                     continue
                 entry = InboxEntry(
                     event_id=uuid.UUID(str(event["id"])),
@@ -281,7 +282,7 @@ class OutboxPublisher:
             return list(messages), []
         broken: dict[str, str] = {}
         for consumer, entries in by_consumer.items():
-            inbox = DOMAIN_TABLES[consumer].inbox
+            inbox = _TABLES[consumer].inbox
             assert inbox is not None
             try:
                 async with self._registry.sessionmaker(consumer)() as session, session.begin():
@@ -303,7 +304,7 @@ class OutboxPublisher:
     async def _publish(self, domain: str, limit: int) -> tuple[int, int]:
         # The relay: claims due rows older than the grace period (younger ones are the fast
         # path's), publishes them and marks them sent in one transaction.
-        tables = DOMAIN_TABLES[domain]
+        tables = _TABLES[domain]
         maker = self._registry.sessionmaker(domain)
         grace = dt.timedelta(seconds=self._settings.relay_grace_seconds)
         # Idle polls (the usual case: the fast path published everything) cost one indexed
@@ -372,7 +373,7 @@ class OutboxPublisher:
         messages, unreceived = await self._receive_events(written)
         sent, failed = await asyncio.to_thread(self._send_all, messages)
         failed += unreceived
-        tables = DOMAIN_TABLES[domain]
+        tables = _TABLES[domain]
         if sent:
             # One statement in autocommit: no claim, no transaction around the publish.
             engine = self._registry.sessionmaker(domain).kw["bind"]

@@ -153,6 +153,72 @@ def queue_depths(broker_url: str, queues: Sequence[str], timeout: float = 5.0) -
     raise ValueError(f"queue depth: unsupported broker {broker_url.split(':', 1)[0]}://")
 
 
+def unreachable_reason(exc: BaseException) -> str:
+    """A one-line reason for a failed read, for people (no traceback, at most 200 chars).
+
+    Args:
+        exc: The error.
+
+    Returns:
+        ``connection refused`` for a refused connection, else the error's first line.
+    """
+    text = str(exc) or type(exc).__name__
+    if "refused" in text.lower():
+        return "connection refused"
+    return text.splitlines()[0][:200]
+
+
+def queue_depths_for_status(broker_url: str, queues: list[str], timeout: float) -> dict[str, Any]:
+    """Messages waiting per queue, as the status screens show them.
+
+    Redis: ``LLEN`` over kombu's priority lists, plus ``"_unacked"`` (delivered, not acked).
+    AMQP: a passive declare per queue; a queue whose declare fails reads ``"not declared"``.
+
+    Args:
+        broker_url: The broker URL.
+        queues: Queue names.
+        timeout: Connect/socket timeout in seconds.
+
+    Returns:
+        ``{queue: count or "not declared"}`` (and ``"_unacked"`` on Redis).
+
+    Raises:
+        ConnectionError: If an AMQP broker cannot be reached.
+    """
+    if broker_url.startswith(REDIS_SCHEMES):
+        waiting, unacked = redis_queue_depths(broker_url, queues, timeout, unacked=True)
+        return {**waiting, "_unacked": unacked}
+    from kombu.exceptions import OperationalError
+
+    try:
+        # Any error of a queue's passive declare (NOT_FOUND closes the channel): not declared yet.
+        counts = amqp_queue_depths(broker_url, queues, timeout, absent=(Exception,))
+    except OperationalError as exc:
+        raise ConnectionError(str(exc)) from None
+    return {queue: "not declared" if count is None else count for queue, count in counts.items()}
+
+
+def live_workers(celery: Any, timeout: float) -> dict[str, list[str]]:
+    """The workers answering a ping within ``timeout``, with the queues each consumes.
+
+    Args:
+        celery: A Celery app on the broker.
+        timeout: Seconds to wait for the replies.
+
+    Returns:
+        ``{worker: [queues]}``.
+    """
+    pongs = celery.control.inspect(timeout=timeout).ping() or {}
+    if not pongs:
+        return {}
+    names = sorted(pongs)
+    queues = (
+        celery.control.inspect(destination=names, timeout=timeout, limit=len(names)).active_queues()
+        or {}
+    )
+    return {name: sorted(q.get("name", "?") for q in queues.get(name) or []) for name in names}
+
+
 # ------------------------------------------------------------------------------ beat leader
 
 

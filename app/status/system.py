@@ -11,10 +11,14 @@ import asyncio
 import datetime as dt
 from typing import Any
 
-from app.cli import ops as cli_ops
 from app.config import DOMAINS, Settings
 from app.db import EngineRegistry
-from app.status.sources import read_beat_leadership
+from app.status.sources import (
+    live_workers,
+    queue_depths_for_status,
+    read_beat_leadership,
+    unreachable_reason,
+)
 
 
 def _iso(value: dt.datetime | None) -> str | None:
@@ -66,17 +70,17 @@ class SystemStatus:
         now = dt.datetime.now(dt.UTC)
         try:
             depths = await asyncio.to_thread(
-                cli_ops._queue_depths, self._settings.broker(), queues, max(self._timeout, 1.0)
+                queue_depths_for_status, self._settings.broker(), queues, max(self._timeout, 1.0)
             )
         except Exception as exc:
             depths = {}
-            problems.append(f"broker unreachable: {cli_ops._reason(exc)}")
+            problems.append(f"broker unreachable: {unreachable_reason(exc)}")
         workers: dict[str, list[str]] = {}
         if depths:
             try:
-                workers = await asyncio.to_thread(cli_ops._workers, self._celery, self._timeout)
+                workers = await asyncio.to_thread(live_workers, self._celery, self._timeout)
             except Exception as exc:
-                problems.append(f"worker inspection failed: {cli_ops._reason(exc)}")
+                problems.append(f"worker inspection failed: {unreachable_reason(exc)}")
         consuming: dict[str, int] = {q: 0 for q in queues}
         for worker_queues in workers.values():
             for queue in worker_queues:
@@ -97,7 +101,7 @@ class SystemStatus:
                     }
                 )
             except Exception as exc:
-                problems.append(f"{domain} database unreachable: {cli_ops._reason(exc)}")
+                problems.append(f"{domain} database unreachable: {unreachable_reason(exc)}")
                 outbox.append({"domain": domain, "unsent": None, "oldest_time": None})
 
         beat: dict[str, Any] = {"leader": None, "lease_expire_time": None, "nodes": []}
@@ -117,7 +121,7 @@ class SystemStatus:
                 for node in leadership.nodes
             ]
         except Exception as exc:
-            problems.append(f"platform database unreachable: {cli_ops._reason(exc)}")
+            problems.append(f"platform database unreachable: {unreachable_reason(exc)}")
 
         return {
             "queues": [
