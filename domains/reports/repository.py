@@ -87,9 +87,7 @@ class ProjectionRepository(Protocol):
         """Adds an import event to its tenant/dataset/day row."""
         ...
 
-    async def add_endpoint(
-        self, delta: EndpointDelta, event_id: uuid.UUID, now: dt.datetime
-    ) -> None:
+    async def add_endpoint(self, delta: EndpointDelta, now: dt.datetime) -> None:
         """Adds a delivery event to its tenant/endpoint/day row (and its latency sample)."""
         ...
 
@@ -452,14 +450,11 @@ class SqlProjectionRepository:
             )
         )
 
-    async def add_endpoint(
-        self, delta: EndpointDelta, event_id: uuid.UUID, now: dt.datetime
-    ) -> None:
+    async def add_endpoint(self, delta: EndpointDelta, now: dt.datetime) -> None:
         """Adds a delivery event to its tenant/endpoint/day row (and its latency sample).
 
         Args:
             delta: The change.
-            event_id: The event (keys the latency sample).
             now: Current time.
         """
         t = tables.endpoint_daily

@@ -181,7 +181,7 @@ class ReportsService:
             if isinstance(delta, report_events.DatasetDelta):
                 await uow.projections.add_dataset(delta, self._clock())
             elif isinstance(delta, report_events.EndpointDelta):
-                await uow.projections.add_endpoint(delta, event.id, self._clock())
+                await uow.projections.add_endpoint(delta, self._clock())
             await uow.commit()
         if delta is None:
             log.info("event %s of type %s is not tallied by reports; ignored", event.id, event.type)

@@ -156,9 +156,7 @@ class FakeProjectionRepository:
             row[name] += getattr(delta, name)
         row["update_time"] = now
 
-    async def add_endpoint(
-        self, delta: EndpointDelta, event_id: uuid.UUID, now: dt.datetime
-    ) -> None:
+    async def add_endpoint(self, delta: EndpointDelta, now: dt.datetime) -> None:
         """Not faked (latency samples feed SQL percentiles)."""
         raise sql_only("projections.add_endpoint", _PG_TEST)
 
