@@ -154,14 +154,9 @@ class SqlOutboxRepository:
             The claimed messages, oldest first.
         """
         t = self._table
-        now = utcnow()
-        # Delayed rows (available_time in the future) wait for the relay, even on the fast path.
-        query = sa.select(t).where(t.c.sent_time.is_(None), t.c.available_time <= now)
+        query = sa.select(t).where(*self._due(utcnow(), None if ids is not None else grace))
         if ids is not None:
             query = query.where(any_of(t.c.id, ids))
-        else:
-            if grace:
-                query = query.where(t.c.created_time <= now - grace)
         query = query.order_by(t.c.available_time).limit(limit).with_for_update(skip_locked=True)
         rows = (await self._session.execute(query)).mappings().all()
         return [OutboxMessage(**dict(row)) for row in rows]
@@ -179,18 +174,18 @@ class SqlOutboxRepository:
         Returns:
             Whether an unsent row is due and older than ``grace``.
         """
-        t = self._table
-        now = utcnow()
-        due = (
-            sa.select(t.c.id)
-            .where(
-                t.c.sent_time.is_(None),
-                t.c.available_time <= now,
-                t.c.created_time <= now - grace,
-            )
-            .limit(1)
-        )
+        due = sa.select(self._table.c.id).where(*self._due(utcnow(), grace)).limit(1)
         return (await self._session.execute(sa.select(sa.exists(due)))).scalar() is True
+
+    def _due(self, now: dt.datetime, grace: dt.timedelta | None) -> list[sa.ColumnElement[bool]]:
+        # What counts as due, for the claim and the relay's probe alike: unsent, available
+        # (delayed rows wait for the relay, even on the fast path) and, for the relay, older
+        # than the grace period (younger rows are the fast path's).
+        t = self._table
+        due = [t.c.sent_time.is_(None), t.c.available_time <= now]
+        if grace:
+            due.append(t.c.created_time <= now - grace)
+        return due
 
     async def mark_sent(self, ids: Sequence[uuid.UUID], when: dt.datetime) -> None:
         """Marks rows published.
