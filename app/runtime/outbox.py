@@ -391,6 +391,11 @@ class OutboxPublisher:
             log.warning("outbox %s: %d rows not published: %s", domain, len(failed), failed[0][1])
         return len(failed)
 
+    @property
+    def busy(self) -> bool:
+        """Whether a fast-path publish is under way (its background task has not finished)."""
+        return self._drainer is not None and not self._drainer.done()
+
     async def drain(self) -> None:
         """Waits until the fast path has published what it was handed (shutdown, tests)."""
         while self._drainer is not None and not self._drainer.done():
