@@ -92,22 +92,32 @@ async def test_round_trips_per_operation_read(counted: tuple[Container, RoundTri
     assert listed == len(operations.domains), f"round trips per list: {listed}"
 
 
-async def _connections_opened_by_second_burst(settings: Settings, burst: int) -> int:
-    """Connections the engine opens for a second burst of ``burst`` concurrent submits."""
+async def _connections_opened_by_second_burst(
+    settings: Settings, burst: int, *, reads: bool = False
+) -> int:
+    """Connections the engine opens for a second burst of ``burst`` concurrent submits (or
+    operation reads)."""
     import asyncio
 
     from sqlalchemy import event
 
     registry = EngineRegistry(settings)
     try:
-        pings = Container(settings, registry).pings
+        container = Container(settings, registry)
+        pings = container.pings
+        read_me = await pings.create_ping(message="read me")
         opened: list[object] = []
         event.listen(
             registry.engine("platform").sync_engine, "connect", lambda conn, _: opened.append(conn)
         )
 
         async def submit_burst() -> None:
-            await asyncio.gather(*(pings.create_ping(message="burst") for _ in range(burst)))
+            if reads:
+                await asyncio.gather(
+                    *(container.operations.get(read_me.name) for _ in range(burst))
+                )
+            else:
+                await asyncio.gather(*(pings.create_ping(message="burst") for _ in range(burst)))
 
         await submit_burst()  # warm: the pool opens what a burst of this size needs
         opened.clear()
@@ -118,10 +128,12 @@ async def _connections_opened_by_second_burst(settings: Settings, burst: int) ->
 
 
 async def test_a_burst_of_api_concurrency_reuses_pooled_connections(settings: Settings) -> None:
-    # 16 submits in flight (the benchmark's HTTP concurrency) must not open and close a
-    # connection per request once warm: each new connection costs the API a TLS probe, a
-    # startup round trip and its statements prepared again. The control proves the count
-    # sees churn: a pool smaller than the burst opens connections again.
+    # 16 submits (or reads) in flight, the benchmark's HTTP concurrency, must not open and
+    # close a connection per request once warm: each new connection costs the API a TLS probe,
+    # a startup round trip and its statements prepared again. The control proves the count
+    # sees churn: a pool smaller than the reads in flight opens connections again. (Submits
+    # are group committed, one statement at a time, so they need one connection.)
     assert await _connections_opened_by_second_burst(settings, 16) == 0
+    assert await _connections_opened_by_second_burst(settings, 16, reads=True) == 0
     small = settings.model_copy(update={"db_pool_size": 4})
-    assert await _connections_opened_by_second_burst(small, 16) > 0
+    assert await _connections_opened_by_second_burst(small, 16, reads=True) > 0

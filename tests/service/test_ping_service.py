@@ -389,3 +389,60 @@ async def test_claim_below_the_attempt_cap_takes_over_a_dead_attempt(clean_db, c
     )
     result = await container.pings.run_ping(op.id, worker="w")
     assert result["attempt"] == settings.max_attempts
+
+
+async def test_concurrent_submits_are_group_committed_and_a_bad_one_fails_alone(
+    container: Container, pings: PingService
+) -> None:
+    from domains.operations.unit_of_work import group_commit
+
+    committer = group_commit(container.registry.engine("platform"))
+    # A tenant of its own keeps these 49 operations out of the other tests' lists.
+    tenant = "group-commit"
+    first = await pings.create_ping(message="taken", request_id="group-dup", tenant=tenant)
+
+    async def committed(ids: list[uuid.UUID]) -> None:
+        # Every created submit's rows are there: the ping, the operation and its outbox row.
+        rows = await execute(
+            container,
+            "SELECT o.id, count(DISTINCT p.id) AS pings, count(DISTINCT x.id) AS outbox"
+            " FROM platform.operations o JOIN platform.pings p ON p.operation_id = o.id"
+            " JOIN platform.outbox x ON x.operation_id = o.id WHERE o.id = ANY(:ids)"
+            " GROUP BY o.id",
+            ids=ids,
+        )
+        assert {r["id"] for r in rows} == set(ids)
+        assert all(r["pings"] == 1 and r["outbox"] == 1 for r in rows)
+
+    # 24 concurrent submits: one statement runs at a time, the rest wait and go as groups.
+    statements, grouped = committer.statements, committer.grouped
+    clean = await asyncio.gather(
+        *(pings.create_ping(message=f"g{i}", tenant=tenant) for i in range(24))
+    )
+    assert len({op.id for op in clean}) == 24
+    await committed([op.id for op in clean])
+    assert committer.grouped > grouped  # groups formed...
+    assert committer.statements - statements < 24  # ...so fewer statements than submits
+
+    # Again, with one submit reusing a request id with another body (ALREADY_EXISTS) and one
+    # with the same body (the first operation): their group fails as a whole and is written
+    # again one by one, so each gets its own answer and the 22 others are created.
+    regrouped = committer.regrouped
+
+    async def submit(i: int):
+        if i == 5:
+            return await pings.create_ping(
+                message="other body", request_id="group-dup", tenant=tenant
+            )
+        if i == 17:
+            return await pings.create_ping(message="taken", request_id="group-dup", tenant=tenant)
+        return await pings.create_ping(message=f"group {i}", request_id=f"group-{i}", tenant=tenant)
+
+    results = await asyncio.gather(*(submit(i) for i in range(24)), return_exceptions=True)
+    assert committer.regrouped > regrouped  # the fault hit: a group failed
+    assert isinstance(results[5], AlreadyExists)
+    assert results[17].id == first.id
+    created = [r for i, r in enumerate(results) if i not in (5, 17)]
+    assert all(not isinstance(r, BaseException) for r in created), created
+    assert len({r.id for r in created}) == 22
+    await committed([r.id for r in created])
