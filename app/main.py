@@ -350,7 +350,9 @@ def uvicorn_options(settings: Settings) -> dict[str, Any]:
 
     ``timeout_keep_alive`` drops idle connections, ``limit_concurrency`` answers 503 instead of
     queueing without bound, ``h11_max_incomplete_event_size`` caps the request line and headers
-    a client may trickle in. uvicorn has no header/body read timeout: run it behind a proxy
+    a client may trickle in (h11 enforces it itself; the default httptools parser through
+    :class:`~app.adapters.http_protocol.CappedHttpToolsProtocol`). uvicorn has no header/body
+    read timeout: run it behind a proxy
     that has one (see SECURITY.md) where clients are untrusted.
 
     Args:
@@ -359,12 +361,15 @@ def uvicorn_options(settings: Settings) -> dict[str, Any]:
     Returns:
         Keyword arguments for ``uvicorn.run``.
     """
+    from app.adapters.http_protocol import CappedHttpToolsProtocol
+
     security = settings.security
+    http: Any = "h11" if security.uvicorn_http == "h11" else CappedHttpToolsProtocol
     return {
         "timeout_keep_alive": security.uvicorn_timeout_keep_alive_seconds,
         "limit_concurrency": security.uvicorn_limit_concurrency,
         "backlog": security.uvicorn_backlog,
-        "http": security.uvicorn_http,
+        "http": http,
         "h11_max_incomplete_event_size": security.uvicorn_h11_max_incomplete_event_size,
         "timeout_graceful_shutdown": security.uvicorn_timeout_graceful_shutdown_seconds,
         "server_header": False,

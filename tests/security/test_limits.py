@@ -12,6 +12,7 @@ import redis
 
 from api import pagination
 from api.limits import BodyLimitMiddleware, TokenBucketLimiter, flat_routes
+from app.adapters.http_protocol import CappedHttpToolsProtocol
 from app.main import rate_limit_redis, uvicorn_options
 from app.runtime.embedded import find_free_port
 from tests.security.support import api, bearer, new_key
@@ -117,7 +118,12 @@ def test_uvicorn_is_started_with_slow_client_limits(settings):
     assert options["limit_concurrency"] == 1000
     assert options["h11_max_incomplete_event_size"] == 16 * 1024
     assert options["server_header"] is False
-    assert options["http"] == "h11"  # enforces the header buffer cap
+    # The fast parser, with the header buffer cap h11 has (tested on a live process below).
+    assert options["http"] is CappedHttpToolsProtocol
+    h11 = settings.model_copy(
+        update={"security": settings.security.model_copy(update={"uvicorn_http": "h11"})}
+    )
+    assert uvicorn_options(h11)["http"] == "h11"
     import inspect
 
     import uvicorn
@@ -168,6 +174,42 @@ def test_conveyor_api_refuses_endless_headers_and_hides_its_server_name(spawn):
         sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Slow: " + b"a" * 20000)
         answer = sock.recv(1000)
     assert answer.startswith(b"HTTP/1.1 400"), answer
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        # The same, trickled in small writes (each under the cap): refused once the sum is over.
+        sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Slow: ")
+        answer = b""
+        for _ in range(100):
+            try:
+                sock.sendall(b"a" * 500)
+            except OSError:  # closed by the server: the answer is waiting
+                break
+            time.sleep(0.01)
+            sock.setblocking(False)
+            try:
+                answer = sock.recv(1000)
+            except BlockingIOError:
+                pass
+            finally:
+                sock.setblocking(True)
+            if answer:
+                break
+        if not answer:
+            answer = sock.recv(1000)
+    assert answer.startswith(b"HTTP/1.1 400"), answer
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        # Controls: a large head under the cap is served, and so is a body past the head cap
+        # sent in the same write as the head.
+        sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 10000 + b"\r\n\r\n")
+        answer = sock.recv(1000)
+        assert answer.startswith(b"HTTP/1.1 200"), answer
+        body = b'{"message": "' + b"b" * 30000 + b'"}'
+        sock.sendall(
+            b"POST /v1/pings HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            b"Content-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body
+        )
+        answer = sock.recv(1000)
+    # Past the head cap, the body reached the app: its answer (no key: 401), not the parser's.
+    assert answer.startswith(b"HTTP/1.1 401"), answer
     with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
         sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
         answer = sock.recv(1000)

@@ -103,9 +103,9 @@ class SecuritySettings(BaseModel):
         " are refused).",
     )
     uvicorn_http: Literal["h11", "httptools"] = Field(
-        default="h11",
-        description="HTTP parser: h11 enforces uvicorn_h11_max_incomplete_event_size (httptools is"
-        " faster but does not cap headers this way).",
+        default="httptools",
+        description="HTTP parser: httptools (C, faster) or h11 (pure Python); both refuse a"
+        " request line + headers over uvicorn_h11_max_incomplete_event_size.",
     )
     uvicorn_timeout_graceful_shutdown_seconds: int = Field(
         default=30,
