@@ -18,6 +18,10 @@ In one run, on the same machine and PostgreSQL server:
 4. print rows/s of both, the ratio (target >= 0.5x) and the peak RSS of the worker's pool
    processes (sampled every 100 ms; target < 300 MB).
 
+With ``BENCH_DEBUG=1`` it also prints the CPU seconds of the API, worker and relay processes,
+the operation's metadata, and when the import was first seen running, with its rows counted,
+with every chunk done, and done.
+
 A fresh database is created (real migrations) and dropped at the end, also on error; Redis uses
 an idle database index, flushed before and after. Authentication is turned off for the
 benchmark's API process (``CONVEYOR_SECURITY__AUTH_REQUIRED=false``).
@@ -150,7 +154,7 @@ async def conveyor_run(
             "INFO",  # the " ready." line the clock waits for is an INFO line
         ],
     )
-    procs.start("relay", [sys.executable, "-m", "app.cli", "relay"])
+    relay = procs.start("relay", [sys.executable, "-m", "app.cli", "relay"])
     await wait_http_ready(api, base, 60)
     await asyncio.to_thread(worker.wait_for_log, " ready.", 60)  # pool up before the clock
     async with httpx.AsyncClient(base_url=base, timeout=600) as client:
@@ -167,6 +171,7 @@ async def conveyor_run(
                     yield block
 
         with RssSampler(worker.popen.pid) as rss:
+            cpu_before = {p.name: p.cpu() for p in (api, worker, relay)}
             started = time.perf_counter()
             response = await client.post(
                 f"/v1/datasets/{dataset['id']}/imports",
@@ -178,15 +183,33 @@ async def conveyor_run(
             name = response.json()["name"].removeprefix("operations/")
             # A short poll, not :wait: the server's long-poll backs off to 1 s between its
             # checks, which would pad the clock by up to a second.
+            marks: dict[str, float] = {}  # BENCH_DEBUG: when each step was first seen
             while True:
                 op = (await client.get(f"/v1/operations/{name}")).json()
                 if op.get("done"):
                     break
+                progress = op["metadata"].get("progress") or {}
+                step = (
+                    "chunks done"
+                    if progress.get("total") and progress.get("done") == progress.get("total")
+                    else "rows counted"  # split done (or the first chunk, if throttled)
+                    if progress.get("total")
+                    else "running"
+                    if op["metadata"].get("state") == "RUNNING"
+                    else None
+                )
+                if step:
+                    marks.setdefault(step, time.perf_counter() - started)
                 await asyncio.sleep(POLL_SECONDS)
             elapsed = time.perf_counter() - started
+            cpu = {p.name: p.cpu() - cpu_before[p.name] for p in (api, worker, relay)}
         if os.environ.get("BENCH_DEBUG"):
+            print(
+                "CPU seconds: " + ", ".join(f"{k} {v:.2f}" for k, v in cpu.items()), file=sys.stderr
+            )
             print(json.dumps(op["metadata"], indent=1), file=sys.stderr)
-            print(worker.tail(6000), file=sys.stderr)
+            for step, at in [*marks.items(), ("done", elapsed)]:
+                print(f"{at:6.2f} s  {step}", file=sys.stderr)
         if op["metadata"]["state"] != "SUCCEEDED":
             raise RuntimeError(f"import ended {op['metadata']['state']}: {op.get('error')}")
         if op["response"]["rows_accepted"] != rows:
@@ -212,9 +235,14 @@ def main() -> None:
     parser.add_argument("--rows", type=int, default=1_000_000)
     parser.add_argument("--chunk-rows", type=int, default=50_000)
     parser.add_argument("--json", help="also write the figures to this file")
+    parser.add_argument(
+        "--redis-db", type=int, help="Redis database index to use (default: an idle one)"
+    )
     args = parser.parse_args()
     admin_url = os.environ.get("CONVEYOR_BENCH_DATABASE_URL", DEFAULT_ADMIN_URL)
-    broker = pick_redis_db(os.environ.get("CONVEYOR_BENCH_BROKER_URL", DEFAULT_BROKER_URL), None)
+    broker = pick_redis_db(
+        os.environ.get("CONVEYOR_BENCH_BROKER_URL", DEFAULT_BROKER_URL), args.redis_db
+    )
     name = f"conveyor_bench_{secrets.token_hex(4)}"
     with tempfile.TemporaryDirectory(prefix="conveyor-imports-bench-") as tmp:
         workdir = pathlib.Path(tmp)

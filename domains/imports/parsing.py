@@ -575,8 +575,11 @@ def _plan_csv_body(
                 return None
         lines = block.split(b"\n")
         last = lines.pop()  # b"" after a final newline, else the file's unterminated last line
-        # The line-by-line pass refuses a line (newline included) over MAX_LINE_BYTES.
-        if max(map(len, lines), default=0) >= MAX_LINE_BYTES or len(last) > MAX_LINE_BYTES:
+        # The line-by-line pass refuses a line (newline included) over MAX_LINE_BYTES (no
+        # line of a block shorter than that can be: no need to measure each).
+        if len(block) >= MAX_LINE_BYTES and (
+            max(map(len, lines), default=0) >= MAX_LINE_BYTES or len(last) > MAX_LINE_BYTES
+        ):
             return None
         base = offset
         terminated = len(lines)

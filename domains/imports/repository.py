@@ -323,6 +323,42 @@ class ImportsRepository(Protocol):
         """Merges one chunk's staged rows into the dataset's records table by key."""
         ...
 
+    async def create_load_table(self, import_id: uuid.UUID, fields: Sequence[FieldDef]) -> None:
+        """Creates an import's load table (chunks COPY into it; the finalize swaps it in)."""
+        ...
+
+    async def relax_commit(self) -> None:
+        """Lets the transaction's commit return before its WAL is flushed (chunk writes)."""
+        ...
+
+    async def has_load_table(self, import_id: uuid.UUID) -> bool:
+        """Whether the import loads into a load table not swapped in yet."""
+        ...
+
+    async def copy_loaded(
+        self,
+        import_id: uuid.UUID,
+        columns: Sequence[str],
+        rows: Sequence[tuple[Any, ...]] = (),
+        payload: Any = b"",
+    ) -> None:
+        """Bulk-loads a chunk's valid rows into the import's load table with COPY."""
+        ...
+
+    async def swap_in_load_table(self, import_id: uuid.UUID, dataset: Dataset) -> bool:
+        """Makes the load table the records table when exact (unique keys, no records)."""
+        ...
+
+    async def merge_load(
+        self, import_id: uuid.UUID, dataset: Dataset, now: dt.datetime, *, plain: bool
+    ) -> int:
+        """Merges the load table into the records table by key, then drops it."""
+        ...
+
+    async def mark_loaded_chunks_merged(self, import_id: uuid.UUID, inserted: int | None) -> None:
+        """Marks every DONE chunk MERGED after the load table went in."""
+        ...
+
     async def add_record_count(self, dataset_id: uuid.UUID, inserted: int) -> int:
         """Grows a dataset's ``record_count`` by the records a merge inserted."""
         ...
@@ -1079,12 +1115,28 @@ class SqlImportsRepository:
         Returns:
             Records inserted (not updated): what ``record_count`` grows by.
         """
+        staged = self._staging(import_id, chunk_no, dataset.fields)
+        return await self._merge_from(
+            staged, staged.c.line, import_id, dataset, now, plain=plain, keys_sorted=keys_sorted
+        )
+
+    async def _merge_from(
+        self,
+        staged: sa.Table,
+        line: Any,
+        import_id: uuid.UUID,
+        dataset: Dataset,
+        now: dt.datetime,
+        *,
+        plain: bool,
+        keys_sorted: bool,
+    ) -> int:
+        """The merge of :meth:`merge_chunk` from any table of staged rows (see there)."""
         records = self._records(dataset)
         names = [f.name for f in dataset.fields]
-        staged = self._staging(import_id, chunk_no, dataset.fields)
         latest = sa.select(
             staged.c[tables.KEY],
-            staged.c.line,
+            line,
             sa.literal(import_id, records.c[tables.IMPORT_ID].type),
             sa.literal(now, records.c[tables.UPDATE_TIME].type),
             *(staged.c[n] for n in names),
@@ -1095,7 +1147,7 @@ class SqlImportsRepository:
                 # keys are equal under it exactly when they are under the column's
                 # (deterministic) collation, and every merge inserts in this one order.
                 latest.distinct(staged.c[tables.KEY].collate("C")).order_by(
-                    staged.c[tables.KEY].collate("C"), staged.c.line.desc()
+                    staged.c[tables.KEY].collate("C"), line.desc()
                 )
             )
             # A bigger sort budget for this transaction only: the DISTINCT ON sort of a large
@@ -1118,6 +1170,216 @@ class SqlImportsRepository:
             sa.select(sa.func.count().filter(merged.c.inserted)), execution_options=_ONE_OFF
         )
         return int(result.scalar() or 0)
+
+    # ---- direct load: one import-wide table that becomes the records table -------------
+
+    @staticmethod
+    def load_table(import_id: uuid.UUID) -> str:
+        """Returns the name of an import's load table (hex digits only: safe to quote).
+
+        Args:
+            import_id: The import.
+
+        Returns:
+            ``staged_<32 hex digits>_load``: it shares the prefix of the import's staging
+            tables, so everything that drops those (cancel, failure, retry, dataset delete)
+            drops it too.
+        """
+        return f"staged_{import_id.hex}_load"
+
+    @classmethod
+    def _load(cls, import_id: uuid.UUID, fields: Sequence[FieldDef] = ()) -> sa.Table:
+        return load_table_for(cls.load_table(import_id), import_id, fields)
+
+    async def relax_commit(self) -> None:
+        """Lets this transaction's commit return before its WAL is flushed to disk.
+
+        For a chunk's transaction only: what it writes (staged or loaded rows, row errors,
+        the chunk DONE) is derived from the stored file. A PostgreSQL crash can lose the
+        last such commits, never part of one: their chunks are simply not DONE and run again
+        (the sweeper re-dispatches the import). Any later synchronous commit (the finalize)
+        flushes them first, so a completed import never depends on one.
+        """
+        await self._session.execute(sa.text("SET LOCAL synchronous_commit = off"))
+
+    async def create_load_table(self, import_id: uuid.UUID, fields: Sequence[FieldDef]) -> None:
+        """Creates an import's load table (in the split's transaction).
+
+        Shaped exactly like the dataset's records table (same columns, same order, LOGGED)
+        but without an index: chunk tasks COPY their valid rows straight into it, and the
+        finalize makes it the records table (:meth:`swap_in_load_table`) instead of copying
+        the rows a second time. ``$import_id`` and ``$update_time`` are filled by column
+        defaults (the import, the chunk's commit time); the swap drops the defaults.
+
+        Args:
+            import_id: The import.
+            fields: The dataset's declared fields.
+        """
+        await self._session.execute(
+            sa.schema.CreateTable(self._load(import_id, fields), if_not_exists=True)
+        )
+
+    async def has_load_table(self, import_id: uuid.UUID) -> bool:
+        """Whether the import loads into a load table (created by its split, not swapped yet).
+
+        Args:
+            import_id: The import.
+
+        Returns:
+            True if the table exists.
+        """
+        exists = await self._session.execute(
+            sa.text("SELECT to_regclass(:n) IS NOT NULL"),
+            {"n": f'{tables.SCHEMA}."{self.load_table(import_id)}"'},
+        )
+        return bool(exists.scalar())
+
+    async def copy_loaded(
+        self,
+        import_id: uuid.UUID,
+        columns: Sequence[str],
+        rows: Sequence[tuple[Any, ...]] = (),
+        payload: Any = b"",
+    ) -> None:
+        """Bulk-loads a chunk's valid rows into the import's load table with COPY.
+
+        Args:
+            import_id: The import.
+            columns: Column names as for :meth:`copy_staged` (``line``, ``$key``, fields).
+            rows: Tuples of Python values of the column types (JSONL path).
+            payload: COPY text-format bytes (CSV path, see :meth:`copy_staged_text`).
+        """
+        names = [tables.LINE if c == "line" else c for c in columns]
+        if not rows and not len(payload):
+            return
+        driver = await self._driver()
+        if rows:
+            await driver.copy_records_to_table(
+                self.load_table(import_id),
+                schema_name=tables.SCHEMA,
+                columns=names,
+                records=rows,
+            )
+        if len(payload):
+            await driver.copy_to_table(
+                self.load_table(import_id),
+                schema_name=tables.SCHEMA,
+                columns=names,
+                source=memoryview(payload),
+                format="text",
+            )
+
+    async def swap_in_load_table(self, import_id: uuid.UUID, dataset: Dataset) -> bool:
+        """Makes an import's load table the dataset's records table, if that is exact.
+
+        Exact when no key occurs twice in the load table (its unique key index builds) and
+        the records table is empty (checked under an ACCESS EXCLUSIVE lock, so no merge of
+        another import is in flight into it). Then the empty records table is dropped and the
+        load table renamed in its place, with the records table's indexes: the import's rows
+        are written once, by the chunks' COPY. Everything runs under a savepoint: when it is
+        not exact, nothing has changed and the caller merges instead.
+
+        Args:
+            import_id: The import.
+            dataset: The dataset.
+
+        Returns:
+            True if swapped (every loaded row is now a record), False if nothing changed.
+        """
+        load = self._load(import_id, dataset.fields)
+        records = self._records(dataset)
+        key_index = f"{records.name}_key"
+        temporary = f"{load.name}_key"
+        try:
+            async with self._session.begin_nested():
+                # Before the lock on the records table: readers wait only for the swap.
+                await self._session.execute(
+                    sa.schema.CreateIndex(sa.Index(temporary, load.c[tables.KEY], unique=True)),
+                    execution_options=_ONE_OFF,
+                )
+                await self._session.execute(
+                    sa.text(f"LOCK TABLE {self._quoted(records)} IN ACCESS EXCLUSIVE MODE"),
+                    execution_options=_ONE_OFF,
+                )
+                if await self.has_records(dataset.id):
+                    raise _NotSwapped
+                await self._session.execute(sa.schema.DropTable(records))
+                await self._session.execute(
+                    tables.RenameTable(load, tables.records_table_name(dataset.id)),
+                    execution_options=_ONE_OFF,
+                )
+                await self._session.execute(
+                    tables.RenameIndex(tables.SCHEMA, temporary, key_index),
+                    execution_options=_ONE_OFF,
+                )
+                await self._session.execute(
+                    tables.DropColumnDefaults(records, [tables.IMPORT_ID, tables.UPDATE_TIME]),
+                    execution_options=_ONE_OFF,
+                )
+                for index in sorted(records.indexes, key=lambda i: str(i.name)):
+                    if index.name != key_index:
+                        await self._session.execute(sa.schema.CreateIndex(index))
+        except _NotSwapped:
+            return False
+        except sa.exc.IntegrityError as exc:
+            if getattr(exc.orig, "sqlstate", None) != "23505":
+                raise
+            return False
+        return True
+
+    @staticmethod
+    def _quoted(table: sa.Table) -> str:
+        # Names of hex digits and a fixed prefix only (see load_table, records_table_name).
+        return f'{table.schema}."{table.name}"'
+
+    async def merge_load(
+        self, import_id: uuid.UUID, dataset: Dataset, now: dt.datetime, *, plain: bool
+    ) -> int:
+        """Merges an import's load table into the records table (when it cannot be swapped
+        in: a key occurs twice, or the dataset holds records), in one statement, with the
+        ``DISTINCT ON`` and the line-order guard of :meth:`merge_chunk`; then drops it.
+
+        Args:
+            import_id: The import.
+            dataset: The dataset.
+            now: Update time.
+            plain: Try the plain INSERT first (see :meth:`merge_chunk`).
+
+        Returns:
+            Records inserted (not updated).
+        """
+        load = self._load(import_id, dataset.fields)
+        # Duplicate keys are the common reason to be here: no point reading them as unique.
+        inserted = await self._merge_from(
+            load, load.c[tables.LINE], import_id, dataset, now, plain=plain, keys_sorted=False
+        )
+        await self._session.execute(sa.schema.DropTable(load, if_exists=True))
+        return inserted
+
+    async def mark_loaded_chunks_merged(self, import_id: uuid.UUID, inserted: int | None) -> None:
+        """Marks every DONE chunk of an import MERGED after its load table went in.
+
+        Args:
+            import_id: The import.
+            inserted: Records the merge inserted, booked on the first chunk; ``None`` after a
+                swap (each chunk inserted its accepted rows).
+        """
+        t = tables.import_chunks
+        query = sa.update(t).where(t.c.import_id == import_id, t.c.state == "DONE")
+        if inserted is None:
+            await self._session.execute(
+                query.values(state="MERGED", rows_inserted=t.c.rows_accepted)
+            )
+            return
+        first = (
+            sa.select(sa.func.min(t.c.chunk_no)).where(t.c.import_id == import_id).scalar_subquery()
+        )
+        await self._session.execute(
+            query.values(
+                state="MERGED",
+                rows_inserted=sa.case((t.c.chunk_no == first, inserted), else_=0),
+            )
+        )
 
     @staticmethod
     def _upsert(insert: Any, records: sa.Table) -> Any:
@@ -1399,4 +1661,42 @@ def staging_table_for(name: str, fields: Sequence[FieldDef] = ()) -> sa.Table:
         *(sa.Column(f.name, tables.SQL_TYPES[f.type]) for f in fields),
         schema=tables.SCHEMA,
         prefixes=["UNLOGGED"],
+    )
+
+
+class _NotSwapped(Exception):
+    """The records table holds rows: the load table is merged instead (savepoint undone)."""
+
+
+def load_table_for(name: str, import_id: uuid.UUID, fields: Sequence[FieldDef] = ()) -> sa.Table:
+    """Describes an import's load table: the records table's columns, in its order, LOGGED,
+    without an index; ``$import_id`` defaults to the import, ``$update_time`` to ``now()``.
+
+    Args:
+        name: Its name (``staged_<32 hex digits>_load``).
+        import_id: The import (the default of ``$import_id``).
+        fields: The dataset's declared fields (none: enough to count or drop it).
+
+    Returns:
+        A Table on its own MetaData, in the ``imports`` schema.
+    """
+    return sa.Table(
+        name,
+        sa.MetaData(),
+        sa.Column(tables.KEY, sa.Text, nullable=False),
+        sa.Column(tables.LINE, sa.BigInteger, nullable=False),
+        sa.Column(
+            tables.IMPORT_ID,
+            pg.UUID(as_uuid=True),
+            nullable=False,
+            server_default=sa.text(f"'{import_id}'::uuid"),
+        ),
+        sa.Column(
+            tables.UPDATE_TIME,
+            sa.DateTime(timezone=True),
+            nullable=False,
+            server_default=sa.func.now(),
+        ),
+        *(sa.Column(f.name, tables.SQL_TYPES[f.type]) for f in fields),
+        schema=tables.SCHEMA,
     )

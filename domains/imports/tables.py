@@ -243,3 +243,66 @@ def _compile_add_column(element: AddColumn, compiler: Any, **kw: Any) -> str:
         f"ALTER TABLE {preparer.format_table(element.table)}"
         f" ADD COLUMN {preparer.format_column(element.column)} {column_type}"
     )
+
+
+class RenameTable(sa.schema.ExecutableDDLElement):
+    """``ALTER TABLE ... RENAME TO ...`` (the direct load swaps its load table in).
+
+    Compiled by the dialect, so both names are quoted by its identifier preparer.
+    """
+
+    inherit_cache = False
+
+    def __init__(self, table: sa.Table, new_name: str) -> None:
+        """Args: table: The table renamed. new_name: Its new name (same schema)."""
+        self.table = table
+        self.new_name = new_name
+
+
+@compiles(RenameTable)
+def _compile_rename_table(element: RenameTable, compiler: Any, **kw: Any) -> str:
+    preparer = compiler.preparer
+    return (
+        f"ALTER TABLE {preparer.format_table(element.table)}"
+        f" RENAME TO {preparer.quote(element.new_name)}"
+    )
+
+
+class RenameIndex(sa.schema.ExecutableDDLElement):
+    """``ALTER INDEX schema.name RENAME TO ...``, names quoted by the dialect."""
+
+    inherit_cache = False
+
+    def __init__(self, schema: str, name: str, new_name: str) -> None:
+        """Args: schema: The index's schema. name: Its name. new_name: Its new name."""
+        self.schema = schema
+        self.name = name
+        self.new_name = new_name
+
+
+@compiles(RenameIndex)
+def _compile_rename_index(element: RenameIndex, compiler: Any, **kw: Any) -> str:
+    preparer = compiler.preparer
+    return (
+        f"ALTER INDEX {preparer.quote_schema(element.schema)}.{preparer.quote(element.name)}"
+        f" RENAME TO {preparer.quote(element.new_name)}"
+    )
+
+
+class DropColumnDefaults(sa.schema.ExecutableDDLElement):
+    """``ALTER TABLE ... ALTER COLUMN ... DROP DEFAULT, ...``, names quoted by the dialect."""
+
+    inherit_cache = False
+
+    def __init__(self, table: sa.Table, columns: Sequence[str]) -> None:
+        """Args: table: The table altered. columns: Names of its columns to drop defaults of."""
+        self.table = table
+        self.columns = list(columns)
+
+
+@compiles(DropColumnDefaults)
+def _compile_drop_column_defaults(element: DropColumnDefaults, compiler: Any, **kw: Any) -> str:
+    preparer = compiler.preparer
+    return f"ALTER TABLE {preparer.format_table(element.table)} " + ", ".join(
+        f"ALTER COLUMN {preparer.quote(name)} DROP DEFAULT" for name in element.columns
+    )

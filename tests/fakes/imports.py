@@ -275,6 +275,42 @@ class FakeImportsRepository:
         """Not faked (PostgreSQL only)."""
         raise sql_only("imports.merge_chunk", _PG_TEST)
 
+    async def create_load_table(self, import_id: uuid.UUID, fields: Sequence[FieldDef]) -> None:
+        """Not faked (PostgreSQL only)."""
+        raise sql_only("imports.create_load_table", _PG_TEST)
+
+    async def relax_commit(self) -> None:
+        """Not faked (PostgreSQL only)."""
+        raise sql_only("imports.relax_commit", _PG_TEST)
+
+    async def has_load_table(self, import_id: uuid.UUID) -> bool:
+        """Not faked (PostgreSQL only)."""
+        raise sql_only("imports.has_load_table", _PG_TEST)
+
+    async def copy_loaded(
+        self,
+        import_id: uuid.UUID,
+        columns: Sequence[str],
+        rows: Sequence[tuple[Any, ...]] = (),
+        payload: Any = b"",
+    ) -> None:
+        """Not faked (PostgreSQL only)."""
+        raise sql_only("imports.copy_loaded", _PG_TEST)
+
+    async def swap_in_load_table(self, import_id: uuid.UUID, dataset: Dataset) -> bool:
+        """Not faked (PostgreSQL only)."""
+        raise sql_only("imports.swap_in_load_table", _PG_TEST)
+
+    async def merge_load(
+        self, import_id: uuid.UUID, dataset: Dataset, now: dt.datetime, *, plain: bool
+    ) -> int:
+        """Not faked (PostgreSQL only)."""
+        raise sql_only("imports.merge_load", _PG_TEST)
+
+    async def mark_loaded_chunks_merged(self, import_id: uuid.UUID, inserted: int | None) -> None:
+        """Not faked (PostgreSQL only)."""
+        raise sql_only("imports.mark_loaded_chunks_merged", _PG_TEST)
+
     async def add_record_count(self, dataset_id: uuid.UUID, inserted: int) -> int:
         """Not faked (PostgreSQL only)."""
         raise sql_only("imports.add_record_count", _PG_TEST)

@@ -92,6 +92,12 @@ async def count_records(container: Container, dataset_id: uuid.UUID) -> int:
     return int(rows[0][0])
 
 
+def per_chunk_staging(imports: ImportsService) -> None:
+    """Stages each chunk in its own table and merges chunk by chunk, as into a dataset that
+    holds records (not the direct load into an empty one)."""
+    imports.policy = dataclasses.replace(imports.policy, direct_load=False)
+
+
 async def test_dataset_crud_is_per_tenant(imports: ImportsService):
     dataset = await imports.create_dataset(
         tenant="t1", display_name="Orders", fields=FIELDS, key_field="id"
@@ -170,6 +176,7 @@ async def test_schema_changes_that_break_stored_records_are_refused(
 async def test_each_chunk_applies_once_and_records_appear_only_at_finalize(
     imports: ImportsService, container: Container
 ):
+    per_chunk_staging(imports)
     generated = generate_csv(230, bad_every=10)
     data = b"id,amount,country\n" + b"".join(
         b"%s,%s,%s\n" % (line.split(b",")[0], line.split(b",")[1], line.split(b",")[3])
@@ -501,6 +508,7 @@ async def test_last_line_of_a_key_wins_across_chunks_and_record_count_follows_up
 async def test_staged_rows_lost_with_the_unlogged_table_fail_the_import_not_merge_part(
     imports: ImportsService, container: Container
 ):
+    per_chunk_staging(imports)
     dataset_id, op_id = await new_import(imports, b"id,amount\na,1\nb,2\n")
     launched = await imports.run_import(op_id)
     for chunk in launched["launch"]:
@@ -558,6 +566,7 @@ async def test_duplicate_key_split_across_chunks_keeps_the_later_line_in_any_mer
 async def test_merged_chunks_are_applied_once_and_a_cancel_after_the_first_merge_completes(
     imports: ImportsService, container: Container, monkeypatch: pytest.MonkeyPatch
 ):
+    per_chunk_staging(imports)
     _merge_order(monkeypatch, imports, reverse=False)
     rows = "".join(f"k{i},{i}\n" for i in range(150))
     dataset_id, op_id = await new_import(imports, ("id,amount\n" + rows).encode())
@@ -680,3 +689,200 @@ async def test_cells_passed_as_text_to_typed_columns_store_the_converters_values
         o=op.id,
     )
     assert flags and all(f[0] for f in flags), "distinct keys: merged without a sort"
+
+
+# ---- direct load: chunks COPY into one load table, swapped in for an empty dataset --------
+
+
+def load_table(import_id: uuid.UUID) -> str:
+    return f"{staging_table(import_id)}_load"
+
+
+async def table_exists(container: Container, name: str) -> bool:
+    rows = await execute(container, "SELECT to_regclass(:n) IS NOT NULL", n=f'imports."{name}"')
+    return bool(rows[0][0])
+
+
+async def import_of(imports: ImportsService, dataset_id: uuid.UUID, op_id: uuid.UUID) -> Any:
+    items, _ = await imports.list_imports("t1", dataset_id, page_size=50, after_id=None)
+    return next(i for i in items if i.operation_id == op_id)
+
+
+async def test_direct_load_swaps_the_load_table_in_once_and_nothing_is_visible_before(
+    imports: ImportsService, container: Container, monkeypatch: pytest.MonkeyPatch
+):
+    fields = [*FIELDS[:2], dataclasses.replace(FIELDS[2], indexed=True)]
+    dataset = await imports.create_dataset(
+        tenant="t1", display_name="d", fields=fields, key_field="id"
+    )
+    rows = "".join(f"k{i:03d},{i},{('DE', 'FR')[i % 2]}\n" for i in range(150))
+    op = await imports.create_import(
+        tenant="t1",
+        dataset_id=dataset.id,
+        stored=await stored(imports, ("id,amount,country\n" + rows).encode()),
+    )
+    launched = await imports.run_import(op.id)
+    item = await import_of(imports, dataset.id, op.id)
+    assert await table_exists(container, load_table(item.id)), "empty dataset: direct load"
+    for chunk in launched["launch"]:
+        await imports.process_chunk(op.id, launched["attempt"], chunk)
+        assert (await imports.process_chunk(op.id, launched["attempt"], chunk))["skipped"]
+    loaded = await execute(container, f'SELECT count(*) FROM imports."{load_table(item.id)}"')
+    assert loaded[0][0] == 150, "each chunk COPYed once"
+    assert await count_records(container, dataset.id) == 0, "nothing visible before finalize"
+    with pytest.raises(NotFound):  # a statement prepared before the swap still works after
+        await imports.get_record(dataset, "k007")
+    # Killed inside the swap's transaction (after the swap, before its commit): nothing of it
+    # stays, and the next finalize does it once.
+    original = SqlImportsRepository.mark_loaded_chunks_merged
+
+    async def dies(self: SqlImportsRepository, *args: Any, **kwargs: Any) -> None:
+        raise TransientError("the backend went away")
+
+    monkeypatch.setattr(SqlImportsRepository, "mark_loaded_chunks_merged", dies)
+    with pytest.raises(TransientError):
+        await imports.finalize(op.id, launched["attempt"])
+    assert await count_records(container, dataset.id) == 0
+    assert await table_exists(container, load_table(item.id))
+    monkeypatch.setattr(SqlImportsRepository, "mark_loaded_chunks_merged", original)
+    response = await imports.finalize(op.id, launched["attempt"])
+    assert response["rows_accepted"] == 150
+    assert (await imports.finalize(op.id, launched["attempt"]))["skipped"]
+    assert await count_records(container, dataset.id) == 150
+    dataset = await imports.get_dataset("t1", dataset.id)
+    assert dataset.record_count == 150
+    assert (await imports.get_record(dataset, "k007"))["data"] == {
+        "id": "k007",
+        "amount": 7,
+        "country": "FR",
+    }
+    tables_left = await execute(container, STAGING_TABLES_SQL, n=staging_table(item.id))
+    assert tables_left[0][0] == 0, "the load table became the records table"
+    indexes = await execute(
+        container,
+        "SELECT indexname, indexdef FROM pg_indexes WHERE schemaname = 'imports'"
+        " AND tablename = :t ORDER BY indexname",
+        t=f"records_{dataset.id.hex}",
+    )
+    assert len(indexes) == 2, "the key's unique index and the indexed field's"
+    assert any("UNIQUE" in d and "$key" in d for _, d in indexes)
+    defaults = await execute(
+        container,
+        "SELECT count(*) FROM information_schema.columns WHERE table_schema = 'imports'"
+        " AND table_name = :t AND column_default IS NOT NULL",
+        t=f"records_{dataset.id.hex}",
+    )
+    assert defaults[0][0] == 0
+    # The next import finds records: per-chunk staging and upserts, the later import wins.
+    second = await imports.create_import(
+        tenant="t1",
+        dataset_id=dataset.id,
+        stored=await stored(imports, b"id,amount,country\nk007,70,DE\nnew,1,DE\n"),
+    )
+    launched = await imports.run_import(second.id)
+    item = await import_of(imports, dataset.id, second.id)
+    assert not await table_exists(container, load_table(item.id))
+    for chunk in launched["launch"]:
+        await imports.process_chunk(second.id, launched["attempt"], chunk)
+    await imports.finalize(second.id, launched["attempt"])
+    dataset = await imports.get_dataset("t1", dataset.id)
+    assert (await imports.get_record(dataset, "k007"))["data"]["amount"] == 70
+    with pytest.raises(sa.exc.IntegrityError):  # the swapped-in table keeps the unique key
+        await execute(
+            container,
+            f'INSERT INTO imports."records_{dataset.id.hex}" ("$key", "$line", "$import_id",'
+            " \"$update_time\") VALUES ('k001', 1, :i, now())",
+            i=uuid.uuid4(),
+        )
+    assert dataset.record_count == 151 == await count_records(container, dataset.id)
+
+
+@pytest.mark.parametrize("fmt", ["csv", "jsonl"])
+async def test_direct_load_with_a_key_repeated_across_chunks_merges_and_the_last_line_wins(
+    imports: ImportsService, container: Container, fmt: str
+):
+    # chunk_rows=50: "dup" in chunks 0, 1 and 2 (each chunk's keys unique): the unique index
+    # of the swap fails, the load table is merged instead.
+    keys = [f"k{i}" for i in range(150)]
+    amounts = list(range(150))
+    (keys[10], amounts[10]), (keys[70], amounts[70]), (keys[140], amounts[140]) = (
+        ("dup", 1),
+        ("dup", 3),
+        ("dup", 2),
+    )
+    if fmt == "csv":
+        data = "id,amount\n" + "\n".join(f"{k},{a}" for k, a in zip(keys, amounts, strict=True))
+    else:
+        data = "\n".join(
+            f'{{"id": "{k}", "amount": {a}}}' for k, a in zip(keys, amounts, strict=True)
+        )
+    dataset_id, op_id = await new_import(imports, data.encode())
+    response = await run_all(imports, op_id)
+    assert response["rows_accepted"] == 150
+    dataset = await imports.get_dataset("t1", dataset_id)
+    assert (await imports.get_record(dataset, "dup"))["data"]["amount"] == 2
+    assert dataset.record_count == 148 == await count_records(container, dataset_id)
+    item = await import_of(imports, dataset_id, op_id)
+    tables_left = await execute(container, STAGING_TABLES_SQL, n=staging_table(item.id))
+    assert tables_left[0][0] == 0
+
+
+async def test_cancel_of_a_direct_load_before_the_swap_leaves_nothing(
+    imports: ImportsService, container: Container, monkeypatch: pytest.MonkeyPatch
+):
+    rows = "".join(f"k{i},{i}\n" for i in range(150))
+    dataset_id, op_id = await new_import(imports, ("id,amount\n" + rows).encode())
+    launched = await imports.run_import(op_id)
+    item = await import_of(imports, dataset_id, op_id)
+    for chunk in launched["launch"]:
+        await imports.process_chunk(op_id, launched["attempt"], chunk)
+    # The cancel lands after the finalize checked the state, before the swap.
+    original = SqlImportsRepository.chunks_to_merge
+
+    async def cancel_meanwhile(self: SqlImportsRepository, import_id: uuid.UUID) -> list[int]:
+        await container.operations.cancel(f"imports.{op_id}", tenant="t1")
+        return await original(self, import_id)
+
+    monkeypatch.setattr(SqlImportsRepository, "chunks_to_merge", cancel_meanwhile)
+    assert await imports.finalize(op_id, launched["attempt"]) == {"cancelled": True}
+    op = await container.operations.get(f"imports.{op_id}", tenant="t1")
+    assert op.state == State.CANCELLED
+    assert await count_records(container, dataset_id) == 0
+    assert (await imports.get_dataset("t1", dataset_id)).record_count == 0
+    assert not await table_exists(container, load_table(item.id)), "cancel drops the load table"
+    monkeypatch.setattr(SqlImportsRepository, "chunks_to_merge", original)
+    assert (await imports.finalize(op_id, launched["attempt"]))["skipped"]
+    assert await count_records(container, dataset_id) == 0
+
+
+@pytest.mark.parametrize("older_first", [True, False])
+async def test_two_direct_loads_into_one_empty_dataset_the_later_import_wins(
+    imports: ImportsService, container: Container, older_first: bool
+):
+    dataset = await imports.create_dataset(
+        tenant="t1", display_name="d", fields=FIELDS, key_field="id"
+    )
+    older = await imports.create_import(
+        tenant="t1",
+        dataset_id=dataset.id,
+        stored=await stored(imports, b"id,amount\na,1\nb,1\nc,1\n"),
+    )
+    newer = await imports.create_import(
+        tenant="t1",
+        dataset_id=dataset.id,
+        stored=await stored(imports, b"id,amount\nb,2\nc,2\nd,2\n"),
+    )
+    launched = {}
+    for op in (older, newer):  # both split while the dataset is empty: both load directly
+        launched[op.id] = await imports.run_import(op.id)
+        item = await import_of(imports, dataset.id, op.id)
+        assert await table_exists(container, load_table(item.id))
+        for chunk in launched[op.id]["launch"]:
+            await imports.process_chunk(op.id, launched[op.id]["attempt"], chunk)
+    order = (older, newer) if older_first else (newer, older)
+    for op in order:  # the first swaps its table in, the second merges into it
+        await imports.finalize(op.id, launched[op.id]["attempt"])
+    dataset = await imports.get_dataset("t1", dataset.id)
+    amounts = {k: (await imports.get_record(dataset, k))["data"]["amount"] for k in "abcd"}
+    assert amounts == {"a": 1, "b": 2, "c": 2, "d": 2}
+    assert dataset.record_count == 4 == await count_records(container, dataset.id)

@@ -15,6 +15,10 @@ The workflow of one import (operation type ``import``):
    writes the counts, ends the operation and emits ``imports.ImportCompleted``. Records of an
    import become visible at once, or never.
 
+Into a dataset without records (``ImportsPolicy.direct_load``), the split also creates an
+import-wide load table shaped like the records table; chunks COPY into it, and finalize swaps it
+in for the empty records table when no key repeats (else merges it), in one transaction.
+
 A worker killed mid-import stops the heartbeats; the sweeper re-dispatches ``imports.run``,
 which resumes: only chunks not DONE are sent again, and a callback of an older attempt is
 ignored. Cancel: chunk tasks see CANCELLING at their next heartbeat, stop, and the staged rows

@@ -45,6 +45,11 @@ class ImportsPolicy:
         max_file_bytes: Largest (decompressed) file.
         max_cell_bytes: Largest value of a row (larger: a row error).
         max_row_bytes: Largest row (larger: a row error).
+        direct_load: Into a dataset without records, chunks COPY their rows into one
+            import-wide load table shaped like the records table, and the finalize swaps it
+            in when no key repeats (else merges it): the rows are written once, not staged
+            and then merged. Off: per-chunk staging tables and merges, as into a dataset
+            with records.
     """
 
     chunk_rows: int = 50_000
@@ -54,6 +59,7 @@ class ImportsPolicy:
     max_file_bytes: int = 1024**3
     max_cell_bytes: int = parsing.MAX_CELL_BYTES
     max_row_bytes: int = parsing.MAX_ROW_BYTES
+    direct_load: bool = True
 
 
 def _not_found_dataset(dataset_id: uuid.UUID) -> NotFound:

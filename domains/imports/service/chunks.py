@@ -135,6 +135,7 @@ class ChunksPart(ServiceBase):
         rejected += encoding_rejects
 
         async with self._uow() as uow:
+            await uow.imports.relax_commit()
             shared = await uow.imports.share_operation(operation_id)
             if shared is None or shared[0] != State.RUNNING:
                 state = shared[0] if shared else None
@@ -144,14 +145,21 @@ class ChunksPart(ServiceBase):
                 locked = await uow.imports.get_chunk(item.id, chunk_no, for_update=True)
                 if locked is None or locked.state in CHUNK_VALIDATED:
                     return {"skipped": f"chunk {chunk_no} already done"}
-                await uow.imports.create_staging(item.id, chunk_no, dataset.fields)
                 head = ["line", KEY]
-                await uow.imports.copy_staged(
-                    item.id, chunk_no, [*head, *(f.name for f in dataset.fields)], staged
-                )
-                await uow.imports.copy_staged_text(
-                    item.id, chunk_no, [*head, *columns], staged_copy
-                )
+                if await uow.imports.has_load_table(item.id):
+                    # Straight into the import's load table (ImportsPolicy.direct_load).
+                    await uow.imports.copy_loaded(
+                        item.id, [*head, *(f.name for f in dataset.fields)], rows=staged
+                    )
+                    await uow.imports.copy_loaded(item.id, [*head, *columns], payload=staged_copy)
+                else:
+                    await uow.imports.create_staging(item.id, chunk_no, dataset.fields)
+                    await uow.imports.copy_staged(
+                        item.id, chunk_no, [*head, *(f.name for f in dataset.fields)], staged
+                    )
+                    await uow.imports.copy_staged_text(
+                        item.id, chunk_no, [*head, *columns], staged_copy
+                    )
                 await uow.imports.copy_row_errors(errors)
                 locked.rows_accepted, locked.rows_rejected = accepted, rejected
                 locked.keys_sorted = keys_sorted

@@ -13,7 +13,7 @@ from domains.imports import events
 from domains.imports.model import Dataset, Import, ImportState
 from domains.imports.service.base import ServiceBase
 from domains.imports.unit_of_work import ImportsUoW
-from domains.operations.execution import Execution, LeaseLost
+from domains.operations.execution import Cancelled, Execution, LeaseLost
 from domains.operations.model import Operation, OperationError, Progress, State
 from domains.operations.unit_of_work import UnitOfWork
 from domains.shared.clock import utcnow
@@ -58,7 +58,11 @@ class FinalizePart(ServiceBase):
         if pending:
             return {"waiting": len(pending)}
         execution = Execution(operation=op, attempt=attempt, _runner=self._runner)
-        return await self._finalize(execution)
+        try:
+            return await self._finalize(execution)
+        except Cancelled:
+            # Asked to stop before the load table went in (see _merge_load).
+            return await self._settle_cancel(operation_id) or {"cancelled": True}
 
     async def _finalize(self, execution: Execution) -> dict[str, Any]:
         op_id = execution.id
@@ -154,10 +158,14 @@ class FinalizePart(ServiceBase):
                     " the import",
                     reason="STAGED_BY_OLDER_VERSION",
                 )
+            load = await uow.imports.has_load_table(item.id)
             todo = await uow.imports.chunks_to_merge(item.id)
             # Worth trying plain INSERTs only into an empty dataset (a conflict falls back).
             plain = dataset.record_count == 0 and not await uow.imports.has_records(dataset.id)
         if not todo:
+            return
+        if load:
+            await self._merge_load(execution, item, dataset)
             return
         gate = asyncio.Semaphore(max(1, self.policy.merge_concurrency))
         now = utcnow()
@@ -213,6 +221,48 @@ class FinalizePart(ServiceBase):
             )
             await repo.mark_chunk_merged(chunk, inserted)
             await repo.drop_chunk_staging(item.id, chunk_no)
+            await uow.commit()
+
+    async def _merge_load(self, execution: Execution, item: Import, dataset: Dataset) -> None:
+        """Puts an import's load table into the records table, in one transaction.
+
+        The chunks COPYed their rows into the load table (``ImportsPolicy.direct_load``).
+        If no key repeats and the dataset holds no records, the table is swapped in for the
+        records table (no row is written again); otherwise it is merged by key like staged
+        chunks (``DISTINCT ON`` and the line-order guard: the last line wins). Every chunk
+        is marked MERGED in that transaction, fenced by the attempt, under the import's row
+        lock: applied once, and a finalize that resumes after a kill finds it done.
+
+        Raises:
+            Cancelled: If a cancel came first (nothing of the import reached the records).
+            LeaseLost: If another attempt owns the operation.
+        """
+        async with self._uow() as uow:
+            repo = uow.imports
+            # FOR KEY SHARE: a cancel or another attempt's finish waits for this transaction.
+            shared = await repo.share_operation(execution.id)
+            if shared is None or shared[1] != execution.attempt:
+                raise LeaseLost(
+                    f"operation {execution.id}: attempt {execution.attempt} no longer owns it"
+                )
+            if shared[0] == State.CANCELLING:
+                raise Cancelled()
+            if shared[0] != State.RUNNING:
+                raise LeaseLost(f"operation {execution.id} is {shared[0]}")
+            # One swap or merge at a time (a duplicate finalize waits here, then finds it done).
+            await repo.get_import(item.id, for_update=True)
+            if not await repo.has_load_table(item.id):
+                return
+            totals = await repo.chunk_totals(item.id)
+            if totals.done != totals.chunks or totals.merged:
+                raise TransientError(f"{totals.chunks - totals.done} chunks are not done yet")
+            # No count of the loaded rows (the per-chunk path counts its UNLOGGED tables): the
+            # load table is LOGGED, and each chunk's COPY commits with its DONE mark.
+            inserted: int | None = None
+            if not await repo.swap_in_load_table(item.id, dataset):
+                plain = not await repo.has_records(dataset.id)
+                inserted = await repo.merge_load(item.id, dataset, utcnow(), plain=plain)
+            await repo.mark_loaded_chunks_merged(item.id, inserted)
             await uow.commit()
 
     async def _drop_plain_copy(self, operation_id: uuid.UUID) -> None:

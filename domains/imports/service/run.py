@@ -143,6 +143,10 @@ class RunPart(ServiceBase):
                     for c in plan.chunks
                 ]
             )
+            if self.policy.direct_load and not await uow.imports.has_records(dataset.id):
+                # Chunks COPY straight into a table the finalize can swap in (see
+                # ImportsPolicy.direct_load); created with the chunks, dropped with them.
+                await uow.imports.create_load_table(item.id, dataset.fields)
             locked.format = fmt
             locked.rows_total = plan.rows_total
             locked.chunks_total = len(plan.chunks)
