@@ -961,6 +961,13 @@ class SqlImportsRepository:
             sa.schema.DropTable(self._staging(import_id, chunk_no), if_exists=True)
         )
 
+    async def _table_exists(self, regclass: str) -> bool:
+        # ``regclass`` is the quoted name as text, bound as a value (never SQL).
+        exists = await self._session.execute(
+            sa.text("SELECT to_regclass(:n) IS NOT NULL"), {"n": regclass}
+        )
+        return bool(exists.scalar())
+
     async def has_legacy_staging(self, import_id: uuid.UUID) -> bool:
         """Whether rows of the import were staged by an older version (as jsonb).
 
@@ -970,10 +977,7 @@ class SqlImportsRepository:
         Returns:
             True if its one-table-per-import staging table or ``staged_records`` rows exist.
         """
-        exists = await self._session.execute(
-            sa.text("SELECT to_regclass(:n) IS NOT NULL"), {"n": self._staging_sql(import_id)}
-        )
-        if exists.scalar():
+        if await self._table_exists(self._staging_sql(import_id)):
             return True
         t = tables.staged_records
         query = sa.select(sa.exists().where(t.c.import_id == import_id))
@@ -989,11 +993,7 @@ class SqlImportsRepository:
         Returns:
             Rows in its staging table (0 if the table is gone).
         """
-        exists = await self._session.execute(
-            sa.text("SELECT to_regclass(:n) IS NOT NULL"),
-            {"n": self._staging_sql(import_id, chunk_no)},
-        )
-        if not exists.scalar():
+        if not await self._table_exists(self._staging_sql(import_id, chunk_no)):
             return 0
         query = sa.select(sa.func.count()).select_from(self._staging(import_id, chunk_no))
         return int((await self._session.execute(query, execution_options=_ONE_OFF)).scalar() or 0)
@@ -1228,11 +1228,7 @@ class SqlImportsRepository:
         Returns:
             True if the table exists.
         """
-        exists = await self._session.execute(
-            sa.text("SELECT to_regclass(:n) IS NOT NULL"),
-            {"n": f'{tables.SCHEMA}."{self.load_table(import_id)}"'},
-        )
-        return bool(exists.scalar())
+        return await self._table_exists(f'{tables.SCHEMA}."{self.load_table(import_id)}"')
 
     async def copy_loaded(
         self,

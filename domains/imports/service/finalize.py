@@ -179,6 +179,21 @@ class FinalizePart(ServiceBase):
             if isinstance(result, BaseException):
                 raise result
 
+    @staticmethod
+    async def _owned(uow: ImportsUoW, execution: Execution) -> str:
+        """The operation's state, once this transaction holds it ``FOR KEY SHARE`` (a cancel or
+        another attempt's finish waits for it) and the attempt is still ``execution``'s.
+
+        Raises:
+            LeaseLost: If the operation is gone or another attempt owns it.
+        """
+        shared = await uow.imports.share_operation(execution.id)
+        if shared is None or shared[1] != execution.attempt:
+            raise LeaseLost(
+                f"operation {execution.id}: attempt {execution.attempt} no longer owns it"
+            )
+        return shared[0]
+
     async def _merge_chunk(
         self,
         execution: Execution,
@@ -192,14 +207,9 @@ class FinalizePart(ServiceBase):
         """Merges one chunk in one transaction (see :meth:`_merge_chunks`)."""
         async with self._uow() as uow:
             repo = uow.imports
-            # FOR KEY SHARE: a cancel or another attempt's finish waits for this merge.
-            shared = await repo.share_operation(execution.id)
-            if shared is None or shared[1] != execution.attempt:
-                raise LeaseLost(
-                    f"operation {execution.id}: attempt {execution.attempt} no longer owns it"
-                )
-            if shared[0] not in (State.RUNNING, State.CANCELLING):
-                raise LeaseLost(f"operation {execution.id} is {shared[0]}")
+            shared = await self._owned(uow, execution)
+            if shared not in (State.RUNNING, State.CANCELLING):
+                raise LeaseLost(f"operation {execution.id} is {shared}")
             chunk = await repo.get_chunk(item.id, chunk_no, for_update=True)
             if chunk is None or chunk.state != "DONE":
                 return
@@ -239,16 +249,11 @@ class FinalizePart(ServiceBase):
         """
         async with self._uow() as uow:
             repo = uow.imports
-            # FOR KEY SHARE: a cancel or another attempt's finish waits for this transaction.
-            shared = await repo.share_operation(execution.id)
-            if shared is None or shared[1] != execution.attempt:
-                raise LeaseLost(
-                    f"operation {execution.id}: attempt {execution.attempt} no longer owns it"
-                )
-            if shared[0] == State.CANCELLING:
+            shared = await self._owned(uow, execution)
+            if shared == State.CANCELLING:
                 raise Cancelled()
-            if shared[0] != State.RUNNING:
-                raise LeaseLost(f"operation {execution.id} is {shared[0]}")
+            if shared != State.RUNNING:
+                raise LeaseLost(f"operation {execution.id} is {shared}")
             # One swap or merge at a time (a duplicate finalize waits here, then finds it done).
             await repo.get_import(item.id, for_update=True)
             if not await repo.has_load_table(item.id):
