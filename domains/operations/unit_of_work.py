@@ -271,6 +271,7 @@ class GroupCommit:
         self._max_inflight = max_inflight
         self._inflight = 0
         self._waiting: list[tuple[tuple[Any, ...], dict[str, Any], asyncio.Future[None]]] = []
+        self._groups: set[asyncio.Task[None]] = set()  # the loop keeps only weak references
         self.statements = 0
         """Statements written (tests and benchmarks read it)."""
         self.grouped = 0
@@ -307,7 +308,9 @@ class GroupCommit:
             taken = {id(entry) for entry in group}
             self._waiting = [entry for entry in self._waiting if id(entry) not in taken]
             self._inflight += 1
-            asyncio.get_running_loop().create_task(self._write_group(shape, group))
+            task = asyncio.get_running_loop().create_task(self._write_group(shape, group))
+            self._groups.add(task)
+            task.add_done_callback(self._groups.discard)
 
     async def _write_group(
         self,
