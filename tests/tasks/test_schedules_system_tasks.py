@@ -57,7 +57,14 @@ async def test_relay_sweep_publishes_left_behind_outbox_rows(
     )
     task_id = await fire(client, database_url, "system.outbox-relay", operator_headers)
     outcome = await result(celery_app, task_id)
-    assert outcome["published"] >= 1
+    assert isinstance(outcome["published"], int)
+    # The relay run's own count is no oracle: under load the relay task may claim its own
+    # message before the API's fast path has marked it sent (grace 0.5 s in tests), so a
+    # harmless second run finds nothing left and its 0 may be the result read here. The
+    # left-behind message itself reached the broker and ran: its result is under its task id
+    # (nothing but a relay run could have published it).
+    swept = await result(celery_app, "left-behind")
+    assert set(swept) >= {"redispatched", "failed"}, swept
     [row] = await query(
         database_url, "SELECT sent_time FROM platform.outbox WHERE task_id = 'left-behind'"
     )
