@@ -93,6 +93,21 @@ def generate(path: pathlib.Path, rows: int) -> int:
     return path.stat().st_size
 
 
+def busy_jiffies() -> tuple[int, float]:
+    """Machine-wide non-idle CPU time (jiffies, from ``/proc/stat``) and the wall clock."""
+    cpu = pathlib.Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]
+    # user, nice, system, (idle, iowait,) irq, softirq; steal is the hypervisor's, not ours.
+    busy = sum(int(cpu[i]) for i in (0, 1, 2, 5, 6))
+    return busy, time.perf_counter()
+
+
+def cores_busy(start: tuple[int, float], end: tuple[int, float]) -> float:
+    """Average number of busy cores between two :func:`busy_jiffies` samples."""
+    hz = os.sysconf("SC_CLK_TCK")
+    wall = end[1] - start[1]
+    return (end[0] - start[0]) / hz / wall if wall > 0 else 0.0
+
+
 class RssSampler:
     """Samples the peak RSS of a process's children (the prefork pool) in a thread."""
 
@@ -121,6 +136,16 @@ class RssSampler:
                         if line.startswith("VmRSS:"):
                             self.peak = max(self.peak, int(line.split()[1]) * 1024)
             time.sleep(0.1)
+
+    def children_cpu(self) -> dict[int, float]:
+        """CPU seconds (user + system) of each pool process, by pid."""
+        hz = os.sysconf("SC_CLK_TCK")
+        found = {}
+        for pid in self._children():
+            with contextlib.suppress(OSError, ValueError):
+                stat = pathlib.Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+                found[pid] = (int(stat[11]) + int(stat[12])) / hz
+        return found
 
     def __enter__(self) -> RssSampler:
         self._thread.start()
@@ -184,6 +209,10 @@ async def conveyor_run(
             # A short poll, not :wait: the server's long-poll backs off to 1 s between its
             # checks, which would pad the clock by up to a second.
             marks: dict[str, float] = {}  # BENCH_DEBUG: when each step was first seen
+            # Machine-wide CPU over the chunk phase (the worker's pool processes and the
+            # PostgreSQL backends their COPYs run on): "both cores busy".
+            chunk_phase: list[tuple[int, float]] = []
+            pool_cpu: dict[int, float] = {}
             while True:
                 op = (await client.get(f"/v1/operations/{name}")).json()
                 if op.get("done"):
@@ -200,6 +229,14 @@ async def conveyor_run(
                 )
                 if step:
                     marks.setdefault(step, time.perf_counter() - started)
+                if step == "rows counted" and not chunk_phase:
+                    chunk_phase.append(busy_jiffies())
+                    pool_cpu = rss.children_cpu()
+                elif step == "chunks done" and len(chunk_phase) == 1:
+                    chunk_phase.append(busy_jiffies())
+                    pool_cpu = {
+                        pid: cpu - pool_cpu.get(pid, 0.0) for pid, cpu in rss.children_cpu().items()
+                    }
                 await asyncio.sleep(POLL_SECONDS)
             elapsed = time.perf_counter() - started
             cpu = {p.name: p.cpu() - cpu_before[p.name] for p in (api, worker, relay)}
@@ -214,7 +251,14 @@ async def conveyor_run(
             raise RuntimeError(f"import ended {op['metadata']['state']}: {op.get('error')}")
         if op["response"]["rows_accepted"] != rows:
             raise RuntimeError(f"unexpected counts: {op['response']}")
-    return {"seconds": elapsed, "upload_seconds": uploaded, "peak_rss": rss.peak}
+    figures = {"seconds": elapsed, "upload_seconds": uploaded, "peak_rss": rss.peak}
+    if len(chunk_phase) == 2:
+        wall = chunk_phase[1][1] - chunk_phase[0][1]
+        figures["chunk_seconds"] = wall
+        figures["chunk_cores_busy"] = cores_busy(*chunk_phase)
+        # Each pool process's share of the phase (1.0 = one core the whole time).
+        figures["pool_busy"] = sorted((c / wall for c in pool_cpu.values()), reverse=True)
+    return figures
 
 
 async def copy_run(database_url: str, csv_path: pathlib.Path) -> float:
@@ -295,6 +339,10 @@ def main() -> None:
         "ratio": round(copy_seconds / conveyor["seconds"], 3),
         "peak_worker_rss_mb": round(conveyor["peak_rss"] / 1e6, 1),
     }
+    if "chunk_cores_busy" in conveyor:
+        figures["chunk_seconds"] = round(conveyor["chunk_seconds"], 2)
+        figures["chunk_cores_busy"] = round(conveyor["chunk_cores_busy"], 2)
+        figures["chunk_pool_busy"] = [round(b, 2) for b in conveyor["pool_busy"]]
     print(
         f"\nrows {args.rows} ({figures['file_mb']} MB CSV, 10 typed columns)\n"
         f"conveyor  {figures['conveyor_rows_per_s']:>10} rows/s  ({figures['conveyor_seconds']} s,"
@@ -303,6 +351,12 @@ def main() -> None:
         f"ratio     {figures['ratio']:>10}x COPY (target >= 0.5)\n"
         f"peak worker RSS {figures['peak_worker_rss_mb']} MB (target < 300)"
     )
+    if "chunk_cores_busy" in figures:
+        print(
+            f"chunk phase {figures['chunk_seconds']} s: {figures['chunk_cores_busy']} of"
+            f" {os.cpu_count()} cores busy machine-wide; pool processes"
+            f" {', '.join(str(b) for b in figures['chunk_pool_busy'])} of a core each"
+        )
     if args.json:
         pathlib.Path(args.json).write_text(json.dumps(figures, indent=2))
 

@@ -356,7 +356,12 @@ def report(
     imports = results.get("imports") or {}
     if imports:
         lines += ["## Imports vs PostgreSQL COPY (`imports.py`)", ""]
-        keys = [k for k in next(iter(imports.values())) if not k.startswith("_") and k != "rows"]
+        # Every size's keys, in first-seen order (a one-chunk import has no chunk phase).
+        keys = [
+            k
+            for k in dict.fromkeys(k for figures in imports.values() for k in figures)
+            if not k.startswith("_") and k != "rows"
+        ]
         lines += ["| rows | " + " | ".join(keys) + " |", "|---" * (len(keys) + 1) + "|"]
         for size in sorted(imports):
             lines.append(

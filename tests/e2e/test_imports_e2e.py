@@ -162,6 +162,54 @@ async def test_sigkill_of_a_worker_mid_import_still_completes_with_exact_counts(
     ), "the import's staging table is dropped"
 
 
+async def test_sigkill_inside_a_one_chunk_import_still_completes_exactly_once(stack, database_url):
+    # chunk_rows = ROWS: one chunk, which imports.run processes and finalizes itself (no
+    # fan-out). The kill lands after the split counted the rows, while that chunk runs.
+    victim = _worker(stack, ROWS)
+    stack.relay()
+    dataset = await create_dataset(stack.client)
+    generated = generate_csv(ROWS, bad_every=100)
+    op = (await upload(stack.client, dataset["id"], generated.data)).json()
+    deadline = time.monotonic() + 60
+    seen = await get_op(stack.client, op["name"])
+    while not seen["done"] and not seen["metadata"]["progress"].get("total"):
+        assert time.monotonic() < deadline, f"the split never finished: {seen}"
+        await asyncio.sleep(0.02)
+        seen = await get_op(stack.client, op["name"])
+    assert not seen["done"], "the import finished before the kill; make it longer"
+    for pid in [*_children(victim.popen.pid), victim.popen.pid]:
+        os.kill(pid, signal.SIGKILL)
+    successor = _worker(stack, ROWS)
+
+    done = await wait_done(stack.client, op["name"], timeout=240)
+    assert done["metadata"]["state"] == "SUCCEEDED", done
+    assert done["metadata"]["attempt"] >= 2, done  # the kill hit a running attempt
+    result = done["response"]
+    assert (result["rows_total"], result["rows_accepted"], result["rows_rejected"]) == (
+        ROWS,
+        ROWS - ROWS // 100,
+        ROWS // 100,
+    )
+    assert await _count(database_url, count_records_sql(dataset["id"])) == len(generated.expected)
+    import_id = result["import"].rsplit("/", 1)[1]
+    chunks = await query(
+        database_url,
+        "SELECT chunk_no FROM imports.import_chunks WHERE import_id = CAST(:i AS uuid)",
+        i=import_id,
+    )
+    assert [c.chunk_no for c in chunks] == [0]
+    for worker in (victim, successor):  # no fan-out: the run processed the chunk itself
+        assert "imports.process_chunk[" not in worker.log()
+    assert (
+        await _count(
+            database_url,
+            "SELECT count(*) FROM imports.row_errors WHERE import_id = CAST(:i AS uuid)",
+            i=import_id,
+        )
+        == ROWS // 100
+    ), "the chunk's row errors are recorded once"
+
+
 async def test_cancel_mid_import_leaves_no_records(stack, database_url):
     worker = _worker(stack, 500)
     stack.relay()

@@ -92,6 +92,12 @@ async def count_records(container: Container, dataset_id: uuid.UUID) -> int:
     return int(rows[0][0])
 
 
+def fan_out(imports: ImportsService) -> None:
+    """Every import fans out, one chunk too (no run that processes its only chunk itself):
+    for the tests that drive run, chunks and finalize step by step."""
+    imports.policy = dataclasses.replace(imports.policy, inline_single_chunk=False)
+
+
 def per_chunk_staging(imports: ImportsService) -> None:
     """Stages each chunk in its own table and merges chunk by chunk, as into a dataset that
     holds records (not the direct load into an empty one)."""
@@ -137,6 +143,8 @@ async def test_malformed_schema_is_refused(imports: ImportsService, fields, key_
 
 async def run_all(imports: ImportsService, op_id: uuid.UUID) -> dict[str, Any]:
     launched = await imports.run_import(op_id)
+    if "launch" not in launched:
+        return launched  # one chunk: processed and finalized by the run itself
     for chunk in launched["launch"]:
         await imports.process_chunk(op_id, launched["attempt"], chunk)
     return await imports.finalize(op_id, launched["attempt"])
@@ -171,6 +179,50 @@ async def test_schema_changes_that_break_stored_records_are_refused(
     ]
     changed = await imports.update_dataset("t1", dataset_id, fields=safe)
     assert [f.name for f in changed.fields] == ["id", "amount", "country", "note"]
+
+
+async def test_a_one_chunk_import_is_chunked_and_finalized_by_its_run_exactly_once(
+    imports: ImportsService, container: Container, monkeypatch: pytest.MonkeyPatch
+):
+    # 41 rows, chunk_rows=50: one chunk, so the run processes it and finalizes (no fan-out).
+    data = b"id,amount,country\n" + b"".join(b"k%d,%d,DE\n" % (i, i) for i in range(40))
+    dataset_id, op_id = await new_import(imports, data + b"bad,not-a-number,DE\n")
+    # Fault after the chunk committed, before the finalize did: the first run fails.
+    attempts: list[int] = []
+    real = ImportsService._finalize
+
+    async def failing_once(self: ImportsService, execution: Any) -> dict[str, Any]:
+        attempts.append(execution.attempt)
+        if len(attempts) == 1:
+            raise TransientError("injected: the connection dropped before the finalize")
+        return await real(self, execution)
+
+    monkeypatch.setattr(ImportsService, "_finalize", failing_once)
+    with pytest.raises(TransientError, match="injected"):
+        await imports.run_import(op_id)
+    item = (await imports.list_imports("t1", dataset_id, page_size=1, after_id=None))[0][0]
+    [chunk] = await execute(
+        container,
+        "SELECT chunk_no, state, rows_accepted FROM imports.import_chunks WHERE import_id = :i",
+        i=item.id,
+    )
+    assert (chunk.chunk_no, chunk.rows_accepted) == (0, 40) and chunk.state != "PENDING"
+    assert await count_records(container, dataset_id) == 0, "nothing visible before finalize"
+
+    response = await imports.run_import(op_id)  # the retry: the chunk is done, finalize only
+    assert attempts == [1, 2], "the fault hit, and a second attempt finished"
+    assert "launch" not in response
+    assert (response["rows_total"], response["rows_accepted"], response["rows_rejected"]) == (
+        41,
+        40,
+        1,
+    )
+    assert await count_records(container, dataset_id) == 40
+    errors = await execute(
+        container, "SELECT count(*) FROM imports.row_errors WHERE import_id = :i", i=item.id
+    )
+    assert errors[0][0] == 1, "the chunk's row errors are recorded once"
+    assert (await imports.get_dataset("t1", dataset_id)).record_count == 40
 
 
 async def test_each_chunk_applies_once_and_records_appear_only_at_finalize(
@@ -254,9 +306,13 @@ async def test_early_chord_callback_waits_and_a_resumed_run_sends_only_missing_c
 async def test_resumed_run_with_every_chunk_done_finalizes_itself(
     imports: ImportsService, container: Container
 ):
-    _, op_id = await new_import(imports, b"id,amount\na,1\nb,2\n")
+    # 60 rows, two chunks (a one-chunk import would be finalized by the first run itself).
+    rows = b"".join(b"k%d,%d\n" % (i, i) for i in range(60))
+    _, op_id = await new_import(imports, b"id,amount\n" + rows)
     first = await imports.run_import(op_id)
-    await imports.process_chunk(op_id, first["attempt"], 0)
+    assert first["launch"] == [0, 1]
+    for chunk in first["launch"]:
+        await imports.process_chunk(op_id, first["attempt"], chunk)
     await execute(
         container,
         "UPDATE imports.operations SET heartbeat_time = :t WHERE id = :o",
@@ -265,7 +321,7 @@ async def test_resumed_run_with_every_chunk_done_finalizes_itself(
     )
     await container.operations.sweep()
     response = await imports.run_import(op_id)
-    assert response["rows_accepted"] == 2
+    assert response["rows_accepted"] == 60
     assert (
         await container.operations.get(f"imports.{op_id}", tenant="t1")
     ).state == State.SUCCEEDED
@@ -509,6 +565,7 @@ async def test_staged_rows_lost_with_the_unlogged_table_fail_the_import_not_merg
     imports: ImportsService, container: Container
 ):
     per_chunk_staging(imports)
+    fan_out(imports)
     dataset_id, op_id = await new_import(imports, b"id,amount\na,1\nb,2\n")
     launched = await imports.run_import(op_id)
     for chunk in launched["launch"]:
@@ -711,6 +768,7 @@ async def import_of(imports: ImportsService, dataset_id: uuid.UUID, op_id: uuid.
 async def test_direct_load_swaps_the_load_table_in_once_and_nothing_is_visible_before(
     imports: ImportsService, container: Container, monkeypatch: pytest.MonkeyPatch
 ):
+    fan_out(imports)
     fields = [*FIELDS[:2], dataclasses.replace(FIELDS[2], indexed=True)]
     dataset = await imports.create_dataset(
         tenant="t1", display_name="d", fields=fields, key_field="id"
@@ -859,6 +917,7 @@ async def test_cancel_of_a_direct_load_before_the_swap_leaves_nothing(
 async def test_two_direct_loads_into_one_empty_dataset_the_later_import_wins(
     imports: ImportsService, container: Container, older_first: bool
 ):
+    fan_out(imports)
     dataset = await imports.create_dataset(
         tenant="t1", display_name="d", fields=FIELDS, key_field="id"
     )

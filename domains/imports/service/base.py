@@ -50,6 +50,9 @@ class ImportsPolicy:
             in when no key repeats (else merges it): the rows are written once, not staged
             and then merged. Off: per-chunk staging tables and merges, as into a dataset
             with records.
+        inline_single_chunk: A one-chunk import's ``imports.run`` processes the chunk and
+            finalizes in the same task: no chord, no two more task hops (most of a small
+            import's time). Off: every import fans out (tests that drive each step).
     """
 
     chunk_rows: int = 50_000
@@ -60,6 +63,7 @@ class ImportsPolicy:
     max_cell_bytes: int = parsing.MAX_CELL_BYTES
     max_row_bytes: int = parsing.MAX_ROW_BYTES
     direct_load: bool = True
+    inline_single_chunk: bool = True
 
 
 def _not_found_dataset(dataset_id: uuid.UUID) -> NotFound:
