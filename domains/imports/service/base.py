@@ -14,7 +14,7 @@ from domains.imports import events, parsing
 from domains.imports.model import TERMINAL, Dataset, Import, ImportState
 from domains.imports.storage import FileStore, SourceFetcher
 from domains.imports.unit_of_work import ImportsUoW
-from domains.operations.execution import Execution, OperationRunner
+from domains.operations.execution import Execution, OperationRunner, ProgressSink
 from domains.operations.model import Operation, OperationError, State
 from domains.shared.clock import utcnow
 from domains.shared.errors import NotFound
@@ -188,6 +188,15 @@ class ServiceBase:
         # Methods of one part that another part calls, declared for the type checker only.
         # No docstring, so that the reference docs do not list it: DatasetsPart documents it.
         async def get_dataset(self, tenant: str, dataset_id: uuid.UUID) -> Dataset: ...  # noqa: D102
+
+        async def process_chunk(  # noqa: D102
+            self,
+            operation_id: uuid.UUID,
+            attempt: int,
+            chunk_no: int,
+            *,
+            sink: ProgressSink | None = None,
+        ) -> dict[str, Any]: ...
 
         async def _finalize(self, execution: Execution) -> dict[str, Any]: ...
 
