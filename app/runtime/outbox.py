@@ -63,6 +63,13 @@ def workflow_reprs(message: OutboxMessage) -> tuple[str, str] | None:
     return "()", task_reprs((), shown)[1]
 
 
+_SendOutcome = tuple[list[uuid.UUID], list[tuple[uuid.UUID, str]]]
+"""Ids sent, and (id, error) of those not sent."""
+
+_StartedSend = tuple[str, list[OutboxMessage], "asyncio.Future[_SendOutcome]"]
+"""A fast-path send already under way: (domain, rows, the thread's future)."""
+
+
 class OutboxPublisher:
     """Publishes outbox rows and marks them sent.
 
@@ -232,9 +239,7 @@ class OutboxPublisher:
                 producer=producer,
             )
 
-    def _send_all(
-        self, messages: Sequence[OutboxMessage]
-    ) -> tuple[list[uuid.UUID], list[tuple[uuid.UUID, str]]]:
+    def _send_all(self, messages: Sequence[OutboxMessage]) -> _SendOutcome:
         try:
             self._declare_once()
         except Exception as exc:
@@ -331,7 +336,9 @@ class OutboxPublisher:
                 )
         return len(sent), len(failed)
 
-    async def publish_now(self, domain: str, messages: list[OutboxMessage]) -> None:
+    async def publish_now(
+        self, domain: str, messages: list[OutboxMessage], /, *, urgent: bool = False
+    ) -> None:
         """The fast path: hands rows a commit just wrote to the background publisher.
 
         The caller does not wait for the broker: the commit already made the work durable, and
@@ -342,14 +349,34 @@ class OutboxPublisher:
         Args:
             domain: The domain whose outbox holds the rows.
             messages: The rows, as written.
+            urgent: The commit was a lone submit's (nothing else committing alongside): when
+                the publisher is idle, the send starts on its thread right now, while the
+                request writes its answer, instead of after it (about 1 ms sooner at low load;
+                under load commits are grouped and batch as before).
         """
         if not self.enabled or time.monotonic() < self._fast_path_paused_until:
             return
+        idle = not self._pending and (self._drainer is None or self._drainer.done())
+        if urgent and idle and not any(m.task_name == EVENT_TASK for m in messages):
+            now = utcnow()
+            due = [m for m in messages if m.available_time is None or m.available_time <= now]
+            if due and len(due) == len(messages) and len(due) <= self._settings.relay_batch_size:
+                loop = asyncio.get_running_loop()
+                sending = loop.run_in_executor(None, self._send_all, due)
+                self._drainer = loop.create_task(self._drain_pending((domain, due, sending)))
+                return
         self._pending.setdefault(domain, []).extend(messages)
         if self._drainer is None or self._drainer.done():
             self._drainer = asyncio.get_running_loop().create_task(self._drain_pending())
 
-    async def _drain_pending(self) -> None:
+    async def _drain_pending(self, started: _StartedSend | None = None) -> None:
+        if started is not None:
+            domain, due, sending = started
+            try:
+                if await self._publish_written(domain, due, sending=sending):
+                    self._fast_path_paused_until = time.monotonic() + 5.0
+            except Exception:
+                log.warning("fast-path publish failed; the relay will publish", exc_info=True)
         await asyncio.sleep(0)  # let requests committing right now join this batch
         while self._pending:
             domain, messages = self._pending.popitem()
@@ -364,15 +391,29 @@ class OutboxPublisher:
             except Exception:
                 log.warning("fast-path publish failed; the relay will publish", exc_info=True)
 
-    async def _publish_written(self, domain: str, written: Sequence[OutboxMessage]) -> int:
+    async def _publish_written(
+        self,
+        domain: str,
+        written: Sequence[OutboxMessage],
+        *,
+        sending: asyncio.Future[_SendOutcome] | None = None,
+    ) -> int:
         """Publishes rows a commit just wrote, from memory (no claim), and marks them sent.
+
+        Args:
+            domain: The domain whose outbox holds the rows.
+            written: The rows.
+            sending: Their send, already started on a thread (rows without events).
 
         Returns:
             How many failed (left unsent, with a retry time, for the relay).
         """
-        messages, unreceived = await self._receive_events(written)
-        sent, failed = await asyncio.to_thread(self._send_all, messages)
-        failed += unreceived
+        if sending is not None:
+            sent, failed = await sending
+        else:
+            messages, unreceived = await self._receive_events(written)
+            sent, failed = await asyncio.to_thread(self._send_all, messages)
+            failed += unreceived
         tables = _TABLES[domain]
         if sent:
             # One statement in autocommit: no claim, no transaction around the publish.

@@ -28,9 +28,17 @@ log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
-AfterCommit = Callable[[str, list[OutboxMessage]], Awaitable[None]]
-"""Called after a commit that wrote outbox rows: ``(domain, messages)`` (the fast path publishes
-them from memory)."""
+class AfterCommit(Protocol):
+    """Called after a commit that wrote outbox rows (the fast path publishes them from memory).
+
+    ``urgent`` (passed only when true) says the commit was a lone submit's, with no other
+    submit committing alongside: the publish may start at once instead of waiting for rows that
+    concurrent requests commit to join its batch.
+    """
+
+    def __call__(  # noqa: D102
+        self, domain: str, messages: list[OutboxMessage], /, *, urgent: bool = ...
+    ) -> Awaitable[None]: ...
 
 
 @dataclasses.dataclass(frozen=True)
@@ -279,12 +287,16 @@ class GroupCommit:
         self.regrouped = 0
         """Submits written again one by one after their group failed."""
 
-    async def write(self, shape: tuple[Any, ...], params: dict[str, Any]) -> None:
+    async def write(self, shape: tuple[Any, ...], params: dict[str, Any]) -> bool:
         """Writes one submit's rows (``params`` named as row 0), alone or with others.
 
         Args:
             shape: The fused statement's shape.
             params: The submit's parameters for row 0.
+
+        Returns:
+            Whether the submit was written at once, alone (no statement was in flight): its
+            commit is nobody else's, so its publish need not wait for a batch.
 
         Raises:
             DuplicateRequestId: If the operation's request id is taken (nothing was written).
@@ -296,10 +308,11 @@ class GroupCommit:
             finally:
                 self._inflight -= 1
                 self._next()
-            return
+            return True
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._waiting.append((shape, params, future))
         await future
+        return False
 
     def _next(self) -> None:
         while self._waiting and self._inflight < self._max_inflight:
@@ -568,20 +581,24 @@ class SqlUnitOfWork:
         engine = cast(AsyncEngine, self._sessionmaker.kw["bind"])
         shape = recorder.shape
         if shape is not None:
-            await group_commit(engine).write(shape, recorder.params(0))
+            alone = await group_commit(engine).write(shape, recorder.params(0))
         else:
             await execute_fused(engine, *recorder.statement())
-        await self._publish_added()
+            alone = False  # a shape that does not group: concurrent ones may batch their publish
+        await self._publish_added(urgent=alone)
         return result
 
-    async def _publish_added(self) -> None:
+    async def _publish_added(self, *, urgent: bool = False) -> None:
         # Hands the outbox rows this unit of work committed to the fast-path publisher. A
         # failing publisher is logged, not raised: the rows are committed and the relay
         # publishes them later.
         added = list(getattr(self.outbox, "added", []))
         if added and self._after_commit is not None:
             try:
-                await self._after_commit(self.domain, added)
+                if urgent:
+                    await self._after_commit(self.domain, added, urgent=True)
+                else:
+                    await self._after_commit(self.domain, added)
             except Exception:
                 log.warning(
                     "fast-path publish failed; the outbox relay will publish", exc_info=True

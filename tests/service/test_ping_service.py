@@ -10,6 +10,7 @@ import datetime as dt
 import time
 import uuid
 from collections.abc import AsyncIterator
+from typing import Any
 
 import pytest
 import sqlalchemy as sa
@@ -446,3 +447,36 @@ async def test_concurrent_submits_are_group_committed_and_a_bad_one_fails_alone(
     assert all(not isinstance(r, BaseException) for r in created), created
     assert len({r.id for r in created}) == 22
     await committed([r.id for r in created])
+
+
+async def test_only_a_lone_submit_asks_the_fast_path_to_publish_at_once(
+    settings: Settings,
+) -> None:
+    from domains.operations.unit_of_work import group_commit
+
+    handed: list[tuple[str, bool]] = []  # (task id, urgent), in the order handed over
+
+    async def after_commit(domain: str, messages: list[Any], /, *, urgent: bool = False) -> None:
+        handed.extend((m.task_id, urgent) for m in messages)
+
+    registry = EngineRegistry(settings)
+    try:
+        container = Container(settings, registry, after_commit=after_commit)
+        pings = container.pings
+        committer = group_commit(registry.engine("platform"))
+        lone = await pings.create_ping(message="alone", tenant="urgent-flag")
+        assert handed == [(str(lone.id), True)]
+        handed.clear()
+        grouped = committer.grouped
+        burst = await asyncio.gather(
+            *(pings.create_ping(message=f"b{i}", tenant="urgent-flag") for i in range(16))
+        )
+        assert committer.grouped > grouped  # the positive control: groups formed
+        flags = dict(handed)
+        assert set(flags) == {str(op.id) for op in burst}
+        # Submits committed in a group are batched as before; the one written alone first
+        # (nothing was in flight when it came) may go at once.
+        assert sum(not urgent for urgent in flags.values()) >= committer.grouped - grouped
+        assert any(urgent for urgent in flags.values())
+    finally:
+        await registry.dispose()

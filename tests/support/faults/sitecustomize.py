@@ -48,13 +48,15 @@ def _wrap_publish_now(module: ModuleType, limit: int) -> None:
     commits_seen = 0
 
     @functools.wraps(publish_now)
-    async def publish_now_or_die(self: Any, domain: str, messages: list[Any]) -> None:
+    async def publish_now_or_die(
+        self: Any, domain: str, messages: list[Any], /, **options: Any
+    ) -> None:
         nonlocal commits_seen
         commits_seen += 1
         if commits_seen >= limit:
             log.warning("fault injection: SIGKILL after commit %d", commits_seen)
             os.kill(os.getpid(), signal.SIGKILL)
-        await publish_now(self, domain, messages)
+        await publish_now(self, domain, messages, **options)
 
     publisher.publish_now = publish_now_or_die
 
