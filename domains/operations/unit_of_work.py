@@ -28,6 +28,7 @@ log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
+
 class AfterCommit(Protocol):
     """Called after a commit that wrote outbox rows (the fast path publishes them from memory).
 
