@@ -58,6 +58,14 @@ async def _count(database_url: str, sql: str, **params: Any) -> int:
     return int((await query(database_url, sql, **params))[0][0])
 
 
+async def _row_errors(database_url: str, import_id: str) -> int:
+    return await _count(
+        database_url,
+        "SELECT count(*) FROM imports.row_errors WHERE import_id = CAST(:i AS uuid)",
+        i=import_id,
+    )
+
+
 async def test_100k_row_csv_with_1_percent_bad_rows(stack, database_url):
     _worker(stack, 5000)
     _worker(stack, 5000)
@@ -136,14 +144,9 @@ async def test_sigkill_of_a_worker_mid_import_still_completes_with_exact_counts(
         count_records_sql(dataset["id"]),
     ) == len(generated.expected)
     import_id = result["import"].rsplit("/", 1)[1]
-    assert (
-        await _count(
-            database_url,
-            "SELECT count(*) FROM imports.row_errors WHERE import_id = CAST(:i AS uuid)",
-            i=import_id,
-        )
-        == ROWS // 100
-    ), "each chunk's row errors are recorded once"
+    assert await _row_errors(database_url, import_id) == ROWS // 100, (
+        "each chunk's row errors are recorded once"
+    )
     assert (
         await _count(
             database_url,
@@ -200,14 +203,9 @@ async def test_sigkill_inside_a_one_chunk_import_still_completes_exactly_once(st
     assert [c.chunk_no for c in chunks] == [0]
     for worker in (victim, successor):  # no fan-out: the run processed the chunk itself
         assert "imports.process_chunk[" not in worker.log()
-    assert (
-        await _count(
-            database_url,
-            "SELECT count(*) FROM imports.row_errors WHERE import_id = CAST(:i AS uuid)",
-            i=import_id,
-        )
-        == ROWS // 100
-    ), "the chunk's row errors are recorded once"
+    assert await _row_errors(database_url, import_id) == ROWS // 100, (
+        "the chunk's row errors are recorded once"
+    )
 
 
 async def test_cancel_mid_import_leaves_no_records(stack, database_url):
