@@ -945,3 +945,31 @@ async def test_two_direct_loads_into_one_empty_dataset_the_later_import_wins(
     amounts = {k: (await imports.get_record(dataset, k))["data"]["amount"] for k in "abcd"}
     assert amounts == {"a": 1, "b": 2, "c": 2, "d": 2}
     assert dataset.record_count == 4 == await count_records(container, dataset.id)
+
+
+async def test_cancel_during_the_chunk_a_one_chunk_run_processes_leaves_nothing(
+    imports: ImportsService, container: Container, monkeypatch: pytest.MonkeyPatch
+):
+    rows = "".join(f"k{i},{i}\n" for i in range(30))  # one chunk: the run processes it
+    dataset_id, op_id = await new_import(imports, ("id,amount\n" + rows).encode())
+    # The cancel lands while the chunk runs, before its rows and DONE mark commit.
+    original = SqlImportsRepository.share_operation
+    cancels: list[str] = []
+
+    async def cancel_meanwhile(self: SqlImportsRepository, operation_id: uuid.UUID) -> Any:
+        if not cancels:
+            cancels.append(
+                (await container.operations.cancel(f"imports.{op_id}", tenant="t1")).name
+            )
+        return await original(self, operation_id)
+
+    monkeypatch.setattr(SqlImportsRepository, "share_operation", cancel_meanwhile)
+    assert await imports.run_import(op_id) == {"cancelled": True}
+    assert cancels, "the cancel hit the running chunk"
+    op = await container.operations.get(f"imports.{op_id}", tenant="t1")
+    assert op.state == State.CANCELLED
+    item = await import_of(imports, dataset_id, op_id)
+    assert item.state == "CANCELLED"
+    assert await count_records(container, dataset_id) == 0
+    assert (await imports.get_dataset("t1", dataset_id)).record_count == 0
+    assert not await table_exists(container, load_table(item.id)), "cancel drops the load table"
