@@ -4,17 +4,15 @@ test server runs without it, as the soak that found the growth did)."""
 from __future__ import annotations
 
 import asyncio
-import datetime as dt
 import time
 
 from app.db import EngineRegistry
 from tests.support.ops import query
 
-# The outbox is partitioned by day (UUIDv7 ids): today's rows churn in today's partition.
-TODAY = f"outbox_p{dt.datetime.now(dt.UTC).date():%Y%m%d}"
+# The outbox is partitioned by day (UUIDv7 ids): the churned rows' partition is looked up
+# when they are written (a name computed at import time was yesterday's after midnight).
 DEAD = (
-    "SELECT n_dead_tup, vacuum_count FROM pg_stat_user_tables"
-    f" WHERE relid = 'platform.{TODAY}'::regclass"
+    "SELECT n_dead_tup, vacuum_count FROM pg_stat_user_tables WHERE relid = 'platform.{}'::regclass"
 )
 UUID7 = (
     "(lpad(to_hex((extract(epoch FROM now()) * 1000)::bigint), 12, '0') || '7'"
@@ -22,8 +20,8 @@ UUID7 = (
 )
 
 
-async def _stats(database_url: str) -> tuple[int, int]:
-    [(dead, vacuums)] = await query(database_url, DEAD)
+async def _stats(database_url: str, partition: str) -> tuple[int, int]:
+    [(dead, vacuums)] = await query(database_url, DEAD.format(partition))
     return int(dead), int(vacuums)
 
 
@@ -34,13 +32,18 @@ async def test_tables_left_with_many_dead_rows_are_vacuumed(settings, database_u
         f" sent_time) SELECT {UUID7}, 'platform.sweep', 'platform', 'churn-' || i,"
         " now(), now(), now() FROM generate_series(1, 3000) AS i",
     )
+    [(partition,)] = await query(
+        database_url,
+        "SELECT DISTINCT c.relname FROM platform.outbox o JOIN pg_class c ON c.oid = o.tableoid"
+        " WHERE o.task_id LIKE 'churn-%'",
+    )
     await query(database_url, "DELETE FROM platform.outbox WHERE task_id LIKE 'churn-%'")
     # Positive control: the deletes reached the statistics (a closed backend flushes them).
     deadline = time.monotonic() + 20
-    dead, vacuums = await _stats(database_url)
+    dead, vacuums = await _stats(database_url, partition)
     while dead < 3000 and time.monotonic() < deadline:
         await asyncio.sleep(0.2)
-        dead, vacuums = await _stats(database_url)
+        dead, vacuums = await _stats(database_url, partition)
     assert dead >= 3000, dead
 
     registry = EngineRegistry(settings)
@@ -49,12 +52,12 @@ async def test_tables_left_with_many_dead_rows_are_vacuumed(settings, database_u
     finally:
         await registry.dispose()
 
-    assert f"platform.{TODAY}" in vacuumed
+    assert f"platform.{partition}" in vacuumed
     deadline = time.monotonic() + 20
-    after = await _stats(database_url)
+    after = await _stats(database_url, partition)
     while after[1] == vacuums and time.monotonic() < deadline:
         await asyncio.sleep(0.2)
-        after = await _stats(database_url)
+        after = await _stats(database_url, partition)
     assert after[1] == vacuums + 1 and after[0] < 3000, after
 
 
