@@ -70,6 +70,12 @@ _StartedSend = tuple[str, list[OutboxMessage], "asyncio.Future[_SendOutcome]"]
 """A fast-path send already under way: (domain, rows, the thread's future)."""
 
 
+def _due(messages: Sequence[OutboxMessage]) -> list[OutboxMessage]:
+    """The rows the fast path may publish now (delayed ones wait for the relay)."""
+    now = utcnow()
+    return [m for m in messages if m.available_time is None or m.available_time <= now]
+
+
 class OutboxPublisher:
     """Publishes outbox rows and marks them sent.
 
@@ -356,10 +362,9 @@ class OutboxPublisher:
         """
         if not self.enabled or time.monotonic() < self._fast_path_paused_until:
             return
-        idle = not self._pending and (self._drainer is None or self._drainer.done())
+        idle = not self._pending and not self.busy
         if urgent and idle and not any(m.task_name == EVENT_TASK for m in messages):
-            now = utcnow()
-            due = [m for m in messages if m.available_time is None or m.available_time <= now]
+            due = _due(messages)
             if due and len(due) == len(messages) and len(due) <= self._settings.relay_batch_size:
                 loop = asyncio.get_running_loop()
                 sending = loop.run_in_executor(None, self._send_all, due)
@@ -380,9 +385,7 @@ class OutboxPublisher:
         await asyncio.sleep(0)  # let requests committing right now join this batch
         while self._pending:
             domain, messages = self._pending.popitem()
-            # Delayed rows (available_time in the future) wait for the relay.
-            now = utcnow()
-            due = [m for m in messages if m.available_time is None or m.available_time <= now]
+            due = _due(messages)
             try:
                 for start in range(0, len(due), self._settings.relay_batch_size):
                     chunk = due[start : start + self._settings.relay_batch_size]

@@ -32,13 +32,13 @@ T = TypeVar("T")
 class AfterCommit(Protocol):
     """Called after a commit that wrote outbox rows (the fast path publishes them from memory).
 
-    ``urgent`` (passed only when true) says the commit was a lone submit's, with no other
+    ``urgent`` says the commit was a lone submit's, with no other
     submit committing alongside: the publish may start at once instead of waiting for rows that
     concurrent requests commit to join its batch.
     """
 
     def __call__(  # noqa: D102
-        self, domain: str, messages: list[OutboxMessage], /, *, urgent: bool = ...
+        self, domain: str, messages: list[OutboxMessage], /, *, urgent: bool = False
     ) -> Awaitable[None]: ...
 
 
@@ -596,10 +596,7 @@ class SqlUnitOfWork:
         added = list(getattr(self.outbox, "added", []))
         if added and self._after_commit is not None:
             try:
-                if urgent:
-                    await self._after_commit(self.domain, added, urgent=True)
-                else:
-                    await self._after_commit(self.domain, added)
+                await self._after_commit(self.domain, added, urgent=urgent)
             except Exception:
                 log.warning(
                     "fast-path publish failed; the outbox relay will publish", exc_info=True

@@ -229,7 +229,7 @@ async def test_fan_out_hands_its_deliver_messages_to_the_fast_path(settings, dat
     # waited for the relay's grace period).
     handed: list[tuple[str, list[Any]]] = []
 
-    async def after_commit(domain: str, messages: list[Any]) -> None:
+    async def after_commit(domain: str, messages: list[Any], /, *, urgent: bool = False) -> None:
         handed.append((domain, list(messages)))
 
     registry = EngineRegistry(settings)
