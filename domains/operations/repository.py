@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import builtins
+import dataclasses
 import datetime as dt
 import uuid
 from collections.abc import Callable, Mapping, Sequence
@@ -114,6 +115,18 @@ class OperationRepository(Protocol):
         """Settles an attempt as SUCCEEDED and writes its effects in one statement (a CTE)."""
         ...
 
+    async def run_instant(
+        self,
+        operation_id: uuid.UUID,
+        now: dt.datetime,
+        max_attempts: int | None,
+        shape: InstantShape,
+        progress: Progress,
+        params: Mapping[str, Any],
+    ) -> Operation | None:
+        """Claims, applies and settles instant work in one statement (see :class:`InstantShape`)."""
+        ...
+
     async def heartbeat(
         self, operation_id: uuid.UUID, attempt: int, progress: Progress, now: dt.datetime
     ) -> State | None:
@@ -192,6 +205,35 @@ def _to_row(op: Operation) -> dict[str, Any]:
 
 
 _TARGET_PREFIX = "target__"  # labels of the target's columns next to the operation's
+
+
+@dataclasses.dataclass(frozen=True)
+class InstantShape:
+    """A job whose whole run is one statement: claim, effects and SUCCEEDED together.
+
+    For work with no side effect outside the database and nothing to wait for (a ping that
+    neither sleeps nor fails on purpose), claiming first and finishing later buys nothing: the
+    statement claims the operation as a claim would (PENDING, or RUNNING with an expired lease,
+    under the attempt cap), takes the next fencing token, writes the effects and settles it
+    SUCCEEDED, atomically. A worker killed before it commits leaves the operation as it was.
+
+    Attributes:
+        name: Names the statement (built once per table and shape, then reused).
+        target: The table of the operation's target (``<collection>/<id>``, primary key ``id``).
+        condition: ``target -> condition``: the target row is instant work. If false (or the
+            row is missing) nothing is written and the caller takes the ordinary path.
+        response: ``(operations, target) -> jsonb expression``: the operation's response, from
+            the rows as they were before the statement (the new attempt is ``attempt + 1``).
+        effects: ``settled -> DML statement`` builders; ``settled`` is the CTE of the settled
+            operation row (new values: ``attempt`` is this attempt's fencing token), so each
+            effect writes only if the operation was settled.
+    """
+
+    name: str
+    target: sa.Table
+    condition: Callable[[sa.Table], sa.ColumnElement[bool]]
+    response: Callable[[sa.Table, sa.Table], sa.ColumnElement[Any]]
+    effects: tuple[Callable[[Any], Any], ...] = ()
 
 
 def from_row(row: Any) -> Operation:
@@ -419,28 +461,35 @@ class SqlOperationRepository:
         params = {"op_id": operation_id, "now": now, "cap": max_attempts}
         return (await self._session.execute(query, params)).mappings().first()
 
-    def _claim_statement(self) -> Any:
+    def _claimable(self) -> tuple[sa.ColumnElement[bool], ...]:
+        # What a claim matches: the operation (bind "op_id"), PENDING or RUNNING with an
+        # expired lease (as of bind "now"), under the attempt cap (bind "cap"; NULL: none).
         t = self._t
         seconds = sa.func.make_interval(0, 0, 0, 0, 0, 0, 1)
         last_sign = sa.func.coalesce(t.c.heartbeat_time, t.c.start_time, t.c.update_time)
         now_param = sa.bindparam("now", type_=t.c.update_time.type)
         return (
+            t.c.id == sa.bindparam("op_id", type_=t.c.id.type),
+            sa.or_(
+                t.c.state == State.PENDING.value,
+                sa.and_(
+                    t.c.state == State.RUNNING.value,
+                    last_sign < now_param - seconds * t.c.lease_seconds,
+                ),
+            ),
+            # NULL cap: no cap (one statement for both, cached once).
+            sa.or_(
+                sa.bindparam("cap", type_=sa.Integer).is_(None),
+                t.c.attempt - t.c.attempt_base < sa.bindparam("cap", type_=sa.Integer),
+            ),
+        )
+
+    def _claim_statement(self) -> Any:
+        t = self._t
+        now_param = sa.bindparam("now", type_=t.c.update_time.type)
+        return (
             sa.update(t)
-            .where(
-                t.c.id == sa.bindparam("op_id", type_=t.c.id.type),
-                sa.or_(
-                    t.c.state == State.PENDING.value,
-                    sa.and_(
-                        t.c.state == State.RUNNING.value,
-                        last_sign < now_param - seconds * t.c.lease_seconds,
-                    ),
-                ),
-                # NULL cap: no cap (one statement for both, cached once).
-                sa.or_(
-                    sa.bindparam("cap", type_=sa.Integer).is_(None),
-                    t.c.attempt - t.c.attempt_base < sa.bindparam("cap", type_=sa.Integer),
-                ),
-            )
+            .where(*self._claimable())
             .values(
                 state=State.RUNNING.value,
                 done=False,
@@ -451,6 +500,76 @@ class SqlOperationRepository:
             )
             .returning(*t.c)
         )
+
+    async def run_instant(
+        self,
+        operation_id: uuid.UUID,
+        now: dt.datetime,
+        max_attempts: int | None,
+        shape: InstantShape,
+        progress: Progress,
+        params: Mapping[str, Any],
+    ) -> Operation | None:
+        """Claims, applies and settles instant work in one statement (see :class:`InstantShape`).
+
+        ``WITH settled AS (UPDATE operations ... FROM target WHERE <claimable> AND <instant>
+        RETURNING ...), effect_0 AS (...) SELECT * FROM settled``: the claim's conditions, the
+        next fencing token, the effects and SUCCEEDED in one round trip - what a plain task
+        writing one row costs. Concurrent runs of one operation serialize on its row lock and
+        only one matches; a redelivery after it finds the operation done.
+
+        Args:
+            operation_id: The operation.
+            now: Current time (start, heartbeat and end time).
+            max_attempts: Attempt cap (``None``: none).
+            shape: The work's statement parts.
+            progress: The operation's final progress.
+            params: Values of the shape's own bind parameters.
+
+        Returns:
+            The SUCCEEDED operation, or ``None`` if nothing was written (not claimable as is,
+            not instant work, target missing): the caller then takes the ordinary path.
+        """
+        key = (self._t, "instant", shape.name)
+        query = _STATEMENTS.get(key)
+        if query is None:
+            query = _STATEMENTS[key] = self._instant_statement(shape)
+        values = {
+            "op_id": operation_id,
+            "now": now,
+            "cap": max_attempts,
+            "i_progress": progress.to_dict(),
+            **params,
+        }
+        row = (await self._session.execute(query, values)).mappings().first()
+        return from_row(row) if row else None
+
+    def _instant_statement(self, shape: InstantShape) -> Any:
+        t, target = self._t, shape.target
+        now_param = sa.bindparam("now", type_=t.c.update_time.type)
+        target_id = sa.cast(sa.func.split_part(t.c.target, "/", 2), target.c.id.type)
+        settle = (
+            sa.update(t)
+            .where(*self._claimable(), target.c.id == target_id, shape.condition(target))
+            .values(
+                state=State.SUCCEEDED.value,
+                done=True,
+                attempt=t.c.attempt + 1,
+                start_time=sa.func.coalesce(t.c.start_time, now_param),
+                heartbeat_time=now_param,
+                end_time=now_param,
+                update_time=now_param,
+                response=shape.response(t, target),
+                error=None,
+                progress=sa.bindparam("i_progress", type_=t.c.progress.type),
+            )
+            .returning(*t.c)
+        )
+        settled = settle.cte("settled")
+        query = sa.select(settled)
+        for index, effect in enumerate(shape.effects):
+            query = query.add_cte(effect(settled).cte(f"effect_{index}"))
+        return query
 
     async def finish(
         self,

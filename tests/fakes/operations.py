@@ -194,6 +194,18 @@ class FakeOperationRepository:
         """Not matched: callers fall back to ``OperationRunner.finish`` (the slow path)."""
         return None
 
+    async def run_instant(
+        self,
+        operation_id: uuid.UUID,
+        now: dt.datetime,
+        max_attempts: int | None,
+        shape: Any,
+        progress: Progress,
+        params: Mapping[str, Any],
+    ) -> Operation | None:
+        """Not matched: the runner takes its ordinary path (claim, work, finish)."""
+        return None
+
     async def heartbeat(
         self, operation_id: uuid.UUID, attempt: int, progress: Progress, now: dt.datetime
     ) -> State | None:

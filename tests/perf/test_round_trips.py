@@ -18,8 +18,13 @@ from app.db import EngineRegistry
 from domains.operations.model import State
 from tests.support.roundtrips import RoundTripCounter
 
-WORKER_ROUND_TRIPS_PER_PING = 2
-"""Fused claim that also reads the ping (UPDATE ... RETURNING in a CTE), fused finish (one CTE)."""
+WORKER_ROUND_TRIPS_PER_PING = 1
+"""An instant ping (one step, no sleep): claim, answer and SUCCEEDED in one CTE (``run_instant``)."""
+
+WORKER_ROUND_TRIPS_PER_STEPPED_PING = 3
+"""A ping of two steps without sleep: the instant statement matches nothing (not instant), then
+the fused claim that also reads the ping, then the fused finish (the one-second progress
+interval writes no checkpoint)."""
 
 SUBMIT_ROUND_TRIPS_PER_PING = 1
 """create_ping: one statement inserting the ping, the operation and the outbox row (autocommit)."""
@@ -50,8 +55,8 @@ async def test_round_trips_per_ping_job_and_submit(
     container, proxy = counted
     pings = container.pings
     # Warm up: connections opened, dialect initialised, statements prepared.
-    for _ in range(2):
-        op = await pings.create_ping(message="warm")
+    for steps in (1, 1, 2, 2):
+        op = await pings.create_ping(message="warm", steps=steps)
         await pings.run_ping(op.id, worker="w")
 
     submits, jobs = [], []
@@ -68,6 +73,15 @@ async def test_round_trips_per_ping_job_and_submit(
 
     assert jobs == [WORKER_ROUND_TRIPS_PER_PING] * 3, f"worker round trips per ping: {jobs}"
     assert submits == [SUBMIT_ROUND_TRIPS_PER_PING] * 3, f"round trips per submit: {submits}"
+
+    stepped = []
+    for i in range(2):
+        op = await pings.create_ping(message=f"stepped {i}", steps=2)
+        before = proxy.turns
+        response = await pings.run_ping(op.id, worker="w")
+        stepped.append(proxy.turns - before)
+        assert response["reply"] == f"pong: stepped {i}"
+    assert stepped == [WORKER_ROUND_TRIPS_PER_STEPPED_PING] * 2, f"stepped ping: {stepped}"
 
 
 async def test_round_trips_per_operation_read(counted: tuple[Container, RoundTripCounter]) -> None:

@@ -144,6 +144,110 @@ async def test_run_ping_succeeds_and_answers_once(pings, operations):
     assert ping.reply == "pong: hello"
 
 
+async def effect_log(container: Container, op_id: uuid.UUID):
+    return await execute(
+        container,
+        "SELECT attempt, worker, applied_time FROM platform.ping_effects"
+        " WHERE operation_id = :id ORDER BY applied_time",
+        id=op_id,
+    )
+
+
+async def test_an_instant_ping_writes_what_the_ordinary_path_writes(
+    pings, operations, container, monkeypatch
+):
+    # The same ping twice: once as one statement (run_instant), once the ordinary way (the
+    # instant statement disabled: claim, then finish). Every field they write must agree.
+    results = {}
+    for path in ("instant", "ordinary"):
+        if path == "ordinary":
+
+            async def not_instant(*args: Any, **kwargs: Any) -> None:
+                return None
+
+            monkeypatch.setattr(pings._runner, "run_instant", not_instant)
+        op = await pings.create_ping(message="same")
+        response = await pings.run_ping(op.id, worker="w")
+        done = await operations.get(op.name)
+        ping = await pings.get_ping(uuid.UUID(op.target.removeprefix("pings/")))
+        log = await effect_log(container, op.id)
+        assert done.state == State.SUCCEEDED and done.done and done.error is None
+        assert done.start_time is not None and done.end_time is not None
+        assert done.heartbeat_time is not None and done.start_time <= done.end_time
+        assert ping.complete_time is not None and ping.complete_time >= done.start_time
+        assert [(row["attempt"], row["worker"]) for row in log] == [(1, "w")]
+        assert response == done.response
+        results[path] = {
+            "response": {**response, "ping": response["ping"] == op.target},
+            "progress": done.progress.to_dict(),
+            "attempt": done.attempt,
+            "ping": (ping.reply, ping.worker, ping.completions),
+        }
+    assert results["instant"] == results["ordinary"]
+    assert results["instant"]["response"] == {
+        "ping": True,
+        "reply": "pong: same",
+        "worker": "w",
+        "attempt": 1,
+    }
+
+
+async def test_concurrent_runs_of_an_instant_ping_answer_once(pings, operations, container):
+    # The effect log is append-only (never deduplicated): two answers would be two rows.
+    ops = [await pings.create_ping(message=f"race {i}") for i in range(20)]
+    for op in ops:
+        results = await asyncio.gather(
+            pings.run_ping(op.id, worker="a"),
+            pings.run_ping(op.id, worker="b"),
+            return_exceptions=True,
+        )
+        successes = [r for r in results if isinstance(r, dict)]
+        assert len(successes) == 1, results
+        assert all(isinstance(r, dict | Skip) for r in results), results
+        done = await operations.get(op.name)
+        assert done.state == State.SUCCEEDED and done.attempt == 1
+        log = await effect_log(container, op.id)
+        assert [row["attempt"] for row in log] == [1]
+        assert [row["worker"] for row in log] == [successes[0]["worker"]]
+        ping = await pings.get_ping(uuid.UUID(op.target.removeprefix("pings/")))
+        assert ping.completions == 1
+
+
+async def test_an_instant_ping_takes_over_an_attempt_whose_worker_died(
+    pings, operations, container
+):
+    op = await pings.create_ping(message="orphan")
+    # Attempt 1 claimed it and died before answering: RUNNING with its lease long expired.
+    await execute(
+        container,
+        "UPDATE platform.operations SET state = 'RUNNING', attempt = 1,"
+        " start_time = now() - interval '1 hour', heartbeat_time = now() - interval '1 hour'"
+        " WHERE id = :id",
+        id=op.id,
+    )
+    response = await pings.run_ping(op.id, worker="w")
+    assert response["attempt"] == 2
+    done = await operations.get(op.name)
+    assert done.state == State.SUCCEEDED and done.attempt == 2
+    assert [row["attempt"] for row in await effect_log(container, op.id)] == [2]
+
+
+async def test_an_instant_ping_leaves_a_live_attempt_alone(pings, operations, container):
+    op = await pings.create_ping(message="held")
+    # Attempt 1 holds a live lease: the instant statement must not take it over.
+    await execute(
+        container,
+        "UPDATE platform.operations SET state = 'RUNNING', attempt = 1, start_time = now(),"
+        " heartbeat_time = now() WHERE id = :id",
+        id=op.id,
+    )
+    with pytest.raises(Busy):
+        await pings.run_ping(op.id, worker="w")
+    held = await operations.get(op.name)
+    assert held.state == State.RUNNING and held.attempt == 1
+    assert await effect_log(container, op.id) == []
+
+
 async def test_running_a_done_ping_again_is_skipped(pings):
     op = await pings.create_ping(message="once")
     await pings.run_ping(op.id, worker="w")

@@ -12,6 +12,8 @@ from typing import Any, Protocol
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from domains.operations.model import Progress
+from domains.operations.repository import InstantShape
 from domains.platform import tables
 from domains.platform.pings.model import Ping
 from domains.shared.ids import new_id
@@ -221,3 +223,88 @@ def answer_params(ping_id: uuid.UUID, worker: str) -> dict[str, Any]:
         The parameters.
     """
     return {"p_ping_id": ping_id, "p_worker": worker, "p_effect_id": new_id()}
+
+
+INSTANT_PROGRESS = Progress(done=1, total=1, message="step 1 of 1")
+"""An instant ping's final progress: what the ordinary path leaves after its one step."""
+
+
+@functools.cache
+def instant_ping() -> InstantShape:
+    """A ping with nothing to wait for, run as one statement (``OperationRunner.run_instant``).
+
+    Instant: one step, no sleep, no deliberate failure (a ping with any of those takes the
+    ordinary path, whose claim, checkpoints and attempt count they need). The writes are the
+    ordinary path's: the reply (:func:`answer_effects`' update), the effect-log row under the
+    new attempt, and the same response; bind parameters ``p_worker`` and ``p_effect_id``
+    (:func:`instant_params`).
+
+    Returns:
+        The shape (built once per process).
+    """
+    pings, effects = tables.pings, tables.ping_effects
+    worker = sa.bindparam("p_worker", type_=sa.Text)
+    now = sa.bindparam("now", type_=effects.c.applied_time.type)
+
+    def condition(target: sa.Table) -> sa.ColumnElement[bool]:
+        return sa.and_(
+            target.c.steps == 1, target.c.sleep_seconds == 0, target.c.fail_attempts == 0
+        )
+
+    def response(ops: sa.Table, target: sa.Table) -> sa.ColumnElement[Any]:
+        # The ordinary path's response; the target is "pings/<id>", the ping's name.
+        return sa.func.jsonb_build_object(
+            sa.literal("ping"),
+            ops.c.target,
+            sa.literal("reply"),
+            sa.literal("pong: ") + target.c.message,
+            sa.literal("worker"),
+            worker,
+            sa.literal("attempt"),
+            ops.c.attempt + 1,
+        )
+
+    def settled_ping(settled: Any) -> sa.ColumnElement[bool]:
+        ping_id = sa.cast(sa.func.split_part(settled.c.target, "/", 2), pings.c.id.type)
+        return pings.c.id == sa.select(ping_id).scalar_subquery()
+
+    return InstantShape(
+        name="platform.ping.instant",
+        target=pings,
+        condition=condition,
+        response=response,
+        effects=(
+            lambda settled: (
+                sa.update(pings)
+                .where(settled_ping(settled))
+                .values(
+                    reply=sa.literal("pong: ") + pings.c.message,
+                    worker=worker,
+                    complete_time=now,
+                    completions=pings.c.completions + 1,
+                )
+            ),
+            lambda settled: sa.insert(effects).from_select(
+                ["id", "operation_id", "attempt", "worker", "applied_time"],
+                sa.select(
+                    sa.bindparam("p_effect_id", type_=effects.c.id.type),
+                    settled.c.id,
+                    settled.c.attempt,
+                    worker,
+                    now,
+                ),
+            ),
+        ),
+    )
+
+
+def instant_params(worker: str) -> dict[str, Any]:
+    """Values of :func:`instant_ping`'s own bind parameters.
+
+    Args:
+        worker: The answering worker.
+
+    Returns:
+        The parameters.
+    """
+    return {"p_worker": worker, "p_effect_id": new_id()}
