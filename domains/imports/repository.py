@@ -112,6 +112,273 @@ def _import(row: Any) -> Import:
     return Import(**{k: row[k] for k in _IMPORT_FIELDS})
 
 
+_DATASET = "dataset__"
+_CHUNK = "chunk__"
+_SUM = "sum__"
+# Labels of the dataset's, a chunk's and the chunk sums' columns next to the import's.
+
+
+def _dataset_columns() -> list[Any]:
+    return [c.label(_DATASET + c.name) for c in tables.datasets.c]
+
+
+def _dataset_of(row: Any) -> Dataset | None:
+    if row[_DATASET + "id"] is None:
+        return None
+    return _dataset({c.name: row[_DATASET + c.name] for c in tables.datasets.c})
+
+
+def _chunk_of(row: Any) -> Chunk | None:
+    if row[_CHUNK + "chunk_no"] is None:
+        return None
+    return Chunk(**{c.name: row[_CHUNK + c.name] for c in tables.import_chunks.c})
+
+
+def _sums(prefix: str = "") -> list[Any]:
+    """The chunk sums of :class:`ChunkTotals`, in its field order, over ``import_chunks``."""
+    t = tables.import_chunks
+    merged = t.c.state == "MERGED"
+    done = sa.or_(t.c.state == "DONE", merged)
+    return [
+        sa.func.count().label(prefix + "chunks"),
+        sa.func.count().filter(done).label(prefix + "done"),
+        sa.func.coalesce(sa.func.sum(t.c.rows).filter(done), 0).label(prefix + "rows_done"),
+        sa.func.coalesce(sa.func.sum(t.c.rows_accepted).filter(done), 0).label(
+            prefix + "rows_accepted"
+        ),
+        sa.func.coalesce(sa.func.sum(t.c.rows_rejected).filter(done), 0).label(
+            prefix + "rows_rejected"
+        ),
+        sa.func.count().filter(merged).label(prefix + "merged"),
+        sa.func.coalesce(sa.func.sum(t.c.rows_inserted).filter(merged), 0).label(
+            prefix + "rows_inserted"
+        ),
+    ]
+
+
+def _totals_of(row: Any, prefix: str = "") -> ChunkTotals:
+    # The labels of _sums(), in ChunkTotals' field order.
+    names = [f.name for f in dataclasses.fields(ChunkTotals)]
+    return ChunkTotals(*(int(row[prefix + name] or 0) for name in names))
+
+
+def _staged_name(import_id: Any, suffix: str) -> Any:
+    """``imports."staged_<hex of import_id><suffix>"`` in SQL (the text to_regclass() takes)."""
+    hexid = sa.func.replace(sa.cast(import_id, sa.Text), "-", "", type_=sa.Text)
+    return (
+        sa.literal(f'{tables.SCHEMA}."staged_', sa.Text) + hexid + sa.literal(f'{suffix}"', sa.Text)
+    )
+
+
+_STATEMENTS: dict[str, Any] = {}
+"""Statements of the workflow built once (bind parameters only) and reused: SQLAlchemy then
+neither rebuilds nor re-keys them per call."""
+
+
+def _statement(name: str) -> Any:
+    found = _STATEMENTS.get(name)
+    if found is None:
+        found = _STATEMENTS[name] = _BUILDERS[name]()
+    return found
+
+
+def _build_start() -> Any:
+    # PENDING -> RUNNING, and the row as it is then (or as it was, if it was not PENDING),
+    # with its dataset.
+    t, d = tables.imports, tables.datasets
+    op_id = sa.bindparam("op_id", type_=t.c.operation_id.type)
+    started = (
+        sa.update(t)
+        .where(t.c.operation_id == op_id, t.c.state == "PENDING")
+        .values(state="RUNNING")
+        .returning(*t.c)
+        .cte("started")
+    )
+    item = sa.union_all(
+        sa.select(*started.c),
+        sa.select(*t.c).where(t.c.operation_id == op_id, ~sa.exists(sa.select(started.c.id))),
+    ).subquery("item")
+    return sa.select(item, *_dataset_columns()).select_from(
+        item.outerjoin(d, d.c.id == item.c.dataset_id)
+    )
+
+
+def _build_context() -> Any:
+    t, d, c = tables.imports, tables.datasets, tables.import_chunks
+    op_id = sa.bindparam("op_id", type_=t.c.operation_id.type)
+    done = sa.or_(c.c.state == "DONE", c.c.state == "MERGED")
+    numbers = pg.aggregate_order_by(c.c.chunk_no, c.c.chunk_no)
+    sums = (
+        sa.select(
+            *_sums(_SUM),
+            sa.func.array_agg(numbers).filter(c.c.state == "DONE").label(_SUM + "todo"),
+            sa.func.array_agg(numbers).filter(sa.not_(done)).label(_SUM + "pending"),
+        )
+        .where(c.c.import_id == t.c.id)
+        .lateral("sums")
+    )
+    s = tables.staged_records
+    load = sa.func.to_regclass(_staged_name(t.c.id, "_load")).is_not(None).label("load_table")
+    legacy = sa.or_(
+        sa.func.to_regclass(_staged_name(t.c.id, "")).is_not(None),
+        sa.exists().where(s.c.import_id == t.c.id),
+    ).label("legacy_staging")
+    return (
+        sa.select(t, *_dataset_columns(), sums, load, legacy)
+        .select_from(t.outerjoin(d, d.c.id == t.c.dataset_id).join(sums, sa.true()))
+        .where(t.c.operation_id == op_id)
+    )
+
+
+def _build_chunk_context() -> Any:
+    t, d, c = tables.imports, tables.datasets, tables.import_chunks
+    op_id = sa.bindparam("op_id", type_=t.c.operation_id.type)
+    chunk_no = sa.bindparam("chunk_no", type_=c.c.chunk_no.type)
+    return (
+        sa.select(t, *_dataset_columns(), *(col.label(_CHUNK + col.name) for col in c.c))
+        .select_from(
+            t.outerjoin(d, d.c.id == t.c.dataset_id).outerjoin(
+                c, sa.and_(c.c.import_id == t.c.id, c.c.chunk_no == chunk_no)
+            )
+        )
+        .where(t.c.operation_id == op_id)
+    )
+
+
+def _build_lock_with_totals() -> Any:
+    t, c = tables.imports, tables.import_chunks
+    op_id = sa.bindparam("op_id", type_=t.c.operation_id.type)
+    sums = sa.select(*_sums(_SUM)).where(c.c.import_id == t.c.id).lateral("sums")
+    return (
+        sa.select(t, sums)
+        .select_from(t.join(sums, sa.true()))
+        .where(t.c.operation_id == op_id)
+        .with_for_update(of=t)
+    )
+
+
+def _build_lock_chunk() -> Any:
+    c = tables.import_chunks
+    load = sa.func.to_regclass(sa.bindparam("load_name", type_=sa.Text)).is_not(None)
+    return (
+        sa.select(c, load.label("load_table"))
+        .where(
+            c.c.import_id == sa.bindparam("import_id", type_=c.c.import_id.type),
+            c.c.chunk_no == sa.bindparam("chunk_no", type_=c.c.chunk_no.type),
+        )
+        .with_for_update(of=c)
+    )
+
+
+def _build_load_state() -> Any:
+    c = tables.import_chunks
+    load = sa.func.to_regclass(sa.bindparam("load_name", type_=sa.Text)).is_not(None)
+    return sa.select(load.label("load_table"), *_sums()).where(
+        c.c.import_id == sa.bindparam("import_id", type_=c.c.import_id.type)
+    )
+
+
+def _build_share(relax: bool) -> Any:
+    t = tables.operations
+    columns: list[Any] = [t.c.state, t.c.attempt]
+    if relax:
+        # SET LOCAL synchronous_commit = off, in the same round trip (see relax_commit).
+        columns.append(sa.func.set_config("synchronous_commit", "off", sa.true()))
+    return (
+        sa.select(*columns)
+        .where(t.c.id == sa.bindparam("op_id", type_=t.c.id.type))
+        .with_for_update(key_share=True, read=True)
+    )
+
+
+def _build_touch_with_totals() -> Any:
+    c, t = tables.import_chunks, tables.operations
+    done = sa.or_(c.c.state == "DONE", c.c.state == "MERGED")
+    progress = (
+        sa.select(
+            sa.func.jsonb_build_object(
+                "done",
+                sa.func.coalesce(sa.func.sum(c.c.rows).filter(done), 0),
+                "total",
+                sa.bindparam("w_total", type_=sa.BigInteger),
+                "message",
+                sa.func.format(
+                    "%s of %s chunks done", sa.func.count().filter(done), sa.func.count()
+                ),
+                type_=t.c.progress.type,
+            )
+        )
+        .where(c.c.import_id == sa.bindparam("w_import", type_=c.c.import_id.type))
+        .scalar_subquery()
+    )
+    now = sa.bindparam("w_now", type_=t.c.update_time.type)
+    return (
+        sa.update(t)
+        .where(
+            t.c.id == sa.bindparam("w_op", type_=t.c.id.type),
+            sa.or_(t.c.state == "RUNNING", t.c.state == "CANCELLING"),
+        )
+        .values(progress=progress, heartbeat_time=now, update_time=now)
+        .returning(t.c.progress)
+    )
+
+
+def _build_complete_chunk(with_progress: bool) -> Any:
+    c, t = tables.import_chunks, tables.operations
+    done = (
+        sa.update(c)
+        .where(
+            c.c.import_id == sa.bindparam("w_import", type_=c.c.import_id.type),
+            c.c.chunk_no == sa.bindparam("w_chunk", type_=c.c.chunk_no.type),
+        )
+        .values(
+            state="DONE",
+            rows_accepted=sa.bindparam("w_accepted", type_=c.c.rows_accepted.type),
+            rows_rejected=sa.bindparam("w_rejected", type_=c.c.rows_rejected.type),
+            keys_sorted=sa.bindparam("w_sorted", type_=c.c.keys_sorted.type),
+        )
+        .cte("done")
+    )
+    now = sa.bindparam("w_now", type_=t.c.update_time.type)
+    values: dict[str, Any] = {"heartbeat_time": now, "update_time": now}
+    if with_progress:
+        values["progress"] = sa.bindparam("w_progress", type_=t.c.progress.type)
+    return (
+        sa.update(t)
+        .where(
+            t.c.id == sa.bindparam("w_op", type_=t.c.id.type),
+            sa.or_(t.c.state == "RUNNING", t.c.state == "CANCELLING"),
+        )
+        .values(**values)
+        .returning(t.c.state)
+        .add_cte(done)
+    )
+
+
+_BUILDERS: dict[str, Callable[[], Any]] = {
+    "start": _build_start,
+    "context": _build_context,
+    "chunk_context": _build_chunk_context,
+    "lock_with_totals": _build_lock_with_totals,
+    "lock_chunk": _build_lock_chunk,
+    "load_state": _build_load_state,
+    "share": lambda: _build_share(False),
+    "share_relaxed": lambda: _build_share(True),
+    "touch_with_totals": _build_touch_with_totals,
+    "complete_chunk": lambda: _build_complete_chunk(False),
+    "complete_chunk_progress": lambda: _build_complete_chunk(True),
+}
+
+
+def _context(row: Any) -> ImportContext:
+    return ImportContext(
+        item=_import(row),
+        dataset=_dataset_of(row),
+        columns=list(row["columns"] or []),
+        plain_path=row["plain_path"],
+    )
+
+
 @dataclasses.dataclass(frozen=True)
 class ChunkTotals:
     """Sums over an import's chunks.
@@ -133,6 +400,35 @@ class ChunkTotals:
     rows_rejected: int
     merged: int = 0
     rows_inserted: int = 0
+
+
+@dataclasses.dataclass
+class ImportContext:
+    """An import with what its workflow steps read of it, loaded in one statement.
+
+    Attributes:
+        item: The import.
+        dataset: Its dataset (``None`` if deleted).
+        columns: CSV header columns recorded by the split.
+        plain_path: Plain (decompressed) file recorded by the split.
+        chunk: The chunk asked for (:meth:`SqlImportsRepository.chunk_context`), if any.
+        load: The import's load table exists (:meth:`SqlImportsRepository.import_context`).
+        legacy: Rows of it were staged by an older version (idem).
+        totals: Sums over its chunks (idem).
+        todo: DONE chunks, to merge (idem).
+        pending: Chunks not validated yet (idem).
+    """
+
+    item: Import
+    dataset: Dataset | None
+    columns: list[str]
+    plain_path: str | None
+    chunk: Chunk | None = None
+    load: bool = False
+    legacy: bool = False
+    totals: ChunkTotals = dataclasses.field(default_factory=lambda: ChunkTotals(0, 0, 0, 0, 0))
+    todo: list[int] = dataclasses.field(default_factory=list)
+    pending: list[int] = dataclasses.field(default_factory=list)
 
 
 class ImportsRepository(Protocol):
@@ -208,6 +504,40 @@ class ImportsRepository(Protocol):
         """Loads the import an operation carries out."""
         ...
 
+    async def start_import(self, operation_id: uuid.UUID) -> ImportContext | None:
+        """Moves a PENDING import to RUNNING and loads it with its dataset, in one statement."""
+        ...
+
+    async def import_context(self, operation_id: uuid.UUID) -> ImportContext | None:
+        """Loads an import with its dataset, plan, tables and chunk sums (one statement)."""
+        ...
+
+    async def chunk_context(self, operation_id: uuid.UUID, chunk_no: int) -> ImportContext | None:
+        """Loads an import with its dataset, plan and one chunk (one statement)."""
+        ...
+
+    async def record_split(
+        self,
+        item: Import,
+        chunks: Sequence[Chunk],
+        *,
+        columns: Sequence[str],
+        plain_path: str,
+        probe_records: bool,
+    ) -> tuple[bool, bool]:
+        """Records a split (chunks and counts) unless one is recorded; says if it won."""
+        ...
+
+    async def lock_import_with_totals(
+        self, operation_id: uuid.UUID
+    ) -> tuple[Import, ChunkTotals] | None:
+        """Locks an operation's import and sums its chunks (the finalize's last transaction)."""
+        ...
+
+    async def complete_import(self, item: Import, inserted: int) -> str | None:
+        """Writes a succeeded import and grows its dataset's ``record_count``."""
+        ...
+
     async def import_plan(self, import_id: uuid.UUID) -> tuple[list[str], str | None]:
         """Returns the CSV header columns and the plain file path recorded by the split."""
         ...
@@ -238,20 +568,36 @@ class ImportsRepository(Protocol):
         """Loads a chunk."""
         ...
 
-    async def pending_chunks(self, import_id: uuid.UUID) -> list[int]:
-        """Returns the numbers of the chunks not validated yet (neither DONE nor MERGED)."""
+    async def chunks(self, import_id: uuid.UUID) -> list[Chunk]:
+        """Loads an import's chunks in order."""
         ...
 
-    async def chunks_to_merge(self, import_id: uuid.UUID) -> list[int]:
-        """Returns the numbers of the DONE chunks (validated, not merged yet)."""
+    async def lock_chunk(self, import_id: uuid.UUID, chunk_no: int) -> tuple[Chunk | None, bool]:
+        """Locks a chunk; says whether the import's load table exists (one statement)."""
+        ...
+
+    async def complete_chunk(
+        self,
+        chunk: Chunk,
+        operation_id: uuid.UUID,
+        progress: dict[str, Any] | None,
+        now: dt.datetime,
+    ) -> str | None:
+        """Marks a chunk DONE and heartbeats the operation, in one statement."""
+        ...
+
+    async def touch_with_totals(
+        self, operation_id: uuid.UUID, import_id: uuid.UUID, total: int | None, now: dt.datetime
+    ) -> dict[str, Any] | None:
+        """Heartbeats the operation with its import's progress summed from its chunks."""
+        ...
+
+    async def load_state(self, import_id: uuid.UUID) -> tuple[bool, ChunkTotals]:
+        """Whether the import's load table exists, and its chunk sums (one statement)."""
         ...
 
     async def mark_chunk_merged(self, chunk: Chunk, inserted: int) -> None:
         """Marks a chunk MERGED with the records its merge inserted."""
-        ...
-
-    async def mark_chunk_done(self, chunk: Chunk) -> None:
-        """Marks a chunk DONE with its counts."""
         ...
 
     async def chunk_totals(self, import_id: uuid.UUID) -> ChunkTotals:
@@ -272,10 +618,6 @@ class ImportsRepository(Protocol):
 
     async def drop_chunk_staging(self, import_id: uuid.UUID, chunk_no: int) -> None:
         """Drops one chunk's staging table (after its merge, in the same transaction)."""
-        ...
-
-    async def has_legacy_staging(self, import_id: uuid.UUID) -> bool:
-        """Whether rows of the import were staged by an older version (as jsonb)."""
         ...
 
     async def staged_count(self, import_id: uuid.UUID, chunk_no: int) -> int:
@@ -327,14 +669,6 @@ class ImportsRepository(Protocol):
         """Creates an import's load table (chunks COPY into it; the finalize swaps it in)."""
         ...
 
-    async def relax_commit(self) -> None:
-        """Lets the transaction's commit return before its WAL is flushed (chunk writes)."""
-        ...
-
-    async def has_load_table(self, import_id: uuid.UUID) -> bool:
-        """Whether the import loads into a load table not swapped in yet."""
-        ...
-
     async def copy_loaded(
         self,
         import_id: uuid.UUID,
@@ -359,10 +693,6 @@ class ImportsRepository(Protocol):
         """Marks every DONE chunk MERGED after the load table went in."""
         ...
 
-    async def add_record_count(self, dataset_id: uuid.UUID, inserted: int) -> int:
-        """Grows a dataset's ``record_count`` by the records a merge inserted."""
-        ...
-
     def stream_row_errors(
         self, import_id: uuid.UUID, *, limit: int | None = None
     ) -> AsyncIterator[tuple[int, str, str, str]]:
@@ -384,7 +714,9 @@ class ImportsRepository(Protocol):
         """Loads one record."""
         ...
 
-    async def share_operation(self, operation_id: uuid.UUID) -> tuple[str, int] | None:
+    async def share_operation(
+        self, operation_id: uuid.UUID, *, relax_commit: bool = False
+    ) -> tuple[str, int] | None:
         """Reads an operation's state under ``FOR KEY SHARE``."""
         ...
 
@@ -689,6 +1021,198 @@ class SqlImportsRepository:
         )
         return _import(row) if row else None
 
+    async def start_import(self, operation_id: uuid.UUID) -> ImportContext | None:
+        """Moves a PENDING import to RUNNING and loads it with its dataset and plan.
+
+        One statement (an ``UPDATE ... RETURNING`` in a CTE, the row as it stands when it was
+        not PENDING, joined with its dataset): atomic on its own, so it may run in autocommit.
+
+        Args:
+            operation_id: The import's operation.
+
+        Returns:
+            The import (RUNNING if it was PENDING, else as found), or ``None`` if none.
+        """
+        params = {"op_id": operation_id}
+        row = (await self._session.execute(_statement("start"), params)).mappings().first()
+        return _context(row) if row else None
+
+    async def import_context(self, operation_id: uuid.UUID) -> ImportContext | None:
+        """Loads an import with what a finalize (or a resumed run) reads, in one statement.
+
+        Args:
+            operation_id: The import's operation.
+
+        Returns:
+            The import, its dataset and plan, whether its load table and rows staged by an
+            older version exist, its chunk sums, its DONE and its pending chunks; ``None`` if
+            there is no import.
+        """
+        params = {"op_id": operation_id}
+        row = (await self._session.execute(_statement("context"), params)).mappings().first()
+        if row is None:
+            return None
+        context = _context(row)
+        context.load = bool(row["load_table"])
+        context.legacy = bool(row["legacy_staging"])
+        context.totals = _totals_of(row, _SUM)
+        context.todo = list(row[_SUM + "todo"] or [])
+        context.pending = list(row[_SUM + "pending"] or [])
+        return context
+
+    async def chunk_context(self, operation_id: uuid.UUID, chunk_no: int) -> ImportContext | None:
+        """Loads an import with its dataset, plan and one chunk, in one statement.
+
+        Args:
+            operation_id: The import's operation.
+            chunk_no: The chunk.
+
+        Returns:
+            The import (``chunk`` is ``None`` if that chunk does not exist), or ``None``.
+        """
+        params = {"op_id": operation_id, "chunk_no": chunk_no}
+        row = (await self._session.execute(_statement("chunk_context"), params)).mappings().first()
+        if row is None:
+            return None
+        context = _context(row)
+        context.chunk = _chunk_of(row)
+        return context
+
+    async def record_split(
+        self,
+        item: Import,
+        chunks: Sequence[Chunk],
+        *,
+        columns: Sequence[str],
+        plain_path: str,
+        probe_records: bool,
+    ) -> tuple[bool, bool]:
+        """Records a split unless one is recorded already, in one statement.
+
+        The import's ``UPDATE`` is conditional on ``chunks_total IS NULL`` (its row lock
+        settles concurrent splits: the second finds it set and writes nothing), and the
+        chunks are inserted only by the statement that won it.
+
+        Args:
+            item: The import, its split fields set (format, counts, file).
+            chunks: The chunks.
+            columns: CSV header columns.
+            plain_path: The plain file.
+            probe_records: Also say whether the dataset holds records.
+
+        Returns:
+            ``(won, has_records)``: whether this statement recorded the split, and whether a
+            record is stored (``False`` unless ``probe_records``).
+        """
+        t, c = tables.imports, tables.import_chunks
+        split = (
+            sa.update(t)
+            .where(t.c.id == item.id, t.c.chunks_total.is_(None))
+            .values(
+                format=item.format,
+                rows_total=item.rows_total,
+                chunks_total=item.chunks_total,
+                file_path=item.file_path,
+                size_bytes=item.size_bytes,
+                sha256=item.sha256,
+                columns=list(columns),
+                plain_path=plain_path,
+            )
+            .returning(t.c.id)
+            .cte("split")
+        )
+        arrays = [
+            ("chunk_no", sa.Integer),
+            ("start_offset", sa.BigInteger),
+            ("end_offset", sa.BigInteger),
+            ("first_line", sa.BigInteger),
+            ("rows", sa.Integer),
+        ]
+        # One array per column (unnest): the same statement whatever the number of chunks.
+        rows = (
+            sa.func.unnest(
+                *(
+                    sa.bindparam(
+                        f"c_{name}", [getattr(ch, name) for ch in chunks], type_=pg.ARRAY(kind)
+                    )
+                    for name, kind in arrays
+                )
+            )
+            .table_valued(*(name for name, _ in arrays))
+            .render_derived(name="plan")
+        )
+        names = [name for name, _ in arrays]
+        insert = sa.insert(c).from_select(
+            ["import_id", *names, "state"],
+            sa.select(split.c.id, *(rows.c[n] for n in names), sa.literal("PENDING", sa.Text))
+            .select_from(split)
+            .join(rows, sa.true()),
+        )
+        records = tables.records_table(item.dataset_id, ())
+        probe = sa.exists().select_from(records) if probe_records else sa.false()
+        query = sa.select(
+            sa.exists(sa.select(split.c.id)).label("won"), probe.label("has")
+        ).add_cte(insert.cte("chunks"))
+        row = (await self._session.execute(query)).one()
+        return bool(row[0]), bool(row[1])
+
+    async def lock_import_with_totals(
+        self, operation_id: uuid.UUID
+    ) -> tuple[Import, ChunkTotals] | None:
+        """Locks an operation's import (``FOR UPDATE``) and sums its chunks, in one statement.
+
+        For the finalize's last transaction only: it holds the operation's row ``FOR UPDATE``
+        already, so no chunk or merge transaction (each holds it ``FOR KEY SHARE``) is in
+        flight, and the sums read before the import's lock is granted are current.
+
+        Args:
+            operation_id: The import's operation.
+
+        Returns:
+            The import and its chunk sums, or ``None`` if there is no import.
+        """
+        params = {"op_id": operation_id}
+        query = _statement("lock_with_totals")
+        row = (await self._session.execute(query, params)).mappings().first()
+        return (_import(row), _totals_of(row, _SUM)) if row else None
+
+    async def complete_import(self, item: Import, inserted: int) -> str | None:
+        """Writes a succeeded import and grows its dataset's ``record_count``, in one statement.
+
+        The dataset's ``UPDATE`` takes its row lock, which serializes the ``record_count``
+        increments of concurrent finalizes; the import is written only if the dataset exists.
+
+        Args:
+            item: The import (state, counts and complete time set).
+            inserted: Records its merges inserted.
+
+        Returns:
+            The dataset's display name, or ``None`` if the dataset is gone (nothing written).
+        """
+        d, t = tables.datasets, tables.imports
+        grown = (
+            sa.update(d)
+            .where(d.c.id == item.dataset_id, d.c.tenant == item.tenant)
+            .values(record_count=d.c.record_count + inserted)
+            .returning(d.c.display_name)
+            .cte("grown")
+        )
+        written = (
+            sa.update(t)
+            .where(t.c.id == item.id, sa.exists(sa.select(grown.c.display_name)))
+            .values(
+                state=item.state,
+                rows_total=item.rows_total,
+                rows_accepted=item.rows_accepted,
+                rows_rejected=item.rows_rejected,
+                complete_time=item.complete_time,
+            )
+            .cte("written")
+        )
+        query = sa.select(grown.c.display_name).add_cte(written)
+        row = (await self._session.execute(query)).first()
+        return str(row[0]) if row else None
+
     async def import_plan(self, import_id: uuid.UUID) -> tuple[list[str], str | None]:
         """Returns the CSV header columns and the plain file path recorded by the split.
 
@@ -782,39 +1306,117 @@ class SqlImportsRepository:
         row = (await self._session.execute(query)).mappings().first()
         return Chunk(**dict(row)) if row else None
 
-    async def pending_chunks(self, import_id: uuid.UUID) -> list[int]:
-        """Returns the numbers of the chunks not validated yet (neither DONE nor MERGED).
+    async def chunks(self, import_id: uuid.UUID) -> list[Chunk]:
+        """Loads an import's chunks in order.
 
         Args:
             import_id: The import.
 
         Returns:
-            Chunk numbers.
+            Its chunks.
         """
         t = tables.import_chunks
-        query = (
-            sa.select(t.c.chunk_no)
-            .where(t.c.import_id == import_id, t.c.state.not_in(["DONE", "MERGED"]))
-            .order_by(t.c.chunk_no)
-        )
-        return list((await self._session.execute(query)).scalars())
+        query = sa.select(t).where(t.c.import_id == import_id).order_by(t.c.chunk_no)
+        return [Chunk(**dict(row)) for row in (await self._session.execute(query)).mappings()]
 
-    async def chunks_to_merge(self, import_id: uuid.UUID) -> list[int]:
-        """Returns the numbers of the DONE chunks (validated, not merged yet).
+    async def lock_chunk(self, import_id: uuid.UUID, chunk_no: int) -> tuple[Chunk | None, bool]:
+        """Locks a chunk (``FOR UPDATE``) and says whether the import's load table exists.
+
+        One statement. The load table is created with the chunks and goes only with the
+        finalize's swap or a cancel, neither of which runs while a chunk is not DONE and its
+        task holds the operation ``FOR KEY SHARE``: read before the lock, it is still true.
+
+        Args:
+            import_id: The import.
+            chunk_no: The chunk.
+
+        Returns:
+            ``(chunk or None, load table exists)``.
+        """
+        params = {
+            "import_id": import_id,
+            "chunk_no": chunk_no,
+            "load_name": f'{tables.SCHEMA}."{self.load_table(import_id)}"',
+        }
+        row = (await self._session.execute(_statement("lock_chunk"), params)).mappings().first()
+        if row is None:
+            return None, False
+        chunk = Chunk(**{c.name: row[c.name] for c in tables.import_chunks.c})
+        return chunk, bool(row["load_table"])
+
+    async def complete_chunk(
+        self,
+        chunk: Chunk,
+        operation_id: uuid.UUID,
+        progress: dict[str, Any] | None,
+        now: dt.datetime,
+    ) -> str | None:
+        """Marks a chunk DONE with its counts and heartbeats the operation, in one statement.
+
+        The operation's ``UPDATE`` takes its row lock (see :meth:`touch_with_totals`).
+
+        Args:
+            chunk: The chunk (counts set).
+            operation_id: Its import's operation.
+            progress: New progress, or ``None`` to keep it.
+            now: Current time.
+
+        Returns:
+            The operation's state, or ``None`` if it is not RUNNING/CANCELLING.
+        """
+        # Parameter names unlike any column's (an UPDATE takes those as SET values).
+        params: dict[str, Any] = {
+            "w_import": chunk.import_id,
+            "w_chunk": chunk.chunk_no,
+            "w_accepted": chunk.rows_accepted,
+            "w_rejected": chunk.rows_rejected,
+            "w_sorted": chunk.keys_sorted,
+            "w_op": operation_id,
+            "w_now": now,
+        }
+        name = "complete_chunk"
+        if progress is not None:
+            name, params["w_progress"] = "complete_chunk_progress", progress
+        row = (await self._session.execute(_statement(name), params)).first()
+        return str(row[0]) if row else None
+
+    async def touch_with_totals(
+        self, operation_id: uuid.UUID, import_id: uuid.UUID, total: int | None, now: dt.datetime
+    ) -> dict[str, Any] | None:
+        """Heartbeats the operation with its import's progress summed from its chunks.
+
+        Run after a statement of the same transaction took the operation's row lock: this
+        statement's snapshot then sees every chunk committed before (the sums are current).
+
+        Args:
+            operation_id: The operation.
+            import_id: Its import.
+            total: Rows in the file.
+            now: Current time.
+
+        Returns:
+            The progress written (``done``, ``total``, ``message``), or ``None`` if the
+            operation is not RUNNING/CANCELLING.
+        """
+        params = {"w_op": operation_id, "w_import": import_id, "w_total": total, "w_now": now}
+        row = (await self._session.execute(_statement("touch_with_totals"), params)).first()
+        return dict(row[0]) if row else None
+
+    async def load_state(self, import_id: uuid.UUID) -> tuple[bool, ChunkTotals]:
+        """Whether the import's load table exists, and its chunk sums, in one statement.
 
         Args:
             import_id: The import.
 
         Returns:
-            Chunk numbers.
+            ``(load table exists, totals)``.
         """
-        t = tables.import_chunks
-        query = (
-            sa.select(t.c.chunk_no)
-            .where(t.c.import_id == import_id, t.c.state == "DONE")
-            .order_by(t.c.chunk_no)
-        )
-        return list((await self._session.execute(query)).scalars())
+        params = {
+            "import_id": import_id,
+            "load_name": f'{tables.SCHEMA}."{self.load_table(import_id)}"',
+        }
+        row = (await self._session.execute(_statement("load_state"), params)).mappings().one()
+        return bool(row["load_table"]), _totals_of(row)
 
     async def mark_chunk_merged(self, chunk: Chunk, inserted: int) -> None:
         """Marks a chunk MERGED with the records its merge inserted.
@@ -830,24 +1432,6 @@ class SqlImportsRepository:
             .values(state="MERGED", rows_inserted=inserted)
         )
 
-    async def mark_chunk_done(self, chunk: Chunk) -> None:
-        """Marks a chunk DONE with its counts.
-
-        Args:
-            chunk: The chunk (counts set).
-        """
-        t = tables.import_chunks
-        await self._session.execute(
-            sa.update(t)
-            .where(t.c.import_id == chunk.import_id, t.c.chunk_no == chunk.chunk_no)
-            .values(
-                state="DONE",
-                rows_accepted=chunk.rows_accepted,
-                rows_rejected=chunk.rows_rejected,
-                keys_sorted=chunk.keys_sorted,
-            )
-        )
-
     async def chunk_totals(self, import_id: uuid.UUID) -> ChunkTotals:
         """Sums an import's chunks.
 
@@ -858,17 +1442,7 @@ class SqlImportsRepository:
             The totals.
         """
         t = tables.import_chunks
-        merged = t.c.state == "MERGED"
-        done = sa.or_(t.c.state == "DONE", merged)
-        query = sa.select(
-            sa.func.count(),
-            sa.func.count().filter(done),
-            sa.func.coalesce(sa.func.sum(t.c.rows).filter(done), 0),
-            sa.func.coalesce(sa.func.sum(t.c.rows_accepted).filter(done), 0),
-            sa.func.coalesce(sa.func.sum(t.c.rows_rejected).filter(done), 0),
-            sa.func.count().filter(merged),
-            sa.func.coalesce(sa.func.sum(t.c.rows_inserted).filter(merged), 0),
-        ).where(t.c.import_id == import_id)
+        query = sa.select(*_sums()).where(t.c.import_id == import_id)
         row = (await self._session.execute(query)).one()
         return ChunkTotals(*(int(v) for v in row))
 
@@ -878,6 +1452,37 @@ class SqlImportsRepository:
         connection = await self._session.connection()
         raw = await connection.get_raw_connection()
         return raw.driver_connection
+
+    async def _ddl(self, *statements: Any) -> None:
+        """Runs DDL statements in one round trip, in the session's transaction.
+
+        They go to the driver as one simple query (no parameters: every name in them is a
+        fixed prefix and hex digits, quoted by the dialect's compiler). Not through
+        SQLAlchemy: its asyncpg dialect answers any DDL construct it runs by dropping every
+        prepared statement of every connection of the engine, so each later statement of the
+        worker was prepared again (two or three round trips instead of one). Nothing needs
+        that here: the tables created or dropped are the import's own (no statement was
+        prepared on them before), and the swap puts in place a table of the records table's
+        very columns (a prepared statement on it re-plans in PostgreSQL, as in every other
+        process).
+
+        Args:
+            statements: DDL constructs or SQL text.
+
+        Raises:
+            RuntimeError: If no transaction is open yet (the DDL would commit on its own): a
+                statement through the session must come first.
+        """
+        connection = await self._session.connection()
+        dialect = connection.dialect
+        sql = ";\n".join(
+            s if isinstance(s, str) else str(s.compile(dialect=dialect)) for s in statements
+        )
+        raw = await connection.get_raw_connection()
+        driver: Any = raw.driver_connection
+        if not driver.is_in_transaction():
+            raise RuntimeError("DDL of an import runs in a transaction begun by a statement")
+        await driver.execute(sql)
 
     @staticmethod
     def staging_table(import_id: uuid.UUID, chunk_no: int | None = None) -> str:
@@ -921,34 +1526,40 @@ class SqlImportsRepository:
             chunk_no: The chunk.
             fields: The dataset's declared fields (the typed columns).
         """
-        await self._session.execute(
+        await self._ddl(
             sa.schema.CreateTable(self._staging(import_id, chunk_no, fields), if_not_exists=True)
         )
 
     async def _staging_tables(self, import_id: uuid.UUID) -> list[str]:
-        """Names of the import's staging tables that exist (per chunk, or an older one)."""
+        """Names of the import's staging tables that exist (per chunk, or an older one), once
+        the rows an older version staged in the shared ``staged_records`` table are deleted
+        (in the same statement: one round trip).
+        """
         prefix = self.staging_table(import_id)
         query = sa.text(
-            "SELECT relname FROM pg_class WHERE relnamespace ="
+            "WITH legacy AS (DELETE FROM imports.staged_records WHERE import_id = :i)"
+            " SELECT relname FROM pg_class WHERE relnamespace ="
             " (SELECT oid FROM pg_namespace WHERE nspname = :s)"
             " AND relkind = 'r' AND left(relname, :n) = :p"
-        )
-        params = {"s": tables.SCHEMA, "n": len(prefix), "p": prefix}
+        ).bindparams(sa.bindparam("i", type_=pg.UUID(as_uuid=True)))
+        params = {"i": import_id, "s": tables.SCHEMA, "n": len(prefix), "p": prefix}
         return sorted((await self._session.execute(query, params)).scalars())
 
     async def drop_staging(self, import_id: uuid.UUID) -> None:
         """Drops an import's staged rows: its chunks' staging tables, and rows an older
         version left in its own staging table or the shared ``staged_records`` table.
 
+        Two round trips at most: the lookup (which deletes the shared table's rows) and one
+        batch of ``DROP TABLE``.
+
         Args:
             import_id: The import.
         """
-        for name in await self._staging_tables(import_id):
-            await self._session.execute(
-                sa.schema.DropTable(staging_table_for(name), if_exists=True)
+        names = await self._staging_tables(import_id)
+        if names:
+            await self._ddl(
+                *(sa.schema.DropTable(staging_table_for(name), if_exists=True) for name in names)
             )
-        t = tables.staged_records
-        await self._session.execute(sa.delete(t).where(t.c.import_id == import_id))
 
     async def drop_chunk_staging(self, import_id: uuid.UUID, chunk_no: int) -> None:
         """Drops one chunk's staging table (after its merge, in the same transaction).
@@ -957,9 +1568,7 @@ class SqlImportsRepository:
             import_id: The import.
             chunk_no: The chunk.
         """
-        await self._session.execute(
-            sa.schema.DropTable(self._staging(import_id, chunk_no), if_exists=True)
-        )
+        await self._ddl(sa.schema.DropTable(self._staging(import_id, chunk_no), if_exists=True))
 
     async def _table_exists(self, regclass: str) -> bool:
         # ``regclass`` is the quoted name as text, bound as a value (never SQL).
@@ -967,21 +1576,6 @@ class SqlImportsRepository:
             sa.text("SELECT to_regclass(:n) IS NOT NULL"), {"n": regclass}
         )
         return bool(exists.scalar())
-
-    async def has_legacy_staging(self, import_id: uuid.UUID) -> bool:
-        """Whether rows of the import were staged by an older version (as jsonb).
-
-        Args:
-            import_id: The import.
-
-        Returns:
-            True if its one-table-per-import staging table or ``staged_records`` rows exist.
-        """
-        if await self._table_exists(self._staging_sql(import_id)):
-            return True
-        t = tables.staged_records
-        query = sa.select(sa.exists().where(t.c.import_id == import_id))
-        return bool((await self._session.execute(query)).scalar())
 
     async def staged_count(self, import_id: uuid.UUID, chunk_no: int) -> int:
         """Counts a chunk's staged rows (the merge's check that none was lost).
@@ -1191,17 +1785,6 @@ class SqlImportsRepository:
     def _load(cls, import_id: uuid.UUID, fields: Sequence[FieldDef] = ()) -> sa.Table:
         return load_table_for(cls.load_table(import_id), import_id, fields)
 
-    async def relax_commit(self) -> None:
-        """Lets this transaction's commit return before its WAL is flushed to disk.
-
-        For a chunk's transaction only: what it writes (staged or loaded rows, row errors,
-        the chunk DONE) is derived from the stored file. A PostgreSQL crash can lose the
-        last such commits, never part of one: their chunks are simply not DONE and run again
-        (the sweeper re-dispatches the import). Any later synchronous commit (the finalize)
-        flushes them first, so a completed import never depends on one.
-        """
-        await self._session.execute(sa.text("SET LOCAL synchronous_commit = off"))
-
     async def create_load_table(self, import_id: uuid.UUID, fields: Sequence[FieldDef]) -> None:
         """Creates an import's load table (in the split's transaction).
 
@@ -1215,20 +1798,7 @@ class SqlImportsRepository:
             import_id: The import.
             fields: The dataset's declared fields.
         """
-        await self._session.execute(
-            sa.schema.CreateTable(self._load(import_id, fields), if_not_exists=True)
-        )
-
-    async def has_load_table(self, import_id: uuid.UUID) -> bool:
-        """Whether the import loads into a load table (created by its split, not swapped yet).
-
-        Args:
-            import_id: The import.
-
-        Returns:
-            True if the table exists.
-        """
-        return await self._table_exists(f'{tables.SCHEMA}."{self.load_table(import_id)}"')
+        await self._ddl(sa.schema.CreateTable(self._load(import_id, fields), if_not_exists=True))
 
     async def copy_loaded(
         self,
@@ -1275,6 +1845,12 @@ class SqlImportsRepository:
         are written once, by the chunks' COPY. Everything runs under a savepoint: when it is
         not exact, nothing has changed and the caller merges instead.
 
+        The whole swap is one batch of statements (one round trip, see :meth:`_ddl`): the
+        emptiness check under the lock is a ``DO`` block that raises
+        ``object_not_in_prerequisite_state`` (55000) when a record is stored, a repeated key
+        fails the unique index with ``unique_violation`` (23505); either way the batch stops
+        there and the savepoint is rolled back (a second round trip, on that path only).
+
         Args:
             import_id: The import.
             dataset: The dataset.
@@ -1286,40 +1862,32 @@ class SqlImportsRepository:
         records = self._records(dataset)
         key_index = f"{records.name}_key"
         temporary = f"{load.name}_key"
+        savepoint = "load_swap"
+        batch: list[Any] = [
+            f"SAVEPOINT {savepoint}",
+            # Before the lock on the records table: readers wait only for the swap.
+            sa.schema.CreateIndex(sa.Index(temporary, load.c[tables.KEY], unique=True)),
+            f"LOCK TABLE {self._quoted(records)} IN ACCESS EXCLUSIVE MODE",
+            f"DO $swap$ BEGIN IF EXISTS (SELECT FROM {self._quoted(records)}) THEN"
+            " RAISE EXCEPTION 'the records table holds records'"
+            " USING ERRCODE = 'object_not_in_prerequisite_state'; END IF; END $swap$",
+            sa.schema.DropTable(records),
+            tables.RenameTable(load, tables.records_table_name(dataset.id)),
+            tables.RenameIndex(tables.SCHEMA, temporary, key_index),
+            tables.DropColumnDefaults(records, [tables.IMPORT_ID, tables.UPDATE_TIME]),
+            *(
+                sa.schema.CreateIndex(index)
+                for index in sorted(records.indexes, key=lambda i: str(i.name))
+                if index.name != key_index
+            ),
+            f"RELEASE SAVEPOINT {savepoint}",
+        ]
         try:
-            async with self._session.begin_nested():
-                # Before the lock on the records table: readers wait only for the swap.
-                await self._session.execute(
-                    sa.schema.CreateIndex(sa.Index(temporary, load.c[tables.KEY], unique=True)),
-                    execution_options=_ONE_OFF,
-                )
-                await self._session.execute(
-                    sa.text(f"LOCK TABLE {self._quoted(records)} IN ACCESS EXCLUSIVE MODE"),
-                    execution_options=_ONE_OFF,
-                )
-                if await self.has_records(dataset.id):
-                    raise _NotSwapped
-                await self._session.execute(sa.schema.DropTable(records))
-                await self._session.execute(
-                    tables.RenameTable(load, tables.records_table_name(dataset.id)),
-                    execution_options=_ONE_OFF,
-                )
-                await self._session.execute(
-                    tables.RenameIndex(tables.SCHEMA, temporary, key_index),
-                    execution_options=_ONE_OFF,
-                )
-                await self._session.execute(
-                    tables.DropColumnDefaults(records, [tables.IMPORT_ID, tables.UPDATE_TIME]),
-                    execution_options=_ONE_OFF,
-                )
-                for index in sorted(records.indexes, key=lambda i: str(i.name)):
-                    if index.name != key_index:
-                        await self._session.execute(sa.schema.CreateIndex(index))
-        except _NotSwapped:
-            return False
-        except sa.exc.IntegrityError as exc:
-            if getattr(exc.orig, "sqlstate", None) != "23505":
+            await self._ddl(*batch)
+        except Exception as exc:
+            if getattr(exc, "sqlstate", None) not in ("23505", "55000"):
                 raise
+            await self._ddl(f"ROLLBACK TO SAVEPOINT {savepoint}")
             return False
         return True
 
@@ -1349,7 +1917,7 @@ class SqlImportsRepository:
         inserted = await self._merge_from(
             load, load.c[tables.LINE], import_id, dataset, now, plain=plain, keys_sorted=False
         )
-        await self._session.execute(sa.schema.DropTable(load, if_exists=True))
+        await self._ddl(sa.schema.DropTable(load, if_exists=True))
         return inserted
 
     async def mark_loaded_chunks_merged(self, import_id: uuid.UUID, inserted: int | None) -> None:
@@ -1392,25 +1960,6 @@ class SqlImportsRepository:
             where=sa.tuple_(records.c[tables.IMPORT_ID], records.c[tables.LINE])
             < sa.tuple_(excluded[tables.IMPORT_ID], excluded[tables.LINE]),
         )
-
-    async def add_record_count(self, dataset_id: uuid.UUID, inserted: int) -> int:
-        """Grows a dataset's ``record_count`` by the records a merge inserted.
-
-        Args:
-            dataset_id: The dataset.
-            inserted: Records added.
-
-        Returns:
-            The new count.
-        """
-        t = tables.datasets
-        query = (
-            sa.update(t)
-            .where(t.c.id == dataset_id)
-            .values(record_count=t.c.record_count + inserted)
-            .returning(t.c.record_count)
-        )
-        return int((await self._session.execute(query)).scalar() or 0)
 
     async def count_records(self, dataset_id: uuid.UUID) -> int:
         """Counts a dataset's records.
@@ -1546,25 +2095,31 @@ class SqlImportsRepository:
 
     # ---- the operation row, seen from chunk tasks --------------------------------------
 
-    async def share_operation(self, operation_id: uuid.UUID) -> tuple[str, int] | None:
+    async def share_operation(
+        self, operation_id: uuid.UUID, *, relax_commit: bool = False
+    ) -> tuple[str, int] | None:
         """Reads an operation's state under ``FOR KEY SHARE``.
 
         Chunk writes hold this lock until commit, so cancel and finalize (``FOR UPDATE``)
         wait for in-flight chunk writes, while heartbeats (plain updates) do not.
 
+        ``relax_commit`` lets the transaction's commit return before its WAL is flushed to
+        disk (``SET LOCAL synchronous_commit = off``, as ``set_config`` in the same
+        statement). For a chunk's transaction only: what it writes (staged or loaded rows,
+        row errors, the chunk DONE) is derived from the stored file. A PostgreSQL crash can
+        lose the last such commits, never part of one: their chunks are simply not DONE and
+        run again (the sweeper re-dispatches the import). Any later synchronous commit (the
+        finalize) flushes them first, so a completed import never depends on one.
+
         Args:
             operation_id: The operation.
+            relax_commit: Commit this transaction without waiting for its WAL flush.
 
         Returns:
             ``(state, attempt)`` or ``None``.
         """
-        t = tables.operations
-        query = (
-            sa.select(t.c.state, t.c.attempt)
-            .where(t.c.id == operation_id)
-            .with_for_update(key_share=True, read=True)
-        )
-        row = (await self._session.execute(query)).first()
+        query = _statement("share_relaxed" if relax_commit else "share")
+        row = (await self._session.execute(query, {"op_id": operation_id})).first()
         return (str(row[0]), int(row[1])) if row else None
 
     async def touch_operation(
@@ -1658,10 +2213,6 @@ def staging_table_for(name: str, fields: Sequence[FieldDef] = ()) -> sa.Table:
         schema=tables.SCHEMA,
         prefixes=["UNLOGGED"],
     )
-
-
-class _NotSwapped(Exception):
-    """The records table holds rows: the load table is merged instead (savepoint undone)."""
 
 
 def load_table_for(name: str, import_id: uuid.UUID, fields: Sequence[FieldDef] = ()) -> sa.Table:

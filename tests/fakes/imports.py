@@ -16,7 +16,7 @@ from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
 from domains.imports.model import Chunk, Dataset, FieldDef, Import
-from domains.imports.repository import ChunkTotals, ImportsRepository
+from domains.imports.repository import ChunkTotals, ImportContext, ImportsRepository
 from domains.imports.unit_of_work import ImportsUoW
 from domains.shared.query import Condition
 from tests.fakes.operations import FakeDatabase, FakeUnitOfWork, _copy, sql_only
@@ -192,21 +192,9 @@ class FakeImportsRepository:
         """Not faked (PostgreSQL only)."""
         raise sql_only("imports.get_chunk", _PG_TEST)
 
-    async def pending_chunks(self, import_id: uuid.UUID) -> list[int]:
-        """Not faked (PostgreSQL only)."""
-        raise sql_only("imports.pending_chunks", _PG_TEST)
-
-    async def chunks_to_merge(self, import_id: uuid.UUID) -> list[int]:
-        """Not faked (PostgreSQL only)."""
-        raise sql_only("imports.chunks_to_merge", _PG_TEST)
-
     async def mark_chunk_merged(self, chunk: Chunk, inserted: int) -> None:
         """Not faked (PostgreSQL only)."""
         raise sql_only("imports.mark_chunk_merged", _PG_TEST)
-
-    async def mark_chunk_done(self, chunk: Chunk) -> None:
-        """Not faked (PostgreSQL only)."""
-        raise sql_only("imports.mark_chunk_done", _PG_TEST)
 
     async def chunk_totals(self, import_id: uuid.UUID) -> ChunkTotals:
         """Not faked (PostgreSQL only)."""
@@ -225,10 +213,6 @@ class FakeImportsRepository:
     async def drop_chunk_staging(self, import_id: uuid.UUID, chunk_no: int) -> None:
         """Not faked (PostgreSQL only)."""
         raise sql_only("imports.drop_chunk_staging", _PG_TEST)
-
-    async def has_legacy_staging(self, import_id: uuid.UUID) -> bool:
-        """Not faked (PostgreSQL only)."""
-        raise sql_only("imports.has_legacy_staging", _PG_TEST)
 
     async def staged_count(self, import_id: uuid.UUID, chunk_no: int) -> int:
         """Not faked (PostgreSQL only)."""
@@ -279,14 +263,6 @@ class FakeImportsRepository:
         """Not faked (PostgreSQL only)."""
         raise sql_only("imports.create_load_table", _PG_TEST)
 
-    async def relax_commit(self) -> None:
-        """Not faked (PostgreSQL only)."""
-        raise sql_only("imports.relax_commit", _PG_TEST)
-
-    async def has_load_table(self, import_id: uuid.UUID) -> bool:
-        """Not faked (PostgreSQL only)."""
-        raise sql_only("imports.has_load_table", _PG_TEST)
-
     async def copy_loaded(
         self,
         import_id: uuid.UUID,
@@ -311,10 +287,6 @@ class FakeImportsRepository:
         """Not faked (PostgreSQL only)."""
         raise sql_only("imports.mark_loaded_chunks_merged", _PG_TEST)
 
-    async def add_record_count(self, dataset_id: uuid.UUID, inserted: int) -> int:
-        """Not faked (PostgreSQL only)."""
-        raise sql_only("imports.add_record_count", _PG_TEST)
-
     def stream_row_errors(
         self, import_id: uuid.UUID, *, limit: int | None = None
     ) -> AsyncIterator[tuple[int, str, str, str]]:
@@ -336,9 +308,73 @@ class FakeImportsRepository:
         """Not faked (PostgreSQL only)."""
         raise sql_only("imports.get_record", _PG_TEST)
 
-    async def share_operation(self, operation_id: uuid.UUID) -> tuple[str, int] | None:
+    async def share_operation(
+        self, operation_id: uuid.UUID, *, relax_commit: bool = False
+    ) -> tuple[str, int] | None:
         """Not faked (PostgreSQL only)."""
         raise sql_only("imports.share_operation", _PG_TEST)
+
+    async def start_import(self, operation_id: uuid.UUID) -> ImportContext | None:
+        """Not faked (PostgreSQL only)."""
+        raise sql_only("imports.start_import", _PG_TEST)
+
+    async def import_context(self, operation_id: uuid.UUID) -> ImportContext | None:
+        """Not faked (PostgreSQL only)."""
+        raise sql_only("imports.import_context", _PG_TEST)
+
+    async def chunk_context(self, operation_id: uuid.UUID, chunk_no: int) -> ImportContext | None:
+        """Not faked (PostgreSQL only)."""
+        raise sql_only("imports.chunk_context", _PG_TEST)
+
+    async def record_split(
+        self,
+        item: Import,
+        chunks: Sequence[Chunk],
+        *,
+        columns: Sequence[str],
+        plain_path: str,
+        probe_records: bool,
+    ) -> tuple[bool, bool]:
+        """Not faked (PostgreSQL only)."""
+        raise sql_only("imports.record_split", _PG_TEST)
+
+    async def lock_import_with_totals(
+        self, operation_id: uuid.UUID
+    ) -> tuple[Import, ChunkTotals] | None:
+        """Not faked (PostgreSQL only)."""
+        raise sql_only("imports.lock_import_with_totals", _PG_TEST)
+
+    async def complete_import(self, item: Import, inserted: int) -> str | None:
+        """Not faked (PostgreSQL only)."""
+        raise sql_only("imports.complete_import", _PG_TEST)
+
+    async def chunks(self, import_id: uuid.UUID) -> list[Chunk]:
+        """Not faked (PostgreSQL only)."""
+        raise sql_only("imports.chunks", _PG_TEST)
+
+    async def lock_chunk(self, import_id: uuid.UUID, chunk_no: int) -> tuple[Chunk | None, bool]:
+        """Not faked (PostgreSQL only)."""
+        raise sql_only("imports.lock_chunk", _PG_TEST)
+
+    async def complete_chunk(
+        self,
+        chunk: Chunk,
+        operation_id: uuid.UUID,
+        progress: dict[str, Any] | None,
+        now: dt.datetime,
+    ) -> str | None:
+        """Not faked (PostgreSQL only)."""
+        raise sql_only("imports.complete_chunk", _PG_TEST)
+
+    async def touch_with_totals(
+        self, operation_id: uuid.UUID, import_id: uuid.UUID, total: int | None, now: dt.datetime
+    ) -> dict[str, Any] | None:
+        """Not faked (PostgreSQL only)."""
+        raise sql_only("imports.touch_with_totals", _PG_TEST)
+
+    async def load_state(self, import_id: uuid.UUID) -> tuple[bool, ChunkTotals]:
+        """Not faked (PostgreSQL only)."""
+        raise sql_only("imports.load_state", _PG_TEST)
 
     async def touch_operation(
         self, operation_id: uuid.UUID, progress: dict[str, Any] | None, now: dt.datetime

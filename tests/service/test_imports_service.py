@@ -581,13 +581,15 @@ async def test_staged_rows_lost_with_the_unlogged_table_fail_the_import_not_merg
 def _merge_order(monkeypatch: pytest.MonkeyPatch, imports: ImportsService, reverse: bool) -> None:
     """One chunk merge at a time, in chunk order or in reverse order."""
     imports.policy = dataclasses.replace(imports.policy, merge_concurrency=1)
-    original = SqlImportsRepository.chunks_to_merge
+    original = SqlImportsRepository.import_context
 
-    async def ordered(self: SqlImportsRepository, import_id: uuid.UUID) -> list[int]:
-        found = await original(self, import_id)
-        return sorted(found, reverse=reverse)
+    async def ordered(self: SqlImportsRepository, operation_id: uuid.UUID) -> Any:
+        found = await original(self, operation_id)  # the finalize's chunks to merge
+        if found is not None:
+            found.todo = sorted(found.todo, reverse=reverse)
+        return found
 
-    monkeypatch.setattr(SqlImportsRepository, "chunks_to_merge", ordered)
+    monkeypatch.setattr(SqlImportsRepository, "import_context", ordered)
 
 
 @pytest.mark.parametrize("reverse", [False, True])
@@ -895,20 +897,20 @@ async def test_cancel_of_a_direct_load_before_the_swap_leaves_nothing(
     for chunk in launched["launch"]:
         await imports.process_chunk(op_id, launched["attempt"], chunk)
     # The cancel lands after the finalize checked the state, before the swap.
-    original = SqlImportsRepository.chunks_to_merge
+    original = SqlImportsRepository.import_context
 
-    async def cancel_meanwhile(self: SqlImportsRepository, import_id: uuid.UUID) -> list[int]:
+    async def cancel_meanwhile(self: SqlImportsRepository, operation_id: uuid.UUID) -> Any:
         await container.operations.cancel(f"imports.{op_id}", tenant="t1")
-        return await original(self, import_id)
+        return await original(self, operation_id)
 
-    monkeypatch.setattr(SqlImportsRepository, "chunks_to_merge", cancel_meanwhile)
+    monkeypatch.setattr(SqlImportsRepository, "import_context", cancel_meanwhile)
     assert await imports.finalize(op_id, launched["attempt"]) == {"cancelled": True}
     op = await container.operations.get(f"imports.{op_id}", tenant="t1")
     assert op.state == State.CANCELLED
     assert await count_records(container, dataset_id) == 0
     assert (await imports.get_dataset("t1", dataset_id)).record_count == 0
     assert not await table_exists(container, load_table(item.id)), "cancel drops the load table"
-    monkeypatch.setattr(SqlImportsRepository, "chunks_to_merge", original)
+    monkeypatch.setattr(SqlImportsRepository, "import_context", original)
     assert (await imports.finalize(op_id, launched["attempt"]))["skipped"]
     assert await count_records(container, dataset_id) == 0
 
@@ -956,12 +958,14 @@ async def test_cancel_during_the_chunk_a_one_chunk_run_processes_leaves_nothing(
     original = SqlImportsRepository.share_operation
     cancels: list[str] = []
 
-    async def cancel_meanwhile(self: SqlImportsRepository, operation_id: uuid.UUID) -> Any:
+    async def cancel_meanwhile(
+        self: SqlImportsRepository, operation_id: uuid.UUID, **kwargs: Any
+    ) -> Any:
         if not cancels:
             cancels.append(
                 (await container.operations.cancel(f"imports.{op_id}", tenant="t1")).name
             )
-        return await original(self, operation_id)
+        return await original(self, operation_id, **kwargs)
 
     monkeypatch.setattr(SqlImportsRepository, "share_operation", cancel_meanwhile)
     assert await imports.run_import(op_id) == {"cancelled": True}

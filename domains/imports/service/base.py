@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 from domains.imports import events, parsing
 from domains.imports.model import TERMINAL, Dataset, Import, ImportState
+from domains.imports.repository import ImportContext
 from domains.imports.storage import FileStore, SourceFetcher
 from domains.imports.unit_of_work import ImportsUoW
 from domains.operations.execution import Execution, OperationRunner, ProgressSink
@@ -198,7 +199,13 @@ class ServiceBase:
             sink: ProgressSink | None = None,
         ) -> dict[str, Any]: ...
 
-        async def _finalize(self, execution: Execution) -> dict[str, Any]: ...
+        async def _process_chunk(
+            self, op: Operation, context: ImportContext, *, sink: ProgressSink | None
+        ) -> dict[str, Any]: ...
+
+        async def _finalize(
+            self, execution: Execution, context: ImportContext | None = None
+        ) -> dict[str, Any]: ...
 
         async def _settle_cancel(self, operation_id: uuid.UUID) -> dict[str, Any] | None: ...
 

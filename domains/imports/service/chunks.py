@@ -13,10 +13,12 @@ from typing import Any
 from domains.imports import parsing
 from domains.imports.columnar import ColumnarValidator, read_one_row_per_line
 from domains.imports.model import FieldDef, Import
+from domains.imports.repository import ImportContext
 from domains.imports.service.base import CHUNK_VALIDATED, HEARTBEAT_ROWS, ServiceBase
 from domains.imports.tables import KEY
+from domains.imports.unit_of_work import ImportsUoW
 from domains.operations.execution import ProgressSink
-from domains.operations.model import State
+from domains.operations.model import Operation, State
 from domains.shared.clock import utcnow
 
 
@@ -45,25 +47,50 @@ class ChunksPart(ServiceBase):
         Returns:
             What happened: counts, or a skip/cancel note.
         """
-        async with self._uow() as uow:
+
+        async def load(uow: ImportsUoW) -> tuple[Operation | None, ImportContext | None]:
+            # Two statements in autocommit: the operation; the import, dataset, plan, chunk.
             op = await uow.operations.get(operation_id)
-            item = await uow.imports.get_import_by_operation(operation_id)
-            chunk = await uow.imports.get_chunk(item.id, chunk_no) if item is not None else None
-            dataset = (
-                await uow.imports.get_dataset_by_id(item.dataset_id) if item is not None else None
-            )
-            columns, plain = (
-                await uow.imports.import_plan(item.id) if item is not None else ([], None)
-            )
-        if op is None or item is None or chunk is None or dataset is None or plain is None:
+            return op, await uow.imports.chunk_context(operation_id, chunk_no)
+
+        op, context = await self._uow().autocommit(load)
+        if (
+            op is None
+            or context is None
+            or context.chunk is None
+            or context.dataset is None
+            or context.plain_path is None
+        ):
             return {"skipped": "import, chunk or dataset no longer exists"}
         if op.done:
             if op.state != State.SUCCEEDED:
-                await self._discard_staged(item.id)
+                await self._discard_staged(context.item.id)
             return {"skipped": f"operation is {op.state}"}
         if op.state == State.CANCELLING:
             await self._settle_cancel(operation_id)
             return {"cancelled": True}
+        return await self._process_chunk(op, context, sink=sink)
+
+    async def _process_chunk(
+        self, op: Operation, context: ImportContext, *, sink: ProgressSink | None
+    ) -> dict[str, Any]:
+        """Validates ``context.chunk`` and stages its rows (see :meth:`process_chunk`).
+
+        Args:
+            op: The import's operation, as read before (its state is checked again, under
+                its lock, before anything is written).
+            context: The import, its dataset, plan and the chunk.
+            sink: Progress mirror.
+
+        Returns:
+            What happened: counts, or a skip/cancel note.
+        """
+        operation_id = op.id
+        item, dataset, chunk = context.item, context.dataset, context.chunk
+        columns, plain = context.columns, context.plain_path
+        if chunk is None or dataset is None or plain is None:
+            return {"skipped": "import, chunk or dataset no longer exists"}
+        chunk_no = chunk.chunk_no
         if chunk.state in CHUNK_VALIDATED:
             return {"skipped": f"chunk {chunk_no} already done"}
 
@@ -135,18 +162,20 @@ class ChunksPart(ServiceBase):
         rejected += encoding_rejects
 
         async with self._uow() as uow:
-            await uow.imports.relax_commit()
-            shared = await uow.imports.share_operation(operation_id)
+            # The operation FOR KEY SHARE (a cancel or finish waits for this write), with the
+            # commit relaxed (see share_operation); then the chunk's row lock, with whether
+            # the import loads directly.
+            shared = await uow.imports.share_operation(operation_id, relax_commit=True)
             if shared is None or shared[0] != State.RUNNING:
                 state = shared[0] if shared else None
                 cancel = state == State.CANCELLING
             else:
                 cancel = False
-                locked = await uow.imports.get_chunk(item.id, chunk_no, for_update=True)
+                locked, direct = await uow.imports.lock_chunk(item.id, chunk_no)
                 if locked is None or locked.state in CHUNK_VALIDATED:
                     return {"skipped": f"chunk {chunk_no} already done"}
                 head = ["line", KEY]
-                if await uow.imports.has_load_table(item.id):
+                if direct:
                     # Straight into the import's load table (ImportsPolicy.direct_load).
                     await uow.imports.copy_loaded(
                         item.id, [*head, *(f.name for f in dataset.fields)], rows=staged
@@ -163,20 +192,24 @@ class ChunksPart(ServiceBase):
                 await uow.imports.copy_row_errors(errors)
                 locked.rows_accepted, locked.rows_rejected = accepted, rejected
                 locked.keys_sorted = keys_sorted
-                await uow.imports.mark_chunk_done(locked)
                 now = utcnow()
-                # Take the operation row lock first, so the totals below see every chunk
-                # committed before this one.
-                await uow.imports.touch_operation(operation_id, None, now)
-                totals = await uow.imports.chunk_totals(item.id)
-                progress = {
-                    "done": totals.rows_done,
-                    "total": item.rows_total,
-                    "message": f"{totals.done} of {totals.chunks} chunks done",
-                }
-                await uow.imports.touch_operation(operation_id, progress, now)
+                progress: dict[str, Any] | None = None
+                if item.chunks_total == 1:
+                    # The only chunk: the import's progress is this chunk's, no sums to read.
+                    progress = {
+                        "done": locked.rows,
+                        "total": item.rows_total,
+                        "message": "1 of 1 chunks done",
+                    }
+                # DONE, and the operation's row lock taken (its heartbeat), in one statement.
+                await uow.imports.complete_chunk(locked, operation_id, progress, now)
+                if progress is None:
+                    # Summed after the lock: this statement sees every chunk committed before.
+                    progress = await uow.imports.touch_with_totals(
+                        operation_id, item.id, item.rows_total, now
+                    )
                 await uow.commit()
-                if sink is not None:
+                if sink is not None and progress is not None:
                     with contextlib.suppress(Exception):
                         sink({**progress, "operation": op.name})
                 return {"chunk": chunk_no, "rows_accepted": accepted, "rows_rejected": rejected}

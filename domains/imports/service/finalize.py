@@ -11,6 +11,7 @@ from typing import Any, cast
 
 from domains.imports import events
 from domains.imports.model import Dataset, Import, ImportState
+from domains.imports.repository import ImportContext
 from domains.imports.service.base import ServiceBase
 from domains.imports.unit_of_work import ImportsUoW
 from domains.operations.execution import Cancelled, Execution, LeaseLost
@@ -40,33 +41,50 @@ class FinalizePart(ServiceBase):
         Returns:
             The operation's response, or a note.
         """
-        async with self._uow() as uow:
+
+        async def load(uow: ImportsUoW) -> tuple[Operation | None, ImportContext | None]:
+            # Two statements in autocommit: the operation; the import and its chunks' state.
             op = await uow.operations.get(operation_id)
-            item = await uow.imports.get_import_by_operation(operation_id)
-            pending = await uow.imports.pending_chunks(item.id) if item is not None else []
-        if op is None or item is None:
+            return op, await uow.imports.import_context(operation_id)
+
+        op, context = await self._uow().autocommit(load)
+        if op is None or context is None:
             return {"skipped": "operation or import no longer exists"}
         if op.done:
             if op.state != State.SUCCEEDED:
-                await self._discard_staged(item.id)
+                await self._discard_staged(context.item.id)
             return {"skipped": f"operation is {op.state}"}
         if op.state == State.CANCELLING:
             # Once a chunk is merged the import completes (cancel is best effort).
             return await self._settle_cancel(operation_id) or {"cancelled": True}
         if op.attempt != attempt:
             return {"skipped": f"attempt {attempt} was superseded by {op.attempt}"}
-        if pending:
-            return {"waiting": len(pending)}
+        if context.pending:
+            return {"waiting": len(context.pending)}
         execution = Execution(operation=op, attempt=attempt, _runner=self._runner)
         try:
-            return await self._finalize(execution)
+            return await self._finalize(execution, context)
         except Cancelled:
             # Asked to stop before the load table went in (see _merge_load).
             return await self._settle_cancel(operation_id) or {"cancelled": True}
 
-    async def _finalize(self, execution: Execution) -> dict[str, Any]:
+    async def _finalize(
+        self, execution: Execution, context: ImportContext | None = None
+    ) -> dict[str, Any]:
+        """Merges the validated chunks and completes the import (see :meth:`finalize`).
+
+        Args:
+            execution: The attempt.
+            context: The import as just read (:meth:`SqlImportsRepository.import_context`);
+                read here if not given.
+
+        Returns:
+            The operation's response, or a note.
+        """
         op_id = execution.id
-        totals = await self._totals_by_operation(op_id)
+        if context is None:
+            context = await self._uow().autocommit(lambda uow: uow.imports.import_context(op_id))
+        totals = context.totals if context is not None else None
         if (
             totals is not None
             and totals.rows_accepted == 0
@@ -88,32 +106,30 @@ class FinalizePart(ServiceBase):
             return {"failed": "no valid row"}
 
         async with self._keepalive(op_id, None):
-            await self._merge_chunks(execution)
+            await self._merge_chunks(execution, context)
 
         async def apply(uow: UnitOfWork, op: Operation) -> dict[str, Any]:
+            # finish() holds the operation FOR UPDATE and checked the attempt (fencing token).
             repo = cast(ImportsUoW, uow).imports
-            item = await repo.get_import_by_operation(op.id)
-            if item is None:
+            found = await repo.lock_import_with_totals(op.id)
+            if found is None:
                 raise PermanentError("the import was deleted while it ran", reason="IMPORT_GONE")
-            item = await repo.get_import(item.id, for_update=True)
-            assert item is not None
-            sums = await repo.chunk_totals(item.id)
+            item, sums = found
             if sums.merged != sums.chunks:
                 raise TransientError(f"{sums.chunks - sums.merged} chunks are not merged yet")
             now = utcnow()
-            # The dataset's row lock serializes the record_count increments.
-            dataset = await repo.get_dataset(item.tenant, item.dataset_id, for_update=True)
-            if dataset is None:
-                raise PermanentError("the dataset was deleted while the import ran")
-            await repo.drop_staging(item.id)
-            await repo.add_record_count(item.dataset_id, sums.rows_inserted)
             item.state = ImportState.SUCCEEDED
             item.rows_total = sums.rows_done
             item.rows_accepted = sums.rows_accepted
             item.rows_rejected = sums.rows_rejected
             item.complete_time = now
-            await repo.save_import(item)
-            event = events.import_completed(item, op.name, now, dataset.display_name)
+            # The import written and the dataset's record_count grown in one statement (the
+            # dataset's row lock serializes the increments); nothing if the dataset is gone.
+            display_name = await repo.complete_import(item, sums.rows_inserted)
+            if display_name is None:
+                raise PermanentError("the dataset was deleted while the import ran")
+            await repo.drop_staging(item.id)
+            event = events.import_completed(item, op.name, now, display_name)
             await uow.outbox.add(event_message(event, correlation_id=op.correlation_id))
             return {
                 "import": item.name,
@@ -129,10 +145,11 @@ class FinalizePart(ServiceBase):
                 done=totals.rows_done, total=totals.rows_done, message="imported"
             )
         op = await self._runner.finish(execution, apply)
-        await self._drop_plain_copy(op_id)
+        if context is not None:
+            self._drop_plain_copy(context)
         return op.response or {}
 
-    async def _merge_chunks(self, execution: Execution) -> None:
+    async def _merge_chunks(self, execution: Execution, context: ImportContext | None) -> None:
         """Merges the DONE chunks into the records table, several at a time.
 
         Each chunk merges in its own transaction on its own connection (so on its own
@@ -141,32 +158,33 @@ class FinalizePart(ServiceBase):
         once, and a resumed finalize merges only the chunks left. The line-order guard of the
         upsert keeps "last line wins" whatever order the chunks commit in.
 
+        What is merged comes from ``context`` (read in one statement before the merges): the
+        merges themselves lock and re-check each chunk.
+
         Raises:
             PermanentError: If rows of the import were lost or staged by an older version.
             LeaseLost: If another attempt owns the operation.
         """
-        async with self._uow() as uow:
-            item = await uow.imports.get_import_by_operation(execution.id)
-            if item is None:
-                raise PermanentError("the import was deleted while it ran", reason="IMPORT_GONE")
-            dataset = await uow.imports.get_dataset_by_id(item.dataset_id)
-            if dataset is None:
-                raise PermanentError("the dataset was deleted while the import ran")
-            if await uow.imports.has_legacy_staging(item.id):
-                raise PermanentError(
-                    "rows of this import were staged by an older version of Conveyor; retry"
-                    " the import",
-                    reason="STAGED_BY_OLDER_VERSION",
-                )
-            load = await uow.imports.has_load_table(item.id)
-            todo = await uow.imports.chunks_to_merge(item.id)
-            # Worth trying plain INSERTs only into an empty dataset (a conflict falls back).
-            plain = dataset.record_count == 0 and not await uow.imports.has_records(dataset.id)
+        if context is None:
+            raise PermanentError("the import was deleted while it ran", reason="IMPORT_GONE")
+        item, dataset = context.item, context.dataset
+        if dataset is None:
+            raise PermanentError("the dataset was deleted while the import ran")
+        if context.legacy:
+            raise PermanentError(
+                "rows of this import were staged by an older version of Conveyor; retry the import",
+                reason="STAGED_BY_OLDER_VERSION",
+            )
+        todo = context.todo
         if not todo:
             return
-        if load:
+        if context.load:
             await self._merge_load(execution, item, dataset)
             return
+        # Worth trying plain INSERTs only into an empty dataset (a conflict falls back).
+        plain = dataset.record_count == 0 and not await self._uow().autocommit(
+            lambda uow: uow.imports.has_records(dataset.id)
+        )
         gate = asyncio.Semaphore(max(1, self.policy.merge_concurrency))
         now = utcnow()
 
@@ -256,9 +274,9 @@ class FinalizePart(ServiceBase):
                 raise LeaseLost(f"operation {execution.id} is {shared}")
             # One swap or merge at a time (a duplicate finalize waits here, then finds it done).
             await repo.get_import(item.id, for_update=True)
-            if not await repo.has_load_table(item.id):
+            load, totals = await repo.load_state(item.id)
+            if not load:
                 return
-            totals = await repo.chunk_totals(item.id)
             if totals.done != totals.chunks or totals.merged:
                 raise TransientError(f"{totals.chunks - totals.done} chunks are not done yet")
             # No count of the loaded rows (the per-chunk path counts its UNLOGGED tables): the
@@ -270,23 +288,12 @@ class FinalizePart(ServiceBase):
             await repo.mark_loaded_chunks_merged(item.id, inserted)
             await uow.commit()
 
-    async def _drop_plain_copy(self, operation_id: uuid.UUID) -> None:
+    def _drop_plain_copy(self, context: ImportContext) -> None:
         """Removes the decompressed copy of a gzip upload once the import succeeded (the
-        original stays for the dataset's life).
+        original stays for the dataset's life). File and copy are the split's: ``context``
+        read them.
         """
-        async with self._uow() as uow:
-            item = await uow.imports.get_import_by_operation(operation_id)
-            _, plain = await uow.imports.import_plan(item.id) if item else ([], None)
-        if (
-            item is not None
-            and item.file_path
-            and plain
-            and plain != self.store.path(item.file_path)
-        ):
+        item, plain = context.item, context.plain_path
+        if item.file_path and plain and plain != self.store.path(item.file_path):
             with contextlib.suppress(OSError):
                 os.remove(plain)
-
-    async def _totals_by_operation(self, operation_id: uuid.UUID) -> Any:
-        async with self._uow() as uow:
-            item = await uow.imports.get_import_by_operation(operation_id)
-            return await uow.imports.chunk_totals(item.id) if item is not None else None

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import functools
 import uuid
 from typing import Any
 
 from domains.imports import parsing
-from domains.imports.model import Chunk, Dataset, Import, ImportState
-from domains.imports.service.base import ServiceBase
+from domains.imports.model import Chunk, ImportState
+from domains.imports.repository import ImportContext
+from domains.imports.service.base import CHUNK_VALIDATED, ServiceBase
 from domains.operations.execution import Cancelled, Execution, ProgressSink
 from domains.shared.errors import PermanentError, TransientError
 
@@ -52,42 +54,38 @@ class RunPart(ServiceBase):
 
     async def _run(self, execution: Execution, sink: ProgressSink | None) -> dict[str, Any]:
         op_id = execution.id
-        async with self._uow() as uow:
-            item = await uow.imports.get_import_by_operation(op_id)
-            dataset = (
-                await uow.imports.get_dataset_by_id(item.dataset_id) if item is not None else None
-            )
-            if item is not None and item.state == ImportState.FAILED:
-                # A :retry of a failed import starts over: its chunks, staged rows and row
-                # errors are dropped so that they are not counted twice.
-                await uow.imports.reset_import(item.id)
-                item.chunks_total = item.rows_total = None
-                item.rows_accepted = item.rows_rejected = None
-                item.error = item.complete_time = None
-            if item is not None and item.state in (ImportState.PENDING, ImportState.FAILED):
-                item.state = ImportState.RUNNING
-                await uow.imports.save_import(item)
-                await uow.commit()
-        if item is None or dataset is None:
+        # PENDING -> RUNNING and the import with its dataset: one statement in autocommit.
+        context = await self._uow().autocommit(lambda uow: uow.imports.start_import(op_id))
+        if context is not None and context.item.state == ImportState.FAILED:
+            context = await self._restart(op_id)
+        if context is None or context.dataset is None:
             raise PermanentError(
                 "the import or its dataset was deleted before it ran", reason="IMPORT_GONE"
             )
+        item = context.item
         if item.chunks_total is None:
             async with self._keepalive(op_id, "reading the file"):
-                item = await self._split(item, dataset)
-        await execution.checkpoint(
-            (await self._totals(item.id)).rows_done, item.rows_total, "importing"
-        )
-        async with self._uow() as uow:
-            pending = await uow.imports.pending_chunks(item.id)
+                context = await self._split(context)
+            item = context.item
+        if context.chunk is not None:
+            # This run recorded the split: every chunk is pending, no row is done yet.
+            pending, rows_done = list(range(item.chunks_total or 0)), 0
+        else:
+            # Resumed (or another run split it): the chunks as they stand, one statement.
+            chunks = await self._uow().autocommit(lambda uow: uow.imports.chunks(item.id))
+            pending = [c.chunk_no for c in chunks if c.state not in CHUNK_VALIDATED]
+            rows_done = sum(c.rows for c in chunks if c.state in CHUNK_VALIDATED)
+            context.chunk = next((c for c in chunks if c.state not in CHUNK_VALIDATED), None)
+        await execution.checkpoint(rows_done, item.rows_total, "importing")
         if not pending:
             return await self._finalize(execution)
         if item.chunks_total == 1 and self.policy.inline_single_chunk:
             # A one-chunk import (up to ``chunk_rows`` rows) has nothing to fan out: the chunk
             # and the finalize run here, which spares two task hops and the chord's counting
-            # (most of a small import's time). Same steps, same fencing as the fan-out.
+            # (most of a small import's time). Same steps, same fencing as the fan-out; the
+            # chunk starts from what this run loaded (no second read).
             async with self._keepalive(op_id, "importing"):
-                outcome = await self.process_chunk(op_id, execution.attempt, pending[0], sink=sink)
+                outcome = await self._process_chunk(execution.operation, context, sink=sink)
             if outcome.get("cancelled"):
                 return {"cancelled": True}
             return await self._finalize(execution)
@@ -99,11 +97,36 @@ class RunPart(ServiceBase):
             "chunks_total": item.chunks_total,
         }
 
-    async def _totals(self, import_id: uuid.UUID) -> Any:
+    async def _restart(self, operation_id: uuid.UUID) -> ImportContext | None:
+        """Starts a failed import over (a :retry): its chunks, staged rows and row errors are
+        dropped so that they are not counted twice, and it is RUNNING again.
+        """
         async with self._uow() as uow:
-            return await uow.imports.chunk_totals(import_id)
+            item = await uow.imports.get_import_by_operation(operation_id)
+            if item is None:
+                return None
+            dataset = await uow.imports.get_dataset_by_id(item.dataset_id)
+            if item.state == ImportState.FAILED:
+                await uow.imports.reset_import(item.id)
+                item.chunks_total = item.rows_total = None
+                item.rows_accepted = item.rows_rejected = None
+                item.error = item.complete_time = None
+            if item.state in (ImportState.PENDING, ImportState.FAILED):
+                item.state = ImportState.RUNNING
+                await uow.imports.save_import(item)
+                await uow.commit()
+            columns, plain = await uow.imports.import_plan(item.id)
+        return ImportContext(item=item, dataset=dataset, columns=columns, plain_path=plain)
 
-    async def _split(self, item: Import, dataset: Dataset) -> Import:
+    async def _split(self, context: ImportContext) -> ImportContext:
+        """Splits the file into chunks and records them with the import's counts.
+
+        Returns:
+            The import as recorded; its ``chunk`` is the first chunk if this run recorded the
+            split (``None`` if another run had: then it is read again).
+        """
+        item, dataset = context.item, context.dataset
+        assert dataset is not None
         if item.file_path is None:
             if not item.source_uri or self._fetcher is None:
                 raise PermanentError("the import has no file and no source_uri to fetch")
@@ -133,37 +156,48 @@ class RunPart(ServiceBase):
                 encoding_errors=item.encoding_errors,
             )
         )
-        async with self._uow() as uow:
-            locked = await uow.imports.get_import(item.id, for_update=True)
-            if locked is None:
-                raise PermanentError("the import was deleted while it ran", reason="IMPORT_GONE")
-            if locked.chunks_total is not None:
-                return locked
-            await uow.imports.add_chunks(
-                [
-                    Chunk(
-                        import_id=item.id,
-                        chunk_no=c.chunk_no,
-                        start_offset=c.start_offset,
-                        end_offset=c.end_offset,
-                        first_line=c.first_line,
-                        rows=c.rows,
-                    )
-                    for c in plan.chunks
-                ]
+        chunks = [
+            Chunk(
+                import_id=item.id,
+                chunk_no=c.chunk_no,
+                start_offset=c.start_offset,
+                end_offset=c.end_offset,
+                first_line=c.first_line,
+                rows=c.rows,
             )
-            if self.policy.direct_load and not await uow.imports.has_records(dataset.id):
+            for c in plan.chunks
+        ]
+        split = dataclasses.replace(
+            item, format=fmt, rows_total=plan.rows_total, chunks_total=len(chunks)
+        )
+        async with self._uow() as uow:
+            # One statement: the import's counts (only if no split is recorded yet: its row
+            # lock settles concurrent runs), the chunks, and whether the dataset holds records.
+            won, has_records = await uow.imports.record_split(
+                split,
+                chunks,
+                columns=plan.columns,
+                plain_path=plain,
+                probe_records=self.policy.direct_load,
+            )
+            if won and self.policy.direct_load and not has_records:
                 # Chunks COPY straight into a table the finalize can swap in (see
                 # ImportsPolicy.direct_load); created with the chunks, dropped with them.
                 await uow.imports.create_load_table(item.id, dataset.fields)
-            locked.format = fmt
-            locked.rows_total = plan.rows_total
-            locked.chunks_total = len(plan.chunks)
-            locked.file_path, locked.size_bytes, locked.sha256 = (
-                item.file_path,
-                item.size_bytes,
-                item.sha256,
-            )
-            await uow.imports.save_import(locked, columns=plan.columns, plain_path=plain)
             await uow.commit()
-        return locked
+        if not won:
+            found = await self._uow().autocommit(
+                lambda uow: uow.imports.import_context(item.operation_id)
+            )
+            if found is None:
+                raise PermanentError("the import was deleted while it ran", reason="IMPORT_GONE")
+            found.dataset = found.dataset or dataset
+            return found
+        return ImportContext(
+            item=split,
+            dataset=dataset,
+            columns=list(plan.columns),
+            plain_path=plain,
+            chunk=chunks[0] if chunks else None,
+            load=self.policy.direct_load and not has_records,
+        )
