@@ -1,14 +1,17 @@
-"""Adapters of the webhooks domain: the HTTP sender (one ``httpx.AsyncClient`` per worker
-process, created lazily on the runtime's event loop) and the Redis rate limiter.
+"""Adapters of the webhooks domain: the HTTP sender (a keep-alive ``httpx.AsyncClient`` per
+endpoint in each worker process, created lazily on the runtime's event loop) and the Redis rate
+limiter.
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import email.utils
 import ipaddress
 import math
 import os
+import ssl
 import time
 import urllib.parse
 from collections.abc import Mapping, Sequence
@@ -66,11 +69,20 @@ def pinned_url(url: str, address: IpAddress) -> tuple[str, str]:
 
 
 class HttpxSender:
-    """Sends webhook requests with one ``httpx.AsyncClient`` per process and event loop.
+    """Sends webhook requests with a keep-alive pool per endpoint.
 
-    The client is created on first use inside the runtime loop (after fork in prefork
-    workers), keeps connections alive across tasks, never follows redirects and ignores proxy
-    environment variables.
+    One ``httpx.AsyncClient`` per endpoint URL (at most ``max_endpoint_pools`` per process,
+    least recently used closed first), each holding at most ``max_connections_per_endpoint``
+    connections, all sharing one TLS context. Per endpoint because httpcore looks at every
+    connection of a pool (an expiry check, a readability poll) whenever a request starts or
+    ends: in one pool shared by every endpoint that scan grew with all the open connections
+    and took half of a busy webhook worker's CPU. Per endpoint it stays short, and a slow
+    endpoint cannot take the connections the others need. ``max_concurrent_requests`` still
+    bounds the requests in flight per process.
+
+    Clients are created on first use inside the runtime loop (after fork in prefork workers),
+    keep connections alive across tasks, never follow redirects and ignore proxy environment
+    variables.
     """
 
     def __init__(self, settings: WebhooksSettings) -> None:
@@ -80,35 +92,63 @@ class HttpxSender:
             settings: Timeouts and concurrency.
         """
         self._settings = settings
-        self._client: httpx.AsyncClient | None = None
+        self._clients: collections.OrderedDict[str, httpx.AsyncClient] = collections.OrderedDict()
         self._owner: tuple[int, int] | None = None
+        self._tls: ssl.SSLContext | None = None
+        self._closing: set[asyncio.Task[None]] = set()
 
-    def client(self) -> httpx.AsyncClient:
-        """Returns this process's client on the running loop (created lazily).
+    def client(self, endpoint_url: str) -> httpx.AsyncClient:
+        """Returns the pool of ``endpoint_url`` in this process, on the running loop.
+
+        Args:
+            endpoint_url: The endpoint's URL (its pool's key).
 
         Returns:
             The client.
         """
         owner = (os.getpid(), id(asyncio.get_running_loop()))
-        if self._client is None or self._owner != owner:
-            s = self._settings
-            self._client = httpx.AsyncClient(
-                timeout=httpx.Timeout(s.timeout_seconds, connect=s.connect_timeout_seconds),
-                follow_redirects=False,
-                trust_env=False,
-                limits=httpx.Limits(
-                    max_connections=s.max_concurrent_requests,
-                    max_keepalive_connections=s.max_concurrent_requests,
-                ),
-            )
+        if self._owner != owner:
+            # A forked child or another loop: the parent's connections are not ours to use.
+            self._clients = collections.OrderedDict()
             self._owner = owner
-        return self._client
+        client = self._clients.get(endpoint_url)
+        if client is not None:
+            self._clients.move_to_end(endpoint_url)
+            return client
+        s = self._settings
+        if self._tls is None:
+            self._tls = httpx.create_ssl_context()  # loading the CA bundle once, not per pool
+        per_endpoint = min(s.max_connections_per_endpoint, s.max_concurrent_requests)
+        client = httpx.AsyncClient(
+            timeout=httpx.Timeout(s.timeout_seconds, connect=s.connect_timeout_seconds),
+            follow_redirects=False,
+            trust_env=False,
+            verify=self._tls,
+            limits=httpx.Limits(
+                max_connections=per_endpoint, max_keepalive_connections=per_endpoint
+            ),
+        )
+        self._clients[endpoint_url] = client
+        while len(self._clients) > s.max_endpoint_pools:
+            _, evicted = self._clients.popitem(last=False)
+            # Its requests in flight finish (aclose waits for none); idle connections close.
+            task = asyncio.get_running_loop().create_task(evicted.aclose())
+            self._closing.add(task)
+            task.add_done_callback(self._closing.discard)
+        return client
+
+    @property
+    def pools(self) -> int:
+        """Endpoint pools open in this process (tests, metrics)."""
+        return len(self._clients)
 
     async def aclose(self) -> None:
-        """Closes the client (shutdown, tests)."""
-        if self._client is not None:
-            await self._client.aclose()
-            self._client = None
+        """Closes every client (shutdown, tests)."""
+        clients, self._clients = list(self._clients.values()), collections.OrderedDict()
+        for client in clients:
+            await client.aclose()
+        if self._closing:
+            await asyncio.gather(*self._closing, return_exceptions=True)
 
     async def send(
         self,
@@ -135,10 +175,11 @@ class HttpxSender:
             extensions["sni_hostname"] = urllib.parse.urlsplit(url).hostname
         start = time.perf_counter()
         try:
-            request = self.client().build_request(
+            client = self.client(url)
+            request = client.build_request(
                 "POST", target, content=body, headers=request_headers, extensions=extensions
             )
-            response = await self.client().send(request, stream=True)
+            response = await client.send(request, stream=True)
             duration = (time.perf_counter() - start) * 1000
             try:
                 data = bytearray()

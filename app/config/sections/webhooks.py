@@ -90,6 +90,21 @@ class WebhooksSettings(BaseModel):
     max_concurrent_requests: int = Field(
         default=100, ge=1, le=10000, description="Open requests per worker process."
     )
+    max_connections_per_endpoint: int = Field(
+        default=10,
+        ge=1,
+        le=10000,
+        description="Open connections (so requests in flight) per endpoint and worker process.",
+    )
+    max_endpoint_pools: int = Field(
+        default=256,
+        ge=1,
+        le=100000,
+        description=(
+            "Endpoints per worker process whose connections are kept alive (least recently"
+            " used closed first)."
+        ),
+    )
 
     @field_validator("retry_schedule_seconds")
     @classmethod
