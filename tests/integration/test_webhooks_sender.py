@@ -5,74 +5,22 @@ of them per process (least recently used closed first)."""
 from __future__ import annotations
 
 import asyncio
-import http.server
 import ipaddress
-import threading
-import time
-from collections import Counter, defaultdict
 from collections.abc import Iterator
-from typing import Any
 
 import pytest
 
 from app.adapters.webhooks_http import HttpxSender
 from app.config.sections.webhooks import WebhooksSettings
+from tests.support.webhooks import Answer, Receiver
 
 LOCAL = [ipaddress.ip_address("127.0.0.1")]
 
 
-class _Server(http.server.ThreadingHTTPServer):
-    daemon_threads = True
-    request_queue_size = 128
-
-    def __init__(self) -> None:
-        super().__init__(("127.0.0.1", 0), _Handler)
-        self.lock = threading.Lock()
-        self.in_flight: Counter[str] = Counter()
-        self.most_in_flight: Counter[str] = Counter()
-        self.peers: defaultdict[str, set[int]] = defaultdict(set)
-        self.hang = 0.0
-
-
-class _Handler(http.server.BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
-    server: _Server
-
-    def log_message(self, format: str, *args: Any) -> None:
-        pass
-
-    def do_POST(self) -> None:
-        self.rfile.read(int(self.headers.get("content-length") or 0))
-        server = self.server
-        with server.lock:
-            server.in_flight[self.path] += 1
-            server.most_in_flight[self.path] = max(
-                server.most_in_flight[self.path], server.in_flight[self.path]
-            )
-            server.peers[self.path].add(self.client_address[1])
-        time.sleep(server.hang)
-        with server.lock:
-            server.in_flight[self.path] -= 1
-        self.send_response(200)
-        self.send_header("content-length", "2")
-        self.end_headers()
-        self.wfile.write(b"ok")
-
-
 @pytest.fixture
-def server() -> Iterator[_Server]:
-    srv = _Server()
-    thread = threading.Thread(target=srv.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield srv
-    finally:
-        srv.shutdown()
-        srv.server_close()
-
-
-def _url(server: _Server, path: str) -> str:
-    return f"http://127.0.0.1:{server.server_address[1]}{path}"
+def server() -> Iterator[Receiver]:
+    with Receiver() as receiver:
+        yield receiver
 
 
 async def _post(sender: HttpxSender, url: str) -> int | None:
@@ -80,33 +28,36 @@ async def _post(sender: HttpxSender, url: str) -> int | None:
     return result.status_code
 
 
-async def test_each_endpoint_has_its_own_pool_capped_per_endpoint(server: _Server) -> None:
+async def test_each_endpoint_has_its_own_pool_capped_per_endpoint(server: Receiver) -> None:
     sender = HttpxSender(WebhooksSettings(max_connections_per_endpoint=3))
-    server.hang = 0.3
-    a, b = _url(server, "/a"), _url(server, "/b")
+    for path in ("/a", "/b"):
+        server.set_default(path, Answer(hang=0.3))
+    a, b = server.url("/a"), server.url("/b")
     try:
         statuses = await asyncio.gather(*(_post(sender, u) for u in [a, b] * 12))
         assert statuses == [200] * 24
         # At most 3 requests at a time per endpoint, over at most 3 connections each...
-        assert server.most_in_flight == {"/a": 3, "/b": 3}
-        assert len(server.peers["/a"]) <= 3 and len(server.peers["/b"]) <= 3
+        assert (server.most_in_flight("/a"), server.most_in_flight("/b")) == (3, 3)
+        peers = {path: {r.peer_port for r in server.received(path)} for path in ("/a", "/b")}
+        assert len(peers["/a"]) <= 3 and len(peers["/b"]) <= 3
         # ...and the two endpoints' connections are not shared (one pool would give 3 in all).
-        assert not server.peers["/a"] & server.peers["/b"]
+        assert not peers["/a"] & peers["/b"]
         assert sender.pools == 2
         # Kept alive: a second round opens no new connection.
-        before = {path: set(ports) for path, ports in server.peers.items()}
-        server.hang = 0.0
+        for path in ("/a", "/b"):
+            server.set_default(path, Answer())
         await asyncio.gather(*(_post(sender, u) for u in [a, b] * 3))
-        assert server.peers == before
+        assert {r.peer_port for r in server.received("/a")} == peers["/a"]
+        assert {r.peer_port for r in server.received("/b")} == peers["/b"]
     finally:
         await sender.aclose()
 
 
 async def test_the_least_recently_used_endpoint_pool_is_closed_past_the_cap(
-    server: _Server,
+    server: Receiver,
 ) -> None:
     sender = HttpxSender(WebhooksSettings(max_endpoint_pools=2))
-    a, b, c = (_url(server, p) for p in ("/a", "/b", "/c"))
+    a, b, c = (server.url(p) for p in ("/a", "/b", "/c"))
     try:
         assert await _post(sender, a) == 200
         first = sender.client(a)

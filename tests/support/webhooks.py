@@ -13,7 +13,7 @@ import http.server
 import socket
 import threading
 import time
-from collections import defaultdict, deque
+from collections import Counter, defaultdict, deque
 from typing import Any
 
 
@@ -54,12 +54,14 @@ class Received:
         path: Request path.
         headers: Lower-cased headers.
         body: Raw body.
+        peer_port: The sender's port (one per connection).
     """
 
     time: float
     path: str
     headers: dict[str, str]
     body: bytes
+    peer_port: int = 0
 
 
 class _Handler(http.server.BaseHTTPRequestHandler):
@@ -79,8 +81,15 @@ class _Handler(http.server.BaseHTTPRequestHandler):
                 path=self.path,
                 headers={k.lower(): v for k, v in self.headers.items()},
                 body=body,
+                peer_port=int(self.client_address[1]),
             )
         )
+        try:
+            self._answer(answer)
+        finally:
+            receiver._done(self.path)
+
+    def _answer(self, answer: Answer) -> None:
         if answer.close:
             self.close_connection = True
             try:
@@ -113,6 +122,8 @@ class Receiver:
         self._plans: dict[str, deque[Answer]] = defaultdict(deque)
         self._defaults: dict[str, Answer] = {}
         self.requests: list[Received] = []
+        self._in_flight: Counter[str] = Counter()
+        self._most_in_flight: Counter[str] = Counter()
         self._server = _Server(("127.0.0.1", 0), _Handler)
         self._server.receiver = self
         self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
@@ -151,10 +162,23 @@ class Receiver:
     def _record(self, request: Received) -> Answer:
         with self._lock:
             self.requests.append(request)
+            self._in_flight[request.path] += 1
+            self._most_in_flight[request.path] = max(
+                self._most_in_flight[request.path], self._in_flight[request.path]
+            )
             plan = self._plans.get(request.path)
             if plan:
                 return plan.popleft()
             return self._defaults.get(request.path, OK)
+
+    def _done(self, path: str) -> None:
+        with self._lock:
+            self._in_flight[path] -= 1
+
+    def most_in_flight(self, path: str) -> int:
+        """The most requests on ``path`` the receiver was answering at one time."""
+        with self._lock:
+            return self._most_in_flight[path]
 
     def received(self, path: str) -> list[Received]:
         with self._lock:

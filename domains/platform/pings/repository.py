@@ -172,6 +172,17 @@ ANSWER_SHAPE = "platform.ping.answer"
 """Shape name of the ping's fused finish (its statement is built once and reused)."""
 
 
+def _answer(worker: sa.BindParameter[str], now: sa.BindParameter[Any]) -> dict[str, Any]:
+    # The reply's column values (``Ping.answer``), for both fused statements.
+    pings = tables.pings
+    return {
+        "reply": sa.literal("pong: ") + pings.c.message,
+        "worker": worker,
+        "complete_time": now,
+        "completions": pings.c.completions + 1,
+    }
+
+
 @functools.cache
 def answer_effects() -> tuple[Callable[[sa.ColumnElement[bool]], Any], ...]:
     """A ping's answer as statements for the fused finish (see ``OperationRunner.finish_fused``).
@@ -192,12 +203,7 @@ def answer_effects() -> tuple[Callable[[sa.ColumnElement[bool]], Any], ...]:
         lambda owned: (
             sa.update(pings)
             .where(pings.c.id == sa.bindparam("p_ping_id", type_=pings.c.id.type), owned)
-            .values(
-                reply=sa.literal("pong: ") + pings.c.message,
-                worker=worker,
-                complete_time=now,
-                completions=pings.c.completions + 1,
-            )
+            .values(**_answer(worker, now))
         ),
         lambda owned: sa.insert(effects).from_select(
             ["id", "operation_id", "attempt", "worker", "applied_time"],
@@ -275,14 +281,7 @@ def instant_ping() -> InstantShape:
         response=response,
         effects=(
             lambda settled: (
-                sa.update(pings)
-                .where(settled_ping(settled))
-                .values(
-                    reply=sa.literal("pong: ") + pings.c.message,
-                    worker=worker,
-                    complete_time=now,
-                    completions=pings.c.completions + 1,
-                )
+                sa.update(pings).where(settled_ping(settled)).values(**_answer(worker, now))
             ),
             lambda settled: sa.insert(effects).from_select(
                 ["id", "operation_id", "attempt", "worker", "applied_time"],
