@@ -134,11 +134,30 @@ def _chunk_of(row: Any) -> Chunk | None:
     return Chunk(**{c.name: row[_CHUNK + c.name] for c in tables.import_chunks.c})
 
 
+def _validated(c: sa.Table) -> sa.ColumnElement[bool]:
+    # A chunk DONE or MERGED (the service's CHUNK_VALIDATED).
+    return sa.or_(c.c.state == "DONE", c.c.state == "MERGED")
+
+
+def _touch(values: dict[str, Any]) -> Any:
+    # A heartbeat of an import's operation (bind "w_op") while RUNNING or CANCELLING, any
+    # attempt: its chunk tasks beat for it.
+    t = tables.operations
+    return (
+        sa.update(t)
+        .where(
+            t.c.id == sa.bindparam("w_op", type_=t.c.id.type),
+            sa.or_(t.c.state == "RUNNING", t.c.state == "CANCELLING"),
+        )
+        .values(**values)
+    )
+
+
 def _sums(prefix: str = "") -> list[Any]:
     """The chunk sums of :class:`ChunkTotals`, in its field order, over ``import_chunks``."""
     t = tables.import_chunks
     merged = t.c.state == "MERGED"
-    done = sa.or_(t.c.state == "DONE", merged)
+    done = _validated(t)
     return [
         sa.func.count().label(prefix + "chunks"),
         sa.func.count().filter(done).label(prefix + "done"),
@@ -206,7 +225,7 @@ def _build_start() -> Any:
 def _build_context() -> Any:
     t, d, c = tables.imports, tables.datasets, tables.import_chunks
     op_id = sa.bindparam("op_id", type_=t.c.operation_id.type)
-    done = sa.or_(c.c.state == "DONE", c.c.state == "MERGED")
+    done = _validated(c)
     numbers = pg.aggregate_order_by(c.c.chunk_no, c.c.chunk_no)
     sums = (
         sa.select(
@@ -293,7 +312,7 @@ def _build_share(relax: bool) -> Any:
 
 def _build_touch_with_totals() -> Any:
     c, t = tables.import_chunks, tables.operations
-    done = sa.or_(c.c.state == "DONE", c.c.state == "MERGED")
+    done = _validated(c)
     progress = (
         sa.select(
             sa.func.jsonb_build_object(
@@ -312,14 +331,8 @@ def _build_touch_with_totals() -> Any:
         .scalar_subquery()
     )
     now = sa.bindparam("w_now", type_=t.c.update_time.type)
-    return (
-        sa.update(t)
-        .where(
-            t.c.id == sa.bindparam("w_op", type_=t.c.id.type),
-            sa.or_(t.c.state == "RUNNING", t.c.state == "CANCELLING"),
-        )
-        .values(progress=progress, heartbeat_time=now, update_time=now)
-        .returning(t.c.progress)
+    return _touch({"progress": progress, "heartbeat_time": now, "update_time": now}).returning(
+        t.c.progress
     )
 
 
@@ -343,16 +356,7 @@ def _build_complete_chunk(with_progress: bool) -> Any:
     values: dict[str, Any] = {"heartbeat_time": now, "update_time": now}
     if with_progress:
         values["progress"] = sa.bindparam("w_progress", type_=t.c.progress.type)
-    return (
-        sa.update(t)
-        .where(
-            t.c.id == sa.bindparam("w_op", type_=t.c.id.type),
-            sa.or_(t.c.state == "RUNNING", t.c.state == "CANCELLING"),
-        )
-        .values(**values)
-        .returning(t.c.state)
-        .add_cte(done)
-    )
+    return _touch(values).returning(t.c.state).add_cte(done)
 
 
 _BUILDERS: dict[str, Callable[[], Any]] = {
@@ -556,10 +560,6 @@ class ImportsRepository(Protocol):
         self, dataset_id: uuid.UUID, *, after_id: uuid.UUID | None, limit: int
     ) -> list[Import]:
         """Lists a dataset's imports in creation order."""
-        ...
-
-    async def add_chunks(self, chunks: Sequence[Chunk]) -> None:
-        """Inserts the chunks of a split."""
         ...
 
     async def get_chunk(
@@ -1274,17 +1274,6 @@ class SqlImportsRepository:
         return [_import(r) for r in (await self._session.execute(query)).mappings()]
 
     # ---- chunks ------------------------------------------------------------------------
-
-    async def add_chunks(self, chunks: Sequence[Chunk]) -> None:
-        """Inserts the chunks of a split.
-
-        Args:
-            chunks: The chunks.
-        """
-        if chunks:
-            await self._session.execute(
-                sa.insert(tables.import_chunks), [dataclasses.asdict(c) for c in chunks]
-            )
 
     async def get_chunk(
         self, import_id: uuid.UUID, chunk_no: int, *, for_update: bool = False
@@ -2139,13 +2128,8 @@ class SqlImportsRepository:
         values: dict[str, Any] = {"heartbeat_time": now, "update_time": now}
         if progress is not None:
             values["progress"] = progress
-        query = (
-            sa.update(t)
-            .where(t.c.id == operation_id, t.c.state.in_(["RUNNING", "CANCELLING"]))
-            .values(**values)
-            .returning(t.c.state)
-        )
-        row = (await self._session.execute(query)).first()
+        query = _touch(values).returning(t.c.state)
+        row = (await self._session.execute(query, {"w_op": operation_id})).first()
         return str(row[0]) if row else None
 
     async def expired_files(

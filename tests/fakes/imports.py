@@ -182,10 +182,6 @@ class FakeImportsRepository:
         """Not faked (PostgreSQL only)."""
         raise sql_only("imports.import_plan", _PG_TEST)
 
-    async def add_chunks(self, chunks: Sequence[Chunk]) -> None:
-        """Not faked (PostgreSQL only)."""
-        raise sql_only("imports.add_chunks", _PG_TEST)
-
     async def get_chunk(
         self, import_id: uuid.UUID, chunk_no: int, *, for_update: bool = False
     ) -> Chunk | None:
