@@ -71,9 +71,10 @@ def pinned_url(url: str, address: IpAddress) -> tuple[str, str]:
 class HttpxSender:
     """Sends webhook requests with a keep-alive pool per endpoint.
 
-    One ``httpx.AsyncClient`` per endpoint URL (at most ``max_endpoint_pools`` per process,
-    least recently used closed first), each holding at most ``max_connections_per_endpoint``
-    connections, all sharing one TLS context. Per endpoint because httpcore looks at every
+    One ``httpx.AsyncClient`` per endpoint URL (at most ``max_endpoint_pools`` per process;
+    the least recently used is closed once its requests in flight have finished), each
+    holding at most ``max_connections_per_endpoint`` connections, all sharing one TLS
+    context. Per endpoint because httpcore looks at every
     connection of a pool (an expiry check, a readability poll) whenever a request starts or
     ends: in one pool shared by every endpoint that scan grew with all the open connections
     and took half of a busy webhook worker's CPU. Per endpoint it stays short, and a slow
@@ -95,7 +96,10 @@ class HttpxSender:
         self._clients: collections.OrderedDict[str, httpx.AsyncClient] = collections.OrderedDict()
         self._owner: tuple[int, int] | None = None
         self._tls: ssl.SSLContext | None = None
-        self._closing: set[asyncio.Task[None]] = set()
+        # Requests in flight per client, and evicted clients still busy: a pool is closed
+        # only once its last request has finished (closing it would cut them).
+        self._busy: collections.Counter[httpx.AsyncClient] = collections.Counter()
+        self._retired: list[httpx.AsyncClient] = []
 
     def client(self, endpoint_url: str) -> httpx.AsyncClient:
         """Returns the pool of ``endpoint_url`` in this process, on the running loop.
@@ -110,6 +114,7 @@ class HttpxSender:
         if self._owner != owner:
             # A forked child or another loop: the parent's connections are not ours to use.
             self._clients = collections.OrderedDict()
+            self._busy, self._retired = collections.Counter(), []
             self._owner = owner
         client = self._clients.get(endpoint_url)
         if client is not None:
@@ -131,10 +136,7 @@ class HttpxSender:
         self._clients[endpoint_url] = client
         while len(self._clients) > s.max_endpoint_pools:
             _, evicted = self._clients.popitem(last=False)
-            # Its requests in flight finish (aclose waits for none); idle connections close.
-            task = asyncio.get_running_loop().create_task(evicted.aclose())
-            self._closing.add(task)
-            task.add_done_callback(self._closing.discard)
+            self._retired.append(evicted)  # closed by the next request to finish, when idle
         return client
 
     @property
@@ -144,11 +146,17 @@ class HttpxSender:
 
     async def aclose(self) -> None:
         """Closes every client (shutdown, tests)."""
-        clients, self._clients = list(self._clients.values()), collections.OrderedDict()
+        clients = [*self._clients.values(), *self._retired]
+        self._clients, self._retired = collections.OrderedDict(), []
         for client in clients:
             await client.aclose()
-        if self._closing:
-            await asyncio.gather(*self._closing, return_exceptions=True)
+
+    async def _close_retired(self) -> None:
+        idle = [c for c in self._retired if not self._busy[c]]
+        if idle:
+            self._retired = [c for c in self._retired if self._busy[c]]
+            for client in idle:
+                await client.aclose()
 
     async def send(
         self,
@@ -173,11 +181,28 @@ class HttpxSender:
         extensions: dict[str, Any] = {}
         if url.lower().startswith("https:"):
             extensions["sni_hostname"] = urllib.parse.urlsplit(url).hostname
+        client = self.client(url)
+        self._busy[client] += 1
+        try:
+            return await self._post(client, target, request_headers, body, extensions)
+        finally:
+            self._busy[client] -= 1
+            if not self._busy[client]:
+                del self._busy[client]
+            await self._close_retired()
+
+    async def _post(
+        self,
+        client: httpx.AsyncClient,
+        target: str,
+        headers: Mapping[str, str],
+        body: bytes,
+        extensions: dict[str, Any],
+    ) -> SendResult:
         start = time.perf_counter()
         try:
-            client = self.client(url)
             request = client.build_request(
-                "POST", target, content=body, headers=request_headers, extensions=extensions
+                "POST", target, content=body, headers=headers, extensions=extensions
             )
             response = await client.send(request, stream=True)
             duration = (time.perf_counter() - start) * 1000

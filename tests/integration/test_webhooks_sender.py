@@ -76,3 +76,22 @@ async def test_the_least_recently_used_endpoint_pool_is_closed_past_the_cap(
         assert sender.client(a) is not first
     finally:
         await sender.aclose()
+
+
+async def test_a_request_in_flight_finishes_when_its_pool_is_closed_past_the_cap(
+    server: Receiver,
+) -> None:
+    sender = HttpxSender(WebhooksSettings(max_endpoint_pools=1))
+    server.set_default("/slow", Answer(hang=0.5))
+    slow, other = server.url("/slow"), server.url("/other")
+    try:
+        in_flight = asyncio.create_task(_post(sender, slow))
+        await asyncio.to_thread(server.wait_for, "/slow", 1, 5)  # being answered now
+        first = sender.client(slow)
+        assert await _post(sender, other) == 200  # evicts /slow's pool while it is busy
+        assert sender.pools == 1
+        assert await in_flight == 200, "the evicted pool's request in flight was cut"
+        await asyncio.sleep(0.05)
+        assert first.is_closed  # closed once its last request finished
+    finally:
+        await sender.aclose()
