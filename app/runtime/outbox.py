@@ -107,6 +107,7 @@ class OutboxPublisher:
         self._drainer: asyncio.Task[None] | None = None
         self._declare_lock = threading.Lock()
         self._amqp_armed = False  # set by the first RabbitMQ broker watch
+        self._known_queues = frozenset(q.name for q in self._celery.conf.task_queues or ())
 
     def _declare_once(self) -> None:
         # Declare every queue before the first publish: with Redis, a message published to the
@@ -224,7 +225,14 @@ class OutboxPublisher:
             kwargsrepr=kwargsrepr,
             retry=False,
             producer=producer,
+            declare=self._declare_for(message.queue),
         )
+
+    def _declare_for(self, queue: str) -> list[Any] | None:
+        # The queues of the configuration were declared by _declare_once (and again after a
+        # broker wipe): no per-message declare, which costs kombu a bound copy of the queue
+        # per publish. Any other queue is declared by Celery as usual (None).
+        return [] if queue in self._known_queues else None
 
     def _fan_out(self, message: OutboxMessage, producer: Any = None) -> None:
         # One integration event -> one handle_event task per subscribing domain. If a send
@@ -243,6 +251,7 @@ class OutboxPublisher:
                 kwargsrepr=f"{{'event': {event['type']} {event['id']}}}",
                 retry=False,
                 producer=producer,
+                declare=self._declare_for(domain),
             )
 
     def _send_all(self, messages: Sequence[OutboxMessage]) -> _SendOutcome:

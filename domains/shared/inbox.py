@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import functools
 import uuid
 from collections.abc import Mapping, Sequence
 from typing import Any, Protocol
@@ -20,6 +21,7 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql as pg
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from domains.shared.bulk import insert_statement, row_params
 from domains.shared.retention import delete_batch
 
 PENDING = "PENDING"
@@ -62,6 +64,24 @@ def inbox_table(metadata: sa.MetaData) -> sa.Table:
             postgresql_where=sa.text("state = 'HANDLED'"),
         ),
     )
+
+
+_RECEIVED = (
+    "event_id",
+    "consumer",
+    "event_type",
+    "envelope",
+    "state",
+    "received_time",
+    "dispatch_time",
+    "dispatch_count",
+)
+
+
+@functools.cache
+def _receive_statement(table: sa.Table) -> Any:
+    # Built once per inbox table: a batch of events in one statement, repeats skipped.
+    return insert_statement(table, _RECEIVED).on_conflict_do_nothing()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -156,7 +176,8 @@ class SqlInboxRepository:
             }
             for e in entries
         ]
-        await self._session.execute(pg.insert(self._t).on_conflict_do_nothing(), rows)
+        statement = _receive_statement(self._t)
+        await self._session.execute(statement, row_params(self._t, _RECEIVED, rows))
 
     async def mark_handled(
         self, event_id: uuid.UUID, consumer: str, envelope: Mapping[str, Any], now: dt.datetime

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import functools
 import uuid
 from collections.abc import Sequence
 from typing import Any, Protocol
@@ -12,6 +13,7 @@ import sqlalchemy as sa
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from domains.shared.bulk import insert_many, insert_statement, row_params, update_statement
 from domains.shared.outbox import OutboxMessage
 from domains.shared.query import Condition, Keyset, after_keyset, any_of
 from domains.shared.retention import delete_batch
@@ -34,6 +36,34 @@ _OPS: dict[str, Any] = {
     ">": lambda c, v: c > v,
     ">=": lambda c, v: c >= v,
 }
+
+
+_SAVED = (
+    "state",
+    "attempts",
+    "cycle_attempts",
+    "next_attempt_time",
+    "lease_until",
+    "last_status_code",
+    "last_error",
+    "update_time",
+    "end_time",
+)
+"""Delivery columns a claim or an attempt's record changes."""
+
+
+_DELIVERY_COLUMNS = tuple(c.name for c in tables.deliveries.columns)
+
+
+@functools.cache
+def _add_deliveries() -> Any:
+    # Built once: a delivery whose (event, endpoint) pair exists is skipped.
+    t = tables.deliveries
+    return (
+        insert_statement(t, _DELIVERY_COLUMNS)
+        .on_conflict_do_nothing(index_elements=["event_id", "endpoint_id"])
+        .returning(t.c.id)
+    )
 
 
 def _row(obj: Any) -> dict[str, Any]:
@@ -107,7 +137,7 @@ class WebhooksRepository(Protocol):
         ...
 
     async def save_deliveries(self, deliveries: Sequence[Delivery]) -> None:
-        """Writes back deliveries (one statement, executemany)."""
+        """Writes back deliveries (one statement for all)."""
         ...
 
     async def list_deliveries(
@@ -366,13 +396,9 @@ class SqlWebhooksRepository:
         # One order for every writer: two publishes of one event id (concurrent retries) lock
         # the same (event, endpoint) keys in the same order, so they wait instead of deadlock.
         ordered = sorted(deliveries, key=lambda d: (d.event_id, d.endpoint_id))
-        query = (
-            pg_insert(t)
-            .values([_row(d) for d in ordered])
-            .on_conflict_do_nothing(index_elements=["event_id", "endpoint_id"])
-            .returning(t.c.id)
-        )
-        return list((await self._session.execute(query)).scalars())
+        rows = [_row(d) for d in ordered]
+        params = row_params(t, _DELIVERY_COLUMNS, rows)
+        return list((await self._session.execute(_add_deliveries(), params)).scalars())
 
     async def claim_deliveries(
         self, ids: Sequence[uuid.UUID], *, skip_locked: bool = True
@@ -426,26 +452,16 @@ class SqlWebhooksRepository:
         return Delivery(**dict(row)) if row else None
 
     async def save_deliveries(self, deliveries: Sequence[Delivery]) -> None:
-        """Writes back deliveries (one statement, executemany).
+        """Writes back deliveries (one statement for all).
 
         Args:
-            deliveries: Loaded, changed deliveries.
+            deliveries: Loaded, changed deliveries, locked by this transaction.
         """
         if not deliveries:
             return
-        t = tables.deliveries
-        fields = ("state", "attempts", "cycle_attempts", "next_attempt_time", "lease_until")
-        more = ("last_status_code", "last_error", "update_time", "end_time")
-        query = (
-            sa.update(t)
-            .where(t.c.id == sa.bindparam("_id"))
-            .values({name: sa.bindparam(name) for name in (*fields, *more)})
-        )
-        params = [
-            {"_id": d.id, **{name: getattr(d, name) for name in (*fields, *more)}}
-            for d in deliveries
-        ]
-        await self._session.execute(query, params)
+        rows = [{"id": d.id, **{name: getattr(d, name) for name in _SAVED}} for d in deliveries]
+        statement = update_statement(tables.deliveries, "id", _SAVED)
+        await self._session.execute(statement, row_params(tables.deliveries, ("id", *_SAVED), rows))
 
     async def list_deliveries(
         self,
@@ -608,7 +624,7 @@ class SqlWebhooksRepository:
             attempts: New attempts.
         """
         if attempts:
-            await self._session.execute(sa.insert(tables.attempts), [_row(a) for a in attempts])
+            await self._session.execute(*insert_many(tables.attempts, [_row(a) for a in attempts]))
 
     async def list_attempts(self, delivery_id: uuid.UUID) -> list[Attempt]:
         """Lists a delivery's attempts in order.
@@ -637,7 +653,7 @@ class SqlWebhooksRepository:
         """
         if not messages:
             return
-        await self._session.execute(sa.insert(tables.outbox), [_row(m) for m in messages])
+        await self._session.execute(*insert_many(tables.outbox, [_row(m) for m in messages]))
         added = getattr(outbox, "added", None)
         if isinstance(added, list):
             added.extend(messages)
