@@ -37,6 +37,7 @@ from celery.exceptions import SoftTimeLimitExceeded
 from app.config import Settings, get_settings
 from app.container import Container
 from app.db import EngineRegistry
+from app.runtime.heap import freeze_heap
 from app.runtime.outbox import OutboxPublisher
 
 log = logging.getLogger(__name__)
@@ -238,6 +239,9 @@ def _on_process_init(**_: Any) -> None:
     runtime._container = None
     runtime.inline = True
     runtime.start()
+    # What the child inherited and just built lives as long as it: out of every full
+    # collection's walk (and its pages stay shared with the parent, untouched by the GC).
+    freeze_heap()
 
 
 @signals.worker_process_shutdown.connect

@@ -378,6 +378,7 @@ def relay() -> None:
     """Run the outbox relay and the stale-operation sweeper (several may run at once)."""
     from app.container import Container
     from app.db import EngineRegistry
+    from app.runtime.heap import freeze_heap
     from app.runtime.outbox import OutboxPublisher, run_relay
     from monitoring import logging as conveyor_logging
 
@@ -389,6 +390,7 @@ def relay() -> None:
         registry = EngineRegistry(settings)
         publisher = OutboxPublisher(registry, settings)
         container = Container(settings, registry)
+        freeze_heap()  # startup's objects live as long as the process
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):

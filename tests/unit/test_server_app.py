@@ -33,3 +33,34 @@ def test_conveyor_api_runs_the_server_app() -> None:
     from app import cli
 
     assert '"app.main:server_app"' in inspect.getsource(cli.api.callback)
+
+
+def test_a_worker_pool_child_freezes_what_it_inherited_and_built(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from tasks import runtime as task_runtime
+
+    built = []
+
+    def start() -> None:
+        built.append([object() for _ in range(1000)])  # the child's container, say
+
+    rt = task_runtime.runtime
+    for name in ("_loop", "_thread", "_container", "inline"):
+        monkeypatch.setattr(rt, name, getattr(rt, name))
+    monkeypatch.setattr(rt, "start", start)
+    gc.unfreeze()
+    try:
+        task_runtime._on_process_init()
+        assert built and gc.get_freeze_count() >= 1000
+    finally:
+        gc.unfreeze()
+
+
+def test_the_relay_freezes_its_startup_heap() -> None:
+    import inspect
+
+    from app import cli
+
+    source = inspect.getsource(cli.relay.callback)
+    assert source.index("freeze_heap()") < source.index("await run_relay(")
