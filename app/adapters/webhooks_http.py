@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import email.utils
+import functools
 import ipaddress
 import math
 import os
@@ -49,6 +50,7 @@ def parse_retry_after(value: str | None, now: float | None = None) -> float | No
     return max(0.0, when.timestamp() - (time.time() if now is None else now))
 
 
+@functools.lru_cache(maxsize=4096)
 def pinned_url(url: str, address: IpAddress) -> tuple[str, str]:
     """Rewrites ``url`` to connect to ``address`` (checked by the SSRF guard), so that DNS
     cannot change between the check and the connection (rebinding).

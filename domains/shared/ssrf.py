@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import functools
 import ipaddress
 import socket
 import urllib.parse
@@ -163,28 +164,7 @@ class UrlGuard:
         Raises:
             UnsafeUrl: If it is not an http(s) URL with a host.
         """
-        if len(url) > 2048:
-            raise UnsafeUrl("the URL is longer than 2048 characters")
-        if any(ch.isspace() or ord(ch) < 0x20 or ord(ch) == 0x7F for ch in url):
-            raise UnsafeUrl("the URL must not contain spaces or control characters")
-        try:
-            parts = urllib.parse.urlsplit(url)
-            hostname = parts.hostname
-        except ValueError as exc:  # e.g. an unbalanced "[" in an IPv6 host
-            raise UnsafeUrl(f"the URL is malformed ({exc})") from None
-        if parts.scheme not in ("http", "https"):
-            raise UnsafeUrl(
-                f"the URL must start with http:// or https:// (got {parts.scheme or 'no'} scheme)"
-            )
-        if not hostname:
-            raise UnsafeUrl("the URL has no host; give a full URL such as https://example.com/hook")
-        if parts.username or parts.password:
-            raise UnsafeUrl("the URL must not carry credentials (user:password@)")
-        try:
-            _ = parts.port
-        except ValueError:
-            raise UnsafeUrl("the URL's port is not a number from 1 to 65535") from None
-        return parts
+        return _split(url)
 
     def blocked_reason(self, address: IpAddress) -> str | None:
         """Returns why ``address`` is refused, or ``None`` if it may be reached.
@@ -265,6 +245,34 @@ class UrlGuard:
         return addresses
 
 
+@functools.lru_cache(maxsize=4096)
+def _split(url: str) -> urllib.parse.SplitResult:
+    # A pure check of the URL's form: each endpoint's URL is checked once per process, not
+    # once per delivery (what its host resolves to is still checked on every call).
+    if len(url) > 2048:
+        raise UnsafeUrl("the URL is longer than 2048 characters")
+    if any(ch.isspace() or ord(ch) < 0x20 or ord(ch) == 0x7F for ch in url):
+        raise UnsafeUrl("the URL must not contain spaces or control characters")
+    try:
+        parts = urllib.parse.urlsplit(url)
+        hostname = parts.hostname
+    except ValueError as exc:  # e.g. an unbalanced "[" in an IPv6 host
+        raise UnsafeUrl(f"the URL is malformed ({exc})") from None
+    if parts.scheme not in ("http", "https"):
+        raise UnsafeUrl(
+            f"the URL must start with http:// or https:// (got {parts.scheme or 'no'} scheme)"
+        )
+    if not hostname:
+        raise UnsafeUrl("the URL has no host; give a full URL such as https://example.com/hook")
+    if parts.username or parts.password:
+        raise UnsafeUrl("the URL must not carry credentials (user:password@)")
+    try:
+        _ = parts.port
+    except ValueError:
+        raise UnsafeUrl("the URL's port is not a number from 1 to 65535") from None
+    return parts
+
+
 async def resolve(host: str, port: int) -> list[IpAddress]:
     """Resolves ``host`` to its addresses (an IP literal resolves to itself).
 
@@ -278,10 +286,9 @@ async def resolve(host: str, port: int) -> list[IpAddress]:
     Raises:
         UnsafeUrl: If the name does not resolve.
     """
-    try:
-        return [ipaddress.ip_address(host)]
-    except ValueError:
-        pass
+    literal = _literal(host)
+    if literal is not None:
+        return [literal]
     try:
         infos = await asyncio.get_running_loop().getaddrinfo(host, port, type=socket.SOCK_STREAM)
     except OSError as exc:
@@ -295,3 +302,12 @@ async def resolve(host: str, port: int) -> list[IpAddress]:
         if address not in addresses:
             addresses.append(address)
     return addresses
+
+
+@functools.lru_cache(maxsize=4096)
+def _literal(host: str) -> IpAddress | None:
+    # The host as an IP address, or None for a name (parsed once per host, not per call).
+    try:
+        return ipaddress.ip_address(host)
+    except ValueError:
+        return None

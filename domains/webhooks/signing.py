@@ -82,6 +82,10 @@ def signature_header(secrets_: list[str], msg_id: str, timestamp: int, body: byt
     return " ".join(sign(secret, msg_id, timestamp, body) for secret in secrets_)
 
 
+_OPENED_CACHE = 4096
+"""Opened secrets a :class:`SecretBox` keeps (one or two per endpoint in use)."""
+
+
 class SecretBox:
     """Encrypts signing secrets at rest with a key from settings."""
 
@@ -94,6 +98,9 @@ class SecretBox:
         root = hashlib.sha256(key.encode()).digest()
         self._enc = hmac.new(root, b"conveyor-webhooks-enc", hashlib.sha256).digest()
         self._mac = hmac.new(root, b"conveyor-webhooks-mac", hashlib.sha256).digest()
+        # Every delivery signs with its endpoint's secret: opened once per sealed value (a
+        # rotation seals a new one), not once per request.
+        self._opened: dict[str, str] = {}
 
     def _stream(self, nonce: bytes, length: int) -> bytes:
         blocks = []
@@ -129,6 +136,15 @@ class SecretBox:
         Raises:
             Internal: If the value was not sealed with this key (the key setting changed).
         """
+        opened = self._opened.get(sealed)
+        if opened is None:
+            opened = self._open(sealed)
+            if len(self._opened) >= _OPENED_CACHE:
+                self._opened.clear()  # bounded; the endpoints in use fill it again
+            self._opened[sealed] = opened
+        return opened
+
+    def _open(self, sealed: str) -> str:
         try:
             raw = base64.urlsafe_b64decode(sealed.removeprefix(_BOX_VERSION))
         except ValueError:

@@ -62,6 +62,26 @@ def test_secret_box_round_trips_and_refuses_a_wrong_key_or_tampering():
         box.open(tampered)
 
 
+def test_secret_box_opens_each_sealed_value_once_and_still_refuses_other_keys():
+    box = signing.SecretBox("key-1")
+    first, second = box.seal("whsec_one"), box.seal("whsec_two")
+    assert [box.open(s) for s in (first, second, first, second)] == [
+        "whsec_one",
+        "whsec_two",
+        "whsec_one",
+        "whsec_two",
+    ]
+    # What one box opened is not an answer for a box with another key (the cache is the box's).
+    for _ in range(2):
+        with pytest.raises(Internal):
+            signing.SecretBox("key-2").open(first)
+    calls = []
+    original = box._open
+    box._open = lambda sealed: calls.append(sealed) or original(sealed)  # type: ignore[method-assign]
+    assert box.open(first) == "whsec_one" and calls == []  # opened once already
+    assert box.open(box.seal("whsec_three")) == "whsec_three" and len(calls) == 1
+
+
 @pytest.mark.parametrize(
     ("status", "outcome"),
     [
