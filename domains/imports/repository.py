@@ -17,6 +17,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from domains.imports import tables
 from domains.imports.model import Chunk, Dataset, FieldDef, Import
+from domains.shared.bulk import row_params, unnest_rows
 from domains.shared.errors import InvalidArgument
 from domains.shared.query import Condition
 
@@ -1121,27 +1122,10 @@ class SqlImportsRepository:
             .returning(t.c.id)
             .cte("split")
         )
-        arrays = [
-            ("chunk_no", sa.Integer),
-            ("start_offset", sa.BigInteger),
-            ("end_offset", sa.BigInteger),
-            ("first_line", sa.BigInteger),
-            ("rows", sa.Integer),
-        ]
         # One array per column (unnest): the same statement whatever the number of chunks.
-        rows = (
-            sa.func.unnest(
-                *(
-                    sa.bindparam(
-                        f"c_{name}", [getattr(ch, name) for ch in chunks], type_=pg.ARRAY(kind)
-                    )
-                    for name, kind in arrays
-                )
-            )
-            .table_valued(*(name for name, _ in arrays))
-            .render_derived(name="plan")
-        )
-        names = [name for name, _ in arrays]
+        names = ("chunk_no", "start_offset", "end_offset", "first_line", "rows")
+        rows = unnest_rows(c, names, name="plan")
+        params = row_params(c, names, [dataclasses.asdict(ch) for ch in chunks], name="plan")
         insert = sa.insert(c).from_select(
             ["import_id", *names, "state"],
             sa.select(split.c.id, *(rows.c[n] for n in names), sa.literal("PENDING", sa.Text))
@@ -1153,7 +1137,7 @@ class SqlImportsRepository:
         query = sa.select(
             sa.exists(sa.select(split.c.id)).label("won"), probe.label("has")
         ).add_cte(insert.cte("chunks"))
-        row = (await self._session.execute(query)).one()
+        row = (await self._session.execute(query, params)).one()
         return bool(row[0]), bool(row[1])
 
     async def lock_import_with_totals(

@@ -16,9 +16,10 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql as pg
-from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from domains.shared.bulk import insert_many, insert_statement, row_params, update_statement
+from tests.support.ops import engine_with_tables
 
 metadata = sa.MetaData()
 items = sa.Table(
@@ -40,15 +41,8 @@ DOCS: list[Any] = [{"a": 1, "l": [1, "x"]}, [], [[1, 2], [3]], "text", 7, None, 
 
 @pytest.fixture
 async def engine(database_url: str) -> AsyncIterator[AsyncEngine]:
-    eng = create_async_engine(database_url.replace("postgresql://", "postgresql+asyncpg://"))
-    async with eng.begin() as conn:
-        await conn.run_sync(metadata.create_all)
-    try:
+    async with engine_with_tables(database_url, metadata) as eng:
         yield eng
-    finally:
-        async with eng.begin() as conn:
-            await conn.run_sync(metadata.drop_all)
-        await eng.dispose()
 
 
 def _rows(n: int) -> list[dict[str, Any]]:

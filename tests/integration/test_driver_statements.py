@@ -17,9 +17,10 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql as pg
 from sqlalchemy.exc import DBAPIError, IntegrityError
-from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from domains.shared.driver import DriverConnection, driver_supported
+from tests.support.ops import engine_with_tables
 
 metadata = sa.MetaData()
 items = sa.Table(
@@ -35,15 +36,8 @@ items = sa.Table(
 
 @pytest.fixture
 async def engine(database_url: str) -> AsyncIterator[AsyncEngine]:
-    eng = create_async_engine(database_url.replace("postgresql://", "postgresql+asyncpg://"))
-    async with eng.begin() as conn:
-        await conn.run_sync(metadata.create_all)
-    try:
+    async with engine_with_tables(database_url, metadata) as eng:
         yield eng
-    finally:
-        async with eng.begin() as conn:
-            await conn.run_sync(metadata.drop_all)
-        await eng.dispose()
 
 
 async def _insert(engine: AsyncEngine, name: str, price: str) -> uuid.UUID:

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
+from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
 import sqlalchemy as sa
-from sqlalchemy.ext.asyncio import create_async_engine
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 
 def op_path(name: str) -> str:
@@ -58,3 +60,19 @@ async def wait_done(client: httpx.AsyncClient, name: str, timeout: float = 30) -
         if body["done"]:
             return body
     raise AssertionError(f"{name} not done within {timeout}s: {body}")
+
+
+@contextlib.asynccontextmanager
+async def engine_with_tables(
+    database_url: str, metadata: sa.MetaData
+) -> AsyncIterator[AsyncEngine]:
+    """An asyncpg engine on ``database_url`` with ``metadata``'s tables, dropped afterwards."""
+    engine = create_async_engine(database_url.replace("postgresql://", "postgresql+asyncpg://"))
+    async with engine.begin() as conn:
+        await conn.run_sync(metadata.create_all)
+    try:
+        yield engine
+    finally:
+        async with engine.begin() as conn:
+            await conn.run_sync(metadata.drop_all)
+        await engine.dispose()
