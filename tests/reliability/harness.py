@@ -229,6 +229,7 @@ class System:
         concurrency: int = 2,
     ) -> None:
         self.database_url = database_url
+        self.slots = workers * concurrency  # jobs the workers run at once
         self.port = find_free_port()
         self.base_url = f"http://127.0.0.1:{self.port}"
         self.log_dir = log_dir
@@ -548,7 +549,11 @@ async def scenario_sigkill(
         "sigkill-workers"
         + ("" if "amqp" not in system.env["CONVEYOR_BROKER_URL"] else " (RabbitMQ)")
     )
-    stream = JobStream(system, tally, sleep_seconds=0.05)
+    # Each job sleeps long enough that the backlog keeps every pool slot busy for about four
+    # kill periods: a kill then always lands on running work (a 50 ms job with 200 jobs drained
+    # in ~2.5 s, so later kills could all hit idle workers and nothing needed a second attempt).
+    sleep_seconds = 0.05 if seconds else max(0.05, 4 * kill_every * system.slots / jobs)
+    stream = JobStream(system, tally, sleep_seconds=sleep_seconds)
     rng = random.Random(7)
     async with faults_while(kill_every, lambda: kill_a_worker(system, rng)) as faults:
         if seconds:
