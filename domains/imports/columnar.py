@@ -47,6 +47,7 @@ _TIMESTAMP = (
 _NUMBER_INPUT = r"^(-?[1-9][0-9]{0,14}|0)(\.[0-9]{1,15})?$"
 _TIMESTAMP_INPUT = r"(Z|[+-](0[0-9]|1[0-5]):[0-5][0-9])$"
 _NEEDS_COPY_ESCAPE = r"[\\\t\n\r]"
+_COPY_ESCAPE_BYTES = (b"\\", b"\t", b"\n", b"\r")
 _MAX_EXACT_INT = float(2**53)
 SLICE_ROWS = 10_000
 """Rows validated together (bounds the memory of the intermediate arrays)."""
@@ -520,12 +521,30 @@ def _slices(rows: Iterable[tuple[int, list[str]]]) -> Iterator[list[tuple[int, l
 
 def _copy_escape(values: Any) -> Any:
     """Escapes text for PostgreSQL's COPY text format (backslash, tab, newline, CR)."""
+    if not _may_need_copy_escape(values):
+        return values
     if not pc.any(pc.match_substring_regex(values, _NEEDS_COPY_ESCAPE)).as_py():
         return values
     values = pc.replace_substring(values, "\\", "\\\\")
     values = pc.replace_substring(values, "\t", "\\t")
     values = pc.replace_substring(values, "\n", "\\n")
     return pc.replace_substring(values, "\r", "\\r")
+
+
+def _may_need_copy_escape(values: Any) -> bool:
+    """Whether any of the COPY escape bytes occurs in the array's character data.
+
+    One ``memchr`` per byte over the value buffer, against a regex per value: most columns
+    hold none of them. The buffer may hold bytes outside the array (a slice, or values a
+    filter dropped): then the exact per-value check decides.
+    """
+    if values.type != pa.string():
+        return True  # another layout: the exact check decides
+    data = values.buffers()[2]
+    if data is None:  # no character data at all (empty strings or nulls)
+        return False
+    raw = data.to_pybytes()
+    return any(byte in raw for byte in _COPY_ESCAPE_BYTES)
 
 
 def _tuples(result: Any) -> list[tuple[int, str, str, str]]:

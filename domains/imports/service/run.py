@@ -84,8 +84,10 @@ class RunPart(ServiceBase):
             # and the finalize run here, which spares two task hops and the chord's counting
             # (most of a small import's time). Same steps, same fencing as the fan-out; the
             # chunk starts from what this run loaded (no second read).
+            # No progress mirror for the chunk: the finish follows at once in this task, and
+            # its outcome replaces the mirror (which cost two Redis round trips and an event).
             async with self._keepalive(op_id, "importing"):
-                outcome = await self._process_chunk(execution.operation, context, sink=sink)
+                outcome = await self._process_chunk(execution.operation, context, sink=None)
             if outcome.get("cancelled"):
                 return {"cancelled": True}
             return await self._finalize(execution)
