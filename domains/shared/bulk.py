@@ -104,7 +104,7 @@ def column_value(table: sa.Table, source: TableValuedAlias, column: str) -> sa.C
 
 
 @functools.cache
-def insert_statement(table: sa.Table, columns: tuple[str, ...]) -> pg.Insert:
+def insert_statement(table: sa.Table, columns: tuple[str, ...], *, name: str = "v") -> pg.Insert:
     """``INSERT INTO table (columns) SELECT ... FROM unnest(...)``, rows inserted in order.
 
     Built once per table and column list (building the expression costs more than running
@@ -113,11 +113,12 @@ def insert_statement(table: sa.Table, columns: tuple[str, ...]) -> pg.Insert:
     Args:
         table: The table.
         columns: The columns to write.
+        name: The derived table's name (distinct per insert when several share a statement).
 
     Returns:
-        The insert (PostgreSQL's); parameters from :func:`row_params` (``name="v"``).
+        The insert (PostgreSQL's); parameters from :func:`row_params` (with the same ``name``).
     """
-    source = unnest_rows(table, columns)
+    source = unnest_rows(table, columns, name=name)
     select = sa.select(*(column_value(table, source, c) for c in columns)).order_by(
         source.c[ORDINAL]
     )

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import json
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -551,6 +552,65 @@ async def test_concurrent_submits_are_group_committed_and_a_bad_one_fails_alone(
     assert all(not isinstance(r, BaseException) for r in created), created
     assert len({r.id for r in created}) == 22
     await committed([r.id for r in created])
+
+
+_OWN = {"id", "operation_id", "task_id"}
+"""Columns holding a submit's own ids: they differ between any two submits."""
+
+
+async def _written(container: Container, op_id: uuid.UUID) -> str:
+    """Every other column of the submit's operation, ping and outbox rows, with whether it is
+    SQL NULL (``to_jsonb`` shows JSON null and SQL NULL alike), its own ids made generic."""
+    found: dict[str, Any] = {}
+    ping_id = None
+    for table, key in (("operations", "id"), ("pings", "operation_id"), ("outbox", "operation_id")):
+        columns = [
+            r["column_name"]
+            for r in await execute(
+                container,
+                "SELECT column_name FROM information_schema.columns"
+                " WHERE table_schema = 'platform' AND table_name = :t ORDER BY ordinal_position",
+                t=table,
+            )
+        ]
+        nulls = ", ".join(f'"{c}" IS NULL AS "null_{c}"' for c in columns)
+        rows = await execute(
+            container,
+            f"SELECT to_jsonb(t) AS j, {nulls} FROM platform.{table} t WHERE {key} = :id",
+            id=op_id,
+        )
+        assert len(rows) == 1, (table, rows)
+        if table == "pings":
+            ping_id = rows[0]["j"]["id"]
+        found[table] = {
+            # Of a time, whether it is set (each submit writes its own clock reading).
+            c: (None if c.endswith("_time") else rows[0]["j"][c], rows[0][f"null_{c}"])
+            for c in columns
+            if c not in _OWN
+        }
+    text = json.dumps(found, sort_keys=True)
+    return text.replace(str(op_id), "<operation>").replace(str(ping_id), "<ping>")
+
+
+async def test_a_grouped_submit_writes_what_a_lone_one_writes(container: Container) -> None:
+    from domains.operations.unit_of_work import group_commit
+
+    committer = group_commit(container.registry.engine("platform"))
+
+    def submit(i: int) -> Any:
+        # Each submit its own values, so a value written into another submit's row shows.
+        return container.pings.create_ping(
+            message=f"m{i}", sleep_seconds=i / 10, steps=i + 1, tenant="group-equal"
+        )
+
+    lone = [await submit(i) for i in range(12)]  # one at a time: each written alone
+    grouped = committer.grouped
+    together = await asyncio.gather(*(submit(i) for i in range(12)))
+    assert committer.grouped - grouped >= 6  # the positive control: most went in groups
+    for i, (alone, in_group) in enumerate(zip(lone, together, strict=True)):
+        written = await _written(container, in_group.id)
+        assert written == await _written(container, alone.id), i
+        assert f'"message": ["m{i}", false]' in written  # its own values, not another's
 
 
 async def test_only_a_lone_submit_asks_the_fast_path_to_publish_at_once(
