@@ -105,6 +105,7 @@ class PingService:
             "steps": steps,
             "fail_attempts": fail_attempts,
         }
+        fingerprint = operations_service.request_fingerprint(body)  # once: it is a SHA-256
 
         async def build(uow: UnitOfWork) -> Operation:
             ping_id = new_id()
@@ -114,7 +115,7 @@ class PingService:
                 target=f"pings/{ping_id}",
                 dispatch=DispatchSpec(task_name=PING_TASK, queue=DOMAIN, args=[]),
                 request_id=request_id,
-                request_hash=operations_service.request_fingerprint(body),
+                request_hash=fingerprint,
                 lease_seconds=self._policy.lease_seconds,
                 pending_deadline_seconds=self._policy.pending_deadline_seconds,
                 correlation_id=correlation_id,
@@ -138,7 +139,7 @@ class PingService:
         return await operations_service.create_idempotently(
             self._uow,
             request_id=request_id,
-            request_hash=operations_service.request_fingerprint(body),
+            request_hash=fingerprint,
             build=build,
             tenant=tenant,
         )

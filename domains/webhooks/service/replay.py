@@ -50,6 +50,7 @@ class ReplayPart(ServiceBase):
             raise InvalidArgument("since is in the future", metadata={"field": "since"})
         await self.get_endpoint(tenant, endpoint_id)
         body = {"endpoint": str(endpoint_id), "since": since.isoformat()}
+        fingerprint = operations_service.request_fingerprint(body)
 
         async def build(uow: UnitOfWork) -> Operation:
             op = operations_service.new_operation(
@@ -58,7 +59,7 @@ class ReplayPart(ServiceBase):
                 target=f"endpoints/{endpoint_id}",
                 dispatch=DispatchSpec(task_name=REPLAY_TASK, queue=DOMAIN, args=[]),
                 request_id=request_id,
-                request_hash=operations_service.request_fingerprint(body),
+                request_hash=fingerprint,
                 lease_seconds=self.config.lease_seconds,
                 pending_deadline_seconds=self.config.pending_deadline_seconds,
                 correlation_id=correlation_id,
@@ -70,7 +71,7 @@ class ReplayPart(ServiceBase):
         return await operations_service.create_idempotently(
             self._uow,
             request_id=request_id,
-            request_hash=operations_service.request_fingerprint(body),
+            request_hash=fingerprint,
             build=build,
             tenant=tenant,
         )
