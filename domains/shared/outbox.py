@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import functools
 import uuid
 from collections.abc import Sequence
 from typing import Any, Protocol
@@ -104,6 +105,17 @@ class OutboxRepository(Protocol):
         ...
 
 
+@functools.cache
+def _mark_sent_statement(table: sa.Table) -> sa.Update:
+    # Built once per outbox table: a statement built per call cost the fast path a cache-key
+    # walk per batch (about 1.5% of an API process under load).
+    return (
+        sa.update(table)
+        .where(table.c.id == sa.any_(sa.bindparam("ids", type_=pg.ARRAY(table.c.id.type))))
+        .values(sent_time=sa.bindparam("sent_time", type_=table.c.sent_time.type), last_error=None)
+    )
+
+
 class SqlOutboxRepository:
     """Outbox rows in one domain schema."""
 
@@ -195,9 +207,8 @@ class SqlOutboxRepository:
             when: Publish time.
         """
         if ids:
-            t = self._table
             await self._session.execute(
-                sa.update(t).where(any_of(t.c.id, ids)).values(sent_time=when, last_error=None)
+                _mark_sent_statement(self._table), {"ids": list(ids), "sent_time": when}
             )
 
     async def mark_failed(self, message_id: uuid.UUID, error: str, retry_at: dt.datetime) -> None:
