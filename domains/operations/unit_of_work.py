@@ -201,7 +201,7 @@ class _InsertRecorder:
         """
         shape = self.shape
         if shape is not None:
-            return fused_statement(shape), fused_params(shape, [self.rows()])
+            return fused_statement(shape, 1), fused_params(shape, [self.rows()])
         *first, last = [
             part if not isinstance(part, tuple) else sa.insert(part[0]).values(part[2])
             for part in self.inserts
@@ -213,37 +213,50 @@ class _InsertRecorder:
         return tuple(part[2] for part in self.inserts)  # type: ignore[index]
 
 
-def fused_statement(shape: tuple[Any, ...]) -> Any:
-    """``WITH w0 AS (INSERT ...), ... INSERT ...`` for any number of submits of one shape.
+def fused_statement(shape: tuple[Any, ...], submits: int) -> Any:
+    """``WITH w0 AS (INSERT ...), ... INSERT ...`` writing ``submits`` submits of one shape.
 
-    Each table's rows travel as one array per column, ``unnest``ed back into rows in order
-    (:mod:`domains.shared.bulk`): the statement's text does not depend on how many submits a
-    group holds, so it is built, compiled and prepared once per shape. (A multi-row
-    ``VALUES`` per group size was compiled and prepared again on every connection for every
-    new size: about one submit in ten paid a prepare round trip in a 2,000-submit run.)
+    One submit: a ``VALUES`` row per table. A group: each table's rows travel as one array per
+    column, ``unnest``ed back into rows in order (:mod:`domains.shared.bulk`), so the text is
+    the same for any group size: two statements per shape, each built, compiled and prepared
+    once per connection. (A multi-row ``VALUES`` per group size was prepared again on every
+    connection for every new size: about one submit in ten paid a prepare round trip in a
+    2,000-submit run. ``unnest`` for a lone submit cost it more CPU than ``VALUES``: about
+    0.1 ms to bind 1-element arrays.)
 
     Args:
         shape: ``((table, columns), ...)`` in the order the submit wrote them.
+        submits: How many submits it writes.
 
     Returns:
         The statement; its parameters come from :func:`fused_params`.
     """
-    statement = _FUSED_INSERTS.get(shape)
+    key = (shape, submits > 1)
+    statement = _FUSED_INSERTS.get(key)
     if statement is None:
-        inserts = [
-            bulk.insert_statement(table, columns, name=f"p{i}")
-            for i, (table, columns) in enumerate(shape)
-        ]
+        inserts: list[sa.Insert]
+        if submits > 1:
+            inserts = [
+                bulk.insert_statement(table, columns, name=f"p{i}")
+                for i, (table, columns) in enumerate(shape)
+            ]
+        else:
+            inserts = [
+                sa.insert(table).values(
+                    {c: sa.bindparam(f"p{i}_{c}", type_=table.c[c].type) for c in columns}
+                )
+                for i, (table, columns) in enumerate(shape)
+            ]
         *first, last = inserts
         statement = last.add_cte(*(ins.cte(f"w{i}") for i, ins in enumerate(first)))
         if len(_FUSED_INSERTS) < 1024:
-            _FUSED_INSERTS[shape] = statement
+            _FUSED_INSERTS[key] = statement
     return statement
 
 
 def fused_params(
     shape: tuple[Any, ...], submits: Sequence[Sequence[Mapping[str, Any]]]
-) -> dict[str, list[Any]]:
+) -> dict[str, Any]:
     """The parameters of :func:`fused_statement` for ``submits``.
 
     Args:
@@ -251,12 +264,19 @@ def fused_params(
         submits: Per submit, its row of each table (:meth:`_InsertRecorder.rows`).
 
     Returns:
-        One array per table and column.
+        A value per table and column (one submit), or an array of them (a group).
     """
-    params: dict[str, list[Any]] = {}
+    if len(submits) == 1:
+        (rows,) = submits
+        return {
+            f"p{i}_{column}": rows[i][column]
+            for i, (_, columns) in enumerate(shape)
+            for column in columns
+        }
+    params: dict[str, Any] = {}
     for i, (table, columns) in enumerate(shape):
-        rows = [rows_of_submit[i] for rows_of_submit in submits]
-        params.update(bulk.row_params(table, columns, rows, name=f"p{i}"))
+        rows_of_table = [rows_of_submit[i] for rows_of_submit in submits]
+        params.update(bulk.row_params(table, columns, rows_of_table, name=f"p{i}"))
     return params
 
 
@@ -310,7 +330,7 @@ class GroupCommit:
         if self._inflight < self._max_inflight and not self._waiting:
             self._inflight += 1
             try:
-                await self._execute(fused_statement(shape), fused_params(shape, [rows]))
+                await self._execute(fused_statement(shape, 1), fused_params(shape, [rows]))
             finally:
                 self._inflight -= 1
                 self._next()
@@ -338,21 +358,22 @@ class GroupCommit:
     ) -> None:
         try:
             live = [entry for entry in group if not entry[2].done()]  # a caller may be gone
-            statement = fused_statement(shape)
+            alone = fused_statement(shape, 1)
             if len(live) == 1:
                 one = fused_params(shape, [live[0][1]])
-                await self._settle(live[0][2], self._execute(statement, one))
+                await self._settle(live[0][2], self._execute(alone, one))
                 return
             try:
-                await self._execute(statement, fused_params(shape, [rows for _, rows, _ in live]))
+                await self._execute(
+                    fused_statement(shape, len(live)),
+                    fused_params(shape, [rows for _, rows, _ in live]),
+                )
             except Exception:
                 # Nothing of the group was written: each submit on its own, for its own answer.
                 log.debug("group of %d submits failed; writing them one by one", len(live))
                 self.regrouped += len(live)
                 for _, rows, future in live:
-                    await self._settle(
-                        future, self._execute(statement, fused_params(shape, [rows]))
-                    )
+                    await self._settle(future, self._execute(alone, fused_params(shape, [rows])))
                 return
             self.grouped += len(live)
             for _, _, future in live:
@@ -436,7 +457,8 @@ def group_commit(engine: AsyncEngine) -> GroupCommit:
 
 
 _FUSED_INSERTS: dict[tuple[Any, ...], Any] = {}
-"""Fused submit statements by shape (tables and columns), built once per process."""
+"""Fused submit statements by shape (tables and columns), for one submit and for groups,
+built once per process."""
 
 
 class _TrackingOutbox(SqlOutboxRepository):
