@@ -20,7 +20,8 @@ process answering 200 and counting requests):
 
 Both run ``--rounds`` times (default 3), interleaved and each round in the other order; the
 round with the median ratio stands for the run (every round is printed and kept in the JSON).
-Prints both rates and the ratio (target >= 0.8x). Environment as ``submit.py``:
+Prints both rates, the ratio (target >= 0.8x) and the CPU per delivery (Conveyor: the worker
+with its pool and the relay; raw: the loop's process). Environment as ``submit.py``:
 ``CONVEYOR_BENCH_DATABASE_URL`` (admin URL) and ``CONVEYOR_BENCH_BROKER_URL``.
 """
 
@@ -315,7 +316,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         base = f"http://127.0.0.1:{port}"
         urls = [f"{base}/e{i}" for i in range(args.endpoints)]
         conveyor = [sys.executable, "-m", "app.cli"]
-        procs.start(
+        worker = procs.start(
             "worker",
             [
                 *conveyor,
@@ -327,10 +328,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                 "--pool",
                 "prefork",
             ],
-        ).wait_for_log(" ready.", 60)
-        procs.start("relay", [*conveyor, "relay"], env={"CONVEYOR_LOG_LEVEL": "INFO"}).wait_for_log(
-            "relay started", 30
         )
+        worker.wait_for_log(" ready.", 60)
+        relay = procs.start("relay", [*conveyor, "relay"], env={"CONVEYOR_LOG_LEVEL": "INFO"})
+        relay.wait_for_log("relay started", 30)
         deadline = time.monotonic() + 30
         while True:
             with contextlib.suppress(httpx.HTTPError):
@@ -363,6 +364,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             for system in order:
                 if system == "conveyor":
                     already = asyncio.run(received(base))
+                    cpu_before = worker.cpu() + relay.cpu()
                     received_s, conveyor_s, bodies = asyncio.run(
                         conveyor_run(
                             settings,
@@ -374,15 +376,25 @@ def main(argv: Sequence[str] | None = None) -> int:
                             create_endpoints=number == 1,
                         )
                     )
-                    figures.update(conveyor_s=conveyor_s, received_s=received_s)
+                    figures.update(
+                        conveyor_s=conveyor_s,
+                        received_s=received_s,
+                        # Worker (with its pool) and relay; the publishing of the events in
+                        # this process is not counted.
+                        conveyor_cpu_ms=(worker.cpu() + relay.cpu() - cpu_before) / count * 1e3,
+                    )
                 else:
                     # The payloads Conveyor delivered (every round's have the same shape).
+                    cpu_before = time.process_time()
                     figures["raw_s"] = asyncio.run(raw_loop(urls, bodies[:count], args.concurrency))
+                    figures["raw_cpu_ms"] = (time.process_time() - cpu_before) / count * 1e3
             figures["ratio"] = (count / figures["conveyor_s"]) / (count / figures["raw_s"])
             rounds.append(figures)
             print(
                 f"  round {number} ({' then '.join(order)}): raw {count / figures['raw_s']:,.0f}/s,"
-                f" conveyor {count / figures['conveyor_s']:,.0f}/s, ratio {figures['ratio']:.2f}x"
+                f" conveyor {count / figures['conveyor_s']:,.0f}/s, ratio {figures['ratio']:.2f}x;"
+                f" CPU per delivery raw {figures['raw_cpu_ms']:.2f} ms, conveyor"
+                f" {figures['conveyor_cpu_ms']:.2f} ms"
             )
         # The round with the median ratio stands for the run (every round is printed).
         middle = sorted(rounds, key=lambda r: r["ratio"])[len(rounds) // 2]
@@ -410,6 +422,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                         "ratio_max": max(r["ratio"] for r in rounds),
                         "conveyor_settled_s": middle["conveyor_s"],
                         "conveyor_received_s": middle["received_s"],
+                        "raw_cpu_ms_per_delivery": middle["raw_cpu_ms"],
+                        "conveyor_cpu_ms_per_delivery": middle["conveyor_cpu_ms"],
                         "per_round": rounds,
                     },
                     indent=2,

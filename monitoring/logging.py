@@ -85,7 +85,14 @@ _received_lock = threading.Lock()
 
 _HANDLER_MARK = "_conveyor_handler"
 _UVICORN_LOGGERS = ("uvicorn", "uvicorn.error", "uvicorn.access")
-_QUIET = ("alembic.runtime.plugins",)  # one INFO line per plugin whenever alembic loads
+# Loggers kept at WARNING unless the process logs at DEBUG: alembic says one INFO line per
+# plugin whenever it loads; httpx one per request, i.e. per webhook POST (each attempt is
+# recorded in PostgreSQL already; formatting that line was ~3.6% of a webhook worker's CPU).
+_QUIET = ("alembic.runtime.plugins", "httpx")
+
+
+def _quiet_level(level: int) -> int:
+    return level if level <= logging.DEBUG else max(level, logging.WARNING)
 
 
 # -- context -------------------------------------------------------------------------------
@@ -333,7 +340,7 @@ def _install(level: int, fmt: LogFormat) -> None:
             logger.removeHandler(handler)
         logger.propagate = True
     for name in _QUIET:
-        logging.getLogger(name).setLevel(max(level, logging.WARNING))
+        logging.getLogger(name).setLevel(_quiet_level(level))
 
 
 def setup(component: str, *, level: str | int | None = None, fmt: LogFormat | None = None) -> None:
@@ -549,7 +556,10 @@ def uvicorn_log_config(
                 "propagate": True,
                 "filters": ["polls"],
             },
-            **{name: {"level": "WARNING"} for name in _QUIET},
+            **{
+                name: {"level": logging.getLevelName(_quiet_level(_level(level)))}
+                for name in _QUIET
+            },
         },
     }
 

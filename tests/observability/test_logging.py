@@ -243,3 +243,30 @@ def test_task_line_settings_are_checked() -> None:
     # Every handler Conveyor installs (API, worker, relay, beat) carries the filter.
     handler = conveyor_logging.make_handler("text")
     assert any(isinstance(f, conveyor_logging.TaskLineFilter) for f in handler.filters)
+
+
+_HTTPX_PROBE = """
+import sys
+import httpx
+from monitoring import logging as conveyor_logging
+
+conveyor_logging.setup("worker", level=sys.argv[1], fmt="text")
+transport = httpx.MockTransport(lambda request: httpx.Response(200))
+with httpx.Client(transport=transport) as client:
+    client.post("http://receiver.test/hook")
+"""
+
+
+@pytest.mark.parametrize(("level", "logged"), [("INFO", False), ("DEBUG", True)])
+def test_httpx_request_lines_only_at_debug(level: str, logged: bool) -> None:
+    # One INFO line per webhook POST was noise (the attempt is in PostgreSQL) and CPU.
+    import subprocess
+    import sys
+
+    done = subprocess.run(
+        [sys.executable, "-c", _HTTPX_PROBE, level], capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 0, done.stderr
+    assert ("HTTP Request: POST http://receiver.test/hook" in done.stderr) is logged
+    config = conveyor_logging.uvicorn_log_config(level)
+    assert config["loggers"]["httpx"]["level"] == ("DEBUG" if logged else "WARNING")
