@@ -443,6 +443,7 @@ def main() -> int:
     before = (load(args.before), args.before_label) if args.before else None
     if args.from_json:
         results = load(args.from_json)
+        args.out.parent.mkdir(parents=True, exist_ok=True)
         chart_ok = chart(results, args.out.parent / "benchmarks.png")
         # Dated when the run wrote its figures, not when they are rendered again.
         measured = dt.datetime.fromtimestamp(args.from_json.stat().st_mtime, dt.UTC)
@@ -472,11 +473,13 @@ def main() -> int:
         tmp / "webhooks.json",
         limit=1800,
     )
+    # The raw figures first: a report that cannot be written costs no rerun (--from-json).
+    (tmp / "all.json").write_text(json.dumps(results, indent=2, default=str))
     info = machine()
+    args.out.parent.mkdir(parents=True, exist_ok=True)
     chart_ok = chart(results, args.out.parent / "benchmarks.png")
     text = report(results, info, chart_ok, args.quick, before=before)
     args.out.write_text(text + separate_imports(separate) + "\n")
-    (tmp / "all.json").write_text(json.dumps(results, indent=2, default=str))
     print(f"wrote {args.out} (raw figures: {tmp / 'all.json'})")
     return 0
 
