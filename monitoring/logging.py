@@ -87,8 +87,10 @@ _HANDLER_MARK = "_conveyor_handler"
 _UVICORN_LOGGERS = ("uvicorn", "uvicorn.error", "uvicorn.access")
 # Loggers kept at WARNING unless the process logs at DEBUG: alembic says one INFO line per
 # plugin whenever it loads; httpx one per request, i.e. per webhook POST (each attempt is
-# recorded in PostgreSQL already; formatting that line was ~3.6% of a webhook worker's CPU).
-_QUIET = ("alembic.runtime.plugins", "httpx")
+# recorded in PostgreSQL already; formatting that line was ~3.6% of a webhook worker's CPU);
+# a worker's "Received task" line, which TaskLineFilter turns to DEBUG anyway, is then not
+# built at all (Celery checks the level once; the record cost ~4% of the consumer's CPU).
+_QUIET = ("alembic.runtime.plugins", "httpx", "celery.worker.strategy")
 
 
 def _quiet_level(level: int) -> int:

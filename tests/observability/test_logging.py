@@ -270,3 +270,27 @@ def test_httpx_request_lines_only_at_debug(level: str, logged: bool) -> None:
     assert ("HTTP Request: POST http://receiver.test/hook" in done.stderr) is logged
     config = conveyor_logging.uvicorn_log_config(level)
     assert config["loggers"]["httpx"]["level"] == ("DEBUG" if logged else "WARNING")
+
+
+_RECEIVED_PROBE = """
+import logging, sys
+from monitoring import logging as conveyor_logging
+
+conveyor_logging.setup("worker", level=sys.argv[1], fmt="text")
+strategy = logging.getLogger("celery.worker.strategy")
+print(strategy.isEnabledFor(logging.INFO), strategy.isEnabledFor(logging.ERROR))
+"""
+
+
+@pytest.mark.parametrize(("level", "built"), [("INFO", False), ("DEBUG", True)])
+def test_received_lines_are_not_built_unless_debug(level: str, built: bool) -> None:
+    # Celery's strategy builds its "Received task" record only if INFO is enabled on its
+    # logger; at INFO TaskLineFilter would turn it to DEBUG and drop it (wasted work).
+    import subprocess
+    import sys
+
+    done = subprocess.run(
+        [sys.executable, "-c", _RECEIVED_PROBE, level], capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == [str(built), "True"]  # errors are always logged
