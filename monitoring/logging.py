@@ -313,9 +313,11 @@ def make_handler(fmt: LogFormat | None = None) -> logging.Handler:
         JsonFormatter() if (fmt or log_format()) == "json" else TextFormatter()
     )
     handler.setFormatter(formatter)
-    handler.addFilter(ContextFilter())
+    # The filters that drop lines first: a worker builds a "succeeded" record per task that
+    # TaskLineFilter mostly drops, and binding the context first cost ~6 of its ~13 us.
     handler.addFilter(HousekeepingFilter())
     handler.addFilter(TaskLineFilter())
+    handler.addFilter(ContextFilter())
     setattr(handler, _HANDLER_MARK, True)
     return handler
 

@@ -245,6 +245,38 @@ def test_task_line_settings_are_checked() -> None:
     assert any(isinstance(f, conveyor_logging.TaskLineFilter) for f in handler.filters)
 
 
+def test_a_dropped_task_line_never_binds_the_context(monkeypatch: pytest.MonkeyPatch) -> None:
+    # A worker builds a "succeeded" record per task; most are dropped: binding the context
+    # of those first was half of their cost.
+    bound: list[str] = []
+    original = conveyor_logging.ContextFilter.filter
+
+    def counting(self: conveyor_logging.ContextFilter, record: logging.LogRecord) -> bool:
+        bound.append(record.getMessage())
+        return original(self, record)
+
+    monkeypatch.setattr(conveyor_logging.ContextFilter, "filter", counting)
+    monkeypatch.setenv("CONVEYOR_LOG_TASK_SUCCESS_SAMPLE", "0")
+    handler = conveyor_logging.make_handler("text")
+    handler.setStream(io.StringIO())
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.INFO)
+    success = "Task %(name)s[%(id)s] succeeded in %(runtime)ss: %(return_value)s"
+    try:
+        routine = _task_line(
+            "celery.app.trace", success, name="t", id="a", runtime=0.01, return_value=None
+        )
+        slow = _task_line(
+            "celery.app.trace", success, name="t", id="b", runtime=60.0, return_value=None
+        )
+        handler.handle(routine)
+        handler.handle(slow)  # positive control: a kept line is bound
+    finally:
+        root.setLevel(level)
+    assert bound == ["Task t[b] succeeded in 60.0s: None"]
+
+
 _HTTPX_PROBE = """
 import sys
 import httpx
