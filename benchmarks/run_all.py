@@ -441,9 +441,9 @@ def main() -> int:
     args = parser.parse_args()
     separate = [json.loads(path.read_text()) for path in args.separate_imports]
     before = (load(args.before), args.before_label) if args.before else None
+    args.out.parent.mkdir(parents=True, exist_ok=True)  # the report's folder, and its chart's
     if args.from_json:
         results = load(args.from_json)
-        args.out.parent.mkdir(parents=True, exist_ok=True)
         chart_ok = chart(results, args.out.parent / "benchmarks.png")
         # Dated when the run wrote its figures, not when they are rendered again.
         measured = dt.datetime.fromtimestamp(args.from_json.stat().st_mtime, dt.UTC)
@@ -487,7 +487,6 @@ def main() -> int:
     # The raw figures first: a report that cannot be written costs no rerun (--from-json).
     (tmp / "all.json").write_text(json.dumps(results, indent=2, default=str))
     info = machine()
-    args.out.parent.mkdir(parents=True, exist_ok=True)
     chart_ok = chart(results, args.out.parent / "benchmarks.png")
     text = report(results, info, chart_ok, args.quick, before=before)
     args.out.write_text(text + separate_imports(separate) + "\n")

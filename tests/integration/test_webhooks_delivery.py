@@ -19,11 +19,13 @@ from typing import Any
 
 import httpx
 import pytest
+import redis
 
 from app.adapters.celery_app import create_celery
 from app.config import Settings
 from app.config.sections.webhooks import WebhooksSettings
 from tests.conftest import claim_redis_db
+from tests.support.broker import task_ids
 from tests.support.ops import query, wait_done
 from tests.support.procs import Proc
 from tests.support.webhooks import (
@@ -376,18 +378,13 @@ async def test_rotated_secret_signs_with_both_secrets_during_grace(hooks: Hooks)
     assert verify_signature([endpoint["secret"]], request.headers, request.body)
 
 
-def _in_broker(broker_url: str, queue: str, task_ids: set[str]) -> int:
-    """Messages of ``task_ids`` still queued, or delivered and not acked yet (kombu's Redis
-    transport keeps those in its ``unacked`` hash until the late ack after the task)."""
-    import redis
-
+def _in_broker(broker_url: str, queue: str, sent: set[str]) -> int:
+    """Messages of ``sent`` still queued, or delivered and not acked yet."""
     client = redis.Redis.from_url(broker_url)
     try:
-        queued = [json.loads(raw) for raw in client.lrange(queue, 0, -1)]
-        unacked = [json.loads(raw)[0] for raw in client.hvals("unacked")]
+        return sum(task_id in sent for task_id in task_ids(client, queue, unacked=True))
     finally:
         client.close()
-    return sum(m["headers"]["id"] in task_ids for m in [*queued, *unacked])
 
 
 async def test_integration_events_fan_out_once_per_event_id(hooks: Hooks):

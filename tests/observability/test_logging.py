@@ -7,6 +7,8 @@ import contextvars
 import io
 import json
 import logging
+import subprocess
+import sys
 import threading
 from collections.abc import Iterator
 from types import SimpleNamespace
@@ -277,6 +279,16 @@ def test_a_dropped_task_line_never_binds_the_context(monkeypatch: pytest.MonkeyP
     assert bound == ["Task t[b] succeeded in 60.0s: None"]
 
 
+def _probe(source: str, level: str) -> subprocess.CompletedProcess[str]:
+    """Runs ``source`` with the log level as its argument, in a process of its own (logging
+    setup is process-wide)."""
+    done = subprocess.run(
+        [sys.executable, "-c", source, level], capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 0, done.stderr
+    return done
+
+
 _HTTPX_PROBE = """
 import sys
 import httpx
@@ -292,13 +304,7 @@ with httpx.Client(transport=transport) as client:
 @pytest.mark.parametrize(("level", "logged"), [("INFO", False), ("DEBUG", True)])
 def test_httpx_request_lines_only_at_debug(level: str, logged: bool) -> None:
     # One INFO line per webhook POST was noise (the attempt is in PostgreSQL) and CPU.
-    import subprocess
-    import sys
-
-    done = subprocess.run(
-        [sys.executable, "-c", _HTTPX_PROBE, level], capture_output=True, text=True, timeout=60
-    )
-    assert done.returncode == 0, done.stderr
+    done = _probe(_HTTPX_PROBE, level)
     assert ("HTTP Request: POST http://receiver.test/hook" in done.stderr) is logged
     config = conveyor_logging.uvicorn_log_config(level)
     assert config["loggers"]["httpx"]["level"] == ("DEBUG" if logged else "WARNING")
@@ -318,11 +324,5 @@ print(strategy.isEnabledFor(logging.INFO), strategy.isEnabledFor(logging.ERROR))
 def test_received_lines_are_not_built_unless_debug(level: str, built: bool) -> None:
     # Celery's strategy builds its "Received task" record only if INFO is enabled on its
     # logger; at INFO TaskLineFilter would turn it to DEBUG and drop it (wasted work).
-    import subprocess
-    import sys
-
-    done = subprocess.run(
-        [sys.executable, "-c", _RECEIVED_PROBE, level], capture_output=True, text=True, timeout=60
-    )
-    assert done.returncode == 0, done.stderr
+    done = _probe(_RECEIVED_PROBE, level)
     assert done.stdout.split() == [str(built), "True"]  # errors are always logged

@@ -5,7 +5,6 @@ real `conveyor relay` and `conveyor worker` processes on real PostgreSQL and Red
 from __future__ import annotations
 
 import asyncio
-import json
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -14,6 +13,7 @@ import pytest
 
 from app.container import Container
 from app.db import EngineRegistry
+from tests.support.broker import task_ids
 from tests.support.ops import query
 from tests.support.reports import emit, import_completed, new_tenant, relay_events
 from tests.support.services import to_plain_url
@@ -72,16 +72,11 @@ async def _inbox(database_url: str, event_id: str) -> dict[str, tuple[str, int]]
 def _queued(stack: Any, event_id: str) -> tuple[int, int]:
     """This event's messages in the webhooks and reports queues (other tests' leftover outbox
     rows may go out in the same relay pass: they are not counted)."""
-    counts = []
-    for queue in ("webhooks", "reports"):
-        task_id = f"{event_id}.{queue}"
-        counts.append(
-            sum(
-                json.loads(raw)["headers"]["id"] == task_id
-                for raw in stack.redis.lrange(queue, 0, -1)
-            )
-        )
-    return counts[0], counts[1]
+    webhooks, reports = (
+        task_ids(stack.redis, queue).count(f"{event_id}.{queue}")
+        for queue in ("webhooks", "reports")
+    )
+    return webhooks, reports
 
 
 async def test_event_lost_by_broker_and_given_up_during_db_outage_is_handled_once(
