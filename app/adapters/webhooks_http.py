@@ -83,6 +83,10 @@ class HttpxSender:
     endpoint cannot take the connections the others need. ``max_concurrent_requests`` still
     bounds the requests in flight per process.
 
+    HTTPS endpoints are offered HTTP/2 (``http2``): a receiver that accepts it gets the
+    endpoint's requests multiplexed over one connection. The per-endpoint cap then bounds
+    requests in flight (a semaphore per pool), as the connection cap does for HTTP/1.1.
+
     Clients are created on first use inside the runtime loop (after fork in prefork workers),
     keep connections alive across tasks, never follow redirects and ignore proxy environment
     variables.
@@ -102,6 +106,9 @@ class HttpxSender:
         # only once its last request has finished (closing it would cut them).
         self._busy: collections.Counter[httpx.AsyncClient] = collections.Counter()
         self._retired: list[httpx.AsyncClient] = []
+        # Requests in flight per pool: HTTP/2 multiplexes them over one connection, so the
+        # connection cap alone would no longer bound what one slow endpoint holds.
+        self._slots: dict[httpx.AsyncClient, asyncio.Semaphore] = {}
 
     def client(self, endpoint_url: str) -> httpx.AsyncClient:
         """Returns the pool of ``endpoint_url`` in this process, on the running loop.
@@ -116,7 +123,7 @@ class HttpxSender:
         if self._owner != owner:
             # A forked child or another loop: the parent's connections are not ours to use.
             self._clients = collections.OrderedDict()
-            self._busy, self._retired = collections.Counter(), []
+            self._busy, self._retired, self._slots = collections.Counter(), [], {}
             self._owner = owner
         client = self._clients.get(endpoint_url)
         if client is not None:
@@ -124,22 +131,40 @@ class HttpxSender:
             return client
         s = self._settings
         if self._tls is None:
-            self._tls = httpx.create_ssl_context()  # loading the CA bundle once, not per pool
+            self._tls = self.tls_context(s)  # loading the CA bundles once, not per pool
         per_endpoint = min(s.max_connections_per_endpoint, s.max_concurrent_requests)
         client = httpx.AsyncClient(
             timeout=httpx.Timeout(s.timeout_seconds, connect=s.connect_timeout_seconds),
             follow_redirects=False,
             trust_env=False,
             verify=self._tls,
+            http2=s.http2,
             limits=httpx.Limits(
                 max_connections=per_endpoint, max_keepalive_connections=per_endpoint
             ),
         )
         self._clients[endpoint_url] = client
+        self._slots[client] = asyncio.Semaphore(per_endpoint)
         while len(self._clients) > s.max_endpoint_pools:
             _, evicted = self._clients.popitem(last=False)
             self._retired.append(evicted)  # closed by the next request to finish, when idle
         return client
+
+    @staticmethod
+    def tls_context(settings: WebhooksSettings) -> ssl.SSLContext:
+        """The TLS context of every pool: certifi's CAs (or ``SSL_CERT_FILE``'s) plus
+        ``tls_ca_file``'s, if set.
+
+        Args:
+            settings: Webhooks settings.
+
+        Returns:
+            The context (certificates and host names verified).
+        """
+        context = httpx.create_ssl_context()
+        if settings.tls_ca_file:
+            context.load_verify_locations(cafile=settings.tls_ca_file)
+        return context
 
     @property
     def pools(self) -> int:
@@ -149,7 +174,7 @@ class HttpxSender:
     async def aclose(self) -> None:
         """Closes every client (shutdown, tests)."""
         clients = [*self._clients.values(), *self._retired]
-        self._clients, self._retired = collections.OrderedDict(), []
+        self._clients, self._retired, self._slots = collections.OrderedDict(), [], {}
         for client in clients:
             await client.aclose()
 
@@ -158,6 +183,7 @@ class HttpxSender:
         if idle:
             self._retired = [c for c in self._retired if self._busy[c]]
             for client in idle:
+                self._slots.pop(client, None)
                 await client.aclose()
 
     async def send(
@@ -184,9 +210,11 @@ class HttpxSender:
         if url.lower().startswith("https:"):
             extensions["sni_hostname"] = urllib.parse.urlsplit(url).hostname
         client = self.client(url)
+        slots = self._slots[client]
         self._busy[client] += 1
         try:
-            return await self._post(client, target, request_headers, body, extensions)
+            async with slots:
+                return await self._post(client, target, request_headers, body, extensions)
         finally:
             self._busy[client] -= 1
             if not self._busy[client]:

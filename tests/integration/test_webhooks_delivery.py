@@ -28,6 +28,7 @@ from tests.conftest import claim_redis_db
 from tests.support.broker import task_ids
 from tests.support.ops import query, wait_done
 from tests.support.procs import Proc
+from tests.support.tls_receiver import TlsReceiver
 from tests.support.webhooks import (
     ERROR,
     OK,
@@ -128,18 +129,28 @@ def receiver() -> Iterator[Receiver]:
 
 
 @pytest.fixture(scope="module")
+def tls_receiver(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TlsReceiver]:
+    with TlsReceiver(tmp_path_factory.mktemp("tls")) as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
 async def hooks(
     settings: Settings,
     service_env: dict[str, str],
     receiver: Receiver,
+    tls_receiver: TlsReceiver,
     tmp_path_factory: pytest.TempPathFactory,
 ) -> AsyncIterator[Hooks]:
     from app.main import create_app
 
     url, release = claim_redis_db(str(settings.broker_url))
-    mine = settings.model_copy(update={"broker_url": url, "webhooks": HOOKS})
+    webhooks = HOOKS.model_copy(update={"tls_ca_file": tls_receiver.ca_file})
+    mine = settings.model_copy(update={"broker_url": url, "webhooks": webhooks})
     env = {**service_env, "CONVEYOR_BROKER_URL": url}
-    for name, value in HOOKS.model_dump(mode="json").items():
+    for name, value in webhooks.model_dump(mode="json").items():
+        if value is None:
+            continue
         if name != "secret_encryption_key":
             env[f"CONVEYOR_WEBHOOKS__{name.upper()}"] = (
                 json.dumps(value) if isinstance(value, list) else str(value)
@@ -215,6 +226,23 @@ async def test_delivery_is_signed_per_standard_webhooks_and_recorded(hooks: Hook
     assert outcome["data"]["endpoint"] == f"endpoints/{endpoint['id']}"
     assert outcome["data"]["status_code"] == 200 and outcome["data"]["attempts"] == 1
     assert isinstance(outcome["data"]["latency_ms"], float)
+
+
+async def test_https_endpoint_is_delivered_over_http2(
+    hooks: Hooks, tls_receiver: TlsReceiver
+) -> None:
+    # The worker's sender offers HTTP/2 by ALPN and trusts the receiver's private CA
+    # (CONVEYOR_WEBHOOKS__TLS_CA_FILE); the deliveries are signed and recorded as usual.
+    path = hooks.path()
+    endpoint = await hooks.endpoint(path, url=tls_receiver.url(path))
+    for n in range(3):
+        await hooks.publish(order=f"o-{n}")
+    requests = await asyncio.to_thread(tls_receiver.wait_for, path, 3)
+    assert {r.http_version for r in requests} == {"2"}
+    assert all(verify_signature([endpoint["secret"]], r.headers, r.body) for r in requests)
+    deliveries = await hooks.wait_states(endpoint["id"], {"SUCCEEDED"}, count=3)
+    attempt = (await hooks.attempts(endpoint["id"], deliveries[0]["id"]))[0]
+    assert attempt["status_code"] == 200 and attempt["response_body"].startswith("2 ")
 
 
 async def test_5xx_and_closed_connection_are_retried_on_the_schedule(hooks: Hooks):

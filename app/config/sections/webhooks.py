@@ -94,7 +94,26 @@ class WebhooksSettings(BaseModel):
         default=10,
         ge=1,
         le=10000,
-        description="Open connections (so requests in flight) per endpoint and worker process.",
+        description=(
+            "Requests in flight per endpoint and worker process (over at most as many HTTP/1.1"
+            " connections, or multiplexed over one HTTP/2 connection)."
+        ),
+    )
+    http2: bool = Field(
+        default=True,
+        description=(
+            "Offer HTTP/2 to HTTPS endpoints (ALPN): a receiver that accepts it gets an endpoint's"
+            " requests multiplexed over one kept-alive connection; one that does not keeps"
+            " HTTP/1.1. Plain http:// endpoints always use HTTP/1.1."
+        ),
+    )
+    tls_ca_file: str | None = Field(
+        default=None,
+        max_length=4096,
+        description=(
+            "A PEM file of extra certificate authorities trusted for HTTPS endpoints (receivers"
+            " behind a private CA), on top of certifi's bundle."
+        ),
     )
     max_endpoint_pools: int = Field(
         default=256,
