@@ -83,7 +83,7 @@ class HttpxSender:
     endpoint cannot take the connections the others need. ``max_concurrent_requests`` still
     bounds the requests in flight per process.
 
-    HTTPS endpoints are offered HTTP/2 (``http2``): a receiver that accepts it gets the
+    With ``http2`` on, HTTPS endpoints are offered HTTP/2: a receiver that accepts it gets the
     endpoint's requests multiplexed over one connection. The per-endpoint cap then bounds
     requests in flight (a semaphore per pool), as the connection cap does for HTTP/1.1.
 

@@ -145,7 +145,8 @@ async def hooks(
     from app.main import create_app
 
     url, release = claim_redis_db(str(settings.broker_url))
-    webhooks = HOOKS.model_copy(update={"tls_ca_file": tls_receiver.ca_file})
+    # HTTP/2 on (off by default): the HTTPS test below checks the worker negotiates it.
+    webhooks = HOOKS.model_copy(update={"tls_ca_file": tls_receiver.ca_file, "http2": True})
     mine = settings.model_copy(update={"broker_url": url, "webhooks": webhooks})
     env = {**service_env, "CONVEYOR_BROKER_URL": url}
     for name, value in webhooks.model_dump(mode="json").items():

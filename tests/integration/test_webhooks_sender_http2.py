@@ -31,7 +31,7 @@ async def _send(sender: HttpxSender, url: str) -> tuple[int | None, str, str | N
 
 
 async def test_https_endpoint_gets_http2_over_one_connection(receiver: TlsReceiver) -> None:
-    sender = HttpxSender(WebhooksSettings(tls_ca_file=receiver.ca_file))
+    sender = HttpxSender(WebhooksSettings(tls_ca_file=receiver.ca_file, http2=True))
     try:
         await _send(sender, receiver.url("/hook"))  # opens the connection
         results = await asyncio.gather(*(_send(sender, receiver.url("/hook")) for _ in range(20)))
@@ -58,7 +58,7 @@ async def test_the_endpoint_cap_bounds_requests_in_flight_over_http2(
 ) -> None:
     # One HTTP/2 connection would carry all 12 at once; the cap of 3 must still hold.
     sender = HttpxSender(
-        WebhooksSettings(tls_ca_file=receiver.ca_file, max_connections_per_endpoint=3)
+        WebhooksSettings(tls_ca_file=receiver.ca_file, http2=True, max_connections_per_endpoint=3)
     )
     try:
         results = await asyncio.gather(*(_send(sender, receiver.url("/slow")) for _ in range(12)))
@@ -79,3 +79,22 @@ async def test_a_certificate_from_an_untrusted_ca_is_refused(receiver: TlsReceiv
     assert status is None
     assert error is not None and "CERTIFICATE_VERIFY_FAILED" in error
     assert receiver.requests == []
+
+
+async def test_by_default_a_receiver_ending_connections_fails_no_request(
+    tmp_path: pathlib.Path,
+) -> None:
+    # The default (HTTP/1.1) against a receiver that ends each connection after 40 requests,
+    # as nginx and hypercorn do after 1,000: connections end between requests, none fails.
+    with TlsReceiver(tmp_path, max_requests=40) as receiver:
+        sender = HttpxSender(WebhooksSettings(tls_ca_file=receiver.ca_file))
+        try:
+            results = await asyncio.gather(
+                *(_send(sender, receiver.url("/hook")) for _ in range(400))
+            )
+        finally:
+            await sender.aclose()
+        assert [error for _, _, error in results if error] == []
+        assert {body.split()[0] for _, body, _ in results} == {"1.1"}
+        # The fault hit: the receiver ended connections (more ports than the 10 the cap opens).
+        assert len({r.client_port for r in receiver.requests}) > 10

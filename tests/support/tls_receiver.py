@@ -35,11 +35,13 @@ class TlsRequest:
 class TlsReceiver:
     """Context manager: the server runs between ``__enter__`` and ``__exit__``."""
 
-    def __init__(self, directory: pathlib.Path) -> None:
+    def __init__(self, directory: pathlib.Path, *, max_requests: int = 1000) -> None:
         """Creates the CA, the certificate and the server's settings (not started yet).
 
         Args:
             directory: Where the PEM files go (``ca_file`` is the one clients trust).
+            max_requests: Requests per connection before the server ends it (hypercorn's
+                default, like nginx's ``keepalive_requests``).
         """
         ca = trustme.CA()
         cert = ca.issue_cert("localhost")
@@ -57,6 +59,7 @@ class TlsReceiver:
         self._config.certfile, self._config.keyfile = str(chain), str(key)
         self._config.alpn_protocols = ["h2", "http/1.1"]
         self._config.loglevel = "WARNING"
+        self._config.keep_alive_max_requests = max_requests
         self._loop = asyncio.new_event_loop()
         self._stop: asyncio.Event | None = None
         self._thread = threading.Thread(target=self._run, daemon=True)
