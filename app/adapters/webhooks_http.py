@@ -213,8 +213,23 @@ class HttpxSender:
         slots = self._slots[client]
         self._busy[client] += 1
         try:
-            async with slots:
+            # Waiting for a slot is bounded as httpx bounds the wait for a pooled connection
+            # (its pool timeout): the attempt's lease allows for that wait and the request.
+            wait = self._settings.timeout_seconds
+            if not slots.locked():
+                await slots.acquire()  # a free slot: no timer to arm
+            else:
+                try:
+                    async with asyncio.timeout(wait):
+                        await slots.acquire()
+                except TimeoutError:
+                    return SendResult(
+                        None, wait * 1000, error=f"timeout (PoolTimeout) after {wait:.1f}s"
+                    )
+            try:
                 return await self._post(client, target, request_headers, body, extensions)
+            finally:
+                slots.release()
         finally:
             self._busy[client] -= 1
             if not self._busy[client]:

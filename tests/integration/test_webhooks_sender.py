@@ -95,3 +95,25 @@ async def test_a_request_in_flight_finishes_when_its_pool_is_closed_past_the_cap
         assert first.is_closed  # closed once its last request finished
     finally:
         await sender.aclose()
+
+
+async def test_waiting_for_an_endpoint_slot_is_bounded_by_the_timeout(server: Receiver) -> None:
+    # One request at a time, each answered after 1 s, waits of at most 1.5 s: the second
+    # request waits 1 s and goes through, the third would wait 2 s and gives up at 1.5 s, as
+    # httpx's pool timeout did (the attempt's lease counts on that bound).
+    sender = HttpxSender(WebhooksSettings(max_connections_per_endpoint=1, timeout_seconds=1.5))
+    server.set_default("/slow", Answer(hang=1.0))
+    url = server.url("/slow")
+
+    async def post(delay: float) -> tuple[int | None, str | None]:
+        await asyncio.sleep(delay)  # in this order
+        result = await sender.send(url, LOCAL, {"content-type": "application/json"}, b"{}")
+        return result.status_code, result.error
+
+    try:
+        results = await asyncio.gather(post(0), post(0.05), post(0.1))
+    finally:
+        await sender.aclose()
+    assert results[:2] == [(200, None), (200, None)]
+    assert results[2] == (None, "timeout (PoolTimeout) after 1.5s")
+    assert server.most_in_flight("/slow") == 1
