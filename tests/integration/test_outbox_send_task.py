@@ -21,12 +21,13 @@ from tests.conftest import claim_redis_db
 
 
 @pytest.fixture
-def broker(settings: Settings) -> Iterator[tuple[Settings, redis.Redis]]:
+def broker(settings: Settings) -> Iterator[tuple[OutboxPublisher, redis.Redis]]:
     # A database index of its own: no worker of another test consumes these queues.
     url, release = claim_redis_db(str(settings.broker_url))
     client = redis.Redis.from_url(url)
+    mine = settings.model_copy(update={"broker_url": url})
     try:
-        yield settings.model_copy(update={"broker_url": url}), client
+        yield OutboxPublisher(EngineRegistry(mine), mine), client
     finally:
         client.flushdb()
         release()
@@ -57,10 +58,9 @@ def _celery_send_task(publisher: OutboxPublisher, name: str, queue: str, **field
 
 
 async def test_a_workflow_message_is_the_one_send_task_sends(
-    broker: tuple[Settings, redis.Redis],
+    broker: tuple[OutboxPublisher, redis.Redis],
 ) -> None:
-    settings, client = broker
-    publisher = OutboxPublisher(EngineRegistry(settings), settings)
+    publisher, client = broker
     message = OutboxMessage(
         task_name="platform.ping",
         queue="platform",
@@ -88,10 +88,9 @@ async def test_a_workflow_message_is_the_one_send_task_sends(
 
 
 async def test_an_event_fan_out_is_what_send_task_sends(
-    broker: tuple[Settings, redis.Redis],
+    broker: tuple[OutboxPublisher, redis.Redis],
 ) -> None:
-    settings, client = broker
-    publisher = OutboxPublisher(EngineRegistry(settings), settings)
+    publisher, client = broker
     event = IntegrationEvent(
         type="imports.ImportCompleted", data={"import": "x"}, source="imports", tenant="t"
     )
