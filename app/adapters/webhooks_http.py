@@ -160,10 +160,20 @@ class HttpxSender:
 
         Returns:
             The context (certificates and host names verified).
+
+        Raises:
+            ValueError: If ``tls_ca_file`` cannot be read as PEM certificates (the attempt
+                records this message, so the operator sees which setting to fix).
         """
         context = httpx.create_ssl_context()
         if settings.tls_ca_file:
-            context.load_verify_locations(cafile=settings.tls_ca_file)
+            try:
+                context.load_verify_locations(cafile=settings.tls_ca_file)
+            except (OSError, ssl.SSLError) as exc:
+                raise ValueError(
+                    f"CONVEYOR_WEBHOOKS__TLS_CA_FILE {settings.tls_ca_file!r} cannot be loaded"
+                    f" as PEM certificates: {exc}"
+                ) from None
         return context
 
     @property

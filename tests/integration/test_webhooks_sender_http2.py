@@ -98,3 +98,14 @@ async def test_by_default_a_receiver_ending_connections_fails_no_request(
         assert {body.split()[0] for _, body, _ in results} == {"1.1"}
         # The fault hit: the receiver ended connections (more ports than the 10 the cap opens).
         assert len({r.client_port for r in receiver.requests}) > 10
+
+
+@pytest.mark.parametrize("content", [None, b"not a certificate"])
+def test_an_unreadable_ca_file_names_the_setting(
+    tmp_path: pathlib.Path, content: bytes | None
+) -> None:
+    path = tmp_path / "ca.pem"
+    if content is not None:
+        path.write_bytes(content)
+    with pytest.raises(ValueError, match="CONVEYOR_WEBHOOKS__TLS_CA_FILE .*ca.pem.* cannot be"):
+        HttpxSender.tls_context(WebhooksSettings(tls_ca_file=str(path)))
