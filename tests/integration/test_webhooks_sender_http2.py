@@ -107,5 +107,5 @@ def test_an_unreadable_ca_file_names_the_setting(
     path = tmp_path / "ca.pem"
     if content is not None:
         path.write_bytes(content)
-    with pytest.raises(ValueError, match="CONVEYOR_WEBHOOKS__TLS_CA_FILE .*ca.pem.* cannot be"):
+    with pytest.raises(ValueError, match=r"CONVEYOR_WEBHOOKS__TLS_CA_FILE .*ca\.pem.* cannot be"):
         HttpxSender.tls_context(WebhooksSettings(tls_ca_file=str(path)))
