@@ -49,9 +49,6 @@ class _Route:
     """What ``send_task`` works out for a task name and queue (see ``_send_task``)."""
 
     options: dict[str, Any]
-    time_limit: float | None
-    soft_time_limit: float | None
-    ignore_result: bool | None
 
 
 def workflow_reprs(message: OutboxMessage) -> tuple[str, str] | None:
@@ -263,7 +260,7 @@ class OutboxPublisher:
         ``AsyncResult`` nobody reads is not built: CPU per message in batches of 50 on Redis
         went from 84 to 58 us for an event, 96 to 69 us for a workflow task (one per submit,
         one per webhook outcome). ``send_task`` itself still sends what this cannot reuse (no
-        producer, a queue not configured, a task with ``expires``).
+        producer, a queue not configured).
         """
         app = self._celery
         options: dict[str, Any] = {
@@ -288,8 +285,7 @@ class OutboxPublisher:
             root_id, parent_id = parent.request.root_id or parent.request.id, parent.request.id
             if app.conf.task_inherit_parent_priority:
                 options.setdefault("priority", parent.request.delivery_info.get("priority"))
-        if not route.ignore_result:
-            app.backend.on_task_call(producer, task_id)  # a no-op without a result backend
+        app.backend.on_task_call(producer, task_id)  # a no-op without a result backend
         message = app.amqp.create_task_message(
             task_id,
             name,
@@ -305,40 +301,35 @@ class OutboxPublisher:
             None,  # link
             None,  # link_error
             app.thread_oid,  # reply_to
-            route.time_limit,
-            route.soft_time_limit,
+            None,  # time_limit: the worker's (see _route)
+            None,  # soft_time_limit
             app.conf.task_send_sent_event,
             root_id,
             parent_id,
             None,  # shadow
             None,  # chain
-            ignore_result=route.ignore_result,
+            ignore_result=None,
             origin=self._nodename(),
             **options,
         )
         app.amqp.send_task_message(producer, name, message, **options)
 
     def _route(self, name: str, queue: str) -> _Route | None:
-        # send_task's own steps for a name and an explicit queue: the registered task's
-        # options under the explicit ones, then the router (route_task routes by name alone).
+        # send_task's routing for a name and an explicit queue (route_task routes by name
+        # alone), worked out once. No task options: this publish-only app is never finalized,
+        # so send_task found no registered task in it and sent none of the publishing
+        # process's options; time limits and the like are the worker's own (its
+        # CONVEYOR_TASK_TIME_LIMITS), and must stay so.
         key = (name, queue)
         if key in self._routes:
             return self._routes[key]
         route: _Route | None = None
         if queue in self._known_queues:
-            app = self._celery
-            task_type = app.tasks.get(name)
-            options: dict[str, Any] = {"queue": queue, "routing_key": queue}
-            if task_type is not None:
-                preset = {k: v for k, v in task_type._get_exec_options().items() if v is not None}
-                options = {**preset, **options}
-            time_limit = options.pop("time_limit", None)
-            soft_time_limit = options.pop("soft_time_limit", None)
-            expires = options.pop("expires", None)
-            ignore_result = options.pop("ignore_result", None)
-            options = app.amqp.router.route(options, name, (), {}, task_type)
-            if expires is None and not options.get("stamped_headers"):
-                route = _Route(options, time_limit, soft_time_limit, ignore_result)
+            options = self._celery.amqp.router.route(
+                {"queue": queue, "routing_key": queue}, name, (), {}, None
+            )
+            if not options.get("stamped_headers"):
+                route = _Route(options)
         self._routes[key] = route
         return route
 

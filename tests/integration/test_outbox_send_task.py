@@ -110,3 +110,17 @@ async def test_an_event_fan_out_is_what_send_task_sends(
             kwargsrepr=theirs_queue["headers"]["kwargsrepr"],
         )
         assert _take(client, queue) == theirs_queue
+
+
+async def test_the_publishing_process_time_limits_never_reach_the_message(
+    broker: tuple[OutboxPublisher, redis.Redis],
+) -> None:
+    # A task's time limits are the worker's (its CONVEYOR_TASK_TIME_LIMITS): the message
+    # carries none, even when the publisher's own app knows the task with limits of its own
+    # (loaded here as any use of app.tasks would). Otherwise they override the worker's.
+    publisher, client = broker
+    known = publisher._celery.tasks["platform.ping"]
+    assert (known.soft_time_limit, known.time_limit) != (None, None)  # the control
+    message = OutboxMessage(task_name="platform.ping", queue="platform", args=["x"])
+    assert publisher._send_all([message])[1] == []
+    assert _take(client, "platform")["headers"]["timelimit"] == [None, None]
