@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 import datetime as dt
 import logging
 import os
@@ -42,13 +41,6 @@ operations at once instead of after their deadline."""
 # it (and the durable task queues with their persistent messages); a reset or a lost node
 # deletes it with everything else.
 BROKER_EPOCH_QUEUE = "conveyor.broker-epoch"
-
-
-@dataclasses.dataclass(frozen=True)
-class _Route:
-    """What ``send_task`` works out for a task name and queue (see ``_send_task``)."""
-
-    options: dict[str, Any]
 
 
 def workflow_reprs(message: OutboxMessage) -> tuple[str, str] | None:
@@ -118,9 +110,9 @@ class OutboxPublisher:
         self._declare_lock = threading.Lock()
         self._amqp_armed = False  # set by the first RabbitMQ broker watch
         self._known_queues = frozenset(q.name for q in self._celery.conf.task_queues or ())
-        # What send_task works out per call from the task's name and queue only (its
-        # registered options, the router's answer), worked out once; see _send_task.
-        self._routes: dict[tuple[str, str], _Route | None] = {}
+        # The router's answer that send_task works out on every call from the task's name
+        # and queue only, worked out once per pair (None: send_task itself); see _route.
+        self._routes: dict[tuple[str, str], dict[str, Any] | None] = {}
         self._origin: tuple[int, str] | None = None
 
     def _declare_once(self) -> None:
@@ -278,7 +270,7 @@ class OutboxPublisher:
                 name, args=args, kwargs=kwargs, task_id=task_id, producer=producer, **options
             )
             return
-        options = {**route.options, **options, "queue": route.options["queue"]}
+        options = {**route, **options, "queue": route["queue"]}
         parent = app.current_worker_task
         root_id = parent_id = None
         if parent:
@@ -314,7 +306,7 @@ class OutboxPublisher:
         )
         app.amqp.send_task_message(producer, name, message, **options)
 
-    def _route(self, name: str, queue: str) -> _Route | None:
+    def _route(self, name: str, queue: str) -> dict[str, Any] | None:
         # send_task's routing for a name and an explicit queue (route_task routes by name
         # alone), worked out once. No task options: this publish-only app is never finalized,
         # so send_task found no registered task in it and sent none of the publishing
@@ -323,13 +315,13 @@ class OutboxPublisher:
         key = (name, queue)
         if key in self._routes:
             return self._routes[key]
-        route: _Route | None = None
+        route: dict[str, Any] | None = None
         if queue in self._known_queues:
             options = self._celery.amqp.router.route(
                 {"queue": queue, "routing_key": queue}, name, (), {}, None
             )
             if not options.get("stamped_headers"):
-                route = _Route(options)
+                route = options
         self._routes[key] = route
         return route
 
