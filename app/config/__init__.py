@@ -169,6 +169,14 @@ class Settings(BaseSettings):
         " (each one a TLS probe, a startup and its statements prepared again).",
     )
     db_echo: bool = False
+    db_generic_plans: bool = Field(
+        default=True,
+        description="Run the worker's by-key hot statements (claim, finish, heartbeat) on"
+        " connections with plan_cache_mode=force_generic_plan: PostgreSQL otherwise plans them"
+        " again on every execution (operations is partitioned), which costs it more than running"
+        " them. Turn off behind a pooler that refuses the startup parameter (PgBouncer without"
+        " plan_cache_mode in ignore_startup_parameters).",
+    )
 
     # Reliable dispatch.
     fast_path_publish: bool = Field(

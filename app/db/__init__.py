@@ -18,6 +18,7 @@ from sqlalchemy.ext.asyncio import (
 )
 
 from app.config import DOMAINS, Settings
+from domains.shared.driver import register_generic_plans
 
 Role = Literal["primary", "replica"]
 
@@ -111,28 +112,42 @@ class EngineRegistry:
         url = self.url(domain, role)
         engine = self._engines.get(url)
         if engine is None:
-            connect_args: dict[str, object] = {"server_settings": {"application_name": "conveyor"}}
+            server_settings = {"application_name": "conveyor"}
+            connect_args: dict[str, object] = {"server_settings": server_settings}
             replica = role == "replica" and url != self.url(domain, "primary")
             if replica:
                 # An unreachable replica must cost a read little before it falls back to the
                 # primary (asyncpg's default connect timeout is 60 s).
                 connect_args["timeout"] = self._settings.replicas.connect_timeout_seconds
-            engine = create_async_engine(
-                url,
-                pool_size=self._settings.db_pool_size,
-                max_overflow=self._settings.db_pool_size,
-                # No pre-ping on the primary: it costs round trips on every checkout (the hot
-                # path's budget). Connections are recycled instead, and the hot path retries a
-                # dropped one once (SqlUnitOfWork.autocommit); a disconnect invalidates the
-                # whole pool. Replica connections are still checked at checkout: a restarted
-                # or stopped replica then fails before the read starts, so it can fall back.
-                pool_pre_ping=replica,
-                pool_recycle=1800,
-                echo=self._settings.db_echo,
-                connect_args=connect_args,
-            )
+            engine = self._create(url, connect_args, pre_ping=replica)
             self._engines[url] = engine
+            if not replica and self._settings.db_generic_plans:
+                # Its companion for by-key hot statements (domains.shared.driver): the same
+                # database, prepared statements planned once per connection. Connections are
+                # opened on demand, so a process that never runs the hot path opens none.
+                generic = {**server_settings, "plan_cache_mode": "force_generic_plan"}
+                companion = self._create(url, {**connect_args, "server_settings": generic})
+                self._engines[url + "#generic-plans"] = companion
+                register_generic_plans(engine, companion)
         return engine
+
+    def _create(
+        self, url: str, connect_args: dict[str, object], *, pre_ping: bool = False
+    ) -> AsyncEngine:
+        return create_async_engine(
+            url,
+            pool_size=self._settings.db_pool_size,
+            max_overflow=self._settings.db_pool_size,
+            # No pre-ping on the primary: it costs round trips on every checkout (the hot
+            # path's budget). Connections are recycled instead, and the hot path retries a
+            # dropped one once (SqlUnitOfWork.autocommit); a disconnect invalidates the
+            # whole pool. Replica connections are still checked at checkout: a restarted
+            # or stopped replica then fails before the read starts, so it can fall back.
+            pool_pre_ping=pre_ping,
+            pool_recycle=1800,
+            echo=self._settings.db_echo,
+            connect_args=connect_args,
+        )
 
     def sessionmaker(self, domain: str, role: Role = "primary") -> async_sessionmaker[AsyncSession]:
         """Returns a session factory bound to ``engine(domain, role)``.

@@ -115,7 +115,8 @@ class Execution:
         progress, now_ = self._progress, utcnow()
         # One fenced UPDATE in autocommit: one round trip (heartbeat, progress, cancel check).
         state = await self._runner.uow_factory().autocommit(
-            lambda uow: uow.operations.heartbeat(self.id, self.attempt, progress, now_)
+            lambda uow: uow.operations.heartbeat(self.id, self.attempt, progress, now_),
+            by_key=True,
         )
         if self._sink is not None:
             try:
@@ -207,13 +208,15 @@ class OperationRunner(Generic[U]):
         target_row: dict[str, Any] | None = None
         if target is None:
             claimed = await factory.autocommit(
-                lambda uow: uow.operations.claim(operation_id, utcnow(), uow.max_attempts)
+                lambda uow: uow.operations.claim(operation_id, utcnow(), uow.max_attempts),
+                by_key=True,
             )
         else:
             fused = await factory.autocommit(
                 lambda uow: uow.operations.claim_with_target(
                     operation_id, utcnow(), uow.max_attempts, target
-                )
+                ),
+                by_key=True,
             )
             claimed, target_row = fused if fused is not None else (None, None)
         if claimed is not None:
@@ -350,7 +353,9 @@ class OperationRunner(Generic[U]):
                 requires,
                 shape=shape,
                 params=params,
-            )
+            ),
+            # The operation by key; the effects find their rows through it (by key too).
+            by_key=True,
         )
 
     async def run_instant(
@@ -382,7 +387,8 @@ class OperationRunner(Generic[U]):
         return await self.uow_factory().autocommit(
             lambda uow: uow.operations.run_instant(
                 operation_id, now, uow.max_attempts, shape, progress, params
-            )
+            ),
+            by_key=True,
         )
 
     async def cancelled(self, execution: Execution) -> Operation:

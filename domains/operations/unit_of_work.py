@@ -109,8 +109,10 @@ class UnitOfWork(Protocol):
         """Commits the transaction."""
         ...
 
-    async def autocommit(self, work: Callable[[Self], Awaitable[T]]) -> T:
-        """Runs ``work`` with each statement its own transaction (atomic statements only)."""
+    async def autocommit(self, work: Callable[[Self], Awaitable[T]], *, by_key: bool = False) -> T:
+        """Runs ``work`` with each statement its own transaction (atomic statements only);
+        ``by_key``: its statements find their rows by primary key (they may use generic plans).
+        """
         ...
 
     async def insert_fused(self, work: Callable[[Self], Awaitable[T]]) -> T:
@@ -544,7 +546,7 @@ class SqlUnitOfWork:
         finally:
             await self.session.close()
 
-    async def autocommit(self, work: Callable[[Self], Awaitable[T]]) -> T:
+    async def autocommit(self, work: Callable[[Self], Awaitable[T]], *, by_key: bool = False) -> T:
         """Runs ``work`` with the repositories on an autocommit connection.
 
         The hot path's way to the database: each statement is its own transaction, so a fused
@@ -556,6 +558,10 @@ class SqlUnitOfWork:
 
         Args:
             work: ``(uow) -> result``, run once (twice after a dropped connection).
+            by_key: Every statement of ``work`` finds its rows by primary key (claim, finish,
+                heartbeat): they run with generic plans (see
+                :func:`domains.shared.driver.register_generic_plans`), which PostgreSQL would
+                otherwise re-plan on every execution.
 
         Returns:
             What ``work`` returned.
@@ -568,7 +574,7 @@ class SqlUnitOfWork:
         engine = cast(AsyncEngine, self._sessionmaker.kw["bind"])
         for attempt in (1, 2):
             try:
-                async with autocommit_connection(engine) as conn:
+                async with autocommit_connection(engine, generic_plans=by_key) as conn:
                     # Connection and session share execute(): the repositories work on either.
                     self._bind(cast(Any, conn))
                     result = await work(self)

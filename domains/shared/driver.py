@@ -27,6 +27,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import logging
+import weakref
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
 from typing import Any
 
@@ -398,8 +399,32 @@ def driver_supported(engine: AsyncEngine) -> bool:
     )
 
 
+# Primary engine -> its companion whose connections plan prepared statements generically
+# (``plan_cache_mode = force_generic_plan``), registered by the composition root.
+_GENERIC_PLANS: weakref.WeakKeyDictionary[Any, AsyncEngine] = weakref.WeakKeyDictionary()
+
+
+def register_generic_plans(engine: AsyncEngine, companion: AsyncEngine) -> None:
+    """Names the engine that runs ``engine``'s by-key hot-path statements.
+
+    PostgreSQL plans a prepared statement on a partitioned table anew on every execution: its
+    generic plan (which prunes partitions at executor start-up) is costed over every partition,
+    so the planner keeps choosing a custom plan, and planning the claim/finish CTE costs more
+    than running it. ``companion`` connects to the same database with
+    ``plan_cache_mode = force_generic_plan``; only statements that look rows up by primary key
+    go there (a list's ``LIMIT`` and filters need the values to plan well).
+
+    Args:
+        engine: A domain's primary engine.
+        companion: The same database, with ``plan_cache_mode = force_generic_plan``.
+    """
+    _GENERIC_PLANS[engine.sync_engine] = companion
+
+
 @contextlib.asynccontextmanager
-async def autocommit_connection(engine: AsyncEngine) -> AsyncIterator[Any]:
+async def autocommit_connection(
+    engine: AsyncEngine, *, generic_plans: bool = False
+) -> AsyncIterator[Any]:
     """A connection in autocommit for one-statement work (the hot path).
 
     Statements run on the driver (:class:`DriverConnection`) where the engine allows it, else on
@@ -407,10 +432,15 @@ async def autocommit_connection(engine: AsyncEngine) -> AsyncIterator[Any]:
 
     Args:
         engine: The domain's primary engine.
+        generic_plans: The statements look rows up by primary key: run them on the engine
+            registered with :func:`register_generic_plans` (when there is one), planned once
+            per connection instead of on every execution.
 
     Yields:
         The connection.
     """
+    if generic_plans:
+        engine = _GENERIC_PLANS.get(engine.sync_engine, engine)
     if driver_supported(engine):
         async with DriverConnection(engine) as driver:
             yield driver

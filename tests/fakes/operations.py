@@ -547,7 +547,7 @@ class FakeUnitOfWork:
         """Drops the working copy: nothing written since the last commit stays."""
         self._state = None
 
-    async def autocommit(self, work: Callable[[Self], Awaitable[T]]) -> T:
+    async def autocommit(self, work: Callable[[Self], Awaitable[T]], *, by_key: bool = False) -> T:
         """Runs ``work`` in a transaction of its own and commits it."""
         async with self:
             result = await work(self)

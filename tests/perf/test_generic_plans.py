@@ -1,0 +1,90 @@
+"""The worker's by-key hot statements run with generic plans (PostgreSQL's own counters).
+
+``platform.operations`` is partitioned: PostgreSQL costs a prepared statement's generic plan over
+every partition, so in its default ``plan_cache_mode`` it plans the claim/finish CTE again on
+every execution (custom plans), which costs it more than running the statement. The engine
+registry gives each primary engine a companion with ``force_generic_plan`` and the hot path's
+by-key statements run there (``autocommit(..., by_key=True)``). ``pg_prepared_statements``
+counts, per connection, how often each statement was planned which way.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+
+from app.config import Settings
+from app.container import Container
+from app.db import EngineRegistry
+from domains.shared.driver import autocommit_connection
+
+PLANS = sa.text(
+    "SELECT statement, generic_plans, custom_plans FROM pg_prepared_statements"
+    " WHERE statement LIKE '%UPDATE platform.operations SET%'"
+    " AND statement NOT LIKE '%pg_prepared_statements%'"
+).columns(
+    sa.column("statement", sa.Text),
+    sa.column("generic_plans", sa.BigInteger),
+    sa.column("custom_plans", sa.BigInteger),
+)
+MODE = sa.text("SHOW plan_cache_mode").columns(sa.column("plan_cache_mode", sa.Text))
+
+
+async def run_pings(container: Container) -> None:
+    pings = container.pings
+    for i in range(12):  # instant: one CTE (run_instant)
+        op = await pings.create_ping(message=f"instant {i}")
+        assert (await pings.run_ping(op.id, worker="w"))["reply"] == f"pong: instant {i}"
+    for i in range(8):  # two steps: the fused claim with its target, then the fused finish
+        op = await pings.create_ping(message=f"stepped {i}", steps=2)
+        assert (await pings.run_ping(op.id, worker="w"))["reply"] == f"pong: stepped {i}"
+
+
+async def plans(registry: EngineRegistry, *, generic: bool) -> list[Any]:
+    # Sequential work used one connection of the pool: the same one answers here.
+    async with autocommit_connection(registry.engine("platform"), generic_plans=generic) as conn:
+        plan_mode = (await conn.execute(MODE)).scalar_one()
+        return [plan_mode, (await conn.execute(PLANS)).all()]
+
+
+@pytest.fixture
+async def registry(settings: Settings) -> AsyncIterator[EngineRegistry]:
+    registry = EngineRegistry(settings)
+    try:
+        yield registry
+    finally:
+        await registry.dispose()
+
+
+async def test_claim_and_finish_statements_are_planned_once(
+    settings: Settings, registry: EngineRegistry
+) -> None:
+    await run_pings(Container(settings, registry))
+    mode, rows = await plans(registry, generic=True)
+    assert mode == "force_generic_plan"
+    # The instant CTE, the claim with its target and the fused finish all ran here.
+    assert len(rows) >= 3, rows
+    assert all(custom == 0 for _, _, custom in rows), rows
+    assert sum(generic for _, generic, _ in rows) >= 12 + 8 + 8, rows
+    # Everything else (lists with LIMIT and filters) keeps value-aware plans.
+    primary_mode, primary_rows = await plans(registry, generic=False)
+    assert primary_mode == "auto"
+    assert primary_rows == [], "by-key statements ran on the primary engine"
+
+
+async def test_without_it_postgres_plans_them_on_every_execution(settings: Settings) -> None:
+    # The control: why the companion exists. With the setting off the same statements run on
+    # the primary engine, and PostgreSQL keeps choosing custom plans after its 5 trial runs.
+    off = settings.model_copy(update={"db_generic_plans": False})
+    registry = EngineRegistry(off)
+    try:
+        await run_pings(Container(off, registry))
+        mode, rows = await plans(registry, generic=True)  # no companion: the primary answers
+        assert mode == "auto"
+        instant = [r for r in rows if "jsonb_build_object" in r[0]]
+        assert instant and instant[0][2] >= 12 + 8 - 1, rows  # custom plans every time
+    finally:
+        await registry.dispose()
