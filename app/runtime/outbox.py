@@ -532,7 +532,8 @@ class OutboxPublisher:
         if sent:
             # One statement in autocommit: no claim, no transaction around the publish.
             engine = self._registry.sessionmaker(domain).kw["bind"]
-            async with autocommit_connection(engine) as conn:
+            # By primary key (id = ANY): a generic plan, not one planned per batch.
+            async with autocommit_connection(engine, generic_plans=True) as conn:
                 await SqlOutboxRepository(conn, tables.outbox).mark_sent(sent, utcnow())
         if failed:
             attempts = {m.id: m.publish_attempts for m in written}

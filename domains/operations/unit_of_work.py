@@ -419,7 +419,8 @@ async def execute_fused(engine: AsyncEngine, statement: Any, params: dict[str, A
     """
     for attempt in (1, 2):
         try:
-            async with autocommit_connection(engine) as conn:
+            # INSERTs of rows given by value: no plan depends on the values.
+            async with autocommit_connection(engine, generic_plans=True) as conn:
                 await conn.execute(statement, params)
             return
         except IntegrityError as exc:

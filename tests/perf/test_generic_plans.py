@@ -23,7 +23,8 @@ from domains.shared.driver import autocommit_connection
 
 PLANS = sa.text(
     "SELECT statement, generic_plans, custom_plans FROM pg_prepared_statements"
-    " WHERE statement LIKE '%UPDATE platform.operations SET%'"
+    " WHERE (statement LIKE '%UPDATE platform.operations SET%'"
+    " OR statement LIKE '%INSERT INTO platform.operations%')"
     " AND statement NOT LIKE '%pg_prepared_statements%'"
 ).columns(
     sa.column("statement", sa.Text),
@@ -65,10 +66,14 @@ async def test_claim_and_finish_statements_are_planned_once(
     await run_pings(Container(settings, registry))
     mode, rows = await plans(registry, generic=True)
     assert mode == "force_generic_plan"
-    # The instant CTE, the claim with its target and the fused finish all ran here.
-    assert len(rows) >= 3, rows
+    updates = [r for r in rows if "UPDATE platform.operations SET" in r[0]]
+    inserts = [r for r in rows if "UPDATE platform.operations SET" not in r[0]]
+    # The instant CTE, the claim with its target and the fused finish all ran here...
+    assert len(updates) >= 3, rows
+    assert sum(generic for _, generic, _ in updates) >= 12 + 8 + 8, rows
+    # ...and the submits' fused INSERT (ping, operation and outbox row in one statement).
+    assert inserts and sum(generic for _, generic, _ in inserts) >= 12 + 8, rows
     assert all(custom == 0 for _, _, custom in rows), rows
-    assert sum(generic for _, generic, _ in rows) >= 12 + 8 + 8, rows
     # Everything else (lists with LIMIT and filters) keeps value-aware plans.
     primary_mode, primary_rows = await plans(registry, generic=False)
     assert primary_mode == "auto"
