@@ -125,7 +125,15 @@ class EngineRegistry:
                 # Its companion for by-key hot statements (domains.shared.driver): the same
                 # database, prepared statements planned once per connection. Connections are
                 # opened on demand, so a process that never runs the hot path opens none.
-                generic = {**server_settings, "plan_cache_mode": "force_generic_plan"}
+                # A plan made once is kept while the table grows: made on an empty table
+                # (after a TRUNCATE, on a new day's partition) it would scan the whole table
+                # on every later execution. These statements find rows by primary key, so
+                # sequential scans are off here: the planner takes the key's index.
+                generic = {
+                    **server_settings,
+                    "plan_cache_mode": "force_generic_plan",
+                    "enable_seqscan": "off",
+                }
                 companion = self._create(url, {**connect_args, "server_settings": generic})
                 self._engines[url + "#generic-plans"] = companion
                 register_generic_plans(engine, companion)

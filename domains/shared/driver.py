@@ -412,7 +412,9 @@ def register_generic_plans(engine: AsyncEngine, companion: AsyncEngine) -> None:
     so the planner keeps choosing a custom plan, and planning the claim/finish CTE costs more
     than running it. ``companion`` connects to the same database with
     ``plan_cache_mode = force_generic_plan``; only statements that look rows up by primary key
-    go there (a list's ``LIMIT`` and filters need the values to plan well).
+    go there (a list's ``LIMIT`` and filters need the values to plan well). A plan made once
+    outlives the table's size at the time, so ``companion`` also has ``enable_seqscan = off``:
+    a plan made on an empty table would otherwise scan it on every execution as it grows.
 
     Args:
         engine: A domain's primary engine.

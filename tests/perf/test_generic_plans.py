@@ -10,6 +10,7 @@ counts, per connection, how often each statement was planned which way.
 
 from __future__ import annotations
 
+import re
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -93,3 +94,39 @@ async def test_without_it_postgres_plans_them_on_every_execution(settings: Setti
         assert instant and instant[0][2] >= 12 + 8 - 1, rows  # custom plans every time
     finally:
         await registry.dispose()
+
+
+async def test_plans_made_on_empty_tables_still_use_the_keys(
+    settings: Settings, registry: EngineRegistry
+) -> None:
+    # A generic plan is made once and kept while the tables grow: made on empty tables (a new
+    # database, after a TRUNCATE, a new day's partition), a sequential scan in it would read
+    # every row on each later claim. The hot statements, prepared on empty tables, are planned
+    # again here on the same kind of connection: no sequential scan may be in their plans.
+    engine = registry.engine("platform")
+    async with engine.begin() as conn:
+        await conn.execute(
+            sa.text("TRUNCATE platform.pings, platform.operations, platform.outbox CASCADE")
+        )
+    await run_pings(Container(settings, registry))
+    async with autocommit_connection(engine, generic_plans=True) as conn:
+        raw = conn._fairy.driver_connection  # asyncpg: PREPARE and EXPLAIN as they are
+        texts = [
+            r["statement"]
+            for r in await raw.fetch(
+                "SELECT statement FROM pg_prepared_statements"
+                " WHERE (statement LIKE '%UPDATE platform.operations SET%'"
+                " OR statement LIKE '%INSERT INTO platform.operations%')"
+                " AND statement NOT LIKE '%pg_prepared_statements%'"
+            )
+        ]
+        assert len(texts) >= 4, texts  # instant CTE, claim with target, finish, fused INSERT
+        for index, text in enumerate(texts):
+            params = len(set(re.findall(r"\$(\d+)", text)))
+            await raw.execute(f"PREPARE probe_{index} AS {text}")
+            nulls = ", ".join(["NULL"] * params)
+            plan = "\n".join(
+                r[0] for r in await raw.fetch(f"EXPLAIN EXECUTE probe_{index}({nulls})")
+            )
+            await raw.execute(f"DEALLOCATE probe_{index}")
+            assert "Seq Scan" not in plan, f"{text[:80]}...\n{plan}"
