@@ -315,8 +315,9 @@ class OperationsService:
         """
         domain, op_id = parse_operation_name(name)
         # One statement, so autocommit: one round trip instead of BEGIN, SELECT, ROLLBACK.
+        # By key: planned once per connection (clients poll this).
         op = await self._uow(domain).autocommit(
-            lambda uow: uow.operations.get(op_id, tenant=tenant)
+            lambda uow: uow.operations.get(op_id, tenant=tenant), by_key=True
         )
         if op is None:
             raise NotFound(

@@ -25,7 +25,8 @@ from domains.shared.driver import autocommit_connection
 PLANS = sa.text(
     "SELECT statement, generic_plans, custom_plans FROM pg_prepared_statements"
     " WHERE (statement LIKE '%UPDATE platform.operations SET%'"
-    " OR statement LIKE '%INSERT INTO platform.operations%')"
+    " OR statement LIKE '%INSERT INTO platform.operations%'"
+    " OR statement LIKE 'SELECT%FROM platform.operations%')"
     " AND statement NOT LIKE '%pg_prepared_statements%'"
 ).columns(
     sa.column("statement", sa.Text),
@@ -43,6 +44,9 @@ async def run_pings(container: Container) -> None:
     for i in range(8):  # two steps: the fused claim with its target, then the fused finish
         op = await pings.create_ping(message=f"stepped {i}", steps=2)
         assert (await pings.run_ping(op.id, worker="w"))["reply"] == f"pong: stepped {i}"
+    for i in range(20):  # clients poll their operation: GET by key
+        op = await pings.create_ping(message=f"polled {i}")
+        assert not (await container.operations.get(op.name, tenant="default")).done
 
 
 async def plans(registry: EngineRegistry, *, generic: bool) -> list[Any]:
@@ -68,12 +72,15 @@ async def test_claim_and_finish_statements_are_planned_once(
     mode, rows = await plans(registry, generic=True)
     assert mode == "force_generic_plan"
     updates = [r for r in rows if "UPDATE platform.operations SET" in r[0]]
-    inserts = [r for r in rows if "UPDATE platform.operations SET" not in r[0]]
+    reads = [r for r in rows if r[0].startswith("SELECT")]
+    inserts = [r for r in rows if r not in updates and r not in reads]
     # The instant CTE, the claim with its target and the fused finish all ran here...
     assert len(updates) >= 3, rows
     assert sum(generic for _, generic, _ in updates) >= 12 + 8 + 8, rows
     # ...and the submits' fused INSERT (ping, operation and outbox row in one statement).
     assert inserts and sum(generic for _, generic, _ in inserts) >= 12 + 8, rows
+    # ...and the GET of an operation, which clients poll.
+    assert reads and sum(generic for _, generic, _ in reads) >= 20, rows
     assert all(custom == 0 for _, _, custom in rows), rows
     # Everything else (lists with LIMIT and filters) keeps value-aware plans.
     primary_mode, primary_rows = await plans(registry, generic=False)
@@ -116,11 +123,13 @@ async def test_plans_made_on_empty_tables_still_use_the_keys(
             for r in await raw.fetch(
                 "SELECT statement FROM pg_prepared_statements"
                 " WHERE (statement LIKE '%UPDATE platform.operations SET%'"
-                " OR statement LIKE '%INSERT INTO platform.operations%')"
+                " OR statement LIKE '%INSERT INTO platform.operations%'"
+                " OR statement LIKE 'SELECT%FROM platform.operations%')"
                 " AND statement NOT LIKE '%pg_prepared_statements%'"
             )
         ]
-        assert len(texts) >= 4, texts  # instant CTE, claim with target, finish, fused INSERT
+        # The instant CTE, the claim with its target, the finish, the fused INSERT, the GET.
+        assert len(texts) >= 5, texts
         for index, text in enumerate(texts):
             params = len(set(re.findall(r"\$(\d+)", text)))
             await raw.execute(f"PREPARE probe_{index} AS {text}")

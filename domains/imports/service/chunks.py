@@ -53,7 +53,7 @@ class ChunksPart(ServiceBase):
             op = await uow.operations.get(operation_id)
             return op, await uow.imports.chunk_context(operation_id, chunk_no)
 
-        op, context = await self._uow().autocommit(load)
+        op, context = await self._uow().autocommit(load, by_key=True)
         if (
             op is None
             or context is None

@@ -47,7 +47,7 @@ class FinalizePart(ServiceBase):
             op = await uow.operations.get(operation_id)
             return op, await uow.imports.import_context(operation_id)
 
-        op, context = await self._uow().autocommit(load)
+        op, context = await self._uow().autocommit(load, by_key=True)
         if op is None or context is None:
             return {"skipped": "operation or import no longer exists"}
         if op.done:
@@ -83,7 +83,9 @@ class FinalizePart(ServiceBase):
         """
         op_id = execution.id
         if context is None:
-            context = await self._uow().autocommit(lambda uow: uow.imports.import_context(op_id))
+            context = await self._uow().autocommit(
+                lambda uow: uow.imports.import_context(op_id), by_key=True
+            )
         totals = context.totals if context is not None else None
         if (
             totals is not None

@@ -55,7 +55,9 @@ class RunPart(ServiceBase):
     async def _run(self, execution: Execution, sink: ProgressSink | None) -> dict[str, Any]:
         op_id = execution.id
         # PENDING -> RUNNING and the import with its dataset: one statement in autocommit.
-        context = await self._uow().autocommit(lambda uow: uow.imports.start_import(op_id))
+        context = await self._uow().autocommit(
+            lambda uow: uow.imports.start_import(op_id), by_key=True
+        )
         if context is not None and context.item.state == ImportState.FAILED:
             context = await self._restart(op_id)
         if context is None or context.dataset is None:
@@ -72,7 +74,9 @@ class RunPart(ServiceBase):
             pending, rows_done = list(range(item.chunks_total or 0)), 0
         else:
             # Resumed (or another run split it): the chunks as they stand, one statement.
-            chunks = await self._uow().autocommit(lambda uow: uow.imports.chunks(item.id))
+            chunks = await self._uow().autocommit(
+                lambda uow: uow.imports.chunks(item.id), by_key=True
+            )
             pending = [c.chunk_no for c in chunks if c.state not in CHUNK_VALIDATED]
             rows_done = sum(c.rows for c in chunks if c.state in CHUNK_VALIDATED)
             context.chunk = next((c for c in chunks if c.state not in CHUNK_VALIDATED), None)
@@ -189,7 +193,7 @@ class RunPart(ServiceBase):
             await uow.commit()
         if not won:
             found = await self._uow().autocommit(
-                lambda uow: uow.imports.import_context(item.operation_id)
+                lambda uow: uow.imports.import_context(item.operation_id), by_key=True
             )
             if found is None:
                 raise PermanentError("the import was deleted while it ran", reason="IMPORT_GONE")
