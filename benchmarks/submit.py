@@ -49,7 +49,7 @@ import tempfile
 import time
 import urllib.parse
 import uuid
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import asyncpg  # type: ignore[import-untyped,unused-ignore]
@@ -81,26 +81,40 @@ def percentile(values: Sequence[float], pct: float) -> float:
     return ordered[rank - 1]
 
 
+def _proc_stats() -> Iterator[tuple[int, str, list[str]]] | None:
+    """``(pid, comm, fields after "(comm)")`` of every process (Linux ``/proc``), or ``None``."""
+    try:
+        entries = [e.name for e in os.scandir("/proc") if e.name.isdigit()]
+    except OSError:
+        return None
+
+    def read() -> Iterator[tuple[int, str, list[str]]]:
+        for pid in entries:
+            try:
+                with open(f"/proc/{pid}/stat") as stat:
+                    head, _, tail = stat.read().rpartition(")")
+            except OSError:
+                continue  # exited meanwhile
+            yield int(pid), head.partition("(")[2], tail.split()
+
+    return read()
+
+
 def cpu_seconds(session_id: int) -> float:
     """CPU seconds (user + system) used so far by the processes of a session (Linux ``/proc``).
 
     Every benchmark subprocess leads a session of its own, so this covers a worker's pool
     children too (``cutime``/``cstime`` keep the ones already reaped). ``nan`` without ``/proc``.
     """
-    total = 0
-    try:
-        entries = [e.name for e in os.scandir("/proc") if e.name.isdigit()]
-    except OSError:
+    stats = _proc_stats()
+    if stats is None:
         return float("nan")
-    for pid in entries:
-        try:
-            with open(f"/proc/{pid}/stat") as stat:
-                fields = stat.read().rsplit(")", 1)[1].split()
-        except (OSError, IndexError):
-            continue  # exited meanwhile
-        # After "(comm)": state ppid pgrp session ... utime(11) stime(12) cutime(13) cstime(14)
-        if len(fields) > 14 and int(fields[3]) == session_id:
-            total += sum(int(f) for f in fields[11:15])
+    # After "(comm)": state ppid pgrp session ... utime(11) stime(12) cutime(13) cstime(14)
+    total = sum(
+        sum(int(f) for f in fields[11:15])
+        for _, _, fields in stats
+        if len(fields) > 14 and int(fields[3]) == session_id
+    )
     return total / CLOCK_TICKS
 
 
@@ -111,22 +125,13 @@ def server_cpu_seconds(name: str = "postgres", *, exclude: int | None = None) ->
     ``exclude`` leaves one process out (the backend of the benchmark's own polling connection).
     ``nan`` without ``/proc`` (or with the server on another host: then nothing is found).
     """
-    total, found = 0, False
-    try:
-        entries = [e.name for e in os.scandir("/proc") if e.name.isdigit()]
-    except OSError:
-        return float("nan")
-    for pid in entries:
-        try:
-            with open(f"/proc/{pid}/stat") as stat:
-                head, _, tail = stat.read().rpartition(")")
-        except OSError:
-            continue
-        if head.partition("(")[2] != name or int(pid) == exclude:
-            continue
-        found = True
-        total += sum(int(f) for f in tail.split()[11:15])
-    return total / CLOCK_TICKS if found else float("nan")
+    stats = _proc_stats()
+    ticks = [
+        sum(int(f) for f in fields[11:15])
+        for pid, comm, fields in stats or ()
+        if comm == name and pid != exclude
+    ]
+    return sum(ticks) / CLOCK_TICKS if ticks else float("nan")
 
 
 def plain_pg_url(url: str) -> str:
