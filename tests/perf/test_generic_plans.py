@@ -11,6 +11,7 @@ counts, per connection, how often each statement was planned which way.
 from __future__ import annotations
 
 import re
+import secrets
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -20,7 +21,10 @@ import sqlalchemy as sa
 from app.config import Settings
 from app.container import Container
 from app.db import EngineRegistry
+from app.runtime.outbox import OutboxPublisher
 from domains.shared.driver import autocommit_connection
+from domains.shared.outbox import OutboxMessage
+from tests.support.ops import query
 
 PLANS = sa.text(
     "SELECT statement, generic_plans, custom_plans FROM pg_prepared_statements"
@@ -139,3 +143,42 @@ async def test_plans_made_on_empty_tables_still_use_the_keys(
             )
             await raw.execute(f"DEALLOCATE probe_{index}")
             assert "Seq Scan" not in plan, f"{text[:80]}...\n{plan}"
+
+
+async def test_fast_path_marks_sent_with_generic_plans(
+    settings: Settings, registry: EngineRegistry, database_url: str, redis_client: Any
+) -> None:
+    # The fast path's one UPDATE per batch (id = ANY) on the partitioned outbox.
+    publisher = OutboxPublisher(registry, settings)
+    queue = f"generic-plans-{secrets.token_hex(4)}"  # no worker consumes it
+    try:
+        for _ in range(8):
+            message = OutboxMessage(task_name="platform.sweep", queue=queue, args=[])
+            await query(
+                database_url,
+                "INSERT INTO platform.outbox (id, task_name, queue, task_id, created_time,"
+                " available_time) VALUES (:id, 'platform.sweep', :q, :t, now(), now())",
+                id=message.id,
+                q=queue,
+                t=message.task_id,
+            )
+            await publisher.publish_now("platform", [message])
+            await publisher.drain()
+        assert redis_client.llen(queue) == 8
+        sent = await query(
+            database_url,
+            "SELECT count(*) AS n FROM platform.outbox WHERE queue = :q AND sent_time IS NOT NULL",
+            q=queue,
+        )
+        assert sent[0].n == 8
+        async with autocommit_connection(registry.engine("platform"), generic_plans=True) as conn:
+            raw = conn._fairy.driver_connection
+            rows = await raw.fetch(
+                "SELECT generic_plans, custom_plans FROM pg_prepared_statements"
+                " WHERE statement LIKE 'UPDATE platform.outbox SET sent_time%'"
+            )
+        assert rows and sum(r["generic_plans"] for r in rows) >= 8, rows
+        assert all(r["custom_plans"] == 0 for r in rows), rows
+    finally:
+        redis_client.delete(queue)
+        await query(database_url, "DELETE FROM platform.outbox WHERE queue = :q", q=queue)
