@@ -423,6 +423,18 @@ def register_generic_plans(engine: AsyncEngine, companion: AsyncEngine) -> None:
     _GENERIC_PLANS[engine.sync_engine] = companion
 
 
+def generic_plans_engine(engine: AsyncEngine) -> AsyncEngine:
+    """The engine that runs ``engine``'s by-key statements.
+
+    Args:
+        engine: A domain's primary engine.
+
+    Returns:
+        Its companion registered with :func:`register_generic_plans`, else ``engine`` itself.
+    """
+    return _GENERIC_PLANS.get(engine.sync_engine, engine)
+
+
 @contextlib.asynccontextmanager
 async def autocommit_connection(
     engine: AsyncEngine, *, generic_plans: bool = False
@@ -442,7 +454,7 @@ async def autocommit_connection(
         The connection.
     """
     if generic_plans:
-        engine = _GENERIC_PLANS.get(engine.sync_engine, engine)
+        engine = generic_plans_engine(engine)
     if driver_supported(engine):
         async with DriverConnection(engine) as driver:
             yield driver

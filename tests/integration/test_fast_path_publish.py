@@ -12,22 +12,7 @@ import redis
 
 from app.db import EngineRegistry
 from app.runtime.outbox import OutboxPublisher
-from domains.shared.outbox import OutboxMessage
-from tests.support.ops import query
-
-
-async def _written(database_url: str, queue: str) -> OutboxMessage:
-    """An outbox row as a commit wrote it, and its message."""
-    message = OutboxMessage(task_name="platform.sweep", queue=queue, args=[])
-    await query(
-        database_url,
-        "INSERT INTO platform.outbox (id, task_name, queue, task_id, created_time,"
-        " available_time) VALUES (:id, 'platform.sweep', :q, :t, now(), now())",
-        id=message.id,
-        q=queue,
-        t=message.task_id,
-    )
-    return message
+from tests.support.ops import query, written_outbox_row
 
 
 def _lands(client: redis.Redis, queue: str, timeout: float) -> bool:
@@ -49,13 +34,13 @@ async def test_an_urgent_publish_is_under_way_before_the_loop_runs_again(
     queue = f"fast-path-{secrets.token_hex(4)}"  # no worker consumes it
     try:
         # As in a running API: the broker connection is open, the queues declared.
-        await publisher.publish_now("platform", [await _written(database_url, queue)])
+        await publisher.publish_now("platform", [await written_outbox_row(database_url, queue)])
         await publisher.drain()
         assert redis_client.llen(queue) == 1
         redis_client.delete(queue)
 
         # Control: an ordinary publish waits for the loop, so nothing lands while it is held.
-        ordinary = await _written(database_url, queue)
+        ordinary = await written_outbox_row(database_url, queue)
         await publisher.publish_now("platform", [ordinary])
         assert not _lands(redis_client, queue, 1.0)
         await publisher.drain()
@@ -63,7 +48,7 @@ async def test_an_urgent_publish_is_under_way_before_the_loop_runs_again(
         redis_client.delete(queue)
 
         # Urgent: the send is on its thread when publish_now returns.
-        urgent = await _written(database_url, queue)
+        urgent = await written_outbox_row(database_url, queue)
         await publisher.publish_now("platform", [urgent], urgent=True)
         assert _lands(redis_client, queue, 10.0)
         await publisher.drain()

@@ -23,8 +23,7 @@ from app.container import Container
 from app.db import EngineRegistry
 from app.runtime.outbox import OutboxPublisher
 from domains.shared.driver import autocommit_connection
-from domains.shared.outbox import OutboxMessage
-from tests.support.ops import query
+from tests.support.ops import query, written_outbox_row
 
 PLANS = sa.text(
     "SELECT statement, generic_plans, custom_plans FROM pg_prepared_statements"
@@ -153,15 +152,7 @@ async def test_fast_path_marks_sent_with_generic_plans(
     queue = f"generic-plans-{secrets.token_hex(4)}"  # no worker consumes it
     try:
         for _ in range(8):
-            message = OutboxMessage(task_name="platform.sweep", queue=queue, args=[])
-            await query(
-                database_url,
-                "INSERT INTO platform.outbox (id, task_name, queue, task_id, created_time,"
-                " available_time) VALUES (:id, 'platform.sweep', :q, :t, now(), now())",
-                id=message.id,
-                q=queue,
-                t=message.task_id,
-            )
+            message = await written_outbox_row(database_url, queue)
             await publisher.publish_now("platform", [message])
             await publisher.drain()
         assert redis_client.llen(queue) == 8

@@ -16,6 +16,7 @@ from app.config import Settings
 from app.container import Container
 from app.db import EngineRegistry
 from domains.operations.model import State
+from domains.shared.driver import generic_plans_engine
 from tests.support.roundtrips import RoundTripCounter
 
 WORKER_ROUND_TRIPS_PER_PING = 1
@@ -121,9 +122,10 @@ async def _connections_opened_by_second_burst(
         pings = container.pings
         read_me = await pings.create_ping(message="read me")
         opened: list[object] = []
-        event.listen(
-            registry.engine("platform").sync_engine, "connect", lambda conn, _: opened.append(conn)
-        )
+        primary = registry.engine("platform")
+        # Submits and GETs run on the by-key pool; count the primary's connections too.
+        for engine in {primary, generic_plans_engine(primary)}:
+            event.listen(engine.sync_engine, "connect", lambda conn, _: opened.append(conn))
 
         async def submit_burst() -> None:
             if reads:

@@ -49,6 +49,30 @@ async def query(database_url: str, sql: str, **params: Any) -> list[Any]:
         await engine.dispose()
 
 
+async def written_outbox_row(database_url: str, queue: str) -> Any:
+    """An outbox row for ``platform.sweep`` on ``queue``, as a commit wrote it, and its message.
+
+    Args:
+        database_url: The test database.
+        queue: The queue (a private one nothing consumes).
+
+    Returns:
+        The :class:`domains.shared.outbox.OutboxMessage` of the row.
+    """
+    from domains.shared.outbox import OutboxMessage
+
+    message = OutboxMessage(task_name="platform.sweep", queue=queue, args=[])
+    await query(
+        database_url,
+        "INSERT INTO platform.outbox (id, task_name, queue, task_id, created_time,"
+        " available_time) VALUES (:id, 'platform.sweep', :q, :t, now(), now())",
+        id=message.id,
+        q=queue,
+        t=message.task_id,
+    )
+    return message
+
+
 async def wait_done(client: httpx.AsyncClient, name: str, timeout: float = 30) -> dict[str, Any]:
     """Long-polls ``:wait`` (5 s at a time) until the operation is done."""
     deadline = time.monotonic() + timeout
