@@ -172,11 +172,12 @@ class Settings(BaseSettings):
     db_generic_plans: bool = Field(
         default=True,
         description="Run the hot path's by-key statements (the worker's claim, finish and"
-        " heartbeat, the submit's fused INSERT, the fast path's mark-sent) on connections with"
-        " plan_cache_mode=force_generic_plan and enable_seqscan=off: PostgreSQL otherwise plans"
-        " them again on every execution (operations and outbox are partitioned), which costs it"
-        " more than running them. Turn off behind a pooler that refuses these startup"
-        " parameters (PgBouncer without them in ignore_startup_parameters).",
+        " heartbeat, the submit's fused INSERT, the fast path's mark-sent, an operation's GET) on"
+        " connections with plan_cache_mode=force_generic_plan and enable_seqscan=off: PostgreSQL"
+        " otherwise plans them again on every execution (operations and outbox are"
+        " partitioned), which costs it more than running them. Turn off behind a pooler that"
+        " refuses these startup parameters (PgBouncer without them in"
+        " ignore_startup_parameters).",
     )
 
     # Reliable dispatch.

@@ -418,7 +418,8 @@ def register_generic_plans(engine: AsyncEngine, companion: AsyncEngine) -> None:
 
     Args:
         engine: A domain's primary engine.
-        companion: The same database, with ``plan_cache_mode = force_generic_plan``.
+        companion: The same database, with ``plan_cache_mode = force_generic_plan`` and
+            ``enable_seqscan = off``.
     """
     _GENERIC_PLANS[engine.sync_engine] = companion
 

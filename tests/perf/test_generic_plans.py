@@ -25,13 +25,15 @@ from app.runtime.outbox import OutboxPublisher
 from domains.shared.driver import autocommit_connection
 from tests.support.ops import query, written_outbox_row
 
-PLANS = sa.text(
-    "SELECT statement, generic_plans, custom_plans FROM pg_prepared_statements"
+HOT_STATEMENTS = (
+    " FROM pg_prepared_statements"
     " WHERE (statement LIKE '%UPDATE platform.operations SET%'"
     " OR statement LIKE '%INSERT INTO platform.operations%'"
     " OR statement LIKE 'SELECT%FROM platform.operations%')"
     " AND statement NOT LIKE '%pg_prepared_statements%'"
-).columns(
+)
+"""The hot path's statements on operations this connection prepared (not this query itself)."""
+PLANS = sa.text("SELECT statement, generic_plans, custom_plans" + HOT_STATEMENTS).columns(
     sa.column("statement", sa.Text),
     sa.column("generic_plans", sa.BigInteger),
     sa.column("custom_plans", sa.BigInteger),
@@ -121,16 +123,7 @@ async def test_plans_made_on_empty_tables_still_use_the_keys(
     await run_pings(Container(settings, registry))
     async with autocommit_connection(engine, generic_plans=True) as conn:
         raw = conn._fairy.driver_connection  # asyncpg: PREPARE and EXPLAIN as they are
-        texts = [
-            r["statement"]
-            for r in await raw.fetch(
-                "SELECT statement FROM pg_prepared_statements"
-                " WHERE (statement LIKE '%UPDATE platform.operations SET%'"
-                " OR statement LIKE '%INSERT INTO platform.operations%'"
-                " OR statement LIKE 'SELECT%FROM platform.operations%')"
-                " AND statement NOT LIKE '%pg_prepared_statements%'"
-            )
-        ]
+        texts = [r["statement"] for r in await raw.fetch("SELECT statement" + HOT_STATEMENTS)]
         # The instant CTE, the claim with its target, the finish, the fused INSERT, the GET.
         assert len(texts) >= 5, texts
         for index, text in enumerate(texts):

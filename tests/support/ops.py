@@ -12,6 +12,8 @@ import httpx
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
+from domains.shared.outbox import OutboxMessage
+
 
 def op_path(name: str) -> str:
     """``operations/platform.<id>`` -> ``platform.<id>``."""
@@ -49,7 +51,7 @@ async def query(database_url: str, sql: str, **params: Any) -> list[Any]:
         await engine.dispose()
 
 
-async def written_outbox_row(database_url: str, queue: str) -> Any:
+async def written_outbox_row(database_url: str, queue: str) -> OutboxMessage:
     """An outbox row for ``platform.sweep`` on ``queue``, as a commit wrote it, and its message.
 
     Args:
@@ -57,10 +59,8 @@ async def written_outbox_row(database_url: str, queue: str) -> Any:
         queue: The queue (a private one nothing consumes).
 
     Returns:
-        The :class:`domains.shared.outbox.OutboxMessage` of the row.
+        The row's message.
     """
-    from domains.shared.outbox import OutboxMessage
-
     message = OutboxMessage(task_name="platform.sweep", queue=queue, args=[])
     await query(
         database_url,
