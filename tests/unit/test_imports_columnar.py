@@ -224,7 +224,7 @@ def test_pyarrow_reader_is_used_only_when_it_is_exact(data, taken):
 
 
 @FUZZ
-@given(st.binary(max_size=60).map(lambda b: bytes(b"ab\"\n"[x % 4] for x in b)))
+@given(st.binary(max_size=60).map(lambda b: bytes(b'ab"\n'[x % 4] for x in b)))
 def test_quoted_lines_are_the_lines_holding_a_quote(data):
     from domains.imports import columnar
 
@@ -232,3 +232,29 @@ def test_quoted_lines_are_the_lines_holding_a_quote(data):
     if lines and not lines[-1]:
         lines.pop()
     assert columnar._quoted_lines(data) == [i for i, line in enumerate(lines) if b'"' in line]
+
+
+CLEAN = [
+    ["k1", "12.5", "7", "true", "2024-02-29", "2026-01-31T23:59:59.5+15:59", "A", "x"],
+    ["k2", "0", "-3", "no", "1999-12-31", "2026-06-01T00:00:00Z", "A", ""],
+    ["k3", "", "", "", "", "", "", "y"],
+    ["k4", "-123456789012345.123456789012345", "007", "FALSE", "2023-01-01", "", "A", "z"],
+]
+STRAY = {  # one value per column that leaves the common case (it takes the converter's path)
+    "n": "1e3",
+    "i": "+5",
+    "d": "2023-02-29",
+    "t": "2026-01-31T10:00:00+16:00",
+}
+
+
+@pytest.mark.parametrize("stray", [None, *STRAY])
+def test_clean_columns_and_one_stray_value_give_the_row_by_row_result(stray):
+    # Clean columns take the vectorized shortcuts (a number column of input shape, dates
+    # that are all on the calendar, every row valid); a stray value sends its column down
+    # the full checks. Both must equal the row-by-row validator.
+    rows = [(2 + i, list(cells)) for i, cells in enumerate(CLEAN)]
+    if stray is not None:
+        rows[0][1][COLUMNS.index(stray)] = STRAY[stray]
+    got = columnar_matches_row_validator(FIELDS, "id", COLUMNS, rows)
+    assert got.accepted + got.rejected == len(rows)
