@@ -2198,7 +2198,7 @@ def load_table_for(name: str, import_id: uuid.UUID, fields: Sequence[FieldDef] =
     return sa.Table(
         name,
         sa.MetaData(),
-        sa.Column(tables.KEY, sa.Text, nullable=False),
+        sa.Column(tables.KEY, tables.KEY_TYPE, nullable=False),
         sa.Column(tables.LINE, sa.BigInteger, nullable=False),
         sa.Column(
             tables.IMPORT_ID,

@@ -128,6 +128,14 @@ row_errors = sa.Table(
 # real columns of the declared types, so imports COPY typed rows and filters hit real columns.
 
 KEY = "$key"
+KEY_TYPE = sa.Text(collation="C")
+"""The type of a records table's key column: bytewise order (``COLLATE "C"``).
+
+Equality is the same under any deterministic collation; "C" makes the unique key index build
+and every sort on the key compare bytes, with abbreviated sort keys (a database collation like
+``C.UTF-8`` or ``en_US`` goes through ``strcoll``): 1M keys indexed in 0.75 s instead of 1.17 s
+here. For a UTF-8 database bytewise is code point order, which is what ``C.UTF-8`` gives.
+"""
 """Bookkeeping column: the record key as text (unique; the API's key and page order)."""
 LINE = "$line"
 """Bookkeeping column: source line of the stored version (the merge's line-order guard)."""
@@ -206,7 +214,7 @@ def _records_table(dataset_id: uuid.UUID, fields: tuple[FieldDef, ...]) -> sa.Ta
     table = sa.Table(
         name,
         sa.MetaData(),
-        sa.Column(KEY, sa.Text, nullable=False),
+        sa.Column(KEY, KEY_TYPE, nullable=False),
         sa.Column(LINE, sa.BigInteger, nullable=False),
         sa.Column(IMPORT_ID, pg.UUID(as_uuid=True), nullable=False),
         sa.Column(UPDATE_TIME, sa.DateTime(timezone=True), nullable=False),
