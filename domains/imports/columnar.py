@@ -36,21 +36,18 @@ _NUMBER = r"^-?[0-9]+(\.[0-9]+)?([eE][+-]?[0-9]{1,3})?$"
 # and Python print them alike (4 digits).
 _YEAR = r"(1[1-9]|[2-8][0-9]|9[0-8])[0-9]{2}"
 _DATE = rf"^{_YEAR}-[0-9]{{2}}-[0-9]{{2}}$"
-_TIMESTAMP = (
+_DATE_TIME = (
     rf"^{_YEAR}-[0-9]{{2}}-[0-9]{{2}}T([01][0-9]|2[0-3]):[0-5][0-9]:[0-5][0-9](\.[0-9]{{1,6}})?"
-    r"(Z|[+-]([01][0-9]|2[0-3]):[0-5][0-9])$"
 )
+_TIMESTAMP = _DATE_TIME + r"(Z|[+-]([01][0-9]|2[0-3]):[0-5][0-9])$"
 # Values a typed column reads as the very value Python's converter gives, text as it is (see
 # _fast's typed_input): PostgreSQL's float8 input and Python's float() both round correctly,
 # and these short decimals can neither overflow nor underflow; "-0" is left out (Python stores
 # it as 0). PostgreSQL refuses time zone offsets of 16 hours or more, which Python takes.
 _NUMBER_INPUT = r"^(-?[1-9][0-9]{0,14}|0)(\.[0-9]{1,15})?$"
 _TIMESTAMP_INPUT = r"(Z|[+-](0[0-9]|1[0-5]):[0-5][0-9])$"
-# Both in one pass (one regex over the column, not two): the timestamp shape with an offset
-# that PostgreSQL takes.
-_TIMESTAMP_TYPED = _TIMESTAMP.removesuffix(r"(Z|[+-]([01][0-9]|2[0-3]):[0-5][0-9])$") + (
-    _TIMESTAMP_INPUT
-)
+# The timestamp shape with an offset PostgreSQL takes: both checks in one pass over a column.
+_TIMESTAMP_TYPED = _DATE_TIME + _TIMESTAMP_INPUT
 _NEEDS_COPY_ESCAPE = r"[\\\t\n\r]"
 _COPY_ESCAPE_BYTES = (b"\\", b"\t", b"\n", b"\r")
 _MAX_EXACT_INT = float(2**53)
@@ -142,8 +139,8 @@ def _fast(field: FieldDef, arr: Any, *, typed_input: bool = False) -> tuple[Any,
         return mask, value, value
     if field.type == "number":
         if typed_input:
-            # The common case first, one regex: every value (or an empty cell, which is not
-            # fast either way) already has the input shape; what the checks below find then.
+            # The common case first: when every value has the typed-input shape (or is an
+            # empty cell, never fast), this one regex is the answer the checks below give.
             typed = pc.match_substring_regex(arr, _NUMBER_INPUT)
             if pc.all(pc.or_(typed, pc.equal(arr, ""))).as_py():
                 return typed, arr, None

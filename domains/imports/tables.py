@@ -128,6 +128,7 @@ row_errors = sa.Table(
 # real columns of the declared types, so imports COPY typed rows and filters hit real columns.
 
 KEY = "$key"
+"""Bookkeeping column: the record key as text (unique; the API's key and page order)."""
 KEY_TYPE = sa.Text(collation="C")
 """The type of a records table's key column: bytewise order (``COLLATE "C"``).
 
@@ -136,7 +137,6 @@ and every sort on the key compare bytes, with abbreviated sort keys (a database 
 ``C.UTF-8`` or ``en_US`` goes through ``strcoll``): 1M keys indexed in 0.75 s instead of 1.17 s
 here. For a UTF-8 database bytewise is code point order, which is what ``C.UTF-8`` gives.
 """
-"""Bookkeeping column: the record key as text (unique; the API's key and page order)."""
 LINE = "$line"
 """Bookkeeping column: source line of the stored version (the merge's line-order guard)."""
 IMPORT_ID = "$import_id"
