@@ -27,7 +27,7 @@ from domains.shared.driver import autocommit_connection
 from domains.shared.events import EVENT_TASK, handler_task_name
 from domains.shared.inbox import InboxEntry, SqlInboxRepository
 from domains.shared.outbox import OutboxMessage, SqlOutboxRepository
-from monitoring.redaction import task_reprs
+from monitoring.redaction import redacted_repr, task_reprs
 
 log = logging.getLogger(__name__)
 _TABLES = domain_tables()
@@ -62,7 +62,7 @@ def workflow_reprs(message: OutboxMessage) -> tuple[str, str] | None:
         return None
     labels = message.headers.get("display") or {}
     shown = {"operation": operation, **{str(k): str(v) for k, v in dict(labels).items()}}
-    return "()", task_reprs((), shown)[1]
+    return "()", redacted_repr(shown)
 
 
 _SendOutcome = tuple[list[uuid.UUID], list[tuple[uuid.UUID, str]]]

@@ -5,8 +5,19 @@ from __future__ import annotations
 import ast
 
 import pytest
+from celery.utils.saferepr import saferepr
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from monitoring.redaction import REDACTED, is_sensitive_key, redact, redact_text, task_reprs
+from monitoring import redaction
+from monitoring.redaction import (
+    REDACTED,
+    is_sensitive_key,
+    redact,
+    redact_text,
+    redacted_repr,
+    task_reprs,
+)
 
 
 @pytest.mark.parametrize(
@@ -119,3 +130,67 @@ def test_a_workflow_task_is_shown_by_name_and_labels_not_a_bare_uuid() -> None:
     # Anything else keeps Celery's own (redacted) reprs.
     other = OutboxMessage(task_name="platform.sweep", queue="platform", args=[], task_id="x")
     assert workflow_reprs(other) is None
+
+
+# What the shortcuts must give: the full substitutions, and Celery's own saferepr.
+_TRIGGERS = st.sampled_from(
+    [
+        "@",
+        "=",
+        "?api_key=",
+        "&sig=",
+        "cvk_0123456789ab_secretsecret",
+        "Bearer ",
+        "BASIC ",
+        "ba\u017fic ",
+        "://u:p@h",
+        "'",
+    ]
+)
+_TEXT = st.lists(st.one_of(st.text(max_size=12), _TRIGGERS), max_size=6).map("".join)
+
+
+@settings(max_examples=400, deadline=None)
+@given(_TEXT)
+def test_redact_text_skips_only_texts_no_substitution_would_change(text: str) -> None:
+    assert redact_text(text) == redaction._mask(text)
+
+
+def test_redact_text_still_masks_what_only_unicode_case_folding_matches() -> None:
+    # "\u017f" (long s) matches "s" case-insensitively: the ASCII shortcut must not skip it.
+    assert redact_text("ba\u017fic dXNlcjpwYXNz") == "ba\u017fic ***"
+    assert redact_text("BEARER abc") == "BEARER ***"
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.text(max_size=20))
+def test_sensitive_keys_are_those_containing_a_sensitive_part(key: str) -> None:
+    normalized = key.lower().replace("-", "_")
+    assert is_sensitive_key(key) == any(p in normalized for p in redaction.SENSITIVE_KEY_PARTS)
+
+
+_FLAT = st.one_of(
+    st.dictionaries(_TEXT, _TEXT, max_size=6),
+    st.lists(_TEXT, max_size=6),
+    st.dictionaries(st.text(max_size=5), st.text(max_size=400), max_size=4),
+)
+
+
+@settings(max_examples=400, deadline=None)
+@given(_FLAT)
+def test_the_flat_repr_is_celerys_saferepr(value: object) -> None:
+    fast = redaction._flat_repr(value)
+    if fast is not None:
+        assert fast == saferepr(value, redaction.REPR_MAXSIZE)
+
+
+def test_short_flat_values_take_the_flat_repr_and_others_celerys() -> None:
+    shown = {"operation": "operations/platform.0192", "message": "it's \\ \u00e9\n"}
+    assert redaction._flat_repr(shown) == saferepr(shown, redaction.REPR_MAXSIZE)
+    assert redaction._flat_repr(["a", "b'c"]) == "['a', 'b\\'c']"
+    assert redaction._flat_repr({"a": 1}) is None  # not only strings
+    assert redaction._flat_repr(["x" * 5000]) is None  # would be cut: saferepr cuts it
+    assert redacted_repr(["x" * 5000]) == saferepr(["x" * 5000], redaction.REPR_MAXSIZE)
+    assert redacted_repr({"token": "t", "url": "https://u:pw@h"}) == (
+        "{'token': '***', 'url': 'https://u:***@h'}"
+    )
