@@ -16,8 +16,8 @@ from pydantic import BaseModel, ConfigDict, Field
 from starlette.background import BackgroundTask
 
 from api import filtering, pagination
-from api.auth import Principal, require_scope
-from api.deps import ImportsDep, request_id
+from api.auth import Principal, authorize, require_scope
+from api.deps import ImportsDep, container, correlation_id
 from api.errors import ERROR_RESPONSES, error_body
 from api.v1 import imports_upload
 from api.v1.schemas import OperationOut, RequestIdQuery, operation_response, request_id_field
@@ -579,9 +579,6 @@ def _too_large(exc: FileTooLarge) -> JSONResponse:
 async def create_import(
     dataset_id: str,
     request: Request,
-    svc: ImportsDep,
-    caller: Writer,
-    correlation: Annotated[str | None, Depends(request_id)],
     format_param: Annotated[Literal["auto", "csv", "jsonl"] | None, Query(alias="format")] = None,
     request_id_param: Annotated[str | None, Query(alias="request_id", max_length=128)] = None,
     encoding_errors_param: Annotated[
@@ -600,6 +597,9 @@ async def create_import(
     the dataset's key; invalid rows are listed at `errors_uri`. The same `request_id` with the
     same file is one import.
     """
+    # A hot route (docs/architecture.md, "Hot routes"): no dependencies.
+    caller = authorize(request, "imports:write")
+    svc, correlation = container(request).imports, correlation_id(request)
     did = _id(dataset_id, "dataset id")
     await svc.get_dataset(caller.tenant, did)
     content_type = request.headers.get("content-type", "").lower()

@@ -5,11 +5,11 @@ from __future__ import annotations
 import datetime as dt
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Path, Query
+from fastapi import APIRouter, Depends, Path, Query, Request
 from pydantic import BaseModel, ConfigDict, Field
 
-from api.auth import Principal, require_scope
-from api.deps import OperationsDep, PingsDep, request_id
+from api.auth import Principal, authorize, require_scope
+from api.deps import OperationsDep, PingsDep, container, correlation_id
 from api.errors import ERROR_RESPONSES
 from api.v1.schemas import OperationOut, operation_response
 from domains.shared.errors import NotFound
@@ -79,19 +79,20 @@ class PingOut(BaseModel):
 @router.post("", response_model=OperationOut, summary="Send a ping")
 async def create_ping(
     body: CreatePingRequest,
-    pings: PingsDep,
-    correlation: Annotated[str | None, Depends(request_id)],
-    caller: Annotated[Principal, Depends(require_scope("operations:write"))],
+    request: Request,
     request_id_param: Annotated[str | None, Query(alias="request_id", max_length=128)] = None,
 ) -> Any:
     """Creates a ping and returns its operation; a worker on queue `platform` answers it."""
-    op = await pings.create_ping(
+    # A hot route: the caller, the service and the correlation id are read from the request,
+    # not declared as dependencies (docs/architecture.md, "Hot routes").
+    caller = authorize(request, "operations:write")
+    op = await container(request).pings.create_ping(
         message=body.message,
         sleep_seconds=body.sleep_seconds,
         steps=body.steps,
         fail_attempts=body.fail_attempts,
         request_id=body.request_id or request_id_param,
-        correlation_id=correlation,
+        correlation_id=correlation_id(request),
         tenant=caller.tenant,
     )
     return operation_response(op)

@@ -130,3 +130,47 @@ async def test_auth_holds_behind_a_proxy_prefix(settings, api_key):
             allowed = await http.get("/api/v1/operations", headers=bearer(api_key))
     assert refused.status_code == 401
     assert allowed.status_code == 200, allowed.text
+
+
+# The submit routes check their scope in their own body (api.auth.authorize), not through a
+# dependency (docs/architecture.md, "Hot routes"); the middleware's check by path comes first.
+HOT_ROUTES = [
+    ("/v1/pings", {}, "operations:write"),
+    ("/v1/reports", {"type": "digest"}, "reports:write"),
+    ("/v1/events", {"type": "orders.created", "data": {}}, "webhooks:write"),
+    ("/v1/datasets/0192f000-0000-7000-8000-000000000001/imports", {}, "imports:write"),
+]
+
+
+@pytest.mark.parametrize(("path", "body", "scope"), HOT_ROUTES)
+async def test_hot_routes_check_their_scope_past_the_middleware(
+    settings, monkeypatch, path, body, scope
+):
+    from api import auth
+
+    reader = await new_key(settings, scopes=("operations:read",))
+    # The middleware lets the request through (as if the path mapped to a scope the key has):
+    # what refuses it is the route's own check.
+    monkeypatch.setattr(auth, "route_scope", lambda method, path: "operations:read")
+    async with api(settings) as (_, http):
+        denied = await http.post(path, json=body, headers=bearer(reader))
+    assert denied.status_code == 403, denied.text
+    error = denied.json()["error"]
+    assert error["status"] == "PERMISSION_DENIED"
+    assert error["details"][0]["metadata"] == {"scope": scope}
+
+
+def test_hot_routes_declare_no_dependencies():
+    from fastapi.routing import APIRoute
+
+    from api.v1 import datasets, events, pings, reports
+
+    routes = {
+        route.path: route
+        for module in (datasets, events, pings, reports)
+        for route in module.router.routes
+        if isinstance(route, APIRoute) and "POST" in route.methods
+    }
+    for path, _, _ in HOT_ROUTES:
+        template = path.replace("0192f000-0000-7000-8000-000000000001", "{dataset_id}")
+        assert routes[template].dependant.dependencies == [], template
