@@ -22,6 +22,7 @@ from collections.abc import Iterator
 import pytest
 
 from app.runtime.embedded import find_free_port
+from tests.support.procs import API_LISTENING
 
 pytestmark = pytest.mark.e2e
 
@@ -127,7 +128,7 @@ def test_swagger_ui_and_redoc_render_in_a_browser_without_the_internet(
 
     port = find_free_port()
     api = spawn("api", "--host", "127.0.0.1", "--port", str(port))
-    api.wait_for_log("Application startup complete", timeout=60)
+    api.wait_for_log(API_LISTENING, timeout=60)
     base = f"http://127.0.0.1:{port}"
     with urllib.request.urlopen(f"{base}/openapi.json", timeout=10) as response:
         spec = json.load(response)

@@ -15,6 +15,7 @@ from click.testing import CliRunner, Result
 from app.cli.ops import api_errors, make_client, ops, status
 from app.runtime.embedded import find_free_port
 from tests.observability.support import start_api
+from tests.support.procs import API_LISTENING
 
 pytestmark = pytest.mark.e2e
 
@@ -56,7 +57,7 @@ async def test_ops_and_status_commands_against_a_running_api_and_worker(
     monkeypatch.setenv("CONVEYOR_API_KEY", stack.api_key)  # `conveyor ops` sends it
     api, url = start_api(stack)
     worker = stack.worker(queues="platform", concurrency=2)
-    api.wait_for_log("Application startup complete", timeout=30)
+    api.wait_for_log(API_LISTENING, timeout=30)
     async with httpx.AsyncClient(base_url=url, timeout=10, headers=stack.headers) as http:
         ok = await create_ping(http, message="watched", sleep_seconds=1, steps=4)
         failing = await create_ping(http, message="doomed", fail_attempts=10)

@@ -9,6 +9,7 @@ import pytest
 
 from tests.observability.support import json_lines, start_api
 from tests.support.ops import wait_state
+from tests.support.procs import API_LISTENING
 
 pytestmark = pytest.mark.e2e
 
@@ -19,7 +20,7 @@ JSON_LOGS = {"CONVEYOR_LOG_FORMAT": "json", "CONVEYOR_LOG_TASK_SUCCESS_SAMPLE": 
 async def test_request_id_follows_one_ping_into_every_worker_log_line_of_its_task(stack):
     api, url = start_api(stack, env=JSON_LOGS)
     worker = stack.worker(env=JSON_LOGS)
-    api.wait_for_log("Application startup complete", timeout=30)
+    api.wait_for_log(API_LISTENING, timeout=30)
     request_id = f"trace-{uuid.uuid4().hex}"
     async with httpx.AsyncClient(base_url=url, timeout=10, headers=stack.headers) as http:
         response = await http.post(

@@ -16,6 +16,7 @@ from app.adapters.http_protocol import CappedHttpToolsProtocol
 from app.main import rate_limit_redis, uvicorn_options
 from app.runtime.embedded import find_free_port
 from tests.security.support import api, bearer, new_key
+from tests.support.procs import API_LISTENING
 
 
 async def test_rate_limit_is_a_token_bucket_per_key_in_redis(settings, broker_url):
@@ -158,17 +159,7 @@ async def test_upload_routes_get_the_upload_cap_and_json_routes_the_body_cap(set
 def test_conveyor_api_refuses_endless_headers_and_hides_its_server_name(spawn):
     port = find_free_port()
     api_proc = spawn("api", "--port", str(port), name="api-limits")
-    api_proc.wait_for_log("Application startup complete", timeout=30)
-    # Lifespan startup is logged before uvicorn binds its socket: wait until it accepts.
-    deadline = time.monotonic() + 30
-    while True:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=1).close()
-            break
-        except ConnectionRefusedError:
-            if time.monotonic() > deadline:
-                raise
-            time.sleep(0.1)
+    api_proc.wait_for_log(API_LISTENING, timeout=30)
     with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
         # Headers that never end: buffered up to the cap, then refused (not held in memory).
         sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Slow: " + b"a" * 20000)

@@ -27,6 +27,7 @@ from app.db import migrate
 from app.runtime.embedded import find_free_port
 from tests.conftest import claim_redis_db, create_api_key, run_async
 from tests.support import services
+from tests.support.procs import API_LISTENING
 
 pytestmark = pytest.mark.e2e
 
@@ -62,7 +63,7 @@ def live_api(admin_url, service_env, spawn):
             },
             name="api-fuzz",
         )
-        proc.wait_for_log("Application startup complete", timeout=30)
+        proc.wait_for_log(API_LISTENING, timeout=30)
         yield f"http://127.0.0.1:{port}", key, proc
         spawn.stop_all()
     finally:

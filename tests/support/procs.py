@@ -8,6 +8,11 @@ import sys
 import time
 from typing import Any
 
+# What ``conveyor api`` logs once its socket listens. uvicorn logs "Application startup
+# complete" after the lifespan startup but *before* it binds the socket, so a test that waited
+# for that line could connect too early and be refused.
+API_LISTENING = "Uvicorn running on"
+
 
 class Proc:
     """A conveyor subprocess with its log file."""
