@@ -365,7 +365,7 @@ class OperationRunner(Generic[U]):
         *,
         progress: Progress,
         params: Mapping[str, Any],
-    ) -> Operation | None:
+    ) -> dict[str, Any] | None:
         """Runs instant work as one statement: claim, effects and SUCCEEDED together.
 
         The hot path of work with nothing to wait for (see :class:`InstantShape`): one round
@@ -379,9 +379,9 @@ class OperationRunner(Generic[U]):
             params: Values of the shape's own bind parameters.
 
         Returns:
-            The SUCCEEDED operation, or ``None`` if nothing was written (not claimable as is,
-            not instant, target missing): then run it the ordinary way, starting with
-            :meth:`claim`, which finds out why.
+            The SUCCEEDED operation's response, or ``None`` if nothing was written (not
+            claimable as is, not instant, target missing): then run it the ordinary way,
+            starting with :meth:`claim`, which finds out why.
         """
         now = utcnow()
         return await self.uow_factory().autocommit(

@@ -123,8 +123,10 @@ class OperationRepository(Protocol):
         shape: InstantShape,
         progress: Progress,
         params: Mapping[str, Any],
-    ) -> Operation | None:
-        """Claims, applies and settles instant work in one statement (see :class:`InstantShape`)."""
+    ) -> dict[str, Any] | None:
+        """Claims, applies and settles instant work in one statement (see :class:`InstantShape`);
+        returns the operation's response, or ``None`` if nothing was written.
+        """
         ...
 
     async def heartbeat(
@@ -509,7 +511,7 @@ class SqlOperationRepository:
         shape: InstantShape,
         progress: Progress,
         params: Mapping[str, Any],
-    ) -> Operation | None:
+    ) -> dict[str, Any] | None:
         """Claims, applies and settles instant work in one statement (see :class:`InstantShape`).
 
         ``WITH settled AS (UPDATE operations ... FROM target WHERE <claimable> AND <instant>
@@ -527,8 +529,11 @@ class SqlOperationRepository:
             params: Values of the shape's own bind parameters.
 
         Returns:
-            The SUCCEEDED operation, or ``None`` if nothing was written (not claimable as is,
-            not instant work, target missing): the caller then takes the ordinary path.
+            The SUCCEEDED operation's response, or ``None`` if nothing was written (not
+            claimable as is, not instant work, target missing): the caller then takes the
+            ordinary path. Only the response comes back: the row's other columns (three of
+            them jsonb) would be sent, decoded and built into an ``Operation`` on every job for
+            a caller that reads none of them.
         """
         key = (self._t, "instant", shape.name)
         query = _STATEMENTS.get(key)
@@ -541,8 +546,8 @@ class SqlOperationRepository:
             "i_progress": progress.to_dict(),
             **params,
         }
-        row = (await self._session.execute(query, values)).mappings().first()
-        return from_row(row) if row else None
+        row = (await self._session.execute(query, values)).first()
+        return None if row is None else (row[0] or {})
 
     def _instant_statement(self, shape: InstantShape) -> Any:
         t, target = self._t, shape.target
@@ -566,7 +571,7 @@ class SqlOperationRepository:
             .returning(*t.c)
         )
         settled = settle.cte("settled")
-        query = sa.select(settled)
+        query = sa.select(settled.c.response)
         for index, effect in enumerate(shape.effects):
             query = query.add_cte(effect(settled).cte(f"effect_{index}"))
         return query

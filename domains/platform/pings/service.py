@@ -191,7 +191,7 @@ class PingService:
             operation_id, instant_ping(), progress=INSTANT_PROGRESS, params=instant_params(worker)
         )
         if instant is not None:
-            return instant.response or {}
+            return instant
         # Otherwise (sleeps, steps, deliberate failures; or not claimable as is: done,
         # cancelled, running elsewhere, missing) the ordinary path, whose claim finds out why.
         # The claim reads the ping too (one round trip); the slow path reads it after.
