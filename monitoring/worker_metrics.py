@@ -100,12 +100,36 @@ def _labels(task: Any) -> tuple[str, str] | None:
     return name, queue_of(getattr(task, "request", None), name)
 
 
-@signals.task_prerun.connect(dispatch_uid="conveyor.metrics.prerun")
-def _on_prerun(task_id: str | None = None, task: Any = None, **_: Any) -> None:
+class _Children:
+    """A task's labelled metrics, looked up once per (task, queue) instead of on every run:
+    ``labels()`` takes the metric's lock and builds its key each time, twice per task.
+    """
+
+    def __init__(self, task: str, queue: str) -> None:
+        self.started = TASKS.labels(task, queue, "started")
+        self.succeeded = TASKS.labels(task, queue, "succeeded")
+        self.runtime = TASK_RUNTIME.labels(task, queue)
+
+
+_children: dict[tuple[str, str], _Children] = {}  # bounded: task names x domain queues
+
+
+def _metrics(task: Any) -> _Children | None:
     labels = _labels(task)
     if labels is None:
+        return None
+    found = _children.get(labels)
+    if found is None:
+        found = _children[labels] = _Children(*labels)
+    return found
+
+
+@signals.task_prerun.connect(dispatch_uid="conveyor.metrics.prerun")
+def _on_prerun(task_id: str | None = None, task: Any = None, **_: Any) -> None:
+    metrics = _metrics(task)
+    if metrics is None:
         return
-    TASKS.labels(*labels, "started").inc()
+    metrics.started.inc()
     _started[(task_id or "", threading.get_ident())] = time.perf_counter()
 
 
@@ -113,16 +137,16 @@ def _on_prerun(task_id: str | None = None, task: Any = None, **_: Any) -> None:
 def _on_postrun(
     task_id: str | None = None, task: Any = None, state: str | None = None, **_: Any
 ) -> None:
-    labels = _labels(task)
-    if labels is None:
+    metrics = _metrics(task)
+    if metrics is None:
         return
     start = _started.pop((task_id or "", threading.get_ident()), None)
     if start is not None:
-        TASK_RUNTIME.labels(*labels).observe(time.perf_counter() - start)
+        metrics.runtime.observe(time.perf_counter() - start)
     # IGNORED: the task handed its operation on (imports.run after fanning the chunks out
     # raises Ignore so Flower keeps the operation in PROGRESS); its own work succeeded.
     if state in ("SUCCESS", "IGNORED"):
-        TASKS.labels(*labels, "succeeded").inc()
+        metrics.succeeded.inc()
 
 
 @signals.task_failure.connect(dispatch_uid="conveyor.metrics.failure")
