@@ -11,7 +11,9 @@ type processors, its per-connection prepared statements, its error classes) and 
 - a statement is compiled once per statement object (the hot path's statements are built once
   and cached by their modules), else once per SQLAlchemy cache key;
 - parameters go through the compiled statement's bind processors and result columns through
-  the types' result processors, exactly as ``execute`` would;
+  the types' result processors, exactly as ``execute`` would; where each positional argument
+  comes from is worked out once per statement object and set of parameter names
+  (``construct_params`` asked once, see :func:`_plan`), not on every execution;
 - the statement runs as an asyncpg prepared statement from the pool connection's own cache, in
   autocommit (no transaction is open on a connection checked out of the pool);
 - driver errors become the same ``sqlalchemy.exc`` errors (``IntegrityError``, ``DBAPIError``
@@ -79,6 +81,23 @@ _COMPILED_CACHE: dict[Any, Any] = {}
 _DRIVER_FORMS: dict[int, tuple[Any, _Compiled | None]] = {}
 _BY_OBJECT: dict[tuple[int, tuple[str, ...]], tuple[Any, _Compiled, Any, Any]] = {}
 _LIMIT = 512
+
+_Plan = tuple[tuple[str | None, _Processor, Any], ...]
+"""Per position of a compiled statement: the caller's parameter it takes (and that parameter's
+bind processor), or ``None`` and the statement's own value, already processed."""
+
+# The argument plans of statements seen before by identity (as _BY_OBJECT), with the statement
+# kept so that its id stays its own. Bounded.
+_PLANS: dict[tuple[int, tuple[str, ...]], tuple[Any, _Plan | None]] = {}
+
+
+class _Given:
+    """Stands for a caller's parameter while a plan is made (see :func:`_plan`)."""
+
+    __slots__ = ("key",)
+
+    def __init__(self, key: str) -> None:
+        self.key = key
 
 
 class Unsupported(Exception):
@@ -148,6 +167,49 @@ def compiled_for(
         raise Unsupported("statement needs SQLAlchemy's execution path")
     _bounded(_BY_OBJECT)[ident] = (statement, form, extracted, collected)
     return form, extracted, collected
+
+
+def _plan(
+    compiled: _Compiled, extracted: Any, collected: Any, column_keys: tuple[str, ...]
+) -> _Plan | None:
+    """Where each positional argument of ``compiled`` comes from, for one statement object.
+
+    ``construct_params`` walks every bind parameter of the statement on every execution (about
+    a tenth of a hot-path statement's CPU in the worker) to find, again, that the caller's
+    values go where they went last time and the statement's own literals are the same values.
+    For a given statement object (same literals, same extracted parameters) and set of
+    parameter names that holds by construction, so it is asked once: ``construct_params`` with
+    a marker for each caller's value tells which positions take which parameter; the others
+    keep the statement's values, run through their bind processors once.
+
+    Returns:
+        The plan, or ``None`` when a value is computed per execution (a callable bind
+        parameter) or the statement expands (``IN`` lists): those take ``construct_params``.
+    """
+    inner = compiled.compiled
+    if compiled.expanding or any(bind.callable for bind in inner.bind_names):
+        return None
+    extra = {} if collected is None else {"_collected_params": collected}
+    markers = {key: _Given(key) for key in column_keys}
+    constructed = inner.construct_params(
+        markers or None, escape_names=False, extracted_parameters=extracted, **extra
+    )
+    plan: list[tuple[str | None, _Processor, Any]] = []
+    for name in compiled.positions:
+        value = constructed[name]
+        processor = compiled.bind_processors.get(name)
+        if isinstance(value, _Given):
+            plan.append((value.key, processor, None))
+        else:
+            plan.append((None, None, processor(value) if processor is not None else value))
+    return tuple(plan)
+
+
+def _args(plan: _Plan, params: Mapping[str, Any]) -> list[Any]:
+    return [
+        value if key is None else params[key] if processor is None else processor(params[key])
+        for key, processor, value in plan
+    ]
 
 
 class _Row(tuple[Any, ...]):
@@ -306,22 +368,16 @@ class DriverConnection:
             compiled, extracted, collected = compiled_for(statement, self._dialect, column_keys)
         except Unsupported:
             return await self._execute_with_sqlalchemy(statement, params)
-        extra = {} if collected is None else {"_collected_params": collected}
-        construct = compiled.compiled.construct_params(
-            dict(params) if params else None,
-            escape_names=False,
-            extracted_parameters=extracted,
-            **extra,
-        )
-        sql, positions, processors = compiled.sql, compiled.positions, compiled.bind_processors
-        if compiled.expanding:
-            state = compiled.compiled._process_parameters_for_postcompile(construct)
-            sql, positions = state.statement, state.positiontup
-            processors = {**processors, **state.processors}
-        args = [
-            processors[name](construct[name]) if name in processors else construct[name]
-            for name in positions
-        ]
+        ident = (id(statement), column_keys)
+        planned = _PLANS.get(ident)
+        if planned is None or planned[0] is not statement:
+            planned = (statement, _plan(compiled, extracted, collected, column_keys))
+            _bounded(_PLANS)[ident] = planned
+        sql = compiled.sql
+        if planned[1] is not None:
+            args = _args(planned[1], params or {})
+        else:
+            args, sql = self._construct(compiled, extracted, collected, params)
         adapted = self._fairy.dbapi_connection
         try:
             prepared, attributes = await adapted._prepare(
@@ -343,6 +399,29 @@ class DriverConnection:
         else:
             rows = [tuple(record) for record in records]
         return DriverResult(compiled.keys, rows, _rowcount(status))
+
+    @staticmethod
+    def _construct(
+        compiled: _Compiled, extracted: Any, collected: Any, params: Mapping[str, Any] | None
+    ) -> tuple[list[Any], str]:
+        """The positional arguments (and SQL) of one execution, by ``construct_params``."""
+        extra = {} if collected is None else {"_collected_params": collected}
+        construct = compiled.compiled.construct_params(
+            dict(params) if params else None,
+            escape_names=False,
+            extracted_parameters=extracted,
+            **extra,
+        )
+        sql, positions, processors = compiled.sql, compiled.positions, compiled.bind_processors
+        if compiled.expanding:
+            state = compiled.compiled._process_parameters_for_postcompile(construct)
+            sql, positions = state.statement, state.positiontup
+            processors = {**processors, **state.processors}
+        args = [
+            processors[name](construct[name]) if name in processors else construct[name]
+            for name in positions
+        ]
+        return args, sql
 
     async def _translate(self, exc: Exception, sql: str, args: list[Any]) -> BaseException:
         # The driver's error as SQLAlchemy would have raised it: the dialect's DBAPI class
