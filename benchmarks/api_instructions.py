@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import concurrent.futures
+import contextlib
 import json
 import os
 import pathlib
@@ -34,7 +35,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
@@ -181,14 +182,16 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    args = parse_args(argv)
-    if args.child is not None:
-        child(args.child, args.requests, args.warm_up, args.concurrency)
-        return 0
-    if shutil.which("valgrind") is None:
-        print("api_instructions.py: valgrind not found (apt-get install valgrind)", file=sys.stderr)
-        return 2
+@contextlib.contextmanager
+def bench_environment() -> Iterator[tuple[dict[str, str], str]]:
+    """A fresh migrated database, an idle Redis index and an API key for the child processes.
+
+    Yields:
+        ``(env, plain_url)``: the children's environment (``CONVEYOR_DATABASE_URL``,
+        ``CONVEYOR_BROKER_URL``, ``CONVEYOR_DATA_DIR``, ``BENCH_API_KEY``, and
+        ``BENCH_BROKER_URL`` / ``BENCH_DATABASE_URL`` for ``benchmarks.raw_tasks``) and the
+        database's plain ``postgresql://`` URL. Everything is dropped afterwards.
+    """
     from app.config import load_settings
     from app.db import migrate
     from benchmarks import submit
@@ -203,28 +206,41 @@ def main(argv: Sequence[str] | None = None) -> int:
     data_dir = tempfile.mkdtemp(prefix="conveyor-bench-instr-")
     submit.create_database(admin_url, name)
     try:
-        database_url = (
-            "postgresql+asyncpg://" + submit.with_database(admin_url, name).split("://", 1)[1]
-        )
+        plain_url = submit.with_database(admin_url, name)
+        database_url = "postgresql+asyncpg://" + plain_url.split("://", 1)[1]
         migrate.upgrade(load_settings(database_url=database_url, broker_url="redis://unused"))
         env = {k: v for k, v in os.environ.items() if not k.startswith("CONVEYOR_")}
         env.update(
             CONVEYOR_DATABASE_URL=database_url,
             CONVEYOR_BROKER_URL=broker,
             CONVEYOR_DATA_DIR=data_dir,
+            BENCH_BROKER_URL=broker,
+            BENCH_DATABASE_URL=plain_url,
             PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
         )
         env["BENCH_API_KEY"] = submit.create_api_key(env)
+        yield env, plain_url
+    finally:
+        submit.flush_redis(broker, mark=False)
+        submit.drop_database(admin_url, name)
+        shutil.rmtree(data_dir, ignore_errors=True)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    if args.child is not None:
+        child(args.child, args.requests, args.warm_up, args.concurrency)
+        return 0
+    if shutil.which("valgrind") is None:
+        print("api_instructions.py: valgrind not found (apt-get install valgrind)", file=sys.stderr)
+        return 2
+    with bench_environment() as (env, _):
         print(
             f"[instructions] POST /v1/pings in-process, {args.concurrency} in flight,"
             f" {args.small} and {args.large} requests per system under callgrind ...",
             flush=True,
         )
         per_request = measure(args, env)
-    finally:
-        submit.flush_redis(broker, mark=False)
-        submit.drop_database(admin_url, name)
-        shutil.rmtree(data_dir, ignore_errors=True)
     ratio = per_request["conveyor"] / per_request["bare"]
     print(f"conveyor  {per_request['conveyor'] / 1e6:6.2f} M instructions per request")
     print(f"bare      {per_request['bare'] / 1e6:6.2f} M instructions per request")

@@ -48,6 +48,8 @@ ROOT = pathlib.Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:  # `python benchmarks/worker_instructions.py`
     sys.path.insert(0, str(ROOT))
 
+from benchmarks.api_instructions import bench_environment  # noqa: E402
+
 SYSTEMS = ("conveyor", "raw")
 _COLLECTED = re.compile(r"==(\d+)==\s*Collected\s*:\s*(\d+)")
 
@@ -172,35 +174,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             "worker_instructions.py: valgrind not found (apt-get install valgrind)", file=sys.stderr
         )
         return 2
-    from app.config import load_settings
-    from app.db import migrate
-    from benchmarks import submit
-
-    admin_url = submit.plain_pg_url(
-        os.environ.get("CONVEYOR_BENCH_DATABASE_URL") or submit.DEFAULT_ADMIN_URL
-    )
-    broker = submit.pick_redis_db(
-        os.environ.get("CONVEYOR_BENCH_BROKER_URL") or submit.DEFAULT_BROKER_URL, None
-    )
-    name = f"conveyor_bench_{secrets.token_hex(4)}"
-    data_dir = tempfile.mkdtemp(prefix="conveyor-bench-winstr-")
-    submit.create_database(admin_url, name)
     results: dict[str, dict[str, float]] = {}
-    try:
-        plain_url = submit.with_database(admin_url, name)
-        database_url = "postgresql+asyncpg://" + plain_url.split("://", 1)[1]
-        migrate.upgrade(load_settings(database_url=database_url, broker_url="redis://unused"))
-        env = {k: v for k, v in os.environ.items() if not k.startswith("CONVEYOR_")}
-        env.update(
-            CONVEYOR_DATABASE_URL=database_url,
-            CONVEYOR_BROKER_URL=broker,
-            CONVEYOR_DATA_DIR=data_dir,
-            BENCH_BROKER_URL=broker,
-            BENCH_DATABASE_URL=plain_url,
-            PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
-        )
-        env["BENCH_API_KEY"] = submit.create_api_key(env)
-        os.environ["BENCH_BROKER_URL"] = broker  # read by benchmarks.raw_tasks at import
+    with bench_environment() as (env, plain_url):
+        os.environ["BENCH_BROKER_URL"] = env["BENCH_BROKER_URL"]  # read by raw_tasks at import
         from benchmarks import raw_tasks
 
         async def create_raw_table() -> None:
@@ -224,10 +200,6 @@ def main(argv: Sequence[str] | None = None) -> int:
             per_job = {role: (large[role] - small[role]) / extra for role in ("main", "pool")}
             per_job["total"] = per_job["main"] + per_job["pool"]
             results[system] = per_job
-    finally:
-        submit.flush_redis(broker, mark=False)
-        submit.drop_database(admin_url, name)
-        shutil.rmtree(data_dir, ignore_errors=True)
     for system, per_job in results.items():
         print(
             f"{system:9s} {per_job['total'] / 1e6:6.2f} M instructions per job"
