@@ -79,16 +79,28 @@ class _Compiled:
 # no cache key to build per call; the object is kept, so its id stays its own). All bounded.
 _COMPILED_CACHE: dict[Any, Any] = {}
 _DRIVER_FORMS: dict[int, tuple[Any, _Compiled | None]] = {}
-_BY_OBJECT: dict[tuple[int, tuple[str, ...]], tuple[Any, _Compiled, Any, Any]] = {}
 _LIMIT = 512
 
 _Plan = tuple[tuple[str | None, _Processor, Any], ...]
 """Per position of a compiled statement: the caller's parameter it takes (and that parameter's
 bind processor), or ``None`` and the statement's own value, already processed."""
 
-# The argument plans of statements seen before by identity (as _BY_OBJECT), with the statement
-# kept so that its id stays its own. Bounded.
-_PLANS: dict[tuple[int, tuple[str, ...]], tuple[Any, _Plan | None]] = {}
+
+@dataclasses.dataclass
+class _Seen:
+    """A statement object run before with a given set of parameter names."""
+
+    statement: Any  # kept, so its id stays its own
+    form: _Compiled
+    extracted: Any
+    collected: Any
+    # Its argument plan (:func:`_plan`), made on its second execution: a statement built per
+    # call (a read with its key as a literal) runs once and would not pay it back.
+    plan: _Plan | None = None
+    planned: bool = False
+
+
+_BY_OBJECT: dict[tuple[int, tuple[str, ...]], _Seen] = {}
 
 
 class _Given:
@@ -150,10 +162,16 @@ def compiled_for(
     Raises:
         Unsupported: If the statement needs SQLAlchemy's execution path.
     """
+    seen, _ = _seen(statement, dialect, column_keys)
+    return seen.form, seen.extracted, seen.collected
+
+
+def _seen(statement: Any, dialect: Any, column_keys: tuple[str, ...]) -> tuple[_Seen, bool]:
+    """:func:`compiled_for`'s entry for ``statement``, and whether it was there before."""
     ident = (id(statement), column_keys)
     hit = _BY_OBJECT.get(ident)
-    if hit is not None and hit[0] is statement:
-        return hit[1], hit[2], hit[3]
+    if hit is not None and hit.statement is statement:
+        return hit, True
     outcome = statement._compile_w_cache(
         dialect, compiled_cache=_bounded(_COMPILED_CACHE), column_keys=list(column_keys)
     )
@@ -165,8 +183,8 @@ def compiled_for(
     form = known[1]
     if form is None:
         raise Unsupported("statement needs SQLAlchemy's execution path")
-    _bounded(_BY_OBJECT)[ident] = (statement, form, extracted, collected)
-    return form, extracted, collected
+    seen = _bounded(_BY_OBJECT)[ident] = _Seen(statement, form, extracted, collected)
+    return seen, False
 
 
 def _plan(
@@ -365,19 +383,17 @@ class DriverConnection:
         """
         column_keys = tuple(sorted(params)) if params else ()
         try:
-            compiled, extracted, collected = compiled_for(statement, self._dialect, column_keys)
+            seen, again = _seen(statement, self._dialect, column_keys)
         except Unsupported:
             return await self._execute_with_sqlalchemy(statement, params)
-        ident = (id(statement), column_keys)
-        planned = _PLANS.get(ident)
-        if planned is None or planned[0] is not statement:
-            planned = (statement, _plan(compiled, extracted, collected, column_keys))
-            _bounded(_PLANS)[ident] = planned
-        sql = compiled.sql
-        if planned[1] is not None:
-            args = _args(planned[1], params or {})
+        compiled = seen.form
+        if again and not seen.planned:
+            seen.plan = _plan(compiled, seen.extracted, seen.collected, column_keys)
+            seen.planned = True
+        if seen.plan is not None:
+            args, sql = _args(seen.plan, params or {}), compiled.sql
         else:
-            args, sql = self._construct(compiled, extracted, collected, params)
+            args, sql = self._construct(compiled, seen.extracted, seen.collected, params)
         adapted = self._fairy.dbapi_connection
         try:
             prepared, attributes = await adapted._prepare(

@@ -19,6 +19,7 @@ from sqlalchemy.dialects import postgresql as pg
 from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from domains.shared import driver
 from domains.shared.driver import DriverConnection, driver_supported
 from tests.support.ops import engine_with_tables
 
@@ -86,6 +87,26 @@ async def test_in_lists_of_different_lengths(engine: AsyncEngine) -> None:
         for size in (1, 3, 2):
             query = sa.select(items.c.id).where(items.c.id.in_(ids[:size]))
             assert sorted((await conn.execute(query)).scalars()) == sorted(ids[:size])
+
+
+async def test_a_statement_run_again_takes_its_plan_with_each_runs_values(
+    engine: AsyncEngine,
+) -> None:
+    # The first execution goes through construct_params, the later ones through the plan made
+    # on the second (a literal of the statement's own, a JSON value processed once).
+    ids = [await _insert(engine, f"r{i}", "1") for i in range(3)]
+    statement = (
+        sa.update(items)
+        .where(items.c.id == sa.bindparam("k", type_=sa.Uuid))
+        .values(doc={"fixed": True}, name=sa.bindparam("new_name", type_=sa.Text))
+        .returning(items.c.name, items.c.doc)
+    )
+    async with DriverConnection(engine) as conn:
+        for i, key in enumerate(ids):
+            row = (await conn.execute(statement, {"k": key, "new_name": f"renamed {i}"})).one()
+            assert (row.name, row.doc) == (f"renamed {i}", {"fixed": True})
+    seen = driver._BY_OBJECT[(id(statement), ("k", "new_name"))]
+    assert seen.statement is statement and seen.planned and seen.plan is not None
 
 
 async def test_update_rowcount_and_returning(engine: AsyncEngine) -> None:
